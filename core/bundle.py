@@ -1,0 +1,222 @@
+"""Model bundles: a manifest plus an estimator file that cannot run code when loaded.
+
+A bundle is a directory:
+
+    manifest.json   input schema, preprocess steps with their states, flavor,
+                    task, params, metrics, lineage, and the sha256 of every
+                    other file
+    model.*         written by the flavor's `save_model` (XGBoost UBJ, skops)
+
+Its digest is the sha256 of `manifest.json`, so the digest covers every file.
+`read_bundle` checks every file against the manifest before anything is
+loaded, and `LoadedModel.predict` replays the stored preprocessing so that
+scoring sees the same features as training did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from opsloop.config import CONVERTER, structure
+from opsloop.errors import BundleError, DataError
+from opsloop.types import Dataset, TrainedModel
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from opsloop.manager import PluginManager
+    from opsloop.types import RunContext
+
+FORMAT = "opsloop.bundle/1"
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path: Path) -> str:
+    """`sha256:<hex>` of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+@attrs.frozen(kw_only=True)
+class StepRecord:
+    """One preprocess step as stored: who, with which options, which learned state."""
+
+    plugin: str
+    options: Mapping[str, Any] | None
+    state: Mapping[str, Any]
+    dist: str = ""
+
+
+def unstructure_options(options: Any) -> dict[str, Any] | None:
+    """Plugin options as a JSON-able dict (None for a plugin without options)."""
+    return None if options is None else CONVERTER.unstructure(options)
+
+
+def input_schema(dataset: Dataset) -> list[dict[str, str]]:
+    """Name and dtype of every raw column a scorer must send (the target excluded)."""
+    frame = dataset.frame
+    return [{"name": str(c), "dtype": str(frame[c].dtype)} for c in frame.columns if c != dataset.target]
+
+
+def write_bundle(directory: Path, *, model: TrainedModel, flavor_plugin: str, raw: Dataset,
+                 steps: Sequence[StepRecord], metrics: Mapping[str, float], lineage: Mapping[str, Any],
+                 plugins: PluginManager) -> dict[str, Any]:
+    """Write a bundle into an empty directory and return its manifest.
+
+    The flavor's `save_model` writes the estimator; the manifest records the
+    sha256 of each file it wrote.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    files = plugins.pm.hook.save_model(model=model, path=directory)
+    if not files:
+        raise BundleError(f"no loaded plugin can save flavor {model.flavor!r} (trained by {flavor_plugin})")
+    manifest = {
+        "format": FORMAT,
+        "flavor": model.flavor,
+        "flavor_plugin": flavor_plugin,
+        "task": model.task,
+        "target": raw.target,
+        "time": raw.time,
+        "series": raw.series,
+        "input_schema": input_schema(raw),
+        "features": list(model.features),
+        "steps": [attrs.asdict(s) for s in steps],
+        "params": dict(model.params),
+        "metrics": dict(metrics),
+        "lineage": dict(lineage),
+        "files": {name: sha256_file(directory / name) for name in sorted(files)},
+    }
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n",
+                                      encoding="utf-8")
+    return manifest
+
+
+def manifest_digest(directory: Path) -> str:
+    """The bundle's digest: sha256 of its manifest."""
+    return sha256_file(directory / MANIFEST)
+
+
+def read_manifest(directory: Path, *, ref: str | None = None, digest: str | None = None) -> dict[str, Any]:
+    """Read and verify a bundle's manifest and files; BundleError naming the file otherwise."""
+    name, _, version = (ref or "").partition(":")
+    where = {"model": name or None, "version": int(version) if version.isdigit() else None}
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise BundleError("bundle has no manifest.json (not an opsloop bundle, or deleted)", file=str(path), **where)
+    if digest is not None and sha256_file(path) != digest:
+        raise BundleError("manifest.json changed on disk since registration; refusing to load",
+                          file=str(path), **where)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"manifest.json is not valid JSON: {exc}", file=str(path), **where) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"unsupported bundle format {manifest.get('format') if isinstance(manifest, dict) else None!r}"
+                          f" (expected {FORMAT})", file=str(path), **where)
+    for fname, expected in manifest.get("files", {}).items():
+        fpath = (directory / fname).resolve()
+        if directory.resolve() not in fpath.parents:
+            raise BundleError("file outside the bundle directory", file=fname, **where)
+        if not fpath.is_file():
+            raise BundleError("file is missing", file=str(fpath), **where)
+        if sha256_file(fpath) != expected:
+            raise BundleError("file changed on disk since registration (sha256 mismatch); refusing to load",
+                              file=str(fpath), **where)
+    return manifest
+
+
+def read_bundle(directory: Path, plugins: PluginManager, *, ref: str | None = None,
+                digest: str | None = None, run: RunContext | None = None) -> LoadedModel:
+    """Verify and load a bundle; the flavor plugin and preprocess plugins are loaded as needed."""
+    manifest = read_manifest(directory, ref=ref, digest=digest)
+    flavor_plugin = manifest["flavor_plugin"]
+    plugins.load(flavor_plugin, where=f"bundle {ref or directory}")
+    try:
+        estimator = plugins.pm.hook.load_model(flavor=manifest["flavor"], path=directory, manifest=manifest)
+    except Exception as exc:
+        raise BundleError(f"cannot load the {manifest['flavor']} estimator: {exc}", file=str(directory),
+                          model=ref) from exc
+    if estimator is None:
+        raise BundleError(f"no plugin loads flavor {manifest['flavor']!r}", file=str(directory), model=ref)
+    return LoadedModel(manifest=manifest, estimator=estimator, path=directory, plugins=plugins, run=run,
+                       ref=ref or str(directory))
+
+
+def predictions_frame(estimator: Any, task: str, X: pd.DataFrame) -> pd.DataFrame:
+    """`prediction` (and `score` for classifiers and anomaly detectors) per row of X."""
+    import numpy as np
+    import pandas as pd
+
+    out = pd.DataFrame(index=X.index)
+    if task == "classification":
+        proba = np.asarray(estimator.predict_proba(X))
+        out["prediction"] = np.asarray(estimator.classes_)[proba.argmax(axis=1)] \
+            if hasattr(estimator, "classes_") else proba.argmax(axis=1)
+        out["score"] = proba[:, -1] if proba.shape[1] == 2 else proba.max(axis=1)
+    elif task == "anomaly":
+        out["prediction"] = np.asarray(estimator.predict(X))
+        if hasattr(estimator, "score_samples"):
+            out["score"] = -np.asarray(estimator.score_samples(X))
+    else:
+        out["prediction"] = np.asarray(estimator.predict(X))
+    return out
+
+
+@attrs.define
+class LoadedModel:
+    """A verified bundle, ready to score raw rows."""
+
+    manifest: dict[str, Any]
+    estimator: Any = attrs.field(repr=False)
+    path: Path
+    plugins: PluginManager = attrs.field(repr=False)
+    run: RunContext | None = attrs.field(default=None, repr=False)
+    ref: str = ""
+
+    @property
+    def task(self) -> str:
+        return self.manifest["task"]
+
+    @property
+    def features(self) -> list[str]:
+        return list(self.manifest["features"])
+
+    def check_input(self, frame: pd.DataFrame) -> None:
+        """DataError naming the columns a frame lacks."""
+        wanted = [c["name"] for c in self.manifest["input_schema"]]
+        missing = [c for c in wanted if c not in frame.columns]
+        if missing:
+            raise DataError(f"{self.ref}: input lacks column(s) {', '.join(missing)}")
+
+    def transform(self, frame: pd.DataFrame) -> Dataset:
+        """Replay the stored preprocessing on raw rows."""
+        self.check_input(frame)
+        m = self.manifest
+        dataset = Dataset.from_frame(frame, target=m["target"] if m["target"] in frame.columns else None,
+                                     time=m["time"], series=m["series"], name=self.ref)
+        for step in m["steps"]:
+            name = step["plugin"]
+            self.plugins.load(name, where=f"bundle {self.ref}")
+            cls = self.plugins.options_class(name)
+            options = None if cls is None else structure(step["options"] or {}, cls,
+                                                         section=f"bundle {self.ref} step {name}", source=None)
+            result = self.plugins.call(name, "preprocess", dataset=dataset, state=dict(step["state"]),
+                                       options=options, run=self.run)
+            dataset = result.dataset
+        return dataset
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Predictions for raw rows, preprocessing replayed; row-aligned with `frame`."""
+        dataset = self.transform(frame)
+        X = dataset.frame[self.features]
+        preds = predictions_frame(self.estimator, self.task, X)
+        return preds.reindex(frame.index) if len(preds) != len(frame) else preds

@@ -1,0 +1,334 @@
+"""`opsloop.toml`: reading, defaults, `--set` overrides and checking.
+
+The config selects plugins per stage and holds each plugin's options in a
+table named after it (`[train.xgboost]`). Core sections are attrs classes
+and plugin options are attrs classes the plugins declare; both are
+structured with one strict cattrs converter, and every mistake becomes a
+`ConfigError` naming the file, the section, the key and the closest valid
+name.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import tomllib
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+
+from opsloop.errors import ConfigError, closest
+
+CONFIG_FILE = "opsloop.toml"
+STAGES = ("preprocess", "train", "validate", "deploy", "monitor", "retrain")
+
+
+# ---------------------------------------------------------------------------
+# Core sections
+# ---------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class ProjectSection:
+    """`[project]`: what versions are called and how random choices are seeded."""
+
+    name: str = "model"
+    seed: int = 42
+
+
+@attrs.frozen(kw_only=True)
+class DataSection:
+    """`[data]`: where rows come from and which periods train and monitor."""
+
+    source: str = "embedded:asd"
+    target: str | None = None
+    time: str | None = None
+    series: str | None = None
+    features: list[str] | None = None
+    train: str | None = None
+    monitor: str | None = None
+    monitor_fraction: float = 0.3
+
+
+@attrs.frozen(kw_only=True)
+class StoreSection:
+    """`[store]`: the model registry."""
+
+    uri: str = ".opsloop"
+    plugins: list[str] = attrs.field(factory=lambda: ["local-store"])
+
+
+@attrs.frozen(kw_only=True)
+class StageSection:
+    """A stage section: which plugins run, in order."""
+
+    plugins: list[str] = attrs.field(factory=list)
+
+
+@attrs.frozen(kw_only=True)
+class RetrainSection:
+    """`[retrain]`: policies, and whether a "retrain" verdict is acted upon."""
+
+    plugins: list[str] = attrs.field(factory=list)
+    act: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class PluginsSection:
+    """`[plugins]`: plugins loaded for every command (observers, CLI commands)."""
+
+    enable: list[str] = attrs.field(factory=list)
+
+
+SECTIONS: dict[str, type] = {
+    "project": ProjectSection,
+    "data": DataSection,
+    "store": StoreSection,
+    "preprocess": StageSection,
+    "train": StageSection,
+    "validate": StageSection,
+    "deploy": StageSection,
+    "monitor": StageSection,
+    "retrain": RetrainSection,
+    "plugins": PluginsSection,
+}
+#: Sections whose sub-tables are plugin options, and the key listing the plugins.
+PLUGIN_LISTS = {**{s: "plugins" for s in STAGES}, "store": "plugins", "plugins": "enable"}
+
+
+# ---------------------------------------------------------------------------
+# A strict converter: a string is not an int, 5 is not a string
+# ---------------------------------------------------------------------------
+
+
+def _strict(kind: type, accept: tuple[type, ...], reject: tuple[type, ...] = ()) -> Any:
+    def structure(value: Any, _: type) -> Any:
+        if isinstance(value, reject) or not isinstance(value, accept):
+            raise TypeError(f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
+        return kind(value)
+
+    return structure
+
+
+def make_converter() -> cattrs.Converter:
+    """The converter config sections and plugin options are structured with."""
+    conv = cattrs.Converter(forbid_extra_keys=True)
+    conv.register_structure_hook(str, _strict(str, (str,)))
+    conv.register_structure_hook(int, _strict(int, (int,), (bool,)))
+    conv.register_structure_hook(float, _strict(float, (int, float), (bool,)))
+    conv.register_structure_hook(bool, _strict(bool, (bool,)))
+    conv.register_structure_hook(Path, _strict(Path, (str,)))
+    return conv
+
+
+CONVERTER = make_converter()
+
+
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in attrs.fields(cls)] if attrs.has(cls) else []
+
+
+def _errors(exc: BaseException, cls: type, path: tuple[str, ...]) -> Iterable[tuple[str, str, str | None]]:
+    """Flatten a cattrs error into (key path, message, suggestion)."""
+    if isinstance(exc, ForbiddenExtraKeysError):
+        for key in sorted(exc.extra_fields):
+            yield ".".join((*path, key)), "unknown key", closest(key, _field_names(exc.cl))
+    elif isinstance(exc, ClassValidationError):
+        with_notes, without = exc.group_exceptions()
+        for sub, note in with_notes:
+            yield from _errors(sub, note.type, (*path, note.name))
+        for sub in without:
+            yield from _errors(sub, cls, path)
+    elif isinstance(exc, IterableValidationError):
+        with_notes, without = exc.group_exceptions()
+        for sub, note in with_notes:
+            yield from _errors(sub, note.type, (*path, str(note.index)))
+        for sub in without:
+            yield from _errors(sub, cls, path)
+    else:
+        yield ".".join(path), f"wrong value: {exc}", None
+
+
+def structure(data: Mapping[str, Any], cls: type, *, section: str, source: str | None) -> Any:
+    """Structure a table into an attrs class, or raise one ConfigError for all mistakes."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"expected a table, got {type(data).__name__} {data!r}", section=section,
+                          source=source)
+    try:
+        return CONVERTER.structure(dict(data), cls)
+    except (ClassValidationError, IterableValidationError, ForbiddenExtraKeysError) as exc:
+        problems = list(_errors(exc, cls, ()))
+        key, message, suggestion = problems[0]
+        if len(problems) > 1:
+            others = "; ".join(f"{k}: {m}" for k, m, _ in problems[1:])
+            message = f"{message} (and {len(problems) - 1} more: {others})"
+        raise ConfigError(message, section=section, key=key, source=source, suggestion=suggestion) from exc
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"wrong value: {exc}", section=section, source=source) from exc
+
+
+# ---------------------------------------------------------------------------
+# Reading, merging, overriding
+# ---------------------------------------------------------------------------
+
+
+def default_table() -> dict[str, Any]:
+    """The built-in defaults: the whole lifecycle on the embedded data."""
+    text = resources.files("opsloop").joinpath("default.toml").read_text(encoding="utf-8")
+    return tomllib.loads(text)
+
+
+def starter_text() -> str:
+    """The commented starter config `opsloop init` writes."""
+    return resources.files("opsloop").joinpath("starter.toml").read_text(encoding="utf-8")
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`stage.key=value` from `--set`: the value is TOML when it parses, else a string."""
+    path, sep, raw = text.partition("=")
+    keys = [k.strip() for k in path.strip().split(".")]
+    if not sep or not all(keys):
+        raise ConfigError(f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. train.plugins=[\"xgboost\"]")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return keys, value
+
+
+def _apply_override(table: dict[str, Any], keys: list[str], value: Any, text: str) -> None:
+    node = table
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {text!r}: {key} is a value, not a table")
+        node = child
+    node[keys[-1]] = value
+
+
+def read(path: Path | None = None, *, overrides: Iterable[str] = (), workdir: Path | None = None) -> Config:
+    """Read a config file (or the defaults) and apply `--set` overrides.
+
+    Args:
+        path: The file; None reads `opsloop.toml` in `workdir` if it exists,
+            else the built-in defaults alone.
+        overrides: `SECTION.KEY=VALUE` strings, applied last.
+        workdir: Where to look when `path` is None (default: the current directory).
+    """
+    workdir = Path(workdir or Path.cwd())
+    if path is None and (workdir / CONFIG_FILE).is_file():
+        path = workdir / CONFIG_FILE
+    defaults = default_table()
+    user: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            user = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"no such file: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from None
+        # A user's data is described whole: the embedded data's periods must not leak into it.
+        if "data" in user:
+            defaults.pop("data", None)
+            defaults["project"]["name"] = ProjectSection().name
+    table = _merge(defaults, user)
+    for text in overrides:
+        keys, value = parse_override(text)
+        _apply_override(table, keys, value, text)
+    return Config.from_table(table, path=path, workdir=path.parent if path else workdir)
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """A config whose core sections are checked; plugin options are checked by `check()`.
+
+    Attributes:
+        table: The merged TOML table (defaults, file, overrides).
+        path: The file it came from, None for the defaults alone.
+        workdir: Directory relative paths in the config are resolved against.
+    """
+
+    table: dict[str, Any] = attrs.field(eq=False, repr=False)
+    path: Path | None = None
+    workdir: Path
+    project: ProjectSection
+    data: DataSection
+    store: StoreSection
+    plugins: PluginsSection
+    stages: dict[str, StageSection | RetrainSection]
+
+    @classmethod
+    def from_table(cls, table: dict[str, Any], *, path: Path | None = None,
+                   workdir: Path | None = None) -> Config:
+        """Check the core sections of a merged table."""
+        source = str(path) if path else None
+        for name in table:
+            if name not in SECTIONS:
+                raise ConfigError("unknown section", section=name, source=source,
+                                  suggestion=closest(name, SECTIONS))
+        sections: dict[str, Any] = {}
+        for name, section_cls in SECTIONS.items():
+            data = table.get(name, {})
+            if not isinstance(data, Mapping):
+                raise ConfigError(f"expected a table, got {data!r}", section=name, source=source)
+            core_keys = set(_field_names(section_cls))
+            core = {k: v for k, v in data.items() if k in core_keys or not isinstance(v, Mapping)}
+            if name not in PLUGIN_LISTS:  # no plugin tables here: a table is a mistake too
+                core = dict(data)
+            sections[name] = structure(core, section_cls, section=name, source=source)
+        return cls(
+            table=table, path=path, workdir=Path(workdir or Path.cwd()),
+            project=sections["project"], data=sections["data"], store=sections["store"],
+            plugins=sections["plugins"], stages={s: sections[s] for s in STAGES},
+        )
+
+    @property
+    def source(self) -> str:
+        """The file name for messages, or `(defaults)`."""
+        return str(self.path) if self.path else "(built-in defaults)"
+
+    @property
+    def hash(self) -> str:
+        """sha256 of the merged table in canonical JSON, for lineage."""
+        blob = json.dumps(self.table, sort_keys=True, default=str).encode()
+        return "sha256:" + hashlib.sha256(blob).hexdigest()
+
+    def selected(self, section: str) -> list[str]:
+        """The plugins a section selects, in order."""
+        if section == "store":
+            return list(self.store.plugins)
+        if section == "plugins":
+            return list(self.plugins.enable)
+        return list(self.stages[section].plugins)
+
+    def plugin_tables(self, section: str) -> dict[str, Any]:
+        """The sub-tables of a section: options by plugin name."""
+        data = self.table.get(section, {})
+        core = set(_field_names(SECTIONS[section]))
+        return {k: v for k, v in data.items() if k not in core and isinstance(v, Mapping)}
+
+    def options_table(self, section: str, plugin: str) -> dict[str, Any]:
+        """The options table of one plugin in one section (empty when absent)."""
+        return dict(self.plugin_tables(section).get(plugin, {}))
+
+    def resolve(self, value: str | Path) -> Path:
+        """A path from the config, relative to the config file's directory."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.workdir / p

@@ -1,0 +1,109 @@
+"""Reading `[data]`: the source, its columns, and the train and monitor periods."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from opsloop.errors import ConfigError, DataError, closest
+from opsloop.types import Dataset
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from opsloop.config import Config
+
+EMBEDDED_PREFIX = "embedded:"
+
+
+def read_table(path_text: str, config: Config | None = None) -> pd.DataFrame:
+    """Read an embedded dataset, a CSV or a Parquet file into a frame."""
+    import pandas as pd
+
+    if path_text.startswith(EMBEDDED_PREFIX):
+        from opsloop import datasets
+
+        try:
+            return datasets.load(path_text.removeprefix(EMBEDDED_PREFIX))
+        except KeyError as exc:
+            raise ConfigError(exc.args[0], section="data", key="source") from None
+    path = config.resolve(path_text) if config else Path(path_text)
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    suffix = "".join(path.suffixes[-2:]).lower()
+    try:
+        if suffix.endswith(".parquet") or suffix.endswith(".pq"):
+            return pd.read_parquet(path)
+        if ".csv" in suffix or ".tsv" in suffix:
+            return pd.read_csv(path, sep="\t" if ".tsv" in suffix else ",")
+    except Exception as exc:  # pandas/pyarrow raise many kinds; all mean "unreadable"
+        raise DataError(f"cannot read {path}: {exc}") from exc
+    raise DataError(f"unsupported data file {path}: use .csv, .tsv or .parquet (optionally .gz)")
+
+
+def load(config: Config) -> Dataset:
+    """The whole `[data] source`, with its columns checked."""
+    spec = config.data
+    frame = read_table(spec.source, config)
+    for key in ("target", "time", "series"):
+        column = getattr(spec, key)
+        if column is not None and column not in frame.columns:
+            raise ConfigError(f"column {column!r} is not in {spec.source} (columns: {', '.join(map(str, frame.columns))})",
+                              section="data", key=key, source=config.source,
+                              suggestion=closest(column, map(str, frame.columns)))
+    if spec.features is not None:
+        missing = [c for c in spec.features if c not in frame.columns]
+        if missing:
+            raise ConfigError(f"feature column(s) not in {spec.source}: {', '.join(missing)}",
+                              section="data", key="features", source=config.source)
+        keep = [*spec.features, *[c for c in (spec.target, spec.time, spec.series) if c]]
+        frame = frame[keep]
+    if spec.time is not None:
+        import pandas as pd
+
+        if not pd.api.types.is_datetime64_any_dtype(frame[spec.time]) and not pd.api.types.is_numeric_dtype(frame[spec.time]):
+            try:
+                frame = frame.assign(**{spec.time: pd.to_datetime(frame[spec.time])})
+            except (ValueError, TypeError) as exc:
+                raise DataError(f"[data] time column {spec.time!r} is neither numeric nor dates: {exc}") from None
+    return Dataset.from_frame(frame, target=spec.target, time=spec.time, series=spec.series, name=spec.source)
+
+
+def period(dataset: Dataset, query: str, key: str, config: Config) -> Dataset:
+    """The rows a `[data] train`/`monitor` pandas query selects; never empty."""
+    try:
+        frame = dataset.frame.query(query)
+    except Exception as exc:  # pandas raises SyntaxError, UndefinedVariableError, TypeError...
+        raise ConfigError(f"query {query!r} failed: {exc}", section="data", key=key, source=config.source) from None
+    if frame.empty:
+        raise ConfigError(f"query {query!r} selects no rows of {dataset.name}", section="data", key=key,
+                          source=config.source)
+    return dataset.derive(frame.reset_index(drop=True), name=f"{dataset.name} [{key}: {query}]")
+
+
+def periods(dataset: Dataset, config: Config) -> tuple[Dataset, Dataset | None]:
+    """Training and monitoring periods.
+
+    With neither query set, the last `monitor_fraction` of the rows (by time
+    when there is a time column) are the monitoring period.
+    """
+    spec = config.data
+    if spec.train is None and spec.monitor is None:
+        if spec.monitor_fraction <= 0:
+            return dataset, None
+        frame = dataset.frame
+        if spec.time:
+            frame = frame.sort_values(spec.time, kind="stable")
+        cut = int(round(len(frame) * (1 - spec.monitor_fraction)))
+        if cut < 1 or cut >= len(frame):
+            raise DataError(f"{dataset.name}: {len(frame)} rows are too few to split off a monitoring period")
+        if spec.time:  # all rows of one time step stay on one side
+            boundary = frame[spec.time].iloc[cut]
+            train_mask = frame[spec.time] < boundary
+        else:
+            train_mask = frame.index.isin(frame.index[:cut])
+        return (dataset.derive(frame[train_mask].reset_index(drop=True), name=f"{dataset.name} [train]"),
+                dataset.derive(frame[~train_mask].reset_index(drop=True), name=f"{dataset.name} [monitor]"))
+    train = period(dataset, spec.train, "train", config) if spec.train else dataset
+    monitor = period(dataset, spec.monitor, "monitor", config) if spec.monitor else None
+    return train, monitor

@@ -1,0 +1,149 @@
+"""Errors: every failure a user can cause is an `OpsloopError` that says what and where.
+
+Each subclass keeps its facts as attributes and formats them once in
+`__str__`, so the CLI can print one line and tests can assert on the facts.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "BundleError",
+    "ConfigError",
+    "DataError",
+    "OpsloopError",
+    "PluginCallError",
+    "PluginConflictError",
+    "PluginLoadError",
+    "StoreError",
+    "UnknownPluginError",
+    "closest",
+]
+
+
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The valid name closest to a misspelt one, or None when nothing is close."""
+    matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+class OpsloopError(Exception):
+    """Root of every error opsloop reports to a user as one clear line."""
+
+
+class ConfigError(OpsloopError):
+    """A config value is wrong: names the file, the section and the key."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        section: str | None = None,
+        key: str | None = None,
+        source: str | None = None,
+        suggestion: str | None = None,
+    ) -> None:
+        self.message = message
+        self.section = section
+        self.key = key
+        self.source = source
+        self.suggestion = suggestion
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        where = ".".join(p for p in (self.section, self.key) if p)
+        loc = f"[{where}] " if where else ""
+        src = f"{self.source}: " if self.source else ""
+        hint = f' (did you mean "{self.suggestion}"?)' if self.suggestion else ""
+        return f"config error: {src}{loc}{self.message}{hint}"
+
+
+class UnknownPluginError(OpsloopError):
+    """A plugin name that no installed distribution provides."""
+
+    def __init__(self, name: str, known: Iterable[str], *, where: str | None = None) -> None:
+        self.name = name
+        self.known = sorted(known)
+        self.where = where
+        self.suggestion = closest(name, self.known)
+        super().__init__(name)
+
+    def __str__(self) -> str:
+        where = f" in [{self.where}]" if self.where else ""
+        hint = f' (did you mean "{self.suggestion}"?)' if self.suggestion else ""
+        if not self.known:
+            return (f'unknown plugin "{self.name}"{where}: no opsloop plugins are installed at all, '
+                    "so opsloop itself is not installed (pip install -e .)")
+        return f'unknown plugin "{self.name}"{where}{hint}; installed: {", ".join(self.known)}'
+
+
+class PluginConflictError(OpsloopError):
+    """Two installed distributions register the same plugin name."""
+
+    def __init__(self, plugin: str, dists: Iterable[str]) -> None:
+        self.plugin = plugin
+        self.dists = sorted(dists)
+        super().__init__(plugin)
+
+    def __str__(self) -> str:
+        return (f'plugin name "{self.plugin}" is registered by more than one distribution: '
+                f'{" and ".join(self.dists)}; uninstall one of them')
+
+
+class PluginLoadError(OpsloopError):
+    """A plugin's module could not be imported or registered."""
+
+    def __init__(self, plugin: str, dist: str, cause: BaseException) -> None:
+        self.plugin = plugin
+        self.dist = dist
+        self.cause = cause
+        super().__init__(plugin)
+
+    def __str__(self) -> str:
+        return f'plugin "{self.plugin}" ({self.dist}) failed to load: {self.cause!r}'
+
+
+class PluginCallError(OpsloopError):
+    """A plugin raised while a hook was running; names the plugin and the hook."""
+
+    def __init__(self, plugin: str, hook: str, cause: BaseException, *, dist: str | None = None) -> None:
+        self.plugin = plugin
+        self.hook = hook
+        self.cause = cause
+        self.dist = dist
+        super().__init__(plugin)
+
+    def __str__(self) -> str:
+        dist = f" ({self.dist})" if self.dist else ""
+        cause = str(self.cause) if isinstance(self.cause, OpsloopError) else repr(self.cause)
+        return f'plugin "{self.plugin}"{dist} failed in {self.hook}: {cause}'
+
+
+class DataError(OpsloopError):
+    """Input data is missing, unreadable or does not fit what the model expects."""
+
+
+class StoreError(OpsloopError):
+    """The model store cannot do what was asked (unknown model, bad name, busy...)."""
+
+
+class BundleError(OpsloopError):
+    """A model bundle is corrupt, tampered with, or cannot be loaded safely."""
+
+    def __init__(self, message: str, *, model: str | None = None, version: int | None = None,
+                 file: str | None = None) -> None:
+        self.message = message
+        self.model = model
+        self.version = version
+        self.file = file
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        ref = ""
+        if self.model is not None:
+            ref = f"{self.model}:{self.version}" if self.version is not None else self.model
+            ref = f"model {ref}: "
+        file = f"{self.file}: " if self.file else ""
+        return f"{ref}{file}{self.message}"

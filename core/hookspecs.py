@@ -1,0 +1,342 @@
+"""The hook specifications: the whole contract between opsloop and its plugins.
+
+One `opsloop run` calls them in this order:
+
+1. `plugin_options` on each selected plugin, to check its table in
+   `opsloop.toml`; `add_commands` on enabled plugins when the CLI starts.
+2. `open_store` to open the model registry named by `[store] uri`.
+3. `on_stage_start`, then the stage hook, then `on_stage_end` (or
+   `on_stage_error`) around each stage:
+   `preprocess` (each step, in order, fitting its state) ->
+   `train` -> `validate` (which calls `train` again per fold) ->
+   `save_model` (the bundle is written and registered; `on_model_registered`)
+   -> `deploy` -> `load_model` and `preprocess` replayed from the bundle ->
+   `monitor` -> `decide_retrain`, and, when a policy says so, preprocess,
+   train, validate and register again on the newer data.
+
+Stage hooks (`preprocess`, `train`, `validate`, `deploy`, `monitor`,
+`decide_retrain`) are called only on the plugins selected for the stage, in
+the configured order, by the runner itself, so that it knows whom to blame.
+"Who handles this?" hooks are `firstresult`. Observer hooks (`on_*`) reach
+every plugin the config enables.
+
+Types are in `opsloop.types`; every argument is optional for an
+implementation (pluggy passes only the arguments an impl names).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import typer
+
+    from opsloop.store import ModelStore
+    from opsloop.types import (
+        Dataset,
+        Deployment,
+        FitFunction,
+        ModelVersion,
+        MonitorReport,
+        Preprocessed,
+        RetrainDecision,
+        RunContext,
+        TrainedModel,
+        ValidationReport,
+    )
+    import pandas as pd
+
+    from opsloop.bundle import LoadedModel
+
+PROJECT = "opsloop"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# ---------------------------------------------------------------------------
+# Configuration and command line
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def plugin_options() -> type | None:
+    """Declare the options this plugin reads from its table in `opsloop.toml`.
+
+    Called on one plugin at a time, when a command needs that plugin's
+    options (`run`, `config check`, `plugins show`).
+
+    Returns:
+        An attrs class whose fields (with defaults) are the options; the
+        plugin's table (for example `[train.xgboost]`) is structured into it
+        with cattrs, extra keys forbidden. None (or no implementation) means
+        the plugin takes no options.
+    """
+
+
+@hookspec
+def add_commands(app: typer.Typer) -> None:
+    """Add commands to the `opsloop` command line.
+
+    Called once per CLI start on every plugin the config enables in
+    `[plugins] enable`.
+
+    Args:
+        app: A Typer app mounted at `opsloop <plugin name>`; add commands
+            with `@app.command()`.
+    """
+
+
+# ---------------------------------------------------------------------------
+# The model store and model flavors
+# ---------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def open_store(uri: str, workdir: Path) -> ModelStore | None:
+    """Open the model registry at `uri`.
+
+    Called when a command needs the registry, on the store plugins listed in
+    `[store] plugins`. First non-None result wins; return None if it is not
+    yours.
+
+    Args:
+        uri: `[store] uri` from the config or `OPSLOOP_STORE`, e.g. `.opsloop`
+            or `local:/srv/models`.
+        workdir: Directory relative paths are resolved against.
+
+    Returns:
+        An open `opsloop.store.ModelStore`, or None.
+    """
+
+
+@hookspec(firstresult=True)
+def save_model(model: TrainedModel, path: Path) -> list[str] | None:
+    """Write a fitted estimator of your flavor into a bundle directory.
+
+    Called when a version is registered, on the plugin that trained the model
+    (and any other loaded plugin). First non-None result wins; return None if
+    `model.flavor` is not yours.
+
+    Args:
+        model: The fitted model.
+        path: An empty directory that will become the bundle.
+
+    Returns:
+        Names of the files written, relative to `path`. The format must not
+        run code when loaded (no pickle).
+    """
+
+
+@hookspec(firstresult=True)
+def load_model(flavor: str, path: Path, manifest: dict[str, Any]) -> Any | None:
+    """Load an estimator of your flavor from a verified bundle directory.
+
+    Called when a bundle is loaded (serving, monitoring, batch scoring), after
+    every file's sha256 was checked. First non-None result wins; return None
+    if `flavor` is not yours.
+
+    Args:
+        flavor: The bundle's flavor, e.g. `"xgboost"`.
+        path: The bundle directory.
+        manifest: The bundle's manifest (task, features, params...).
+
+    Returns:
+        An estimator with scikit-learn's `predict` (and `predict_proba` for
+        classifiers), or None. Never unpickle anything.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Lifecycle stages
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def preprocess(dataset: Dataset, state: dict[str, Any] | None, options: Any, run: RunContext) -> Preprocessed:
+    """Transform rows, learning a state when fitting and replaying it otherwise.
+
+    Called only on the plugins selected for this stage (`[preprocess]
+    plugins`), in the configured order, each getting the previous one's
+    rows. Called again with the stored state whenever a version scores new
+    rows (validation folds, batch scoring, serving): the result must depend
+    only on the rows and the state, so that serving sees training's features.
+
+    Args:
+        dataset: The rows. Frozen: derive (`dataset.derive(frame)`), never
+            mutate the frame in place. The target column may be absent when
+            scoring.
+        state: None when fitting; the state this step returned at fit time
+            when replaying.
+        options: This plugin's options, already checked.
+        run: Run id, working directory, logger.
+
+    Returns:
+        The rows, the JSON-able state (when replaying, return it unchanged)
+        and any data-quality issues found. Never None.
+    """
+
+
+@hookspec
+def train(dataset: Dataset, options: Any, run: RunContext) -> TrainedModel:
+    """Fit an estimator on the preprocessed training set.
+
+    Called only on the plugin selected for this stage (`[train] plugins`,
+    exactly one), once per run and once per validation fold.
+
+    Args:
+        dataset: Preprocessed rows with a target column (or none, for
+            unsupervised anomaly detectors). Frozen: derive, never mutate.
+        options: This plugin's options, already checked.
+        run: Run id, seed, working directory, logger.
+
+    Returns:
+        The fitted model, its flavor and task. Never None.
+    """
+
+
+@hookspec
+def validate(dataset: Dataset, fit: FitFunction, options: Any, run: RunContext) -> ValidationReport:
+    """Estimate how well the trainer generalises.
+
+    Called only on the plugins selected for this stage, in the configured
+    order, after `train`. Each returns its own report.
+
+    Args:
+        dataset: The preprocessed training rows.
+        fit: Fits the selected trainer on a subset, `fit(dataset) ->
+            TrainedModel`; use it per fold.
+        options: This plugin's options, already checked.
+        run: Run id, seed, working directory, logger, progress reporter.
+
+    Returns:
+        Per-fold metrics and their mean and standard deviation. Never None.
+    """
+
+
+@hookspec
+def deploy(version: ModelVersion, model: LoadedModel, dataset: Dataset | None, options: Any,
+           run: RunContext) -> Deployment:
+    """Put a registered version to work.
+
+    Called only on the plugins selected for this stage (`[deploy] plugins`),
+    in the configured order, after the version is registered.
+
+    Args:
+        version: The registered version.
+        model: The version loaded from its verified bundle; `model.predict(frame)`
+            replays preprocessing and returns predictions.
+        dataset: The period the run is about to monitor, for targets that
+            score it (raw rows, not preprocessed); None when not known.
+        options: This plugin's options, already checked.
+        run: Run id, working directory, logger.
+
+    Returns:
+        Where the version now runs. Never None.
+    """
+
+
+@hookspec
+def monitor(version: ModelVersion, current: Dataset, predictions: pd.DataFrame, reference: Dataset,
+            options: Any, run: RunContext) -> MonitorReport:
+    """Judge a deployed version on a later period.
+
+    Called only on the plugins selected for this stage, in the configured
+    order, after `deploy`. Each returns its own report.
+
+    Args:
+        version: The version being watched (its validation metrics are in
+            `version.metrics`).
+        current: Raw rows of the later period, labelled when labels exist.
+        predictions: Row-aligned with `current.frame`: column `prediction`
+            and, for classifiers, `score` (probability of the positive class).
+        reference: Raw training rows, for drift.
+        options: This plugin's options, already checked.
+        run: Run id, working directory, logger.
+
+    Returns:
+        The figures and any alerts. Never None.
+    """
+
+
+@hookspec
+def decide_retrain(version: ModelVersion, reports: list[MonitorReport], options: Any,
+                   run: RunContext) -> RetrainDecision:
+    """Decide from the monitor reports whether to retrain now.
+
+    Called only on the plugins selected for this stage, in the configured
+    order, after `monitor`. The run retrains when any policy says so.
+
+    Args:
+        version: The version that was monitored.
+        reports: Every monitor's report, in the configured order.
+        options: This plugin's options, already checked.
+        run: Run id, working directory, logger.
+
+    Returns:
+        The verdict with at least one reason. Never None.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Observers
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def on_stage_start(stage: str, plugins: list[str], run: RunContext) -> None:
+    """A stage is about to run.
+
+    Called on every plugin the config enables, before each stage.
+
+    Args:
+        stage: The stage's name, e.g. `"train"` (`"retrain"` stages are
+            prefixed: `"retrain.train"`).
+        plugins: The plugins that will run, in order.
+        run: The run in progress.
+    """
+
+
+@hookspec
+def on_stage_end(stage: str, result: Any, seconds: float, run: RunContext) -> None:
+    """A stage finished.
+
+    Called on every plugin the config enables, after each stage that
+    succeeded.
+
+    Args:
+        stage: The stage's name.
+        result: What the stage produced (a `Dataset`, `TrainedModel`,
+            `ValidationReport`, `ModelVersion`, list of `Deployment` or
+            `MonitorReport`, `RetrainDecision`).
+        seconds: Wall time of the stage.
+        run: The run in progress.
+    """
+
+
+@hookspec
+def on_stage_error(stage: str, error: BaseException, run: RunContext) -> None:
+    """A stage failed; the run stops after this.
+
+    Called on every plugin the config enables. Exceptions raised here are
+    logged and ignored, so that the original error is the one reported.
+
+    Args:
+        stage: The stage's name.
+        error: What went wrong (usually an `opsloop.errors.PluginCallError`).
+        run: The run in progress.
+    """
+
+
+@hookspec
+def on_model_registered(version: ModelVersion, run: RunContext) -> None:
+    """A new version was registered in the store.
+
+    Called on every plugin the config enables.
+
+    Args:
+        version: The new version, with its lineage.
+        run: The run that registered it.
+    """

@@ -1,0 +1,217 @@
+"""The plugin manager: discovery without imports, loading on demand, attribution.
+
+Discovery reads entry points in the group `opsloop` (name, distribution,
+version) from installed metadata and imports nothing. `load(name)` imports a
+plugin when the config selects it or a command inspects it, so start-up does
+not grow with the number of installed plugins, and a plugin that fails to
+import only breaks the commands that need it.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as im
+import inspect
+import logging
+from collections.abc import Iterable
+from types import ModuleType
+from typing import Any
+
+import attrs
+import pluggy
+
+from opsloop import hookspecs
+from opsloop.errors import (
+    PluginCallError,
+    PluginConflictError,
+    PluginLoadError,
+    UnknownPluginError,
+)
+
+GROUP = "opsloop"
+IN_PROCESS = "(registered in-process)"
+
+#: The hooks a plugin must implement to be selected for a stage.
+STAGE_HOOKS = {
+    "preprocess": "preprocess",
+    "train": "train",
+    "validate": "validate",
+    "deploy": "deploy",
+    "monitor": "monitor",
+    "retrain": "decide_retrain",
+    "store": "open_store",
+}
+
+
+@attrs.frozen(kw_only=True)
+class PluginInfo:
+    """What discovery knows about a plugin before importing it."""
+
+    name: str
+    dist: str
+    version: str
+    value: str
+    entry_point: im.EntryPoint | None = attrs.field(default=None, eq=False, repr=False)
+
+    @property
+    def label(self) -> str:
+        """`dist version`, for messages."""
+        return f"{self.dist} {self.version}".strip()
+
+
+def discover(group: str = GROUP) -> tuple[dict[str, PluginInfo], dict[str, list[str]]]:
+    """Entry points of `group`, without importing them.
+
+    Returns:
+        The plugins by name, and the names that more than one distribution
+        registers (with those distributions).
+    """
+    known: dict[str, PluginInfo] = {}
+    conflicts: dict[str, list[str]] = {}
+    for ep in im.entry_points(group=group):
+        dist = ep.dist
+        info = PluginInfo(
+            name=ep.name,
+            dist=dist.metadata["Name"] if dist else "?",
+            version=dist.version if dist else "",
+            value=ep.value,
+            entry_point=ep,
+        )
+        seen = known.get(ep.name)
+        if seen is None:
+            known[ep.name] = info
+        elif seen.dist != info.dist:  # the same dist twice on sys.path is not a conflict
+            conflicts.setdefault(ep.name, [seen.label]).append(info.label)
+    return known, conflicts
+
+
+class PluginManager:
+    """opsloop's view of installed plugins, wrapping a pluggy manager."""
+
+    def __init__(self, known: dict[str, PluginInfo] | None = None,
+                 conflicts: dict[str, list[str]] | None = None) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        if known is None:
+            known, conflicts = discover()
+        self.known: dict[str, PluginInfo] = dict(known)
+        self.conflicts: dict[str, list[str]] = dict(conflicts or {})
+        self.broken: dict[str, BaseException] = {}
+
+    # -- loading -----------------------------------------------------------
+
+    def info(self, name: str, *, where: str | None = None) -> PluginInfo:
+        """Discovery facts of `name`; UnknownPluginError with the closest name."""
+        if name in self.conflicts:
+            raise PluginConflictError(name, self.conflicts[name])
+        try:
+            return self.known[name]
+        except KeyError:
+            raise UnknownPluginError(name, self.known, where=where) from None
+
+    def load(self, name: str, *, where: str | None = None) -> object:
+        """Import and register plugin `name` (once); PluginLoadError if it fails."""
+        existing = self.pm.get_plugin(name)
+        if existing is not None:
+            return existing
+        info = self.info(name, where=where)
+        if name in self.broken:
+            raise PluginLoadError(name, info.label, self.broken[name])
+        try:
+            assert info.entry_point is not None
+            plugin = info.entry_point.load()
+            self.pm.register(plugin, name=name)
+            self.pm.check_pending()  # a misspelt hook name fails here, naming its plugin
+        except Exception as exc:
+            if self.pm.has_plugin(name):
+                self.pm.unregister(name=name)
+            self.broken[name] = exc
+            raise PluginLoadError(name, info.label, exc) from exc
+        return plugin
+
+    def load_all(self, names: Iterable[str], *, where: str | None = None) -> None:
+        """Load several plugins, in order."""
+        for name in names:
+            self.load(name, where=where)
+
+    def try_load_everything(self) -> None:
+        """Import every discovered plugin, recording failures in `broken` (for `plugins list`)."""
+        for name in self.known:
+            if name in self.conflicts:
+                continue
+            try:
+                self.load(name)
+            except PluginLoadError:
+                pass
+
+    def register(self, plugin: object, name: str, *, dist: str = IN_PROCESS, version: str = "") -> None:
+        """Register an in-process plugin (tests, notebooks, embedding opsloop)."""
+        self.pm.register(plugin, name=name)
+        self.pm.check_pending()
+        self.known[name] = PluginInfo(name=name, dist=dist, version=version, value=repr(plugin))
+
+    # -- introspection -----------------------------------------------------
+
+    def hooks_of(self, name: str) -> list[str]:
+        """Names of the hooks plugin `name` implements (it must be loaded)."""
+        plugin = self.pm.get_plugin(name)
+        if plugin is None:
+            return []
+        return sorted(c.name for c in self.pm.get_hookcallers(plugin) or [])
+
+    def implements(self, name: str, hook: str) -> bool:
+        """Whether loaded plugin `name` implements `hook`."""
+        return self._impl(name, hook) is not None
+
+    def _impl(self, name: str, hook: str) -> pluggy.HookImpl | None:
+        caller = getattr(self.pm.hook, hook)
+        return next((i for i in caller.get_hookimpls() if i.plugin_name == name), None)
+
+    def options_class(self, name: str) -> type | None:
+        """The attrs class plugin `name` declares for its options, or None."""
+        if not self.implements(name, "plugin_options"):
+            return None
+        return self.call(name, "plugin_options")
+
+    def describe(self, name: str) -> str:
+        """The first paragraph of the plugin module's docstring."""
+        plugin = self.pm.get_plugin(name)
+        doc = inspect.getdoc(plugin) if plugin is not None else None
+        if not doc and isinstance(plugin, ModuleType):
+            doc = plugin.__doc__
+        return (doc or "").strip().split("\n\n")[0].replace("\n", " ")
+
+    # -- calling -----------------------------------------------------------
+
+    def call(self, name: str, hook: str, **kwargs: Any) -> Any:
+        """Call one plugin's implementation of `hook`, blaming it for any error.
+
+        Only the arguments the implementation names are passed, as pluggy does.
+        """
+        impl = self._impl(name, hook)
+        if impl is None:
+            raise PluginCallError(name, hook, NotImplementedError(f"plugin does not implement {hook}"),
+                                  dist=self._label(name))
+        try:
+            return impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+        except PluginCallError:
+            raise
+        except Exception as exc:
+            raise PluginCallError(name, hook, exc, dist=self._label(name)) from exc
+
+    def notify(self, hook: str, *, swallow: bool = False, **kwargs: Any) -> None:
+        """Call an observer hook on every loaded plugin, blaming the one that raises.
+
+        With `swallow`, errors are logged and ignored (used for `on_stage_error`,
+        so that the original error is the one reported).
+        """
+        for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):  # registration order
+            try:
+                impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+            except Exception as exc:
+                if not swallow:
+                    raise PluginCallError(impl.plugin_name, hook, exc, dist=self._label(impl.plugin_name)) from exc
+                logging.getLogger("opsloop").warning("plugin %s failed in %s: %r", impl.plugin_name, hook, exc)
+
+    def _label(self, name: str) -> str | None:
+        info = self.known.get(name)
+        return info.label if info else None

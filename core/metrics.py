@@ -1,0 +1,70 @@
+"""Metrics shared by validators and monitors (scikit-learn imported lazily)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import math
+
+CLASSIFICATION = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc")
+REGRESSION = ("mae", "rmse", "r2")
+
+
+def classification(y_true: Any, y_pred: Any, y_score: Any | None = None) -> dict[str, float]:
+    """Accuracy, precision, recall and F1 (binary: of class 1; else macro), plus ROC AUC and PR AUC
+    when scores are given and both classes occur (NaN otherwise)."""
+    import numpy as np
+    from sklearn import metrics as skm
+
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
+    labels = np.unique(np.concatenate([y_true, y_pred]))
+    binary = set(labels.tolist()) <= {0, 1}
+    average = "binary" if binary else "macro"
+    out = {
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "precision": float(skm.precision_score(y_true, y_pred, average=average, zero_division=0)),
+        "recall": float(skm.recall_score(y_true, y_pred, average=average, zero_division=0)),
+        "f1": float(skm.f1_score(y_true, y_pred, average=average, zero_division=0)),
+    }
+    if y_score is not None and binary:
+        both = len(np.unique(y_true)) == 2
+        out["roc_auc"] = float(skm.roc_auc_score(y_true, y_score)) if both else math.nan
+        out["pr_auc"] = float(skm.average_precision_score(y_true, y_score)) if both else math.nan
+    return out
+
+
+def regression(y_true: Any, y_pred: Any) -> dict[str, float]:
+    """MAE, RMSE and R2."""
+    import numpy as np
+    from sklearn import metrics as skm
+
+    y_true = np.asarray(y_true, dtype=float)
+    y_pred = np.asarray(y_pred, dtype=float)
+    return {
+        "mae": float(skm.mean_absolute_error(y_true, y_pred)),
+        "rmse": float(math.sqrt(skm.mean_squared_error(y_true, y_pred))),
+        "r2": float(skm.r2_score(y_true, y_pred)) if len(y_true) > 1 else math.nan,
+    }
+
+
+def for_task(task: str, y_true: Any, predictions: Any) -> dict[str, float]:
+    """Metrics for a task from a predictions frame (`prediction`, optional `score`)."""
+    if task == "regression":
+        return regression(y_true, predictions["prediction"])
+    score = predictions["score"] if "score" in predictions else None
+    return classification(y_true, predictions["prediction"], score)
+
+
+def summarize(folds: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and standard deviation of each metric over folds, ignoring NaN."""
+    import numpy as np
+
+    keys = list(dict.fromkeys(k for f in folds for k in f))
+    mean, std = {}, {}
+    for k in keys:
+        values = np.array([f.get(k, math.nan) for f in folds], dtype=float)
+        finite = values[~np.isnan(values)]
+        mean[k] = float(finite.mean()) if finite.size else math.nan
+        std[k] = float(finite.std()) if finite.size else math.nan
+    return mean, std

@@ -1,0 +1,328 @@
+"""The runner: one pass of the lifecycle, stage by stage, on the selected plugins.
+
+preprocess -> train -> validate -> register -> deploy -> monitor ->
+decide_retrain -> (retrain: preprocess, train, validate, register).
+
+Each stage hook is called by `PluginManager.call` on the plugins the config
+selects, in the configured order, so an error names the plugin that raised.
+Observers hear `on_stage_start`/`_end`/`_error` around every stage.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import attrs
+
+from opsloop import data as data_mod
+from opsloop import lineage
+from opsloop.bundle import LoadedModel, StepRecord, read_bundle, unstructure_options, write_bundle
+from opsloop.errors import PluginCallError
+from opsloop.types import (
+    Dataset,
+    Deployment,
+    ModelVersion,
+    MonitorReport,
+    Preprocessed,
+    Reporter,
+    RetrainDecision,
+    RunContext,
+    TrainedModel,
+    ValidationReport,
+)
+
+if TYPE_CHECKING:
+    from opsloop.session import Session
+    from opsloop.store import ModelStore
+
+T = TypeVar("T")
+
+
+@attrs.define
+class StageRecord:
+    """What one stage did, for the summary table."""
+
+    stage: str
+    plugins: list[str]
+    seconds: float
+    summary: str
+
+
+@attrs.define
+class Built:
+    """A version built by preprocess, train, validate and register."""
+
+    version: ModelVersion
+    validation: list[ValidationReport]
+    issues: list[str]
+
+
+@attrs.define
+class RunResult:
+    """Everything a run produced."""
+
+    run_id: str
+    stages: list[StageRecord] = attrs.field(factory=list)
+    versions: list[ModelVersion] = attrs.field(factory=list)
+    validation: list[ValidationReport] = attrs.field(factory=list)
+    deployments: list[Deployment] = attrs.field(factory=list)
+    reports: list[MonitorReport] = attrs.field(factory=list)
+    decision: RetrainDecision | None = None
+    issues: list[str] = attrs.field(factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able summary (for `opsloop run --json`)."""
+        return {
+            "run_id": self.run_id,
+            "stages": [attrs.asdict(s) for s in self.stages],
+            "versions": [{"ref": v.ref, "metrics": dict(v.metrics), "aliases": list(v.aliases),
+                          "path": str(v.path)} for v in self.versions],
+            "validation": [attrs.asdict(r) for r in self.validation],
+            "deployments": [attrs.asdict(d) for d in self.deployments],
+            "monitor": [attrs.asdict(r) for r in self.reports],
+            "decision": attrs.asdict(self.decision) if self.decision else None,
+            "issues": list(self.issues),
+        }
+
+
+def _expect(result: Any, kind: type[T], plugin: str, hook: str) -> T:
+    if not isinstance(result, kind):
+        raise PluginCallError(plugin, hook, TypeError(f"returned {type(result).__name__}, expected {kind.__name__}"))
+    return result
+
+
+def _json_state(state: Any, plugin: str) -> dict[str, Any]:
+    """The state as it will be replayed: through JSON, so fit and replay see the same."""
+    try:
+        return json.loads(json.dumps(dict(state), allow_nan=True))
+    except (TypeError, ValueError) as exc:
+        raise PluginCallError(plugin, "preprocess", TypeError(f"state is not JSON-able: {exc}")) from exc
+
+
+class Runner:
+    """Runs the lifecycle for a `Session`."""
+
+    def __init__(self, session: Session, *, reporter: Reporter | None = None) -> None:
+        self.session = session
+        self.config = session.config
+        self.plugins = session.plugins
+        self.reporter = reporter or Reporter()
+        self.run = RunContext(
+            run_id=uuid.uuid4().hex[:12], workdir=Path(self.config.workdir), model_name=self.config.project.name,
+            seed=self.config.project.seed, config=self.config, reporter=self.reporter,
+        )
+        self.result = RunResult(run_id=self.run.run_id)
+        self._store: ModelStore | None = None
+
+    @property
+    def store(self) -> ModelStore:
+        if self._store is None:
+            self._store = self.session.open_store()
+        return self._store
+
+    # -- stages ------------------------------------------------------------
+
+    def _stage(self, stage: str, plugins: list[str], work: Callable[[], T], summary: Callable[[T], str]) -> T:
+        self.plugins.notify("on_stage_start", stage=stage, plugins=plugins, run=self.run)
+        self.reporter.stage_started(stage, plugins)
+        start = time.perf_counter()
+        try:
+            result = work()
+        except BaseException as exc:
+            self.reporter.stage_failed(stage, exc)
+            self.plugins.notify("on_stage_error", stage=stage, error=exc, run=self.run, swallow=True)
+            raise
+        seconds = time.perf_counter() - start
+        text = summary(result)
+        self.result.stages.append(StageRecord(stage=stage, plugins=plugins, seconds=seconds, summary=text))
+        self.reporter.stage_finished(stage, seconds, text)
+        self.plugins.notify("on_stage_end", stage=stage, result=result, seconds=seconds, run=self.run)
+        return result
+
+    def preprocess(self, dataset: Dataset, prefix: str = "") -> tuple[Dataset, list[StepRecord], list[str]]:
+        """Fit every selected step in order; the states come back JSON-round-tripped."""
+        names = self.config.selected("preprocess")
+
+        def work() -> tuple[Dataset, list[StepRecord], list[str]]:
+            steps, issues, current = [], [], dataset
+            for name in names:
+                options = self.session.options_for("preprocess", name)
+                out = _expect(self.plugins.call(name, "preprocess", dataset=current, state=None, options=options,
+                                                run=self.run), Preprocessed, name, "preprocess")
+                current = out.dataset
+                issues.extend(f"{name}: {issue}" for issue in out.issues)
+                steps.append(StepRecord(plugin=name, options=unstructure_options(options),
+                                        state=_json_state(out.state, name), dist=self.plugins.known[name].label))
+            return current, steps, issues
+
+        return self._stage(f"{prefix}preprocess", names, work,
+                           lambda r: f"{len(r[0]):,} rows x {len(r[0].feature_columns)} features"
+                           + (f", {len(r[2])} data-quality issue(s)" if r[2] else ""))
+
+    def fit(self, dataset: Dataset) -> TrainedModel:
+        """Fit the selected trainer on `dataset` (what `validate` gets as `fit`)."""
+        name = self.config.selected("train")[0]
+        model = _expect(self.plugins.call(name, "train", dataset=dataset, options=self.session.options_for("train", name),
+                                          run=self.run), TrainedModel, name, "train")
+        return model if model.features else attrs.evolve(model, features=tuple(dataset.feature_columns))
+
+    def train(self, dataset: Dataset, prefix: str = "") -> TrainedModel:
+        return self._stage(f"{prefix}train", self.config.selected("train"), lambda: self.fit(dataset),
+                           lambda m: f"{m.flavor} {m.task} on {len(dataset):,} rows")
+
+    def validate(self, dataset: Dataset, prefix: str = "") -> list[ValidationReport]:
+        names = self.config.selected("validate")
+
+        def work() -> list[ValidationReport]:
+            return [_expect(self.plugins.call(n, "validate", dataset=dataset, fit=self.fit,
+                                              options=self.session.options_for("validate", n), run=self.run),
+                            ValidationReport, n, "validate") for n in names]
+
+        return self._stage(f"{prefix}validate", names, work,
+                           lambda reports: "; ".join(f"{r.method}: {_figures(r.mean)}" for r in reports) or "skipped")
+
+    def register(self, model: TrainedModel, raw: Dataset, steps: list[StepRecord],
+                 validation: list[ValidationReport], prefix: str = "", parent: str | None = None,
+                 alias: str | None = None) -> ModelVersion:
+        trainer = self.config.selected("train")[0]
+
+        def work() -> ModelVersion:
+            used = [*self.config.selected("preprocess"), trainer, *self.config.selected("validate")]
+            record = lineage.record(config=self.config, plugins=self.plugins, used=used, data=raw,
+                                    run_id=self.run.run_id, parent=parent)
+            staged = self.store.staging_dir()
+            manifest = write_bundle(staged, model=model, flavor_plugin=trainer, raw=raw, steps=steps,
+                                    metrics=validation[0].mean if validation else {}, lineage=record,
+                                    plugins=self.plugins)
+            version = self.store.register(self.run.model_name, staged, manifest)
+            if alias:
+                self.store.set_alias(version.name, alias, version.version, reason=f"run {self.run.run_id}")
+                version = self.store.get(version.name, version.version)
+            self.plugins.notify("on_model_registered", version=version, run=self.run)
+            return version
+
+        version = self._stage(f"{prefix}register", [self.config.store.uri], work,
+                              lambda v: f"{v.ref}" + (f" @{', @'.join(v.aliases)}" if v.aliases else ""))
+        self.result.versions.append(version)
+        return version
+
+    def load(self, version: ModelVersion) -> LoadedModel:
+        """A registered version, verified and loaded from its bundle."""
+        return read_bundle(version.path, self.plugins, ref=version.ref, digest=version.digest, run=self.run)
+
+    def build(self, raw: Dataset, prefix: str = "", parent: str | None = None,
+              alias: str | None = None) -> Built:
+        """Preprocess, train, validate and register a version on raw rows."""
+        features, steps, issues = self.preprocess(raw, prefix)
+        model = self.train(features, prefix)
+        validation = self.validate(features, prefix)
+        version = self.register(model, raw, steps, validation, prefix, parent=parent, alias=alias)
+        self.result.validation.extend(validation)
+        self.result.issues.extend(issues)
+        return Built(version=version, validation=validation, issues=issues)
+
+    def deploy(self, version: ModelVersion, model: LoadedModel, dataset: Dataset | None) -> list[Deployment]:
+        names = self.config.selected("deploy")
+
+        def work() -> list[Deployment]:
+            out = [_expect(self.plugins.call(n, "deploy", version=version, model=model, dataset=dataset,
+                                             options=self.session.options_for("deploy", n), run=self.run),
+                           Deployment, n, "deploy") for n in names]
+            if out:
+                self.store.set_alias(version.name, "production", version.version,
+                                     reason=f"deployed by run {self.run.run_id} to {', '.join(names)}")
+            return out
+
+        deployments = self._stage("deploy", names, work,
+                                  lambda ds: "; ".join(f"{d.target}: {d.location}" for d in ds) or "no target")
+        self.result.deployments.extend(deployments)
+        return deployments
+
+    def monitor(self, version: ModelVersion, model: LoadedModel, current: Dataset,
+                reference: Dataset) -> list[MonitorReport]:
+        names = self.config.selected("monitor")
+
+        def work() -> list[MonitorReport]:
+            predictions = model.predict(current.frame)
+            reports = []
+            for n in names:
+                report = _expect(self.plugins.call(n, "monitor", version=version, current=current,
+                                                   predictions=predictions, reference=reference,
+                                                   options=self.session.options_for("monitor", n), run=self.run),
+                                 MonitorReport, n, "monitor")
+                reports.append(attrs.evolve(report, monitor=report.monitor or n, model=report.model or version.ref))
+            return reports
+
+        reports = self._stage("monitor", names, work,
+                              lambda rs: "; ".join(f"{r.monitor}: {_figures(r.metrics)}" for r in rs))
+        self.result.reports.extend(reports)
+        return reports
+
+    def decide(self, version: ModelVersion, reports: list[MonitorReport]) -> RetrainDecision:
+        names = self.config.selected("retrain")
+
+        def work() -> RetrainDecision:
+            decisions = []
+            for n in names:
+                d = _expect(self.plugins.call(n, "decide_retrain", version=version, reports=reports,
+                                              options=self.session.options_for("retrain", n), run=self.run),
+                            RetrainDecision, n, "decide_retrain")
+                if not d.reasons:
+                    raise PluginCallError(n, "decide_retrain", ValueError("returned a decision without reasons"))
+                decisions.append(attrs.evolve(d, policy=d.policy or n))
+            retrain = any(d.retrain for d in decisions)
+            reasons = tuple(f"{d.policy}: {r}" for d in decisions for r in d.reasons if d.retrain == retrain)
+            return RetrainDecision(retrain=retrain, reasons=reasons or ("no policy selected",),
+                                   policy=", ".join(names))
+
+        decision = self._stage("decide_retrain", names, work,
+                               lambda d: ("retrain" if d.retrain else "keep") + ": " + "; ".join(d.reasons))
+        self.result.decision = decision
+        return decision
+
+    # -- the whole loop ----------------------------------------------------
+
+    def run_once(self) -> RunResult:
+        """One pass of the lifecycle on the configured data."""
+        raw = self._stage("load", [self.config.data.source], lambda: data_mod.load(self.config),
+                          lambda d: f"{len(d):,} rows from {d.name}")
+        train_raw, monitor_raw = data_mod.periods(raw, self.config)
+        built = self.build(train_raw)
+        version = built.version
+        if not self.config.selected("deploy") and monitor_raw is None:
+            return self.result
+        model = self.load(version)
+        self.deploy(version, model, monitor_raw)
+        if monitor_raw is None or not self.config.selected("monitor"):
+            self.reporter.note("no monitoring period or monitor selected: stopping after deploy")
+            return self.result
+        reports = self.monitor(version, model, monitor_raw, train_raw)
+        decision = self.decide(version, reports)
+        if decision.retrain and self.config.stages["retrain"].act:
+            newer = train_raw.derive(_concat(train_raw, monitor_raw), name=f"{raw.name} [train + monitor]")
+            self.build(newer, prefix="retrain.", parent=version.ref, alias="candidate")
+        return self.result
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
+def _concat(a: Dataset, b: Dataset) -> Any:
+    import pandas as pd
+
+    frame = pd.concat([a.frame, b.frame], ignore_index=True)
+    if a.time:
+        frame = frame.sort_values([c for c in (a.series, a.time) if c], kind="stable", ignore_index=True)
+    return frame
+
+
+def _figures(metrics: Any) -> str:
+    keys = [k for k in ("accuracy", "precision", "recall", "f1", "roc_auc", "rmse", "drift_max") if k in metrics]
+    return ", ".join(f"{k} {metrics[k]:.3f}" for k in keys[:5]) or "-"
+

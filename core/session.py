@@ -1,0 +1,112 @@
+"""A checked config bound to loaded plugins: what every command works from.
+
+`Session.open(config)` loads exactly the plugins the config selects, checks
+that each implements its stage's hook, and structures each plugin's options.
+Nothing else is imported, so a broken plugin that is not selected changes
+nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from opsloop.config import PLUGIN_LISTS, Config, structure
+from opsloop.errors import ConfigError, StoreError, UnknownPluginError, closest
+from opsloop.manager import STAGE_HOOKS, PluginManager
+
+if TYPE_CHECKING:
+    from opsloop.store import ModelStore
+
+#: How many plugins a section may select: (at least, at most).
+CARDINALITY = {"train": (1, 1), "store": (1, None), "preprocess": (0, None)}
+STORE_ENV = "OPSLOOP_STORE"
+
+
+@attrs.define
+class Session:
+    """Config, plugins and checked options, ready for the runner and the CLI."""
+
+    config: Config
+    plugins: PluginManager
+    options: dict[tuple[str, str], Any] = attrs.field(factory=dict)
+
+    @classmethod
+    def open(cls, config: Config, plugins: PluginManager | None = None, *,
+             sections: tuple[str, ...] | None = None) -> Session:
+        """Load and check the plugins the config selects.
+
+        Args:
+            config: The config.
+            plugins: A plugin manager (a new one discovers installed plugins).
+            sections: Only these sections (default: all), so `models list`
+                does not need the trainer to import.
+        """
+        session = cls(config=config, plugins=plugins or PluginManager())
+        for section in sections or tuple(PLUGIN_LISTS):
+            session._check_section(section)
+        return session
+
+    def _check_section(self, section: str) -> None:
+        config, pm = self.config, self.plugins
+        list_key = PLUGIN_LISTS[section]
+        where = f"{section}.{list_key}"
+        names = config.selected(section)
+        low, high = CARDINALITY.get(section, (0, None))
+        if len(names) < low or (high is not None and len(names) > high):
+            wanted = f"exactly {low}" if low == high else f"at least {low}"
+            raise ConfigError(f"selects {len(names)} plugins, needs {wanted}", section=section,
+                              key=list_key, source=config.source)
+        if len(set(names)) != len(names):
+            raise ConfigError(f"lists a plugin twice: {names}", section=section, key=list_key,
+                              source=config.source)
+        for name in names:
+            try:
+                pm.load(name, where=where)
+            except UnknownPluginError as exc:
+                raise ConfigError(str(exc), section=section, key=list_key, source=config.source) from exc
+            hook = STAGE_HOOKS.get(section)
+            if hook and not pm.implements(name, hook):
+                raise ConfigError(f'plugin "{name}" cannot be selected here: it does not implement '
+                                  f"the {hook} hook (it implements: {', '.join(pm.hooks_of(name)) or 'nothing'})",
+                                  section=section, key=list_key, source=config.source)
+            self.options[(section, name)] = self._options(section, name)
+        for table in config.plugin_tables(section):
+            if table in names:
+                continue
+            if table not in pm.known:  # a typo in a plugin's table name must not pass silently
+                raise ConfigError(f'table for unknown plugin "{table}"', section=section, key=table,
+                                  source=config.source, suggestion=closest(table, [*names, *pm.known]))
+
+    def _options(self, section: str, name: str) -> Any:
+        cls = self.plugins.options_class(name)
+        table = self.config.options_table(section, name)
+        if cls is None:
+            if table:
+                raise ConfigError(f'plugin "{name}" takes no options', section=f"{section}.{name}",
+                                  key=next(iter(table)), source=self.config.source)
+            return None
+        return structure(table, cls, section=f"{section}.{name}", source=self.config.source)
+
+    def options_for(self, section: str, name: str) -> Any:
+        """The checked options of a selected plugin."""
+        return self.options[(section, name)]
+
+    def open_store(self) -> ModelStore:
+        """The registry named by `OPSLOOP_STORE` or `[store] uri`."""
+        if ("store", self.config.selected("store")[0]) not in self.options:
+            self._check_section("store")
+        uri = os.environ.get(STORE_ENV) or self.config.store.uri
+        store = None
+        for name in self.config.selected("store"):
+            store = self.plugins.call(name, "open_store", uri=uri, workdir=Path(self.config.workdir))
+            if store is not None:
+                break
+        if store is None:
+            raise StoreError(f"no store plugin accepts {uri!r} (tried: {', '.join(self.config.selected('store'))}); "
+                             "check [store] uri and plugins")
+        return store
+

@@ -1,0 +1,299 @@
+"""Data types that cross hooks.
+
+All are `attrs.frozen(kw_only=True)`: no plugin changes what the next one
+sees (derive with `attrs.evolve`), and fields can be added later without
+breaking a plugin that builds one by keyword. pandas is imported lazily.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import attrs
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from opsloop.config import Config
+
+__all__ = [
+    "Dataset",
+    "Deployment",
+    "ModelVersion",
+    "MonitorReport",
+    "Preprocessed",
+    "RetrainDecision",
+    "RunContext",
+    "TrainedModel",
+    "ValidationReport",
+]
+
+Task = Literal["classification", "regression", "anomaly"]
+T = TypeVar("T")
+
+
+def _frozen_mapping(value: Mapping[str, Any] | None) -> dict[str, Any]:
+    return dict(value or {})
+
+
+@attrs.frozen(kw_only=True)
+class Dataset:
+    """Telemetry rows and what we know about them.
+
+    Attributes:
+        frame: The rows; left out of `==` and `repr`.
+        target: Label column, None when unlabelled.
+        time: Time column, None when rows are not ordered in time.
+        series: Column naming the machine or service a row belongs to, if several.
+        fingerprint: sha256 of the rows (values, columns, dtypes), for lineage.
+        name: Where the rows came from (a path, `embedded:asd`, a period name).
+    """
+
+    frame: pd.DataFrame = attrs.field(eq=False, repr=False)
+    target: str | None = None
+    time: str | None = None
+    series: str | None = None
+    fingerprint: str
+    name: str = ""
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, **kwargs: Any) -> Dataset:
+        """Wrap a frame, computing its fingerprint."""
+        return cls(frame=frame, fingerprint=fingerprint_frame(frame), **kwargs)
+
+    def derive(self, frame: pd.DataFrame, **changes: Any) -> Dataset:
+        """The same dataset with other rows (fingerprint recomputed)."""
+        return attrs.evolve(self, frame=frame, fingerprint=fingerprint_frame(frame), **changes)
+
+    @property
+    def meta_columns(self) -> list[str]:
+        """The target, time and series columns that are present."""
+        return [c for c in (self.target, self.time, self.series) if c and c in self.frame.columns]
+
+    @property
+    def feature_columns(self) -> list[str]:
+        """Every column that is not the target, the time or the series."""
+        meta = set(self.meta_columns)
+        return [c for c in self.frame.columns if c not in meta]
+
+    @property
+    def X(self) -> pd.DataFrame:  # noqa: N802 - the name every ML reader expects
+        """The feature columns."""
+        return self.frame[self.feature_columns]
+
+    @property
+    def y(self) -> pd.Series:
+        """The target column; a DataError when the dataset has none."""
+        from opsloop.errors import DataError
+
+        if not self.target or self.target not in self.frame.columns:
+            raise DataError(f"dataset {self.name or '?'} has no target column {self.target!r}")
+        return self.frame[self.target]
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+
+def fingerprint_frame(frame: pd.DataFrame) -> str:
+    """A sha256 of a frame's columns, dtypes and values (row order matters)."""
+    import pandas as pd
+
+    digest = hashlib.sha256()
+    digest.update(repr([(str(c), str(t)) for c, t in frame.dtypes.items()]).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+@attrs.frozen(kw_only=True)
+class Preprocessed:
+    """What one preprocess step returns.
+
+    Attributes:
+        dataset: The transformed rows.
+        state: JSON-able state the step learned (when fitting) or was given
+            (when replaying); stored in the bundle and replayed when serving.
+        issues: Data-quality findings, one sentence each, for the run summary.
+    """
+
+    dataset: Dataset
+    state: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping)
+    issues: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class TrainedModel:
+    """A fitted estimator and how to store it.
+
+    Attributes:
+        estimator: Follows scikit-learn's API: `predict(X)`, and
+            `predict_proba(X)` for classifiers. Left out of `==` and `repr`.
+        flavor: Storage format, handled by a `save_model`/`load_model` plugin
+            (`"xgboost"`, `"sklearn"`).
+        task: `"classification"`, `"regression"` or `"anomaly"`.
+        params: Hyper-parameters, for lineage and `models show`.
+        features: Columns the estimator was fitted on, in order.
+    """
+
+    estimator: Any = attrs.field(eq=False, repr=False)
+    flavor: str
+    task: Task = "classification"
+    params: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping)
+    features: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class ValidationReport:
+    """Metrics of a validation scheme.
+
+    Attributes:
+        method: What was done, e.g. `"5-fold time-ordered"`.
+        folds: Per-fold metrics, in fold order.
+        mean: Mean of each metric over the folds.
+        std: Standard deviation of each metric over the folds.
+    """
+
+    method: str
+    folds: tuple[Mapping[str, float], ...] = ()
+    mean: Mapping[str, float] = attrs.field(factory=dict, converter=_frozen_mapping)
+    std: Mapping[str, float] = attrs.field(factory=dict, converter=_frozen_mapping)
+
+
+@attrs.frozen(kw_only=True)
+class ModelVersion:
+    """One registered, immutable model version.
+
+    Attributes:
+        name: Model name.
+        version: Number, from 1, without gaps per name.
+        created_at: ISO 8601 UTC time of registration.
+        created_by: User who registered it.
+        flavor: Storage format of the estimator.
+        task: What the model predicts.
+        metrics: Validation metrics (means).
+        params: Hyper-parameters.
+        lineage: Data fingerprint, config and its hash, git commit, versions.
+        aliases: Aliases pointing at this version now.
+        path: Directory of the bundle.
+        digest: sha256 of the bundle's manifest, which lists every file's sha256.
+    """
+
+    name: str
+    version: int
+    created_at: str
+    created_by: str = ""
+    flavor: str = ""
+    task: str = ""
+    metrics: Mapping[str, float] = attrs.field(factory=dict, converter=_frozen_mapping)
+    params: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping)
+    lineage: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping)
+    aliases: tuple[str, ...] = ()
+    path: Path
+    digest: str = ""
+
+    @property
+    def ref(self) -> str:
+        """`name:version`, the form every command accepts."""
+        return f"{self.name}:{self.version}"
+
+
+@attrs.frozen(kw_only=True)
+class Deployment:
+    """Where a version went.
+
+    Attributes:
+        target: The deploy plugin's name.
+        model: `name:version` deployed.
+        location: A file, URL or endpoint an operator can use.
+        details: Anything else worth showing (rows scored, seconds).
+    """
+
+    target: str
+    model: str
+    location: str
+    details: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping)
+
+
+@attrs.frozen(kw_only=True)
+class MonitorReport:
+    """What a monitor saw on a period of live or later data.
+
+    Attributes:
+        monitor: The plugin's name (set by the runner when left empty).
+        model: `name:version` monitored.
+        rows: Rows looked at.
+        metrics: Figures, e.g. accuracy, precision, recall, f1.
+        baseline: The same figures at validation time, where known.
+        alerts: Sentences a policy or a person should read.
+    """
+
+    monitor: str = ""
+    model: str = ""
+    rows: int = 0
+    metrics: Mapping[str, float] = attrs.field(factory=dict, converter=_frozen_mapping)
+    baseline: Mapping[str, float] = attrs.field(factory=dict, converter=_frozen_mapping)
+    alerts: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class RetrainDecision:
+    """A retrain policy's verdict.
+
+    Attributes:
+        retrain: Whether to retrain now.
+        reasons: Why, one sentence each; never empty.
+        policy: The plugin's name (set by the runner when left empty).
+    """
+
+    retrain: bool
+    reasons: tuple[str, ...]
+    policy: str = ""
+
+
+class Reporter:
+    """Progress and messages for the person watching; silent by default."""
+
+    def track(self, items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+        """Iterate over `items`, showing progress where there is a screen."""
+        yield from items
+
+    def note(self, message: str) -> None:
+        """A one-line message for the person watching."""
+
+    def stage_started(self, stage: str, plugins: list[str]) -> None:
+        """A stage begins (the runner calls this)."""
+
+    def stage_finished(self, stage: str, seconds: float, summary: str) -> None:
+        """A stage ended well (the runner calls this)."""
+
+    def stage_failed(self, stage: str, error: BaseException) -> None:
+        """A stage raised (the runner calls this)."""
+
+
+@attrs.frozen(kw_only=True)
+class RunContext:
+    """What every stage hook gets about the run in progress.
+
+    Attributes:
+        run_id: Unique id of this run.
+        workdir: Directory the run works in (where `.opsloop/` lives).
+        model_name: Name versions are registered under.
+        seed: Seed every random choice derives from.
+        config: The checked config.
+        log: Logger for plugins (`run.log.info(...)`).
+        reporter: Progress bars and notes (`run.reporter.track(folds, "folds")`).
+    """
+
+    run_id: str
+    workdir: Path
+    model_name: str
+    seed: int = 0
+    config: Config = attrs.field(eq=False, repr=False)
+    log: logging.Logger = attrs.field(eq=False, repr=False, factory=lambda: logging.getLogger("opsloop"))
+    reporter: Reporter = attrs.field(eq=False, repr=False, factory=Reporter)
+
+
+FitFunction = Callable[[Dataset], TrainedModel]
