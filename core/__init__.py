@@ -5,48 +5,57 @@ found through entry points in the group `opsloop`, do the work. Importing
 this package is cheap: pandas, scikit-learn and XGBoost load only when used.
 """
 
-from opsloop.errors import (
-    BundleError,
-    ConfigError,
-    DataError,
-    OpsloopError,
-    PluginCallError,
-    PluginConflictError,
-    PluginLoadError,
-    StoreError,
-    UnknownPluginError,
-)
-from opsloop.hookspecs import hookimpl
-from opsloop.types import (
-    Dataset,
-    Deployment,
-    ModelVersion,
-    MonitorReport,
-    Preprocessed,
-    RetrainDecision,
-    RunContext,
-    TrainedModel,
-    ValidationReport,
-)
+from __future__ import annotations
 
-__all__ = [
-    "BundleError",
-    "ConfigError",
-    "DataError",
-    "Dataset",
-    "Deployment",
-    "ModelVersion",
-    "MonitorReport",
-    "OpsloopError",
-    "PluginCallError",
-    "PluginConflictError",
-    "PluginLoadError",
-    "Preprocessed",
-    "RetrainDecision",
-    "RunContext",
-    "StoreError",
-    "TrainedModel",
-    "UnknownPluginError",
-    "ValidationReport",
-    "hookimpl",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Re-exports are resolved on first use (PEP 562), so that `opsloop --help`
+# does not pay for pluggy and attrs; type checkers see the real imports.
+_EXPORTS = {
+    "hookimpl": "opsloop.hookspecs",
+    **dict.fromkeys(["BundleError", "ConfigError", "DataError", "OpsloopError", "PluginCallError",
+                     "PluginConflictError", "PluginLoadError", "StoreError", "UnknownPluginError"], "opsloop.errors"),
+    **dict.fromkeys(["Dataset", "Deployment", "ModelVersion", "MonitorReport", "Preprocessed", "RetrainDecision",
+                     "RunContext", "TrainedModel", "ValidationReport"], "opsloop.types"),
+}
+
+if TYPE_CHECKING:
+    from opsloop.errors import (
+        BundleError,
+        ConfigError,
+        DataError,
+        OpsloopError,
+        PluginCallError,
+        PluginConflictError,
+        PluginLoadError,
+        StoreError,
+        UnknownPluginError,
+    )
+    from opsloop.hookspecs import hookimpl
+    from opsloop.types import (
+        Dataset,
+        Deployment,
+        ModelVersion,
+        MonitorReport,
+        Preprocessed,
+        RetrainDecision,
+        RunContext,
+        TrainedModel,
+        ValidationReport,
+    )
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'opsloop' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

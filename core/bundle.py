@@ -67,22 +67,28 @@ def input_schema(dataset: Dataset) -> list[dict[str, str]]:
     return [{"name": str(c), "dtype": str(frame[c].dtype)} for c in frame.columns if c != dataset.target]
 
 
-def write_bundle(directory: Path, *, model: TrainedModel, flavor_plugin: str, raw: Dataset,
+def write_bundle(directory: Path, *, model: TrainedModel, trainer: str, raw: Dataset,
                  steps: Sequence[StepRecord], metrics: Mapping[str, float], lineage: Mapping[str, Any],
                  plugins: PluginManager) -> dict[str, Any]:
     """Write a bundle into an empty directory and return its manifest.
 
-    The flavor's `save_model` writes the estimator; the manifest records the
-    sha256 of each file it wrote.
+    The first loaded plugin whose `save_model` accepts the flavor writes the
+    estimator; when none does, the plugin named like the flavor (`xgboost`,
+    `sklearn`) is loaded and asked. The manifest records which plugin saved
+    it (to load it back) and the sha256 of each file.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    files = plugins.pm.hook.save_model(model=model, path=directory)
-    if not files:
-        raise BundleError(f"no loaded plugin can save flavor {model.flavor!r} (trained by {flavor_plugin})")
+    saver, files = plugins.first("save_model", model=model, path=directory)
+    if saver is None and model.flavor in plugins.known and not plugins.pm.has_plugin(model.flavor):
+        plugins.load(model.flavor, where=f"flavor of the model trained by {trainer}")
+        saver, files = plugins.first("save_model", model=model, path=directory)
+    if saver is None or not files:
+        raise BundleError(f"no plugin can save flavor {model.flavor!r} (trained by {trainer})")
     manifest = {
         "format": FORMAT,
         "flavor": model.flavor,
-        "flavor_plugin": flavor_plugin,
+        "flavor_plugin": saver,
+        "trainer": trainer,
         "task": model.task,
         "target": raw.target,
         "time": raw.time,

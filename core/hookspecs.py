@@ -340,3 +340,21 @@ def on_model_registered(version: ModelVersion, run: RunContext) -> None:
         version: The new version, with its lineage.
         run: The run that registered it.
     """
+
+
+@hookspec
+def on_alias_changed(model: str, alias: str, from_version: int | None, to_version: int | None, reason: str,
+                     actor: str) -> None:
+    """An alias of a model moved (deploy, promote, rollback) or was removed.
+
+    Called on every plugin the config enables, after the store recorded the
+    change in its audit trail. A webhook, chat notice or CD trigger acts here.
+
+    Args:
+        model: The model name.
+        alias: The alias, e.g. `"production"`.
+        from_version: The version it pointed to before, None if it is new.
+        to_version: The version it points to now, None if it was removed.
+        reason: Why, as given by the command or the run.
+        actor: Who made the change.
+    """

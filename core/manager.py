@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.metadata as im
 import inspect
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any
 
@@ -51,6 +51,7 @@ class PluginInfo:
     version: str
     value: str
     entry_point: im.EntryPoint | None = attrs.field(default=None, eq=False, repr=False)
+    obj: object | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def label(self) -> str:
@@ -84,6 +85,11 @@ def discover(group: str = GROUP) -> tuple[dict[str, PluginInfo], dict[str, list[
     return known, conflicts
 
 
+#: Called with every new PluginManager: `opsloop.testing` uses it to add in-process
+#: plugins and hook recorders to the managers that commands build for themselves.
+ON_NEW_MANAGER: list[Callable[[PluginManager], None]] = []
+
+
 class PluginManager:
     """opsloop's view of installed plugins, wrapping a pluggy manager."""
 
@@ -96,6 +102,8 @@ class PluginManager:
         self.known: dict[str, PluginInfo] = dict(known)
         self.conflicts: dict[str, list[str]] = dict(conflicts or {})
         self.broken: dict[str, BaseException] = {}
+        for callback in ON_NEW_MANAGER:
+            callback(self)
 
     # -- loading -----------------------------------------------------------
 
@@ -117,8 +125,7 @@ class PluginManager:
         if name in self.broken:
             raise PluginLoadError(name, info.label, self.broken[name])
         try:
-            assert info.entry_point is not None
-            plugin = info.entry_point.load()
+            plugin = info.obj if info.obj is not None else info.entry_point.load()  # type: ignore[union-attr]
             self.pm.register(plugin, name=name)
             self.pm.check_pending()  # a misspelt hook name fails here, naming its plugin
         except Exception as exc:
@@ -143,11 +150,19 @@ class PluginManager:
             except PluginLoadError:
                 pass
 
+    def add(self, plugin: object, name: str, *, dist: str = IN_PROCESS, version: str = "") -> None:
+        """Make an in-process plugin known, as if installed; it loads when selected."""
+        value = getattr(plugin, "__name__", type(plugin).__name__)
+        seen = self.known.get(name)
+        if seen is not None and seen.obj is not plugin and seen.value != value:
+            self.conflicts[name] = [seen.label, f"{dist} {version}".strip()]
+            return
+        self.known[name] = PluginInfo(name=name, dist=dist, version=version, value=value, obj=plugin)
+
     def register(self, plugin: object, name: str, *, dist: str = IN_PROCESS, version: str = "") -> None:
-        """Register an in-process plugin (tests, notebooks, embedding opsloop)."""
-        self.pm.register(plugin, name=name)
-        self.pm.check_pending()
-        self.known[name] = PluginInfo(name=name, dist=dist, version=version, value=repr(plugin))
+        """Add and load an in-process plugin at once (tests, notebooks, embedding opsloop)."""
+        self.add(plugin, name, dist=dist, version=version)
+        self.load(name)
 
     # -- introspection -----------------------------------------------------
 
@@ -197,6 +212,17 @@ class PluginManager:
             raise
         except Exception as exc:
             raise PluginCallError(name, hook, exc, dist=self._label(name)) from exc
+
+    def first(self, hook: str, **kwargs: Any) -> tuple[str, Any] | tuple[None, None]:
+        """A firstresult hook, also telling which plugin answered: `(plugin, result)`."""
+        for impl in getattr(self.pm.hook, hook).get_hookimpls()[::-1]:  # pluggy's order: last registered first
+            try:
+                result = impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+            except Exception as exc:
+                raise PluginCallError(impl.plugin_name, hook, exc, dist=self._label(impl.plugin_name)) from exc
+            if result is not None:
+                return impl.plugin_name, result
+        return None, None
 
     def notify(self, hook: str, *, swallow: bool = False, **kwargs: Any) -> None:
         """Call an observer hook on every loaded plugin, blaming the one that raises.

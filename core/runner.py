@@ -196,7 +196,7 @@ class Runner:
             record = lineage.record(config=self.config, plugins=self.plugins, used=used, data=raw,
                                     run_id=self.run.run_id, parent=parent)
             staged = self.store.staging_dir()
-            manifest = write_bundle(staged, model=model, flavor_plugin=trainer, raw=raw, steps=steps,
+            manifest = write_bundle(staged, model=model, trainer=trainer, raw=raw, steps=steps,
                                     metrics=validation[0].mean if validation else {}, lineage=record,
                                     plugins=self.plugins)
             version = self.store.register(self.run.model_name, staged, manifest)

@@ -1,0 +1,95 @@
+"""Rich output: consoles, tables, JSON and the progress reporter of `opsloop run`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.table import Table
+
+from opsloop.types import Reporter
+
+T = TypeVar("T")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def print_json(data: Any) -> None:
+    """JSON on stdout, plain (no colour codes), for scripts."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str, allow_nan=True) + "\n")
+
+
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
+    """A Rich table of strings."""
+    t = Table(title=title, title_justify="left", header_style="bold")
+    for c in columns:
+        t.add_column(c)
+    for row in rows:
+        t.add_row(*("" if v is None else str(v) for v in row))
+    return t
+
+
+def fmt(value: Any) -> str:
+    """A figure for a table: floats to 3 decimals, NaN as '-'."""
+    if isinstance(value, float):
+        return "-" if value != value else f"{value:.3f}"
+    return str(value)
+
+
+class RichReporter(Reporter):
+    """Progress for `opsloop run`: a spinner per stage, bars over folds, a line per finished stage."""
+
+    def __init__(self, out: Console | None = None, *, quiet: bool = False) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.console = out or err_console
+        self.quiet = quiet
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), console=self.console,
+                                 transient=True, disable=quiet)
+        self._stage_task: Any = None
+
+    def __enter__(self) -> RichReporter:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def track(self, items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+        if total is None and hasattr(items, "__len__"):
+            total = len(items)  # type: ignore[arg-type]
+        task = self.progress.add_task(f"  {description}", total=total)
+        try:
+            for item in items:
+                yield item
+                self.progress.advance(task)
+        finally:
+            self.progress.remove_task(task)
+
+    def note(self, message: str) -> None:
+        if not self.quiet:
+            self.progress.console.print(f"[dim]{message}[/dim]")
+
+    def stage_started(self, stage: str, plugins: list[str]) -> None:
+        self._stage_task = self.progress.add_task(f"{stage} [dim]({', '.join(plugins)})[/dim]", total=None)
+
+    def _end_stage(self) -> None:
+        if self._stage_task is not None:
+            self.progress.remove_task(self._stage_task)
+            self._stage_task = None
+
+    def stage_finished(self, stage: str, seconds: float, summary: str) -> None:
+        self._end_stage()
+        if not self.quiet:
+            self.progress.console.print(f"[green]✓[/green] [bold]{stage:<24}[/bold] {seconds:6.2f}s  {summary}",
+                                        highlight=False)
+
+    def stage_failed(self, stage: str, error: BaseException) -> None:
+        self._end_stage()
+        if not self.quiet:
+            self.progress.console.print(f"[red]✗[/red] [bold]{stage}[/bold] failed", highlight=False)

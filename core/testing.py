@@ -1,0 +1,216 @@
+"""`opsloop.testing`: the pytest kit for plugin authors (and opsloop's own tests).
+
+Opt in from a `conftest.py`:
+
+    pytest_plugins = ["opsloop.testing"]
+
+Fixtures:
+    opsloop_project: a project in a temp dir (config, data, in-process plugins);
+        `project.run("run")` runs a command in-process and returns a `Result`.
+    register_plugin: make an in-process plugin known to every PluginManager
+        built during the test, as if it were installed; forgotten on exit.
+    hook_recorder: records every hook call of every PluginManager built
+        during the test (as pytester's HookRecorder).
+    make_plugin_dist: write a plugin module and a `*.dist-info` with an
+        `entry_points.txt` on sys.path: real entry-point discovery, without pip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sys
+import textwrap
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from opsloop import manager
+
+
+@attrs.define
+class Result:
+    """What a command did: exit code, output, and the run's JSON when it printed some."""
+
+    args: list[str]
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def json(self) -> Any:
+        """stdout parsed as JSON (for commands run with `--json`)."""
+        return json.loads(self.stdout)
+
+    @property
+    def stages(self) -> list[tuple[str, str]]:
+        """`(stage, plugin)` for every plugin of every stage of a `run --json`."""
+        return [(s["stage"], p) for s in self.json["stages"] for p in s["plugins"]]
+
+    def assert_ok(self) -> Result:
+        """Fail the test with the command's stderr unless it exited 0."""
+        assert self.exit_code == 0, f"opsloop {' '.join(self.args)} exited {self.exit_code}:\n{self.stderr}"
+        return self
+
+    def assert_error(self, *fragments: str) -> Result:
+        """Assert a clean failure: exit 1, one message containing every fragment, no traceback."""
+        assert self.exit_code != 0, f"opsloop {' '.join(self.args)} succeeded:\n{self.stdout}"
+        assert "Traceback" not in self.stderr, self.stderr
+        for fragment in fragments:
+            assert fragment in self.stderr, f"{fragment!r} not in stderr:\n{self.stderr}"
+        return self
+
+
+def invoke(args: list[str], cwd: Path) -> Result:
+    """Run `opsloop ARGS` in-process in `cwd` (the CLI's own error boundary included)."""
+    from opsloop.cli import invoke as cli_invoke
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli_invoke(args)
+    return Result(args=args, exit_code=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
+def to_toml(table: Mapping[str, Any]) -> str:
+    """A config dict as TOML text."""
+    import tomli_w
+
+    return tomli_w.dumps(dict(table))
+
+
+@attrs.define
+class Project:
+    """A working directory with an `opsloop.toml`."""
+
+    path: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "opsloop.toml"
+
+    def write_config(self, config: Mapping[str, Any]) -> Path:
+        """(Re)write opsloop.toml from a dict."""
+        self.config_path.write_text(to_toml(config), encoding="utf-8")
+        return self.config_path
+
+    def run(self, *args: str) -> Result:
+        """Run a command in the project; `run` gets `--json --quiet` unless given."""
+        argv = list(args)
+        if argv[:1] == ["run"] and "--json" not in argv:
+            argv += ["--json", "--quiet"]
+        return invoke(argv, self.path)
+
+
+@pytest.fixture
+def register_plugin() -> Iterator[Callable[..., None]]:
+    """`register_plugin(obj, name="my-trainer")`: known to every PluginManager of this test."""
+    added: list[tuple[str, object, str, str]] = []
+
+    def add_to(pm: manager.PluginManager) -> None:
+        for name, obj, dist, version in added:
+            pm.add(obj, name, dist=dist, version=version)
+
+    manager.ON_NEW_MANAGER.append(add_to)
+
+    def register(obj: object, name: str, *, dist: str = manager.IN_PROCESS, version: str = "") -> None:
+        added.append((name, obj, dist, version))
+
+    yield register
+    manager.ON_NEW_MANAGER.remove(add_to)
+
+
+@attrs.define
+class HookCall:
+    """One recorded hook call."""
+
+    hook: str
+    plugins: list[str]
+    kwargs: dict[str, Any]
+    result: Any = None
+
+
+@attrs.define
+class HookRecorder:
+    """Hook calls made through pluggy (observer and firstresult hooks).
+
+    Stage hooks are called per plugin by the runner (to attribute errors),
+    so they do not pass through here: use `Result.stages` for those.
+    """
+
+    calls: list[HookCall] = attrs.field(factory=list)
+
+    def named(self, hook: str) -> list[HookCall]:
+        return [c for c in self.calls if c.hook == hook]
+
+
+@pytest.fixture
+def hook_recorder() -> Iterator[HookRecorder]:
+    """Records the pluggy hook calls of every PluginManager built during the test."""
+    recorder = HookRecorder()
+
+    def attach(pm: manager.PluginManager) -> None:
+        def before(hook_name: str, impls: Any, kwargs: dict[str, Any]) -> None:
+            recorder.calls.append(HookCall(hook=hook_name, plugins=[i.plugin_name for i in impls], kwargs=kwargs))
+
+        def after(outcome: Any, hook_name: str, impls: Any, kwargs: dict[str, Any]) -> None:
+            recorder.calls[-1].result = outcome.get_result() if outcome.exception is None else outcome.exception
+
+        pm.pm.add_hookcall_monitoring(before, after)
+
+    manager.ON_NEW_MANAGER.append(attach)
+    yield recorder
+    manager.ON_NEW_MANAGER.remove(attach)
+
+
+@pytest.fixture
+def opsloop_project(tmp_path: Path, register_plugin: Callable[..., None]) -> Callable[..., Project]:
+    """`opsloop_project(config={...}, plugins={"name": module}, files={"data.csv": text})`."""
+
+    def make(config: Mapping[str, Any] | None = None, plugins: Mapping[str, object] | None = None,
+             files: Mapping[str, str | bytes] | None = None) -> Project:
+        project = Project(path=tmp_path)
+        for name, obj in (plugins or {}).items():
+            register_plugin(obj, name)
+        for rel, content in (files or {}).items():
+            target = tmp_path / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                target.write_bytes(content)
+            else:
+                target.write_text(content, encoding="utf-8")
+        if config is not None:
+            project.write_config(config)
+        return project
+
+    return make
+
+
+@pytest.fixture
+def make_plugin_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
+    """`make_plugin_dist(dist="opsloop-foo", version="1.0", modules={"opsloop_foo": source},
+    entry_points={"foo": "opsloop_foo"})`: an importable module and its dist-info on sys.path."""
+    site = tmp_path / "site-packages"
+    site.mkdir(exist_ok=True)
+    monkeypatch.syspath_prepend(str(site))
+
+    def make(*, dist: str, version: str = "1.0", modules: Mapping[str, str],
+             entry_points: Mapping[str, str]) -> Path:
+        for module, source in modules.items():
+            (site / f"{module}.py").write_text(textwrap.dedent(source), encoding="utf-8")
+        info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n", encoding="utf-8")
+        lines = "".join(f"{name} = {value}\n" for name, value in entry_points.items())
+        (info / "entry_points.txt").write_text(f"[{manager.GROUP}]\n{lines}", encoding="utf-8")
+        import importlib
+
+        importlib.invalidate_caches()
+        for module in modules:
+            sys.modules.pop(module, None)
+        return site
+
+    return make
