@@ -34,7 +34,7 @@ import pluggy
 if TYPE_CHECKING:
     import typer
 
-    from opsloop.store import ModelStore
+    from opsloop.store import AliasChange, ModelStore
     from opsloop.types import (
         Dataset,
         Deployment,
@@ -343,18 +343,15 @@ def on_model_registered(version: ModelVersion, run: RunContext) -> None:
 
 
 @hookspec
-def on_alias_changed(model: str, alias: str, from_version: int | None, to_version: int | None, reason: str,
-                     actor: str) -> None:
-    """An alias of a model moved (deploy, promote, rollback) or was removed.
+def on_alias_changed(change: AliasChange, run: RunContext | None) -> None:
+    """An alias of a model moved: deploy, promote or rollback.
 
     Called on every plugin the config enables, after the store recorded the
-    change in its audit trail. A webhook, chat notice or CD trigger acts here.
+    change in its audit trail. A webhook, a chat notice or a CD trigger acts
+    here.
 
     Args:
-        model: The model name.
-        alias: The alias, e.g. `"production"`.
-        from_version: The version it pointed to before, None if it is new.
-        to_version: The version it points to now, None if it was removed.
-        reason: Why, as given by the command or the run.
-        actor: Who made the change.
+        change: Model name, alias, from and to version, actor, time, reason,
+            and action (`"set"` or `"rollback"`).
+        run: The run that moved it, or None for a CLI command.
     """

@@ -102,6 +102,8 @@ class PluginManager:
         self.known: dict[str, PluginInfo] = dict(known)
         self.conflicts: dict[str, list[str]] = dict(conflicts or {})
         self.broken: dict[str, BaseException] = {}
+        #: Called as `record(hook, plugin, kwargs, result)` after every successful hook call.
+        self.recorders: list[Callable[[str, str, dict[str, Any], Any], None]] = []
         for callback in ON_NEW_MANAGER:
             callback(self)
 
@@ -196,6 +198,21 @@ class PluginManager:
         return (doc or "").strip().split("\n\n")[0].replace("\n", " ")
 
     # -- calling -----------------------------------------------------------
+    #
+    # Every hook call goes through `_invoke`: one impl at a time, so that an
+    # error names its plugin, and recorders (opsloop.testing's hook_recorder)
+    # see stage hooks as well as observer and firstresult hooks.
+
+    def _invoke(self, impl: pluggy.HookImpl, hook: str, kwargs: dict[str, Any]) -> Any:
+        try:
+            result = impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+        except PluginCallError:
+            raise  # a nested call (validate -> fit -> train) already named the culprit
+        except Exception as exc:
+            raise PluginCallError(impl.plugin_name, hook, exc, dist=self._label(impl.plugin_name)) from exc
+        for record in self.recorders:
+            record(hook, impl.plugin_name, kwargs, result)
+        return result
 
     def call(self, name: str, hook: str, **kwargs: Any) -> Any:
         """Call one plugin's implementation of `hook`, blaming it for any error.
@@ -206,37 +223,29 @@ class PluginManager:
         if impl is None:
             raise PluginCallError(name, hook, NotImplementedError(f"plugin does not implement {hook}"),
                                   dist=self._label(name))
-        try:
-            return impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
-        except PluginCallError:
-            raise
-        except Exception as exc:
-            raise PluginCallError(name, hook, exc, dist=self._label(name)) from exc
+        return self._invoke(impl, hook, kwargs)
 
     def first(self, hook: str, **kwargs: Any) -> tuple[str, Any] | tuple[None, None]:
         """A firstresult hook, also telling which plugin answered: `(plugin, result)`."""
         for impl in getattr(self.pm.hook, hook).get_hookimpls()[::-1]:  # pluggy's order: last registered first
-            try:
-                result = impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
-            except Exception as exc:
-                raise PluginCallError(impl.plugin_name, hook, exc, dist=self._label(impl.plugin_name)) from exc
+            result = self._invoke(impl, hook, kwargs)
             if result is not None:
                 return impl.plugin_name, result
         return None, None
 
     def notify(self, hook: str, *, swallow: bool = False, **kwargs: Any) -> None:
-        """Call an observer hook on every loaded plugin, blaming the one that raises.
+        """Call an observer hook on every loaded plugin, in registration (configured) order.
 
         With `swallow`, errors are logged and ignored (used for `on_stage_error`,
         so that the original error is the one reported).
         """
-        for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):  # registration order
+        for impl in getattr(self.pm.hook, hook).get_hookimpls():
             try:
-                impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
-            except Exception as exc:
+                self._invoke(impl, hook, kwargs)
+            except PluginCallError as exc:
                 if not swallow:
-                    raise PluginCallError(impl.plugin_name, hook, exc, dist=self._label(impl.plugin_name)) from exc
-                logging.getLogger("opsloop").warning("plugin %s failed in %s: %r", impl.plugin_name, hook, exc)
+                    raise
+                logging.getLogger("opsloop").warning("%s", exc)
 
     def _label(self, name: str) -> str | None:
         info = self.known.get(name)

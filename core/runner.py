@@ -200,10 +200,11 @@ class Runner:
                                     metrics=validation[0].mean if validation else {}, lineage=record,
                                     plugins=self.plugins)
             version = self.store.register(self.run.model_name, staged, manifest)
-            if alias:
-                self.store.set_alias(version.name, alias, version.version, reason=f"run {self.run.run_id}")
-                version = self.store.get(version.name, version.version)
             self.plugins.notify("on_model_registered", version=version, run=self.run)
+            if alias:
+                self.session.set_alias(self.store, version.name, alias, version.version,
+                                       reason=f"registered by run {self.run.run_id}", run=self.run)
+                version = self.store.get(version.name, version.version)
             return version
 
         version = self._stage(f"{prefix}register", [self.config.store.uri], work,
@@ -234,14 +235,20 @@ class Runner:
                                              options=self.session.options_for("deploy", n), run=self.run),
                            Deployment, n, "deploy") for n in names]
             if out:
-                self.store.set_alias(version.name, "production", version.version,
-                                     reason=f"deployed by run {self.run.run_id} to {', '.join(names)}")
+                self.session.set_alias(self.store, version.name, "production", version.version,
+                                       reason=f"deployed by run {self.run.run_id} to {', '.join(names)}", run=self.run)
+                self._refresh(version)
             return out
 
         deployments = self._stage("deploy", names, work,
                                   lambda ds: "; ".join(f"{d.target}: {d.location}" for d in ds) or "no target")
         self.result.deployments.extend(deployments)
         return deployments
+
+    def _refresh(self, version: ModelVersion) -> None:
+        """Re-read a version in the result after its aliases changed."""
+        fresh = self.store.get(version.name, version.version)
+        self.result.versions = [fresh if v.ref == version.ref else v for v in self.result.versions]
 
     def monitor(self, version: ModelVersion, model: LoadedModel, current: Dataset,
                 reference: Dataset) -> list[MonitorReport]:
@@ -323,6 +330,6 @@ def _concat(a: Dataset, b: Dataset) -> Any:
 
 
 def _figures(metrics: Any) -> str:
-    keys = [k for k in ("accuracy", "precision", "recall", "f1", "roc_auc", "rmse", "drift_max") if k in metrics]
+    keys = [k for k in ("accuracy", "precision", "recall", "f1", "roc_auc", "rmse", "drift_max_psi") if k in metrics]
     return ", ".join(f"{k} {metrics[k]:.3f}" for k in keys[:5]) or "-"
 

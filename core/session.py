@@ -19,7 +19,8 @@ from opsloop.errors import ConfigError, StoreError, UnknownPluginError, closest
 from opsloop.manager import STAGE_HOOKS, PluginManager
 
 if TYPE_CHECKING:
-    from opsloop.store import ModelStore
+    from opsloop.store import AliasChange, ModelStore
+    from opsloop.types import RunContext
 
 #: How many plugins a section may select: (at least, at most).
 CARDINALITY = {"train": (1, 1), "store": (1, None), "preprocess": (0, None)}
@@ -94,6 +95,21 @@ class Session:
     def options_for(self, section: str, name: str) -> Any:
         """The checked options of a selected plugin."""
         return self.options[(section, name)]
+
+    def set_alias(self, store: ModelStore, name: str, alias: str, version: int, *, reason: str,
+                  run: RunContext | None = None) -> AliasChange | None:
+        """Move an alias, record it, and tell `on_alias_changed` observers."""
+        change = store.set_alias(name, alias, version, reason=reason)
+        if change is not None:
+            self.plugins.notify("on_alias_changed", change=change, run=run)
+        return change
+
+    def rollback(self, store: ModelStore, name: str, alias: str, *, reason: str,
+                 run: RunContext | None = None) -> AliasChange:
+        """Move an alias back to its previous version and tell observers."""
+        change = store.rollback(name, alias, reason=reason)
+        self.plugins.notify("on_alias_changed", change=change, run=run)
+        return change
 
     def open_store(self) -> ModelStore:
         """The registry named by `OPSLOOP_STORE` or `[store] uri`."""

@@ -3,29 +3,57 @@
 A store keeps numbered versions per model name and aliases that point at
 them. Bundles are written by `opsloop.bundle` into a staging directory; the
 store moves them into place and records them atomically.
+
+Every alias change (promote, rollback, deploy) is kept in an audit trail of
+`AliasChange` records (issue 4): who, when, from which version to which, why.
+`rollback` walks that trail back, like an undo stack, so that rolling back
+twice goes back two promotions rather than toggling between two versions.
+
+`BundleFiles` is the on-disk half that every store keeping bundles as files
+shares (the local store, and a database-backed one with a bundle directory):
+staging, atomic placement, orphan replacement, read-only sealing, removal.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
+import getpass
+import os
 import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
-from opsloop.errors import StoreError
+from opsloop.errors import StoreError, closest
 from opsloop.types import ModelVersion
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# `fullmatch`, not `match` with `$`: `$` also matches before a trailing newline.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+AliasAction = Literal["set", "rollback"]
+STAGING_TTL = 3600.0  # seconds after which a staging leftover is a leftover, not work in progress
 
 
 def check_name(value: str, what: str = "model name") -> str:
     """A model or alias name that is safe as a directory name; StoreError otherwise."""
-    if not isinstance(value, str) or not NAME_RE.match(value) or ".." in value:
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value) or ".." in value:
         raise StoreError(f"invalid {what} {value!r}: use 1-128 letters, digits, '.', '_' or '-', "
                          "starting with a letter or digit, without '..'")
     return value
+
+
+def current_user() -> str:
+    """The login name recorded as `created_by` and as the actor of alias changes."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 @attrs.frozen(kw_only=True)
@@ -62,8 +90,87 @@ class ModelSummary:
     aliases: dict[str, int] = attrs.field(factory=dict)
 
 
+@attrs.frozen(kw_only=True)
+class VersionSummary:
+    """One line of a version table: a `ModelVersion` without params, lineage and path.
+
+    What `version_summaries` returns, so that listing thousands of versions
+    does not parse thousands of lineage records.
+    """
+
+    name: str
+    version: int
+    created_at: str
+    created_by: str = ""
+    flavor: str = ""
+    task: str = ""
+    metrics: Mapping[str, float] = attrs.field(factory=dict)
+    aliases: tuple[str, ...] = ()
+    digest: str = ""
+
+    @property
+    def ref(self) -> str:
+        """`name:version`."""
+        return f"{self.name}:{self.version}"
+
+
+@attrs.frozen(kw_only=True)
+class AliasChange:
+    """One entry of the audit trail: an alias moved.
+
+    Attributes:
+        name: Model name.
+        alias: The alias that moved, e.g. `production`.
+        from_version: Where it pointed before; None when it was new.
+        to_version: Where it points now.
+        actor: Who moved it (login name, or what the caller passed).
+        at: ISO 8601 UTC time of the change.
+        reason: Why, as given by the caller (may be empty).
+        action: `"set"` (promote, deploy) or `"rollback"`.
+    """
+
+    name: str
+    alias: str
+    from_version: int | None
+    to_version: int
+    actor: str
+    at: str
+    reason: str = ""
+    action: AliasAction = "set"
+
+
+def rollback_target(changes: Iterable[AliasChange], current: int, exists: set[int]) -> int | None:
+    """The version a rollback of one alias goes back to, or None when there is none.
+
+    The changes (oldest first, one alias) are replayed as an undo stack: a
+    `set` pushes its version, a `rollback` pops back to the version it went
+    to. The target is the nearest version below the top that still exists
+    and differs from `current`; versions deleted since are skipped.
+    """
+    stack: list[int] = []
+    for change in changes:
+        if change.action == "rollback":
+            while stack and stack[-1] != change.to_version:
+                stack.pop()
+            if not stack:
+                stack.append(change.to_version)
+        else:
+            stack.append(change.to_version)
+    if stack and stack[-1] == current:
+        stack.pop()
+    for version in reversed(stack):
+        if version != current and version in exists:
+            return version
+    return None
+
+
 class ModelStore(abc.ABC):
-    """What a store plugin's `open_store` returns."""
+    """What a store plugin's `open_store` returns.
+
+    Names are checked with `check_name`; every failure a user can cause is a
+    `StoreError` naming the model, version or alias (with the closest model
+    name when one is misspelt).
+    """
 
     uri: str
 
@@ -72,6 +179,8 @@ class ModelStore(abc.ABC):
         """Move a staged bundle into the store as the next version of `name`.
 
         All or nothing: a crash leaves either the whole version or none.
+        Numbers start at 1 and are never reused, so concurrent registrations
+        get consecutive numbers without gaps or duplicates.
         """
 
     @abc.abstractmethod
@@ -87,36 +196,231 @@ class ModelStore(abc.ABC):
         """One version (StoreError naming it if absent)."""
 
     @abc.abstractmethod
-    def set_alias(self, name: str, alias: str, version: int, *, reason: str = "") -> None:
-        """Point `name@alias` at `version`."""
+    def set_alias(self, name: str, alias: str, version: int, *, reason: str = "",
+                  actor: str | None = None) -> AliasChange | None:
+        """Point `name@alias` at `version` and record the change in the history.
+
+        Args:
+            name: Model name.
+            alias: Alias name, checked with `check_name`.
+            version: An existing version (StoreError otherwise).
+            reason: Why, for the audit trail.
+            actor: Who; the current login name by default.
+
+        Returns:
+            The recorded change, or None when the alias already pointed there
+            (nothing is recorded then).
+        """
 
     @abc.abstractmethod
     def alias(self, name: str, alias: str) -> int | None:
-        """The version `name@alias` points at, or None."""
+        """The version `name@alias` points at, or None (StoreError if `name` is unknown)."""
+
+    @abc.abstractmethod
+    def aliases(self, name: str) -> dict[str, int]:
+        """Every alias of `name` and the version it points at (StoreError if `name` is unknown)."""
+
+    @abc.abstractmethod
+    def history(self, name: str, alias: str | None = None) -> list[AliasChange]:
+        """The audit trail of `name`'s aliases (or of one alias), oldest first.
+
+        StoreError if `name` is unknown; an empty list when no alias was ever set.
+        """
+
+    @abc.abstractmethod
+    def rollback(self, name: str, alias: str = "production", *, reason: str = "",
+                 actor: str | None = None) -> AliasChange:
+        """Point `name@alias` back at the version it pointed at before.
+
+        The history is an undo stack (see `rollback_target`): rolling back
+        twice goes back two changes. Atomic with respect to concurrent alias
+        changes. StoreError when the alias does not exist or has no earlier
+        version that still exists.
+
+        Returns:
+            The recorded change, with `action="rollback"`.
+        """
+
+    @abc.abstractmethod
+    def delete(self, name: str, version: int) -> None:
+        """Remove a version and its bundle.
+
+        Refused with a StoreError naming the aliases while any alias points at
+        it. The number is never given to another version.
+        """
+
+    def version_summaries(self, name: str) -> list[VersionSummary]:
+        """Every version of `name` as a light table row, oldest first (StoreError if none).
+
+        Stores override this to answer in one query without parsing lineage.
+        """
+        return [VersionSummary(name=v.name, version=v.version, created_at=v.created_at, created_by=v.created_by,
+                               flavor=v.flavor, task=v.task, metrics=dict(v.metrics), aliases=v.aliases,
+                               digest=v.digest) for v in self.versions(name)]
+
+    def latest(self, name: str) -> ModelVersion:
+        """The highest-numbered version of `name` (StoreError if there is none)."""
+        return self.versions(name)[-1]
 
     def staging_dir(self) -> Path:
         """An empty directory to write a bundle into before `register` (default: a temp dir)."""
-        import tempfile
-
         return Path(tempfile.mkdtemp(prefix="opsloop-bundle-"))
 
     def close(self) -> None:
         """Release connections; the default has none."""
 
     def resolve(self, ref: str | Ref) -> ModelVersion:
-        """The version a reference names: `NAME` is the latest."""
+        """The version a reference names: `NAME` is the latest, `NAME@ALIAS` what the alias points at."""
         ref = Ref.parse(ref) if isinstance(ref, str) else ref
         if ref.alias is not None:
             number = self.alias(ref.name, ref.alias)
             if number is None:
-                raise StoreError(f"model {ref.name} has no alias {ref.alias!r}")
+                raise unknown_alias(ref.name, ref.alias, self.aliases(ref.name))
             return self.get(ref.name, number)
         if ref.version is not None:
             return self.get(ref.name, ref.version)
-        return self.versions(ref.name)[-1]
+        return self.latest(ref.name)
 
     def __enter__(self) -> ModelStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def unknown_model(name: str, known: Iterable[str]) -> StoreError:
+    """The error for a model name the store does not have, with the closest one."""
+    known = sorted(known)
+    hint = closest(name, known)
+    if hint:
+        return StoreError(f'unknown model "{name}" (did you mean "{hint}"?)')
+    if known:
+        return StoreError(f'unknown model "{name}"; models: {", ".join(known[:20])}'
+                          + (", ..." if len(known) > 20 else ""))
+    return StoreError(f'unknown model "{name}": the registry has no models yet')
+
+
+def unknown_alias(name: str, alias: str, known: Mapping[str, int]) -> StoreError:
+    """The error for an alias a model does not have, with the ones it has."""
+    hint = closest(alias, known)
+    if hint:
+        return StoreError(f'model {name} has no alias "{alias}" (did you mean "{hint}"?)')
+    have = ", ".join(f"@{a} -> {v}" for a, v in sorted(known.items())) or "none"
+    return StoreError(f'model {name} has no alias "{alias}" (aliases: {have})')
+
+
+class BundleFiles:
+    """Bundle directories under a root, for every store that keeps bundles as files.
+
+    `<root>/bundles/<name>/<version>/` holds registered bundles, read-only;
+    `<root>/staging/` holds bundles being written. Both are on one filesystem,
+    so `place` is an atomic rename. `place` and `unplace` must run while the
+    store holds its write lock (inside the transaction that records the
+    version): a directory found at a number that has no record is then an
+    orphan of a registration killed before its commit, and is replaced.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).absolute()
+        self.bundles = self.root / "bundles"
+        self.staging = self.root / "staging"
+
+    def create(self) -> None:
+        """Make the directories; StoreError if that is impossible."""
+        try:
+            for directory in (self.root, self.bundles, self.staging):
+                directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the model store at {self.root}: {exc}") from None
+
+    def staging_dir(self) -> Path:
+        """A new empty directory in `staging/`."""
+        return Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=self.staging))
+
+    def prepare(self, name: str, staged: Path) -> tuple[Path, dict[str, Any], str]:
+        """Verify a staged bundle, bring it into `staging/`, flush and seal it.
+
+        Returns:
+            The directory to `place`, the manifest on disk, and the digest.
+        """
+        from opsloop.bundle import manifest_digest, read_manifest  # the bundle module pulls in cattrs
+
+        staged = Path(staged).absolute()
+        if not staged.is_dir():
+            raise StoreError(f"cannot register {name}: {staged} is not a bundle directory")
+        manifest = read_manifest(staged, ref=name)  # every file matches its sha256, or BundleError
+        digest = manifest_digest(staged)
+        if staged.parent != self.staging:  # not ours: copy it onto our filesystem (the caller keeps theirs)
+            copy = self.staging_dir()
+            copy.rmdir()
+            shutil.copytree(staged, copy, symlinks=True)
+            staged = copy
+        for parent, _, files in os.walk(staged):  # durable before it is recorded, read-only from now on
+            for fname in files:
+                _fsync(Path(parent, fname))
+                Path(parent, fname).chmod(0o444)
+            _fsync(Path(parent))
+        return staged, manifest, digest
+
+    def place(self, staged: Path, name: str, version: int) -> str:
+        """Rename a prepared bundle to its final place; its path relative to the root."""
+        relative = f"bundles/{check_name(name)}/{int(version)}"
+        target = self.root / relative
+        remove_tree(target)  # an orphan: the number has no record, so neither has the place
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(staged, target)
+        _fsync(target.parent)
+        return relative
+
+    def unplace(self, relative: str, staged: Path) -> None:
+        """Undo `place` (the transaction failed); remove the bundle if it cannot go back."""
+        try:
+            os.rename(self.root / relative, staged)
+        except OSError:
+            remove_tree(self.root / relative)
+
+    def seal(self, relative: str) -> None:
+        """Make a placed bundle's directory read-only (after the commit: `unplace` needs it writable)."""
+        with contextlib.suppress(OSError):
+            (self.root / relative).chmod(0o555)
+
+    def remove(self, relative: str) -> None:
+        """Remove a bundle whose record is gone: moved aside first, so no reader sees it half-removed."""
+        bundle = self.root / relative
+        trash = self.staging / f"deleted-{os.getpid()}-{time.time_ns()}"
+        with contextlib.suppress(OSError):
+            bundle.chmod(0o755)
+            os.rename(bundle, trash)
+            bundle = trash
+        remove_tree(bundle)
+
+    def sweep(self, ttl: float = STAGING_TTL) -> None:
+        """Remove what killed or failed registrations (and deletions) left in `staging/`."""
+        limit = time.time() - ttl
+        with contextlib.suppress(OSError):
+            for entry in self.staging.iterdir():
+                with contextlib.suppress(OSError):
+                    if entry.lstat().st_mtime < limit:
+                        remove_tree(entry)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a file or directory tree, read-only parts included; nothing if absent."""
+    if not os.path.lexists(path):
+        return
+    if path.is_dir() and not path.is_symlink():
+        for parent, dirs, _ in os.walk(path):
+            for directory in [parent, *(os.path.join(parent, d) for d in dirs)]:
+                with contextlib.suppress(OSError):
+                    os.chmod(directory, 0o755)
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink()

@@ -9,8 +9,8 @@ Fixtures:
         `project.run("run")` runs a command in-process and returns a `Result`.
     register_plugin: make an in-process plugin known to every PluginManager
         built during the test, as if it were installed; forgotten on exit.
-    hook_recorder: records every hook call of every PluginManager built
-        during the test (as pytester's HookRecorder).
+    hook_recorder: records every hook call (stage, observer and firstresult
+        hooks) of every PluginManager built during the test.
     make_plugin_dist: write a plugin module and a `*.dist-info` with an
         `entry_points.txt` on sys.path: real entry-point discovery, without pip.
 """
@@ -125,41 +125,34 @@ def register_plugin() -> Iterator[Callable[..., None]]:
 
 @attrs.define
 class HookCall:
-    """One recorded hook call."""
+    """One recorded hook call: which hook, on which plugin, with what, returning what."""
 
     hook: str
-    plugins: list[str]
+    plugin: str
     kwargs: dict[str, Any]
     result: Any = None
 
 
 @attrs.define
 class HookRecorder:
-    """Hook calls made through pluggy (observer and firstresult hooks).
-
-    Stage hooks are called per plugin by the runner (to attribute errors),
-    so they do not pass through here: use `Result.stages` for those.
-    """
+    """Every hook call of every PluginManager built during a test, in order:
+    stage hooks (one call per selected plugin), observers and firstresult hooks."""
 
     calls: list[HookCall] = attrs.field(factory=list)
 
     def named(self, hook: str) -> list[HookCall]:
+        """The calls of one hook."""
         return [c for c in self.calls if c.hook == hook]
 
 
 @pytest.fixture
 def hook_recorder() -> Iterator[HookRecorder]:
-    """Records the pluggy hook calls of every PluginManager built during the test."""
+    """Records the hook calls of every PluginManager built during the test (as pytester's HookRecorder)."""
     recorder = HookRecorder()
 
     def attach(pm: manager.PluginManager) -> None:
-        def before(hook_name: str, impls: Any, kwargs: dict[str, Any]) -> None:
-            recorder.calls.append(HookCall(hook=hook_name, plugins=[i.plugin_name for i in impls], kwargs=kwargs))
-
-        def after(outcome: Any, hook_name: str, impls: Any, kwargs: dict[str, Any]) -> None:
-            recorder.calls[-1].result = outcome.get_result() if outcome.exception is None else outcome.exception
-
-        pm.pm.add_hookcall_monitoring(before, after)
+        pm.recorders.append(lambda hook, plugin, kwargs, result: recorder.calls.append(
+            HookCall(hook=hook, plugin=plugin, kwargs=kwargs, result=result)))
 
     manager.ON_NEW_MANAGER.append(attach)
     yield recorder

@@ -5,6 +5,7 @@ import pytest
 #: A quick but real lifecycle on the embedded ASD data: two servers with many
 #: anomalies for training, a later period of four for monitoring.
 SMALL = {
+    "project": {"name": "asd-anomaly"},
     "data": {
         "source": "embedded:asd", "target": "label", "time": "timestamp", "series": "entity",
         "train": "entity in ['omi-1', 'omi-9'] and timestamp < '2024-01-08 12:00'",

@@ -17,7 +17,34 @@ def stage_names(result):
     return [s["stage"] for s in result.json["stages"]]
 
 
-def test_run_goes_through_every_stage_and_registers_versions(opsloop_project, small_config, hook_recorder):
+class Observer:
+    """Enabled through [plugins] enable: hears every stage, registration and alias move."""
+
+    @hookimpl
+    def on_stage_start(self, stage, plugins, run):
+        pass
+
+    @hookimpl
+    def on_stage_end(self, stage, result, seconds, run):
+        pass
+
+    @hookimpl
+    def on_stage_error(self, stage, error, run):
+        pass
+
+    @hookimpl
+    def on_model_registered(self, version, run):
+        pass
+
+    @hookimpl
+    def on_alias_changed(self, change, run):
+        pass
+
+
+def test_run_goes_through_every_stage_and_registers_versions(opsloop_project, small_config, hook_recorder,
+                                                             register_plugin):
+    register_plugin(Observer(), "observer")
+    small_config["plugins"] = {"enable": ["observer"]}
     project = opsloop_project(config=small_config)
     result = project.run("run").assert_ok()
     data = result.json
@@ -42,7 +69,16 @@ def test_run_goes_through_every_stage_and_registers_versions(opsloop_project, sm
     # observers heard every stage, in order, through pluggy
     started = [c.kwargs["stage"] for c in hook_recorder.named("on_stage_start")]
     assert started == stages
+    ended = [c.kwargs["stage"] for c in hook_recorder.named("on_stage_end")]
+    assert ended == stages
+    assert all(c.kwargs["seconds"] >= 0 for c in hook_recorder.named("on_stage_end"))
     assert len(hook_recorder.named("on_model_registered")) == len(data["versions"])
+    # stage hooks are recorded per selected plugin, in the configured order
+    assert [c.plugin for c in hook_recorder.named("preprocess")][:2] == ["schema-check", "impute"]
+    assert {c.plugin for c in hook_recorder.named("train")} == {"xgboost"}
+    changes = [c.kwargs["change"] for c in hook_recorder.named("on_alias_changed")]
+    assert (changes[0].alias, changes[0].from_version, changes[0].to_version) == ("production", None, 1)
+    assert "deployed by run" in changes[0].reason
     # the batch deployment wrote predictions for the monitored period
     deployment = data["deployments"][0]
     assert Path(deployment["location"]).is_file()
@@ -157,17 +193,22 @@ def test_a_third_party_distribution_is_discovered_listed_selected_and_run(opsloo
 
 
 def test_a_plugin_that_raises_is_named_and_the_store_keeps_what_it_had(opsloop_project, small_config,
-                                                                         register_plugin):
+                                                                         register_plugin, hook_recorder):
     class Exploding:
         @hookimpl
         def decide_retrain(self, reports):
             raise RuntimeError("policy backend unreachable")
 
     register_plugin(Exploding(), "exploding-policy", dist="opsloop-exploding", version="1.2")
+    register_plugin(Observer(), "observer")
     small_config["retrain"] = {"plugins": ["exploding-policy"]}
+    small_config["plugins"] = {"enable": ["observer"]}
     project = opsloop_project(config=small_config)
     project.run("run").assert_error('plugin "exploding-policy" (opsloop-exploding 1.2) failed in decide_retrain',
                                     "policy backend unreachable")
+    errors = hook_recorder.named("on_stage_error")
+    assert [c.kwargs["stage"] for c in errors] == ["decide_retrain"]
+    assert errors[0].kwargs["error"].plugin == "exploding-policy"
     # what was registered before the failure is intact and loadable
     shown = project.run("models", "show", "asd-anomaly:1", "--json").assert_ok().json
     assert shown["version"] == 1

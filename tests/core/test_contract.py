@@ -30,7 +30,7 @@ SIGNATURES = {
     "on_stage_end": ["stage", "result", "seconds", "run"],
     "on_stage_error": ["stage", "error", "run"],
     "on_model_registered": ["version", "run"],
-    "on_alias_changed": ["model", "alias", "from_version", "to_version", "reason", "actor"],
+    "on_alias_changed": ["change", "run"],
 }
 FIRSTRESULT = {"open_store", "save_model", "load_model"}
 

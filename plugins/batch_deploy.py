@@ -1,0 +1,355 @@
+"""Batch scoring: score a CSV or Parquet file with a version, in chunks, into a predictions file.
+
+The `batch` deploy target reads its input in chunks of `chunk_rows` rows
+(Parquet through `pyarrow.parquet.ParquetFile.iter_batches`, CSV through
+`pandas.read_csv(chunksize=...)`), replays the bundle's preprocessing and
+scores each chunk with `model.predict`, and appends the result to the output
+file, so memory stays bounded by the chunk size whatever the file's size.
+The output is written to a temporary file next to the target and moved into
+place with `os.replace`: a crash never leaves half a predictions file.
+
+Output columns: the input's series and time columns (when the bundle names
+them and the input has them), any `keep` columns, `prediction`, `score` (for
+classifiers and anomaly detectors) and `model` (`name:version`).
+
+Windowed features (`rolling-features`) need the previous rows of each series.
+Chunked scoring carries the last rows of every series from one chunk to the
+next (the largest window plus one, read from the bundle's steps, or
+`carry_rows`), so the features, and the predictions, equal those of scoring
+the whole file at once, provided each series' rows come in time order.
+
+Options (`[deploy.batch]`):
+    input: File to score (.csv, .tsv, .parquet; relative to the working
+        directory). Default: the rows the run is about to monitor.
+    output: Predictions file (.parquet or .csv). Default
+        `.opsloop/predictions/<name>-v<version>.parquet`.
+    chunk_rows: Rows per chunk (default 100000).
+    carry_rows: Rows per series carried between chunks; default: the
+        largest window of the bundle's windowed steps plus one (0 if none).
+    keep: Extra input columns copied to the output (ids, labels).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from opsloop import Deployment, hookimpl
+from opsloop.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from opsloop.bundle import LoadedModel
+    from opsloop.types import Dataset, ModelVersion, RunContext
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+CSV_SUFFIXES = (".csv",)
+INPUT_SUFFIXES = (*PARQUET_SUFFIXES, *CSV_SUFFIXES, ".tsv", ".csv.gz", ".tsv.gz")
+#: Preprocess steps known to look at previous rows of a series.
+WINDOWED_STEPS = ("rolling-features",)
+
+
+def _output_suffix(_: Any, attribute: attrs.Attribute, value: str | None) -> None:
+    if value is not None and not value.lower().endswith((*PARQUET_SUFFIXES, *CSV_SUFFIXES)):
+        raise ValueError(f"{attribute.name} {value!r} must end in .parquet, .pq or .csv")
+
+
+@attrs.frozen(kw_only=True)
+class Options:
+    """Options of the `batch` deploy target (`[deploy.batch]`).
+
+    Attributes:
+        input: File to score: .csv, .tsv or .parquet (optionally .gz for
+            text), relative to the working directory. None scores the rows
+            the run is about to monitor.
+        output: Where predictions go: .parquet/.pq or .csv, relative to the
+            working directory. None: `.opsloop/predictions/<name>-v<version>.parquet`.
+        chunk_rows: Rows read, scored and written at a time; bounds memory.
+        carry_rows: Rows per series carried from one chunk into the next, so
+            windowed features see the past. None: the largest window of the
+            bundle's windowed steps plus one (0 when there is none).
+        keep: Extra input columns copied into the output, e.g. an id or the label.
+    """
+
+    input: str | None = None
+    output: str | None = attrs.field(default=None, validator=_output_suffix)
+    chunk_rows: int = attrs.field(default=100_000, validator=attrs.validators.gt(0))
+    carry_rows: int | None = attrs.field(default=None,
+                                         validator=attrs.validators.optional(attrs.validators.ge(0)))
+    keep: list[str] = attrs.field(factory=list)
+
+
+@hookimpl
+def plugin_options() -> type:
+    return Options
+
+
+@hookimpl
+def deploy(version: ModelVersion, model: LoadedModel, dataset: Dataset | None, options: Options | None,
+           run: RunContext) -> Deployment:
+    """Score `options.input` (or `dataset`) with `model` into the predictions file."""
+    options = options or Options()
+    start = time.perf_counter()
+    workdir = Path(run.workdir)
+    manifest = model.manifest
+    keys = [c for c in (manifest.get("series"), manifest.get("time")) if c]
+    wanted = [c["name"] for c in manifest["input_schema"]]
+    carry = options.carry_rows if options.carry_rows is not None else window_rows(manifest)
+
+    if options.input is not None:
+        source = _resolve(options.input, workdir)
+        chunks, total = _file_chunks(source, model, [*wanted, *options.keep], options.chunk_rows)
+    elif dataset is not None:
+        source = dataset.name or "the monitoring period"
+        _check_columns(list(dataset.frame.columns), [*wanted, *options.keep], source)
+        chunks, total = _frame_chunks(dataset.frame, options.chunk_rows)
+    else:
+        raise DataError("batch: nothing to score: set [deploy.batch] input to a .csv or .parquet file "
+                        "(the run has no monitoring period to score instead)")
+
+    output = _resolve(options.output, workdir) if options.output else \
+        workdir / ".opsloop" / "predictions" / f"{version.name}-v{version.version}.parquet"
+    scored = _score(model, chunks, carry=carry, series=manifest.get("series"), time_col=manifest.get("time"),
+                    source=str(source))
+    columns = list(dict.fromkeys([*keys, *options.keep]))
+    rows, count = _write(output, (_output_frame(frame, preds, columns, version.ref)
+                                  for frame, preds in run.reporter.track(scored, "batch scoring", total=total)),
+                         empty=_empty_output(columns, model.task))
+    seconds = time.perf_counter() - start
+    run.log.info("batch: scored %d rows of %s in %d chunk(s), %.2f s -> %s", rows, source, count, seconds, output)
+    details: dict[str, Any] = {"rows": rows, "seconds": round(seconds, 3), "chunks": count}
+    if carry:
+        details["carry_rows"] = carry
+    return Deployment(target="batch", model=version.ref, location=os.path.abspath(output), details=details)
+
+
+# ---------------------------------------------------------------------------
+# Reading in chunks
+# ---------------------------------------------------------------------------
+
+
+def _resolve(path_text: str, workdir: Path) -> Path:
+    path = Path(path_text).expanduser()
+    return path if path.is_absolute() else workdir / path
+
+
+def _check_columns(present: list[str], wanted: list[str], source: object) -> None:
+    missing = [c for c in dict.fromkeys(wanted) if c not in present]
+    if missing:
+        raise DataError(f"batch: {source} lacks column(s) {', '.join(missing)} that the model needs "
+                        f"(it has: {', '.join(map(str, present))})")
+
+
+def _frame_chunks(frame: pd.DataFrame, chunk_rows: int) -> tuple[Iterator[pd.DataFrame], int]:
+    total = -(-len(frame) // chunk_rows)
+    return (frame.iloc[i:i + chunk_rows] for i in range(0, len(frame), chunk_rows)), total
+
+
+def _file_chunks(path: Path, model: LoadedModel, columns: list[str],
+                 chunk_rows: int) -> tuple[Iterator[pd.DataFrame], int | None]:
+    """Chunks of the needed columns of a file, in file order, dtypes as in the model's input schema."""
+    name = path.name.lower()
+    if not path.is_file():
+        raise DataError(f"batch: input file not found: {path}")
+    if not name.endswith(INPUT_SUFFIXES):
+        raise DataError(f"batch: unsupported input file {path}: use .csv, .tsv or .parquet")
+    columns = list(dict.fromkeys(columns))
+    schema = {c["name"]: c["dtype"] for c in model.manifest["input_schema"]}
+    if name.endswith(PARQUET_SUFFIXES):
+        import pyarrow.parquet as pq
+
+        try:
+            parquet = pq.ParquetFile(path)
+        except Exception as exc:  # pyarrow raises ArrowInvalid, OSError...
+            raise DataError(f"batch: cannot read {path}: {exc}") from exc
+        _check_columns(parquet.schema_arrow.names, columns, path)
+        total = -(-parquet.metadata.num_rows // chunk_rows)
+        batches = parquet.iter_batches(batch_size=chunk_rows, columns=columns)
+        return (_conform(b.to_pandas(), schema, path) for b in batches), total
+    import pandas as pd
+
+    sep = "\t" if ".tsv" in name else ","
+    try:
+        header = list(pd.read_csv(path, sep=sep, nrows=0).columns)
+    except Exception as exc:  # pandas raises ParserError, UnicodeDecodeError, EmptyDataError...
+        raise DataError(f"batch: cannot read {path}: {exc}") from exc
+    _check_columns(header, columns, path)
+
+    def chunks() -> Iterator[pd.DataFrame]:
+        try:
+            with pd.read_csv(path, sep=sep, usecols=columns, chunksize=chunk_rows) as reader:
+                for chunk in reader:
+                    yield _conform(chunk[columns], schema, path)
+        except DataError:
+            raise
+        except Exception as exc:
+            raise DataError(f"batch: cannot read {path}: {exc}") from exc
+
+    return chunks(), None
+
+
+def _conform(frame: pd.DataFrame, schema: Mapping[str, str], path: Path) -> pd.DataFrame:
+    """Cast columns to the dtypes the model was trained on (CSV gives float64 and text dates)."""
+    import pandas as pd
+
+    changes = {}
+    for column, dtype in schema.items():
+        if column not in frame.columns or str(frame[column].dtype) == dtype:
+            continue
+        try:
+            if dtype.startswith("datetime64"):
+                changes[column] = pd.to_datetime(frame[column]).astype(dtype)
+            else:
+                changes[column] = frame[column].astype(dtype)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"batch: {path}: column {column!r} cannot be read as {dtype} "
+                            f"(the model's input schema): {exc}") from None
+    return frame.assign(**changes) if changes else frame
+
+
+# ---------------------------------------------------------------------------
+# Scoring with carry-over
+# ---------------------------------------------------------------------------
+
+
+def window_rows(manifest: Mapping[str, Any]) -> int:
+    """Rows of the past a chunk needs: the largest window of the bundle's steps plus one (0: none).
+
+    A step declares its reach with `max_window` in its state; the built-in
+    `rolling-features` step may instead list `windows` (or a `window`) in its
+    state or options.
+    """
+    reach = 0
+    for step in manifest.get("steps", []):
+        state, opts = step.get("state") or {}, step.get("options") or {}
+        found = [int(state["max_window"])] if "max_window" in state else []
+        if not found and step.get("plugin") in WINDOWED_STEPS:
+            found = _window_sizes(state) or _window_sizes(opts)
+            if not found:
+                raise DataError(f"batch: step {step.get('plugin')!r} of the bundle needs past rows but states "
+                                "no window size; set [deploy.batch] carry_rows")
+        if found:
+            reach = max(reach, max(found) + 1)
+    return reach
+
+
+def _window_sizes(table: Any) -> list[int]:
+    """Every integer under a key that mentions "window", at any depth."""
+    sizes: list[int] = []
+    if isinstance(table, Mapping):
+        for key, value in table.items():
+            if "window" in str(key).lower():
+                values = value if isinstance(value, (list, tuple)) else [value]
+                sizes.extend(int(v) for v in values if isinstance(v, int) and not isinstance(v, bool))
+            elif isinstance(value, (Mapping, list, tuple)):
+                sizes.extend(_window_sizes(value))
+    elif isinstance(table, (list, tuple)):
+        for item in table:
+            sizes.extend(_window_sizes(item))
+    return sizes
+
+
+def _score(model: LoadedModel, chunks: Iterator[pd.DataFrame], *, carry: int, series: str | None,
+           time_col: str | None, source: str) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """(chunk, predictions) per chunk; with `carry`, each chunk is scored behind the previous rows."""
+    import pandas as pd
+
+    past: pd.DataFrame | None = None
+    for chunk in chunks:
+        chunk = chunk.reset_index(drop=True)
+        if not len(chunk):
+            continue
+        if carry and past is not None and len(past):
+            _check_order(past, chunk, series, time_col, source)
+            frame = pd.concat([past, chunk], ignore_index=True)
+        else:
+            frame = chunk
+        preds = model.predict(frame)
+        preds = preds.iloc[len(frame) - len(chunk):].reset_index(drop=True)
+        if carry:
+            past = (frame.groupby(series, sort=False, dropna=False).tail(carry) if series and series in frame
+                    else frame.tail(carry)).reset_index(drop=True)
+        yield chunk, preds
+
+
+def _check_order(past: pd.DataFrame, chunk: pd.DataFrame, series: str | None, time_col: str | None,
+                 source: str) -> None:
+    """Carried rows are only the right past if each series' rows come in time order."""
+    if not time_col or time_col not in chunk:
+        return
+    if series and series in chunk:
+        last = past.groupby(series, sort=False, dropna=False)[time_col].max()
+        first = chunk.groupby(series, sort=False, dropna=False)[time_col].min()
+        both = first.index.intersection(last.index)
+        late = [s for s in both if first[s] < last[s]]
+    else:
+        late = ["(all rows)"] if chunk[time_col].min() < past[time_col].max() else []
+    if late:
+        raise DataError(f"batch: {source} is not in time order within series {', '.join(map(str, late[:5]))}: "
+                        "windowed features need each series' rows in time order across chunks; sort the file "
+                        f"by {', '.join(c for c in (series, time_col) if c)}")
+
+
+# ---------------------------------------------------------------------------
+# Writing atomically
+# ---------------------------------------------------------------------------
+
+
+def _output_frame(frame: pd.DataFrame, preds: pd.DataFrame, columns: list[str], ref: str) -> pd.DataFrame:
+    out = frame[[c for c in columns if c in frame.columns]].copy()
+    for column in ("prediction", "score"):
+        if column in preds:
+            out[column] = preds[column].to_numpy()
+    out["model"] = ref
+    return out
+
+
+def _empty_output(columns: list[str], task: str) -> pd.DataFrame:
+    import pandas as pd
+
+    names = [*columns, "prediction", *(["score"] if task != "regression" else []), "model"]
+    return pd.DataFrame({c: pd.Series(dtype="float64" if c in ("prediction", "score") else "object")
+                         for c in names})
+
+
+def _write(output: Path, frames: Iterator[pd.DataFrame], *, empty: pd.DataFrame) -> tuple[int, int]:
+    """Write frames one after another into `output`, atomically; (rows, chunks)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.tmp")
+    rows = count = 0
+    try:
+        if output.name.lower().endswith(CSV_SUFFIXES):
+            for frame in frames:
+                frame.to_csv(tmp, mode="a" if count else "w", header=not count, index=False)
+                rows, count = rows + len(frame), count + 1
+            if not count:
+                empty.to_csv(tmp, index=False)
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            writer = None
+            try:
+                for frame in frames:
+                    if writer is None:
+                        table = pa.Table.from_pandas(frame, preserve_index=False)
+                        writer = pq.ParquetWriter(tmp, table.schema)
+                    else:
+                        table = pa.Table.from_pandas(frame, schema=writer.schema, preserve_index=False)
+                    writer.write_table(table)
+                    rows, count = rows + len(frame), count + 1
+                if writer is None:
+                    pq.write_table(pa.Table.from_pandas(empty, preserve_index=False), tmp)
+            finally:
+                if writer is not None:
+                    writer.close()
+        os.replace(tmp, output)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return rows, count

@@ -1,0 +1,298 @@
+"""XGBoost classifier or regressor (`hist`, early stopping, class imbalance, any XGBoost parameter).
+
+The `xgboost` trainer fits `xgboost.XGBClassifier` or `XGBRegressor` (the
+scikit-learn API, so the estimator has `predict`, `predict_proba` and
+`classes_`) on every feature column of the preprocessed rows.
+
+- Early stopping: the last `validation_fraction` of the rows in time order
+  (all series together) when the data has a time column, else a stratified
+  random split, is held out; training stops after `early_stopping_rounds`
+  rounds without improvement and the best iteration is kept (`predict` uses
+  it, and it is saved with the model).
+- Class imbalance: `scale_pos_weight = "auto"` weighs positives by
+  negatives / positives of the rows the booster is fitted on (binary only).
+- Any XGBoost parameter passes through `params` verbatim (`device = "cuda"`,
+  `max_bin`, `subsample`...); `params` win over the named options.
+- Reproducible: `random_state` is the run's seed, so the same data and config
+  give the same model, byte for byte.
+- Features must be numeric, boolean or pandas `category` (then
+  `enable_categorical` is switched on); text or date columns are a DataError
+  naming them: encode them in a preprocess step. Class labels must be
+  0..k-1.
+
+Flavor `xgboost`: `model.ubj` in XGBoost's own UBJSON format (never pickle)
+plus `xgboost.json` (task, classes, features, best iteration) to rebuild the
+scikit-learn wrapper.
+
+Options (`[train.xgboost]`): task, n_estimators, learning_rate, max_depth,
+tree_method, early_stopping_rounds, validation_fraction, scale_pos_weight,
+n_jobs, params; see `Options`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from opsloop import TrainedModel, hookimpl
+from opsloop.errors import BundleError, ConfigError, DataError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+    from opsloop.types import Dataset, RunContext
+
+FLAVOR = "xgboost"
+MODEL_FILE = "model.ubj"
+META_FILE = "xgboost.json"
+META_FORMAT = "opsloop.xgboost/1"
+
+
+def _scale_pos_weight(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    ok = value in ("auto", "none") or (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0)
+    if not ok:
+        raise ValueError(f'{attribute.name}: expected "auto", "none" or a positive number, got {value!r}')
+
+
+@attrs.frozen(kw_only=True)
+class Options:
+    """Options of the `xgboost` trainer (`[train.xgboost]`).
+
+    Attributes:
+        task: `"classification"` (XGBClassifier) or `"regression"` (XGBRegressor).
+        n_estimators: Boosting rounds at most.
+        learning_rate: Shrinkage per round (XGBoost's `eta`).
+        max_depth: Depth of each tree.
+        tree_method: XGBoost's tree method; `"hist"` is the fast default.
+        early_stopping_rounds: Stop after this many rounds without improvement
+            on the held-out rows; 0 disables early stopping (and the hold-out).
+        validation_fraction: Share of rows held out for early stopping: the
+            last ones in time order when the data has a time column, else a
+            stratified random sample.
+        scale_pos_weight: `"auto"` (negatives / positives, binary
+            classification only), `"none"`, or a positive number.
+        n_jobs: Threads; 0 means all cores.
+        params: Any other XGBoost parameter, passed verbatim (for example
+            `device = "cuda"`, `max_bin = 128`, `subsample = 0.8`); these win
+            over the options above.
+    """
+
+    task: str = attrs.field(default="classification", validator=attrs.validators.in_(["classification", "regression"]))
+    n_estimators: int = attrs.field(default=300, validator=attrs.validators.ge(1))
+    learning_rate: float = attrs.field(default=0.1, validator=attrs.validators.gt(0))
+    max_depth: int = attrs.field(default=6, validator=attrs.validators.ge(0))
+    tree_method: str = "hist"
+    early_stopping_rounds: int = attrs.field(default=20, validator=attrs.validators.ge(0))
+    validation_fraction: float = attrs.field(default=0.1, validator=[attrs.validators.gt(0), attrs.validators.lt(1)])
+    scale_pos_weight: Any = attrs.field(default="auto", validator=_scale_pos_weight)
+    n_jobs: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    params: dict[str, Any] = attrs.field(factory=dict)
+
+
+@hookimpl
+def plugin_options() -> type:
+    return Options
+
+
+# ---------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------
+
+
+def features_of(dataset: Dataset, plugin: str = "xgboost") -> tuple[pd.DataFrame, bool]:
+    """The feature frame, and whether it holds categorical columns; DataError on text or dates."""
+    import pandas as pd
+
+    X = dataset.X
+    if X.shape[1] == 0:
+        raise DataError(f"{plugin}: dataset {dataset.name or '?'} has no feature columns")
+    categorical = [c for c in X.columns if isinstance(X[c].dtype, pd.CategoricalDtype)]
+    bad = [f"{c} ({X[c].dtype})" for c in X.columns
+           if c not in categorical and not (pd.api.types.is_numeric_dtype(X[c]) or pd.api.types.is_bool_dtype(X[c]))]
+    if bad:
+        raise DataError(f"{plugin}: feature column(s) of dataset {dataset.name or '?'} are neither numeric, "
+                        f"boolean nor category: {', '.join(bad)}; encode them in a preprocess step "
+                        "or leave them out with [data] features")
+    return X, bool(categorical)
+
+
+def target_of(dataset: Dataset, task: str, plugin: str = "xgboost") -> pd.Series:
+    """The target column, checked for the task; DataError naming what is wrong."""
+    import numpy as np
+    import pandas as pd
+
+    if not dataset.target or dataset.target not in dataset.frame.columns:
+        raise DataError(f"{plugin}: dataset {dataset.name or '?'} has no target column "
+                        f"{dataset.target!r}; set [data] target to the label column")
+    y = dataset.frame[dataset.target]
+    missing = int(y.isna().sum())
+    if missing:
+        raise DataError(f"{plugin}: target column {dataset.target!r} has {missing} missing value(s)")
+    if pd.api.types.is_bool_dtype(y):
+        y = y.astype("int8")
+    if not pd.api.types.is_numeric_dtype(y):
+        raise DataError(f"{plugin}: target column {dataset.target!r} is {y.dtype}, not numeric")
+    if task == "classification":
+        classes = np.unique(y.to_numpy())
+        if len(classes) > 50 or not np.array_equal(classes, np.arange(len(classes))):
+            shown = ", ".join(map(str, classes[:10])) + (" ..." if len(classes) > 10 else "")
+            raise DataError(f"{plugin}: classification needs class labels 0..k-1 in {dataset.target!r}, "
+                            f"found {shown}; encode them, or use task = \"regression\"")
+    return y
+
+
+def holdout_mask(dataset: Dataset, fraction: float, seed: int, stratify: pd.Series | None) -> np.ndarray:
+    """Boolean mask of the rows held out: the last `fraction` in time, else a (stratified) random sample.
+
+    In time order every row of one time step stays on one side, so that no
+    series sees the future of another through the split.
+    """
+    import numpy as np
+
+    n = len(dataset.frame)
+    if dataset.time and dataset.time in dataset.frame.columns:
+        times = dataset.frame[dataset.time].to_numpy()
+        steps = np.unique(times)
+        if len(steps) < 2:
+            return np.zeros(n, dtype=bool)
+        cut = min(max(round(len(steps) * (1 - fraction)), 1), len(steps) - 1)
+        return times >= steps[cut]
+    from sklearn.model_selection import train_test_split
+
+    rows = np.arange(n)
+    try:
+        _, held = train_test_split(rows, test_size=fraction, random_state=seed, stratify=stratify)
+    except ValueError:  # a class too small to stratify: a plain random sample is the best we can do
+        _, held = train_test_split(rows, test_size=fraction, random_state=seed)
+    mask = np.zeros(n, dtype=bool)
+    mask[held] = True
+    return mask
+
+
+def build_params(options: Options, seed: int) -> dict[str, Any]:
+    """Constructor arguments from the options; `params` win."""
+    merged: dict[str, Any] = {
+        "n_estimators": options.n_estimators,
+        "learning_rate": options.learning_rate,
+        "max_depth": options.max_depth,
+        "tree_method": options.tree_method,
+        "n_jobs": options.n_jobs or None,  # None: XGBoost uses every core
+        "random_state": seed,
+        "early_stopping_rounds": options.early_stopping_rounds or None,
+    }
+    if isinstance(options.scale_pos_weight, (int, float)):
+        merged["scale_pos_weight"] = float(options.scale_pos_weight)
+    merged.update(options.params)
+    if merged.get("n_jobs") == 0:
+        merged["n_jobs"] = None
+    return merged
+
+
+@hookimpl
+def train(dataset: Dataset, options: Options, run: RunContext) -> TrainedModel:
+    """Fit XGBoost on the rows, with early stopping on a held-out split."""
+    import numpy as np
+    import xgboost as xgb
+
+    options = options or Options()
+    X, categorical = features_of(dataset)
+    y = target_of(dataset, options.task)
+    kwargs = build_params(options, run.seed)
+    rounds = kwargs.get("early_stopping_rounds") or 0
+    held = np.zeros(len(X), dtype=bool)
+    if rounds:
+        stratify = y if options.task == "classification" else None
+        held = holdout_mask(dataset, options.validation_fraction, run.seed, stratify)
+        if held.all() or not held.any():
+            held[:] = False
+            kwargs["early_stopping_rounds"] = rounds = None
+    fit_X, fit_y = (X[~held], y[~held]) if held.any() else (X, y)
+    binary = options.task == "classification" and int(y.max()) <= 1
+    if options.scale_pos_weight == "auto" and binary and "scale_pos_weight" not in options.params:
+        positives = int(fit_y.sum())
+        kwargs["scale_pos_weight"] = (len(fit_y) - positives) / positives if positives else 1.0
+    cls = xgb.XGBClassifier if options.task == "classification" else xgb.XGBRegressor
+    try:
+        estimator = cls(enable_categorical=categorical, **kwargs)
+        eval_set = [(X[held], y[held])] if held.any() else None
+        estimator.fit(fit_X, fit_y, eval_set=eval_set, verbose=False)
+    except TypeError as exc:  # an argument XGBoost's constructor or fit does not take
+        raise ConfigError(f"XGBoost rejected a parameter: {exc}", section="train.xgboost", key="params") from exc
+    effective = {k: v for k, v in estimator.get_xgb_params().items() if v is not None}
+    effective.update(n_estimators=int(estimator.n_estimators), early_stopping_rounds=rounds or 0,
+                     rows_fit=len(fit_y), rows_early_stopping=int(held.sum()))
+    if rounds:
+        effective.update(best_iteration=int(estimator.best_iteration), validation_fraction=options.validation_fraction)
+    run.log.info("xgboost: %s on %d rows x %d features%s", options.task, len(fit_y), X.shape[1],
+                 f", best iteration {effective['best_iteration']}" if rounds else "")
+    return TrainedModel(estimator=estimator, flavor=FLAVOR, task=options.task, params=effective,
+                        features=tuple(map(str, X.columns)))
+
+
+# ---------------------------------------------------------------------------
+# The `xgboost` flavor: UBJSON, never pickle
+# ---------------------------------------------------------------------------
+
+
+@hookimpl
+def save_model(model: TrainedModel, path: Path) -> list[str] | None:
+    """Write `model.ubj` (XGBoost's own format) and `xgboost.json`."""
+    if model.flavor != FLAVOR:
+        return None
+    import xgboost as xgb
+
+    estimator = model.estimator
+    estimator.save_model(str(Path(path) / MODEL_FILE))
+    best = getattr(estimator.get_booster(), "best_iteration", None)
+    meta = {
+        "format": META_FORMAT,
+        "task": model.task,
+        "classes": [int(c) for c in estimator.classes_] if model.task == "classification" else None,
+        "features": list(model.features),
+        "n_features": int(estimator.n_features_in_),
+        "best_iteration": None if best is None else int(best),
+        "xgboost": xgb.__version__,
+    }
+    (Path(path) / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return [MODEL_FILE, META_FILE]
+
+
+@hookimpl
+def load_model(flavor: str, path: Path, manifest: dict[str, Any]) -> Any | None:
+    """Rebuild XGBClassifier/XGBRegressor from `model.ubj`; BundleError on anything odd."""
+    if flavor != FLAVOR:
+        return None
+    import xgboost as xgb
+
+    path = Path(path)
+    try:
+        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError("the xgboost flavor needs xgboost.json, which is missing", file=str(path / META_FILE)) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"xgboost.json is not valid JSON: {exc}", file=str(path / META_FILE)) from None
+    if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
+        raise BundleError(f"xgboost.json: unsupported format (expected {META_FORMAT})", file=str(path / META_FILE))
+    task = meta.get("task", manifest.get("task"))
+    estimator = xgb.XGBClassifier() if task == "classification" else xgb.XGBRegressor()
+    try:
+        estimator.load_model(str(path / MODEL_FILE))
+    except (xgb.core.XGBoostError, TypeError, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BundleError(f"not a valid XGBoost model: {first}", file=str(path / MODEL_FILE)) from None
+    if int(estimator.n_features_in_) != int(meta.get("n_features", -1)):
+        raise BundleError(f"model has {estimator.n_features_in_} features, xgboost.json says {meta.get('n_features')}",
+                          file=str(path / MODEL_FILE))
+    classes = meta.get("classes")
+    if task == "classification" and classes is not None and len(estimator.classes_) != len(classes):
+        raise BundleError(f"model has {len(estimator.classes_)} classes, xgboost.json says {len(classes)}",
+                          file=str(path / MODEL_FILE))
+    best = meta.get("best_iteration")
+    if best is not None and estimator.best_iteration != best:
+        raise BundleError(f"model's best iteration {estimator.best_iteration} differs from xgboost.json's {best}",
+                          file=str(path / MODEL_FILE))
+    return estimator
