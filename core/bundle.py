@@ -220,9 +220,15 @@ class LoadedModel:
             dataset = result.dataset
         return dataset
 
+    def score(self, frame: pd.DataFrame) -> tuple[Dataset, pd.DataFrame]:
+        """The replayed features (with the target as the model learned it, when present) and predictions."""
+        dataset = self.transform(frame)
+        if len(dataset) != len(frame):
+            raise DataError(f"{self.ref}: preprocessing changed the number of rows ({len(frame)} -> {len(dataset)})")
+        preds = predictions_frame(self.estimator, self.task, dataset.frame[self.features])
+        preds.index = frame.index
+        return dataset, preds
+
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Predictions for raw rows, preprocessing replayed; row-aligned with `frame`."""
-        dataset = self.transform(frame)
-        X = dataset.frame[self.features]
-        preds = predictions_frame(self.estimator, self.task, X)
-        return preds.reindex(frame.index) if len(preds) != len(frame) else preds
+        return self.score(frame)[1]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from importlib import resources
@@ -21,6 +22,7 @@ from typing import Any
 
 import attrs
 import cattrs
+from cattrs.strategies import configure_union_passthrough
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from opsloop.errors import ConfigError, closest
@@ -71,6 +73,24 @@ class StageSection:
     plugins: list[str] = attrs.field(factory=list)
 
 
+def _check_gates(instance: Any, attribute: Any, value: list[str]) -> None:
+    from opsloop.gates import Gate
+
+    for text in value:
+        try:
+            Gate.parse(text)
+        except ValueError as exc:
+            raise ValueError(str(exc), attribute) from None  # attrs' convention: the key is found from args[1]
+
+
+@attrs.frozen(kw_only=True)
+class ValidateSection:
+    """`[validate]`: validators, and gates a model must pass (`"f1 >= 0.8"`)."""
+
+    plugins: list[str] = attrs.field(factory=list)
+    gates: list[str] = attrs.field(factory=list, validator=_check_gates)
+
+
 @attrs.frozen(kw_only=True)
 class RetrainSection:
     """`[retrain]`: policies, and whether a "retrain" verdict is acted upon."""
@@ -92,7 +112,7 @@ SECTIONS: dict[str, type] = {
     "store": StoreSection,
     "preprocess": StageSection,
     "train": StageSection,
-    "validate": StageSection,
+    "validate": ValidateSection,
     "deploy": StageSection,
     "monitor": StageSection,
     "retrain": RetrainSection,
@@ -124,6 +144,8 @@ def make_converter() -> cattrs.Converter:
     conv.register_structure_hook(float, _strict(float, (int, float), (bool,)))
     conv.register_structure_hook(bool, _strict(bool, (bool,)))
     conv.register_structure_hook(Path, _strict(Path, (str,)))
+    # Options such as `scale_pos_weight: str | float` ("auto" or a number).
+    configure_union_passthrough(str | int | float | bool | None, conv)
     return conv
 
 
@@ -151,8 +173,16 @@ def _errors(exc: BaseException, cls: type, path: tuple[str, ...]) -> Iterable[tu
             yield from _errors(sub, note.type, (*path, str(note.index)))
         for sub in without:
             yield from _errors(sub, cls, path)
-    else:
-        yield ".".join(path), f"wrong value: {exc}", None
+    else:  # a validator's error: attrs names the field in args[1] or at the start of the message
+        key = path
+        attribute = exc.args[1] if len(exc.args) > 1 else None
+        match = re.match(r"^'?(\w+)'?", str(exc.args[0])) if exc.args else None
+        if isinstance(attribute, attrs.Attribute):
+            key = (*path, attribute.name)
+        elif match and match.group(1) in _field_names(cls):
+            key = (*path, match.group(1))
+        message = str(exc.args[0]) if exc.args else str(exc)
+        yield ".".join(key), f"wrong value: {message}", None
 
 
 def structure(data: Mapping[str, Any], cls: type, *, section: str, source: str | None) -> Any:
@@ -170,7 +200,8 @@ def structure(data: Mapping[str, Any], cls: type, *, section: str, source: str |
             message = f"{message} (and {len(problems) - 1} more: {others})"
         raise ConfigError(message, section=section, key=key, source=source, suggestion=suggestion) from exc
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"wrong value: {exc}", section=section, source=source) from exc
+        (key, message, _), = _errors(exc, cls, ())
+        raise ConfigError(message, section=section, key=key or None, source=source) from exc
 
 
 # ---------------------------------------------------------------------------
@@ -272,7 +303,7 @@ class Config:
     data: DataSection
     store: StoreSection
     plugins: PluginsSection
-    stages: dict[str, StageSection | RetrainSection]
+    stages: dict[str, StageSection | ValidateSection | RetrainSection]
 
     @classmethod
     def from_table(cls, table: dict[str, Any], *, path: Path | None = None,

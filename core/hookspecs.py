@@ -249,7 +249,9 @@ def monitor(version: ModelVersion, current: Dataset, predictions: pd.DataFrame, 
     Args:
         version: The version being watched (its validation metrics are in
             `version.metrics`).
-        current: Raw rows of the later period, labelled when labels exist.
+        current: Raw rows of the later period, labelled when labels exist; the
+            label column is as the model learned it (preprocessing replayed,
+            so a `label-horizon` target means "incident within N steps").
         predictions: Row-aligned with `current.frame`: column `prediction`
             and, for classifiers, `score` (probability of the positive class).
         reference: Raw training rows, for drift.

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 
 from opsloop import data as data_mod
-from opsloop import lineage
+from opsloop import gates, lineage
 from opsloop.bundle import LoadedModel, StepRecord, read_bundle, unstructure_options, write_bundle
-from opsloop.errors import PluginCallError
+from opsloop.errors import OpsloopError, PluginCallError
 from opsloop.types import (
     Dataset,
     Deployment,
@@ -37,6 +37,7 @@ from opsloop.types import (
 )
 
 if TYPE_CHECKING:
+    from opsloop.gates import GateResult
     from opsloop.session import Session
     from opsloop.store import ModelStore
 
@@ -118,6 +119,7 @@ class Runner:
         )
         self.result = RunResult(run_id=self.run.run_id)
         self._store: ModelStore | None = None
+        self.gate_results: list[GateResult] = []
 
     @property
     def store(self) -> ModelStore:
@@ -175,7 +177,7 @@ class Runner:
         return self._stage(f"{prefix}train", self.config.selected("train"), lambda: self.fit(dataset),
                            lambda m: f"{m.flavor} {m.task} on {len(dataset):,} rows")
 
-    def validate(self, dataset: Dataset, prefix: str = "") -> list[ValidationReport]:
+    def validate(self, dataset: Dataset, prefix: str = "", *, enforce_gates: bool = True) -> list[ValidationReport]:
         names = self.config.selected("validate")
 
         def work() -> list[ValidationReport]:
@@ -183,8 +185,24 @@ class Runner:
                                               options=self.session.options_for("validate", n), run=self.run),
                             ValidationReport, n, "validate") for n in names]
 
-        return self._stage(f"{prefix}validate", names, work,
-                           lambda reports: "; ".join(f"{r.method}: {_figures(r.mean)}" for r in reports) or "skipped")
+        reports = self._stage(f"{prefix}validate", names, work,
+                              lambda reports: "; ".join(f"{r.method}: {_figures(r.mean)}" for r in reports) or "skipped")
+        self.gate_results = self.check_gates(reports, enforce=enforce_gates)
+        return reports
+
+    def check_gates(self, reports: list[ValidationReport], *, enforce: bool = True) -> list[GateResult]:
+        """`[validate] gates` against the first report's means; with `enforce`, GateFailed stops the run
+        before anything is registered."""
+        gates_ = self.config.stages["validate"].gates
+        if not gates_:
+            return []
+        if not reports:
+            raise OpsloopError("[validate] gates are set but no validator is selected in [validate] plugins")
+        results = gates.check(gates_, reports[0].mean)
+        failed = [r for r in results if not r.passed]
+        if failed and enforce:
+            raise gates.GateFailed(failed)
+        return results
 
     def register(self, model: TrainedModel, raw: Dataset, steps: list[StepRecord],
                  validation: list[ValidationReport], prefix: str = "", parent: str | None = None,
@@ -255,10 +273,15 @@ class Runner:
         names = self.config.selected("monitor")
 
         def work() -> list[MonitorReport]:
-            predictions = model.predict(current.frame)
+            features, predictions = model.score(current.frame)
+            judged = current
+            target = current.target
+            if target and target in current.frame.columns and target in features.frame.columns:
+                # Labels as the model learned them (e.g. label-horizon's "incident within N steps").
+                judged = current.derive(current.frame.assign(**{target: features.frame[target].to_numpy()}))
             reports = []
             for n in names:
-                report = _expect(self.plugins.call(n, "monitor", version=version, current=current,
+                report = _expect(self.plugins.call(n, "monitor", version=version, current=judged,
                                                    predictions=predictions, reference=reference,
                                                    options=self.session.options_for("monitor", n), run=self.run),
                                  MonitorReport, n, "monitor")
@@ -293,6 +316,17 @@ class Runner:
         return decision
 
     # -- the whole loop ----------------------------------------------------
+
+    def validate_only(self) -> tuple[list[ValidationReport], list[GateResult]]:
+        """Load, preprocess and validate the training period; register nothing (`opsloop validate`)."""
+        raw = self._stage("load", [self.config.data.source], lambda: data_mod.load(self.config),
+                          lambda d: f"{len(d):,} rows from {d.name}")
+        train_raw, _ = data_mod.periods(raw, self.config)
+        features, _, issues = self.preprocess(train_raw)
+        self.result.issues.extend(issues)
+        reports = self.validate(features, enforce_gates=False)
+        self.result.validation.extend(reports)
+        return reports, self.gate_results
 
     def run_once(self) -> RunResult:
         """One pass of the lifecycle on the configured data."""

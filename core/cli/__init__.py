@@ -32,6 +32,7 @@ def build_app(argv: Sequence[str] | None = None) -> typer.Typer:
     app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                       rich_markup_mode=None)  # Rich help costs ~0.1 s of imports; `--help` must stay fast
     app.command("run")(run_cmds.run)
+    app.command("validate")(run_cmds.validate)
     app.command("init")(run_cmds.init)
     app.add_typer(config_app, name="config")
     app.add_typer(plugins_app, name="plugins")

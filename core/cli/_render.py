@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -14,7 +15,10 @@ from opsloop.types import Reporter
 
 T = TypeVar("T")
 
-console = Console()
+# Piped output (files, CI logs, scripts) gets wide tables instead of wrapped
+# cells; a terminal keeps its own width. COLUMNS wins in both cases.
+_WIDTH = int(os.environ.get("COLUMNS", "0") or 0) or (None if sys.stdout.isatty() else 160)
+console = Console(width=_WIDTH)
 err_console = Console(stderr=True)
 
 

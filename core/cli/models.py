@@ -57,11 +57,24 @@ def show(ref: Annotated[str, typer.Argument(metavar="NAME[:VERSION|@ALIAS]",
     """Show one version: metrics, parameters, lineage, aliases and where its bundle is."""
     from opsloop.cli._render import console, fmt, print_json, table
 
+    from opsloop.store import Ref
+
+    parsed = Ref.parse(ref)
     with open_store(config, set_) as store:
-        v = store.resolve(ref)
+        v = store.resolve(parsed)
+        listing = store.version_summaries(parsed.name) if parsed.version is None and parsed.alias is None else []
     if json_:
-        print_json(version_json(v))
+        data = version_json(v)
+        if listing:
+            data["versions"] = [attrs.asdict(s) for s in listing]
+        print_json(data)
         return
+    if listing:
+        keys = [k for k in ("f1", "precision", "recall", "roc_auc", "rmse") if any(k in s.metrics for s in listing)]
+        console.print(table(f"{parsed.name}: {len(listing)} version(s)", ["version", "created", "by", "aliases", *keys],
+                            ([s.version, s.created_at, s.created_by, ", ".join(s.aliases),
+                              *(fmt(s.metrics.get(k, float("nan"))) for k in keys)] for s in listing[-20:])))
+        console.print(f"latest: {v.ref}")
     lin = v.lineage
     console.print(f"[bold]{v.ref}[/bold]  {v.flavor} {v.task}  aliases: {', '.join(v.aliases) or '-'}")
     console.print(f"created {v.created_at} by {v.created_by or '?'}; bundle {v.path} ({v.digest})")
@@ -82,3 +95,165 @@ def show(ref: Annotated[str, typer.Argument(metavar="NAME[:VERSION|@ALIAS]",
         ("libraries", ", ".join(f"{k} {x}" for k, x in versions.get("libraries", {}).items())),
     ]
     console.print(table("lineage", ["field", "value"], rows))
+
+
+AliasOption = Annotated[str, typer.Option("--alias", "-a", help="The alias to move.")]
+ReasonOption = Annotated[str, typer.Option("--reason", "-r", help="Why, for the audit trail.")]
+
+
+def _session(config: Any, set_: Any) -> Any:
+    from opsloop import config as config_mod
+    from opsloop.session import Session
+
+    cfg = config_mod.read(config, overrides=set_ or ())
+    # observers enabled in the config hear alias moves (on_alias_changed)
+    return Session.open(cfg, sections=("store", "plugins"))
+
+
+def _change_json(change: Any) -> dict[str, Any]:
+    return attrs.asdict(change)
+
+
+def _print_change(change: Any, verb: str) -> None:
+    from opsloop.cli._render import console
+
+    before = f"{change.from_version}" if change.from_version is not None else "(unset)"
+    console.print(f"{verb} {change.name}@{change.alias}: {before} → {change.to_version}"
+                  + (f" ({change.reason})" if change.reason else ""))
+
+
+@models_app.command("promote")
+def promote(name: Annotated[str, typer.Argument(help="Model name.")],
+            version: Annotated[int, typer.Argument(help="Version to point the alias at.", min=1)],
+            alias: AliasOption = "production", reason: ReasonOption = "",
+            config: ConfigOption = None, set_: SetOption = None, json_: JsonOption = False) -> None:
+    """Point an alias (default: production) at a version; recorded in the history."""
+    from opsloop.cli._render import console, print_json
+
+    session = _session(config, set_)
+    with session.open_store() as store:
+        change = session.set_alias(store, name, alias, version, reason=reason or "promoted from the command line")
+    if json_:
+        print_json(_change_json(change) if change else {"name": name, "alias": alias, "to_version": version,
+                                                         "unchanged": True})
+    elif change is None:
+        console.print(f"{name}@{alias} already points at {version}: nothing to do")
+    else:
+        _print_change(change, "promoted")
+
+
+@models_app.command("rollback")
+def rollback(name: Annotated[str, typer.Argument(help="Model name.")],
+             alias: AliasOption = "production", reason: ReasonOption = "",
+             config: ConfigOption = None, set_: SetOption = None, json_: JsonOption = False) -> None:
+    """Point an alias back at the version it pointed to before (again: one step further back)."""
+    from opsloop.cli._render import print_json
+
+    session = _session(config, set_)
+    with session.open_store() as store:
+        change = session.rollback(store, name, alias, reason=reason or "rolled back from the command line")
+    if json_:
+        print_json(_change_json(change))
+    else:
+        _print_change(change, "rolled back")
+
+
+@models_app.command("history")
+def history(name: Annotated[str, typer.Argument(help="Model name.")],
+            alias: Annotated[str | None, typer.Option("--alias", "-a", help="Only this alias.")] = None,
+            config: ConfigOption = None, set_: SetOption = None, json_: JsonOption = False) -> None:
+    """The audit trail of a model's aliases: who moved which alias from which version to which, when, why."""
+    from opsloop.cli._render import console, print_json, table
+
+    with open_store(config, set_) as store:
+        changes = store.history(name, alias)
+    if json_:
+        print_json([_change_json(c) for c in changes])
+        return
+    if not changes:
+        console.print(f"no alias of {name} was ever set")
+        return
+    console.print(table(f"{name}: alias history (oldest first)", ["when", "alias", "action", "from", "to", "who",
+                                                                  "reason"],
+                        ([c.at, c.alias, c.action, "-" if c.from_version is None else c.from_version, c.to_version,
+                          c.actor, c.reason] for c in changes)))
+
+
+@models_app.command("delete")
+def delete(name: Annotated[str, typer.Argument(help="Model name.")],
+           version: Annotated[int, typer.Argument(help="Version to delete.", min=1)],
+           yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+           config: ConfigOption = None, set_: SetOption = None, json_: JsonOption = False) -> None:
+    """Delete a version and its bundle; refused while an alias points at it."""
+    from opsloop.cli._render import console, print_json
+
+    with open_store(config, set_) as store:
+        v = store.get(name, version)
+        if not yes:
+            typer.confirm(f"delete {v.ref} (created {v.created_at}) and its bundle?", abort=True)
+        store.delete(name, version)
+    if json_:
+        print_json({"deleted": v.ref})
+    else:
+        console.print(f"deleted {v.ref}")
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as dotted keys, for side-by-side comparison."""
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: data}
+
+
+def _schema(v: ModelVersion) -> dict[str, str]:
+    from opsloop.bundle import read_manifest
+
+    manifest = read_manifest(v.path, ref=v.ref, digest=v.digest)
+    return {c["name"]: c["dtype"] for c in manifest["input_schema"]}
+
+
+@models_app.command("diff")
+def diff(name: Annotated[str, typer.Argument(help="Model name.")],
+         v1: Annotated[int, typer.Argument(help="First version.", min=1)],
+         v2: Annotated[int, typer.Argument(help="Second version.", min=1)],
+         all_: Annotated[bool, typer.Option("--all", help="Show equal fields too.")] = False,
+         config: ConfigOption = None, set_: SetOption = None, json_: JsonOption = False) -> None:
+    """Two versions side by side: parameters, metrics, lineage (config included) and input schema."""
+    from opsloop.cli._render import console, fmt, print_json, table
+
+    with open_store(config, set_) as store:
+        a, b = store.get(name, v1), store.get(name, v2)
+    sections = {
+        "params": (flatten(dict(a.params)), flatten(dict(b.params))),
+        "metrics": (dict(a.metrics), dict(b.metrics)),
+        "lineage": (flatten(dict(a.lineage)), flatten(dict(b.lineage))),
+        "schema": (_schema(a), _schema(b)),
+    }
+    result = {}
+    for section, (left, right) in sections.items():
+        rows = {}
+        for key in sorted({*left, *right}):
+            x, y = left.get(key), right.get(key)
+            if all_ or x != y:
+                rows[key] = {"a": x, "b": y, "changed": x != y}
+        result[section] = rows
+    if json_:
+        print_json({"a": a.ref, "b": b.ref, **result})
+        return
+    for section, rows in result.items():
+        if not rows:
+            console.print(f"{section}: identical")
+            continue
+        console.print(table(f"{section} ({'all' if all_ else 'differences'})", ["field", a.ref, b.ref],
+                            ((("* " if r["changed"] else "  ") + key, _cell(r["a"], fmt), _cell(r["b"], fmt))
+                             for key, r in rows.items())))
+
+
+def _cell(value: Any, fmt: Any) -> str:
+    if value is None:
+        return "-"
+    text = fmt(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -54,3 +54,48 @@ def init(
         raise OpsloopError(f"{path} exists; use --force to overwrite it")
     path.write_text(starter_text(), encoding="utf-8")
     console.print(f"wrote {path}: edit it, check it with `opsloop config check`, run it with `opsloop run`")
+
+
+def validate(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    json_: JsonOption = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, only the results.")] = False,
+) -> None:
+    """Preprocess and validate the training period; register nothing.
+
+    Prints per-fold metrics with their mean and standard deviation, checks
+    `[validate] gates`, and exits 1 when a gate fails (for CI pipelines).
+    """
+    from opsloop import config as config_mod
+    from opsloop.cli._render import RichReporter, console, fmt, print_json, table
+    from opsloop.gates import GateFailed
+    from opsloop.runner import Runner
+    from opsloop.session import Session
+
+    cfg = config_mod.read(config, overrides=set_ or ())
+    session = Session.open(cfg)
+    with RichReporter(quiet=quiet or json_) as reporter:
+        runner = Runner(session, reporter=reporter)
+        try:
+            reports, results = runner.validate_only()
+        finally:
+            runner.close()
+    failed = [r for r in results if not r.passed]
+    if json_:
+        import attrs
+
+        print_json({"reports": [attrs.asdict(r) for r in reports],
+                    "gates": [{"gate": str(r.gate), "value": r.value, "passed": r.passed} for r in results],
+                    "passed": not failed})
+    else:
+        for report in reports:
+            keys = list(report.mean)
+            rows = [[str(i + 1), *(fmt(fold.get(k, float("nan"))) for k in keys)] for i, fold in enumerate(report.folds)]
+            rows.append(["mean", *(fmt(report.mean[k]) for k in keys)])
+            rows.append(["std", *(fmt(report.std.get(k, float("nan"))) for k in keys)])
+            console.print(table(report.method, ["fold", *keys], rows))
+        for r in results:
+            console.print(f"[{'green' if r.passed else 'red'}]gate[/] {r}")
+    if failed:
+        raise GateFailed(failed)

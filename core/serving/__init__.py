@@ -1,0 +1,1 @@
+"""The prediction server (`opsloop serve`): Open Inference Protocol over a real ASGI server."""

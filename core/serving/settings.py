@@ -1,0 +1,76 @@
+"""What a prediction server serves and how: one frozen `Settings`, shared by `opsloop serve` and `local-http`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+
+#: Where the server keeps its prediction log, state files and output, under the working directory.
+SERVING_DIR = Path(".opsloop") / "serving"
+LOG_FILE = "predictions.db"
+MONITOR_FILE = "monitor-report.json"
+
+
+def _positive(_: object, attribute: attrs.Attribute, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"{attribute.name} must be a positive number, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """A server's settings; every field has the default `opsloop serve` uses.
+
+    Attributes:
+        model: Model name in the registry; None: the config's `[project] name`.
+        alias: The alias whose version is served (and followed when it moves).
+        config: Config file giving the store (`[store]`); None: `./opsloop.toml`
+            if present, else the built-in defaults.
+        workdir: Directory relative paths are resolved against (where
+            `.opsloop/` lives); None: the config file's directory.
+        host: Interface to listen on.
+        port: TCP port; 0 picks a free one.
+        max_body_bytes: Largest request body accepted (after decompression);
+            a larger one is a 413.
+        max_rows: Most rows in one request; more is a 413.
+        poll_interval: Seconds between two looks at the alias in the store.
+        log_predictions: Log every prediction (inputs, outputs, version,
+            time, request id) to SQLite.
+        log_path: The prediction log; None: `.opsloop/serving/predictions.db`.
+        fast_path: Score with the compiled per-row scorer where the bundle
+            allows it (see `opsloop.serving.fastpath`); False always replays
+            preprocessing through the plugins (`LoadedModel.predict`).
+        threads: XGBoost threads per prediction; 1 is fastest for small
+            requests and on a busy machine, 0 means every core.
+        monitor_report: JSON file whose monitor figures `/metrics` exports
+            (`opsloop run --json` output, or a list of monitor reports);
+            None: `.opsloop/serving/monitor-report.json` when it exists.
+        live_window: How many of the latest labelled predictions the live
+            precision/recall on `/metrics` are computed from.
+    """
+
+    model: str | None = None
+    alias: str = "production"
+    config: Path | None = None
+    workdir: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=8080, validator=[attrs.validators.ge(0), attrs.validators.le(65535)])
+    max_body_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=_positive)
+    max_rows: int = attrs.field(default=100_000, validator=_positive)
+    poll_interval: float = attrs.field(default=0.5, validator=_positive)
+    log_predictions: bool = True
+    log_path: Path | None = None
+    fast_path: bool = True
+    threads: int = attrs.field(default=1, validator=attrs.validators.ge(0))
+    monitor_report: Path | None = None
+    live_window: int = attrs.field(default=10_000, validator=_positive)
+
+    def resolve(self, workdir: Path) -> Settings:
+        """The same settings with every path made absolute against `workdir`."""
+        def absolute(path: Path | None, default: Path) -> Path:
+            path = Path(path) if path is not None else default
+            return path if path.is_absolute() else workdir / path
+
+        return attrs.evolve(self, workdir=workdir,
+                            log_path=absolute(self.log_path, SERVING_DIR / LOG_FILE),
+                            monitor_report=absolute(self.monitor_report, SERVING_DIR / MONITOR_FILE))
