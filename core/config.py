@@ -15,6 +15,7 @@ import hashlib
 import json
 import re
 import tomllib
+import typing
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
@@ -144,6 +145,18 @@ def make_converter() -> cattrs.Converter:
     conv.register_structure_hook(float, _strict(float, (int, float), (bool,)))
     conv.register_structure_hook(bool, _strict(bool, (bool,)))
     conv.register_structure_hook(Path, _strict(Path, (str,)))
+    # cattrs would happily turn the string "abc" into ["a", "b", "c"].
+    def lists(tp: Any) -> Any:
+        (item,) = typing.get_args(tp) or (Any,)
+
+        def structure(value: Any, _: type) -> list[Any]:
+            if not isinstance(value, list):
+                raise TypeError(f"expected a list, got {type(value).__name__} {value!r}")
+            return [conv.structure(v, item) for v in value]
+
+        return structure
+
+    conv.register_structure_hook_factory(lambda tp: typing.get_origin(tp) is list, lists)
     # Options such as `scale_pos_weight: str | float` ("auto" or a number).
     configure_union_passthrough(str | int | float | bool | None, conv)
     return conv

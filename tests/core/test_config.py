@@ -125,3 +125,10 @@ def test_config_hash_changes_with_content(tmp_path):
     b = config_mod.read(workdir=tmp_path, overrides=["project.seed=1"])
     assert a.hash != b.hash
     assert a.hash == config_mod.read(workdir=tmp_path).hash
+
+
+def test_a_string_is_not_a_list(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        config_mod.read(workdir=tmp_path, overrides=["preprocess.plugins=[impute,scale]"])  # not TOML: a string
+    assert info.value.key == "plugins"
+    assert "expected a list" in str(info.value)

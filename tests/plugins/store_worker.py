@@ -1,9 +1,11 @@
-"""A process that registers versions in a local store, for the concurrency and SIGKILL tests.
+"""A process that registers versions in a store, for the concurrency and SIGKILL tests.
 
-    python store_worker.py ROOT NAME COUNT [--go FILE] [--pause-after-rename S] [--die-after-rename N]
+    python store_worker.py URI NAME COUNT [--go FILE] [--pause-after-rename S] [--die-after-rename N]
 
-Registers COUNT versions of NAME (COUNT 0: until killed), printing one line
-per registered version. With `--go`, it prints `ready` and waits for FILE to
+URI names the store as `[store] uri` would: a directory for the local store,
+`postgresql://...?bundles=DIR&schema=S` for the PostgreSQL one. Registers
+COUNT versions of NAME (COUNT 0: until killed), printing one line per
+registered version. With `--go`, it prints `ready` and waits for FILE to
 exist, so that several workers open the store and register at the same moment.
 `--pause-after-rename` sleeps up to S seconds after a bundle is renamed into
 place (inside the transaction), widening the window a SIGKILL must survive;
@@ -47,7 +49,7 @@ def make_bundle(directory: Path, *, tag: str, metrics: dict[str, float] | None =
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("root")
+    parser.add_argument("uri")
     parser.add_argument("name")
     parser.add_argument("count", type=int)
     parser.add_argument("--go")
@@ -55,7 +57,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--die-after-rename", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from opsloop.plugins import local_store
+    from opsloop.plugins import local_store, postgres_store
 
     if args.pause_after_rename or args.die_after_rename:
         real_rename, renames = os.rename, itertools.count(1)
@@ -77,8 +79,8 @@ def main(argv: list[str]) -> int:
             if time.monotonic() > deadline:
                 return 2
             time.sleep(0.005)
-    store = local_store.open_store(args.root, Path.cwd())
-    assert store is not None
+    store = local_store.open_store(args.uri, Path.cwd()) or postgres_store.open_store(args.uri, Path.cwd())
+    assert store is not None, args.uri
     numbers = range(args.count) if args.count else itertools.count()
     for i in numbers:
         staged = store.staging_dir()
