@@ -39,8 +39,10 @@ def main() -> None:
     if opsloop:
         commands["opsloop --help"].append("--help")
     times: dict[str, list[float]] = {k: [] for k in commands}
-    for cmd in commands.values():  # warm the file cache
-        timed(cmd)
+    for name, cmd in commands.items():  # warm the file cache, and refuse to time a command that fails
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            sys.exit(f"{name} failed (exit {done.returncode}); is opsloop installed?\n{done.stderr[-2000:]}")
     for _ in range(args.runs):
         for name, cmd in commands.items():
             times[name].append(timed(cmd))

@@ -19,6 +19,7 @@ from opsloop.cli import run as run_cmds
 from opsloop.cli.config_cmd import config_app
 from opsloop.cli.models import models_app
 from opsloop.cli.plugins_cmd import plugins_app
+from opsloop.cli import serve as serve_cmds
 
 HELP = """opsloop runs the lifecycle of machine-learning models for IT operations:
 preprocess, train, validate, register, deploy, monitor, and retrain when a policy says so.
@@ -34,6 +35,8 @@ def build_app(argv: Sequence[str] | None = None) -> typer.Typer:
     app.command("run")(run_cmds.run)
     app.command("validate")(run_cmds.validate)
     app.command("init")(run_cmds.init)
+    app.command("serve")(serve_cmds.serve)
+    app.command("feedback")(serve_cmds.feedback)
     app.add_typer(config_app, name="config")
     app.add_typer(plugins_app, name="plugins")
     app.add_typer(models_app, name="models")

@@ -26,6 +26,7 @@ class Settings:
         alias: The alias whose version is served (and followed when it moves).
         config: Config file giving the store (`[store]`); None: `./opsloop.toml`
             if present, else the built-in defaults.
+        overrides: `SECTION.KEY=VALUE` config overrides, as `--set` takes them.
         workdir: Directory relative paths are resolved against (where
             `.opsloop/` lives); None: the config file's directory.
         host: Interface to listen on.
@@ -52,6 +53,7 @@ class Settings:
     model: str | None = None
     alias: str = "production"
     config: Path | None = None
+    overrides: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     workdir: Path | None = None
     host: str = "127.0.0.1"
     port: int = attrs.field(default=8080, validator=[attrs.validators.ge(0), attrs.validators.le(65535)])

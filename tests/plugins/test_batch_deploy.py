@@ -181,7 +181,7 @@ def test_missing_columns_name_the_file_and_the_columns(pm, version, model, run, 
 def test_missing_file_and_bad_output_suffix(pm, version, model, run, tmp_path):
     with pytest.raises(PluginCallError, match="input file not found: .*nowhere.parquet"):
         deploy(pm, version, model, run, input="nowhere.parquet")
-    with pytest.raises(ConfigError, match=r"\[deploy.batch\].*output 'preds.json' must end in .parquet"):
+    with pytest.raises(ConfigError, match=r"\[deploy.batch.output\] wrong value: output .preds.json. must end in"):
         opsloop.config.structure({"output": "preds.json"}, Options, section="deploy.batch", source=None)
     with pytest.raises(ConfigError, match="chunk_rows"):
         opsloop.config.structure({"chunk_rows": 0}, Options, section="deploy.batch", source=None)

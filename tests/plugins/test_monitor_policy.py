@@ -305,7 +305,7 @@ def test_policy_retrains_on_drift_naming_the_feature(pm, version, model, asd, ru
 
 
 def test_policy_options_are_checked():
-    with pytest.raises(ConfigError, match=r"\[retrain.threshold-policy\].*'min_f1' must be <= 1"):
+    with pytest.raises(ConfigError, match=r"\[retrain.threshold-policy.min_f1\] wrong value: 'min_f1' must be <= 1"):
         opsloop.config.structure({"min_f1": 1.5}, threshold_policy.Options, section="retrain.threshold-policy",
                                  source=None)
     with pytest.raises(ConfigError, match='did you mean "max_drift_psi"'):

@@ -1,0 +1,287 @@
+"""The legs of benchmarks/serving.py: the trained model, request bodies, the raw loop, and each server."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from servers import Endpoint, Server
+
+HERE = Path(__file__).resolve().parent
+NOTES: list[str] = []
+LABELS = {
+    "raw": "raw predict_proba (floor)",
+    "raw-inplace": "raw booster.inplace_predict",
+    "raw-json": "raw + JSON decode/encode",
+    "opsloop-inproc": "LoadedModel.predict in-proc",
+    "noop": "client ceiling (/noop)",
+    "minimal": "minimal ASGI, JSON records",
+    "minimal-v2": "minimal ASGI, v2 infer",
+    "opsloop": "opsloop serve, JSON records",
+    "opsloop-v2": "opsloop serve, v2 infer",
+    "mlflow": "mlflow serve, dataframe_split",
+}
+CONFIG = """\
+# Written by benchmarks/serving.py: the default lifecycle without monitoring and retraining.
+[project]
+name = "{name}"
+seed = 42
+
+[data]
+source = "embedded:asd"
+target = "label"
+time = "timestamp"
+series = "entity"
+train = "timestamp < '2024-01-08 12:00'"
+monitor = "timestamp >= '2024-01-08 12:00'"
+
+[store]
+uri = ".opsloop"
+plugins = ["local-store"]
+
+[preprocess]
+plugins = ["schema-check", "impute"]
+
+[train]
+plugins = ["xgboost"]
+
+[validate]
+plugins = ["kfold"]
+
+[deploy]
+plugins = ["batch"]   # deploying sets the `production` alias
+
+[monitor]
+plugins = []
+
+[retrain]
+plugins = []
+"""
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+@dataclass
+class Model:
+    """The registered version behind `production`, loaded from its bundle."""
+
+    ref: str
+    name: str
+    loaded: Any  # opsloop.bundle.LoadedModel
+    ubj: Path
+    features: list[str]
+    columns: list[str]  # every raw input column of the bundle's schema
+
+    @property
+    def describe(self) -> str:
+        booster = self.loaded.estimator.get_booster()
+        return (f"XGBoost {self.loaded.estimator.__class__.__name__}, {booster.num_boosted_rounds()} trees, "
+                f"max_depth {self.loaded.manifest['params'].get('max_depth')}, {len(self.features)} features; "
+                f"steps {', '.join(s['plugin'] for s in self.loaded.manifest['steps'])}")
+
+
+def trained_model(workdir: Path, name: str) -> Model:
+    """Run `opsloop run` in `workdir` unless `name@production` already exists there; load its bundle."""
+    from opsloop import config as config_mod
+    from opsloop.bundle import read_bundle
+    from opsloop.cli import invoke
+    from opsloop.errors import StoreError
+    from opsloop.manager import PluginManager
+    from opsloop.session import Session
+
+    toml = workdir / "opsloop.toml"
+    if not toml.exists():
+        toml.write_text(CONFIG.format(name=name), encoding="utf-8")
+    with contextlib.chdir(workdir):
+        cfg = config_mod.read(toml)
+        try:
+            with Session.open(cfg, sections=("store",)).open_store() as store:
+                store.resolve(f"{name}@production")
+            print(f"reusing the model trained earlier in {workdir}")
+        except StoreError:
+            started = time.perf_counter()
+            print("training through the lifecycle: opsloop run (preprocess, train, validate, register, deploy) ...")
+            if invoke(["run", "--quiet"]) != 0:
+                raise SystemExit("opsloop run failed")
+            print(f"opsloop run took {time.perf_counter() - started:.0f} s")
+        with Session.open(cfg, sections=("store",)).open_store() as store:
+            version = store.resolve(f"{name}@production")
+        loaded = read_bundle(Path(version.path).resolve(), PluginManager(), ref=version.ref, digest=version.digest)
+    return Model(ref=version.ref, name=name, loaded=loaded, ubj=Path(version.path).resolve() / "model.ubj",
+                 features=loaded.features, columns=[c["name"] for c in loaded.manifest["input_schema"]])
+
+
+@dataclass
+class Data:
+    records: list[dict]  # raw rows as a client sends them: entity, ISO timestamp, features
+    X: Any  # float32 features, the raw model's input
+    frame: Any  # the raw rows as the bundle's schema types them
+    scores: Any  # the raw model's P(label = 1) per row
+
+
+def sample_rows(model: Model, n: int) -> Data:
+    """`n` real rows of the monitoring period, as JSON-able records (float32 values in their shortest form)."""
+    import numpy as np
+    import pandas as pd
+    from opsloop import datasets
+
+    frame = datasets.load("asd")
+    frame = frame[frame["timestamp"] >= pd.Timestamp("2024-01-08 12:00")].sample(n, random_state=7)
+    frame = frame[model.columns].reset_index(drop=True)
+    records = [{c: (r[c].isoformat() if c == "timestamp" else float(str(r[c])) if c in model.features else r[c])
+                for c in model.columns} for r in frame.to_dict("records")]
+    X = np.ascontiguousarray(frame[model.features].to_numpy(dtype=np.float32))
+    scores = model.loaded.estimator.predict_proba(X)[:, 1]
+    return Data(records=records, X=X, frame=frame, scores=scores)
+
+
+def instances(rows: list[dict]) -> bytes:
+    """Plain JSON records: every raw column of the bundle's schema, by name."""
+    return json.dumps({"instances": rows}).encode()
+
+
+def v2_encoder(model: Model) -> Callable[[list[dict]], bytes]:
+    """Open Inference Protocol (KServe v2) `infer` body: one [n] tensor per raw column, JSON data."""
+    types = {c["name"]: ("FP32" if c["dtype"].startswith("float") else "BYTES")
+             for c in model.loaded.manifest["input_schema"]}
+
+    def encode(rows: list[dict]) -> bytes:
+        return json.dumps({"inputs": [{"name": c, "shape": [len(rows)], "datatype": types[c],
+                                       "data": [r[c] for r in rows]} for c in model.columns]}).encode()
+
+    return encode
+
+
+def v2_scores(response: dict) -> list[float]:
+    return next(o["data"] for o in response["outputs"] if o["name"] == "score")
+
+
+def raw_calls(model: Model, data: Data, size: int, threads: int) -> dict[str, Callable[[], Any]]:
+    """In-process calls, one request's worth of rows each, with `threads` XGBoost threads (0: its default)."""
+    est, X, frame = model.loaded.estimator, data.X[:size], data.frame.iloc[:size]
+    est.set_params(n_jobs=threads or None)
+    booster = est.get_booster()
+    body = instances(data.records[:size])
+    features = model.features
+
+    def json_and_raw() -> bytes:  # what the minimal server does, without HTTP
+        import numpy as np
+
+        rows = json.loads(body)["instances"]
+        score = est.predict_proba(np.array([[r[f] for f in features] for r in rows], dtype=np.float32))[:, 1]
+        return json.dumps({"predictions": score.tolist()}).encode()
+
+    return {"raw": lambda: est.predict_proba(X), "raw-inplace": lambda: booster.inplace_predict(X),
+            "raw-json": json_and_raw, "opsloop-inproc": lambda: model.loaded.predict(frame)}
+
+
+def time_calls(fn: Callable[[], Any], seconds: float, max_calls: int = 500_000) -> dict:
+    """Call `fn` back to back for `seconds` (or `max_calls`): calls per second and latency percentiles."""
+    for _ in range(3):
+        fn()
+    lat: list[float] = []
+    start = time.perf_counter()
+    deadline = start + seconds
+    while len(lat) < max_calls:
+        t0 = time.perf_counter()
+        fn()
+        t1 = time.perf_counter()
+        lat.append(t1 - t0)
+        if t1 >= deadline:
+            break
+    elapsed = time.perf_counter() - start
+    q = statistics.quantiles(lat, n=100) if len(lat) > 1 else lat * 99
+    return {"requests": len(lat), "seconds": elapsed, "rps": len(lat) / elapsed, "p50_ms": q[49] * 1000,
+            "p99_ms": q[98] * 1000, "errors": 0, "status_errors": 0, "server_cpu": None, "client_cpu": None}
+
+
+def check_answers(server: Server, data: Data, n: int = 50) -> None:
+    """Every endpoint's answers for `n` rows equal the raw model's (scores to 1e-5, or labels)."""
+    import numpy as np
+
+    for protocol, end in server.endpoints.items():
+        got = np.asarray(server.predict(protocol, data.records[:n]), dtype=np.float64)
+        want = data.scores[:n] if end.answers == "score" else (data.scores[:n] > 0.5).astype(np.float64)
+        if got.shape != want.shape or not np.allclose(got, want, atol=1e-5):
+            raise ValueError(f"{server.name} ({protocol}) answers differ from the raw model's: {got[:5]} vs {want[:5]}")
+
+
+def write_body(server: Server, protocol: str, data: Data, size: int, workdir: Path) -> Path:
+    path = workdir / "bodies" / f"{server.name}-{protocol}-{size}.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(server.endpoints[protocol].encode(data.records[:size]))
+    return path
+
+
+def omp_env(threads: int) -> dict[str, str]:
+    """OMP_NUM_THREADS for a server process: XGBoost's default thread count, when --threads is not 0."""
+    return {"OMP_NUM_THREADS": str(threads)} if threads else {}
+
+
+def minimal_server(model: Model, threads: int) -> Server:
+    features = ",".join(model.features)
+    return Server(name="minimal", cmd=[sys.executable, str(HERE / "minimal_app.py"), str(model.ubj), features, "{port}",
+                                       str(threads)], env=omp_env(threads), ready_path="/",
+                  endpoints={"json": Endpoint("/predict", instances, lambda r: r["predictions"]),
+                             "v2": Endpoint("/infer", v2_encoder(model), v2_scores)})
+
+
+def opsloop_server(model: Model, workdir: Path, threads: int, extra: str = "") -> Server:
+    from opsloop_leg import opsloop_server as make
+
+    return make(model, workdir, threads, extra)
+
+
+def mlflow_env(env: Path, install: bool) -> Path:
+    """The venv's Python with MLflow (and opsloop's XGBoost version), created with pip if allowed."""
+    import xgboost
+
+    python = env / "bin" / "python"
+    if not python.exists():
+        if not install:
+            raise RuntimeError(f"no MLflow venv at {env} (run without --no-install to create it)")
+        print(f"creating {env} with MLflow (pip, PyPI) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "mlflow", f"xgboost=={xgboost.__version__}",
+                        "pandas"], check=True)
+    probe = subprocess.run([str(python), "-c", "import mlflow, xgboost; print(mlflow.__version__, xgboost.__version__)"],
+                           capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        raise RuntimeError(f"MLflow does not import in {env}: {probe.stderr.strip().splitlines()[-1:]}")
+    mlflow_version, xgb_version = probe.stdout.split()
+    NOTES.append(f"mlflow {mlflow_version} (xgboost {xgb_version} in its venv, {xgboost.__version__} in opsloop's)")
+    return python
+
+
+def mlflow_server(model: Model, workdir: Path, env: Path, install: bool, threads: int) -> Server:
+    python = mlflow_env(env, install)
+    out = workdir / "mlflow-model"
+    saved = subprocess.run([str(python), str(HERE / "mlflow_model.py"), str(model.ubj), ",".join(model.features),
+                            str(out)], capture_output=True, text=True, check=False)
+    if saved.returncode != 0:
+        raise RuntimeError(f"mlflow.xgboost.save_model failed: {saved.stderr.strip()[-800:]}")
+    features = model.features
+
+    def encode(rows: list[dict]) -> bytes:  # MLflow's own columnar format, features only (its signature)
+        return json.dumps({"dataframe_split": {"columns": features,
+                                               "data": [[r[f] for f in features] for r in rows]}}).encode()
+
+    mlflow = shutil.which("mlflow", path=str(python.parent)) or str(python.parent / "mlflow")
+    return Server(name="mlflow", cmd=[mlflow, "models", "serve", "-m", str(out), "--env-manager", "local",
+                                      "-h", "127.0.0.1", "-p", "{port}", "-w", "1"],
+                  ready_path="/ping", cwd=workdir,
+                  endpoints={"json": Endpoint("/invocations", encode, lambda r: r["predictions"], answers="label")},  # it execs `uvicorn` from PATH: the venv's
+                  env={"PATH": f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}", "VIRTUAL_ENV": str(env),
+                       **omp_env(threads)})

@@ -1,0 +1,175 @@
+"""`/metrics` in the Prometheus text format (version 0.0.4).
+
+Counters and a latency histogram per route are plain integers updated on the
+event loop (no locks, no client library); the model gauges come from the
+watcher; the live quality gauges from the prediction log joined with the
+feedback; the monitor gauges from the last monitor report on disk.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from opsloop.serving.model import Served
+
+#: Latency buckets, seconds: single rows land in the first ones, 1,000-row requests in the middle.
+BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+REASONS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 411: "length_required",
+           413: "too_large", 415: "unsupported_encoding", 422: "invalid_input", 500: "internal", 503: "unavailable"}
+
+
+def _label(value: Any) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(**labels: Any) -> str:
+    return "{" + ",".join(f'{k}="{_label(v)}"' for k, v in labels.items()) + "}"
+
+
+def _number(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+
+
+class Histogram:
+    """Cumulative on output, per bucket while counting."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+
+class Metrics:
+    """Everything `/metrics` reports about this server."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.requests: dict[tuple[str, int], int] = defaultdict(int)
+        self.latency: dict[str, Histogram] = defaultdict(Histogram)
+        self.rows: dict[tuple[str, int], int] = defaultdict(int)
+        self.swaps = 0
+        self.load_errors = 0
+        self.poll_errors = 0
+        self.model: dict[str, Any] = {}
+        self._report: tuple[float, list[dict[str, Any]]] | None = None
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        self.requests[route, status] += 1
+        self.latency[route].observe(seconds)
+
+    def model_loaded(self, served: Served, previous: Served | None = None) -> None:
+        if previous is not None:
+            self.swaps += 1
+        self.model = {"model": served.name, "version": served.version.version, "digest": served.version.digest,
+                      "scorer": served.scorer.kind, "loaded_at": served.loaded_at}
+
+    def render(self, *, alias: str, log: Any = None, quality: dict[int, dict[str, float]] | None = None,
+               report: Path | None = None) -> bytes:
+        out: list[str] = []
+
+        def family(name: str, kind: str, help_: str) -> None:
+            out.append(f"# HELP {name} {help_}")
+            out.append(f"# TYPE {name} {kind}")
+
+        family("opsloop_requests_total", "counter", "HTTP requests answered, by route and status code.")
+        for (route, code), n in sorted(self.requests.items()):
+            out.append(f"opsloop_requests_total{_labels(route=route, code=code)} {n}")
+        family("opsloop_request_errors_total", "counter", "Requests answered with an error (4xx, 5xx), by reason.")
+        for (route, code), n in sorted(self.requests.items()):
+            if code >= 400:
+                out.append(f"opsloop_request_errors_total{_labels(route=route, code=code, reason=REASONS.get(code, 'error'))} {n}")
+        family("opsloop_request_duration_seconds", "histogram", "Time from request to response, by route.")
+        for route, h in sorted(self.latency.items()):
+            total = 0
+            for bound, count in zip((*BUCKETS, math.inf), h.counts, strict=True):
+                total += count
+                le = "+Inf" if bound == math.inf else repr(bound)
+                out.append(f"opsloop_request_duration_seconds_bucket{_labels(route=route, le=le)} {total}")
+            out.append(f"opsloop_request_duration_seconds_sum{_labels(route=route)} {_number(h.sum)}")
+            out.append(f"opsloop_request_duration_seconds_count{_labels(route=route)} {total}")
+        family("opsloop_predictions_total", "counter", "Rows scored, by model version.")
+        for (model, version), n in sorted(self.rows.items()):
+            out.append(f"opsloop_predictions_total{_labels(model=model, version=version)} {n}")
+        m = self.model
+        family("opsloop_model_version", "gauge", "The version being served.")
+        out.append(f"opsloop_model_version{_labels(model=m['model'], alias=alias)} {m['version']}")
+        family("opsloop_model_info", "gauge", "The version being served, its digest and scorer (always 1).")
+        out.append(f"opsloop_model_info{_labels(model=m['model'], alias=alias, version=m['version'], digest=m['digest'], scorer=m['scorer'])} 1")
+        family("opsloop_model_loaded_timestamp_seconds", "gauge", "When the serving version was loaded.")
+        out.append(f"opsloop_model_loaded_timestamp_seconds{_labels(model=m['model'])} {m['loaded_at']:.3f}")
+        for name, value, help_ in (("opsloop_model_swaps_total", self.swaps, "Hot swaps since start."),
+                                   ("opsloop_model_load_errors_total", self.load_errors,
+                                    "Versions the alias moved to that could not be loaded."),
+                                   ("opsloop_store_poll_errors_total", self.poll_errors,
+                                    "Failed looks at the alias in the store.")):
+            family(name, "counter", help_)
+            out.append(f"{name} {value}")
+        if log is not None:
+            for name, kind, value, help_ in (
+                    ("opsloop_prediction_log_rows_total", "counter", log.written, "Predictions written to the log."),
+                    ("opsloop_prediction_log_feedback_total", "counter", log.feedback, "Labels written to the log."),
+                    ("opsloop_prediction_log_errors_total", "counter", log.errors, "Queued items that failed to write."),
+                    ("opsloop_prediction_log_queue", "gauge", log.pending, "Items queued, not yet written.")):
+                family(name, kind, help_)
+                out.append(f"{name} {value}")
+        if quality:
+            family("opsloop_live_quality", "gauge",
+                   "Quality of logged predictions against the feedback received (latest labels), by version.")
+            for version, figs in sorted(quality.items()):
+                for metric, value in figs.items():
+                    out.append(f"opsloop_live_quality{_labels(model=m['model'], version=version, metric=metric)} "
+                               f"{_number(value)}")
+        reports = self.monitor_reports(report)
+        if reports:
+            family("opsloop_monitor", "gauge", "Figures of the last monitor report (e.g. drift, precision, recall).")
+            for r in reports:
+                for metric, value in sorted((r.get("metrics") or {}).items()):
+                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                        out.append(f"opsloop_monitor{_labels(monitor=r.get('monitor', ''), model=r.get('model', ''), metric=metric)} "
+                                   f"{_number(value)}")
+            family("opsloop_monitor_alerts", "gauge", "Alerts in the last monitor report, by monitor.")
+            for r in reports:
+                out.append(f"opsloop_monitor_alerts{_labels(monitor=r.get('monitor', ''), model=r.get('model', ''))} "
+                           f"{len(r.get('alerts') or [])}")
+            family("opsloop_monitor_report_timestamp_seconds", "gauge", "When the monitor report was written.")
+            out.append(f"opsloop_monitor_report_timestamp_seconds {self._report[0]:.3f}")  # type: ignore[index]
+        family("opsloop_start_time_seconds", "gauge", "When this server started.")
+        out.append(f"opsloop_start_time_seconds {self.started:.3f}")
+        return ("\n".join(out) + "\n").encode()
+
+    def monitor_reports(self, path: Path | None) -> list[dict[str, Any]]:
+        """The reports in a monitor report file (re-read when it changes); [] when there is none."""
+        if path is None:
+            return []
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            self._report = None
+            return []
+        if self._report is None or self._report[0] != mtime:
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return []
+            if isinstance(data, dict):
+                data = data.get("monitor", [data])  # `opsloop run --json` output, or one report
+            reports = [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
+            self._report = (mtime, reports)
+        return self._report[1]

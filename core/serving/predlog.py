@@ -1,0 +1,420 @@
+"""The prediction log: every prediction, and the ground truth that arrives later, in SQLite.
+
+Requests only put a tuple on a queue; one writer thread turns queued items
+into rows and inserts them in batches (one transaction per batch, WAL,
+`synchronous = NORMAL`), so logging costs a request about a microsecond.
+`close()` drains the queue before it returns: a clean stop (SIGTERM, Ctrl-C)
+loses nothing. Layout (`.opsloop/serving/predictions.db` by default):
+
+    predictions  id, request_id, row, at (ISO 8601 UTC), model, version,
+                 series, time (the row's series and time values, for feedback
+                 by key; times as SQLite's datetime() writes them, UTC),
+                 inputs (JSON object: the row as sent), prediction, score
+    feedback     id, at, request_id and row (row NULL: every row of the
+                 request), or model, series and time (feedback by key),
+                 label, source
+    labelled     view: predictions joined with their feedback
+
+Feedback is matched to predictions when it is read, so a label may arrive
+before or after its prediction is written, and the latest label wins.
+
+Rows sent as JSON records are split and stored by SQLite itself (`json_each`
+over the request body, in C): a third of the cost of formatting them in
+Python, and no JSON re-encoding of the inputs. Rows sent as columns (the
+Open Inference Protocol), and bodies SQLite cannot read as JSON (NaN
+literals, UTF-16), are formatted in Python.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+log = logging.getLogger("opsloop.serving")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS predictions (
+    id INTEGER PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    row INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    model TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    series TEXT,
+    time TEXT,
+    inputs TEXT NOT NULL,
+    prediction NUMERIC,
+    score REAL
+);
+CREATE INDEX IF NOT EXISTS predictions_by_request ON predictions (request_id, row);
+CREATE INDEX IF NOT EXISTS predictions_by_key ON predictions (model, series, time);
+CREATE TABLE IF NOT EXISTS feedback (
+    id INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    request_id TEXT,
+    row INTEGER,
+    model TEXT,
+    series TEXT,
+    time TEXT,
+    label NUMERIC NOT NULL,
+    source TEXT NOT NULL DEFAULT ''
+);
+CREATE VIEW IF NOT EXISTS labelled AS
+    SELECT p.*, f.label, f.at AS labelled_at, f.id AS feedback_id
+    FROM feedback f JOIN predictions p ON p.request_id = f.request_id AND (f.row IS NULL OR p.row = f.row)
+    UNION ALL
+    SELECT p.*, f.label, f.at, f.id
+    FROM feedback f JOIN predictions p ON f.request_id IS NULL AND p.model = f.model
+        AND p.series IS f.series AND p.time = f.time;
+"""
+
+#: Latest feedback per prediction, over the `?` latest feedback rows, for one model.
+QUALITY = """
+WITH recent AS (SELECT * FROM feedback ORDER BY id DESC LIMIT :window),
+matched AS (
+    SELECT p.id AS pid, p.version, p.prediction, f.label, f.id AS fid
+    FROM recent f JOIN predictions p ON p.request_id = f.request_id AND (f.row IS NULL OR p.row = f.row)
+    WHERE p.model = :model
+    UNION ALL
+    SELECT p.id, p.version, p.prediction, f.label, f.id
+    FROM recent f JOIN predictions p ON f.request_id IS NULL AND p.model = f.model AND p.series IS f.series
+        AND p.time = f.time
+    WHERE f.model = :model
+),
+latest AS (SELECT version, prediction, label, max(fid) FROM matched GROUP BY pid)
+SELECT version, count(*), sum(prediction = label), sum(prediction = 1 AND label = 1),
+       sum(prediction = 1 AND label <> 1), sum(prediction <> 1 AND label = 1),
+       sum(abs(prediction - label)), sum((prediction - label) * (prediction - label))
+FROM latest GROUP BY version
+"""
+
+#: A time as keys compare it: SQLite's datetime() form (UTC, "YYYY-MM-DD HH:MM:SS"), else as given.
+KEY_TIME = "coalesce(datetime({0}), {0})"
+INSERT_FEEDBACK = ("INSERT INTO feedback (at, request_id, row, model, series, time, label, source) "
+                   f"VALUES (?1, ?2, ?3, ?4, ?5, {KEY_TIME.format('?6')}, ?7, ?8)")
+INSERT_ROWS = ("INSERT INTO predictions (request_id, row, at, model, version, series, time, inputs, prediction, score) "
+               f"VALUES (?1, ?2, ?3, ?4, ?5, ?6, {KEY_TIME.format('?7')}, ?8, ?9, ?10)")
+#: Requests sent as JSON records, split by SQLite. ?1 model; ?2 a JSON array with, per request,
+#: [request id, time (epoch s), version, predictions, scores, series path, time path, body].
+_ROW = "json_extract(i.value, json_extract(r.value, '$[{0}]'))"
+SPLIT = f"""INSERT INTO predictions (request_id, row, at, model, version, series, time, inputs, prediction, score)
+SELECT json_extract(r.value, '$[0]'), i.key,
+    strftime('%Y-%m-%dT%H:%M:%fZ', json_extract(r.value, '$[1]'), 'unixepoch'), ?1, json_extract(r.value, '$[2]'),
+    {_ROW.format(5)}, {KEY_TIME.format(_ROW.format(6))}, i.value,
+    json_extract(r.value, '$[3][' || i.key || ']'), json_extract(r.value, '$[4][' || i.key || ']')
+FROM json_each(?2) AS r, json_each(r.value, '$[7].instances') AS i"""
+#: One large request: the same from separate arrays, materialized so that SQLite indexes the join (else n**2).
+#: ?1 request id, ?2 time, ?3 model, ?4 version, ?5 predictions, ?6 scores, ?7 body, ?8/?9 series/time paths.
+SPLIT_LARGE = f"""WITH i AS MATERIALIZED (SELECT key, value FROM json_each(?7, '$.instances')),
+    p AS MATERIALIZED (SELECT key, value FROM json_each(?5)), s AS MATERIALIZED (SELECT key, value FROM json_each(?6))
+INSERT INTO predictions (request_id, row, at, model, version, series, time, inputs, prediction, score)
+SELECT ?1, i.key, strftime('%Y-%m-%dT%H:%M:%fZ', ?2, 'unixepoch'), ?3, ?4, json_extract(i.value, ?8),
+    {KEY_TIME.format("json_extract(i.value, ?9)")}, i.value, p.value, s.value
+FROM i JOIN p ON p.key = i.key JOIN s ON s.key = i.key"""
+FEW = 16              # rows up to which a request goes into the batched SPLIT
+BATCH = 1000          # queue items written per transaction at most
+PAUSE = 0.05          # seconds the writer waits between batches, so that batches form under load
+_STOP = object()
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection to the log (created with its tables when new)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    con.execute("PRAGMA journal_mode = WAL")
+    con.execute("PRAGMA synchronous = NORMAL")
+    con.execute("PRAGMA busy_timeout = 30000")
+    con.executescript(SCHEMA)
+    return con
+
+
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@attrs.frozen(kw_only=True)
+class Feedback:
+    """A ground-truth label for a request (a row of it, or all) or for a series at a time."""
+
+    label: float
+    request_id: str | None = None
+    row: int | None = None
+    model: str | None = None
+    series: str | None = None
+    time: str | None = None
+    source: str = ""
+
+    def record(self, at: float) -> tuple[Any, ...]:
+        return (iso(at), self.request_id, self.row, self.model, self.series, self.time, self.label, self.source)
+
+
+def add_feedback(con: sqlite3.Connection, entries: Iterable[Feedback], at: float | None = None) -> int:
+    """Insert labels in one transaction; how many."""
+    now = time.time() if at is None else at
+    rows = [f.record(now) for f in entries]
+    with con:
+        con.execute("BEGIN")
+        con.executemany(INSERT_FEEDBACK, rows)
+    return len(rows)
+
+
+class PredictionLog:
+    """A queue and the thread that writes it to SQLite."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        connect(self.path).close()  # fail now, not on the first request, when the file cannot be made
+        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.written = 0
+        self.feedback = 0
+        self.errors = 0
+        self.queued = 0  # counted by the request side only, `done` by the writer only: no lost updates
+        self.done = 0
+        self._thread: threading.Thread | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._reader_lock = threading.Lock()
+
+    # -- the request side ----------------------------------------------------
+
+    def predictions(self, request_id: str, at: float, model: str, version: int, schema: Any, records: Any,
+                    predictions: Any, scores: Any, keys: tuple[Any, Any], body: bytes | None = None) -> None:
+        """Queue one request's predictions (the writer does all the formatting).
+
+        Args:
+            schema: The version's `InputSchema` (to rebuild rows sent as columns).
+            records: The rows as sent (a list of dicts) or the checked `Batch`.
+            keys: The series and time column names, or None each.
+            body: The request body `{"instances": [...]}` the records came from, when they did.
+        """
+        self.queued += 1
+        self.queue.put((request_id, at, model, version, schema, records, predictions, scores, keys, body))
+
+    def add(self, entries: list[Feedback]) -> None:
+        """Queue labels."""
+        self.queued += 1
+        self.queue.put(entries)
+
+    # -- the writer ------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="opsloop-prediction-log", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        con = connect(self.path)
+        try:
+            stop = False
+            while not stop:
+                items = [self.queue.get()]
+                while len(items) < BATCH:
+                    try:
+                        items.append(self.queue.get_nowait())
+                    except queue.Empty:
+                        break
+                if items[-1] is _STOP:
+                    items.pop()
+                    stop = True
+                if items:
+                    self._write(con, items)
+                if not stop:
+                    time.sleep(PAUSE)
+        finally:
+            con.close()
+
+    def _write(self, con: sqlite3.Connection, items: list[Any]) -> None:
+        """One transaction for a batch of queued items; a failure costs that batch, never the writer."""
+        try:
+            written, labels = self._insert(con, items)
+        except Exception as exc:  # noqa: BLE001 - the writer must survive anything one batch does
+            self.errors += len(items)
+            log.error("opsloop serve: could not write %d prediction log item(s) to %s: %r", len(items), self.path, exc)
+        else:
+            self.written += written
+            self.feedback += labels
+        self.done += len(items)
+
+    @staticmethod
+    def _insert(con: sqlite3.Connection, items: list[Any]) -> tuple[int, int]:
+        labels: list[tuple[Any, ...]] = []
+        small: list[tuple[tuple[Any, ...], tuple[str, str, str]]] = []
+        large: list[tuple[tuple[Any, ...], tuple[str, str, str]]] = []
+        python: list[tuple[Any, ...]] = []
+        now = time.time()
+        for item in items:
+            if isinstance(item, list):
+                labels.extend(f.record(now) for f in item)
+            elif (split := _splittable(item)) is None:
+                python.append(item)
+            else:
+                (small if _count(item) <= FEW else large).append((item, split))
+        with con:
+            con.execute("BEGIN")
+            if small and not _split(con, small):  # one body SQLite cannot read: each on its own
+                for item, split in small:
+                    if not _split(con, [(item, split)]):
+                        python.append(item)
+            for item, split in large:
+                if not _split_large(con, item, split):
+                    python.append(item)
+            con.executemany(INSERT_ROWS, [row for item in python for row in _prediction_rows(*item[:9])])
+            con.executemany(INSERT_FEEDBACK, labels)
+        return sum(_count(item) for item in items if not isinstance(item, list)), len(labels)
+
+    @property
+    def pending(self) -> int:
+        """Items queued and not yet written."""
+        return self.queued - self.done
+
+    def close(self) -> None:
+        """Write everything queued, then stop the writer."""
+        if self._thread is not None:
+            self.queue.put(_STOP)
+            self._thread.join()
+            self._thread = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    # -- reading -----------------------------------------------------------------
+
+    def quality(self, model: str, window: int) -> dict[int, dict[str, float]]:
+        """Live figures per version from the latest `window` labels: counts, accuracy, precision, recall..."""
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = connect(self.path)
+            rows = self._reader.execute(QUALITY, {"model": model, "window": window}).fetchall()
+        return {int(r[0]): figures(*r[1:]) for r in rows}
+
+
+def figures(n: int, correct: int, tp: int, fp: int, fn: int, abs_err: float, sq_err: float) -> dict[str, float]:
+    """Classification and regression figures from counts (NaN where undefined)."""
+    nan = math.nan
+    precision = tp / (tp + fp) if tp + fp else nan
+    recall = tp / (tp + fn) if tp + fn else nan
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else nan
+    return {"labelled": n, "accuracy": correct / n if n else nan, "precision": precision, "recall": recall,
+            "f1": f1, "mae": abs_err / n if n else nan, "rmse": math.sqrt(sq_err / n) if n else nan}
+
+
+def _prediction_rows(request_id: str, at: float, model: str, version: int, schema: Any, records: Any,
+                     predictions: Any, scores: Any, keys: tuple[Any, Any]) -> list[tuple[Any, ...]]:
+    """The rows of one request; `records` are the dicts sent (plain JSON), or the `Batch` (sent as columns)."""
+    stamp = iso(at)
+    preds = predictions.tolist() if hasattr(predictions, "tolist") else list(predictions)
+    n = len(preds)
+    if scores is None:
+        score_list: list[Any] = [None] * n
+    else:
+        score_list = scores.tolist() if hasattr(scores, "tolist") else list(scores)
+    if not isinstance(records, list):
+        records = _records(schema, records)
+    series_name, time_name = keys
+    out = []
+    for i, record in enumerate(records):
+        series = record.get(series_name) if series_name else None
+        moment = record.get(time_name) if time_name else None
+        out.append((request_id, i, stamp, model, version, None if series is None else str(series),
+                    None if moment is None else str(moment), json.dumps(record), preds[i], score_list[i]))
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _path(column: str | None) -> str | None:
+    """The JSON path of a record's key, `$."name"` (as JSON text); "null" for no column; None if it needs escaping."""
+    if column is None:
+        return "null"
+    return None if '"' in column or "\\" in column else json.dumps(f'$."{column}"')
+
+
+def _numbers(values: Any) -> str:
+    """A JSON array of finite numbers (NaN would make SQLite refuse the batch: it then goes item by item)."""
+    values = values.tolist() if hasattr(values, "tolist") else list(values)
+    return "[" + ",".join(map(repr, values)) + "]"
+
+
+def _count(item: tuple[Any, ...]) -> int:
+    """Rows of a queued request: its records, or its batch's rows."""
+    records = item[5]
+    return len(records) if isinstance(records, list) else records.rows
+
+
+def _splittable(item: tuple[Any, ...]) -> tuple[str, str, str] | None:
+    """(body text, series path, time path) when SQLite can split this request's body, else None."""
+    body, (series, moment) = item[9], item[8]
+    series_path, time_path = _path(series), _path(moment)
+    if body is None or series_path is None or time_path is None:
+        return None
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:  # json.loads also reads UTF-16 and UTF-32
+        return None
+    if text.count('"instances"') != 1:  # a repeated key: Python kept the last, SQLite would read the first
+        return None
+    return text, series_path, time_path
+
+
+def _split(con: sqlite3.Connection, items: list[tuple[tuple[Any, ...], tuple[str, str, str]]]) -> bool:
+    """Insert small requests in one statement; False (nothing written) when SQLite cannot read one of them."""
+    parts = []
+    expected = 0
+    for item, (text, series_path, time_path) in items:
+        request_id, at, _, version, _, records, predictions, scores = item[:8]
+        expected += len(records)
+        parts.append(f"[{encode_basestring_ascii(request_id)},{at!r},{version},{_numbers(predictions)},"
+                     f"{'null' if scores is None else _numbers(scores)},{series_path},{time_path},{text}]")
+    before = con.total_changes
+    try:
+        con.execute(SPLIT, (items[0][0][2], "[" + ",".join(parts) + "]"))
+    except sqlite3.OperationalError:  # "malformed JSON": NaN or Infinity literals, which only Python reads
+        return False
+    if con.total_changes - before != expected:
+        raise sqlite3.DatabaseError(f"{con.total_changes - before} rows split from {len(items)} request bodies, "
+                                    f"{expected} predicted")
+    return True
+
+
+def _split_large(con: sqlite3.Connection, item: tuple[Any, ...], split: tuple[str, str, str]) -> bool:
+    """Insert one large request; False when SQLite cannot read it."""
+    request_id, at, model, version, _, records, predictions, scores = item[:8]
+    text, series_path, time_path = split
+    n = len(records)
+    before = con.total_changes  # (a statement starting with WITH has no rowcount in sqlite3)
+    try:
+        con.execute(SPLIT_LARGE, (request_id, at, model, version, _numbers(predictions),
+                                  json.dumps([None] * n) if scores is None else _numbers(scores), text,
+                                  json.loads(series_path), json.loads(time_path)))
+    except sqlite3.OperationalError:
+        return False
+    if con.total_changes - before != n:
+        raise sqlite3.DatabaseError(f"request {request_id}: {con.total_changes - before} rows split from its "
+                                    f"body, {n} predicted")
+    return True
+
+
+def _records(schema: Any, batch: Any) -> list[dict[str, Any]]:
+    """Rows as dicts from a checked batch (numbers back to the column's kind, NaN back to null)."""
+    numeric = batch.numeric.tolist()
+    columns: list[list[Any]] = []
+    for c in schema.columns:
+        if c.name in batch.other:
+            columns.append(batch.other[c.name])
+            continue
+        j = schema.index[c.name]
+        cast = {"int": int, "bool": bool}.get(c.kind)
+        values = [row[j] for row in numeric]
+        columns.append([None if math.isnan(v) else (cast(v) if cast else v) for v in values])
+    return [dict(zip(schema.names, row, strict=True)) for row in zip(*columns, strict=True)]

@@ -1,0 +1,194 @@
+"""Running the app under uvicorn (httptools, one process), in the foreground or on a thread.
+
+`run(app)` serves until SIGINT/SIGTERM and, while it runs, keeps a state
+file `.opsloop/serving/<model>@<alias>.json` (pid, host, port, url, log) so
+that the `local-http` deploy target and `opsloop serve --stop` can find the
+server; the file is removed on a clean stop. `ServerThread(app)` runs the
+same server on a thread of the calling process (tests, benchmarks, notebooks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
+
+if TYPE_CHECKING:
+    import uvicorn
+    from opsloop.serving.app import ServingApp
+
+from opsloop.serving.settings import SERVING_DIR
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket (port 0: any free port); OSError naming the address when it is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
+    # without it the body, written after the headers, waits 40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def config(app: ServingApp, sock: socket.socket) -> uvicorn.Config:
+    """uvicorn's settings for speed: httptools, no access log, no proxy-header middleware."""
+    import uvicorn
+
+    host, port = sock.getsockname()[:2]
+    return uvicorn.Config(app, host=host, port=port, http="httptools", lifespan="on", interface="asgi3",
+                          access_log=False, log_level="warning", proxy_headers=False, server_header=False,
+                          timeout_graceful_shutdown=30)
+
+
+def state_path(workdir: Path, model: str, alias: str) -> Path:
+    """Where a server for `model@alias` run from `workdir` records itself."""
+    return Path(workdir) / SERVING_DIR / f"{model}@{alias}.json"
+
+
+def read_state(path: Path) -> dict[str, Any] | None:
+    """A state file's content, or None when absent or unreadable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def alive(pid: int) -> bool:
+    """Whether a process exists (and is not a zombie)."""
+    if pid <= 0:  # kill(0, ...) would address our own process group
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rpartition(")")[2].split()[0] != "Z"
+    return True
+
+
+def is_server(state: dict[str, Any] | None) -> bool:
+    """Whether a state file's process still runs and is an opsloop server (not a reused pid)."""
+    pid = (state or {}).get("pid")
+    if not isinstance(pid, int) or not alive(pid):
+        return False
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc (macOS): trust the pid
+    return b"opsloop" in command
+
+
+def run(app: ServingApp, *, host: str | None = None, port: int | None = None, state: bool = True,
+        on_ready: Any = None) -> None:
+    """Serve until SIGINT/SIGTERM; then drain the prediction log and return.
+
+    Args:
+        app: From `create_app`.
+        host, port: Default: the app's settings.
+        state: Keep the state file for `local-http` and `--stop`.
+        on_ready: Called with the URL once the socket listens (before serving).
+    """
+    import uvicorn
+
+    settings = app.settings
+    sock = bind(host or settings.host, settings.port if port is None else port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    url = f"http://{_url_host(bound_host)}:{bound_port}"
+    path = state_path(settings.workdir, app.model, settings.alias) if state else None  # type: ignore[arg-type]
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"pid": os.getpid(), "host": bound_host, "port": bound_port, "url": url, "model": app.model,
+                  "alias": settings.alias, "started_at": time.time(), "log": str(settings.log_path)}
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    if on_ready is not None:
+        on_ready(url)
+    try:
+        with _quiet_signals():
+            uvicorn.Server(config(app, sock)).run(sockets=[sock])
+    finally:
+        app.close()  # the lifespan normally did; a failed start must still drain
+        sock.close()
+        if path is not None and (read_state(path) or {}).get("pid") == os.getpid():
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+@contextlib.contextmanager
+def _quiet_signals() -> Any:
+    """Let a SIGTERM/SIGINT end `run` normally (exit code 0, state file removed).
+
+    uvicorn shuts down gracefully on these signals and then re-raises them to
+    the handlers it found; with Python's defaults that would kill the process
+    before the state file is removed. These handlers take the re-raised signal
+    and do nothing more.
+    """
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+class ServerThread:
+    """The server on a background thread of this process: `with ServerThread(app) as server: server.url`."""
+
+    def __init__(self, app: ServingApp, host: str = "127.0.0.1", port: int = 0) -> None:
+        import uvicorn
+
+        self.app = app
+        self.sock = bind(host, port)
+        self.host, self.port = self.sock.getsockname()[:2]
+        self.url = f"http://{_url_host(self.host)}:{self.port}"
+        self.server = uvicorn.Server(config(app, self.sock))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       name="opsloop-serve", daemon=True)
+
+    def start(self, timeout: float = 30) -> Self:
+        """Start and wait until it accepts requests."""
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the opsloop server did not start (see its log output)")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        """A clean stop: in-flight requests finish, the log is drained."""
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+        self.app.close()
+        self.sock.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,202 @@
+"""Local HTTP server: serves the deployed version over the Open Inference Protocol, hot-swapping on redeploy.
+
+The `local-http` deploy target points `alias` (default `production`) at the
+version being deployed, then makes sure a prediction server (`opsloop serve`,
+docs/serving.md) serves it:
+
+- when a server for this model and alias already runs, moving the alias is
+  all it takes: the server sees the move within `poll_interval` seconds and
+  swaps without a restart or a failed request; the target waits until the
+  server answers with the new version;
+- otherwise it starts one in the background (`python -m opsloop.serving`, in
+  its own session, so it outlives the run) and waits until it is ready.
+
+Tracking: a running server keeps `.opsloop/serving/<model>@<alias>.json`
+(pid, host, port, URL) in the working directory and removes it when it stops
+cleanly; its output goes to `.opsloop/serving/<model>@<alias>.log`. A file
+whose process is gone, or that does not answer, is stale: a new server is
+started. `opsloop serve --stop --model NAME --alias ALIAS` stops it (SIGTERM:
+logged predictions are written before it exits).
+
+Options (`[deploy.local-http]`):
+    alias: Alias served and moved (default "production").
+    host: Interface (default "127.0.0.1").
+    port: TCP port (default 8080; 0 picks a free one, see the state file).
+    max_body_bytes: Largest request body (default 8 MiB).
+    max_rows: Most rows per request (default 100000).
+    poll_interval: Seconds between the server's looks at the alias (default 0.5).
+    log_predictions: Log predictions for monitoring and feedback (default true).
+    threads: XGBoost threads per prediction (default 1; 0: all cores).
+    start_timeout: Seconds to wait for a new server to be ready (default 120).
+    swap_timeout: Seconds to wait for a running one to serve the new version (default 30).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from opsloop import Deployment, hookimpl
+from opsloop.errors import OpsloopError
+from opsloop.serving.server import is_server, read_state, state_path
+from opsloop.store import check_name
+
+if TYPE_CHECKING:
+    from opsloop.bundle import LoadedModel
+    from opsloop.types import Dataset, ModelVersion, RunContext
+
+
+def _alias(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    check_name(value, "alias")
+
+
+@attrs.frozen(kw_only=True)
+class Options:
+    """Options of the `local-http` deploy target (`[deploy.local-http]`).
+
+    Attributes:
+        alias: The alias the server follows; deploying points it at the version.
+        host: Interface the server listens on.
+        port: TCP port; 0 lets the system pick one (the state file records it).
+        max_body_bytes: Largest request body the server accepts.
+        max_rows: Most rows per request.
+        poll_interval: Seconds between the server's looks at the alias.
+        log_predictions: Log predictions (inputs, outputs, version, time,
+            request id) to `.opsloop/serving/predictions.db`.
+        threads: XGBoost threads per prediction; 0 means every core.
+        start_timeout: Seconds to wait for a newly started server.
+        swap_timeout: Seconds to wait for a running server to answer with the
+            deployed version.
+    """
+
+    alias: str = attrs.field(default="production", validator=_alias)
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=8080, validator=[attrs.validators.ge(0), attrs.validators.le(65535)])
+    max_body_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=attrs.validators.gt(0))
+    max_rows: int = attrs.field(default=100_000, validator=attrs.validators.gt(0))
+    poll_interval: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
+    log_predictions: bool = True
+    threads: int = attrs.field(default=1, validator=attrs.validators.ge(0))
+    start_timeout: float = attrs.field(default=120.0, validator=attrs.validators.gt(0))
+    swap_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+
+
+@hookimpl
+def plugin_options() -> type:
+    return Options
+
+
+@hookimpl
+def deploy(version: ModelVersion, model: LoadedModel, dataset: Dataset | None, options: Options | None,
+           run: RunContext) -> Deployment:
+    """Point the alias at `version`; hot-swap a running server, or start one."""
+    options = options or Options()
+    workdir = Path(run.workdir).absolute()
+    _move_alias(version, options.alias, run)
+    path = state_path(workdir, version.name, options.alias)
+    state = read_state(path)
+    if is_server(state) and _metadata(state["url"], version.name) is not None:
+        served = _wait_for(state["url"], version, options.swap_timeout, None)
+        run.log.info("local-http: %s@%s on %s now serves %s", version.name, options.alias, state["url"], version.ref)
+        return Deployment(target="local-http", model=version.ref, location=_endpoint(state["url"], version.name),
+                          details={"action": "hot-swap", "pid": state["pid"], "url": state["url"],
+                                   "previous_version": served})
+    if state is not None:  # its process is gone or does not answer: stale
+        with contextlib.suppress(OSError):
+            path.unlink()
+    proc, log = _start(version, options, run, workdir)
+    deadline = time.monotonic() + options.start_timeout
+    while True:
+        state = read_state(path)
+        if state is not None and state.get("pid") == proc.pid:
+            break
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _fail(proc, log, "did not start")
+        time.sleep(0.1)
+    _wait_for(state["url"], version, max(deadline - time.monotonic(), 1.0), (proc, log))
+    run.log.info("local-http: started a server for %s@%s on %s (pid %d)", version.name, options.alias,
+                 state["url"], proc.pid)
+    return Deployment(target="local-http", model=version.ref, location=_endpoint(state["url"], version.name),
+                      details={"action": "started", "pid": proc.pid, "url": state["url"], "log": str(log)})
+
+
+def _move_alias(version: ModelVersion, alias: str, run: RunContext) -> None:
+    """Record the alias move (observers in `[plugins] enable` hear it) before any server looks."""
+    from opsloop.session import Session
+
+    session = Session.open(run.config, sections=("store", "plugins"))
+    with session.open_store() as store:
+        session.set_alias(store, version.name, alias, version.version,
+                          reason=f"deployed by run {run.run_id} to local-http", run=run)
+
+
+def _start(version: ModelVersion, options: Options, run: RunContext, workdir: Path) -> tuple[subprocess.Popen, Path]:
+    from opsloop.session import STORE_ENV
+
+    cmd = [sys.executable, "-m", "opsloop.serving", "--model", version.name, "--alias", options.alias,
+           "--host", options.host, "--port", str(options.port), "--max-body-bytes", str(options.max_body_bytes),
+           "--max-rows", str(options.max_rows), "--poll-interval", str(options.poll_interval),
+           "--threads", str(options.threads)]
+    if not options.log_predictions:
+        cmd.append("--no-log")
+    if run.config.path is not None:
+        cmd += ["--config", str(Path(run.config.path).absolute())]
+    # The run's store, whatever chose it (file, --set, environment): the server must watch the same registry.
+    env = {**os.environ, STORE_ENV: os.environ.get(STORE_ENV) or run.config.store.uri}
+    log = state_path(workdir, version.name, options.alias).with_suffix(".log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, log
+
+
+def _endpoint(url: str, name: str) -> str:
+    return f"{url}/v2/models/{name}"
+
+
+def _metadata(url: str, name: str) -> dict[str, Any] | None:
+    """The server's model metadata, or None when it does not answer."""
+    try:
+        with urllib.request.urlopen(_endpoint(url, name), timeout=2) as response:
+            return json.loads(response.read())
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+
+
+def _wait_for(url: str, version: ModelVersion, timeout: float,
+              started: tuple[subprocess.Popen, Path] | None) -> str | None:
+    """Wait until the server serves `version`; the first version seen on the way."""
+    deadline = time.monotonic() + timeout
+    first = None
+    while True:
+        meta = _metadata(url, version.name)
+        served = (meta or {}).get("versions", [None])[0]
+        first = first or served
+        if served == str(version.version):
+            return first
+        if started is not None and started[0].poll() is not None:
+            _fail(*started, "stopped")
+        if time.monotonic() > deadline:
+            raise OpsloopError(f"local-http: the server at {url} still serves version {served} of {version.name} "
+                               f"{timeout:.0f} s after the alias moved to {version.version} "
+                               "(see its log in .opsloop/serving/)")
+        time.sleep(0.1)
+
+
+def _fail(proc: subprocess.Popen, log: Path, what: str) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-8:]) if log.exists() else ""
+    raise OpsloopError(f"local-http: the server {what} (exit code {proc.returncode}); its log {log} ends:\n{tail}")
