@@ -10,9 +10,13 @@ CLASSIFICATION = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc")
 REGRESSION = ("mae", "rmse", "r2")
 
 
-def classification(y_true: Any, y_pred: Any, y_score: Any | None = None) -> dict[str, float]:
+def classification(y_true: Any, y_pred: Any, y_score: Any | None = None, undefined: float = 0.0) -> dict[str, float]:
     """Accuracy, precision, recall and F1 (binary: of class 1; else macro), plus ROC AUC and PR AUC
-    when scores are given and both classes occur (NaN otherwise)."""
+    when scores are given and both classes occur (NaN otherwise).
+
+    `undefined` is what precision, recall and F1 report when they divide by
+    zero (no predicted, no actual positives): 0 as scikit-learn does, or NaN
+    where a mean over folds should skip a block that holds no incident."""
     import numpy as np
     from sklearn import metrics as skm
 
@@ -23,9 +27,9 @@ def classification(y_true: Any, y_pred: Any, y_score: Any | None = None) -> dict
     average = "binary" if binary else "macro"
     out = {
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "precision": float(skm.precision_score(y_true, y_pred, average=average, zero_division=0)),
-        "recall": float(skm.recall_score(y_true, y_pred, average=average, zero_division=0)),
-        "f1": float(skm.f1_score(y_true, y_pred, average=average, zero_division=0)),
+        "precision": float(skm.precision_score(y_true, y_pred, average=average, zero_division=undefined)),
+        "recall": float(skm.recall_score(y_true, y_pred, average=average, zero_division=undefined)),
+        "f1": float(skm.f1_score(y_true, y_pred, average=average, zero_division=undefined)),
     }
     if y_score is not None and binary:
         both = len(np.unique(y_true)) == 2
@@ -48,12 +52,13 @@ def regression(y_true: Any, y_pred: Any) -> dict[str, float]:
     }
 
 
-def for_task(task: str, y_true: Any, predictions: Any) -> dict[str, float]:
-    """Metrics for a task from a predictions frame (`prediction`, optional `score`)."""
+def for_task(task: str, y_true: Any, predictions: Any, undefined: float = 0.0) -> dict[str, float]:
+    """Metrics for a task from a predictions frame (`prediction`, optional `score`); `undefined` as in
+    `classification`."""
     if task == "regression":
         return regression(y_true, predictions["prediction"])
     score = predictions["score"] if "score" in predictions else None
-    return classification(y_true, predictions["prediction"], score)
+    return classification(y_true, predictions["prediction"], score, undefined)
 
 
 def summarize(folds: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:

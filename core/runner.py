@@ -225,7 +225,7 @@ class Runner:
                 version = self.store.get(version.name, version.version)
             return version
 
-        version = self._stage(f"{prefix}register", [self.config.store.uri], work,
+        version = self._stage(f"{prefix}register", [self.store.uri], work,  # never the password
                               lambda v: f"{v.ref}" + (f" @{', @'.join(v.aliases)}" if v.aliases else ""))
         self.result.versions.append(version)
         return version

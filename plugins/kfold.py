@@ -18,7 +18,8 @@ Metrics per fold: accuracy, precision, recall, f1, roc_auc, pr_auc for
 classifiers and anomaly detectors (scored against the labels); mae, rmse, r2
 for regressors; plus `rows_train`, `rows_test` and, for 0/1 labels,
 `positives_train`, `positives_test`. A fold whose test block holds one class
-reports NaN for the AUCs; a fold whose training block holds one class and
+reports NaN for the AUCs (and for precision, recall and F1 where they divide
+by zero: no incident in the block, or none predicted); a fold whose training block holds one class and
 that the trainer refuses reports NaN metrics (with a note); the mean and
 standard deviation skip NaN.
 
@@ -168,7 +169,8 @@ def score_fold(dataset: Dataset, fit: FitFunction, train: np.ndarray, test: np.n
     test_frame = frame.iloc[test]
     features = list(model.features) or dataset.feature_columns
     predictions = predictions_frame(model.estimator, model.task, test_frame[features])
-    return {**for_task(model.task, y_test.to_numpy(), predictions), **counts}
+    # precision/recall/F1 of a block without an incident are undefined, not 0: NaN, which the means skip
+    return {**for_task(model.task, y_test.to_numpy(), predictions, undefined=math.nan), **counts}
 
 
 def run_folds(dataset: Dataset, fit: FitFunction, splits: Sequence[Split], n_jobs: int, run: RunContext,

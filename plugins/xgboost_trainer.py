@@ -8,7 +8,10 @@ scikit-learn API, so the estimator has `predict`, `predict_proba` and
   (all series together) when the data has a time column, else a stratified
   random split, is held out; training stops after `early_stopping_rounds`
   rounds without improvement and the best iteration is kept (`predict` uses
-  it, and it is saved with the model).
+  it, and it is saved with the model). When the held-out rows of a
+  classifier hold one class only (a quiet last stretch without incidents),
+  early stopping could only learn "always normal": it is switched off for
+  that fit, with a warning, and all `n_estimators` rounds run on all rows.
 - Class imbalance: `scale_pos_weight = "auto"` weighs positives by
   negatives / positives of the rows the booster is fitted on (binary only).
 - Any XGBoost parameter passes through `params` verbatim (`device = "cuda"`,
@@ -208,6 +211,12 @@ def train(dataset: Dataset, options: Options, run: RunContext) -> TrainedModel:
         stratify = y if options.task == "classification" else None
         held = holdout_mask(dataset, options.validation_fraction, run.seed, stratify)
         if held.all() or not held.any():
+            held[:] = False
+            kwargs["early_stopping_rounds"] = rounds = None
+        elif options.task == "classification" and len(np.unique(y[held])) < 2:
+            # a quiet last stretch (no incident) would stop training on "always predict normal"
+            run.log.warning("xgboost: the %d rows held out for early stopping hold one class only; "
+                            "fitting %d rounds on all rows instead", int(held.sum()), options.n_estimators)
             held[:] = False
             kwargs["early_stopping_rounds"] = rounds = None
     fit_X, fit_y = (X[~held], y[~held]) if held.any() else (X, y)

@@ -37,6 +37,9 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    # Listen now: the state file and `on_ready` announce the address before uvicorn starts, and a
+    # client connecting in between must wait in the backlog, not be refused.
+    sock.listen(2048)
     sock.set_inheritable(True)
     return sock
 
