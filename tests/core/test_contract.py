@@ -79,3 +79,30 @@ def test_every_plugin_module_has_an_entry_point_and_loads():
     for name in declared:
         pm.load(name)  # check_pending() inside: no misspelt hook in any built-in
         assert pm.describe(name), f"plugin {name} needs a module docstring (shown by `plugins list`)"
+
+
+def test_every_built_in_plugin_has_a_section_in_the_docs():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    docs = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "docs").rglob("*.md"))
+    headings = set(re.findall(r"^#+ `?([a-z0-9-]+)`?", docs, flags=re.MULTILINE))
+    missing = sorted(set(project["project"]["entry-points"]["opsloop"]) - headings)
+    assert not missing, f"built-in plugins without a section (a heading of their name) in docs/: {missing}"
+
+
+def test_every_command_has_a_section_in_docs_cli_md():
+    import typer.main
+
+    from opsloop.cli import build_app
+
+    def commands(group, prefix):
+        for name, cmd in getattr(group, "commands", {}).items():
+            if hasattr(cmd, "commands"):
+                yield from commands(cmd, f"{prefix}{name} ")
+            else:
+                yield f"{prefix}{name}"
+
+    text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    listed = list(commands(typer.main.get_command(build_app([])), "opsloop "))
+    assert len(listed) >= 15
+    missing = [c for c in listed if f"## `{c}" not in text]
+    assert not missing, f"commands without a section in docs/cli.md: {missing}"
