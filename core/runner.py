@@ -11,6 +11,7 @@ Observers hear `on_stage_start`/`_end`/`_error` around every stage.
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -291,7 +292,23 @@ class Runner:
         reports = self._stage("monitor", names, work,
                               lambda rs: "; ".join(f"{r.monitor}: {_figures(r.metrics)}" for r in rs))
         self.result.reports.extend(reports)
+        if reports:
+            self._publish(reports)
         return reports
+
+    def _publish(self, reports: list[MonitorReport]) -> None:
+        """Leave the reports where `opsloop serve` exports them on /metrics (atomically; a failure only warns)."""
+        from opsloop.serving.settings import MONITOR_FILE, SERVING_DIR
+
+        path = Path(self.config.workdir) / SERVING_DIR / MONITOR_FILE
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"run_id": self.run.run_id, "monitor": [attrs.asdict(r) for r in reports]},
+                                      default=str, indent=1) + "\n", encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as exc:
+            self.run.log.warning("could not write the monitor report for opsloop serve to %s: %s", path, exc)
 
     def decide(self, version: ModelVersion, reports: list[MonitorReport]) -> RetrainDecision:
         names = self.config.selected("retrain")
