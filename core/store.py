@@ -12,6 +12,10 @@ twice goes back two promotions rather than toggling between two versions.
 `BundleFiles` is the on-disk half that every store keeping bundles as files
 shares (the local store, and a database-backed one with a bundle directory):
 staging, atomic placement, orphan replacement, read-only sealing, removal.
+`SQLStore` is the rest of such a store when its records are in SQL tables
+(SQLite, PostgreSQL): the queries, checks, messages, alias history and
+rollback, with the database's dialect, connection, locking and numbering left
+to the plugin.
 """
 
 from __future__ import annotations
@@ -19,14 +23,16 @@ from __future__ import annotations
 import abc
 import contextlib
 import getpass
+import json
 import os
 import re
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import attrs
 
@@ -372,12 +378,22 @@ class BundleFiles:
         _fsync(target.parent)
         return relative
 
-    def unplace(self, relative: str, staged: Path) -> None:
-        """Undo `place` (the transaction failed); remove the bundle if it cannot go back."""
-        try:
-            os.rename(self.root / relative, staged)
-        except OSError:
-            remove_tree(self.root / relative)
+    def unplace(self, relative: str, staged: Path, identity: tuple[int, int]) -> None:
+        """Undo `place` (the transaction failed), unless the directory there is no longer ours.
+
+        `identity` is the staged directory's `dir_identity`, taken before `place`
+        (a rename keeps it). With SQLite the write lock dies with the process; a
+        database session can end while its process lives on (a server restart, a
+        timeout), and another registration may then have replaced our bundle with
+        its own, which must stay. A bundle that cannot go back is removed.
+        """
+        with contextlib.suppress(OSError):
+            if dir_identity(self.root / relative) != identity:
+                return
+            try:
+                os.rename(self.root / relative, staged)
+            except OSError:
+                remove_tree(self.root / relative)
 
     def seal(self, relative: str) -> None:
         """Make a placed bundle's directory read-only (after the commit: `unplace` needs it writable)."""
@@ -402,6 +418,12 @@ class BundleFiles:
                 with contextlib.suppress(OSError):
                     if entry.lstat().st_mtime < limit:
                         remove_tree(entry)
+
+
+def dir_identity(path: Path) -> tuple[int, int]:
+    """What tells one directory from another that took its place: (device, inode); a rename keeps it."""
+    st = os.lstat(path)
+    return st.st_dev, st.st_ino
 
 
 def _fsync(path: Path) -> None:

@@ -34,6 +34,10 @@ def serve(
                                                  min=0.01)] = 0.5,
     no_log: Annotated[bool, typer.Option("--no-log", help="Do not log predictions (no feedback then).")] = False,
     log_path: LogPathOption = None,
+    log_max_pending: Annotated[int, typer.Option(
+        "--log-max-pending", min=1,
+        help="Most predicted rows waiting to be logged; beyond, predictions are answered but not logged "
+             "(counted on /metrics).")] = 200_000,
     no_fast_path: Annotated[bool, typer.Option("--no-fast-path", help="Always replay preprocessing through the "
                                                                       "plugins (LoadedModel.predict).")] = False,
     threads: Annotated[int, typer.Option("--threads", help="XGBoost threads per prediction (0: all cores).",
@@ -56,8 +60,8 @@ def serve(
 
     settings = Settings(model=model, alias=alias, config=config, overrides=tuple(set_ or ()), host=host, port=port,
                         max_body_bytes=max_body_bytes, max_rows=max_rows, poll_interval=poll_interval,
-                        log_predictions=not no_log, log_path=log_path, fast_path=not no_fast_path, threads=threads,
-                        monitor_report=monitor_report)
+                        log_predictions=not no_log, log_path=log_path, log_max_pending=log_max_pending,
+                        fast_path=not no_fast_path, threads=threads, monitor_report=monitor_report)
     if stop:
         _stop(settings)
         return

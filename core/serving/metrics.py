@@ -126,6 +126,8 @@ class Metrics:
                     ("opsloop_prediction_log_rows_total", "counter", log.written, "Predictions written to the log."),
                     ("opsloop_prediction_log_feedback_total", "counter", log.feedback, "Labels written to the log."),
                     ("opsloop_prediction_log_errors_total", "counter", log.errors, "Queued items that failed to write."),
+                    ("opsloop_prediction_log_dropped_total", "counter", log.dropped,
+                     "Predictions answered but not logged: the log writer was log_max_pending rows behind."),
                     ("opsloop_prediction_log_queue", "gauge", log.pending, "Items queued, not yet written.")):
                 family(name, kind, help_)
                 out.append(f"{name} {value}")

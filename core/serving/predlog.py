@@ -4,7 +4,9 @@ Requests only put a tuple on a queue; one writer thread turns queued items
 into rows and inserts them in batches (one transaction per batch, WAL,
 `synchronous = NORMAL`), so logging costs a request about a microsecond.
 `close()` drains the queue before it returns: a clean stop (SIGTERM, Ctrl-C)
-loses nothing. Layout (`.opsloop/serving/predictions.db` by default):
+loses nothing. The queue is bounded (`max_pending` rows): when the disk
+cannot keep up, further predictions are answered but not logged, counted in
+`dropped` and warned about at most once a minute; labels are never dropped. Layout (`.opsloop/serving/predictions.db` by default):
 
     predictions  id, request_id, row, at (ISO 8601 UTC), model, version,
                  series, time (the row's series and time values, for feedback
@@ -127,6 +129,7 @@ FROM i JOIN p ON p.key = i.key JOIN s ON s.key = i.key"""
 FEW = 16              # rows up to which a request goes into the batched SPLIT
 BATCH = 1000          # queue items written per transaction at most
 PAUSE = 0.05          # seconds the writer waits between batches, so that batches form under load
+DROP_WARNING_EVERY = 60.0  # seconds between two warnings about predictions not logged
 _STOP = object()
 
 
@@ -174,8 +177,13 @@ def add_feedback(con: sqlite3.Connection, entries: Iterable[Feedback], at: float
 class PredictionLog:
     """A queue and the thread that writes it to SQLite."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_pending: int = 200_000) -> None:
         self.path = Path(path)
+        self.max_pending = max_pending
+        self.rows_queued = 0  # request side only, like `queued`
+        self.rows_done = 0    # writer side only, like `done`
+        self.dropped = 0
+        self._warned = 0.0
         connect(self.path).close()  # fail now, not on the first request, when the file cannot be made
         self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.written = 0
@@ -199,6 +207,16 @@ class PredictionLog:
             keys: The series and time column names, or None each.
             body: The request body `{"instances": [...]}` the records came from, when they did.
         """
+        rows = len(records) if isinstance(records, list) else records.rows
+        if self.rows_queued - self.rows_done + rows > self.max_pending:
+            self.dropped += rows
+            if at - self._warned >= DROP_WARNING_EVERY:
+                self._warned = at
+                log.warning("opsloop serve: the prediction log at %s is %d rows behind (the most is %d): "
+                            "%d predictions not logged so far", self.path, self.rows_queued - self.rows_done,
+                            self.max_pending, self.dropped)
+            return
+        self.rows_queued += rows
         self.queued += 1
         self.queue.put((request_id, at, model, version, schema, records, predictions, scores, keys, body))
 
@@ -245,6 +263,7 @@ class PredictionLog:
         else:
             self.written += written
             self.feedback += labels
+        self.rows_done += sum(_count(item) for item in items if not isinstance(item, list))
         self.done += len(items)
 
     @staticmethod

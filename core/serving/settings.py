@@ -38,6 +38,11 @@ class Settings:
         log_predictions: Log every prediction (inputs, outputs, version,
             time, request id) to SQLite.
         log_path: The prediction log; None: `.opsloop/serving/predictions.db`.
+        log_max_pending: Most predicted rows waiting for the log writer. When
+            the disk cannot keep up and this many wait, further predictions
+            are answered but not logged, and counted on `/metrics`
+            (`opsloop_prediction_log_dropped_total`): memory stays bounded
+            and requests never wait for the log.
         fast_path: Score with the compiled per-row scorer where the bundle
             allows it (see `opsloop.serving.fastpath`); False always replays
             preprocessing through the plugins (`LoadedModel.predict`).
@@ -62,6 +67,7 @@ class Settings:
     poll_interval: float = attrs.field(default=0.5, validator=_positive)
     log_predictions: bool = True
     log_path: Path | None = None
+    log_max_pending: int = attrs.field(default=200_000, validator=_positive)
     fast_path: bool = True
     threads: int = attrs.field(default=1, validator=attrs.validators.ge(0))
     monitor_report: Path | None = None

@@ -192,3 +192,24 @@ def test_every_request_form_is_logged_as_sent(served: Any, project: Any) -> None
     from_v2 = json.loads(logged["v2-1"])
     assert from_v2.keys() == record.keys() and from_v2["entity"] == record["entity"]
     assert all(from_v2[k] == record[k] for k in record if k.startswith("m"))  # float32 values survive exactly
+
+
+def test_a_log_that_cannot_keep_up_drops_predictions_not_requests(project: Any, tmp_path: Path) -> None:
+    db = tmp_path / "log.db"
+    app = create_app(workdir=project.path, log_path=db, log_max_pending=50)
+    rows = project.records(project.monitor.iloc[:200])
+    blocker = sqlite3.connect(db, isolation_level=None)
+    with ServerThread(app) as server:
+        blocker.execute("BEGIN EXCLUSIVE")  # the disk "cannot keep up": the writer waits for this lock
+        try:
+            statuses = [project.post_json(server.url, "/predict", {"instances": [row]})[0] for row in rows]
+            status, _, raw = project.request(server.url, "GET", "/metrics")
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+    assert statuses == [200] * 200  # every request answered, none waited for the log
+    dropped = app.log.dropped
+    assert 200 - 50 <= dropped < 200
+    assert f"opsloop_prediction_log_dropped_total {dropped}" in raw.decode()
+    # the stop drained what was queued: everything not counted as dropped is in the log
+    assert _rows(db, "SELECT count(*) FROM predictions")[0][0] == 200 - dropped
