@@ -38,17 +38,17 @@ same time-ordered folds, metrics with scikit-learn:
 - `hand: xgboost defaults`: `XGBClassifier(tree_method="hist")` with
   XGBoost's own defaults (100 rounds, learning rate 0.3), no weighting, no
   early stopping: what a five-line script does;
-- `hand: same params`: opsloop's effective parameters written by hand (300
-  rounds at most, learning rate 0.1, depth 6, negatives/positives weighting,
-  early stopping on the last 10% of time steps, switched off when those
-  steps hold no incident), on the raw metrics, which must give the figures
-  of `without rolling-features` exactly: a check that opsloop adds no skew;
-- `hand: same params + pandas rolling`: the same, on rolling features
-  written with pandas (`groupby(entity).rolling(12, min_periods=1)` mean and
-  population std, rate of change `(x[t] - x[t-12]) / 12`). pandas sums in
-  another order than opsloop, so the features differ in the last bits and
-  the figures are close to the `default` ones, not identical; the script
-  prints the largest feature difference.
+- `hand: same params`: the default config written by hand: its rolling
+  features with pandas (per server in time order, 12 rows: `rolling(12,
+  min_periods=1).mean()`, the population standard deviation around that
+  mean, rate of change `(x[t] - x[t-12]) / 12`) and opsloop's effective
+  XGBoost parameters (300 rounds at most, learning rate 0.1, depth 6,
+  negatives/positives weighting, early stopping on the last 10% of time
+  steps, switched off when those steps hold no incident), folds scored with
+  NaN for undefined precision, recall and F1. It must give the default
+  config's figures exactly, a check that opsloop adds no skew; the script
+  also compares the features value by value with the ones opsloop
+  registered.
 
 With the SMD data (`smd/processed/machine-1-6_test*.pkl`, read with the
 restricted unpickler of tools/build_embedded_data.py after checking
@@ -89,7 +89,8 @@ SIX = "entity in ['omi-1', 'omi-2', 'omi-3', 'omi-4', 'omi-5', 'omi-6'] and time
 TWELVE = "timestamp < '2024-01-08 12:00'"
 RAW = '[preprocess]\nplugins = ["schema-check", "impute"]\n'
 HORIZON = '[preprocess]\nplugins = ["schema-check", "impute", "rolling-features", "label-horizon"]\n'
-WINDOW = 12  # the default config's rolling-features window; stats mean, std, rate
+WINDOW = 12  # the default config's [preprocess.rolling-features]: windows = [12]
+STATS = ("mean", "std", "rate")  # ... and stats
 
 ASD_CONFIGS = {
     "default": "",
@@ -139,6 +140,7 @@ def run_opsloop(toml: str, workdir: Path) -> dict[str, Any]:
         "best_iteration": model.manifest["params"].get("best_iteration"),
         "horizon": next((s["state"]["horizon"] for s in model.manifest["steps"] if s["plugin"] == "label-horizon"),
                         None),
+        "rolling": next((s["state"] for s in model.manifest["steps"] if s["plugin"] == "rolling-features"), None),
     }
 
 
@@ -183,25 +185,30 @@ def hand_fit(train: pd.DataFrame, features: list[str], matched: bool) -> Any:
     return model.fit(X[~held], y[~held], eval_set=[(X[held], y[held])] if held.any() else None, verbose=False)
 
 
-def pandas_rolling(frame: pd.DataFrame, features: list[str]) -> tuple[pd.DataFrame, list[str]]:
-    """The default config's rolling features written with pandas: per server, in time order, window 12."""
+def rolling_by_hand(frame: pd.DataFrame, features: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """The default config's rolling features written with pandas: per server, in time order, 12 rows.
+
+    In float64, rounded to float32 for float32 metrics, as opsloop does. The
+    standard deviation is summed in two passes around the window's mean:
+    pandas' own `rolling().std()` slides running sums (Welford), which leave
+    a residue near 1e-8 instead of 0 where a window holds one value
+    repeated: 1% of the ASD std values would differ from opsloop's.
+    """
     ordered = frame.sort_values(["entity", "timestamp"], kind="stable")
-    groups = ordered.groupby("entity", sort=False)[features]
-    rolled = groups.rolling(WINDOW, min_periods=1)
-    mean = rolled.mean().reset_index(level=0, drop=True)
-    std = rolled.std(ddof=0).reset_index(level=0, drop=True)
-    first = groups.transform("first")
-    lagged = groups.shift(WINDOW)
-    age = groups.cumcount()
-    rate = (ordered[features] - lagged.fillna(first)).div(np.minimum(age, WINDOW).clip(lower=1), axis=0)
-    columns, names = {}, []
-    for c in features:
-        for stat, values in (("mean", mean), ("std", std), ("rate", rate)):
-            name = f"{c}__{stat}{WINDOW}"
-            columns[name] = values[c].astype("float32")
-            names.append(name)
+    x = ordered[features].astype("float64")
+    assert not x.isna().any().any(), "missing values: opsloop skips them, this sketch does not"
+    groups = x.groupby(ordered["entity"], sort=False)
+    age = groups.cumcount()  # rows since the series began
+    mean = groups.rolling(WINDOW, min_periods=1).mean().reset_index(level=0, drop=True)
+    squares = sum(((groups.shift(j) - mean) ** 2).fillna(0.0) for j in range(WINDOW))
+    std = np.sqrt(squares.div(np.minimum(age + 1, WINDOW), axis=0))
+    # rate of change over 12 rows; younger than that, since the series' first row (0 on it)
+    rate = (x - groups.shift(WINDOW).fillna(groups.transform("first"))).div(np.clip(age, 1, WINDOW), axis=0)
+    stats = {"mean": mean, "std": std, "rate": rate}
+    dtype = "float32" if (frame[features].dtypes == "float32").all() else "float64"
+    columns = {f"{c}__{stat}{WINDOW}": stats[stat][c].astype(dtype) for c in features for stat in STATS}
     added = pd.DataFrame(columns, index=ordered.index).loc[frame.index]
-    return pd.concat([frame, added], axis=1), features + names
+    return pd.concat([frame, added], axis=1), [*features, *columns]
 
 
 def hand_baseline(train: pd.DataFrame, monitor: pd.DataFrame, features: list[str], matched: bool) -> dict[str, Any]:
@@ -244,28 +251,47 @@ def row(label: str, result: dict[str, Any]) -> None:
     positives = [int(f["positives_test"]) for f in result["folds"] if "positives_test" in f]
     held = f"; positives per test block {positives}" if positives else ""
     print(f"  {label:<28} validation ({result['method']}{held}): {val}")
-    extra = (f"; {result['features']} features, best iteration {result['best_iteration']}, "
-             f"{result['seconds']:.0f} s") if "features" in result else ""
+    stopped = (f"best iteration {result['best_iteration']}" if result.get("best_iteration") is not None
+               else "early stopping off (no incident in its held-out rows)")
+    extra = f"; {result['features']} features, {stopped}, {result['seconds']:.0f} s" if "features" in result else ""
     print(f"  {'':<28} monitor (prevalence {result['monitor']['prevalence']:.3f}): {mon}{extra}")
 
 
-def feature_gap(result: dict[str, Any], rolled_train: pd.DataFrame, names: list[str]) -> float:
-    """Largest absolute difference between opsloop's rolling features and the pandas ones (training rows)."""
+def feature_gap(result: dict[str, Any], rolled: dict[str, pd.DataFrame], names: list[str]) -> str:
+    """How many rolling-feature values differ between opsloop's registered steps and the hand-written ones."""
     from opsloop.plugins import rolling_features
 
-    dataset = result["train_raw"]
-    state = rolling_features.fit(dataset, rolling_features.Options(windows=[WINDOW], stats=["mean", "std", "rate"]))
+    state = result["rolling"]
+    assert state["windows"] == [WINDOW] and state["stats"] == list(STATS), state
     keys = ["entity", "timestamp"]
-    added = [n for n in names if "__" in n]
-    ours = rolling_features.apply(dataset, state).frame.set_index(keys)[added].sort_index()
-    theirs = rolled_train.set_index(keys)[added].sort_index()
-    assert ours.index.equals(theirs.index), "the two feature sets cover different rows"
-    return float(np.nanmax(np.abs(ours.to_numpy(np.float64) - theirs.to_numpy(np.float64))))
+    added = rolling_features.feature_names(state)
+    assert added == names[-len(added):], "the hand-written features are named or ordered otherwise"
+    differ = total = 0
+    largest = 0.0
+    for period in ("train", "monitor"):
+        raw = result[f"{period}_raw"]
+        ours = rolling_features.apply(raw, state).frame.set_index(keys)[added].sort_index()
+        theirs = rolled[period].set_index(keys)[added].sort_index()
+        assert ours.index.equals(theirs.index), "the two feature sets cover different rows"
+        assert (ours.dtypes == theirs.dtypes).all(), "the two feature sets have different dtypes"
+        a, b = ours.to_numpy(), theirs.to_numpy()
+        differ += int((a != b).sum())
+        total += a.size
+        largest = max(largest, float(np.abs(a.astype("float64") - b.astype("float64")).max()))
+    return f"{differ:,} of {total:,} rolling-feature values differ (largest difference {largest:.1e})"
 
 
-def same_figures(a: dict[str, Any], b: dict[str, Any]) -> bool:
+def figure_gap(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """Largest difference between two results' validation means and monitor figures (0: identical)."""
     pairs = [(a["mean"][k], b["mean"][k]) for k in METRICS] + [(a["monitor"][k], b["monitor"][k]) for k in METRICS]
-    return all(math.isclose(x, y, abs_tol=1e-9) or (math.isnan(x) and math.isnan(y)) for x, y in pairs)
+    return max(0.0 if (x == y or (math.isnan(x) and math.isnan(y))) else abs(x - y) for x, y in pairs)
+
+
+def check_twin(hand: dict[str, Any], rolled: dict[str, pd.DataFrame], names: list[str], twin: str,
+               result: dict[str, Any]) -> None:
+    gap = figure_gap(hand, result)
+    print(f"  {'':<28} identical to opsloop `{twin}`: {'yes' if gap == 0 else f'NO, off by up to {gap:.1e}'}; "
+          f"{feature_gap(result, rolled, names)}")
 
 
 def per_step_monitor(result: dict[str, Any]) -> dict[str, float]:
@@ -308,21 +334,14 @@ def asd(workroot: Path, quick: bool) -> None:
         train = frame.query(train_query).reset_index(drop=True)
         monitor = frame.query("timestamp >= '2024-01-08 12:00'").reset_index(drop=True)
         print(f"  hand-written, {label}: {prevalence_line(train, monitor)}")
-        for name, matched in (("hand: xgboost defaults", False), ("hand: same params", True)):
-            result = hand_baseline(train, monitor, features, matched)
-            row(name, result)
-            if matched and train_query == SIX and "without rolling-features" in results:
-                print(f"  {'':<28} identical to opsloop `without rolling-features`: "
-                      f"{'yes' if same_figures(result, results['without rolling-features']) else 'NO'}")
-        rolled_train, rolled = pandas_rolling(train, features)
-        rolled_monitor, _ = pandas_rolling(monitor, features)
-        result = hand_baseline(rolled_train, rolled_monitor, rolled, True)
-        row("hand: same params + pandas rolling", result)
+        row("hand: xgboost defaults", hand_baseline(train, monitor, features, matched=False))
+        rolled_train, names = rolling_by_hand(train, features)
+        rolled_monitor, _ = rolling_by_hand(monitor, features)
+        result = hand_baseline(rolled_train, rolled_monitor, names, matched=True)
+        row("hand: same params", result)
         twin = "default" if train_query == SIX else "all 12 servers"
         if twin in results:
-            print(f"  {'':<28} vs opsloop `{twin}`: "
-                  f"{'identical figures' if same_figures(result, results[twin]) else 'figures differ'}; "
-                  f"largest feature difference {feature_gap(results[twin], rolled_train, rolled):.2e}")
+            check_twin(result, {"train": rolled_train, "monitor": rolled_monitor}, names, twin, results[twin])
 
 
 def load_smd(data_dir: Path) -> pd.DataFrame:
@@ -360,12 +379,12 @@ def smd(workroot: Path, data_dir: Path) -> None:
     train, monitor = frame[frame["timestamp"] < half], frame[frame["timestamp"] >= half]
     print(f"  hand-written: {prevalence_line(train, monitor)}")
     train, monitor = train.reset_index(drop=True), monitor.reset_index(drop=True)
-    for matched in (False, True):
-        result = hand_baseline(train, monitor, features, matched)
-        row(f"hand: {'same params' if matched else 'xgboost defaults'}", result)
-        if matched:
-            print(f"  {'':<28} identical to opsloop `without rolling-features`: "
-                  f"{'yes' if same_figures(result, results['without rolling-features']) else 'NO'}")
+    row("hand: xgboost defaults", hand_baseline(train, monitor, features, matched=False))
+    rolled_train, names = rolling_by_hand(train, features)
+    rolled_monitor, _ = rolling_by_hand(monitor, features)
+    result = hand_baseline(rolled_train, rolled_monitor, names, matched=True)
+    row("hand: same params", result)
+    check_twin(result, {"train": rolled_train, "monitor": rolled_monitor}, names, "default", results["default"])
 
 
 def main() -> None:
