@@ -24,8 +24,11 @@ next number by incrementing the model's counter row (a row lock held until
 the commit serializes writers of one model; readers never wait), renames the
 bundle into place and inserts the version. A process killed before the commit
 leaves at most a directory without a row, which the next registration of
-that number replaces. The plugin has no options (the `open_store` hook does
-not receive any): everything is in the URI. Needs psycopg 3
+that number replaces. The registry's logic (queries, checks, messages,
+aliases, rollback) is `opsloop.store.SQLStore`'s, shared with the local
+store; this module gives it PostgreSQL: the connection (opened again when
+lost), the schema, the row locks and the server's clock. The plugin has no
+options (the `open_store` hook does not receive any): everything is in the URI. Needs psycopg 3
 (`pip install 'opsloop[postgres]'`), imported only when a store is opened.
 """
 
@@ -33,10 +36,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import re
-import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,20 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from opsloop.errors import StoreError
 from opsloop.hookspecs import hookimpl
-from opsloop.store import (
-    AliasChange,
-    BundleFiles,
-    ModelStore,
-    ModelSummary,
-    Ref,
-    VersionSummary,
-    check_name,
-    current_user,
-    rollback_target,
-    unknown_alias,
-    unknown_model,
-)
-from opsloop.types import ModelVersion
+from opsloop.store import HISTORY_COLUMNS, ModelStore, SQLStore, Statements, Transaction
 
 if TYPE_CHECKING:
     import psycopg
@@ -96,11 +84,6 @@ CREATE TABLE {s}.alias_history (
 CREATE INDEX alias_history_by_alias ON {s}.alias_history (name, alias, id);
 """
 
-# A whole version as ModelVersion wants it; the aliases pointing at it folded in.
-VERSION_QUERY = """SELECT v.name, v.version, created_at, created_by, flavor, task, metrics, params, lineage,
-    digest, path, (SELECT array_agg(alias) FROM aliases a WHERE a.name = v.name AND a.version = v.version)
-    FROM versions v JOIN details d ON d.id = v.id"""
-HISTORY_COLUMNS = "name, alias, from_version, to_version, actor, at, reason, action"
 # The server's clock, not each machine's: one time line for the whole team. The local store's format.
 NOW = """to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
 
@@ -183,24 +166,28 @@ def open_store(uri: str, workdir: Path) -> ModelStore | None:
     return PostgresStore(conninfo, root, schema=schema, uri=display)
 
 
-class PostgresStore(ModelStore):
+class PostgresStore(SQLStore):
     """A registry shared by a team: PostgreSQL for the records, a directory for the bundles."""
+
+    SQL = Statements(param="%s", join_aliases="string_agg(alias, ',')")
 
     def __init__(self, conninfo: str, root: Path, *, schema: str = "opsloop", uri: str | None = None) -> None:
         self._psycopg = _psycopg()
-        self.files = BundleFiles(root)
-        self.root, self.bundles, self.staging = self.files.root, self.files.bundles, self.files.staging
+        super().__init__(root)
         self.conninfo, self.schema = conninfo, schema
         self.uri = uri or conninfo
-        self._lock = threading.RLock()  # one connection, shared by threads (the HTTP server's)
-        self.files.create()
-        self._con = self._connect()
-        try:
-            self._initialise()
-        except BaseException:
-            self._con.close()
-            raise
-        self.files.sweep()
+        self._open(self._connect())
+
+    # Reads run once more, on a new connection, when the store's connection was lost.
+    get = _reconnecting(SQLStore.get)
+    latest = _reconnecting(SQLStore.latest)
+    resolve = _reconnecting(SQLStore.resolve)
+    versions = _reconnecting(SQLStore.versions)
+    version_summaries = _reconnecting(SQLStore.version_summaries)
+    models = _reconnecting(SQLStore.models)
+    alias = _reconnecting(SQLStore.alias)
+    aliases = _reconnecting(SQLStore.aliases)
+    history = _reconnecting(SQLStore.history)
 
     # -- plumbing ------------------------------------------------------------
 
@@ -283,25 +270,20 @@ class PostgresStore(ModelStore):
         return int(row[0]) if row else None
 
     @contextlib.contextmanager
-    def _transaction(self, aborts: list[Callable[[], None]] | None = None) -> Iterator[psycopg.Connection]:
-        """A write transaction; every writer first locks the model's row, so writers of one model queue.
-
-        Callbacks appended to `aborts` undo what the transaction did outside the database.
-        """
+    def _transaction(self) -> Iterator[Transaction]:
+        """A write transaction; every writer first locks the model's row, so writers of one model queue."""
         with self._lock, self._errors():
-            con = self._connection()
+            tx = Transaction(self._connection())
             try:
-                yield con
+                yield tx
             except BaseException:
-                for undo in reversed(aborts or []):  # while the row lock is still ours
-                    with contextlib.suppress(Exception):
-                        undo()
+                tx.abort()  # while the row lock is still ours
                 with contextlib.suppress(Exception):
-                    con.rollback()
+                    tx.con.rollback()
                 raise
             # A COMMIT that fails leaves a placed bundle where it is: whether the
             # commit happened is unknown, and a directory without a row is harmless.
-            con.commit()
+            tx.con.commit()
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[psycopg.Connection]:
@@ -313,278 +295,38 @@ class PostgresStore(ModelStore):
                 with contextlib.suppress(Exception):
                     con.rollback()
 
-    def _lock_model(self, tx: Any, name: str) -> int:
-        """Lock `name`'s row until the commit; its last number (StoreError if unknown)."""
-        row = tx.execute("SELECT last_version FROM models WHERE name = %s FOR UPDATE", (name,)).fetchone()
-        return row[0] if row else self._require_model(tx, name)
+    # -- what SQLStore asks of PostgreSQL --------------------------------------
 
-    def _require_model(self, con: Any, name: str) -> int:
-        """The last number given to `name`; StoreError with the closest name if unknown."""
-        row = con.execute("SELECT last_version FROM models WHERE name = %s", (name,)).fetchone()
-        if row is None:
-            raise unknown_model(name, (r[0] for r in con.execute("SELECT name FROM models")))
-        return row[0]
+    def _lock_model(self, tx: Transaction, name: str) -> None:
+        """Lock `name`'s row until the commit (StoreError if unknown)."""
+        if tx.execute("SELECT last_version FROM models WHERE name = %s FOR UPDATE", (name,)).fetchone() is None:
+            self._require_model(tx, name)
 
-    def _missing_version(self, con: Any, name: str, version: int) -> StoreError:
-        last = self._require_model(con, name)
-        count, low, high = con.execute("SELECT count(*), min(version), max(version) FROM versions WHERE name = %s",
-                                       (name,)).fetchone()
-        have = f"it has {count} version(s), {low} to {high}" if count else "it has no versions left"
-        if 1 <= version <= last:
-            return StoreError(f"model {name} has no version {version}: it was deleted ({have})")
-        return StoreError(f"model {name} has no version {version} ({have})")
+    def _take_number(self, tx: Transaction, name: str) -> int:
+        # The upsert takes the next number and locks the model's row until the commit; a
+        # rollback (or a killed process) gives the number back, so there are never gaps.
+        return tx.execute(f"INSERT INTO models AS m (name, last_version, created_at) VALUES (%s, 1, {NOW}) "
+                          "ON CONFLICT (name) DO UPDATE SET last_version = m.last_version + 1 "
+                          "RETURNING last_version", (name,)).fetchone()[0]
 
-    def _versions(self, rows: list[tuple[Any, ...]]) -> list[ModelVersion]:
-        numbers = [r[1] for r in rows]
-        metrics, params, lineage = (_loads_rows([r[i] for r in rows], rows[0][0], numbers) for i in (6, 7, 8))
-        root = str(self.root)
-        return [ModelVersion(name=r[0], version=r[1], created_at=r[2], created_by=r[3], flavor=r[4], task=r[5],
-                             metrics=m, params=p, lineage=li, digest=r[9], path=Path(root, r[10]),
-                             aliases=tuple(sorted(r[11])) if r[11] else ())
-                for r, m, p, li in zip(rows, metrics, params, lineage, strict=True)]
+    def _insert_version(self, tx: Transaction, name: str, number: int, summary: tuple[str, ...],
+                        relative: str) -> int:
+        return tx.execute("INSERT INTO versions (name, version, created_at, created_by, flavor, task, metrics, "
+                          f"digest, path) VALUES (%s, %s, {NOW}, %s, %s, %s, %s, %s, %s) RETURNING id",
+                          (name, number, *summary, relative)).fetchone()[0]
 
-    # -- versions ------------------------------------------------------------
+    def _insert_change(self, tx: Transaction, name: str, alias: str, current: int | None, version: int,
+                       actor: str, reason: str, action: str) -> str:
+        return tx.execute(f"INSERT INTO alias_history ({HISTORY_COLUMNS}) "
+                          f"VALUES (%s, %s, %s, %s, %s, {NOW}, %s, %s) RETURNING at",
+                          (name, alias, current, version, actor, reason, action)).fetchone()[0]
 
-    def staging_dir(self) -> Path:
-        return self.files.staging_dir()
-
-    def register(self, name: str, staged: Path, manifest: dict[str, Any]) -> ModelVersion:
-        check_name(name)
-        staged, disk, digest = self.files.prepare(name, staged)
-        meta = manifest or disk
-        lineage = meta.get("lineage") or {}
-        summary = (str(lineage.get("user") or current_user()), str(meta.get("flavor") or ""),
-                   str(meta.get("task") or ""), json.dumps(meta.get("metrics") or {}, default=str), digest)
-        details = (json.dumps(meta.get("params") or {}, default=str), json.dumps(lineage, default=str))
-        identity, aborts = _identity(staged), []
-        with self._transaction(aborts) as tx:
-            # The upsert takes the next number and locks the model's row until the commit; a
-            # rollback (or a killed process) gives the number back, so there are never gaps.
-            number = tx.execute(f"INSERT INTO models AS m (name, last_version, created_at) VALUES (%s, 1, {NOW}) "
-                                "ON CONFLICT (name) DO UPDATE SET last_version = m.last_version + 1 "
-                                "RETURNING last_version", (name,)).fetchone()[0]
-            # A directory already at this number is an orphan of a registration killed
-            # between its rename and its commit: `place` replaces it.
-            relative = self.files.place(staged, name, number)
-            aborts.append(lambda: self._unplace(relative, staged, identity))
-            row_id = tx.execute("INSERT INTO versions (name, version, created_at, created_by, flavor, task, metrics, "
-                                f"digest, path) VALUES (%s, %s, {NOW}, %s, %s, %s, %s, %s, %s) RETURNING id",
-                                (name, number, *summary, relative)).fetchone()[0]
-            tx.execute("INSERT INTO details (id, params, lineage) VALUES (%s, %s, %s)", (row_id, *details))
-        self.files.seal(relative)
-        return self.get(name, number)
-
-    def _unplace(self, relative: str, staged: Path, identity: tuple[int, int]) -> None:
-        """Undo `place`, unless the directory there is no longer ours.
-
-        With SQLite the lock dies with the process; here it dies with the
-        session, which the server may end (restart, timeout) while this
-        process lives on: another registration may then have replaced our
-        bundle with its own, which must stay.
-        """
-        with contextlib.suppress(OSError):
-            if _identity(self.root / relative) == identity:
-                self.files.unplace(relative, staged)
-
-    @_reconnecting
-    def get(self, name: str, version: int) -> ModelVersion:
-        check_name(name)
-        with self._read() as con:
-            row = con.execute(f"{VERSION_QUERY} WHERE v.name = %s AND v.version = %s", (name, version)).fetchone()
-            if row is None:
-                raise self._missing_version(con, name, version)
-        return self._versions([row])[0]
-
-    @_reconnecting
-    def latest(self, name: str) -> ModelVersion:
-        check_name(name)
-        with self._read() as con:
-            row = con.execute(f"{VERSION_QUERY} WHERE v.name = %s ORDER BY v.version DESC LIMIT 1",
-                              (name,)).fetchone()
-            if row is None:
-                self._require_model(con, name)
-                raise StoreError(f"model {name} has no versions left (all deleted)")
-        return self._versions([row])[0]
-
-    @_reconnecting
-    def resolve(self, ref: str | Ref) -> ModelVersion:
-        """As `ModelStore.resolve`, with `NAME@ALIAS` in one query (one round trip, not two)."""
-        ref = Ref.parse(ref) if isinstance(ref, str) else ref
-        if ref.alias is not None:
-            with self._read() as con:
-                row = con.execute(f"{VERSION_QUERY} JOIN aliases x ON x.name = v.name AND x.version = v.version "
-                                  "WHERE x.name = %s AND x.alias = %s", (ref.name, ref.alias)).fetchone()
-            if row is not None:
-                return self._versions([row])[0]
-        return super().resolve(ref)  # the errors, and the other forms
-
-    @_reconnecting
-    def versions(self, name: str) -> list[ModelVersion]:
-        check_name(name)
-        with self._read() as con:
-            rows = con.execute(f"{VERSION_QUERY} WHERE v.name = %s ORDER BY v.version", (name,)).fetchall()
-            if not rows:
-                self._require_model(con, name)
-                raise StoreError(f"model {name} has no versions left (all deleted)")
-        return self._versions(rows)
-
-    @_reconnecting
-    def version_summaries(self, name: str) -> list[VersionSummary]:
-        check_name(name)
-        with self._read() as con:
-            rows = con.execute("SELECT version, created_at, created_by, flavor, task, metrics, digest FROM versions "
-                               "WHERE name = %s ORDER BY version", (name,)).fetchall()
-            if not rows:
-                self._require_model(con, name)
-                raise StoreError(f"model {name} has no versions left (all deleted)")
-            pointing: dict[int, list[str]] = {}
-            for alias, version in con.execute("SELECT alias, version FROM aliases WHERE name = %s ORDER BY alias",
-                                              (name,)):
-                pointing.setdefault(version, []).append(alias)
-        metrics = _loads_rows([r[5] for r in rows], name, [r[0] for r in rows])
-        none = ()
-        return [VersionSummary(name=name, version=r[0], created_at=r[1], created_by=r[2], flavor=r[3], task=r[4],
-                               metrics=m, digest=r[6], aliases=tuple(pointing.get(r[0], none)))
-                for r, m in zip(rows, metrics, strict=True)]
-
-    @_reconnecting
-    def models(self) -> list[ModelSummary]:
-        with self._read() as con:
-            rows = con.execute("SELECT name, count(*), max(version), max(created_at) FROM versions "
-                               "GROUP BY name ORDER BY name").fetchall()
-            aliases: dict[str, dict[str, int]] = {}
-            for name, alias, version in con.execute("SELECT name, alias, version FROM aliases ORDER BY alias"):
-                aliases.setdefault(name, {})[alias] = version
-        return [ModelSummary(name=name, versions=count, latest=latest, updated_at=updated,
-                             aliases=aliases.get(name, {})) for name, count, latest, updated in rows]
-
-    def delete(self, name: str, version: int) -> None:
-        check_name(name)
-        with self._transaction() as tx:
-            self._lock_model(tx, name)
-            row = tx.execute("SELECT path FROM versions WHERE name = %s AND version = %s", (name, version)).fetchone()
-            if row is None:
-                raise self._missing_version(tx, name, version)
-            pointing = [r[0] for r in tx.execute("SELECT alias FROM aliases WHERE name = %s AND version = %s "
-                                                 "ORDER BY alias", (name, version))]
-            if pointing:
-                names = ", ".join(f"{name}@{a}" for a in pointing)
-                raise StoreError(f"cannot delete {name}:{version}: {'aliases' if len(pointing) > 1 else 'alias'} "
-                                 f"{names} point{'' if len(pointing) > 1 else 's'} at it; "
-                                 "point them at another version first")
-            tx.execute("DELETE FROM versions WHERE name = %s AND version = %s", (name, version))  # details cascade
-        # The row goes first: a crash from here on leaves a directory nobody lists,
-        # never a listed version without its files.
-        self.files.remove(row[0])
-
-    # -- aliases -------------------------------------------------------------
-
-    @_reconnecting
-    def alias(self, name: str, alias: str) -> int | None:
-        check_name(name)
-        check_name(alias, "alias")
-        with self._read() as con:
-            row = con.execute("SELECT version FROM aliases WHERE name = %s AND alias = %s", (name, alias)).fetchone()
-            if row is None:
-                self._require_model(con, name)
-                return None
-        return row[0]
-
-    @_reconnecting
-    def aliases(self, name: str) -> dict[str, int]:
-        check_name(name)
-        with self._read() as con:
-            self._require_model(con, name)
-            return dict(con.execute("SELECT alias, version FROM aliases WHERE name = %s ORDER BY alias", (name,)))
-
-    def set_alias(self, name: str, alias: str, version: int, *, reason: str = "",
-                  actor: str | None = None) -> AliasChange | None:
-        check_name(alias, "alias")
-        check_name(name)
-        with self._transaction() as tx:
-            self._lock_model(tx, name)
-            if tx.execute("SELECT 1 FROM versions WHERE name = %s AND version = %s",
-                          (name, version)).fetchone() is None:
-                raise self._missing_version(tx, name, version)
-            row = tx.execute("SELECT version FROM aliases WHERE name = %s AND alias = %s", (name, alias)).fetchone()
-            current = row[0] if row else None
-            if current == version:
-                return None
-            return self._move_alias(tx, name, alias, current, version, reason, actor, "set")
-
-    def rollback(self, name: str, alias: str = "production", *, reason: str = "",
-                 actor: str | None = None) -> AliasChange:
-        check_name(alias, "alias")
-        check_name(name)
-        with self._transaction() as tx:
-            self._lock_model(tx, name)  # two operators rolling back at once go back two steps
-            row = tx.execute("SELECT version FROM aliases WHERE name = %s AND alias = %s", (name, alias)).fetchone()
-            if row is None:
-                raise unknown_alias(name, alias, dict(tx.execute("SELECT alias, version FROM aliases WHERE name = %s",
-                                                                 (name,))))
-            current = row[0]
-            changes = self._history(tx, name, alias)
-            exists = {r[0] for r in tx.execute("SELECT version FROM versions WHERE name = %s AND version = ANY(%s)",
-                                               (name, sorted({c.to_version for c in changes})))}
-            target = rollback_target(changes, current, exists)
-            if target is None:
-                raise StoreError(f"cannot roll back {name}@{alias}: it points at version {current} and there is "
-                                 "no earlier version to go back to (see `opsloop models history`)")
-            return self._move_alias(tx, name, alias, current, target, reason, actor, "rollback")
-
-    @_reconnecting
-    def history(self, name: str, alias: str | None = None) -> list[AliasChange]:
-        check_name(name)
-        if alias is not None:
-            check_name(alias, "alias")
-        with self._read() as con:
-            self._require_model(con, name)
-            return self._history(con, name, alias)
-
-    def _history(self, con: Any, name: str, alias: str | None) -> list[AliasChange]:
-        if alias is None:
-            rows = con.execute(f"SELECT {HISTORY_COLUMNS} FROM alias_history WHERE name = %s ORDER BY id", (name,))
-        else:
-            rows = con.execute(f"SELECT {HISTORY_COLUMNS} FROM alias_history WHERE name = %s AND alias = %s "
-                               "ORDER BY id", (name, alias))
-        return [AliasChange(name=r[0], alias=r[1], from_version=r[2], to_version=r[3], actor=r[4], at=r[5],
-                            reason=r[6], action=r[7]) for r in rows]
-
-    def _move_alias(self, tx: Any, name: str, alias: str, current: int | None, version: int, reason: str,
-                    actor: str | None, action: str) -> AliasChange:
-        actor = actor or current_user()
-        tx.execute("INSERT INTO aliases (name, alias, version) VALUES (%s, %s, %s) "
-                   "ON CONFLICT (name, alias) DO UPDATE SET version = excluded.version", (name, alias, version))
-        at = tx.execute(f"INSERT INTO alias_history ({HISTORY_COLUMNS}) VALUES (%s, %s, %s, %s, %s, {NOW}, %s, %s) "
-                        "RETURNING at", (name, alias, current, version, actor, reason, action)).fetchone()[0]
-        return AliasChange(name=name, alias=alias, from_version=current, to_version=version, actor=actor, at=at,
-                           reason=reason, action=action)
-
-    def close(self) -> None:
-        with self._lock:
-            self._con.close()
+    def _existing(self, tx: Transaction, name: str, numbers: list[int]) -> set[int]:
+        return {r[0] for r in tx.execute("SELECT version FROM versions WHERE name = %s AND version = ANY(%s)",
+                                         (name, numbers))}
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.uri!r}, bundles={str(self.root)!r})"
-
-
-def _loads_rows(texts: list[str], name: str, numbers: list[int]) -> list[Any]:
-    """Parse one JSON column of many rows at once; a damaged record is named."""
-    try:
-        return json.loads("[" + ",".join(texts) + "]")
-    except ValueError:
-        for text, number in zip(texts, numbers, strict=True):
-            try:
-                json.loads(text)
-            except ValueError as exc:
-                raise StoreError(f"model {name}:{number}: its record in the registry is damaged ({exc})") from None
-        raise
-
-
-def _identity(path: Path) -> tuple[int, int]:
-    """What tells one directory from another that took its place: (device, inode); a rename keeps it."""
-    st = os.lstat(path)
-    return st.st_dev, st.st_ino
 
 
 def _one_line(exc: BaseException) -> str:
