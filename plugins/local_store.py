@@ -13,7 +13,7 @@ transaction takes the next number, renames the bundle into place and inserts
 its row. A process killed before the commit leaves at most a directory
 without a row, which no listing shows and the next registration of that
 number removes. The registry's logic (queries, checks, messages, aliases,
-rollback) is `opsloop.store.SQLStore`'s; this module gives it SQLite: the
+rollback) is `opsloop.sqlstore.SQLStore`'s; this module gives it SQLite: the
 connection, the schema, the write lock and the clock. The plugin has no options.
 """
 
@@ -31,7 +31,8 @@ from pathlib import Path
 
 from opsloop.errors import StoreError
 from opsloop.hookspecs import hookimpl
-from opsloop.store import HISTORY_COLUMNS, ModelStore, SQLStore, Statements, Transaction
+from opsloop.sqlstore import HISTORY_COLUMNS, SQLStore, Statements, Transaction
+from opsloop.store import ModelStore
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another one before giving up

@@ -25,7 +25,7 @@ the commit serializes writers of one model; readers never wait), renames the
 bundle into place and inserts the version. A process killed before the commit
 leaves at most a directory without a row, which the next registration of
 that number replaces. The registry's logic (queries, checks, messages,
-aliases, rollback) is `opsloop.store.SQLStore`'s, shared with the local
+aliases, rollback) is `opsloop.sqlstore.SQLStore`'s, shared with the local
 store; this module gives it PostgreSQL: the connection (opened again when
 lost), the schema, the row locks and the server's clock. The plugin has no
 options (the `open_store` hook does not receive any): everything is in the URI. Needs psycopg 3
@@ -45,7 +45,8 @@ from typing import TYPE_CHECKING, Any
 
 from opsloop.errors import StoreError
 from opsloop.hookspecs import hookimpl
-from opsloop.store import HISTORY_COLUMNS, ModelStore, SQLStore, Statements, Transaction
+from opsloop.sqlstore import HISTORY_COLUMNS, SQLStore, Statements, Transaction
+from opsloop.store import ModelStore
 
 if TYPE_CHECKING:
     import psycopg
