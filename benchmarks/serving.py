@@ -138,13 +138,16 @@ def report(results: dict[tuple[str, int], list[dict]], notes: list[str], args: a
         if key in ratios:
             verdict = "MEETS" if ratios[key] >= TARGET else "MISSES"
             print(f"issue 5 target, {key} throughput >= {TARGET}: x{ratios[key]:.2f} {verdict}")
-    backlog = [(leg, size, r["log_queue"], r.get("log_rows", 0)) for (leg, size), runs in results.items()
-               for r in runs[-1:] if "log_queue" in r]
+    backlog = [(leg, size, r["log_queue"], r.get("log_rows", 0), r.get("log_dropped", 0))
+               for (leg, size), runs in results.items() for r in runs[-1:] if "log_queue" in r]
     if backlog:
         print("\nopsloop prediction log after each leg's last measurement (requests queued, not yet written / "
-              "rows written so far):")
-        for leg, size, queued, rows in backlog:
-            print(f"  {size:>5}-row {legs.LABELS.get(leg, leg):<28} queued {queued:,.0f}  written {rows:,.0f}")
+              "rows written so far / rows answered but not logged, the queue being full; counters are cumulative "
+              "over the server's life):")
+        for leg, size, queued, rows, dropped in backlog:
+            share = f" ({dropped / (rows + dropped):.0%} of rows)" if dropped else ""
+            print(f"  {size:>5}-row {legs.LABELS.get(leg, leg):<28} queued {queued:,.0f}  written {rows:,.0f}  "
+                  f"not logged {dropped:,.0f}{share}")
     for note in notes:
         print(f"note: {note}")
     return {"summary": {f"{leg} {size}": s for (leg, size), s in summary.items()}, "ratios": ratios,

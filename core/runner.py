@@ -11,7 +11,6 @@ Observers hear `on_stage_start`/`_end`/`_error` around every stage.
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from collections.abc import Callable
@@ -297,16 +296,17 @@ class Runner:
         return reports
 
     def _publish(self, reports: list[MonitorReport]) -> None:
-        """Leave the reports where `opsloop serve` exports them on /metrics (atomically; a failure only warns)."""
+        """Leave the reports where `opsloop serve` exports them on /metrics (a failure only warns).
+
+        Always `.opsloop/serving/monitor-report.json` in the working directory,
+        whichever store: where a server started in that directory looks by default.
+        """
+        from opsloop.serving.metrics import write_monitor_report
         from opsloop.serving.settings import MONITOR_FILE, SERVING_DIR
 
         path = Path(self.config.workdir) / SERVING_DIR / MONITOR_FILE
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"run_id": self.run.run_id, "monitor": [attrs.asdict(r) for r in reports]},
-                                      default=str, indent=1) + "\n", encoding="utf-8")
-            os.replace(tmp, path)
+            write_monitor_report(path, self.run.run_id, reports)
         except OSError as exc:
             self.run.log.warning("could not write the monitor report for opsloop serve to %s: %s", path, exc)
 

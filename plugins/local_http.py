@@ -72,6 +72,8 @@ class Options:
         poll_interval: Seconds between the server's looks at the alias.
         log_predictions: Log predictions (inputs, outputs, version, time,
             request id) to `.opsloop/serving/predictions.db`.
+        log_max_pending: Most predicted rows waiting to be logged; beyond,
+            predictions are answered but not logged (`--log-max-pending`).
         threads: XGBoost threads per prediction; 0 means every core.
         start_timeout: Seconds to wait for a newly started server.
         swap_timeout: Seconds to wait for a running server to answer with the
@@ -85,6 +87,7 @@ class Options:
     max_rows: int = attrs.field(default=100_000, validator=attrs.validators.gt(0))
     poll_interval: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
     log_predictions: bool = True
+    log_max_pending: int = attrs.field(default=50_000, validator=attrs.validators.gt(0))
     threads: int = attrs.field(default=1, validator=attrs.validators.ge(0))
     start_timeout: float = attrs.field(default=120.0, validator=attrs.validators.gt(0))
     swap_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
@@ -146,7 +149,9 @@ def _start(version: ModelVersion, options: Options, run: RunContext, workdir: Pa
            "--host", options.host, "--port", str(options.port), "--max-body-bytes", str(options.max_body_bytes),
            "--max-rows", str(options.max_rows), "--poll-interval", str(options.poll_interval),
            "--threads", str(options.threads)]
-    if not options.log_predictions:
+    if options.log_predictions:
+        cmd += ["--log-max-pending", str(options.log_max_pending)]
+    else:
         cmd.append("--no-log")
     if run.config.path is not None:
         cmd += ["--config", str(Path(run.config.path).absolute())]

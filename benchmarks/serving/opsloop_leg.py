@@ -49,10 +49,12 @@ def describe(server: Server) -> str:
 
 
 def log_state(server: Server) -> dict[str, float]:
-    """The prediction log's queue (requests not yet written) and rows written, from `/metrics`."""
+    """The prediction log's queue (requests not yet written), rows written and rows answered but not logged
+    (the queue was full), from `/metrics`."""
     from servers import request
 
-    wanted = {"opsloop_prediction_log_queue": "log_queue", "opsloop_prediction_log_rows_total": "log_rows"}
+    wanted = {"opsloop_prediction_log_queue": "log_queue", "opsloop_prediction_log_rows_total": "log_rows",
+              "opsloop_prediction_log_dropped_total": "log_dropped"}
     status, body = request(server.port, "GET", "/metrics")
     out: dict[str, float] = {}
     for line in body.decode().splitlines() if status == 200 else ():

@@ -37,15 +37,15 @@ def serve(
     log_max_pending: Annotated[int, typer.Option(
         "--log-max-pending", min=1,
         help="Most predicted rows waiting to be logged; beyond, predictions are answered but not logged "
-             "(counted on /metrics).")] = 200_000,
+             "(counted on /metrics).")] = 50_000,
     no_fast_path: Annotated[bool, typer.Option("--no-fast-path", help="Always replay preprocessing through the "
                                                                       "plugins (LoadedModel.predict).")] = False,
     threads: Annotated[int, typer.Option("--threads", help="XGBoost threads per prediction (0: all cores).",
                                          min=0)] = 1,
     monitor_report: Annotated[Path | None, typer.Option(
         "--monitor-report", dir_okay=False,
-        help="Monitor report whose figures /metrics exports (`opsloop run --json` output; "
-             "default: .opsloop/serving/monitor-report.json when it exists).")] = None,
+        help="Monitor report whose figures /metrics exports (default: .opsloop/serving/monitor-report.json, "
+             "which `opsloop run` writes; or `opsloop run --json` output).")] = None,
     stop: Annotated[bool, typer.Option("--stop", help="Stop the server running for this model and alias "
                                                       "(started by `opsloop serve` or the local-http target).")] = False,
     config: ConfigOption = None,

@@ -368,7 +368,8 @@ def create_app(settings: Settings | None = None, **fields: Any) -> ServingApp:
     metrics = Metrics()
     try:
         watcher = ModelWatcher(store, session.plugins, settings.model or cfg.project.name, settings, metrics)
-        prediction_log = PredictionLog(settings.log_path, max_pending=settings.log_max_pending) if settings.log_predictions else None  # type: ignore[arg-type]
+        prediction_log = (PredictionLog(settings.log_path, max_pending=settings.log_max_pending)  # type: ignore[arg-type]
+                          if settings.log_predictions else None)
     except BaseException:
         store.close()
         raise

@@ -3,14 +3,19 @@
 Counters and a latency histogram per route are plain integers updated on the
 event loop (no locks, no client library); the model gauges come from the
 watcher; the live quality gauges from the prediction log joined with the
-feedback; the monitor gauges from the last monitor report on disk.
+feedback; the monitor gauges from the last monitor report on disk, which
+`opsloop run` leaves there (`write_monitor_report`) and `/metrics` reads
+(`Metrics.monitor_reports`): both ends of that file are in this module.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import math
+import numbers
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -18,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from opsloop.serving.model import Served
+    from opsloop.types import MonitorReport
 
 #: Latency buckets, seconds: single rows land in the first ones, 1,000-row requests in the middle.
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -68,7 +74,7 @@ class Metrics:
         self.load_errors = 0
         self.poll_errors = 0
         self.model: dict[str, Any] = {}
-        self._report: tuple[float, list[dict[str, Any]]] | None = None
+        self._report: tuple[tuple[int, int, int], float, list[dict[str, Any]]] | None = None
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         self.requests[route, status] += 1
@@ -151,27 +157,61 @@ class Metrics:
                 out.append(f"opsloop_monitor_alerts{_labels(monitor=r.get('monitor', ''), model=r.get('model', ''))} "
                            f"{len(r.get('alerts') or [])}")
             family("opsloop_monitor_report_timestamp_seconds", "gauge", "When the monitor report was written.")
-            out.append(f"opsloop_monitor_report_timestamp_seconds {self._report[0]:.3f}")  # type: ignore[index]
+            out.append(f"opsloop_monitor_report_timestamp_seconds {self._report[1]:.3f}")  # type: ignore[index]
         family("opsloop_start_time_seconds", "gauge", "When this server started.")
         out.append(f"opsloop_start_time_seconds {self.started:.3f}")
         return ("\n".join(out) + "\n").encode()
 
     def monitor_reports(self, path: Path | None) -> list[dict[str, Any]]:
-        """The reports in a monitor report file (re-read when it changes); [] when there is none."""
+        """The reports in a monitor report file (re-read when it changes); [] when there is none.
+
+        The file is `write_monitor_report`'s `{"run_id": ..., "monitor": [...]}`,
+        the output of `opsloop run --json` (the same `monitor` list), a list of
+        reports, or one report. A file being replaced is read whole or not at
+        all (the writer renames it into place): when it cannot be read, the
+        figures read last stay.
+        """
         if path is None:
             return []
         try:
-            mtime = path.stat().st_mtime
+            st = path.stat()
         except OSError:
             self._report = None
             return []
-        if self._report is None or self._report[0] != mtime:
+        # A replaced file is a new inode: a report rewritten within the clock's resolution is still seen.
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if self._report is None or self._report[0] != key:
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
-                return []
+                return self._report[2] if self._report is not None else []
             if isinstance(data, dict):
-                data = data.get("monitor", [data])  # `opsloop run --json` output, or one report
+                data = data.get("monitor", [data])
             reports = [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
-            self._report = (mtime, reports)
-        return self._report[1]
+            self._report = (key, st.st_mtime, reports)
+        return self._report[2]
+
+
+def write_monitor_report(path: Path, run_id: str, reports: list[MonitorReport]) -> None:
+    """Leave `reports` where `Metrics.monitor_reports` reads them, atomically (a temporary file, then a rename).
+
+    Figures are written as JSON numbers whatever their type (numpy scalars
+    included), so that every one becomes a gauge; NaN stays NaN.
+    """
+    import attrs
+
+    def number(value: Any) -> Any:
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        return float(value) if isinstance(value, numbers.Real) else str(value)
+
+    text = json.dumps({"run_id": run_id, "monitor": [attrs.asdict(r) for r in reports]}, default=number, indent=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

@@ -20,15 +20,16 @@ import struct
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import numpy as np  # once, here: the server scores with it anyway, and requests must not pay an import
 from opsloop.serving.schema import ACCEPTS, InputSchema, RequestError, json_type
 
 if TYPE_CHECKING:
-    import numpy as np
     from opsloop.serving.schema import Batch
 
 #: numpy dtypes of fixed-size protocol datatypes (little-endian).
 NUMPY = {"BOOL": "|b1", "UINT8": "|u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "INT8": "|i1",
          "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}
+_DTYPES = {name: np.dtype(code) for name, code in NUMPY.items()}
 REQUEST_ID_MAX = 200
 
 
@@ -112,60 +113,69 @@ def _header_length(value: bytes | None, size: int) -> int | None:
     return length
 
 
-def _shape_rows(spec: dict[str, Any], where: str) -> tuple[int, int]:
+# The helpers of `parse_infer` take the input's name and say `input 'NAME'` only in
+# their errors: the happy path formats no message.
+
+
+def _where(name: str) -> str:
+    return f"input {name!r}"
+
+
+def _shape_rows(spec: dict[str, Any], name: str) -> tuple[int, int]:
     shape = spec.get("shape")
+    if type(shape) is list and len(shape) == 1 and type(shape[0]) is int and shape[0] >= 0:  # the usual [n]
+        return shape[0], 1
     if type(shape) is not list or not all(type(d) is int and d >= 0 for d in shape):
-        raise RequestError(400, f"{where}: \"shape\" must be an array of non-negative integers, got {shape!r:.60}")
+        raise RequestError(400, f"{_where(name)}: \"shape\" must be an array of non-negative integers, "
+                                f"got {shape!r:.60}")
     if len(shape) == 1 or len(shape) == 2 and shape[1] == 1:
         return shape[0], len(shape)
-    raise RequestError(422, f"{where}: shape {shape} is not one value per row: send [n] or [n, 1]")
+    raise RequestError(422, f"{_where(name)}: shape {shape} is not one value per row: send [n] or [n, 1]")
 
 
-def _flat(data: Any, rows: int, rank: int, where: str) -> list[Any]:
+def _flat(data: Any, rows: int, rank: int, name: str) -> list[Any]:
     if type(data) is not list:
-        raise RequestError(400, f'{where}: "data" must be an array, got a {json_type(data)}')
+        raise RequestError(400, f'{_where(name)}: "data" must be an array, got a {json_type(data)}')
     if rank == 2 and data and type(data[0]) is list:  # nested, row major: [[v], [v], ...]
         if not all(type(d) is list and len(d) == 1 for d in data):
-            raise RequestError(422, f"{where}: nested data must hold one value per row")
+            raise RequestError(422, f"{_where(name)}: nested data must hold one value per row")
         data = [d[0] for d in data]
     if len(data) != rows:
-        raise RequestError(400, f"{where}: shape says {rows} values, data has {len(data)}")
+        raise RequestError(400, f"{_where(name)}: shape says {rows} values, data has {len(data)}")
     return data
 
 
-def _bytes_elements(raw: bytes, rows: int, where: str) -> list[str]:
+def _bytes_elements(raw: bytes, rows: int, name: str) -> list[str]:
     """BYTES tensor data: each element a 4-byte little-endian length, then UTF-8 bytes."""
     out, pos, size = [], 0, len(raw)
     while pos < size:
         if pos + 4 > size:
-            raise RequestError(400, f"{where}: BYTES data ends inside an element's length")
+            raise RequestError(400, f"{_where(name)}: BYTES data ends inside an element's length")
         (length,) = struct.unpack_from("<I", raw, pos)
         pos += 4
         if pos + length > size:
-            raise RequestError(400, f"{where}: BYTES element {len(out)} runs past the data")
+            raise RequestError(400, f"{_where(name)}: BYTES element {len(out)} runs past the data")
         try:
             out.append(raw[pos:pos + length].decode())
         except UnicodeDecodeError:
-            raise RequestError(422, f"{where}: BYTES element {len(out)} is not UTF-8 text") from None
+            raise RequestError(422, f"{_where(name)}: BYTES element {len(out)} is not UTF-8 text") from None
         pos += length
     if len(out) != rows:
-        raise RequestError(400, f"{where}: shape says {rows} values, the BYTES data holds {len(out)}")
+        raise RequestError(400, f"{_where(name)}: shape says {rows} values, the BYTES data holds {len(out)}")
     return out
 
 
-def _binary_values(raw: bytes, datatype: str, rows: int, where: str) -> np.ndarray | list[str]:
-    import numpy as np
-
+def _binary_values(raw: bytes, datatype: str, rows: int, name: str) -> np.ndarray | list[str]:
     if datatype == "BYTES":
-        return _bytes_elements(raw, rows, where)
-    dtype = np.dtype(NUMPY[datatype])
+        return _bytes_elements(raw, rows, name)
+    dtype = _DTYPES[datatype]
     if len(raw) != rows * dtype.itemsize:
-        raise RequestError(400, f"{where}: shape says {rows} {datatype} values ({rows * dtype.itemsize} bytes), "
-                                f"binary_data_size is {len(raw)}")
+        raise RequestError(400, f"{_where(name)}: shape says {rows} {datatype} values "
+                                f"({rows * dtype.itemsize} bytes), binary_data_size is {len(raw)}")
     if datatype == "BOOL":
         flags = np.frombuffer(raw, dtype=np.uint8)
         if (flags > 1).any():
-            raise RequestError(422, f"{where}: BOOL bytes must be 0 or 1")
+            raise RequestError(422, f"{_where(name)}: BOOL bytes must be 0 or 1")
         return flags.astype(bool)
     return np.frombuffer(raw, dtype=dtype)
 
@@ -204,29 +214,28 @@ def parse_infer(body: bytes, header_length: bytes | None, schema: InputSchema) -
         if type(spec) is not dict or type(spec.get("name")) is not str:
             raise RequestError(400, f"input {k} must be an object with a \"name\"")
         name = spec["name"]
-        where = f"input {name!r}"
         if name in columns:
-            raise RequestError(400, f"{where} is given twice")
+            raise RequestError(400, f"{_where(name)} is given twice")
         column = schema.by_name.get(name)
         if column is None:
             columns[name] = None  # reported with every other unknown or missing name below
             continue
         datatype = spec.get("datatype")
-        if datatype not in NUMPY and datatype != "BYTES":
-            raise RequestError(400, f"{where}: unknown datatype {datatype!r:.40}")
-        if datatype not in ACCEPTS[column.kind]:
-            raise RequestError(422, f"{where}: datatype {datatype}, the feature is {column.dtype} "
+        if type(datatype) is not str or datatype not in ACCEPTS[column.kind]:
+            if type(datatype) is not str or datatype not in NUMPY and datatype != "BYTES":  # ([] would be a 500)
+                raise RequestError(400, f"{_where(name)}: unknown datatype {datatype!r:.40}")
+            raise RequestError(422, f"{_where(name)}: datatype {datatype}, the feature is {column.dtype} "
                                     f"(send {column.datatype})")
-        rows, rank = _shape_rows(spec, where)
-        params = spec.get("parameters") or {}
+        rows, rank = _shape_rows(spec, name)
+        params = spec.get("parameters")
         size = params.get("binary_data_size") if type(params) is dict else None
         if size is None:
-            columns[name] = _flat(spec.get("data"), rows, rank, where)
+            columns[name] = _flat(spec.get("data"), rows, rank, name)
             continue
         if type(size) is not int or size < 0 or offset + size > len(body):
-            raise RequestError(400, f"{where}: binary_data_size {size!r:.20} does not fit the body "
+            raise RequestError(400, f"{_where(name)}: binary_data_size {size!r:.20} does not fit the body "
                                     f"({len(body) - offset} bytes left)")
-        columns[name] = _binary_values(body[offset:offset + size], datatype, rows, where)
+        columns[name] = _binary_values(body[offset:offset + size], datatype, rows, name)
         offset += size
     if offset != len(body):
         raise RequestError(400, f"{len(body) - offset} bytes after the JSON header belong to no input "
@@ -242,8 +251,6 @@ def infer_response(outputs: dict[str, tuple[str, Any]], request: InferRequest, *
     Args:
         outputs: name -> (datatype, numpy array), in the model metadata's order.
     """
-    import numpy as np
-
     names = request.outputs or tuple(outputs)
     unknown = [n for n in names if n not in outputs]
     if unknown:

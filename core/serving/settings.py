@@ -49,8 +49,9 @@ class Settings:
         threads: XGBoost threads per prediction; 1 is fastest for small
             requests and on a busy machine, 0 means every core.
         monitor_report: JSON file whose monitor figures `/metrics` exports
-            (`opsloop run --json` output, or a list of monitor reports);
-            None: `.opsloop/serving/monitor-report.json` when it exists.
+            (what `opsloop run` writes, `opsloop run --json` output, or a list
+            of monitor reports); None: `.opsloop/serving/monitor-report.json`,
+            which every `opsloop run` that monitors rewrites.
         live_window: How many of the latest labelled predictions the live
             precision/recall on `/metrics` are computed from.
     """
@@ -67,7 +68,7 @@ class Settings:
     poll_interval: float = attrs.field(default=0.5, validator=_positive)
     log_predictions: bool = True
     log_path: Path | None = None
-    log_max_pending: int = attrs.field(default=200_000, validator=_positive)
+    log_max_pending: int = attrs.field(default=50_000, validator=_positive)
     fast_path: bool = True
     threads: int = attrs.field(default=1, validator=attrs.validators.ge(0))
     monitor_report: Path | None = None

@@ -194,22 +194,34 @@ def test_every_request_form_is_logged_as_sent(served: Any, project: Any) -> None
     assert all(from_v2[k] == record[k] for k in record if k.startswith("m"))  # float32 values survive exactly
 
 
-def test_a_log_that_cannot_keep_up_drops_predictions_not_requests(project: Any, tmp_path: Path) -> None:
+def test_a_log_that_cannot_keep_up_drops_predictions_not_requests(project: Any, tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
     db = tmp_path / "log.db"
     app = create_app(workdir=project.path, log_path=db, log_max_pending=50)
     rows = project.records(project.monitor.iloc[:200])
     blocker = sqlite3.connect(db, isolation_level=None)
+    caplog.set_level("WARNING", logger="opsloop.serving")
     with ServerThread(app) as server:
         blocker.execute("BEGIN EXCLUSIVE")  # the disk "cannot keep up": the writer waits for this lock
         try:
-            statuses = [project.post_json(server.url, "/predict", {"instances": [row]})[0] for row in rows]
-            status, _, raw = project.request(server.url, "GET", "/metrics")
+            answers = [project.post_json(server.url, "/predict", {"instances": [row]}) for row in rows]
+            label = project.post_json(server.url, "/v1/feedback", {"request_id": answers[-1][2]["request_id"],
+                                                                   "label": 1})
+            _, _, raw = project.request(server.url, "GET", "/metrics")
+            assert app.log.rows_queued - app.log.rows_done <= 50  # the bound held while the writer was stuck
         finally:
             blocker.execute("ROLLBACK")
             blocker.close()
-    assert statuses == [200] * 200  # every request answered, none waited for the log
+    assert [a[0] for a in answers] == [200] * 200  # every request answered, none waited for the log
+    assert label[0] == 202  # labels are never dropped
     dropped = app.log.dropped
     assert 200 - 50 <= dropped < 200
     assert f"opsloop_prediction_log_dropped_total {dropped}" in raw.decode()
-    # the stop drained what was queued: everything not counted as dropped is in the log
-    assert _rows(db, "SELECT count(*) FROM predictions")[0][0] == 200 - dropped
+    warnings = [r for r in caplog.records if "predictions not logged" in r.getMessage()]
+    assert len(warnings) == 1  # at most one warning a minute, however many are dropped
+    # the stop drained what was queued: everything not counted as dropped is in the log, nothing failed
+    assert app.log.errors == 0
+    logged = {r[0] for r in _rows(db, "SELECT request_id FROM predictions")}
+    answered = [a[2]["request_id"] for a in answers]
+    assert len(logged) == 200 - dropped and logged <= set(answered)
+    assert _rows(db, "SELECT count(*) FROM feedback")[0][0] == 1
