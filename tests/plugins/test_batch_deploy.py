@@ -359,8 +359,8 @@ def test_a_big_file_is_scored_in_bounded_memory(asd, tmp_path):
     """
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("needs Linux /proc/self/clear_refs to reset the peak RSS")
-    copies = [asd.assign(entity=asd["entity"] + f"-copy{k}") for k in range(6)]
-    big = pd.concat(copies, ignore_index=True)  # 311,040 real rows, 72 servers
+    copies = [asd.assign(entity=asd["entity"] + f"-copy{k}") for k in range(12)]
+    big = pd.concat(copies, ignore_index=True)  # 622,080 real rows, 144 servers: whole grows, chunks do not
     big.to_parquet(tmp_path / "big.parquet", row_group_size=20_000)
     del big, copies
 
@@ -371,7 +371,7 @@ def test_a_big_file_is_scored_in_bounded_memory(asd, tmp_path):
     chunked_kb, whole_kb = map(int, proc.stdout.split())
 
     out = pd.read_parquet(tmp_path / ".opsloop" / "predictions" / "m-v1.parquet")
-    assert len(out) == 311_040
+    assert len(out) == 622_080
     assert whole_kb > 30_000, f"loading the file whole should take tens of MB, took {whole_kb} kB"
     print(f"peak RSS growth: chunked {chunked_kb} kB, whole {whole_kb} kB")
     assert chunked_kb * 2.5 < whole_kb, f"chunked scoring grew peak RSS by {chunked_kb} kB, whole by {whole_kb} kB"
