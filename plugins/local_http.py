@@ -48,6 +48,7 @@ import attrs
 from opsloop import Deployment, hookimpl
 from opsloop.errors import OpsloopError
 from opsloop.serving.server import is_server, read_state, state_path
+from opsloop.serving.settings import default
 from opsloop.store import check_name
 
 if TYPE_CHECKING:
@@ -80,15 +81,15 @@ class Options:
             deployed version.
     """
 
-    alias: str = attrs.field(default="production", validator=_alias)
-    host: str = "127.0.0.1"
-    port: int = attrs.field(default=8080, validator=[attrs.validators.ge(0), attrs.validators.le(65535)])
-    max_body_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=attrs.validators.gt(0))
-    max_rows: int = attrs.field(default=100_000, validator=attrs.validators.gt(0))
-    poll_interval: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
-    log_predictions: bool = True
-    log_max_pending: int = attrs.field(default=50_000, validator=attrs.validators.gt(0))
-    threads: int = attrs.field(default=1, validator=attrs.validators.ge(0))
+    alias: str = attrs.field(default=default("alias"), validator=_alias)
+    host: str = default("host")
+    port: int = attrs.field(default=default("port"), validator=[attrs.validators.ge(0), attrs.validators.le(65535)])
+    max_body_bytes: int = attrs.field(default=default("max_body_bytes"), validator=attrs.validators.gt(0))
+    max_rows: int = attrs.field(default=default("max_rows"), validator=attrs.validators.gt(0))
+    poll_interval: float = attrs.field(default=default("poll_interval"), validator=attrs.validators.gt(0))
+    log_predictions: bool = default("log_predictions")
+    log_max_pending: int = attrs.field(default=default("log_max_pending"), validator=attrs.validators.gt(0))
+    threads: int = attrs.field(default=default("threads"), validator=attrs.validators.ge(0))
     start_timeout: float = attrs.field(default=120.0, validator=attrs.validators.gt(0))
     swap_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from opsloop.cli._options import ConfigOption, JsonOption, SetOption
+from opsloop.serving.settings import default
 
 if TYPE_CHECKING:
     from opsloop.serving.settings import Settings
@@ -24,24 +25,26 @@ LogPathOption = Annotated[Path | None, typer.Option("--log-path", dir_okay=False
 
 def serve(
     model: ModelOption = None,
-    alias: AliasOption = "production",
-    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", "-p", help="TCP port (0: any free port).", min=0, max=65535)] = 8080,
+    alias: AliasOption = default("alias"),
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = default("host"),
+    port: Annotated[int, typer.Option("--port", "-p", help="TCP port (0: any free port).", min=0,
+                                      max=65535)] = default("port"),
     max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", help="Largest request body (413 above).",
-                                                min=1)] = 8 * 1024 * 1024,
-    max_rows: Annotated[int, typer.Option("--max-rows", help="Most rows per request (413 above).", min=1)] = 100_000,
+                                                min=1)] = default("max_body_bytes"),
+    max_rows: Annotated[int, typer.Option("--max-rows", help="Most rows per request (413 above).",
+                                          min=1)] = default("max_rows"),
     poll_interval: Annotated[float, typer.Option("--poll-interval", help="Seconds between looks at the alias.",
-                                                 min=0.01)] = 0.5,
+                                                 min=0.01)] = default("poll_interval"),
     no_log: Annotated[bool, typer.Option("--no-log", help="Do not log predictions (no feedback then).")] = False,
     log_path: LogPathOption = None,
     log_max_pending: Annotated[int, typer.Option(
         "--log-max-pending", min=1,
         help="Most predicted rows waiting to be logged; beyond, predictions are answered but not logged "
-             "(counted on /metrics).")] = 50_000,
+             "(counted on /metrics).")] = default("log_max_pending"),
     no_fast_path: Annotated[bool, typer.Option("--no-fast-path", help="Always replay preprocessing through the "
                                                                       "plugins (LoadedModel.predict).")] = False,
     threads: Annotated[int, typer.Option("--threads", help="XGBoost threads per prediction (0: all cores).",
-                                         min=0)] = 1,
+                                         min=0)] = default("threads"),
     monitor_report: Annotated[Path | None, typer.Option(
         "--monitor-report", dir_okay=False,
         help="Monitor report whose figures /metrics exports (default: .opsloop/serving/monitor-report.json, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -83,3 +84,8 @@ class Settings:
         return attrs.evolve(self, workdir=workdir,
                             log_path=absolute(self.log_path, SERVING_DIR / LOG_FILE),
                             monitor_report=absolute(self.monitor_report, SERVING_DIR / MONITOR_FILE))
+
+
+def default(name: str) -> Any:
+    """A `Settings` field's default: the one source for `opsloop serve`'s options and `local-http`'s."""
+    return attrs.fields_dict(Settings)[name].default
