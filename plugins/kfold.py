@@ -18,10 +18,10 @@ Metrics per fold: accuracy, precision, recall, f1, roc_auc, pr_auc for
 classifiers and anomaly detectors (scored against the labels); mae, rmse, r2
 for regressors; plus `rows_train`, `rows_test` and, for 0/1 labels,
 `positives_train`, `positives_test`. A fold whose test block holds one class
-reports NaN for the AUCs (and for precision, recall and F1 where they divide
-by zero: no incident in the block, or none predicted); a fold whose training block holds one class and
-that the trainer refuses reports NaN metrics (with a note); the mean and
-standard deviation skip NaN.
+reports NaN for the AUCs, and precision, recall and F1 are NaN where they
+divide by zero (no incident in the block, or none predicted); a fold whose
+training block holds one class and that the trainer refuses reports NaN
+metrics (with a note); the mean and standard deviation skip NaN.
 
 Options (`[validate.kfold]`): folds, method, shuffle, n_jobs, gap; see `Options`.
 """

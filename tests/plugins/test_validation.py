@@ -149,6 +149,7 @@ def test_a_test_block_with_one_class_reports_nan_auc(pm, asd, run):
     report = validate(pm, "kfold", dataset, plain_fit(pm, run, **FAST), run, folds=2)
     empty = [f for f in report.folds if f["positives_test"] == 0]
     assert empty and all(math.isnan(f["roc_auc"]) and math.isnan(f["pr_auc"]) for f in empty)
+    assert all(math.isnan(f["recall"]) for f in empty)  # no incident to recall: undefined, not 0
     assert all(not math.isnan(f["accuracy"]) for f in report.folds)
     assert not math.isnan(report.mean["accuracy"])
 

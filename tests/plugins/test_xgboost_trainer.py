@@ -123,6 +123,18 @@ def test_no_early_stopping_fits_every_round_on_every_row(pm, dataset, run):
     assert "best_iteration" not in model.params and model.params["rows_fit"] == len(dataset)
 
 
+def test_a_hold_out_without_incidents_turns_early_stopping_off(pm, run, caplog):
+    asd = datasets.load("asd")
+    quiet = asd[asd["entity"] == "omi-2"].reset_index(drop=True)  # no anomaly in its last two thirds
+    dataset = Dataset.from_frame(quiet, target="label", time="timestamp", series="entity", name="omi-2")
+    with caplog.at_level("WARNING", logger="opsloop"):
+        model = train(pm, dataset, run, n_estimators=30, early_stopping_rounds=5)
+    assert model.estimator.get_booster().num_boosted_rounds() == 30
+    assert model.params["rows_early_stopping"] == 0 and model.params["rows_fit"] == len(dataset)
+    assert "best_iteration" not in model.params
+    assert "hold one class only" in caplog.text
+
+
 def test_without_time_the_early_stopping_split_is_stratified(pm, dataset, run):
     untimed = dataset.derive(dataset.frame.drop(columns=["timestamp"]), time=None)
     from opsloop.plugins.xgboost_trainer import holdout_mask
