@@ -4,6 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Always in a virtualenv, the way a newcomer runs it (issue 8: CI's system Python once hid three
+# failures that a fresh virtualenv shows). Inside an active one, use it; otherwise make (or reuse)
+# .venv here. CI's clean clone has none, so CI always tests a fresh one.
+if ! python3 -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)'; then
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  # shellcheck disable=SC1091
+  . .venv/bin/activate
+fi
+echo "tests/run.sh: testing in the virtualenv $(python -c 'import sys; print(sys.prefix)')" >&2
+
 python -m pip install --quiet --disable-pip-version-check -e ".[test]"
 
 # PostgreSQL for the shared-registry store tests: installed and started by

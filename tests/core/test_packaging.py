@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import sysconfig
 import venv
 from pathlib import Path
 
@@ -28,10 +29,18 @@ def test_wheel_installs_and_works_outside_the_repo(tmp_path):
     assert "opsloop/datasets/asd.parquet" in names
     assert "opsloop/default.toml" in names and "opsloop/starter.toml" in names
     assert not any(n.startswith(("core/", "plugins/", "tests/")) for n in names)
-    # a venv that sees the already-installed dependencies, with the wheel installed into it
+    # A venv with the wheel installed into it that sees the dependencies of the environment running
+    # this test. Not `system_site_packages=True`: that shows the base interpreter's packages, which a
+    # newcomer's virtualenv does not have (issue 8: "No module named 'typer'"). A .pth line adds our
+    # site-packages after the venv's own; .pth files inside it (our editable opsloop) are not read,
+    # and importlib.metadata takes the venv's opsloop, first on the path.
     env = tmp_path / "venv"
-    venv.create(env, system_site_packages=True, with_pip=False)
+    venv.create(env, system_site_packages=False, with_pip=False)
     py = env / "bin" / "python"
+    ours = {sysconfig.get_paths()[key] for key in ("purelib", "platlib")}
+    theirs = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    Path(theirs, "outer-environment.pth").write_text("\n".join(sorted(ours)) + "\n")
     install = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--quiet",
                               str(wheel)], capture_output=True, text=True, timeout=300)
     if install.returncode and "no such option: --python" in install.stderr:  # pip < 22.3
