@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import re
 import tomllib
 import typing
@@ -26,7 +27,7 @@ import cattrs
 from cattrs.strategies import configure_union_passthrough
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
-from opsloop.errors import ConfigError, closest
+from opsloop.errors import ConfigError, StoreError, closest
 
 CONFIG_FILE = "opsloop.toml"
 STAGES = ("preprocess", "train", "validate", "deploy", "monitor", "retrain")
@@ -37,12 +38,33 @@ STAGES = ("preprocess", "train", "validate", "deploy", "monitor", "retrain")
 # ---------------------------------------------------------------------------
 
 
+def _model_name(instance: Any, attribute: Any, value: str) -> None:
+    # The store's own check, so that `config check` and `register` cannot disagree (issue 8, item 9).
+    from opsloop.store import check_name
+
+    try:
+        check_name(value)
+    except StoreError as exc:  # the store's words, under the config's key
+        raise ValueError(str(exc), attribute) from None
+
+
+def _seed(instance: Any, attribute: Any, value: int) -> None:
+    if not 0 <= value < 2**32:  # numpy's and scikit-learn's range for a seed
+        raise ValueError(f"'{attribute.name}' must be an integer from 0 to 2**32 - 1, got {value!r}", attribute)
+
+
+def _fraction(instance: Any, attribute: Any, value: float) -> None:
+    if not (math.isfinite(value) and 0 <= value < 1):
+        raise ValueError(f"'{attribute.name}' must be a number from 0 (monitor nothing) to below 1, got {value!r}",
+                         attribute)
+
+
 @attrs.frozen(kw_only=True)
 class ProjectSection:
     """`[project]`: what versions are called and how random choices are seeded."""
 
-    name: str = "model"
-    seed: int = 42
+    name: str = attrs.field(default="model", validator=_model_name)
+    seed: int = attrs.field(default=42, validator=_seed)
 
 
 @attrs.frozen(kw_only=True)
@@ -56,7 +78,7 @@ class DataSection:
     features: list[str] | None = None
     train: str | None = None
     monitor: str | None = None
-    monitor_fraction: float = 0.3
+    monitor_fraction: float = attrs.field(default=0.3, validator=_fraction)
 
 
 @attrs.frozen(kw_only=True)

@@ -58,7 +58,8 @@ class Options:
             counted in one more alert.
     """
 
-    psi_threshold: float = attrs.field(default=0.25, validator=attrs.validators.gt(0))
+    psi_threshold: float = attrs.field(default=0.25, validator=[attrs.validators.gt(0),
+                                                                attrs.validators.lt(float("inf"))])
     ks_threshold: float = attrs.field(default=0.1, validator=[attrs.validators.gt(0), attrs.validators.le(1)])
     bins: int = attrs.field(default=10, validator=attrs.validators.ge(2))
     features: list[str] | None = None

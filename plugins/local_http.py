@@ -60,6 +60,10 @@ def _alias(_: Any, attribute: attrs.Attribute, value: Any) -> None:
     check_name(value, "alias")
 
 
+#: A positive, finite number of seconds (inf would wait, or never look, forever; NaN fails both).
+_seconds = [attrs.validators.gt(0), attrs.validators.lt(float("inf"))]
+
+
 @attrs.frozen(kw_only=True)
 class Options:
     """Options of the `local-http` deploy target (`[deploy.local-http]`).
@@ -86,12 +90,12 @@ class Options:
     port: int = attrs.field(default=default("port"), validator=[attrs.validators.ge(0), attrs.validators.le(65535)])
     max_body_bytes: int = attrs.field(default=default("max_body_bytes"), validator=attrs.validators.gt(0))
     max_rows: int = attrs.field(default=default("max_rows"), validator=attrs.validators.gt(0))
-    poll_interval: float = attrs.field(default=default("poll_interval"), validator=attrs.validators.gt(0))
+    poll_interval: float = attrs.field(default=default("poll_interval"), validator=_seconds)
     log_predictions: bool = default("log_predictions")
     log_max_pending: int = attrs.field(default=default("log_max_pending"), validator=attrs.validators.gt(0))
     threads: int = attrs.field(default=default("threads"), validator=attrs.validators.ge(0))
-    start_timeout: float = attrs.field(default=120.0, validator=attrs.validators.gt(0))
-    swap_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    start_timeout: float = attrs.field(default=120.0, validator=_seconds)
+    swap_timeout: float = attrs.field(default=30.0, validator=_seconds)
 
 
 @hookimpl

@@ -57,7 +57,7 @@ class Options:
             least this many positives (F1 is undefined without any).
     """
 
-    max_drop: float = attrs.field(default=0.1, validator=attrs.validators.ge(0))
+    max_drop: float = attrs.field(default=0.1, validator=[attrs.validators.ge(0), attrs.validators.lt(math.inf)])
     watch: list[str] = attrs.field(factory=lambda: ["f1", "precision", "recall", "roc_auc", "pr_auc"])
     per_series: bool = True
     max_series: int = attrs.field(default=50, validator=attrs.validators.ge(0))

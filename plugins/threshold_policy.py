@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from opsloop.types import ModelVersion, MonitorReport
 
 _optional_unit = attrs.validators.optional([attrs.validators.ge(0), attrs.validators.le(1)])
+# inf would silently switch a check off: None says so (issue 8, item 9).
+_optional_finite = attrs.validators.optional([attrs.validators.ge(0), attrs.validators.lt(math.inf)])
 
 
 @attrs.frozen(kw_only=True)
@@ -58,10 +60,9 @@ class Options:
     min_f1: float | None = attrs.field(default=0.5, validator=_optional_unit)
     min_recall: float | None = attrs.field(default=None, validator=_optional_unit)
     min_precision: float | None = attrs.field(default=None, validator=_optional_unit)
-    max_drop: float | None = attrs.field(default=0.1, validator=attrs.validators.optional(attrs.validators.ge(0)))
+    max_drop: float | None = attrs.field(default=0.1, validator=_optional_finite)
     drop_metrics: list[str] = attrs.field(factory=lambda: ["f1", "recall", "precision", "roc_auc"])
-    max_drift_psi: float | None = attrs.field(default=0.25,
-                                              validator=attrs.validators.optional(attrs.validators.ge(0)))
+    max_drift_psi: float | None = attrs.field(default=0.25, validator=_optional_finite)
     min_rows: int = attrs.field(default=100, validator=attrs.validators.ge(0))
     on_alerts: bool = False
 

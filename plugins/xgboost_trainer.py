@@ -86,7 +86,8 @@ class Options:
 
     task: str = attrs.field(default="classification", validator=attrs.validators.in_(["classification", "regression"]))
     n_estimators: int = attrs.field(default=300, validator=attrs.validators.ge(1))
-    learning_rate: float = attrs.field(default=0.1, validator=attrs.validators.gt(0))
+    learning_rate: float = attrs.field(default=0.1, validator=[attrs.validators.gt(0),
+                                                                attrs.validators.lt(float("inf"))])  # NaN too
     max_depth: int = attrs.field(default=6, validator=attrs.validators.ge(0))
     tree_method: str = "hist"
     early_stopping_rounds: int = attrs.field(default=20, validator=attrs.validators.ge(0))
