@@ -98,7 +98,20 @@ def show(ref: Annotated[str, typer.Argument(metavar="NAME[:VERSION|@ALIAS]",
 
 
 AliasOption = Annotated[str, typer.Option("--alias", "-a", help="The alias to move.")]
-ReasonOption = Annotated[str, typer.Option("--reason", "-r", help="Why, for the audit trail.")]
+#: Longest `--reason` kept in the audit trail (issue 8, item 10: a 100 KB reason took minutes to print).
+MAX_REASON = 1_000
+
+
+def _bounded_reason(value: str) -> str:
+    if len(value) > MAX_REASON:
+        from opsloop.errors import OpsloopError
+
+        raise OpsloopError(f"--reason is {len(value):,} characters long; at most {MAX_REASON:,} are kept")
+    return value
+
+
+ReasonOption = Annotated[str, typer.Option("--reason", "-r", callback=_bounded_reason,
+                                           help=f"Why, for the audit trail (at most {MAX_REASON:,} characters).")]
 
 
 def _session(config: Any, set_: Any) -> Any:
@@ -118,8 +131,9 @@ def _print_change(change: Any, verb: str) -> None:
     from opsloop.cli._render import console
 
     before = f"{change.from_version}" if change.from_version is not None else "(unset)"
+    # Printed as is: Rich's highlighter is quadratic on a long word, and a reason is not markup.
     console.print(f"{verb} {change.name}@{change.alias}: {before} → {change.to_version}"
-                  + (f" ({change.reason})" if change.reason else ""))
+                  + (f" ({change.reason})" if change.reason else ""), markup=False, highlight=False)
 
 
 @models_app.command("promote")
@@ -176,7 +190,14 @@ def history(name: Annotated[str, typer.Argument(help="Model name.")],
     console.print(table(f"{name}: alias history (oldest first)", ["when", "alias", "action", "from", "to", "who",
                                                                   "reason"],
                         ([c.at, c.alias, c.action, "-" if c.from_version is None else c.from_version, c.to_version,
-                          c.actor, c.reason] for c in changes)))
+                          c.actor, _reason_cell(c.reason)] for c in changes)))
+
+
+def _reason_cell(reason: str, width: int = 200) -> str:
+    """A reason for the history table: not markup, and cut (`--json` has it whole)."""
+    from rich.markup import escape
+
+    return escape(reason if len(reason) <= width else reason[:width - 1] + "…")
 
 
 @models_app.command("delete")
