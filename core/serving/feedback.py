@@ -11,6 +11,12 @@ An entry names what it labels in one of two ways:
 
 `label` is a number (or true/false): the class for classifiers and anomaly
 detectors, the value for regressors.
+
+Every value is checked here, before it is queued: whatever SQLite cannot
+store (an integer beyond 64 bits, a string with a lone UTF-16 surrogate,
+which JSON's `\\ud800` escapes allow) is refused with the entry and the key
+named, so that one bad entry is a 422 for its sender and never reaches the
+log writer (issue 8).
 """
 
 from __future__ import annotations
@@ -26,6 +32,22 @@ from opsloop.serving.predlog import Feedback
 from opsloop.serving.schema import RequestError, json_type
 
 KEYS = frozenset(("request_id", "row", "series", "time", "label", "model"))
+REQUEST_ID_MAX = 200  # as `opsloop.serving.protocol.REQUEST_ID_MAX`: no prediction has a longer id
+TEXT_MAX = 1000       # characters of a series, time or model name
+INT_MIN, INT_MAX = -2 ** 63, 2 ** 63 - 1  # SQLite's INTEGER
+
+
+def _text(value: str) -> bool:
+    """Whether SQLite can store a string: UTF-8 encodable (no lone surrogate) and not too long."""
+    if len(value) > TEXT_MAX:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def entry(obj: Any, *, model: str | None, source: str, where: str) -> Feedback:
@@ -38,13 +60,17 @@ def entry(obj: Any, *, model: str | None, source: str, where: str) -> Feedback:
     label = obj.get("label")
     if type(label) is bool:
         label = int(label)
+    if type(label) is int and not INT_MIN <= label <= INT_MAX:  # (before isfinite, which overflows on them)
+        raise ValueError(f"{where}: \"label\" {label!r:.40} is beyond a 64-bit integer (send it as a float)")
     if type(label) not in (int, float) or not math.isfinite(label):
         raise ValueError(f"{where}: \"label\" must be a finite number or true/false, got {label!r:.40}")
     request_id, row = obj.get("request_id"), obj.get("row")
-    if request_id is not None and (type(request_id) is not str or not 0 < len(request_id) <= 200):
-        raise ValueError(f"{where}: \"request_id\" must be a string of 1 to 200 characters")
-    if row is not None and (type(row) is not int or row < 0):
-        raise ValueError(f"{where}: \"row\" must be an integer >= 0, got {row!r:.40}")
+    if request_id is not None and (type(request_id) is not str or not 0 < len(request_id) <= REQUEST_ID_MAX
+                                   or not request_id.isprintable()):
+        raise ValueError(f"{where}: \"request_id\" must be a printable string of 1 to {REQUEST_ID_MAX} "
+                         f"characters, got {_show(request_id)}")
+    if row is not None and (type(row) is not int or not 0 <= row <= INT_MAX):
+        raise ValueError(f"{where}: \"row\" must be an integer from 0 to {INT_MAX}, got {row!r:.40}")
     series, time = obj.get("series"), obj.get("time")
     if request_id is None:
         if time is None:
@@ -52,16 +78,26 @@ def entry(obj: Any, *, model: str | None, source: str, where: str) -> Feedback:
         if row is not None:
             raise ValueError(f"{where}: \"row\" goes with \"request_id\"")
         for key, value in (("series", series), ("time", time)):
-            if value is not None and (type(value) not in (str, int, float) or type(value) is bool):
-                raise ValueError(f"{where}: \"{key}\" must be a string or a number")
+            if value is None or type(value) is int or type(value) is float and math.isfinite(value):
+                continue
+            if type(value) is not str or not _text(value):
+                raise ValueError(f"{where}: \"{key}\" must be a UTF-8 string of at most {TEXT_MAX} characters "
+                                 f"or a finite number, got {_show(value)}")
     elif series is not None or time is not None:
         raise ValueError(f"{where}: give either \"request_id\" or \"series\"/\"time\", not both")
     name = obj.get("model", model)
-    if name is not None and type(name) is not str:
-        raise ValueError(f"{where}: \"model\" must be a string")
+    if name is not None and (type(name) is not str or not _text(name)):
+        raise ValueError(f"{where}: \"model\" must be a UTF-8 string of at most {TEXT_MAX} characters, "
+                         f"got {_show(name)}")
     return Feedback(label=label, request_id=request_id, row=row, model=name if request_id is None else None,
                     series=None if series is None else str(series), time=None if time is None else str(time),
                     source=source)
+
+
+def _show(value: Any) -> str:
+    """A value for a message: a JSON type and a short repr (which escapes surrogates and control characters)."""
+    text = repr(value)
+    return f"a {json_type(value)} ({text if len(text) <= 40 else text[:37] + '...'})"
 
 
 def parse_feedback(obj: Any, *, model: str | None, source: str) -> list[Feedback]:
@@ -78,34 +114,50 @@ def parse_feedback(obj: Any, *, model: str | None, source: str) -> list[Feedback
 
 
 def read_file(path: Path, *, model: str | None) -> list[Feedback]:
-    """Entries from a CSV file (header: request_id[,row],label or [series,]time,label) or JSON lines."""
+    """Entries from a CSV file (header: request_id[,row],label or [series,]time,label) or JSON lines.
+
+    A bad line is a DataError naming the file and the line (and the key), never a traceback.
+    """
     if not path.is_file():
         raise DataError(f"feedback file not found: {path}")
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            return _read(fh, path, model=model)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: not CSV: {exc}") from None
+
+
+def _read(fh: Any, path: Path, *, model: str | None) -> list[Feedback]:
     out: list[Feedback] = []
     source = f"file:{path.name}"
-    with open(path, encoding="utf-8", newline="") as fh:
-        if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-            for n, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    out.append(entry(json.loads(line), model=model, source=source, where=f"{path}:{n}"))
-                except ValueError as exc:  # JSONDecodeError is one
-                    raise DataError(f"{path}:{n}: {exc}") from None
-            return out
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or "label" not in reader.fieldnames:
-            raise DataError(f"{path}: the first line must name the columns, with label and request_id or time "
-                            f"(found: {', '.join(reader.fieldnames or []) or 'nothing'})")
-        for n, record in enumerate(reader, start=2):
+    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+        for n, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
             try:
-                out.append(entry(_typed(record), model=model, source=source, where=f"{path}:{n}"))
+                obj = json.loads(line)
+            except ValueError as exc:  # JSONDecodeError, and integers too long to read
+                raise DataError(f"{path}:{n}: not JSON: {exc}") from None
+            try:
+                out.append(entry(obj, model=model, source=source, where=f"{path}:{n}"))
             except ValueError as exc:
                 raise DataError(str(exc)) from None
+        return out
+    reader = csv.DictReader(fh)
+    if not reader.fieldnames or "label" not in reader.fieldnames:
+        raise DataError(f"{path}: the first line must name the columns, with label and request_id or time "
+                        f"(found: {', '.join(reader.fieldnames or []) or 'nothing'})")
+    for n, record in enumerate(reader, start=2):
+        try:
+            out.append(entry(_typed(record, f"{path}:{n}"), model=model, source=source, where=f"{path}:{n}"))
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
     return out
 
 
-def _typed(record: dict[str, Any]) -> dict[str, Any]:
+def _typed(record: dict[str, Any], where: str) -> dict[str, Any]:
     """A CSV row with numbers where JSON would have them; empty cells left out."""
     out: dict[str, Any] = {}
     for key, value in record.items():
@@ -118,11 +170,12 @@ def _typed(record: dict[str, Any]) -> dict[str, Any]:
                 try:
                     out[key] = float(text) if any(ch in text for ch in ".en") else int(text)
                 except ValueError:
-                    raise ValueError(f"label {value!r} is not a number") from None
+                    raise ValueError(f"{where}: label {value!r:.40} is not a number") from None
         elif key == "row":
-            if not value.strip().isdigit():
-                raise ValueError(f"row {value!r} is not a whole number >= 0")
-            out[key] = int(value)
+            text = value.strip()
+            if not (text.isascii() and text.isdecimal()):
+                raise ValueError(f"{where}: row {value!r:.40} is not a whole number >= 0")
+            out[key] = int(text)
         else:
             out[key] = value
     return out

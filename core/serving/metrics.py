@@ -131,7 +131,10 @@ class Metrics:
             for name, kind, value, help_ in (
                     ("opsloop_prediction_log_rows_total", "counter", log.written, "Predictions written to the log."),
                     ("opsloop_prediction_log_feedback_total", "counter", log.feedback, "Labels written to the log."),
-                    ("opsloop_prediction_log_errors_total", "counter", log.errors, "Queued items that failed to write."),
+                    ("opsloop_prediction_log_errors_total", "counter", log.errors,
+                     "Prediction requests and labels that could not be written (each alone: the rest of its batch is)."),
+                    ("opsloop_prediction_log_reopened_total", "counter", log.reopened,
+                     "Times the log file was found deleted or replaced while serving, and a new one opened."),
                     ("opsloop_prediction_log_dropped_total", "counter", log.dropped,
                      "Predictions answered but not logged: the log writer was log_max_pending rows behind."),
                     ("opsloop_prediction_log_queue", "gauge", log.pending, "Items queued, not yet written.")):

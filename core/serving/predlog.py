@@ -7,6 +7,16 @@ into rows and inserts them in batches (one transaction per batch, WAL,
 loses nothing. The queue is bounded (`max_pending` rows): when the disk
 cannot keep up, further predictions are answered but not logged, counted in
 `dropped` and warned about at most once a minute; labels are never dropped.
+
+One bad value never costs anyone else's rows (issue 8): when a batch's
+transaction fails, its items are written again one by one, each in its own
+transaction, so only the item that cannot be stored is lost, counted in
+`errors` and reported at most once a minute. When the file is deleted or
+replaced while serving (`rm -rf .opsloop/serving`), the writer notices
+before and after every batch (the inode of the file and of its `-wal`
+against the ones it opened), opens a new database at the path, writes the
+batch there (again, if the file went away under it) and counts it in
+`reopened`: rows written to the old file are gone with it, no later row is.
 Layout (`.opsloop/serving/predictions.db` by default):
 
     predictions  id, request_id, row, at (ISO 8601 UTC), model, version,
@@ -34,7 +44,9 @@ import functools
 import json
 import logging
 import math
+import os
 import queue
+import re
 import sqlite3
 import threading
 import time
@@ -131,6 +143,11 @@ FEW = 16              # rows up to which a request goes into the batched SPLIT
 BATCH = 1000          # queue items written per transaction at most
 PAUSE = 0.05          # seconds the writer waits between batches, so that batches form under load
 DROP_WARNING_EVERY = 60.0  # seconds between two warnings about predictions not logged
+ERROR_LOG_EVERY = 60.0     # seconds between two log lines about items that could not be written
+REWRITES = 3               # times a batch is written again when the file goes away under it
+#: A JSON escape of a UTF-16 surrogate: SQLite would store a lone one as invalid UTF-8, which no reader can
+#: decode, so such bodies take the Python path (where a lone surrogate fails, alone).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _STOP = object()
 
 
@@ -143,6 +160,15 @@ def connect(path: Path) -> sqlite3.Connection:
     con.execute("PRAGMA busy_timeout = 30000")
     con.executescript(SCHEMA)
     return con
+
+
+def identity(path: Path) -> tuple[int, ...] | None:
+    """Which file is at `path`, and which `-wal` beside it (device and inode of each); None when one is missing."""
+    try:
+        db, wal = os.stat(path), os.stat(f"{path}-wal")
+    except OSError:
+        return None
+    return db.st_dev, db.st_ino, wal.st_dev, wal.st_ino
 
 
 def iso(epoch: float) -> str:
@@ -189,11 +215,18 @@ class PredictionLog:
         self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.written = 0
         self.feedback = 0
-        self.errors = 0
+        self.errors = 0    # prediction requests and labels that could not be written
+        self.reopened = 0  # times the file was found deleted or replaced, and opened anew
         self.queued = 0  # counted by the request side only, `done` by the writer only: no lost updates
         self.done = 0
         self._thread: threading.Thread | None = None
+        self._con: sqlite3.Connection | None = None  # the writer's, and its file's identity
+        self._opened: tuple[int, ...] | None = None
+        self._unreported = 0
+        self._latest_error = ""
+        self._error_logged = -math.inf
         self._reader: sqlite3.Connection | None = None
+        self._reader_opened: tuple[int, ...] | None = None
         self._reader_lock = threading.Lock()
 
     # -- the request side ----------------------------------------------------
@@ -237,7 +270,6 @@ class PredictionLog:
             self._thread.start()
 
     def _run(self) -> None:
-        con = connect(self.path)
         try:
             stopping = False
             while True:
@@ -254,24 +286,99 @@ class PredictionLog:
                     stopping = True
                     items = [item for item in items if item is not _STOP]
                 if items:
-                    self._write(con, items)
+                    self._write(items)
                 if not stopping:
                     time.sleep(PAUSE)
         finally:
-            con.close()
+            if self._con is not None:
+                self._con.close()
+                self._con = None
+            if self._unreported:
+                self._report_errors()
 
-    def _write(self, con: sqlite3.Connection, items: list[Any]) -> None:
-        """One transaction for a batch of queued items; a failure costs that batch, never the writer."""
+    def _connection(self) -> sqlite3.Connection:
+        """The writer's connection to the file now at `path`: opened anew (and counted) when it was replaced."""
+        if self._con is not None:
+            if self._same_file():
+                return self._con
+            self._con.close()  # first: closing checkpoints into the old file, never into the new one
+            self._con = None
+            self.reopened += 1
+            log.warning("opsloop serve: the prediction log %s was deleted or replaced while serving; writing to a "
+                        "new one there (rows written to the old file are gone with it; "
+                        "opsloop_prediction_log_reopened_total)", self.path)
+        con = connect(self.path)
+        self._con, self._opened = con, identity(self.path)
+        return con
+
+    def _same_file(self) -> bool:
+        """Whether the writer's connection still writes the file at `path` (two stat calls)."""
+        return self._opened is not None and identity(self.path) == self._opened
+
+    def _write(self, items: list[Any]) -> None:
+        """A batch into the file at `path`: one transaction, or one per item when that fails (issue 8)."""
+        units = len(items)
         try:
-            written, labels = self._insert(con, items)
-        except Exception as exc:  # noqa: BLE001 - the writer must survive anything one batch does
-            self.errors += len(items)
-            log.error("opsloop serve: could not write %d prediction log item(s) to %s: %r", len(items), self.path, exc)
+            for _ in range(REWRITES):
+                written, labels, failed = self._insert_each(self._connection(), items)
+                if self._same_file():
+                    break
+                # deleted while the batch went in: its rows went with the file, so write them again
+            else:
+                raise sqlite3.OperationalError(f"the file was deleted or replaced {REWRITES} times while writing")
+        except Exception as exc:  # noqa: BLE001 - the writer must survive anything (the file cannot be opened...)
+            units = sum(len(item) if isinstance(item, list) else 1 for item in items)
+            self._failed(units, f"a batch of {len(items)} item(s): {exc!r}")
         else:
             self.written += written
             self.feedback += labels
+            if failed:
+                self._failed(len(failed), failed[-1])
         self.rows_done += sum(_count(item) for item in items if not isinstance(item, list))
         self.done += len(items)
+
+    def _insert_each(self, con: sqlite3.Connection, items: list[Any]) -> tuple[int, int, list[str]]:
+        """Rows and labels written, and what could not be: the batch at once, else each alone.
+
+        An `OperationalError` (locked, disk full, I/O) is the file's failure,
+        not an item's: it costs the batch, as retrying each item would only
+        fail as many times.
+        """
+        try:
+            return (*self._insert(con, items), [])
+        except sqlite3.OperationalError:
+            raise
+        except Exception:  # noqa: BLE001 - a bad value: find it
+            pass
+        written = labels = 0
+        failed: list[str] = []
+        for item in items:
+            for unit in ([[f] for f in item] if isinstance(item, list) else [item]):  # labels one by one too
+                try:
+                    rows, labelled = self._insert(con, [unit])
+                except sqlite3.OperationalError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - lose this item only
+                    failed.append(f"{_describe(unit)}: {exc!r}"[:300])
+                else:
+                    written += rows
+                    labels += labelled
+        return written, labels, failed
+
+    def _failed(self, count: int, latest: str) -> None:
+        """Count items that could not be written; log at most once a minute (a flood must not flood the log)."""
+        self.errors += count
+        self._unreported += count
+        self._latest_error = latest
+        if time.monotonic() - self._error_logged >= ERROR_LOG_EVERY:
+            self._report_errors()
+
+    def _report_errors(self) -> None:
+        self._error_logged = time.monotonic()
+        log.error("opsloop serve: %d prediction log item(s) could not be written to %s (%d in all, "
+                  "opsloop_prediction_log_errors_total; at most one such line a minute); the latest: %s",
+                  self._unreported, self.path, self.errors, self._latest_error)
+        self._unreported = 0
 
     @staticmethod
     def _insert(con: sqlite3.Connection, items: list[Any]) -> tuple[int, int]:
@@ -320,8 +427,12 @@ class PredictionLog:
     def quality(self, model: str, window: int) -> dict[int, dict[str, float]]:
         """Live figures per version from the latest `window` labels: counts, accuracy, precision, recall..."""
         with self._reader_lock:
+            if self._reader is not None and identity(self.path) != self._reader_opened:
+                self._reader.close()  # the file was deleted or replaced: read the one there now
+                self._reader = None
             if self._reader is None:
                 self._reader = connect(self.path)
+                self._reader_opened = identity(self.path)
             rows = self._reader.execute(QUALITY, {"model": model, "window": window}).fetchall()
         return {int(r[0]): figures(*r[1:]) for r in rows}
 
@@ -372,6 +483,15 @@ def _numbers(values: Any) -> str:
     return "[" + ",".join(map(repr, values)) + "]"
 
 
+def _describe(item: Any) -> str:
+    """What a queued item is, for a log line."""
+    if isinstance(item, list):
+        f = item[0]
+        return f"label for request {f.request_id!r} row {f.row!r}" if f.request_id is not None else \
+            f"label for series {f.series!r} at {f.time!r}"
+    return f"predictions of request {item[0]!r}"
+
+
 def _count(item: tuple[Any, ...]) -> int:
     """Rows of a queued request: its records, or its batch's rows."""
     records = item[5]
@@ -389,6 +509,8 @@ def _splittable(item: tuple[Any, ...]) -> tuple[str, str, str] | None:
     except UnicodeDecodeError:  # json.loads also reads UTF-16 and UTF-32
         return None
     if text.count('"instances"') != 1:  # a repeated key: Python kept the last, SQLite would read the first
+        return None
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
         return None
     return text, series_path, time_path
 

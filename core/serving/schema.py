@@ -8,7 +8,9 @@ A bundle's manifest lists every raw column a scorer must send
 - `int` (int8...uint64): a JSON integer within the dtype's range (and within
   +-2**53, so that it survives float arithmetic); no nulls;
 - `bool`: true or false;
-- `text` (object, string, category): a string, or null;
+- `text` (object, string, category): a string, or null; not one with a lone
+  UTF-16 surrogate (JSON's `"\\ud800"`), which no UTF-8 reader of the
+  prediction log could read back;
 - `datetime`: an ISO 8601 string, e.g. "2024-01-08T12:00:00".
 
 Checked requests become a `Batch`: the numeric columns as one float64 matrix
@@ -70,6 +72,15 @@ def json_type(value: Any) -> str:
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _utf8(value: str) -> bool:
+    """Whether a string can be encoded as UTF-8 (not when it holds a lone surrogate)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def kind_of(dtype: str) -> str:
@@ -136,8 +147,11 @@ class Column:
             if t is bool:
                 return value
         elif kind == "text":
-            if value is None or t is str:
+            if value is None or t is str and (value.isascii() or _utf8(value)):
                 return value
+            if t is str:
+                raise RequestError(422, f"{where}: feature {self.name!r} is {_show(value)}, which is not UTF-8 text "
+                                        "(a lone surrogate such as \\ud800)")
         elif t is str:  # datetime
             try:
                 datetime.fromisoformat(value)
