@@ -132,7 +132,7 @@ class Metrics:
                     ("opsloop_prediction_log_rows_total", "counter", log.written, "Predictions written to the log."),
                     ("opsloop_prediction_log_feedback_total", "counter", log.feedback, "Labels written to the log."),
                     ("opsloop_prediction_log_errors_total", "counter", log.errors,
-                     "Prediction requests and labels that could not be written (each alone: the rest of its batch is)."),
+                     "Prediction requests and labels that could not be written (the rest of their batch was)."),
                     ("opsloop_prediction_log_reopened_total", "counter", log.reopened,
                      "Times the log file was found deleted or replaced while serving, and a new one opened."),
                     ("opsloop_prediction_log_dropped_total", "counter", log.dropped,

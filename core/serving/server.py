@@ -113,24 +113,51 @@ def run(app: ServingApp, *, host: str | None = None, port: int | None = None, st
     bound_host, bound_port = sock.getsockname()[:2]
     url = f"http://{_url_host(bound_host)}:{bound_port}"
     path = state_path(settings.workdir, app.model, settings.alias) if state else None  # type: ignore[arg-type]
+    kept, keeper = threading.Event(), None
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         record = {"pid": os.getpid(), "host": bound_host, "port": bound_port, "url": url, "model": app.model,
                   "alias": settings.alias, "started_at": time.time(), "log": str(settings.log_path)}
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        _write_state(path, record)
+        keeper = threading.Thread(target=_keep_state, args=(path, record, kept, settings.poll_interval),
+                                  name="opsloop-state", daemon=True)
+        keeper.start()
     if on_ready is not None:
         on_ready(url)
     try:
         with _quiet_signals():
             uvicorn.Server(config(app, sock)).run(sockets=[sock])
     finally:
+        kept.set()
+        if keeper is not None:
+            keeper.join()  # before the state file is removed: never written again after that
         app.close()  # the lifespan normally did; a failed start must still drain
         sock.close()
         if path is not None and (read_state(path) or {}).get("pid") == os.getpid():
             with contextlib.suppress(OSError):
                 path.unlink()
+
+
+def _write_state(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _keep_state(path: Path, record: dict[str, Any], stop: threading.Event, interval: float) -> None:
+    """Write the state file again when it is deleted (`rm -rf .opsloop/serving`): `--stop` must find us (issue 8)."""
+    import logging
+
+    while not stop.wait(interval):
+        if not path.exists():
+            try:
+                _write_state(path, record)
+            except OSError as exc:
+                logging.getLogger("opsloop.serving").error("opsloop serve: cannot write the state file %s "
+                                                           "again: %s", path, exc)
+            else:
+                logging.getLogger("opsloop.serving").warning("opsloop serve: the state file %s was deleted; "
+                                                             "written again", path)
 
 
 @contextlib.contextmanager

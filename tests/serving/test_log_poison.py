@@ -159,7 +159,8 @@ def test_the_writer_loses_only_the_poisoned_items_of_a_batch(project: Any, tmp_p
         log.predictions(f"python-{i}", now, MODEL, 1, None, [record], [1], None, keys)
         log.add([Feedback(label=i % 2, request_id=f"split-{i}", row=0)])
     log.predictions("bad-python", now, MODEL, 1, None, [bad], [0], [0.5], keys)
-    log.predictions("bad-split", now, MODEL, 1, None, [bad], [0], [0.5], keys, json.dumps({"instances": [bad]}).encode())
+    log.predictions("bad-split", now, MODEL, 1, None, [bad], [0], [0.5], keys,
+                    json.dumps({"instances": [bad]}).encode())
     log.add([Feedback(label=1, request_id="x", row=2 ** 64), Feedback(label=1, request_id="python-0", row=0)])
     log.add([Feedback(label=2 ** 64, request_id="python-1")])
     log.add([Feedback(label=1, series="omi-\udfff", time="2024-01-08T12:00:00", model=MODEL)])
