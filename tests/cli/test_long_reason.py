@@ -12,11 +12,20 @@ import json
 import pytest
 
 from opsloop import config as config_mod
+from opsloop import hookimpl
 from opsloop.bundle import FORMAT, MANIFEST, sha256_file
 from opsloop.cli.models import MAX_REASON
 from opsloop.session import Session
 
 NAME = "m"
+
+
+class TextFlavor:
+    """Loads the estimator of these small bundles (a text file), so that they may be promoted."""
+
+    @hookimpl
+    def load_model(self, flavor, path, manifest):
+        return (path / "model.txt").read_text(encoding="utf-8") if flavor == "text" else None
 
 
 def register_versions(workdir, count):
@@ -25,8 +34,8 @@ def register_versions(workdir, count):
         for number in range(1, count + 1):
             staged = store.staging_dir()
             (staged / "model.txt").write_text(f"estimator {number}\n", encoding="utf-8")
-            manifest = {"format": FORMAT, "flavor": "test", "task": "classification", "metrics": {"f1": 0.5},
-                        "params": {"n": number}, "lineage": {},
+            manifest = {"format": FORMAT, "flavor": "text", "flavor_plugin": "text-flavor", "task": "classification",
+                        "metrics": {"f1": 0.5}, "params": {"n": number}, "lineage": {},
                         "files": {"model.txt": sha256_file(staged / "model.txt")}}
             (staged / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
             store.register(NAME, staged, manifest)
@@ -34,7 +43,7 @@ def register_versions(workdir, count):
 
 @pytest.fixture
 def project(opsloop_project):
-    project = opsloop_project(config={"project": {"name": NAME}})
+    project = opsloop_project(config={"project": {"name": NAME}}, plugins={"text-flavor": TextFlavor()})
     register_versions(project.path, 2)
     project.run("models", "promote", NAME, "1", "--reason", "first").assert_ok()
     return project
