@@ -131,7 +131,7 @@ def read_file(path: Path, *, model: str | None) -> list[Feedback]:
 
 def _read(fh: Any, path: Path, *, model: str | None) -> list[Feedback]:
     out: list[Feedback] = []
-    source = f"file:{path.name}"
+    source = "file:" + path.name.encode(errors="replace").decode()  # a name from argv may hold surrogates
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
         for n, line in enumerate(fh, start=1):
             if not line.strip():

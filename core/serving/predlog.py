@@ -320,7 +320,13 @@ class PredictionLog:
         units = len(items)
         try:
             for _ in range(REWRITES):
-                written, labels, failed = self._insert_each(self._connection(), items)
+                con = self._connection()
+                try:
+                    written, labels, failed = self._insert_each(con, items)
+                except sqlite3.OperationalError:
+                    if self._same_file():
+                        raise  # the database failed (locked, full, I/O), not the path
+                    continue
                 if self._same_file():
                     break
                 # deleted while the batch went in: its rows went with the file, so write them again
