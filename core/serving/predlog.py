@@ -317,7 +317,6 @@ class PredictionLog:
 
     def _write(self, items: list[Any]) -> None:
         """A batch into the file at `path`: one transaction, or one per item when that fails (issue 8)."""
-        units = len(items)
         try:
             for _ in range(REWRITES):
                 con = self._connection()
