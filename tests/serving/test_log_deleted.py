@@ -143,3 +143,26 @@ def test_a_file_deleted_under_a_batch_gets_the_batch_again(project: Any, tmp_pat
     logged = sorted(r[0] for r in _rows(db, "SELECT request_id FROM predictions"))
     assert logged == sorted([f"second-{i}" for i in range(50)] + [f"third-{i}" for i in range(5)])
     assert sorted(_rows(db, "SELECT request_id FROM feedback")) == [("second-0",), ("third-0",)]
+
+
+def test_a_deleted_wal_file_is_noticed_too(project: Any, tmp_path: Path) -> None:
+    """Only `predictions.db-wal` deleted: later rows would go to the unlinked -wal, which no reader sees."""
+    db = tmp_path / "log.db"
+    log = PredictionLog(db)
+    log.start()
+    try:
+        log.add([Feedback(label=1, request_id="first")])
+        _wait("the first label is written", lambda: not log.pending)
+        Path(f"{db}-wal").unlink()
+        log.add([Feedback(label=0, request_id=f"second-{i}") for i in range(20)])
+        _wait("the later labels are written", lambda: not log.pending)
+        reader = sqlite3.connect(db)  # another process's view, while the server runs
+        try:
+            seen = {r[0] for r in reader.execute("SELECT request_id FROM feedback")}
+        finally:
+            reader.close()
+        assert {f"second-{i}" for i in range(20)} <= seen
+    finally:
+        log.close()
+    assert log.reopened == 1 and log.errors == 0
+    assert {f"second-{i}" for i in range(20)} <= {r[0] for r in _rows(db, "SELECT request_id FROM feedback")}
