@@ -45,11 +45,20 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def config(app: ServingApp, sock: socket.socket) -> uvicorn.Config:
-    """uvicorn's settings for speed: httptools, no access log, no proxy-header middleware."""
-    import uvicorn
+    """uvicorn's settings for speed: httptools, no access log, no proxy-header middleware.
 
+    The protocol is httptools' with a read deadline and a connection limit
+    (`opsloop.serving.connections`); keep-alive connections idle for
+    `idle_timeout` seconds are closed.
+    """
+    import uvicorn
+    from opsloop.serving.connections import protocol_class
+
+    settings = app.settings
     host, port = sock.getsockname()[:2]
-    return uvicorn.Config(app, host=host, port=port, http="httptools", lifespan="on", interface="asgi3",
+    return uvicorn.Config(app, host=host, port=port, lifespan="on", interface="asgi3",
+                          http=protocol_class(settings.read_timeout, settings.max_connections),
+                          timeout_keep_alive=settings.idle_timeout,  # type: ignore[arg-type]  # a float works
                           access_log=False, log_level="warning", proxy_headers=False, server_header=False,
                           timeout_graceful_shutdown=30)
 
@@ -106,7 +115,7 @@ def run(app: ServingApp, *, host: str | None = None, port: int | None = None, st
         state: Keep the state file for `local-http` and `--stop`.
         on_ready: Called with the URL once the socket listens (before serving).
     """
-    import uvicorn
+    from opsloop.serving.connections import Server
 
     settings = app.settings
     sock = bind(host or settings.host, settings.port if port is None else port)
@@ -125,7 +134,7 @@ def run(app: ServingApp, *, host: str | None = None, port: int | None = None, st
         on_ready(url)
     try:
         with _quiet_signals():
-            uvicorn.Server(config(app, sock)).run(sockets=[sock])
+            Server(config(app, sock)).run(sockets=[sock])
     finally:
         kept.set()
         if keeper is not None:
@@ -190,13 +199,13 @@ class ServerThread:
     """The server on a background thread of this process: `with ServerThread(app) as server: server.url`."""
 
     def __init__(self, app: ServingApp, host: str = "127.0.0.1", port: int = 0) -> None:
-        import uvicorn
+        from opsloop.serving.connections import Server
 
         self.app = app
         self.sock = bind(host, port)
         self.host, self.port = self.sock.getsockname()[:2]
         self.url = f"http://{_url_host(self.host)}:{self.port}"
-        self.server = uvicorn.Server(config(app, self.sock))
+        self.server = Server(config(app, self.sock))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
                                        name="opsloop-serve", daemon=True)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,27 @@ import attrs
 SERVING_DIR = Path(".opsloop") / "serving"
 LOG_FILE = "predictions.db"
 MONITOR_FILE = "monitor-report.json"
+#: The environment variable `opsloop serve` reads its bearer token from (`--token-env` names another).
+TOKEN_ENV = "OPSLOOP_SERVE_TOKEN"
+#: Shortest token accepted: a guessable token is no protection.
+MIN_TOKEN_LENGTH = 16
 
 
 def _positive(_: object, attribute: attrs.Attribute, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise ValueError(f"{attribute.name} must be a positive number, got {value!r}")
+
+
+def _seconds(_: object, attribute: attrs.Attribute, value: float) -> None:
+    _positive(_, attribute, value)
+    if not math.isfinite(value):
+        raise ValueError(f"{attribute.name} must be a finite number of seconds, got {value!r}")
+
+
+def _token(_: object, attribute: attrs.Attribute, value: str | None) -> None:
+    if value is not None and (not isinstance(value, str) or len(value) < MIN_TOKEN_LENGTH or value != value.strip()):
+        raise ValueError(f"the token must be a string of at least {MIN_TOKEN_LENGTH} characters without surrounding "
+                         "blanks (make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))')")
 
 
 @attrs.frozen(kw_only=True)
@@ -55,6 +72,24 @@ class Settings:
             which every `opsloop run` that monitors rewrites.
         live_window: How many of the latest labelled predictions the live
             precision/recall on `/metrics` are computed from.
+        read_timeout: Seconds a client has, from connecting or from the first
+            byte of a request, to send the whole request (headers and body);
+            then it gets a 408 and the connection is closed. Slow or stalled
+            clients cannot hold connections open (issue 8, item 6).
+        idle_timeout: Seconds an idle keep-alive connection stays open
+            between two requests.
+        max_connections: Most open connections. A new connection beyond it
+            takes the place of the one that has waited longest (over a
+            second) for its request to arrive, or else is answered 503 and
+            closed. Lowered at start when the process may not open that many
+            files (`ulimit -n`), so the server never runs out of descriptors.
+        max_feedback: Most feedback entries in one request; more is a 413.
+        token: Bearer token that requests must carry (`Authorization: Bearer
+            TOKEN`) on the endpoints `token_for` names; None: no
+            authentication. Left out of `repr`.
+        token_for: `"write"`: the token guards `POST /v1/feedback` (what
+            changes the server's state beyond logging predictions); `"all"`:
+            every endpoint except the health checks.
     """
 
     model: str | None = None
@@ -74,6 +109,12 @@ class Settings:
     threads: int = attrs.field(default=1, validator=attrs.validators.ge(0))
     monitor_report: Path | None = None
     live_window: int = attrs.field(default=10_000, validator=_positive)
+    read_timeout: float = attrs.field(default=30.0, validator=_seconds)
+    idle_timeout: float = attrs.field(default=5.0, validator=_seconds)
+    max_connections: int = attrs.field(default=1000, validator=_positive)
+    max_feedback: int = attrs.field(default=10_000, validator=_positive)
+    token: str | None = attrs.field(default=None, repr=False, validator=_token)
+    token_for: str = attrs.field(default="write", validator=attrs.validators.in_(("write", "all")))
 
     def resolve(self, workdir: Path) -> Settings:
         """The same settings with every path made absolute against `workdir`."""
