@@ -149,7 +149,7 @@ def feedback(
     elif request_id is None or label is None:
         raise OpsloopError("give REQUEST_ID and LABEL (or --file FILE); see `opsloop feedback --help`")
     else:
-        value = int(label) if float(label).is_integer() else label
+        value = int(label) if float(label).is_integer() and abs(label) < 2 ** 63 else label  # a float beyond int64
         try:
             entries = [entry({"request_id": request_id, "label": value, **({"row": row} if row is not None else {})},
                              model=name, source="cli", where="feedback")]
