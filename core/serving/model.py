@@ -12,13 +12,19 @@ bundle is verified, loaded and compiled on the watcher's thread, off the
 request path, and only then does one attribute assignment make it current:
 requests in flight finish on the old version, the next ones get the new one,
 none fails. A version that cannot be loaded leaves the old one serving (and
-counts on `/metrics`); it is retried only when the alias moves again.
+counts on `/metrics`); it is tried again whenever the alias moves again, even
+back to the same number after the bundle was repaired (issue 8, item 7).
+
+A store that cannot be read (PostgreSQL down, say) fails every poll; the
+watcher says so in one line, then once a minute with the count, and once
+more when the store answers again (issue 8, item 11).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -38,6 +44,8 @@ if TYPE_CHECKING:
     from opsloop.types import ModelVersion
 
 log = logging.getLogger("opsloop.serving")
+#: Seconds between two log lines about a store that keeps failing.
+REPORT_EVERY = 60.0
 
 
 @attrs.frozen(kw_only=True)
@@ -117,7 +125,11 @@ class ModelWatcher:
             raise StoreError(f"model {name} has no alias {self.alias!r}: point it at a version first "
                              f"(opsloop models promote, or a run with a deploy target)")
         self.current: Served = load_served(store, plugins, name, number, settings)
-        self.failed: int | None = None
+        #: The version refused last and the alias's latest change when it was tried; None: nothing refused.
+        self.failed: tuple[int, Any] | None = None
+        self.report_every = REPORT_EVERY
+        # While polls fail: [failed polls, of them since the last report, first failure, last report] (monotonic).
+        self._failing: list[Any] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         metrics.model_loaded(self.current)
@@ -131,21 +143,55 @@ class ModelWatcher:
         while not self._stop.wait(self.settings.poll_interval):
             try:
                 self.check()
-            except Exception:  # the watcher must outlive a bad poll: the store may come back
-                log.exception("opsloop serve: checking %s@%s failed", self.name, self.alias)
+            except Exception as exc:  # the watcher must outlive a bad poll: the store may come back
                 self.metrics.poll_errors += 1
+                self._poll_failed(exc)
+            else:
+                if self._failing is not None:
+                    self._recovered()
+
+    def _poll_failed(self, exc: Exception) -> None:
+        """One line for the first failure (a traceback with OPSLOOP_DEBUG=1), then one a minute with the count."""
+        now = time.monotonic()
+        if self._failing is None:
+            self._failing = [1, 0, now, now]
+            log.error("opsloop serve: cannot check %s@%s in the store, still serving %s: %s (retrying every %g s; "
+                      "reported once a minute while it lasts)", self.name, self.alias, self.current.version.ref,
+                      _one_line(exc), self.settings.poll_interval, exc_info=bool(os.environ.get("OPSLOOP_DEBUG")))
+            return
+        failing = self._failing
+        failing[0] += 1
+        failing[1] += 1
+        if now - failing[3] >= self.report_every:
+            log.error("opsloop serve: still cannot check %s@%s in the store: %d failed poll(s) since the last "
+                      "report, failing for %.0f s, still serving %s: %s", self.name, self.alias, failing[1],
+                      now - failing[2], self.current.version.ref, _one_line(exc))
+            failing[1], failing[3] = 0, now
+
+    def _recovered(self) -> None:
+        total, _, first, _ = self._failing  # type: ignore[misc]
+        self._failing = None
+        log.warning("opsloop serve: the store answers again: %s@%s checked after %d failed poll(s) over %.0f s",
+                    self.name, self.alias, total, time.monotonic() - first)
 
     def check(self) -> bool:
         """Look at the alias once; swap when it moved. True when a new version now serves."""
         number = self.store.alias(self.name, self.alias)
-        if number is None or number == self.current.version.version or number == self.failed:
+        if number is None:
+            return False
+        if number == self.current.version.version:
+            self.failed = None  # the alias came back: a later move to the refused version is a new attempt
+            return False
+        # A refused version is tried again only after the alias moved (there and back between two polls too).
+        latest = self._latest_change()
+        if self.failed == (number, latest):
             return False
         try:
             served = load_served(self.store, self.plugins, self.name, number, self.settings)
         except Exception as exc:  # noqa: BLE001 - keep serving the old version
             log.error("opsloop serve: cannot load %s:%s, still serving %s: %s", self.name, number,
                       self.current.version.ref, exc)
-            self.failed = number
+            self.failed = (number, latest)
             self.metrics.load_errors += 1
             return False
         previous, self.current = self.current, served  # one assignment: atomic for the request path
@@ -154,6 +200,11 @@ class ModelWatcher:
         log.warning("opsloop serve: %s@%s moved: now serving %s (was %s)", self.name, self.alias,
                     served.version.ref, previous.version.ref)
         return True
+
+    def _latest_change(self) -> Any:
+        """The alias's latest move in the audit trail (read before a load, so a move during it is seen)."""
+        changes = self.store.history(self.name, self.alias)
+        return changes[-1] if changes else None
 
     def describe(self) -> dict[str, Any]:
         current = self.current
@@ -165,3 +216,8 @@ class ModelWatcher:
         if self._thread is not None:
             self._thread.join(timeout=30)
         self.store.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
