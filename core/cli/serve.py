@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import os
 import signal
 import sys
@@ -11,10 +12,19 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from opsloop.cli._options import ConfigOption, JsonOption, SetOption
-from opsloop.serving.settings import default
+from opsloop.serving.settings import TOKEN_ENV, default
 
 if TYPE_CHECKING:
     from opsloop.serving.settings import Settings
+
+
+
+class TokenFor(str, enum.Enum):
+    """What the bearer token guards (`Settings.token_for`)."""
+
+    write = "write"
+    all = "all"
+
 
 ModelOption = Annotated[str | None, typer.Option("--model", "-m", help="Model name (default: [project] name).")]
 AliasOption = Annotated[str, typer.Option("--alias", "-a", help="Serve the version this alias points at, "
@@ -49,6 +59,28 @@ def serve(
         "--monitor-report", dir_okay=False,
         help="Monitor report whose figures /metrics exports (default: .opsloop/serving/monitor-report.json, "
              "which `opsloop run` writes; or `opsloop run --json` output).")] = None,
+    read_timeout: Annotated[float, typer.Option(
+        "--read-timeout", min=0.01, max=86400,
+        help="Seconds a client has to send a whole request (from connecting or its first byte); then 408 "
+             "and close.")] = default("read_timeout"),
+    idle_timeout: Annotated[float, typer.Option(
+        "--idle-timeout", min=0.01, max=86400,
+        help="Seconds an idle keep-alive connection stays open.")] = default("idle_timeout"),
+    max_connections: Annotated[int, typer.Option(
+        "--max-connections", min=1,
+        help="Most open connections; beyond, a newcomer takes the slot of the one waiting longest for its "
+             "request, or gets a 503. Lowered to fit ulimit -n.")] = default("max_connections"),
+    max_feedback: Annotated[int, typer.Option("--max-feedback", min=1,
+                                              help="Most feedback entries per request (413 above).")]
+        = default("max_feedback"),
+    token_env: Annotated[str, typer.Option(
+        "--token-env", metavar="NAME",
+        help=f"Environment variable holding the bearer token (default {TOKEN_ENV}); when it is set, "
+             "POST /v1/feedback needs Authorization: Bearer TOKEN. Not on the command line, where ps shows it.")]
+        = TOKEN_ENV,
+    token_for: Annotated[TokenFor, typer.Option(
+        "--token-for", help="What the token guards: write (POST /v1/feedback) or all (every endpoint but the "
+                            "health checks).")] = TokenFor(default("token_for")),
     stop: Annotated[bool, typer.Option("--stop", help="Stop the server running for this model and alias "
                                                       "(started by `opsloop serve` or the local-http target).")] = False,
     config: ConfigOption = None,
@@ -57,17 +89,22 @@ def serve(
     """Serve the version an alias points at over HTTP: Open Inference Protocol, JSON records, /metrics.
 
     Hot-swaps when the alias moves (promote, rollback, deploy); Ctrl-C or SIGTERM
-    stops it cleanly, after every logged prediction is written.
+    stops it cleanly, after every logged prediction is written. With a token in
+    $OPSLOOP_SERVE_TOKEN, feedback (or, with --token-for all, every request but
+    health checks) needs `Authorization: Bearer TOKEN`; docs/serving.md#security.
     """
     from opsloop.serving.settings import Settings
 
-    settings = Settings(model=model, alias=alias, config=config, overrides=tuple(set_ or ()), host=host, port=port,
-                        max_body_bytes=max_body_bytes, max_rows=max_rows, poll_interval=poll_interval,
-                        log_predictions=not no_log, log_path=log_path, log_max_pending=log_max_pending,
-                        fast_path=not no_fast_path, threads=threads, monitor_report=monitor_report)
+    fields = dict(model=model, alias=alias, config=config, overrides=tuple(set_ or ()), host=host, port=port,
+                  max_body_bytes=max_body_bytes, max_rows=max_rows, poll_interval=poll_interval,
+                  log_predictions=not no_log, log_path=log_path, log_max_pending=log_max_pending,
+                  fast_path=not no_fast_path, threads=threads, monitor_report=monitor_report,
+                  read_timeout=read_timeout, idle_timeout=idle_timeout, max_connections=max_connections,
+                  max_feedback=max_feedback, token_for=TokenFor(token_for).value)
     if stop:
-        _stop(settings)
+        _stop(Settings(**fields))  # type: ignore[arg-type]
         return
+    settings = Settings(**fields, token=_token(token_env, TokenFor(token_for).value))  # type: ignore[arg-type]
     from opsloop.serving.app import create_app
     from opsloop.serving.server import run
 
@@ -81,8 +118,32 @@ def serve(
              f"or {url}/predict, GET {url}/metrics (Ctrl-C stops)")
         if app.log is not None:
             _say(f"logging predictions to {app.log.path}")
+        if settings.token is not None:
+            guarded = "every request but health checks" if settings.token_for == "all" else "POST /v1/feedback"
+            _say(f"{guarded} needs the bearer token from ${token_env}")
+        elif host not in ("127.0.0.1", "::1", "localhost"):
+            _say(f"warning: listening on {host} without a token: anyone who can connect may post feedback "
+                 f"(set {TOKEN_ENV}; see docs/serving.md#security)")
 
     run(app, on_ready=ready)
+
+
+def _token(name: str, scope: str) -> str | None:
+    """The bearer token from the environment variable `name`; None when the default variable is unset."""
+    from opsloop.errors import OpsloopError
+    from opsloop.serving.settings import Settings
+
+    value = os.environ.get(name, "").strip()
+    if not value:
+        if name != TOKEN_ENV or scope == "all":
+            raise OpsloopError(f"{'--token-for all needs a token: ' if scope == 'all' else ''}the environment "
+                               f"variable {name} is not set (or empty); put the bearer token there")
+        return None
+    try:
+        Settings(token=value)
+    except ValueError as exc:
+        raise OpsloopError(f"${name}: {exc}") from None
+    return value
 
 
 def _say(line: str) -> None:

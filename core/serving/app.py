@@ -16,11 +16,16 @@ Every answer to a model request names the version that gave it
 (`X-Request-Id`: the client's header, the body's "id", or a new one).
 Errors are `{"error": "..."}` with a 4xx status (5xx only for a bug), and
 the server goes on serving.
+
+With a token (`Settings.token`), `POST /v1/feedback` (or, with `token_for =
+"all"`, every endpoint but the health checks) needs `Authorization: Bearer
+TOKEN`; otherwise a 401 with `WWW-Authenticate: Bearer` (issue 8, item 12).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import itertools
 import logging
 import time
@@ -50,6 +55,15 @@ class Disconnected(Exception):
     """The client went away before sending its whole body."""
 
 
+class Unauthorized(Exception):
+    """The endpoint needs the bearer token and the request lacks it: a 401 with a challenge."""
+
+    def __init__(self, message: str, challenge: bytes) -> None:
+        super().__init__(message)
+        self.message = message
+        self.challenge = challenge
+
+
 class ServingApp:
     """The ASGI callable; `create_app` builds it."""
 
@@ -65,6 +79,8 @@ class ServingApp:
         self._started = False
         self._closed = False
         self._quality: tuple[float, dict[int, dict[str, float]]] = (0.0, {})
+        self._token = settings.token.encode() if settings.token is not None else None
+        self._guard_all = self._token is not None and settings.token_for == "all"
 
     # -- life cycle ------------------------------------------------------------
 
@@ -118,6 +134,8 @@ class ServingApp:
             status, body, headers = await self._route(scope, receive)
         except RequestError as exc:
             status, body = exc.status, protocol.dumps({"error": exc.message})
+        except Unauthorized as exc:
+            status, body, headers = 401, protocol.dumps({"error": exc.message}), [(b"www-authenticate", exc.challenge)]
         except Disconnected:
             return
         except Exception as exc:  # a bug must cost one request, never the server
@@ -133,6 +151,8 @@ class ServingApp:
     async def _route(self, scope: dict[str, Any], receive: Any) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         path: str = scope["path"]
         method: str = scope["method"]
+        if self._guard_all and path not in ("/v2/health/live", "/v2/health/ready"):
+            self._authorize(scope)
         if path.startswith("/v2/models/"):
             parts = path[11:].split("/")
             name, action, version = parts[0], "", None
@@ -173,6 +193,19 @@ class ServingApp:
             _allow(method, "GET", "HEAD")
             return 200, protocol.dumps({"server": "opsloop", **self.watcher.describe(), "docs": "docs/serving.md"}), []
         raise RequestError(404, f"no such endpoint: {path} (see GET /v2/models/{self.model} and docs/serving.md)")
+
+    def _authorize(self, scope: dict[str, Any]) -> None:
+        """Pass when the request carries the bearer token (compared in constant time); Unauthorized otherwise."""
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                scheme, _, given = value.strip().partition(b" ")
+                if scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self._token or b""):
+                    return
+                raise Unauthorized("the bearer token is wrong (Authorization: Bearer TOKEN)",
+                                   b'Bearer realm="opsloop", error="invalid_token"')
+        raise Unauthorized("this endpoint needs a bearer token: send the header Authorization: Bearer TOKEN "
+                           "(the server's token comes from OPSLOOP_SERVE_TOKEN or --token-env)",
+                           b'Bearer realm="opsloop"')
 
     def _served(self, name: str, version: str | None) -> Served:
         served = self.watcher.current  # read once: this request is answered by this version, swap or not
@@ -281,10 +314,18 @@ class ServingApp:
     async def _feedback(self, scope: dict[str, Any], receive: Any) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         from opsloop.serving.feedback import parse_feedback
 
+        if self._token is not None and not self._guard_all:
+            self._authorize(scope)
         if self.log is None:
             raise RequestError(404, "this server does not log predictions (--no-log), so it takes no feedback")
         body, _ = await self._body(scope, receive)
-        entries = parse_feedback(protocol.loads(body), model=self.model, source="http")
+        obj = protocol.loads(body)
+        items = obj.get("feedback") if type(obj) is dict and "feedback" in obj else obj
+        count, cap = len(items) if type(items) is list else 1, self.settings.max_feedback
+        if count > cap:  # 100,000 labels in one request were taken (issue 8, item 12)
+            raise RequestError(413, f"{count:,} feedback entries in one request; this server takes at most {cap:,} "
+                                    "(--max-feedback): send them in several requests")
+        entries = parse_feedback(obj, model=self.model, source="http")
         self.log.add(entries)
         return 202, protocol.dumps({"accepted": len(entries)}), []
 
