@@ -27,6 +27,11 @@ Options (`[deploy.local-http]`):
     poll_interval: Seconds between the server's looks at the alias (default 0.5).
     log_predictions: Log predictions for monitoring and feedback (default true).
     threads: XGBoost threads per prediction (default 1; 0: all cores).
+    read_timeout, idle_timeout, max_connections, max_feedback: As `opsloop serve`'s
+        options of those names (defaults 30 s, 5 s, 1000, 10000).
+    token_env: Environment variable holding the bearer token (default
+        "OPSLOOP_SERVE_TOKEN"); the server inherits the run's environment.
+    token_for: What the token guards: "write" (feedback, default) or "all".
     start_timeout: Seconds to wait for a new server to be ready (default 120).
     swap_timeout: Seconds to wait for a running one to serve the new version (default 30).
 """
@@ -48,7 +53,7 @@ import attrs
 from opsloop import Deployment, hookimpl
 from opsloop.errors import OpsloopError
 from opsloop.serving.server import is_server, read_state, state_path
-from opsloop.serving.settings import default
+from opsloop.serving.settings import TOKEN_ENV, default
 from opsloop.store import check_name
 
 if TYPE_CHECKING:
@@ -80,6 +85,15 @@ class Options:
         log_max_pending: Most predicted rows waiting to be logged; beyond,
             predictions are answered but not logged (`--log-max-pending`).
         threads: XGBoost threads per prediction; 0 means every core.
+        read_timeout: Seconds a client has to send a whole request.
+        idle_timeout: Seconds an idle keep-alive connection stays open.
+        max_connections: Most open connections.
+        max_feedback: Most feedback entries per request.
+        token_env: Environment variable holding the bearer token; when it is
+            set in the run's environment, the server requires the token (and
+            this target sends it when it asks the server what it serves).
+        token_for: `"write"` (feedback) or `"all"` (every endpoint but the
+            health checks).
         start_timeout: Seconds to wait for a newly started server.
         swap_timeout: Seconds to wait for a running server to answer with the
             deployed version.
@@ -94,6 +108,12 @@ class Options:
     log_predictions: bool = default("log_predictions")
     log_max_pending: int = attrs.field(default=default("log_max_pending"), validator=attrs.validators.gt(0))
     threads: int = attrs.field(default=default("threads"), validator=attrs.validators.ge(0))
+    read_timeout: float = attrs.field(default=default("read_timeout"), validator=_seconds)
+    idle_timeout: float = attrs.field(default=default("idle_timeout"), validator=_seconds)
+    max_connections: int = attrs.field(default=default("max_connections"), validator=attrs.validators.gt(0))
+    max_feedback: int = attrs.field(default=default("max_feedback"), validator=attrs.validators.gt(0))
+    token_env: str = attrs.field(default=TOKEN_ENV, validator=attrs.validators.min_len(1))
+    token_for: str = attrs.field(default=default("token_for"), validator=attrs.validators.in_(("write", "all")))
     start_timeout: float = attrs.field(default=120.0, validator=_seconds)
     swap_timeout: float = attrs.field(default=30.0, validator=_seconds)
 
@@ -112,8 +132,9 @@ def deploy(version: ModelVersion, model: LoadedModel, dataset: Dataset | None, o
     _move_alias(version, options.alias, run)
     path = state_path(workdir, version.name, options.alias)
     state = read_state(path)
-    if is_server(state) and _metadata(state["url"], version.name) is not None:
-        served = _wait_for(state["url"], version, options.swap_timeout, None)
+    token = os.environ.get(options.token_env, "").strip() or None  # what the server reads too
+    if is_server(state) and _metadata(state["url"], version.name, token) is not None:
+        served = _wait_for(state["url"], version, options.swap_timeout, None, token)
         run.log.info("local-http: %s@%s on %s now serves %s", version.name, options.alias, state["url"], version.ref)
         return Deployment(target="local-http", model=version.ref, location=_endpoint(state["url"], version.name),
                           details={"action": "hot-swap", "pid": state["pid"], "url": state["url"],
@@ -130,7 +151,7 @@ def deploy(version: ModelVersion, model: LoadedModel, dataset: Dataset | None, o
         if proc.poll() is not None or time.monotonic() > deadline:
             _fail(proc, log, "did not start")
         time.sleep(0.1)
-    _wait_for(state["url"], version, max(deadline - time.monotonic(), 1.0), (proc, log))
+    _wait_for(state["url"], version, max(deadline - time.monotonic(), 1.0), (proc, log), token)
     run.log.info("local-http: started a server for %s@%s on %s (pid %d)", version.name, options.alias,
                  state["url"], proc.pid)
     return Deployment(target="local-http", model=version.ref, location=_endpoint(state["url"], version.name),
@@ -153,7 +174,10 @@ def _start(version: ModelVersion, options: Options, run: RunContext, workdir: Pa
     cmd = [sys.executable, "-m", "opsloop.serving", "--model", version.name, "--alias", options.alias,
            "--host", options.host, "--port", str(options.port), "--max-body-bytes", str(options.max_body_bytes),
            "--max-rows", str(options.max_rows), "--poll-interval", str(options.poll_interval),
-           "--threads", str(options.threads)]
+           "--threads", str(options.threads), "--read-timeout", str(options.read_timeout),
+           "--idle-timeout", str(options.idle_timeout), "--max-connections", str(options.max_connections),
+           "--max-feedback", str(options.max_feedback), "--token-env", options.token_env,
+           "--token-for", options.token_for]
     if options.log_predictions:
         cmd += ["--log-max-pending", str(options.log_max_pending)]
     else:
@@ -174,22 +198,24 @@ def _endpoint(url: str, name: str) -> str:
     return f"{url}/v2/models/{name}"
 
 
-def _metadata(url: str, name: str) -> dict[str, Any] | None:
+def _metadata(url: str, name: str, token: str | None) -> dict[str, Any] | None:
     """The server's model metadata, or None when it does not answer."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(_endpoint(url, name), timeout=2) as response:
+        with urllib.request.urlopen(urllib.request.Request(_endpoint(url, name), headers=headers),
+                                    timeout=2) as response:
             return json.loads(response.read())
     except (OSError, ValueError, urllib.error.URLError):
         return None
 
 
-def _wait_for(url: str, version: ModelVersion, timeout: float,
-              started: tuple[subprocess.Popen, Path] | None) -> str | None:
+def _wait_for(url: str, version: ModelVersion, timeout: float, started: tuple[subprocess.Popen, Path] | None,
+              token: str | None) -> str | None:
     """Wait until the server serves `version`; the first version seen on the way."""
     deadline = time.monotonic() + timeout
     first = None
     while True:
-        meta = _metadata(url, version.name)
+        meta = _metadata(url, version.name, token)
         served = (meta or {}).get("versions", [None])[0]
         first = first or served
         if served == str(version.version):

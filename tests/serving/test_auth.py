@@ -131,3 +131,47 @@ def test_opsloop_serve_takes_the_token_from_the_environment(project: Any, tmp_pa
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def test_local_http_starts_a_guarded_server_and_still_hot_swaps_it(project: Any,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deploy target passes the options on, and sends the token when it asks what the server serves."""
+    import signal
+
+    from opsloop import config as config_mod
+    from opsloop.runner import Runner
+    from opsloop.serving.server import alive, read_state, state_path
+    from opsloop.session import Session
+
+    monkeypatch.setenv("OPSLOOP_SERVE_TOKEN", TOKEN)
+    overrides = ['deploy.plugins=["local-http"]', "deploy.local-http.port=0", 'deploy.local-http.alias="guarded"',
+                 "deploy.local-http.poll_interval=0.1", 'deploy.local-http.token_for="all"',
+                 "deploy.local-http.max_feedback=2"]
+
+    def deploy(number: int) -> Any:
+        runner = Runner(Session.open(config_mod.read(project.path / "opsloop.toml", overrides=overrides)))
+        try:
+            version = runner.store.get(project.model, number)
+            (deployment,) = runner.deploy(version, runner.load(version), None)
+            return deployment
+        finally:
+            runner.close()
+
+    state_file = state_path(project.path, project.model, "guarded")
+    predict = json.dumps({"instances": project.records(project.monitor.iloc[[5]])}).encode()
+    try:
+        assert deploy(1).details["action"] == "started"
+        url = read_state(state_file)["url"]  # type: ignore[index]
+        assert _post(project, url, "/predict", predict)[0] == 401
+        assert _post(project, url, "/predict", predict, token=TOKEN)[2]["model_version"] == "1"
+        too_many = json.dumps([{"request_id": "r", "label": 1}] * 3).encode()
+        assert _post(project, url, "/v1/feedback", too_many, token=TOKEN)[0] == 413
+        assert deploy(2).details["action"] == "hot-swap"
+        assert _post(project, url, "/predict", predict, token=TOKEN)[2]["model_version"] == "2"
+    finally:
+        state = read_state(state_file)
+        if state and alive(state["pid"]):
+            os.kill(state["pid"], signal.SIGTERM)
+            deadline = time.monotonic() + 60
+            while alive(state["pid"]) and time.monotonic() < deadline:
+                time.sleep(0.05)
