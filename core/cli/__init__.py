@@ -12,14 +12,9 @@ import sys
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import typer
-
-from opsloop.cli import run as run_cmds
-from opsloop.cli.config_cmd import config_app
-from opsloop.cli.models import models_app
-from opsloop.cli.plugins_cmd import plugins_app
-from opsloop.cli import serve as serve_cmds
 
 HELP = """opsloop runs the lifecycle of machine-learning models for IT operations:
 preprocess, train, validate, register, deploy, monitor, and retrain when a policy says so.
@@ -28,20 +23,81 @@ Start with `opsloop run` (no config needed: it uses embedded server-metric data)
 then `opsloop init` to write a config of your own."""
 
 
+def _defer_typer_adapters() -> None:
+    """Build Typer's pydantic adapter of a parameter only for a value that needs one (issue 8, item 14).
+
+    Typer 0.29 builds a pydantic `TypeAdapter` for each parameter it processes,
+    even one left out (its value is None, which Typer's coercion returns before
+    using the adapter): `opsloop models list --json` imported pydantic (~0.1 s)
+    for its `--help`, `--config` and `--set` alone. Here the adapter is built on
+    the first value that is not None, and coercion is otherwise Typer's own.
+    Other Typer versions, without these internals, are left alone.
+    """
+    import dataclasses
+
+    try:
+        from typer import _coercion, core
+    except ImportError:
+        return
+    build = getattr(core, "build_runtime_param", None)
+    base = getattr(_coercion, "RuntimeParam", None)
+    if build is None or base is None or getattr(build, "deferred", False):
+        return
+
+    @dataclasses.dataclass(frozen=True)
+    class Deferred(base):  # type: ignore[misc, valid-type]
+        descriptor: Any = None
+
+        def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+            real = build(self.descriptor)
+            param._runtime_param = real  # Typer's own cache: built once per parameter, as before
+            return real._coerce_value(value, param=param, ctx=ctx)
+
+    def deferred(descriptor: Any) -> Any:
+        return Deferred(parameter_info=descriptor.parameter_info, annotation=descriptor.annotation,
+                        descriptor=descriptor)
+
+    deferred.deferred = True  # type: ignore[attr-defined]
+    core.build_runtime_param = deferred
+
+
+#: Commands (module, function) and command groups (module, Typer app), by name, in help order.
+COMMANDS = {"run": ("run", "run"), "validate": ("run", "validate"), "init": ("run", "init"),
+            "serve": ("serve", "serve"), "feedback": ("serve", "feedback")}
+GROUPS = {"config": ("config_cmd", "config_app"), "plugins": ("plugins_cmd", "plugins_app"),
+          "models": ("models", "models_app")}
+
+
 def build_app(argv: Sequence[str] | None = None) -> typer.Typer:
-    """The Typer app, with the commands of plugins the config enables."""
+    """The Typer app, with the commands of plugins the config enables.
+
+    A command line that names a built-in command mounts that one alone: Typer
+    turns every mounted command into a Click command before parsing, and
+    `opsloop plugins list` need not pay for `serve`'s and `models`' options
+    (issue 8, item 14). Anything else (`--help`, no command, a plugin's
+    command, a misspelt one) mounts them all. Plugins' commands are always
+    mounted (`add_commands` is called at every start, as documented).
+    """
+    _defer_typer_adapters()
+    argv = list(sys.argv[1:] if argv is None else argv)
     app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                       rich_markup_mode=None)  # Rich help costs ~0.1 s of imports; `--help` must stay fast
-    app.command("run")(run_cmds.run)
-    app.command("validate")(run_cmds.validate)
-    app.command("init")(run_cmds.init)
-    app.command("serve")(serve_cmds.serve)
-    app.command("feedback")(serve_cmds.feedback)
-    app.add_typer(config_app, name="config")
-    app.add_typer(plugins_app, name="plugins")
-    app.add_typer(models_app, name="models")
-    _add_plugin_commands(app, list(sys.argv[1:] if argv is None else argv))
+    app.callback()(_group)  # a group even when one command is mounted
+    wanted = argv[0] if argv and argv[0] in {*COMMANDS, *GROUPS} else None
+    from importlib import import_module
+
+    for name, (module, attr) in COMMANDS.items():
+        if wanted in (None, name):
+            app.command(name)(getattr(import_module(f"opsloop.cli.{module}"), attr))
+    for name, (module, attr) in GROUPS.items():
+        if wanted in (None, name):
+            app.add_typer(getattr(import_module(f"opsloop.cli.{module}"), attr), name=name)
+    _add_plugin_commands(app, argv)
     return app
+
+
+def _group() -> None:
+    pass
 
 
 def _config_path(argv: list[str]) -> Path:

@@ -1,4 +1,8 @@
-"""Rich output: consoles, tables, JSON and the progress reporter of `opsloop run`."""
+"""Rich output: consoles, tables, JSON and the progress reporter of `opsloop run`.
+
+Rich is imported when something is first printed with it: `--json` output
+never pays its ~60 ms of imports (issue 8, item 14).
+"""
 
 from __future__ import annotations
 
@@ -6,20 +10,41 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, TypeVar
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from opsloop.types import Reporter
 
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
 T = TypeVar("T")
+
+
+class LazyConsole:
+    """A `rich.console.Console`, made (and Rich imported) on first use; `real` is the Console itself."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._kwargs = kwargs
+        self._console: Console | None = None
+
+    @property
+    def real(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._kwargs)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
 
 # Piped output (files, CI logs, scripts) gets wide tables instead of wrapped
 # cells; a terminal keeps its own width. COLUMNS wins in both cases.
 _WIDTH = int(os.environ.get("COLUMNS", "0") or 0) or (None if sys.stdout.isatty() else 160)
-console = Console(width=_WIDTH)
-err_console = Console(stderr=True)
+console = LazyConsole(width=_WIDTH)
+err_console = LazyConsole(stderr=True)
 
 
 def print_json(data: Any) -> None:
@@ -29,6 +54,8 @@ def print_json(data: Any) -> None:
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
     """A Rich table of strings."""
+    from rich.table import Table
+
     t = Table(title=title, title_justify="left", header_style="bold")
     for c in columns:
         t.add_column(c)
@@ -47,10 +74,11 @@ def fmt(value: Any) -> str:
 class RichReporter(Reporter):
     """Progress for `opsloop run`: a spinner per stage, bars over folds, a line per finished stage."""
 
-    def __init__(self, out: Console | None = None, *, quiet: bool = False) -> None:
+    def __init__(self, out: Console | LazyConsole | None = None, *, quiet: bool = False) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-        self.console = out or err_console
+        out = out or err_console
+        self.console = out.real if isinstance(out, LazyConsole) else out
         self.quiet = quiet
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                                  MofNCompleteColumn(), TimeElapsedColumn(), console=self.console,
