@@ -1,18 +1,23 @@
 """Serving throughput and latency: raw model, a minimal ASGI server, opsloop's server, `mlflow models serve`.
 
 Usage: python benchmarks/serving.py [--quick] [--seconds 10] [--rounds 3] [--connections 8]
-                                    [--legs raw,minimal,opsloop,mlflow] [--protocols json,v2] [--threads 1]
+                                    [--legs raw,minimal,opsloop,opsloop-default,mlflow] [--protocols json,v2]
+                                    [--threads 1]
                                     [--opsloop-args "--no-fast-path"] [--workdir DIR] [--json OUT]
 
-Trains one XGBoost model through opsloop's lifecycle (`opsloop run` on the
+Trains two XGBoost models through opsloop's lifecycle (`opsloop run` on the
 embedded ASD data: preprocess, train, validate, register, deploy, which sets
-the `production` alias), then measures, in the same run, single-row and
-1,000-row requests against:
+the `production` alias), each in its own project: the raw-metrics model
+(`schema-check`, `impute`: the 19 metrics in, what every leg can serve) and
+the shipped default's (its `rolling-features` too: 76 features, which
+`opsloop serve` scores on its replay path). Then it measures, in the same run,
+single-row and 1,000-row requests against:
 
-  raw      the estimator in-process (`predict_proba` on a float32 array): the floor
-  minimal  a raw ASGI callable around the same estimator (uvicorn + httptools, 1 worker)
-  opsloop  `opsloop serve` (schema checks, preprocessing replay, prediction logging on)
-  mlflow   `mlflow models serve` of the same model, from the benchmark's own venv
+  raw              the raw-metrics estimator in-process (`predict_proba` on a float32 array): the floor
+  minimal          a raw ASGI callable around the same estimator (uvicorn + httptools, 1 worker)
+  opsloop          `opsloop serve` of the raw-metrics model (schema checks, fast path, prediction log on)
+  opsloop-default  `opsloop serve` of the shipped default's model (the same, on the replay path)
+  mlflow           `mlflow models serve` of the raw-metrics model, from the benchmark's own venv
 
 HTTP legs are driven by `wrk` (a closed loop of N keep-alive connections, one
 client thread) in a separate process, on 127.0.0.1 only; legs are interleaved
@@ -46,6 +51,9 @@ import loadgen
 TARGET = 0.7
 SIZES = (1, 1000)
 MODEL_NAME = "asd-serving"
+SHIPPED_NAME = "asd-serving-default"
+#: Servers that are `opsloop serve` (their prediction log is read from /metrics).
+OPSLOOP = ("opsloop", "opsloop-default")
 
 
 def parse_args() -> argparse.Namespace:
@@ -55,14 +63,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds before each measurement")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--connections", type=int, default=8, help="concurrent keep-alive connections")
-    parser.add_argument("--legs", default="raw,minimal,opsloop,mlflow", help="comma-separated legs to run")
+    parser.add_argument("--legs", default="raw,minimal,opsloop,opsloop-default,mlflow",
+                        help="comma-separated legs to run")
     parser.add_argument("--protocols", default="json,v2",
                         help="json (records; MLflow: dataframe_split) and/or v2 (KServe v2 infer, opsloop and minimal)")
     parser.add_argument("--opsloop-args", default="", help='extra `opsloop serve` options, e.g. "--no-fast-path"')
     parser.add_argument("--threads", type=int, default=1,
                         help="XGBoost threads in every leg (opsloop serve's default is 1); 0: the library default")
     parser.add_argument("--workdir", type=Path,
-                        help="project dir, kept (a model trained there is reused); default: a temp dir, removed")
+                        help="project dir, kept (a model trained there is reused; the shipped default's in "
+                             "DIR/shipped-default); default: a temp dir, removed")
     parser.add_argument("--mlflow-env", type=Path, default=Path(__file__).resolve().parent / ".env",
                         help="the venv with MLflow (created with pip when missing, unless --no-install)")
     parser.add_argument("--no-install", action="store_true", help="never create the MLflow venv")
@@ -93,19 +103,22 @@ def fmt_rate(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:,.1f}"
 
 
+W = max(len(label) for label in legs.LABELS.values())  # the leg column's width
+
+
 def report(results: dict[tuple[str, int], list[dict]], notes: list[str], args: argparse.Namespace) -> dict:
     order = list(legs.LABELS)
     keys = sorted(results, key=lambda k: (k[1], order.index(k[0]) if k[0] in order else len(order)))
     summary = {key: summarize(results[key], key[1]) for key in keys}
     print()
-    print(f"{'rows':>5} {'leg':<28} {'req/s':>9} {'rows/s':>11} {'p50 ms':>8} {'p99 ms':>8} "
+    print(f"{'rows':>5} {'leg':<{W}} {'req/s':>9} {'rows/s':>11} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'err':>4} {'srv CPU':>7} {'req/CPU-s':>9} {'cli CPU':>7} {'srv MiB':>7}  req/s min-max")
     for (leg, size), s in summary.items():
         def opt(value: float | None, form: Any) -> str:
             return "" if value is None else form(value)
 
         spread = f"{fmt_rate(s['spread'][0])}-{fmt_rate(s['spread'][1])}" if len(results[leg, size]) > 1 else ""
-        print(f"{size:>5} {legs.LABELS.get(leg, leg):<28} {fmt_rate(s['rps']):>9} {fmt_rate(s['rows_s']):>11} "
+        print(f"{size:>5} {legs.LABELS.get(leg, leg):<{W}} {fmt_rate(s['rps']):>9} {fmt_rate(s['rows_s']):>11} "
               f"{s['p50_ms']:>8.3f} {s['p99_ms']:>8.3f} {s['errors']:>4} {opt(s['server_cpu'], '{:.2f}'.format):>7} "
               f"{opt(s['per_cpu'], fmt_rate):>9} {opt(s['client_cpu'], '{:.2f}'.format):>7} "
               f"{opt(s['server_rss_mb'], '{:.0f}'.format):>7}  {spread}")
@@ -123,31 +136,39 @@ def report(results: dict[tuple[str, int], list[dict]], notes: list[str], args: a
     for size in SIZES:
         ratio("opsloop", "minimal", size, "opsloop/minimal")
         ratio("opsloop-v2", "minimal-v2", size, "opsloop/minimal v2")
+        # Not the same model: the shipped default's 76 features against the minimal server's 19 raw metrics.
+        ratio("opsloop-default", "minimal", size, "shipped default/minimal")
+        ratio("opsloop-default-v2", "minimal-v2", size, "shipped default/minimal v2")
+        ratio("opsloop-default", "opsloop", size, "shipped default/raw-metrics model")
         ratio("opsloop", "mlflow", size, "opsloop/mlflow")
         ratio("minimal", "mlflow", size, "minimal/mlflow")
         ratio("raw", "opsloop", size, "raw/opsloop")
         ratio("raw", "minimal", size, "raw/minimal")
     if ratios:
-        print("\nthroughput ratios (median req/s; and per second of server CPU where both are servers):")
+        print("\nthroughput ratios: median req/s (wall), and requests per second of server CPU time where both are "
+              "servers (CPU); opsloop = the raw-metrics model, shipped default = the shipped default's model, "
+              "another model than the minimal server's:")
         for name, value in ratios.items():
             if not name.endswith("per CPU-s"):
                 per_cpu = ratios.get(f"{name} per CPU-s")
-                print(f"  {name:<28} x{value:.2f}" + ("" if per_cpu is None else f"   (per CPU-s x{per_cpu:.2f})"))
+                print(f"  {name:<44} wall x{value:.2f}" + ("" if per_cpu is None else f"   CPU x{per_cpu:.2f}"))
     print()
     for key in ("opsloop/minimal 1-row", "opsloop/minimal v2 1-row"):
         if key in ratios:
             verdict = "MEETS" if ratios[key] >= TARGET else "MISSES"
             print(f"issue 5 target, {key} throughput >= {TARGET}: x{ratios[key]:.2f} {verdict}")
-    backlog = [(leg, size, r["log_queue"], r.get("log_rows", 0), r.get("log_dropped", 0))
-               for (leg, size), runs in results.items() for r in runs[-1:] if "log_queue" in r]
-    if backlog:
-        print("\nopsloop prediction log after each leg's last measurement (requests queued, not yet written / "
-              "rows written so far / rows answered but not logged, the queue being full; counters are cumulative "
-              "over the server's life):")
-        for leg, size, queued, rows, dropped in backlog:
-            share = f" ({dropped / (rows + dropped):.0%} of rows)" if dropped else ""
-            print(f"  {size:>5}-row {legs.LABELS.get(leg, leg):<28} queued {queued:,.0f}  written {rows:,.0f}  "
-                  f"not logged {dropped:,.0f}{share}")
+    logged = [(leg, size, runs) for (leg, size), runs in results.items() if runs and "log_not_logged" in runs[-1]]
+    if logged:
+        print("\nopsloop prediction log, per leg (summed over its rounds): rows answered in the measurements, rows "
+              "not logged (answered while the log's queue was full), rows the log wrote meanwhile (warm-up "
+              "backlog included), and the requests still queued at the end of the last round:")
+        for leg, size, runs in logged:
+            answered = sum(r["requests"] * size for r in runs)
+            dropped = sum(r["log_not_logged"] for r in runs)
+            written = sum(r["log_written"] for r in runs)
+            share = f" ({dropped / answered:.0%})" if answered and dropped else ""
+            print(f"  {size:>5}-row {legs.LABELS.get(leg, leg):<{W}} answered {answered:,.0f}  "
+                  f"not logged {dropped:,.0f}{share}  written {written:,.0f}  queued {runs[-1]['log_queue']:,.0f}")
     for note in notes:
         print(f"note: {note}")
     return {"summary": {f"{leg} {size}": s for (leg, size), s in summary.items()}, "ratios": ratios,
@@ -156,15 +177,20 @@ def report(results: dict[tuple[str, int], list[dict]], notes: list[str], args: a
 
 
 def measure(server: legs.Server, url: str, body: Path, args: argparse.Namespace) -> dict:
+    from opsloop_leg import log_state
+
     loadgen.run(url, body, connections=args.connections, seconds=args.warmup, which=args.client)
+    is_opsloop = server.name in OPSLOOP
+    before = log_state(server) if is_opsloop else {}
     cpu0, t0 = server.cpu_seconds(), time.perf_counter()
     result = loadgen.run(url, body, connections=args.connections, seconds=args.seconds, which=args.client)
     result["server_cpu"] = (server.cpu_seconds() - cpu0) / (time.perf_counter() - t0)
     result["server_rss_mb"] = server.rss_mb()
-    if server.name == "opsloop":  # is the prediction log keeping up?
-        from opsloop_leg import log_state
-
-        result.update(log_state(server))
+    if is_opsloop:  # is the prediction log keeping up? The server's counters, differenced over this measurement
+        after = log_state(server)
+        result["log_queue"] = after.get("log_queue", 0.0)
+        result["log_written"] = after.get("log_rows", 0.0) - before.get("log_rows", 0.0)
+        result["log_not_logged"] = after.get("log_dropped", 0.0) - before.get("log_dropped", 0.0)
     return result
 
 
@@ -193,17 +219,27 @@ def main() -> int:
           f"XGBoost threads {args.threads or 'default'}; workdir {workdir}")
 
     model = legs.trained_model(workdir, MODEL_NAME)
-    print(f"model: {model.ref} @production, {model.describe}")
+    print(f"raw-metrics model: {model.ref} @production, {model.describe}")
+    shipped = None
+    if "opsloop-default" in wanted:
+        shipped = legs.trained_model(workdir / "shipped-default", SHIPPED_NAME, shipped=True)
+        print(f"shipped default's model: {shipped.ref} @production, {shipped.describe}")
     data = legs.sample_rows(model, max(SIZES))
     results: dict[tuple[str, int], list[dict]] = {}
     servers: list[legs.Server] = []
     try:
         if "raw" in wanted:
             for size in SIZES:
-                for leg, fn in legs.raw_calls(model, data, size, args.threads).items():
+                calls = legs.raw_calls(model, data, size, args.threads)
+                if shipped is not None:
+                    calls.update(legs.shipped_calls(shipped, data, size))
+                for leg, fn in calls.items():
                     results.setdefault((leg, size), []).append(legs.time_calls(fn, args.seconds))
         candidates = {"minimal": lambda: legs.minimal_server(model, args.threads),
                       "opsloop": lambda: legs.opsloop_server(model, workdir, args.threads, args.opsloop_args),
+                      "opsloop-default": lambda: legs.opsloop_server(shipped, workdir / "shipped-default",
+                                                                     args.threads, args.opsloop_args,
+                                                                     name="opsloop-default"),
                       "mlflow": lambda: legs.mlflow_server(model, workdir, args.mlflow_env, not args.no_install,
                                                            args.threads)}
         for name in [n for n in candidates if n in wanted]:
@@ -213,7 +249,8 @@ def main() -> int:
                 servers.append(server)
                 server.start(logdir)
                 server.endpoints = {p: e for p, e in server.endpoints.items() if p in protocols}
-                legs.check_answers(server, data)
+                legs.check_answers(server, data, scores=legs.replay_scores(shipped, data, 50)
+                                   if name == "opsloop-default" else None)
             except (RuntimeError, OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
                 notes.append(f"{name}: not available: {str(exc).strip()}")
                 print(f"{name}: NOT AVAILABLE: {exc}", file=sys.stderr)
@@ -222,10 +259,10 @@ def main() -> int:
                     server.stop()
                 continue
             print(f"{name}: ready on port {server.port} in {time.perf_counter() - started:.1f} s, answers checked")
-            if name == "opsloop":
+            if name in OPSLOOP:
                 from opsloop_leg import describe
 
-                notes.append(f"opsloop serve {args.opsloop_args or '(defaults)'}: {describe(server)}")
+                notes.append(f"{name}: opsloop serve {args.opsloop_args or '(defaults)'}: {describe(server)}")
         plan = [(s, p, size, legs.write_body(s, p, data, size, workdir))
                 for size in SIZES for s in servers for p in s.endpoints]
         noop = next((s for s in servers if s.name == "minimal"), None)
@@ -244,13 +281,13 @@ def main() -> int:
     finally:
         for server in servers:
             took = server.stop()
-            if server.name == "opsloop":
-                notes.append(f"opsloop serve: clean stop (SIGTERM, prediction log drained) took {took:.1f} s"
-                             if took is not None else "opsloop serve: no clean stop within 60 s, killed")
+            if server.name in OPSLOOP:
+                notes.append(f"{server.name}: clean stop (SIGTERM, prediction log drained) took {took:.1f} s"
+                             if took is not None else f"{server.name}: no clean stop within 60 s, killed")
         if args.workdir is None:  # the prediction log alone grows by hundreds of MB
             shutil.rmtree(workdir, ignore_errors=True)
-    for leg in ("opsloop", "mlflow"):
-        if leg in wanted and not any(k[0] == leg or k[0].startswith(f"{leg}-") for k in results):
+    for leg in (*OPSLOOP, "mlflow"):
+        if leg in wanted and not any(k[0] in (leg, f"{leg}-v2") for k in results):
             notes.append(f"{leg}: no figures (see above)")
     out = report(results, notes + legs.NOTES, args)
     if args.json:

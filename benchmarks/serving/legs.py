@@ -19,20 +19,29 @@ from servers import Endpoint, Server
 
 HERE = Path(__file__).resolve().parent
 NOTES: list[str] = []
+#: Two models are served. "raw": the default lifecycle without `rolling-features`, 19 raw metrics in, what the
+#: minimal server and MLflow serve too. "shipped default": the shipped default config's preprocessing
+#: (`rolling-features` included: 76 features), which `opsloop serve` scores on its replay path.
 LABELS = {
     "raw": "raw predict_proba (floor)",
     "raw-inplace": "raw booster.inplace_predict",
     "raw-json": "raw + JSON decode/encode",
-    "opsloop-inproc": "LoadedModel.predict in-proc",
+    "opsloop-inproc": "LoadedModel.predict in-proc, raw-metrics model",
+    "opsloop-default-inproc": "LoadedModel.predict in-proc, shipped default",
     "noop": "client ceiling (/noop)",
     "minimal": "minimal ASGI, JSON records",
     "minimal-v2": "minimal ASGI, v2 infer",
-    "opsloop": "opsloop serve, JSON records",
-    "opsloop-v2": "opsloop serve, v2 infer",
+    "opsloop": "opsloop serve, raw-metrics model, JSON",
+    "opsloop-v2": "opsloop serve, raw-metrics model, v2",
+    "opsloop-default": "opsloop serve, shipped default (replay), JSON",
+    "opsloop-default-v2": "opsloop serve, shipped default (replay), v2",
     "mlflow": "mlflow serve, dataframe_split",
 }
+#: The shipped default's preprocessing, read from opsloop's own defaults so that the leg follows them.
+SHIPPED = "shipped"
 CONFIG = """\
-# Written by benchmarks/serving.py: the default lifecycle without monitoring and retraining.
+# Written by benchmarks/serving.py: the default lifecycle without monitoring and retraining;
+# preprocessing: {preprocess_note}.
 [project]
 name = "{name}"
 seed = 42
@@ -49,8 +58,7 @@ monitor = "timestamp >= '2024-01-08 12:00'"
 uri = ".opsloop"
 plugins = ["local-store"]
 
-[preprocess]
-plugins = ["schema-check", "impute"]
+{preprocess}
 
 [train]
 plugins = ["xgboost"]
@@ -92,8 +100,25 @@ class Model:
                 f"steps {', '.join(s['plugin'] for s in self.loaded.manifest['steps'])}")
 
 
-def trained_model(workdir: Path, name: str) -> Model:
-    """Run `opsloop run` in `workdir` unless `name@production` already exists there; load its bundle."""
+def preprocess_toml(shipped: bool) -> tuple[str, str]:
+    """The `[preprocess]` tables of the config, and a note saying what they are."""
+    if not shipped:
+        return '[preprocess]\nplugins = ["schema-check", "impute"]', "schema-check, impute (raw metrics in)"
+    from opsloop import config as config_mod
+
+    table = config_mod.default_table()["preprocess"]  # values are lists of strings and numbers: JSON is TOML
+    lines = ["[preprocess]", f"plugins = {json.dumps(table['plugins'])}"]
+    for plugin, options in table.items():
+        if isinstance(options, dict):
+            lines += ["", f"[preprocess.{plugin}]", *(f"{k} = {json.dumps(v)}" for k, v in options.items())]
+    return "\n".join(lines), f"the shipped default's ({', '.join(table['plugins'])})"
+
+
+def trained_model(workdir: Path, name: str, *, shipped: bool = False) -> Model:
+    """Run `opsloop run` in `workdir` unless `name@production` already exists there; load its bundle.
+
+    `shipped`: preprocess as the shipped default config does (`rolling-features` included).
+    """
     from opsloop import config as config_mod
     from opsloop.bundle import read_bundle
     from opsloop.cli import invoke
@@ -101,9 +126,11 @@ def trained_model(workdir: Path, name: str) -> Model:
     from opsloop.manager import PluginManager
     from opsloop.session import Session
 
+    workdir.mkdir(parents=True, exist_ok=True)
     toml = workdir / "opsloop.toml"
     if not toml.exists():
-        toml.write_text(CONFIG.format(name=name), encoding="utf-8")
+        preprocess, note = preprocess_toml(shipped)
+        toml.write_text(CONFIG.format(name=name, preprocess=preprocess, preprocess_note=note), encoding="utf-8")
     with contextlib.chdir(workdir):
         cfg = config_mod.read(toml)
         try:
@@ -140,11 +167,20 @@ def sample_rows(model: Model, n: int) -> Data:
     frame = datasets.load("asd")
     frame = frame[frame["timestamp"] >= pd.Timestamp("2024-01-08 12:00")].sample(n, random_state=7)
     frame = frame[model.columns].reset_index(drop=True)
-    records = [{c: (r[c].isoformat() if c == "timestamp" else float(str(r[c])) if c in model.features else r[c])
+    numeric = [c for c in model.columns if c not in ("entity", "timestamp")]
+    records = [{c: (r[c].isoformat() if c == "timestamp" else float(str(r[c])) if c in numeric else r[c])
                 for c in model.columns} for r in frame.to_dict("records")]
     X = np.ascontiguousarray(frame[model.features].to_numpy(dtype=np.float32))
     scores = model.loaded.estimator.predict_proba(X)[:, 1]
     return Data(records=records, X=X, frame=frame, scores=scores)
+
+
+def replay_scores(model: Model, data: Data, n: int) -> Any:
+    """What `model` answers for the first `n` rows sent as one request: its own preprocessing replayed
+    on them (the shipped default's rolling windows see only the rows of the request)."""
+    import numpy as np
+
+    return np.asarray(model.loaded.predict(data.frame.iloc[:n].reset_index(drop=True))["score"], dtype=np.float64)
 
 
 def instances(rows: list[dict]) -> bytes:
@@ -187,6 +223,12 @@ def raw_calls(model: Model, data: Data, size: int, threads: int) -> dict[str, Ca
             "raw-json": json_and_raw, "opsloop-inproc": lambda: model.loaded.predict(frame)}
 
 
+def shipped_calls(model: Model, data: Data, size: int) -> dict[str, Callable[[], Any]]:
+    """The shipped default's model in-process: `LoadedModel.predict`, what its server's replay path calls."""
+    frame = data.frame.iloc[:size].reset_index(drop=True)
+    return {"opsloop-default-inproc": lambda: model.loaded.predict(frame)}
+
+
 def time_calls(fn: Callable[[], Any], seconds: float, max_calls: int = 500_000) -> dict:
     """Call `fn` back to back for `seconds` (or `max_calls`): calls per second and latency percentiles."""
     for _ in range(3):
@@ -207,13 +249,14 @@ def time_calls(fn: Callable[[], Any], seconds: float, max_calls: int = 500_000) 
             "p99_ms": q[98] * 1000, "errors": 0, "status_errors": 0, "server_cpu": None, "client_cpu": None}
 
 
-def check_answers(server: Server, data: Data, n: int = 50) -> None:
-    """Every endpoint's answers for `n` rows equal the raw model's (scores to 1e-5, or labels)."""
+def check_answers(server: Server, data: Data, n: int = 50, scores: Any = None) -> None:
+    """Every endpoint's answers for `n` rows equal the raw model's (scores to 1e-5, or labels), or `scores`."""
     import numpy as np
 
+    expected = data.scores[:n] if scores is None else scores
     for protocol, end in server.endpoints.items():
         got = np.asarray(server.predict(protocol, data.records[:n]), dtype=np.float64)
-        want = data.scores[:n] if end.answers == "score" else (data.scores[:n] > 0.5).astype(np.float64)
+        want = expected if end.answers == "score" else (expected > 0.5).astype(np.float64)
         if got.shape != want.shape or not np.allclose(got, want, atol=1e-5):
             raise ValueError(f"{server.name} ({protocol}) answers differ from the raw model's: {got[:5]} vs {want[:5]}")
 
@@ -238,10 +281,10 @@ def minimal_server(model: Model, threads: int) -> Server:
                              "v2": Endpoint("/infer", v2_encoder(model), v2_scores)})
 
 
-def opsloop_server(model: Model, workdir: Path, threads: int, extra: str = "") -> Server:
+def opsloop_server(model: Model, workdir: Path, threads: int, extra: str = "", name: str = "opsloop") -> Server:
     from opsloop_leg import opsloop_server as make
 
-    return make(model, workdir, threads, extra)
+    return make(model, workdir, threads, extra, name=name)
 
 
 def mlflow_env(env: Path, install: bool) -> Path:

@@ -27,12 +27,13 @@ def command() -> list[str]:
     return [sys.executable, "-m", "opsloop.serving"]
 
 
-def opsloop_server(model, workdir: Path, threads: int, extra: str = "") -> Server:
+def opsloop_server(model, workdir: Path, threads: int, extra: str = "", *, name: str = "opsloop") -> Server:
+    """`opsloop serve` of `model` in its project `workdir` (each server its own project: its own log)."""
     from legs import instances, omp_env, v2_encoder, v2_scores
 
     cmd = [*command(), "--model", model.name, "--alias", "production", "--host", "127.0.0.1", "--port", "{port}",
            "--threads", str(threads), *shlex.split(extra)]
-    return Server(name="opsloop", cmd=cmd, cwd=workdir, env=omp_env(threads), ready_path="/v2/health/ready",
+    return Server(name=name, cmd=cmd, cwd=workdir, env=omp_env(threads), ready_path="/v2/health/ready",
                   endpoints={"json": Endpoint("/predict", instances, lambda r: [p["score"] for p in r["predictions"]]),
                              "v2": Endpoint(f"/v2/models/{model.name}/infer", v2_encoder(model), v2_scores)})
 
@@ -50,7 +51,7 @@ def describe(server: Server) -> str:
 
 def log_state(server: Server) -> dict[str, float]:
     """The prediction log's queue (requests not yet written), rows written and rows answered but not logged
-    (the queue was full), from `/metrics`."""
+    (the queue was full), from `/metrics`: counters over the server's life (a leg takes differences)."""
     from servers import request
 
     wanted = {"opsloop_prediction_log_queue": "log_queue", "opsloop_prediction_log_rows_total": "log_rows",
