@@ -23,9 +23,9 @@ many at once, before any can be refused), asyncio stops accepting for a
 second and tries again; `Server` reports that once a minute with a count
 instead of a traceback every second.
 
-The timer costs nothing on the usual path: a request that arrives in one
-read is parsed whole before anything is armed; only a connection left
-waiting mid-request keeps a timer (`loop.call_later`).
+The cost on the request path is a flag or two: a new connection gets one
+timer (`loop.call_later`) until its first request is read, and after that
+a timer is armed only when a request does not arrive in one read.
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ EVICT_AFTER = 1.0
 REPORT_EVERY = 60.0
 #: File descriptors kept free of connections: the prediction log, the store, bundles, the listener.
 RESERVED_FILES = 64
-
 
 
 def _answer(status: bytes, error: str) -> bytes:
