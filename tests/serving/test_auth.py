@@ -53,6 +53,7 @@ def test_with_a_token_feedback_needs_it_and_predictions_do_not(project: Any, tmp
         assert _get(project, server.url, "/metrics") == 200
         status, _, raw = project.request(server.url, "GET", "/metrics")
     assert 'opsloop_requests_total{route="feedback",code="401"} 3' in raw.decode()
+    assert 'opsloop_request_errors_total{route="feedback",code="401",reason="unauthorized"} 3' in raw.decode()
 
 
 def test_token_for_all_guards_every_endpoint_but_the_health_checks(project: Any, tmp_path: Path) -> None:
