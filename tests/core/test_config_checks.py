@@ -30,20 +30,18 @@ def test_a_model_name_the_store_would_refuse_is_a_config_error(tmp_path, name):
     assert "invalid model name" in str(info.value)
 
 
-@pytest.mark.parametrize("name", ["asd-anomaly", "a.b_c-1", "9lives", "x" * 128, "../evil", "a..b", ".x", "a b",
-                                  "é", "a/b"])
-def test_config_and_store_agree_on_every_name(tmp_path, name):
-    try:
-        check_name(name)
-        store_ok = True
-    except StoreError:
-        store_ok = False
-    try:
-        config_mod.read(workdir=tmp_path, overrides=[f'project.name="{name}"'])
-        config_ok = True
-    except ConfigError:
-        config_ok = False
-    assert config_ok == store_ok
+def test_config_and_store_agree_on_every_name(tmp_path):
+    def accepted(check, error, name):
+        try:
+            check(name)
+        except error:
+            return False
+        return True
+
+    for name in ["asd-anomaly", "a.b_c-1", "9lives", "x" * 128, "../evil", "a..b", ".x", "a b", "é", "a/b"]:
+        in_config = accepted(lambda n: config_mod.read(workdir=tmp_path, overrides=[f'project.name="{n}"']),
+                             ConfigError, name)
+        assert in_config == accepted(check_name, StoreError, name), name
 
 
 @pytest.mark.parametrize(("override", "section", "key"), [
@@ -61,20 +59,23 @@ def test_core_numbers_out_of_range_are_config_errors(tmp_path, override, section
     assert "wrong value" in str(info.value)
 
 
-def test_monitor_fraction_zero_still_monitors_nothing(tmp_path):
+def test_monitor_fraction_is_from_0_to_below_1(tmp_path):
     assert config_mod.read(workdir=tmp_path, overrides=["data.monitor_fraction=0"]).data.monitor_fraction == 0
+    assert config_mod.read(workdir=tmp_path, overrides=["data.monitor_fraction=0.99"]).data.monitor_fraction == 0.99
+    with pytest.raises(ConfigError, match=r"\[data.monitor_fraction\] wrong value"):
+        config_mod.read(workdir=tmp_path, overrides=["data.monitor_fraction=-0.0001"])
 
 
 @pytest.mark.parametrize(("overrides", "where"), [
     (["train.xgboost.learning_rate=inf"], "train.xgboost.learning_rate"),
-    (["train.xgboost.learning_rate=nan"], "train.xgboost.learning_rate"),
+    (['deploy.plugins=["local-http"]', "deploy.local-http.swap_timeout=inf"], "deploy.local-http.swap_timeout"),
     (['monitor.plugins=["drift-monitor"]', "monitor.drift-monitor.psi_threshold=inf"],
      "monitor.drift-monitor.psi_threshold"),
     (["monitor.quality-monitor.max_drop=inf"], "monitor.quality-monitor.max_drop"),
     (["retrain.threshold-policy.max_drop=inf"], "retrain.threshold-policy.max_drop"),
     (["retrain.threshold-policy.max_drift_psi=inf"], "retrain.threshold-policy.max_drift_psi"),
     (['deploy.plugins=["local-http"]', "deploy.local-http.poll_interval=inf"], "deploy.local-http.poll_interval"),
-    (['deploy.plugins=["local-http"]', "deploy.local-http.start_timeout=nan"], "deploy.local-http.start_timeout"),
+    (['deploy.plugins=["local-http"]', "deploy.local-http.start_timeout=inf"], "deploy.local-http.start_timeout"),
 ])
 def test_plugin_numbers_that_must_be_finite(tmp_path, overrides, where):
     with pytest.raises(ConfigError) as info:
@@ -82,9 +83,11 @@ def test_plugin_numbers_that_must_be_finite(tmp_path, overrides, where):
     assert f"{info.value.section}.{info.value.key}" == where
 
 
-def test_finite_plugin_numbers_still_pass(tmp_path):
+def test_finite_plugin_numbers_pass_and_infinite_ones_do_not(tmp_path):
     check(tmp_path, "train.xgboost.learning_rate=0.3", "retrain.threshold-policy.max_drop=0.5",
-          "monitor.quality-monitor.max_drop=0")
+          "monitor.quality-monitor.max_drop=0", "retrain.threshold-policy.max_drift_psi=10")
+    with pytest.raises(ConfigError, match="learning_rate"):
+        check(tmp_path, "train.xgboost.learning_rate=1e400")  # TOML's 1e400 is inf
 
 
 @pytest.mark.parametrize(("value", "key"), [
