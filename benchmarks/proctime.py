@@ -81,7 +81,8 @@ def report(results: Mapping[str, Mapping[str, float]], base: str, runs: int) -> 
     print(f"{runs} runs each, interleaved; load average {os.getloadavg()[0]:.2f} at the end; "
           f"{len(os.sched_getaffinity(0))} cores")
     width = max(len(n) for n in results) + 2
-    print(f"{'command':<{width}} {'wall ms':>8} {'(IQR)':>15} {'CPU ms':>8}   {'wall x':>7} {'CPU x':>7}  (x: of {base})")
+    print(f"{'command':<{width}} {'wall ms':>8} {'(IQR)':>15} {'CPU ms':>8}   {'wall x':>7} {'CPU x':>7}"
+          f"  (x: of {base})")
     b = results[base]
     for name, r in results.items():
         iqr = f"{r['q1'] * 1000:.0f}-{r['q3'] * 1000:.0f}"
