@@ -7,7 +7,8 @@ Each subclass keeps its facts as attributes and formats them once in
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 __all__ = [
     "BundleError",
@@ -17,6 +18,7 @@ __all__ = [
     "PluginCallError",
     "PluginConflictError",
     "PluginLoadError",
+    "RegistryDamaged",
     "StoreError",
     "UnknownPluginError",
     "closest",
@@ -127,6 +129,27 @@ class DataError(OpsloopError):
 
 class StoreError(OpsloopError):
     """The model store cannot do what was asked (unknown model, bad name, busy...)."""
+
+
+class RegistryDamaged(StoreError):
+    """A registry's index is empty, unreadable or corrupt (issue 8, defect 4).
+
+    Raised instead of opening it, so that nothing is written next to bundles
+    the index no longer knows. `rebuild`, when the store can rebuild its
+    index from its bundles' manifests (`opsloop models reindex`), does that
+    and returns the store's report of it.
+    """
+
+    def __init__(self, path: str, problem: str, *, rebuild: Callable[[], Any] | None = None) -> None:
+        self.path = path
+        self.problem = problem
+        self.rebuild = rebuild
+        super().__init__(path)
+
+    def __str__(self) -> str:
+        hint = ("run `opsloop models reindex` to rebuild the index from the bundles' manifests"
+                if self.rebuild is not None else "restore it from a backup")
+        return f"model registry {self.path} {self.problem}; {hint}"
 
 
 class BundleError(OpsloopError):

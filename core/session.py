@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from opsloop.config import PLUGIN_LISTS, Config, structure
-from opsloop.errors import ConfigError, StoreError, UnknownPluginError, closest
+from opsloop.errors import ConfigError, PluginCallError, StoreError, UnknownPluginError, closest
 from opsloop.manager import STAGE_HOOKS, PluginManager
 
 if TYPE_CHECKING:
@@ -118,7 +118,12 @@ class Session:
         uri = os.environ.get(STORE_ENV) or self.config.store.uri
         store = None
         for name in self.config.selected("store"):
-            store = self.plugins.call(name, "open_store", uri=uri, workdir=Path(self.config.workdir))
+            try:
+                store = self.plugins.call(name, "open_store", uri=uri, workdir=Path(self.config.workdir))
+            except PluginCallError as exc:
+                if isinstance(exc.cause, StoreError):  # the store speaking about the registry: its words alone
+                    raise exc.cause from exc
+                raise
             if store is not None:
                 break
         if store is None:

@@ -25,10 +25,12 @@ from opsloop.store import (
     AliasChange,
     BundleFiles,
     ModelStore,
+    MAX_VERSION,
     ModelSummary,
     Ref,
     VersionSummary,
     check_name,
+    check_version,
     current_user,
     dir_identity,
     rollback_target,
@@ -127,6 +129,7 @@ class SQLStore(ModelStore):
     """
 
     SQL: ClassVar[Statements]
+    MAX_VERSION: ClassVar[int] = MAX_VERSION  # the largest number the version column holds
     _con: Any  # the connection, which the subclass opens
 
     def __init__(self, root: Path) -> None:
@@ -196,6 +199,10 @@ class SQLStore(ModelStore):
             raise unknown_model(name, (r[0] for r in con.execute(self.SQL.model_names)))
         return row[0]
 
+    def _fits(self, version: int) -> bool:
+        """Whether a (checked) number fits the version column: a larger one names no version (issue 8)."""
+        return check_version(version) <= self.MAX_VERSION
+
     def _missing_version(self, con: Any, name: str, version: int) -> StoreError:
         last = self._require_model(con, name)
         count, low, high = con.execute(self.SQL.span, (name,)).fetchone()
@@ -248,7 +255,7 @@ class SQLStore(ModelStore):
 
     def _get(self, name: str, version: int) -> ModelVersion:
         with self._read() as con:
-            row = con.execute(self.SQL.get, (name, version)).fetchone()
+            row = con.execute(self.SQL.get, (name, version)).fetchone() if self._fits(version) else None
             if row is None:
                 raise self._missing_version(con, name, version)
         return self._versions([row])[0]
@@ -315,7 +322,7 @@ class SQLStore(ModelStore):
         check_name(name)
         with self._transaction() as tx:
             self._lock_model(tx, name)
-            row = tx.execute(self.SQL.path, (name, version)).fetchone()
+            row = tx.execute(self.SQL.path, (name, version)).fetchone() if self._fits(version) else None
             if row is None:
                 raise self._missing_version(tx, name, version)
             pointing = [r[0] for r in tx.execute(self.SQL.pointing, (name, version))]
@@ -354,7 +361,7 @@ class SQLStore(ModelStore):
         check_name(name)
         with self._transaction() as tx:
             self._lock_model(tx, name)
-            if tx.execute(self.SQL.exists, (name, version)).fetchone() is None:
+            if not self._fits(version) or tx.execute(self.SQL.exists, (name, version)).fetchone() is None:
                 raise self._missing_version(tx, name, version)
             row = tx.execute(self.SQL.alias, (name, alias)).fetchone()
             current = row[0] if row else None

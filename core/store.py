@@ -26,7 +26,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +39,7 @@ from opsloop.types import ModelVersion
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 AliasAction = Literal["set", "rollback"]
+MAX_VERSION = 2**63 - 1  # SQLite's INTEGER; a larger number cannot name a version anywhere
 STAGING_TTL = 3600.0  # seconds after which a staging leftover is a leftover, not work in progress
 
 
@@ -48,6 +49,20 @@ def check_name(value: str, what: str = "model name") -> str:
         raise StoreError(f"invalid {what} {value!r}: use 1-128 letters, digits, '.', '_' or '-', "
                          "starting with a letter or digit, without '..'")
     return value
+
+
+def check_version(version: object) -> int:
+    """A version number as an int, StoreError unless it is a whole number from 1 to `MAX_VERSION`."""
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
+        raise StoreError(f"invalid version {version!r}: expected a whole number from 1 to {MAX_VERSION}")
+    return version
+
+
+def os_error(what: str, path: Path | str, exc: OSError) -> StoreError:
+    """One line for a failed file operation: what, where, and the system's words (read-only, disk full...)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    where = exc.filename if exc.filename else path
+    return StoreError(f"cannot {what}: {where}: {reason}" + (f" (errno {exc.errno})" if exc.errno else ""))
 
 
 def current_user() -> str:
@@ -75,8 +90,10 @@ class Ref:
             return cls(name=check_name(name), alias=check_name(alias, "alias"))
         if ":" in text:
             name, _, number = text.partition(":")
-            if not number.isdigit() or int(number) < 1:
-                raise StoreError(f"invalid version in {text!r}: expected NAME:N with N >= 1")
+            # ASCII digits only: str.isdigit() also accepts '²' and other digits int() refuses (issue 8)
+            if not (number.isascii() and number.isdigit()) or not 1 <= int(number) <= MAX_VERSION:
+                raise StoreError(f'invalid version reference "{text}": expected NAME:N with N a whole number '
+                                 f"from 1 to {MAX_VERSION}")
             return cls(name=check_name(name), version=int(number))
         return cls(name=check_name(name))
 
@@ -271,6 +288,15 @@ class ModelStore(abc.ABC):
     def close(self) -> None:
         """Release connections; the default has none."""
 
+    def reindex(self, *, force: bool = False) -> dict[str, Any]:
+        """Rebuild the index from the bundles (`opsloop models reindex`); StoreError where not supported.
+
+        Returns:
+            A JSON-able report: versions indexed, bundles skipped and why, aliases restored.
+        """
+        raise StoreError(f"the model store {self.uri} cannot rebuild its index from its bundles; restore its "
+                         "database from a backup instead")
+
     def resolve(self, ref: str | Ref) -> ModelVersion:
         """The version a reference names: `NAME` is the latest, `NAME@ALIAS` what the alias points at."""
         ref = Ref.parse(ref) if isinstance(ref, str) else ref
@@ -320,6 +346,12 @@ class BundleFiles:
     store holds its write lock (inside the transaction that records the
     version): a directory found at a number that has no record is then an
     orphan of a registration killed before its commit, and is replaced.
+
+    A registered bundle's directory is sealed (read-only) after its commit;
+    an orphan's never is. `place` therefore never replaces a sealed
+    directory: one found at a number the records do not know means that the
+    records lost versions (an emptied or older `registry.db`), and
+    overwriting it would destroy a registered model (issue 8, defect 4).
     """
 
     def __init__(self, root: Path) -> None:
@@ -333,11 +365,31 @@ class BundleFiles:
             for directory in (self.root, self.bundles, self.staging):
                 directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"cannot create the model store at {self.root}: {exc}") from None
+            if self.bundles.is_dir() and not self.writable():
+                return  # a read-only registry can still be read; writes say why they cannot
+            raise os_error("create the model store", self.root, exc) from None
+
+    def writable(self) -> bool:
+        """Whether new files can be made under the root (False on a read-only mount)."""
+        return os.access(self.root, os.W_OK | os.X_OK)
 
     def staging_dir(self) -> Path:
         """A new empty directory in `staging/`."""
-        return Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=self.staging))
+        try:
+            return Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=self.staging))
+        except OSError as exc:
+            raise os_error("make a staging directory for a new bundle", self.staging, exc) from None
+
+    def version_dirs(self) -> Iterator[tuple[str, int, Path]]:
+        """`(name, version, directory)` of every `bundles/<name>/<N>/` there is, in no order."""
+        with contextlib.suppress(OSError):
+            for model in os.scandir(self.bundles):
+                if not model.is_dir(follow_symlinks=False) or not NAME_RE.fullmatch(model.name):
+                    continue
+                with contextlib.suppress(OSError):
+                    for entry in os.scandir(model.path):
+                        if entry.name.isascii() and entry.name.isdigit() and entry.is_dir(follow_symlinks=False):
+                            yield model.name, int(entry.name), Path(entry.path)
 
     def prepare(self, name: str, staged: Path) -> tuple[Path, dict[str, Any], str]:
         """Verify a staged bundle, bring it into `staging/`, flush and seal it.
@@ -352,26 +404,40 @@ class BundleFiles:
             raise StoreError(f"cannot register {name}: {staged} is not a bundle directory")
         manifest = read_manifest(staged, ref=name)  # every file matches its sha256, or BundleError
         digest = manifest_digest(staged)
-        if staged.parent != self.staging:  # not ours: copy it onto our filesystem (the caller keeps theirs)
-            copy = self.staging_dir()
-            copy.rmdir()
-            shutil.copytree(staged, copy, symlinks=True)
-            staged = copy
-        for parent, _, files in os.walk(staged):  # durable before it is recorded, read-only from now on
-            for fname in files:
-                _fsync(Path(parent, fname))
-                Path(parent, fname).chmod(0o444)
-            _fsync(Path(parent))
+        copy = None
+        try:
+            if staged.parent != self.staging:  # not ours: copy it onto our filesystem (the caller keeps theirs)
+                copy = self.staging_dir()
+                _copy_tree(staged, copy)
+                staged = copy
+            for parent, _, files in os.walk(staged):  # durable before it is recorded, read-only from now on
+                for fname in files:
+                    _fsync(Path(parent, fname))
+                    Path(parent, fname).chmod(0o444)
+                _fsync(Path(parent))
+        except OSError as exc:  # a full disk, a read-only mount: say where, leave no copy behind
+            if copy is not None:
+                remove_tree(copy)
+            raise os_error(f"store the bundle of {name}", staged, exc) from None
         return staged, manifest, digest
 
     def place(self, staged: Path, name: str, version: int) -> str:
         """Rename a prepared bundle to its final place; its path relative to the root."""
         relative = f"bundles/{check_name(name)}/{int(version)}"
         target = self.root / relative
-        remove_tree(target)  # an orphan: the number has no record, so neither has the place
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(staged, target)
-        _fsync(target.parent)
+        if os.path.lexists(target):
+            if sealed(target):
+                raise StoreError(f"cannot register {name}:{version}: {target} already holds a registered bundle "
+                                 "that the registry has no record of (its index lost versions); nothing was "
+                                 "overwritten: run `opsloop models reindex` to rebuild the index from the "
+                                 "bundles' manifests")
+            remove_tree(target)  # an orphan: never sealed, never committed; the number has no record
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(staged, target)  # onto nothing: an existing non-empty directory makes it fail
+            _fsync(target.parent)
+        except OSError as exc:
+            raise os_error(f"place the bundle of {name}:{version}", target, exc) from None
         return relative
 
     def unplace(self, relative: str, staged: Path, identity: tuple[int, int]) -> None:
@@ -414,6 +480,31 @@ class BundleFiles:
                 with contextlib.suppress(OSError):
                     if entry.lstat().st_mtime < limit:
                         remove_tree(entry)
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    """Copy a directory tree into an existing empty directory, symlinks as symlinks.
+
+    Not `shutil.copytree`: it gathers every failure into one `shutil.Error`
+    listing each file, where the first OSError (a full disk) is what to say.
+    """
+    for parent, dirs, files in os.walk(source):
+        here = target / Path(parent).relative_to(source)
+        for name in dirs:
+            if os.path.islink(os.path.join(parent, name)):
+                os.symlink(os.readlink(os.path.join(parent, name)), here / name)
+            else:
+                os.mkdir(here / name)
+        for name in files:
+            shutil.copy2(os.path.join(parent, name), here / name, follow_symlinks=False)
+
+
+def sealed(path: Path) -> bool:
+    """Whether a bundle directory was sealed, i.e. made read-only after its version was committed."""
+    try:
+        return not os.lstat(path).st_mode & 0o222
+    except OSError:
+        return False
 
 
 def dir_identity(path: Path) -> tuple[int, int]:

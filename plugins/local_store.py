@@ -8,6 +8,18 @@ Layout under the root:
     bundles/<name>/<version>/    each version's bundle, read-only once registered
     staging/                     bundles being written (same filesystem: rename is atomic)
 
+Opening checks the index before anything is written (issue 8, defect 4): a
+`registry.db` that is missing, empty or without tables while `bundles/`
+holds versions, or that SQLite finds corrupt, is refused with a
+`RegistryDamaged` error that points at `opsloop models reindex`, which
+rebuilds the index from the bundles' manifests (`opsloop.plugins.
+_local_reindex`). `PRAGMA quick_check` runs on every open while the database
+is at most `QUICK_CHECK_MAX_BYTES` (it reads every page: about 3 ms per MB
+on the 2-core test machine, 8 ms for 10,000 versions); a larger one is
+checked by the queries themselves, whose corruption errors name the file.
+A registry whose directory cannot be written (a read-only mount) is opened
+read-only: it lists, shows and serves; every change is refused, saying so.
+
 A registration verifies the staged bundle, then in one `BEGIN IMMEDIATE`
 transaction takes the next number, renames the bundle into place and inserts
 its row. A process killed before the commit leaves at most a directory
@@ -20,7 +32,9 @@ connection, the schema, the write lock and the clock. The plugin has no options.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import os
 import re
 import sqlite3
 import time
@@ -28,14 +42,17 @@ import urllib.parse
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from opsloop.errors import StoreError
+from opsloop.errors import RegistryDamaged, StoreError
 from opsloop.hookspecs import hookimpl
 from opsloop.sqlstore import HISTORY_COLUMNS, SQLStore, Statements, Transaction
 from opsloop.store import ModelStore
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another one before giving up
+QUICK_CHECK_MAX_BYTES = 32 << 20  # quick_check on open up to this size (~0.1 s); see the module docstring
+DAMAGED = ("not a database", "malformed", "corrupt", "could not decode")
 
 SCHEMA = """
 CREATE TABLE models (
@@ -127,27 +144,90 @@ class LocalStore(SQLStore):
         super().__init__(root)
         self.uri = uri or str(self.root)
         self.db = self.root / "registry.db"
+        self.read_only = not self.files.writable()
+        self._check_file()
         with self._errors():
-            con = sqlite3.connect(self.db, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+            con = self._connect_read_only() if self.read_only else sqlite3.connect(
+                self.db, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
         self._open(con)
 
     # -- plumbing ------------------------------------------------------------
 
+    def _damaged(self, problem: str) -> RegistryDamaged:
+        from opsloop.plugins._local_reindex import rebuild
+
+        return RegistryDamaged(str(self.db), problem, rebuild=functools.partial(rebuild, self.root))
+
+    def _versions_on_disk(self) -> str:
+        names, count = set(), 0
+        for name, _, _ in self.files.version_dirs():
+            names.add(name)
+            count += 1
+        return f"{self.bundles} holds {count} version(s) of {len(names)} model(s)"
+
+    def _check_file(self) -> None:
+        """Refuse a missing or empty database next to registered bundles, before SQLite creates one."""
+        try:
+            size: int | None = self.db.stat().st_size
+        except FileNotFoundError:
+            size = None
+        except OSError as exc:
+            raise StoreError(f"cannot read model registry {self.db}: {exc.strerror or exc}") from None
+        if size in (None, 0) and next(self.files.version_dirs(), None) is not None:
+            raise self._damaged(f"is {'missing' if size is None else 'empty (0 bytes)'} but "
+                                f"{self._versions_on_disk()}")
+        if size is None and self.read_only:
+            raise StoreError(f"no model registry at {self.root}, and it is read-only: cannot create one")
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A read-only connection: `mode=ro`, or `immutable=1` when SQLite cannot share the WAL index.
+
+        A WAL database needs its `-shm` file; on a read-only mount without one,
+        only `immutable` opens it (then changes made through a writable mount
+        elsewhere are not seen until the store is opened again).
+        """
+        path = urllib.parse.quote(str(self.db))
+        for flags in ("mode=ro", "immutable=1"):
+            con = sqlite3.connect(f"file:{path}?{flags}", uri=True, timeout=BUSY_TIMEOUT, isolation_level=None,
+                                  check_same_thread=False)
+            try:
+                con.execute("PRAGMA user_version").fetchone()
+                return con
+            except sqlite3.OperationalError:
+                con.close()
+                if flags == "immutable=1":
+                    raise
+        raise AssertionError("unreachable")
+
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
-        """SQLite failures as StoreErrors naming the registry file."""
+        """SQLite failures as StoreErrors naming the registry file (damage: RegistryDamaged)."""
         try:
             yield
         except sqlite3.Error as exc:
             text = str(exc)
+            lowered = text.lower()
             if "locked" in text or "busy" in text:
                 raise StoreError(f"model registry {self.db} is busy: another process holds it "
                                  f"(waited up to {BUSY_TIMEOUT:.0f} s: {text})") from None
-            if isinstance(exc, sqlite3.DatabaseError) and ("not a database" in text or "malformed" in text
-                                                           or "corrupt" in text):
-                raise StoreError(f"model registry {self.db} is corrupt or not an opsloop registry ({text}); "
-                                 "restore it from a backup or move it away") from None
+            if isinstance(exc, sqlite3.DatabaseError) and any(word in lowered for word in DAMAGED):
+                # "Could not decode to UTF-8 column 'x' with text '<garbage>'": never the garbage
+                text = text.partition(" with text ")[0]
+                raise self._damaged(f"is corrupt ({text}; `sqlite3 {self.db} 'PRAGMA integrity_check'` "
+                                    "shows where)") from None
+            if "readonly" in lowered or "read-only" in lowered:
+                raise StoreError(f"model registry {self.db} is read-only ({text}): it can be read, "
+                                 "not changed") from None
+            if "full" in lowered:
+                raise StoreError(f"model registry {self.db}: the disk is full ({text})") from None
             raise StoreError(f"model registry {self.db}: {type(exc).__name__}: {text}") from None
+
+    def _size(self) -> int:
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                total += os.stat(f"{self.db}{suffix}").st_size
+        return total
 
     def _initialise(self) -> None:
         """Set the connection up; create the schema in a new file (once, whoever comes first)."""
@@ -160,7 +240,7 @@ class LocalStore(SQLStore):
             while True:
                 try:
                     self._create_schema()
-                    return
+                    break
                 except sqlite3.OperationalError as exc:
                     # Processes opening a new registry at the same moment: while one of them
                     # switches the file to WAL mode, SQLite answers "locked" without waiting.
@@ -169,6 +249,11 @@ class LocalStore(SQLStore):
                     if con.in_transaction:
                         con.execute("ROLLBACK")
                     time.sleep(0.01)
+            if self._size() <= QUICK_CHECK_MAX_BYTES:  # a damaged page anywhere, before anything trusts it
+                problems = [" ".join(str(row[0]).split()) for row in con.execute("PRAGMA quick_check(3)")]
+                if problems != ["ok"]:
+                    raise self._damaged(f"is corrupt (SQLite's quick_check: {'; '.join(problems)}; "
+                                        f"`sqlite3 {self.db} 'PRAGMA integrity_check'` shows more)")
 
     def _create_schema(self) -> None:
         con = self._con
@@ -178,6 +263,12 @@ class LocalStore(SQLStore):
                              f"understands ({SCHEMA_VERSION}); upgrade opsloop")
         if version == SCHEMA_VERSION:
             return
+        tables = con.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
+        if not tables and next(self.files.version_dirs(), None) is not None:
+            raise self._damaged(f"has no tables but {self._versions_on_disk()}")
+        if self.read_only:
+            raise StoreError(f"model registry {self.db} is not set up, and {self.root} is read-only: "
+                             "cannot create it")
         if con.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
             raise sqlite3.OperationalError("database is locked (switching to WAL mode)")
         con.execute("BEGIN IMMEDIATE")
@@ -198,6 +289,9 @@ class LocalStore(SQLStore):
 
         That lock is the whole registry's, so `_lock_model` has nothing to add.
         """
+        if self.read_only:
+            raise StoreError(f"model registry {self.root} is read-only (its directory cannot be written, e.g. a "
+                             "read-only mount): it can be listed and shown, not changed")
         with self._lock, self._errors():
             self._con.execute("BEGIN IMMEDIATE")
             tx = Transaction(self._con)
@@ -217,6 +311,13 @@ class LocalStore(SQLStore):
             yield self._con
 
     # -- what SQLStore asks of SQLite ------------------------------------------
+
+    def reindex(self, *, force: bool = False) -> dict[str, Any]:
+        """Rebuild `registry.db` from the bundles when it lost versions (or with `force`); see `_local_reindex`."""
+        from opsloop.plugins._local_reindex import rebuild
+
+        self.close()  # the rebuild opens the registry itself, under its own lock
+        return rebuild(self.root, force=force)
 
     def _take_number(self, tx: Transaction, name: str) -> int:
         """The next number: the transaction holds the registry's write lock, so nobody else reads it now."""

@@ -171,6 +171,7 @@ class PostgresStore(SQLStore):
     """A registry shared by a team: PostgreSQL for the records, a directory for the bundles."""
 
     SQL = Statements(param="%s", join_aliases="string_agg(alias, ',')")
+    MAX_VERSION = 2**31 - 1  # the version column is an INTEGER
 
     def __init__(self, conninfo: str, root: Path, *, schema: str = "opsloop", uri: str | None = None) -> None:
         self._psycopg = _psycopg()
