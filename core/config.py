@@ -308,6 +308,9 @@ def read(path: Path | None = None, *, overrides: Iterable[str] = (), workdir: Pa
             user = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"no such file: {path}") from None
+        except UnicodeDecodeError as exc:  # where, never the file's bytes (issue 8)
+            line = exc.object[:exc.start].count(b"\n") + 1
+            raise ConfigError(f"not UTF-8 text at byte {exc.start} (line {line})", source=str(path)) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from None
         # A user's data is described whole: the embedded data's periods must not leak into it.

@@ -114,7 +114,7 @@ def _add_plugin_commands(app: typer.Typer, argv: list[str]) -> None:
     path = _config_path(argv)
     try:
         enable = tomllib.loads(path.read_text(encoding="utf-8")).get("plugins", {}).get("enable", [])
-    except (OSError, tomllib.TOMLDecodeError, AttributeError):
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
         return  # commands that read the config report its problems properly
     if not enable or not isinstance(enable, list):
         return
