@@ -11,6 +11,13 @@ Its digest is the sha256 of `manifest.json`, so the digest covers every file.
 `read_bundle` checks every file against the manifest before anything is
 loaded, and `LoadedModel.predict` replays the stored preprocessing so that
 scoring sees the same features as training did.
+
+The manifest also keeps a few raw input rows of the training data (`probe`,
+the scorer's columns only) and the time it was written (`created_at`).
+`check_bundle` loads a bundle and scores its probe rows: what registration
+does before a version becomes visible, and promote and rollback before an
+alias moves to it (issue 8, defect 5: a bundle that cannot load must never be
+registered or promoted).
 """
 
 from __future__ import annotations
@@ -18,13 +25,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from opsloop.config import CONVERTER, structure
-from opsloop.errors import BundleError, DataError
+from opsloop.errors import BundleError, DataError, OpsloopError, PluginCallError
 from opsloop.types import Dataset, TrainedModel
 
 if TYPE_CHECKING:
@@ -35,6 +43,7 @@ if TYPE_CHECKING:
 
 FORMAT = "opsloop.bundle/1"
 MANIFEST = "manifest.json"
+PROBE_ROWS = 5  # raw rows kept in the manifest to check that a bundle scores (few: the manifest stays small)
 
 
 def sha256_file(path: Path) -> str:
@@ -77,6 +86,26 @@ def write_bundle(directory: Path, *, model: TrainedModel, trainer: str, raw: Dat
     `sklearn`) is loaded and asked. The manifest records which plugin saved
     it (to load it back) and the sha256 of each file.
     """
+    try:
+        return _write_bundle(directory, model=model, trainer=trainer, raw=raw, steps=steps, metrics=metrics,
+                             lineage=lineage, plugins=plugins)
+    except OSError as exc:  # a full disk, a read-only mount: one line naming the place (issue 8)
+        raise _write_error(directory, exc) from None
+    except PluginCallError as exc:  # the flavor plugin's save_model hit the same
+        if isinstance(exc.cause, OSError) and exc.cause.errno:
+            raise _write_error(directory, exc.cause) from None
+        raise
+
+
+def _write_error(directory: Path, exc: OSError) -> OpsloopError:
+    from opsloop.store import os_error
+
+    return os_error("write the model bundle", directory, exc)
+
+
+def _write_bundle(directory: Path, *, model: TrainedModel, trainer: str, raw: Dataset,
+                  steps: Sequence[StepRecord], metrics: Mapping[str, float], lineage: Mapping[str, Any],
+                  plugins: PluginManager) -> dict[str, Any]:
     directory.mkdir(parents=True, exist_ok=True)
     saver, files = plugins.first("save_model", model=model, path=directory)
     if saver is None and model.flavor in plugins.known and not plugins.pm.has_plugin(model.flavor):
@@ -86,6 +115,7 @@ def write_bundle(directory: Path, *, model: TrainedModel, trainer: str, raw: Dat
         raise BundleError(f"no plugin can save flavor {model.flavor!r} (trained by {trainer})")
     manifest = {
         "format": FORMAT,
+        "created_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "flavor": model.flavor,
         "flavor_plugin": saver,
         "trainer": trainer,
@@ -99,11 +129,63 @@ def write_bundle(directory: Path, *, model: TrainedModel, trainer: str, raw: Dat
         "params": dict(model.params),
         "metrics": dict(metrics),
         "lineage": dict(lineage),
+        "probe": probe_rows(raw),
         "files": {name: sha256_file(directory / name) for name in sorted(files)},
     }
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n",
                                       encoding="utf-8")
     return manifest
+
+
+def probe_rows(raw: Dataset) -> dict[str, Any]:
+    """The first `PROBE_ROWS` rows of the raw input columns, as JSON (`orient="split"`, ISO times)."""
+    columns = [c["name"] for c in input_schema(raw)]
+    head = raw.frame[columns].head(PROBE_ROWS)
+    return json.loads(head.to_json(orient="split", index=False, date_format="iso", date_unit="ns"))
+
+
+def probe_frame(manifest: Mapping[str, Any]) -> pd.DataFrame | None:
+    """The probe rows of a manifest with their recorded dtypes; None for a bundle without them."""
+    import pandas as pd
+
+    probe = manifest.get("probe")
+    if not probe or not probe.get("data"):
+        return None
+    frame = pd.DataFrame(probe["data"], columns=probe["columns"])
+    for column in manifest.get("input_schema", []):
+        name, dtype = column["name"], column["dtype"]
+        if name in frame.columns:
+            frame[name] = pd.to_datetime(frame[name]).astype(dtype) if dtype.startswith("datetime") \
+                else frame[name].astype(dtype)
+    return frame
+
+
+def check_bundle(directory: Path, plugins: PluginManager, *, ref: str, digest: str | None = None) -> None:
+    """Verify, load and score a bundle's probe rows (load only when it has none); BundleError naming why.
+
+    What a version must pass to be registered, and to be promoted or rolled
+    back to: its files match, its estimator loads, and it scores raw rows
+    through its own preprocessing.
+    """
+    import numpy as np
+
+    model = read_bundle(directory, plugins, ref=ref, digest=digest)
+    try:
+        probe = probe_frame(model.manifest)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"its probe rows cannot be read back: {exc}", model=ref, file=str(directory)) from None
+    if probe is None:
+        return
+    try:
+        predictions = model.predict(probe)
+    except OpsloopError as exc:
+        raise BundleError(f"it loads but cannot score its probe rows: {exc}", model=ref) from None
+    except Exception as exc:  # the estimator itself: whatever it raises is the cause to show
+        raise BundleError(f"it loads but cannot score its probe rows: {exc!r}", model=ref) from None
+    if len(predictions) != len(probe):
+        raise BundleError(f"it scored {len(predictions)} of its {len(probe)} probe rows", model=ref)
+    if "score" in predictions and not np.isfinite(predictions["score"].to_numpy(dtype=float)).all():
+        raise BundleError("its scores of the probe rows are not finite numbers", model=ref)
 
 
 def manifest_digest(directory: Path) -> str:

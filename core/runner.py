@@ -21,8 +21,9 @@ import attrs
 
 from opsloop import data as data_mod
 from opsloop import gates, lineage
-from opsloop.bundle import LoadedModel, StepRecord, read_bundle, unstructure_options, write_bundle
-from opsloop.errors import OpsloopError, PluginCallError
+from opsloop.bundle import LoadedModel, StepRecord, check_bundle, read_bundle, unstructure_options, write_bundle
+from opsloop.errors import BundleError, OpsloopError, PluginCallError, StoreError
+from opsloop.store import remove_tree
 from opsloop.types import (
     Dataset,
     Deployment,
@@ -213,11 +214,21 @@ class Runner:
             used = [*self.config.selected("preprocess"), trainer, *self.config.selected("validate")]
             record = lineage.record(config=self.config, plugins=self.plugins, used=used, data=raw,
                                     run_id=self.run.run_id, parent=parent)
+            name = self.run.model_name
             staged = self.store.staging_dir()
-            manifest = write_bundle(staged, model=model, trainer=trainer, raw=raw, steps=steps,
-                                    metrics=validation[0].mean if validation else {}, lineage=record,
-                                    plugins=self.plugins)
-            version = self.store.register(self.run.model_name, staged, manifest)
+            try:
+                manifest = write_bundle(staged, model=model, trainer=trainer, raw=raw, steps=steps,
+                                        metrics=validation[0].mean if validation else {}, lineage=record,
+                                        plugins=self.plugins)
+                try:  # loads and scores before it becomes visible: never register what cannot load (issue 8)
+                    check_bundle(staged, self.plugins, ref=f"{name} (new version)")
+                except BundleError as exc:
+                    raise StoreError(f"the new version of {name} (run {self.run.run_id}) was not registered: "
+                                     f"{exc}") from exc
+                version = self.store.register(name, staged, manifest)
+            except BaseException:
+                remove_tree(staged)  # a failed write, check or registration leaves nothing in staging/
+                raise
             self.plugins.notify("on_model_registered", version=version, run=self.run)
             if alias:
                 self.session.set_alias(self.store, version.name, alias, version.version,
@@ -347,6 +358,7 @@ class Runner:
 
     def run_once(self) -> RunResult:
         """One pass of the lifecycle on the configured data."""
+        self.store  # noqa: B018 - opened first: a damaged registry fails in a second, not after training
         raw = self._stage("load", [self.config.data.source], lambda: data_mod.load(self.config),
                           lambda d: f"{len(d):,} rows from {d.name}")
         train_raw, monitor_raw = data_mod.periods(raw, self.config)

@@ -12,7 +12,8 @@ and `anomaly` for an unsupervised outlier detector (fitted without labels;
 `_skops_flavor.AnomalyLabels`).
 
 Features must be numeric, boolean or pandas `category`; text or date columns
-are a DataError naming them.
+are a DataError naming them. For classification, training rows whose target
+holds one class only are a DataError naming the column and the class.
 
 Flavor `sklearn`: `model.skops`, loaded with an explicit list of trusted
 types (see `opsloop.plugins._skops_flavor`); a bundle carrying any other
@@ -113,6 +114,11 @@ def labels(dataset: Dataset, task: str, plugin: str) -> pd.Series:
         raise DataError(f"{plugin}: target column {dataset.target!r} has {missing} missing value(s)")
     if task == "regression" and not pd.api.types.is_numeric_dtype(y):
         raise DataError(f"{plugin}: regression needs a numeric target, {dataset.target!r} is {y.dtype}")
+    if task == "classification" and y.nunique() == 1:  # issue 8: a one-class "classifier" learns nothing
+        seen = y.iloc[0].item() if hasattr(y.iloc[0], "item") else y.iloc[0]
+        raise DataError(f"{plugin}: target column {dataset.target!r} holds one class only ({seen!r}) in the "
+                        f"{len(y):,} training rows of dataset {dataset.name or '?'}; a classifier needs at least "
+                        "two: train on a period that has both (with incidents), or check [data] target")
     return y
 
 

@@ -12,6 +12,9 @@ scikit-learn API, so the estimator has `predict`, `predict_proba` and
   classifier hold one class only (a quiet last stretch without incidents),
   early stopping could only learn "always normal": it is switched off for
   that fit, with a warning, and all `n_estimators` rounds run on all rows.
+  Training rows whose target holds one class only are refused (a DataError
+  naming the column and the class): such a model could not be loaded back.
+  k-fold validation reports a fold refused this way as NaN, with a note.
 - Class imbalance: `scale_pos_weight = "auto"` weighs positives by
   negatives / positives of the rows the booster is fitted on (binary only).
 - Any XGBoost parameter passes through `params` verbatim (`device = "cuda"`,
@@ -34,6 +37,7 @@ n_jobs, params; see `Options`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -142,11 +146,23 @@ def target_of(dataset: Dataset, task: str, plugin: str = "xgboost") -> pd.Series
         raise DataError(f"{plugin}: target column {dataset.target!r} is {y.dtype}, not numeric")
     if task == "classification":
         classes = np.unique(y.to_numpy())
+        if len(classes) < 2:  # a one-class model cannot be loaded back (issue 8): refuse it here
+            raise DataError(one_class(plugin, dataset, classes))
         if len(classes) > 50 or not np.array_equal(classes, np.arange(len(classes))):
             shown = ", ".join(map(str, classes[:10])) + (" ..." if len(classes) > 10 else "")
             raise DataError(f"{plugin}: classification needs class labels 0..k-1 in {dataset.target!r}, "
                             f"found {shown}; encode them, or use task = \"regression\"")
     return y
+
+
+def one_class(plugin: str, dataset: Dataset, classes: Any) -> str:
+    """The message for training rows whose target holds a single class."""
+    if not len(classes):
+        return f"{plugin}: dataset {dataset.name or '?'} has no training rows"
+    seen = classes[0].item() if hasattr(classes[0], "item") else classes[0]
+    return (f"{plugin}: target column {dataset.target!r} holds one class only ({seen!r}) in the "
+            f"{len(dataset.frame):,} training rows of dataset {dataset.name or '?'}; a classifier needs at least "
+            "two: train on a period that has both (with incidents), or check [data] target")
 
 
 def holdout_mask(dataset: Dataset, fraction: float, seed: int, stratify: pd.Series | None) -> np.ndarray:
@@ -256,7 +272,10 @@ def save_model(model: TrainedModel, path: Path) -> list[str] | None:
     import xgboost as xgb
 
     estimator = model.estimator
-    estimator.save_model(str(Path(path) / MODEL_FILE))
+    try:
+        estimator.save_model(str(Path(path) / MODEL_FILE))
+    except xgb.core.XGBoostError as exc:
+        raise _write_failure(Path(path) / MODEL_FILE, exc) from None
     best = getattr(estimator.get_booster(), "best_iteration", None)
     meta = {
         "format": META_FORMAT,
@@ -269,6 +288,21 @@ def save_model(model: TrainedModel, path: Path) -> list[str] | None:
     }
     (Path(path) / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return [MODEL_FILE, META_FILE]
+
+
+def _write_failure(file: Path, exc: Exception) -> Exception:
+    """XGBoost's writer says only "FileStream.Write incomplete": an OSError with the system's reason if
+    there is one to see (a full disk, no permission), else a BundleError with XGBoost's first line."""
+    import errno
+    import os
+
+    with contextlib.suppress(OSError):
+        if os.statvfs(file.parent).f_bavail == 0:
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
+    if not os.access(file.parent, os.W_OK):
+        return OSError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return BundleError(f"XGBoost could not write the model: {first}", file=str(file))
 
 
 @hookimpl

@@ -146,6 +146,7 @@ def promote(name: Annotated[str, typer.Argument(help="Model name.")],
 
     session = _session(config, set_)
     with session.open_store() as store:
+        _check_target(session, store, store.get(name, version), f"promote it to {name}@{alias}")
         change = session.set_alias(store, name, alias, version, reason=reason or "promoted from the command line")
     if json_:
         print_json(_change_json(change) if change else {"name": name, "alias": alias, "to_version": version,
@@ -163,13 +164,67 @@ def rollback(name: Annotated[str, typer.Argument(help="Model name.")],
     """Point an alias back at the version it pointed to before (again: one step further back)."""
     from opsloop.cli._render import print_json
 
+    from opsloop.store import rollback_target
+
     session = _session(config, set_)
     with session.open_store() as store:
+        current = store.alias(name, alias)
+        if current is not None:  # the version it would go back to must load (the store's own errors otherwise)
+            exists = {s.version for s in store.version_summaries(name)}
+            target = rollback_target(store.history(name, alias), current, exists)
+            if target is not None:
+                _check_target(session, store, store.get(name, target), f"roll {name}@{alias} back to it")
         change = session.rollback(store, name, alias, reason=reason or "rolled back from the command line")
     if json_:
         print_json(_change_json(change))
     else:
         _print_change(change, "rolled back")
+
+
+def _check_target(session: Any, store: Any, v: ModelVersion, what: str) -> None:
+    """Refuse to point an alias at a version whose bundle fails its checks (issue 8): digest, load, probe rows."""
+    from opsloop.bundle import check_bundle
+    from opsloop.errors import BundleError, StoreError
+
+    try:
+        check_bundle(v.path, session.plugins, ref=v.ref, digest=v.digest)
+    except BundleError as exc:
+        raise StoreError(f"cannot {what}: {v.ref} fails its checks: {exc}") from exc
+
+
+@models_app.command("reindex")
+def reindex(force: Annotated[bool, typer.Option("--force", help="Rebuild even a readable index that "
+                                                                "knows every bundle.")] = False,
+            config: ConfigOption = None, set_: SetOption = None, json_: JsonOption = False) -> None:
+    """Rebuild the registry's index from its bundles' manifests (after registry.db was lost or damaged)."""
+    from opsloop.cli._render import console, print_json, table
+    from opsloop.errors import PluginCallError, RegistryDamaged
+
+    try:
+        store = open_store(config, set_)
+    except (RegistryDamaged, PluginCallError) as exc:
+        damaged = exc.cause if isinstance(exc, PluginCallError) else exc
+        if not isinstance(damaged, RegistryDamaged) or damaged.rebuild is None:
+            raise
+        done = damaged.rebuild()
+    else:
+        with store:
+            done = store.reindex(force=force)
+    if json_:
+        print_json(done)
+        return
+    console.print(f"rebuilt {done['registry']} from the bundles: {len(done['versions'])} version(s) indexed; "
+                  f"the old index is kept as {done['old_index']}")
+    if done["skipped"]:
+        console.print(table("bundles skipped", ["version", "why"], ([s["ref"], s["reason"]] for s in done["skipped"])))
+    if done["aliases"]:
+        aliases = ", ".join(f"{a} -> {v}" for a, v in done["aliases"].items())
+        console.print(f"aliases restored from {done['aliases_from']}: {aliases}; "
+                      f"{done['history_entries']} alias history entries")
+    else:
+        console.print(done["aliases_from"])
+    for note in done["notes"]:
+        console.print(f"note: {note}")
 
 
 @models_app.command("history")
