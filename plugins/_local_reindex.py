@@ -158,6 +158,9 @@ def fill(con: Any, rows: list[dict[str, Any]], old: Old, aliases: dict[tuple[str
     for row in rows:
         last, first = models.get(row["name"], (0, row["created_at"]))
         models[row["name"]] = (max(last, row["version"], old.last.get(row["name"], 0)), min(first, row["created_at"]))
+    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    for name, last in old.last.items():  # every version deleted: its numbers stay given all the same
+        models.setdefault(name, (last, now))
     con.executemany("INSERT INTO models (name, last_version, created_at) VALUES (?, ?, ?)",
                     [(n, last, at) for n, (last, at) in models.items()])
     for row in rows:
@@ -171,7 +174,6 @@ def fill(con: Any, rows: list[dict[str, Any]], old: Old, aliases: dict[tuple[str
                     [(n, a, v) for (n, a), v in aliases.items()])
     history = [h for h in old.history or () if h[0] in models]
     if old.history is None:  # aliases kept without their trail: the trail says where they come from
-        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         history = [(n, a, None, v, "opsloop models reindex", now, "restored by reindex: the alias history was "
                     "unreadable", "set") for (n, a), v in aliases.items()]
     con.executemany("INSERT INTO alias_history (name, alias, from_version, to_version, actor, at, reason, action) "
@@ -182,6 +184,9 @@ def fill(con: Any, rows: list[dict[str, Any]], old: Old, aliases: dict[tuple[str
 def report(db: Path, rows: list[dict[str, Any]], skipped: list[dict[str, str]], aliases: dict[tuple[str, str], int],
            source: str, history: int, old: Old, kept: Path) -> dict[str, Any]:
     notes = list(old.notes)
+    if not old.last:
+        notes.append("the old index's last version numbers are lost: a number above a model's highest bundle "
+                     "that was given to a version deleted since may be given again")
     unsealed = [f"{r['name']}:{r['version']}" for r in rows if not r["sealed"]]
     if unsealed:
         notes.append(f"never sealed, indexed (their registration may not have committed): {', '.join(unsealed)}")

@@ -218,9 +218,18 @@ class LocalStore(SQLStore):
             if "readonly" in lowered or "read-only" in lowered:
                 raise StoreError(f"model registry {self.db} is read-only ({text}): it can be read, "
                                  "not changed") from None
-            if "full" in lowered:
+            if "disk is full" in lowered:
                 raise StoreError(f"model registry {self.db}: the disk is full ({text})") from None
             raise StoreError(f"model registry {self.db}: {type(exc).__name__}: {text}") from None
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise StoreError(f"model registry {self.root} is read-only (its directory cannot be written, e.g. a "
+                             "read-only mount): it can be listed and shown, not changed")
+
+    def staging_dir(self) -> Path:
+        self._writable()
+        return super().staging_dir()
 
     def _size(self) -> int:
         total = 0
@@ -289,9 +298,7 @@ class LocalStore(SQLStore):
 
         That lock is the whole registry's, so `_lock_model` has nothing to add.
         """
-        if self.read_only:
-            raise StoreError(f"model registry {self.root} is read-only (its directory cannot be written, e.g. a "
-                             "read-only mount): it can be listed and shown, not changed")
+        self._writable()
         with self._lock, self._errors():
             self._con.execute("BEGIN IMMEDIATE")
             tx = Transaction(self._con)

@@ -261,7 +261,8 @@ def test_a_single_class_target_is_refused_at_training(project):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (("models", "show", "asd-anomaly:99999999999999999999"), 'invalid version reference "asd-anomaly:99999999999999999999"'),
+    (("models", "show", "asd-anomaly:99999999999999999999"),
+     'invalid version reference "asd-anomaly:99999999999999999999"'),
     (("models", "show", "asd-anomaly:²"), 'invalid version reference "asd-anomaly:²"'),
     (("models", "promote", "asd-anomaly", "99999999999999999999"), "invalid version 99999999999999999999"),
     (("models", "delete", "asd-anomaly", "99999999999999999999", "--yes"), "invalid version 99999999999999999999"),

@@ -195,6 +195,17 @@ def test_reindex_after_a_garbage_page_keeps_what_the_old_index_still_gives(regis
         assert store.rollback("m").to_version == 1  # the undo stack came back with the history
 
 
+def test_reindex_keeps_numbers_the_old_index_still_knows(registry):
+    with LocalStore(registry) as store:
+        store.delete("n", 1)  # n has no version left; its number 1 stays given
+        store.delete("m", 3)
+    garble_page(registry, "details")
+    report = rebuild(registry)
+    assert report["versions"] == ["m:1", "m:2"]
+    with LocalStore(registry) as store:
+        assert add(store, "n").version == 2 and add(store, "m").version == 4
+
+
 def test_reindex_skips_a_tampered_bundle_and_says_why(registry):
     bundle = registry / "bundles" / "m" / "3"
     bundle.chmod(0o755)
@@ -301,8 +312,10 @@ def test_a_registry_on_a_read_only_mount_is_read_and_refuses_changes(registry, r
         assert read_manifest(v.path, ref=v.ref, digest=v.digest)["params"] == {"tag": "c"}
         with pytest.raises(StoreError, match=r"is read-only .*can be listed and shown, not changed"):
             store.set_alias("m", "production", 3)
-        with pytest.raises(StoreError, match=r"cannot make a staging directory .*staging.*Read-only file system"):
+        with pytest.raises(StoreError, match=r"is read-only .*not changed"):
             store.staging_dir()
+        with pytest.raises(StoreError, match=r"cannot make a staging directory .*staging.*Read-only file system"):
+            store.files.staging_dir()  # what the filesystem itself answers
     with LocalStore(registry) as store:  # the same registry, writable again: unchanged
         assert store.alias("m", "production") == 2
 
@@ -320,7 +333,8 @@ def test_a_full_disk_while_storing_a_bundle_is_one_line_and_leaves_nothing(tmp_p
             make_bundle(outside, tag="big")
             (outside / "model.txt").write_bytes(os.urandom(400_000))
             manifest = json.loads((outside / "manifest.json").read_text())
-            manifest["files"]["model.txt"] = "sha256:" + hashlib.sha256((outside / "model.txt").read_bytes()).hexdigest()
+            digest = hashlib.sha256((outside / "model.txt").read_bytes()).hexdigest()
+            manifest["files"]["model.txt"] = f"sha256:{digest}"
             (outside / "manifest.json").write_text(json.dumps(manifest))
             with pytest.raises(StoreError, match=r"cannot store the bundle of m: .*No space left on device .errno 28."):
                 store.register("m", outside, manifest)
