@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import threading
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from opsloop.serving.app import ServingApp
 
 from opsloop.serving.settings import SERVING_DIR
+
+log = logging.getLogger("opsloop.serving")
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -126,7 +129,14 @@ def run(app: ServingApp, *, host: str | None = None, port: int | None = None, st
     if path is not None:
         record = {"pid": os.getpid(), "host": bound_host, "port": bound_port, "url": url, "model": app.model,
                   "alias": settings.alias, "started_at": time.time(), "log": str(settings.log_path)}
-        _write_state(path, record)
+        try:
+            _write_state(path, record)
+        except OSError as exc:  # a read-only working directory (issue 8): serve, but say what is lost
+            log.warning("opsloop serve: cannot write the state file %s (%s): `opsloop serve --stop` and the "
+                        "local-http target will not find this server; stop it with Ctrl-C or SIGTERM",
+                        path, exc.strerror or exc)
+            path = None
+    if path is not None:
         keeper = threading.Thread(target=_keep_state, args=(path, record, kept, settings.poll_interval),
                                   name="opsloop-state", daemon=True)
         keeper.start()
@@ -154,19 +164,23 @@ def _write_state(path: Path, record: dict[str, Any]) -> None:
 
 
 def _keep_state(path: Path, record: dict[str, Any], stop: threading.Event, interval: float) -> None:
-    """Write the state file again when it is deleted (`rm -rf .opsloop/serving`): `--stop` must find us (issue 8)."""
-    import logging
+    """Write the state file again when it is deleted (`rm -rf .opsloop/serving`): `--stop` must find us (issue 8).
 
+    A failure is said once, not at every poll, and again only after a success.
+    """
+    failing = False
     while not stop.wait(interval):
         if not path.exists():
             try:
                 _write_state(path, record)
             except OSError as exc:
-                logging.getLogger("opsloop.serving").error("opsloop serve: cannot write the state file %s "
-                                                           "again: %s", path, exc)
+                if not failing:
+                    log.error("opsloop serve: the state file %s was deleted and cannot be written again: %s",
+                              path, exc)
+                failing = True
             else:
-                logging.getLogger("opsloop.serving").warning("opsloop serve: the state file %s was deleted; "
-                                                             "written again", path)
+                failing = False
+                log.warning("opsloop serve: the state file %s was deleted; written again", path)
 
 
 @contextlib.contextmanager

@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -310,10 +310,25 @@ def read_only_copy(source: Path, target: Path, mounts: list[Path]) -> Path:
     return target
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def serve_no_log(cwd: Path, **env: str) -> tuple[subprocess.Popen, str, list[str]]:
+    """`opsloop serve --no-log --port 0` from `cwd`: the process, its URL and what it said until it listened."""
+    server = subprocess.Popen([sys.executable, "-c", "from opsloop.cli import main; main()", "serve", "--no-log",
+                               "--port", "0"],
+                              cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, **env})
+    seen: list[str] = []
+    while not seen or "listening on" not in seen[-1]:  # the server announces itself once it listens
+        seen.append(server.stdout.readline())
+        if not seen[-1]:  # it ended without listening
+            server.communicate(timeout=30)
+            raise AssertionError("".join(seen))
+    url = re.search(r"listening on (http://\S+?):? ", seen[-1]).group(1)
+    return server, url, seen
+
+
+def stop(server: subprocess.Popen) -> str:
+    server.terminate()
+    return server.communicate(timeout=60)[0]
 
 
 def test_a_registry_on_a_read_only_mount_lists_shows_and_serves(project, tmp_path, mounts, monkeypatch):
@@ -323,21 +338,27 @@ def test_a_registry_on_a_read_only_mount_lists_shows_and_serves(project, tmp_pat
     assert project.run("models", "show", "asd-anomaly@production", "--json").assert_ok().json["version"] == 3
     assert len(project.run("models", "history", "asd-anomaly", "--json").assert_ok().json) == 3
     one_line_error(project.run("models", "promote", "asd-anomaly", "1"), "is read-only", "not changed")
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-c", "from opsloop.cli import main; main()", "serve", "--no-log",
-                               "--port", str(port)],
-                              cwd=project.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env={**os.environ, "OPSLOOP_STORE": str(ro)})
+    server, url, _ = serve_no_log(project.path, OPSLOOP_STORE=str(ro))
     try:
-        seen = []
-        while not seen or "listening on" not in seen[-1]:  # the server announces itself once it listens
-            seen.append(server.stdout.readline())
-            assert seen[-1], "".join(seen)  # it ended without listening
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/asd-anomaly", timeout=10) as answer:
+        with urllib.request.urlopen(f"{url}/v2/models/asd-anomaly", timeout=10) as answer:
             assert json.load(answer)["versions"] == ["3"]
     finally:
-        server.terminate()
-        server.communicate(timeout=30)
+        stop(server)
+
+
+def test_serving_from_a_read_only_working_directory_says_what_it_cannot_keep(project, tmp_path, mounts):
+    """The state file cannot be written there: a warning, not an internal error, and the server serves."""
+    ro = read_only_copy(project.path, tmp_path / "ro-project", mounts)
+    server, url, said = serve_no_log(ro)
+    try:
+        with urllib.request.urlopen(f"{url}/v2/models/asd-anomaly", timeout=10) as answer:
+            assert json.load(answer)["versions"] == ["3"]
+    finally:
+        said.append(stop(server))
+    text = "".join(said)
+    assert "cannot write the state file" in text and "Read-only file system" in text, text
+    assert "Traceback" not in text and "internal error" not in text, text
+    assert server.returncode == 0, text
 
 
 def test_a_full_disk_during_a_run_is_one_line_and_leaves_nothing_in_staging(project, tmp_path, mounts, monkeypatch):
