@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "hookimpl": "opsloop.hookspecs",
     **dict.fromkeys(["BundleError", "ConfigError", "DataError", "OpsloopError", "PluginCallError",
-                     "PluginConflictError", "PluginLoadError", "StoreError", "UnknownPluginError"], "opsloop.errors"),
+                     "PluginConflictError", "PluginLoadError", "RegistryDamaged", "StoreError", "UnknownPluginError"],
+                   "opsloop.errors"),
     **dict.fromkeys(["Dataset", "Deployment", "ModelVersion", "MonitorReport", "Preprocessed", "RetrainDecision",
                      "RunContext", "TrainedModel", "ValidationReport"], "opsloop.types"),
 }
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
         PluginCallError,
         PluginConflictError,
         PluginLoadError,
+        RegistryDamaged,
         StoreError,
         UnknownPluginError,
     )
