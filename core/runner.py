@@ -358,7 +358,8 @@ class Runner:
 
     def run_once(self) -> RunResult:
         """One pass of the lifecycle on the configured data."""
-        self.store  # noqa: B018 - opened first: a damaged registry fails in a second, not after training
+        # Opened first: a damaged or read-only registry fails in a second, not after training.
+        self.store.check_writable()
         raw = self._stage("load", [self.config.data.source], lambda: data_mod.load(self.config),
                           lambda d: f"{len(d):,} rows from {d.name}")
         train_raw, monitor_raw = data_mod.periods(raw, self.config)

@@ -281,6 +281,13 @@ class ModelStore(abc.ABC):
         """The highest-numbered version of `name` (StoreError if there is none)."""
         return self.versions(name)[-1]
 
+    def check_writable(self) -> None:
+        """StoreError when this store cannot record anything (a read-only registry); the default: it can.
+
+        Commands that will register call it first, so that they fail before
+        the work, not after it.
+        """
+
     def staging_dir(self) -> Path:
         """An empty directory to write a bundle into before `register` (default: a temp dir)."""
         return Path(tempfile.mkdtemp(prefix="opsloop-bundle-"))

@@ -222,13 +222,13 @@ class LocalStore(SQLStore):
                 raise StoreError(f"model registry {self.db}: the disk is full ({text})") from None
             raise StoreError(f"model registry {self.db}: {type(exc).__name__}: {text}") from None
 
-    def _writable(self) -> None:
+    def check_writable(self) -> None:
         if self.read_only:
             raise StoreError(f"model registry {self.root} is read-only (its directory cannot be written, e.g. a "
                              "read-only mount): it can be listed and shown, not changed")
 
     def staging_dir(self) -> Path:
-        self._writable()
+        self.check_writable()
         return super().staging_dir()
 
     def _size(self) -> int:
@@ -298,7 +298,7 @@ class LocalStore(SQLStore):
 
         That lock is the whole registry's, so `_lock_model` has nothing to add.
         """
-        self._writable()
+        self.check_writable()
         with self._lock, self._errors():
             self._con.execute("BEGIN IMMEDIATE")
             tx = Transaction(self._con)

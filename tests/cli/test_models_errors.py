@@ -338,6 +338,9 @@ def test_a_registry_on_a_read_only_mount_lists_shows_and_serves(project, tmp_pat
     assert project.run("models", "show", "asd-anomaly@production", "--json").assert_ok().json["version"] == 3
     assert len(project.run("models", "history", "asd-anomaly", "--json").assert_ok().json) == 3
     one_line_error(project.run("models", "promote", "asd-anomaly", "1"), "is read-only", "not changed")
+    refused = invoke(["run"], project.path)  # refused before training, not after it: no stage ran
+    one_line_error(refused, "is read-only", "not changed")
+    assert "xgboost" not in refused.stdout + refused.stderr, refused.stderr
     server, url, _ = serve_no_log(project.path, OPSLOOP_STORE=str(ro))
     try:
         with urllib.request.urlopen(f"{url}/v2/models/asd-anomaly", timeout=10) as answer:
