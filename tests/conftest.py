@@ -1,5 +1,8 @@
 pytest_plugins = ["opsloop.testing"]
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 #: A quick but real lifecycle on the embedded ASD data: two servers with many
@@ -22,3 +25,50 @@ def small_config():
     import copy
 
     return copy.deepcopy(SMALL)
+
+
+class Mounts:
+    """Real filesystems for a test (root and mount permission; the test skips with the reason otherwise)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.done: list[Path] = []
+
+    def _mount(self, target: Path, *args: str) -> None:
+        import subprocess
+
+        result = subprocess.run(["mount", *args, str(target)], capture_output=True, text=True, check=False)
+        if result.returncode:
+            pytest.skip(f"cannot mount here (needs root and mount permission): mount {' '.join(args)}: "
+                        f"{result.stderr.strip()}")
+
+    def read_only(self, source: Path) -> Path:
+        """A read-only bind mount of `source`: the same files, every write refused with EROFS."""
+        target = self.tmp_path / f"ro-{len(self.done)}"
+        target.mkdir()
+        self._mount(target, "--bind", str(source))
+        self.done.append(target)
+        self._mount(target, "-o", "remount,bind,ro")
+        return target
+
+    def tmpfs(self, size: str) -> Path:
+        """An empty filesystem of `size` ("256k", "1m"): a disk that fills up."""
+        target = self.tmp_path / f"disk-{len(self.done)}"
+        target.mkdir()
+        self._mount(target, "-t", "tmpfs", "-o", f"size={size}", "tmpfs")
+        self.done.append(target)
+        return target
+
+    def unmount_all(self) -> None:
+        import subprocess
+
+        for target in reversed(self.done):
+            subprocess.run(["umount", str(target)], capture_output=True, check=False)
+
+
+@pytest.fixture
+def mounts(tmp_path: Path) -> Iterator[Mounts]:
+    """`mounts.read_only(path)`, `mounts.tmpfs("1m")`: real mounts, unmounted after the test."""
+    made = Mounts(tmp_path)
+    yield made
+    made.unmount_all()

@@ -286,30 +286,6 @@ def test_a_non_utf8_byte_in_the_config_is_located_not_dumped(project):
 # -- read-only and full filesystems -------------------------------------------------------------------
 
 
-def _mount(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
-
-
-@pytest.fixture
-def mounts():
-    done: list[Path] = []
-    yield done
-    for target in reversed(done):
-        subprocess.run(["umount", str(target)], check=False)
-
-
-def read_only_copy(source: Path, target: Path, mounts: list[Path]) -> Path:
-    target.mkdir()
-    result = _mount("--bind", str(source), str(target))
-    if result.returncode:
-        pytest.skip(f"cannot bind-mount here (needs root and mount permission): {result.stderr.strip()}")
-    mounts.append(target)
-    result = _mount("-o", "remount,bind,ro", str(target))
-    if result.returncode:
-        pytest.skip(f"cannot remount read-only: {result.stderr.strip()}")
-    return target
-
-
 def serve_no_log(cwd: Path, **env: str) -> tuple[subprocess.Popen, str, list[str]]:
     """`opsloop serve --no-log --port 0` from `cwd`: the process, its URL and what it said until it listened."""
     server = subprocess.Popen([sys.executable, "-c", "from opsloop.cli import main; main()", "serve", "--no-log",
@@ -332,7 +308,7 @@ def stop(server: subprocess.Popen) -> str:
 
 
 def test_a_registry_on_a_read_only_mount_lists_shows_and_serves(project, tmp_path, mounts, monkeypatch):
-    ro = read_only_copy(project.path / ".opsloop", tmp_path / "ro", mounts)
+    ro = mounts.read_only(project.path / ".opsloop")
     monkeypatch.setenv("OPSLOOP_STORE", str(ro))
     assert [m["latest"] for m in project.run("models", "list", "--json").assert_ok().json] == [3]
     assert project.run("models", "show", "asd-anomaly@production", "--json").assert_ok().json["version"] == 3
@@ -351,7 +327,7 @@ def test_a_registry_on_a_read_only_mount_lists_shows_and_serves(project, tmp_pat
 
 def test_serving_from_a_read_only_working_directory_says_what_it_cannot_keep(project, tmp_path, mounts):
     """The state file cannot be written there: a warning, not an internal error, and the server serves."""
-    ro = read_only_copy(project.path, tmp_path / "ro-project", mounts)
+    ro = mounts.read_only(project.path)
     server, url, said = serve_no_log(ro)
     try:
         with urllib.request.urlopen(f"{url}/v2/models/asd-anomaly", timeout=10) as answer:
@@ -365,12 +341,7 @@ def test_serving_from_a_read_only_working_directory_says_what_it_cannot_keep(pro
 
 
 def test_a_full_disk_during_a_run_is_one_line_and_leaves_nothing_in_staging(project, tmp_path, mounts, monkeypatch):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    result = _mount("-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk))
-    if result.returncode:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {result.stderr.strip()}")
-    mounts.append(disk)
+    disk = mounts.tmpfs("1m")
     monkeypatch.setenv("OPSLOOP_STORE", str(disk / "reg"))
     project.run("run").assert_ok()
     free = shutil.disk_usage(disk).free

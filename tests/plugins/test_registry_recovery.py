@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import sqlite3
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -273,34 +272,8 @@ def test_numbers_beyond_the_column_name_no_version(any_store):
 # -- read-only and full filesystems --------------------------------------------------------------------------
 
 
-def _mount(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
-
-
-@pytest.fixture
-def read_only(tmp_path):
-    """`mount(source) -> path`: a read-only bind mount of `source` (skipped where mounting is not permitted)."""
-    mounted = []
-
-    def mount(source: Path) -> Path:
-        target = tmp_path / f"ro-{len(mounted)}"
-        target.mkdir()
-        done = _mount("--bind", str(source), str(target))
-        if done.returncode:
-            pytest.skip(f"cannot bind-mount here (needs root and mount permission): {done.stderr.strip()}")
-        mounted.append(target)
-        done = _mount("-o", "remount,bind,ro", str(target))
-        if done.returncode:
-            pytest.skip(f"cannot remount read-only here: {done.stderr.strip()}")
-        return target
-
-    yield mount
-    for target in reversed(mounted):
-        subprocess.run(["umount", str(target)], check=False)
-
-
-def test_a_registry_on_a_read_only_mount_is_read_and_refuses_changes(registry, read_only):
-    ro = read_only(registry)
+def test_a_registry_on_a_read_only_mount_is_read_and_refuses_changes(registry, mounts):
+    ro = mounts.read_only(registry)
     assert not os.access(ro, os.W_OK)
     with LocalStore(ro) as store:
         assert store.read_only
@@ -320,25 +293,18 @@ def test_a_registry_on_a_read_only_mount_is_read_and_refuses_changes(registry, r
         assert store.alias("m", "production") == 2
 
 
-def test_a_full_disk_while_storing_a_bundle_is_one_line_and_leaves_nothing(tmp_path):
-    disk = tmp_path / "small"
-    disk.mkdir()
-    done = _mount("-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk))
-    if done.returncode:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.strip()}")
-    try:
-        with LocalStore(disk / "reg") as store:
-            add(store)
-            outside = tmp_path / "big-bundle"  # registered from elsewhere: the store copies it in
-            make_bundle(outside, tag="big")
-            (outside / "model.txt").write_bytes(os.urandom(400_000))
-            manifest = json.loads((outside / "manifest.json").read_text())
-            digest = hashlib.sha256((outside / "model.txt").read_bytes()).hexdigest()
-            manifest["files"]["model.txt"] = f"sha256:{digest}"
-            (outside / "manifest.json").write_text(json.dumps(manifest))
-            with pytest.raises(StoreError, match=r"cannot store the bundle of m: .*No space left on device .errno 28."):
-                store.register("m", outside, manifest)
-            assert list(store.staging.iterdir()) == []  # the partial copy went at once, not in an hour
-            assert [v.version for v in store.versions("m")] == [1]
-    finally:
-        subprocess.run(["umount", str(disk)], check=False)
+def test_a_full_disk_while_storing_a_bundle_is_one_line_and_leaves_nothing(tmp_path, mounts):
+    disk = mounts.tmpfs("256k")
+    with LocalStore(disk / "reg") as store:
+        add(store)
+        outside = tmp_path / "big-bundle"  # registered from elsewhere: the store copies it in
+        make_bundle(outside, tag="big")
+        (outside / "model.txt").write_bytes(os.urandom(400_000))
+        manifest = json.loads((outside / "manifest.json").read_text())
+        digest = hashlib.sha256((outside / "model.txt").read_bytes()).hexdigest()
+        manifest["files"]["model.txt"] = f"sha256:{digest}"
+        (outside / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(StoreError, match=r"cannot store the bundle of m: .*No space left on device .errno 28."):
+            store.register("m", outside, manifest)
+        assert list(store.staging.iterdir()) == []  # the partial copy went at once, not in an hour
+        assert [v.version for v in store.versions("m")] == [1]
