@@ -11,12 +11,15 @@ cannot keep up, further predictions are answered but not logged, counted in
 One bad value never costs anyone else's rows (issue 8): when a batch's
 transaction fails, its items are written again one by one, each in its own
 transaction, so only the item that cannot be stored is lost, counted in
-`errors` and reported at most once a minute. When the file is deleted or
-replaced while serving (`rm -rf .opsloop/serving`), the writer notices
-before and after every batch (the inode of the file and of its `-wal`
-against the ones it opened), opens a new database at the path, writes the
-batch there (again, if the file went away under it) and counts it in
-`reopened`: rows written to the old file are gone with it, no later row is.
+`errors` and reported at most once a minute. When the file is deleted, moved
+aside, replaced or truncated in place while serving (`rm -rf
+.opsloop/serving`, a rotation), the writer notices before and after every
+batch (`opsloop.serving.logfile`: the inode of the file and of its `-wal`
+against the ones it opened, and a file that got smaller without a database
+header), lets go of the old file (a moved one gets the rows still in the
+`-wal`, a truncated one nothing), opens a new database at the path, writes
+the batch there (again, if the file went away under it) and counts it in
+`reopened`: rows written to a deleted file are gone with it, no later row is.
 Layout (`.opsloop/serving/predictions.db` by default):
 
     predictions  id, request_id, row, at (ISO 8601 UTC), model, version,
@@ -44,7 +47,6 @@ import functools
 import json
 import logging
 import math
-import os
 import queue
 import re
 import sqlite3
@@ -57,44 +59,10 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+# SCHEMA, connect, identity and LogFileError were defined here first: importers of this module still find them.
+from opsloop.serving.logfile import SCHEMA, LogFileError, connect, has_header, identity, look, retire  # noqa: F401
 
 log = logging.getLogger("opsloop.serving")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS predictions (
-    id INTEGER PRIMARY KEY,
-    request_id TEXT NOT NULL,
-    row INTEGER NOT NULL,
-    at TEXT NOT NULL,
-    model TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    series TEXT,
-    time TEXT,
-    inputs TEXT NOT NULL,
-    prediction NUMERIC,
-    score REAL
-);
-CREATE INDEX IF NOT EXISTS predictions_by_request ON predictions (request_id, row);
-CREATE INDEX IF NOT EXISTS predictions_by_key ON predictions (model, series, time);
-CREATE TABLE IF NOT EXISTS feedback (
-    id INTEGER PRIMARY KEY,
-    at TEXT NOT NULL,
-    request_id TEXT,
-    row INTEGER,
-    model TEXT,
-    series TEXT,
-    time TEXT,
-    label NUMERIC NOT NULL,
-    source TEXT NOT NULL DEFAULT ''
-);
-CREATE VIEW IF NOT EXISTS labelled AS
-    SELECT p.*, f.label, f.at AS labelled_at, f.id AS feedback_id
-    FROM feedback f JOIN predictions p ON p.request_id = f.request_id AND (f.row IS NULL OR p.row = f.row)
-    UNION ALL
-    SELECT p.*, f.label, f.at, f.id
-    FROM feedback f JOIN predictions p ON f.request_id IS NULL AND p.model = f.model
-        AND p.series IS f.series AND p.time = f.time;
-"""
 
 #: Latest feedback per prediction, over the `?` latest feedback rows, for one model.
 QUALITY = """
@@ -151,26 +119,6 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _STOP = object()
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """A connection to the log (created with its tables when new)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-    con.execute("PRAGMA journal_mode = WAL")
-    con.execute("PRAGMA synchronous = NORMAL")
-    con.execute("PRAGMA busy_timeout = 30000")
-    con.executescript(SCHEMA)
-    return con
-
-
-def identity(path: Path) -> tuple[int, ...] | None:
-    """Which file is at `path`, and which `-wal` beside it (device and inode of each); None when one is missing."""
-    try:
-        db, wal = os.stat(path), os.stat(f"{path}-wal")
-    except OSError:
-        return None
-    return db.st_dev, db.st_ino, wal.st_dev, wal.st_ino
-
-
 def iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -222,6 +170,7 @@ class PredictionLog:
         self._thread: threading.Thread | None = None
         self._con: sqlite3.Connection | None = None  # the writer's, and its file's identity
         self._opened: tuple[int, ...] | None = None
+        self._size = -1  # of the file at `path` when last looked at: a smaller one without a header was truncated
         self._unreported = 0
         self._latest_error = ""
         self._error_logged = -math.inf
@@ -290,8 +239,12 @@ class PredictionLog:
                 if not stopping:
                     time.sleep(PAUSE)
         finally:
-            if self._con is not None:
-                self._con.close()
+            if self._con is not None:  # a file moved since the last batch still gets its last rows
+                change = self._change()
+                if change is None:
+                    self._con.close()
+                else:
+                    retire(self._con, self.path, self._opened, truncated=change == "truncated")
                 self._con = None
             if self._unreported:
                 self._report_errors()
@@ -299,21 +252,48 @@ class PredictionLog:
     def _connection(self) -> sqlite3.Connection:
         """The writer's connection to the file now at `path`: opened anew (and counted) when it was replaced."""
         if self._con is not None:
-            if self._same_file():
+            change = self._change()
+            if change is None:
                 return self._con
-            self._con.close()  # first: closing checkpoints into the old file, never into the new one
-            self._con = None
+            with self._reader_lock:  # the reader lets go of the old file too, before anything opens the new one
+                if self._reader is not None:
+                    self._reader.close()
+                    self._reader = None
+            con, self._con = self._con, None
+            retire(con, self.path, self._opened, truncated=change == "truncated")
             self.reopened += 1
-            log.warning("opsloop serve: the prediction log %s was deleted or replaced while serving; writing to a "
-                        "new one there (rows written to the old file are gone with it; "
-                        "opsloop_prediction_log_reopened_total)", self.path)
+            if change == "truncated":
+                log.warning("opsloop serve: the prediction log %s was truncated or overwritten in place while "
+                            "serving (logrotate copytruncate?); writing a new database there (rows not yet written "
+                            "back from its -wal are lost; opsloop_prediction_log_reopened_total)", self.path)
+            else:
+                log.warning("opsloop serve: the prediction log %s was deleted or replaced while serving; writing to "
+                            "a new one there (a file moved aside keeps its rows, a deleted one takes them with it; "
+                            "opsloop_prediction_log_reopened_total)", self.path)
         con = connect(self.path)
-        self._con, self._opened = con, identity(self.path)
+        self._con = con
+        self._opened, self._size = look(self.path)
         return con
 
+    def _change(self) -> str | None:
+        """What happened to the writer's file at `path`: None (nothing), "moved" or "truncated" (two stat calls).
+
+        "moved": deleted, moved aside or replaced (another inode). "truncated":
+        the same inode, smaller than it was and without a database header.
+        """
+        if self._opened is None:
+            return "moved"
+        now, size = look(self.path)
+        if now != self._opened:
+            return "moved"
+        if size < self._size and not has_header(self.path):
+            return "truncated"
+        self._size = size  # grown by a checkpoint, or shrunk by someone's VACUUM (still a database)
+        return None
+
     def _same_file(self) -> bool:
-        """Whether the writer's connection still writes the file at `path` (two stat calls)."""
-        return self._opened is not None and identity(self.path) == self._opened
+        """Whether the writer's connection still writes the file at `path`."""
+        return self._change() is None
 
     def _write(self, items: list[Any]) -> None:
         """A batch into the file at `path`: one transaction, or one per item when that fails (issue 8)."""
@@ -430,15 +410,24 @@ class PredictionLog:
     # -- reading -----------------------------------------------------------------
 
     def quality(self, model: str, window: int) -> dict[int, dict[str, float]]:
-        """Live figures per version from the latest `window` labels: counts, accuracy, precision, recall..."""
+        """Live figures per version from the latest `window` labels: counts, accuracy, precision, recall...
+
+        Raises when the file cannot be read (`LogFileError`, `sqlite3.Error`); the next call opens it again.
+        """
         with self._reader_lock:
             if self._reader is not None and identity(self.path) != self._reader_opened:
                 self._reader.close()  # the file was deleted or replaced: read the one there now
                 self._reader = None
-            if self._reader is None:
-                self._reader = connect(self.path)
-                self._reader_opened = identity(self.path)
-            rows = self._reader.execute(QUALITY, {"model": model, "window": window}).fetchall()
+            try:
+                if self._reader is None:
+                    self._reader = connect(self.path)
+                    self._reader_opened = identity(self.path)
+                rows = self._reader.execute(QUALITY, {"model": model, "window": window}).fetchall()
+            except Exception:
+                if self._reader is not None:
+                    self._reader.close()
+                    self._reader = None
+                raise
         return {int(r[0]): figures(*r[1:]) for r in rows}
 
 
