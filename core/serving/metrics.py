@@ -137,6 +137,9 @@ class Metrics:
                      "Times the log file was found deleted or replaced while serving, and a new one opened."),
                     ("opsloop_prediction_log_dropped_total", "counter", log.dropped,
                      "Predictions answered but not logged: the log writer was log_max_pending rows behind."),
+                    ("opsloop_prediction_log_read_errors_total", "counter", log.quality_errors,
+                     "Reads of the live quality figures that failed (the log file is not a database...); "
+                     "opsloop_live_quality is left out then."),
                     ("opsloop_prediction_log_queue", "gauge", log.pending, "Items queued, not yet written.")):
                 family(name, kind, help_)
                 out.append(f"{name} {value}")

@@ -177,6 +177,8 @@ class PredictionLog:
         self._reader: sqlite3.Connection | None = None
         self._reader_opened: tuple[int, ...] | None = None
         self._reader_lock = threading.Lock()
+        self.quality_errors = 0  # reads of the live quality figures that failed
+        self._quality_logged = -math.inf
 
     # -- the request side ----------------------------------------------------
 
@@ -412,7 +414,11 @@ class PredictionLog:
     def quality(self, model: str, window: int) -> dict[int, dict[str, float]]:
         """Live figures per version from the latest `window` labels: counts, accuracy, precision, recall...
 
-        Raises when the file cannot be read (`LogFileError`, `sqlite3.Error`); the next call opens it again.
+        Best effort: when the file cannot be read (replaced by a directory or by
+        something that is not a database), no figures ({}), counted in
+        `quality_errors` and logged at most once a minute, so that `/metrics`
+        still shows everything else (the error counters first); the next call
+        opens the file again.
         """
         with self._reader_lock:
             if self._reader is not None and identity(self.path) != self._reader_opened:
@@ -423,11 +429,17 @@ class PredictionLog:
                     self._reader = connect(self.path)
                     self._reader_opened = identity(self.path)
                 rows = self._reader.execute(QUALITY, {"model": model, "window": window}).fetchall()
-            except Exception:
+            except (LogFileError, sqlite3.Error) as exc:
                 if self._reader is not None:
                     self._reader.close()
                     self._reader = None
-                raise
+                self.quality_errors += 1
+                if time.monotonic() - self._quality_logged >= ERROR_LOG_EVERY:
+                    self._quality_logged = time.monotonic()
+                    log.error("opsloop serve: cannot read the live quality figures from the prediction log (%s); "
+                              "/metrics leaves them out (opsloop_prediction_log_read_errors_total; at most one such "
+                              "line a minute)", exc)
+                return {}
         return {int(r[0]): figures(*r[1:]) for r in rows}
 
 
