@@ -74,7 +74,35 @@ def parse_instances(body: bytes, schema: InputSchema) -> tuple[Batch, str | None
         extra = sorted(k for k in obj if k not in ("instances", "id"))
         raise RequestError(400, f'unknown key(s) {", ".join(map(repr, extra[:10]))}: the body takes "instances" '
                                 'and an optional "id"')
-    return schema.from_instances(obj["instances"]), request_id(obj.get("id"), '"id"')
+    batch = schema.from_instances(obj["instances"])
+    if not _keys_once(body, obj, batch):
+        batch.records = None  # the log rebuilds the rows from what was scored, not from the body's text
+    return batch, request_id(obj.get("id"), '"id"')
+
+
+def _keys_once(body: bytes, obj: dict[str, Any], batch: Batch) -> bool:
+    """Whether no object in the body repeats a key, so that every JSON reader (SQLite's too) reads its rows as we did.
+
+    Python keeps the last of repeated keys, SQLite the first (`{"entity": "A", "entity": "B"}` is scored as B):
+    the prediction log must not read the body again then (issue 8). A cheap count first, for every request:
+    each key and each string is two quotes in the text, so a body with exactly as many quotes as the objects
+    read hold keys and strings has no key twice. More quotes (a repeated key, or an escaped quote in a string)
+    is settled by reading it again, keeping every key.
+    """
+    keys = len(obj) + batch.rows * (batch.numeric.shape[1] + len(batch.other))  # every row has every column
+    strings = sum(len(values) - values.count(None) for values in batch.other.values()) + (type(obj.get("id")) is str)
+    if body.count(b'"') == 2 * (keys + strings):
+        return True
+    repeated = False
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal repeated
+        out = dict(items)
+        repeated = repeated or len(out) != len(items)
+        return out
+
+    json.loads(body, object_pairs_hook=pairs)
+    return not repeated
 
 
 def instances_response(predictions: list[Any], scores: list[float] | None, *, model: str, version: str,

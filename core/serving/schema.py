@@ -184,7 +184,9 @@ class Batch:
         numeric: float64 matrix (rows x numeric columns, in `InputSchema.numeric` order).
         other: Values of the text and time columns, by name.
         records: The rows as sent (plain-JSON requests), for the log; None
-            when the request came as columns.
+            when the request came as columns, or when its body repeats a key
+            (which readers of JSON read differently: the log then rebuilds
+            the rows from the checked values, as they were scored).
     """
 
     rows: int
