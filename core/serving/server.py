@@ -164,23 +164,28 @@ def _write_state(path: Path, record: dict[str, Any]) -> None:
 
 
 def _keep_state(path: Path, record: dict[str, Any], stop: threading.Event, interval: float) -> None:
-    """Write the state file again when it is deleted (`rm -rf .opsloop/serving`): `--stop` must find us (issue 8).
+    """Write the state file again when it is deleted or overwritten: `--stop` must find us (issue 8).
 
-    A failure is said once, not at every poll, and again only after a success.
+    Overwritten means it holds anything but this server's record, unless it is
+    the record of another live server (one started later for the same model
+    and alias owns the file then). A failure is said once, not at every poll,
+    and again only after a success.
     """
     failing = False
     while not stop.wait(interval):
-        if not path.exists():
-            try:
-                _write_state(path, record)
-            except OSError as exc:
-                if not failing:
-                    log.error("opsloop serve: the state file %s was deleted and cannot be written again: %s",
-                              path, exc)
-                failing = True
-            else:
-                failing = False
-                log.warning("opsloop serve: the state file %s was deleted; written again", path)
+        state = read_state(path)
+        if state == record or state is not None and state.get("pid") != record["pid"] and is_server(state):
+            continue
+        what = "deleted" if state is None and not path.exists() else "overwritten"
+        try:
+            _write_state(path, record)
+        except OSError as exc:
+            if not failing:
+                log.error("opsloop serve: the state file %s was %s and cannot be written again: %s", path, what, exc)
+            failing = True
+        else:
+            failing = False
+            log.warning("opsloop serve: the state file %s was %s; written again", path, what)
 
 
 @contextlib.contextmanager
