@@ -198,7 +198,9 @@ def feedback(
     from opsloop.cli._render import console, print_json
     from opsloop.errors import OpsloopError
     from opsloop.serving.feedback import entry, read_file
-    from opsloop.serving.predlog import add_feedback, connect
+    import sqlite3
+
+    from opsloop.serving.predlog import LogFileError, add_feedback, connect
     from opsloop.serving.settings import Settings
 
     cfg = config_mod.read(config, overrides=set_ or ())
@@ -217,9 +219,15 @@ def feedback(
         except ValueError as exc:
             raise OpsloopError(str(exc)) from None
     path = Settings(log_path=log_path).resolve(Path(cfg.workdir).absolute()).log_path
+    if cfg.path is None and log_path is None and not path.exists():  # type: ignore[union-attr]
+        # Not in a project: a new log here would keep labels no server reads (issue 8).
+        raise OpsloopError(f"no prediction log at {path} and no opsloop.toml in {Path(cfg.workdir).absolute()}: "
+                           "run this where the server runs, or give the log with --log-path")
     con = connect(path)  # type: ignore[arg-type]
     try:
         count = add_feedback(con, entries)
+    except sqlite3.Error as exc:  # locked for 30 s, read-only, disk full
+        raise LogFileError(path, f"cannot write the labels: {exc}") from None  # type: ignore[arg-type]
     finally:
         con.close()
     if json_:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ from opsloop.errors import DataError
 from opsloop.serving.predlog import Feedback
 from opsloop.serving.schema import RequestError, json_type
 
+#: A number as CSV cells write one: plain ASCII decimal, optional sign, point and exponent.
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:e[+-]?[0-9]+)?")
 KEYS = frozenset(("request_id", "row", "series", "time", "label", "model"))
 REQUEST_ID_MAX = 200  # as `opsloop.serving.protocol.REQUEST_ID_MAX`: no prediction has a longer id
 TEXT_MAX = 1000       # characters of a series, time or model name
@@ -140,6 +143,8 @@ def _read(fh: Any, path: Path, *, model: str | None) -> list[Feedback]:
                 obj = json.loads(line)
             except ValueError as exc:  # JSONDecodeError, and integers too long to read
                 raise DataError(f"{path}:{n}: not JSON: {exc}") from None
+            except RecursionError:
+                raise DataError(f"{path}:{n}: not a feedback entry: JSON nested too deeply") from None
             try:
                 out.append(entry(obj, model=model, source=source, where=f"{path}:{n}"))
             except ValueError as exc:
@@ -149,7 +154,11 @@ def _read(fh: Any, path: Path, *, model: str | None) -> list[Feedback]:
     if not reader.fieldnames or "label" not in reader.fieldnames:
         raise DataError(f"{path}: the first line must name the columns, with label and request_id or time "
                         f"(found: {', '.join(reader.fieldnames or []) or 'nothing'})")
-    for n, record in enumerate(reader, start=2):
+    for record in reader:
+        if None in record:  # cells beyond the header's columns: a shifted row, whose label may be the wrong cell
+            raise DataError(f"{path}:{reader.line_num}: {len(record[None])} cell(s) more than the header's "
+                            f"{len(reader.fieldnames)} columns ({', '.join(reader.fieldnames)})")
+        n = reader.line_num  # the line the row ends on (a quoted cell may span lines)
         try:
             out.append(entry(_typed(record, f"{path}:{n}"), model=model, source=source, where=f"{path}:{n}"))
         except ValueError as exc:
@@ -161,16 +170,16 @@ def _typed(record: dict[str, Any], where: str) -> dict[str, Any]:
     """A CSV row with numbers where JSON would have them; empty cells left out."""
     out: dict[str, Any] = {}
     for key, value in record.items():
-        if value is None or value == "" or key is None:
+        if value is None or value == "":  # (cells beyond the header were refused before)
             continue
         if key == "label":
             text = value.strip().lower()
             out[key] = {"true": 1, "false": 0}.get(text)
             if out[key] is None:
-                try:
-                    out[key] = float(text) if any(ch in text for ch in ".en") else int(text)
-                except ValueError:
-                    raise ValueError(f"{where}: label {value!r:.40} is not a number") from None
+                if not _NUMBER.fullmatch(text):  # int() and float() also read "1_0" as 10 and "١" as 1
+                    raise ValueError(f"{where}: label {value!r:.40} is not a number (digits 0-9, an optional "
+                                     "sign, point and exponent; or true/false)")
+                out[key] = int(text) if text.lstrip("+-").isdigit() else float(text)
         elif key == "row":
             text = value.strip()
             if not (text.isascii() and text.isdecimal()):

@@ -59,3 +59,20 @@ def test_metrics_answer_when_the_log_file_is_not_a_database(project: Any, tmp_pa
             time.sleep(QUALITY_TTL / 4)
     assert "opsloop_live_quality{" not in text  # left out, not stale or made up
     assert 'opsloop_requests_total{route="predict",code="200"} 2' in text
+
+
+@pytest.mark.parametrize("problem", ["not a database", "is a file"])
+def test_serve_with_a_log_it_cannot_open_says_so_in_one_line(project: Any, tmp_path: Path, problem: str) -> None:
+    """Was "internal error: DatabaseError('file is not a database') (this is a bug in opsloop...)"."""
+    from opsloop.testing import invoke
+
+    if problem == "not a database":
+        db = tmp_path / "predictions.db"
+        db.write_text("this is not a database\n", encoding="utf-8")
+    else:
+        (tmp_path / "serving").write_text("", encoding="utf-8")  # where the log's directory should be
+        db = tmp_path / "serving" / "predictions.db"
+    result = invoke(["serve", "--port", "0", "--log-path", str(db)], cwd=project.path)
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: prediction log {db}: ") and problem in lines[0], lines[0]
