@@ -18,6 +18,7 @@ Real SQLite files and the real writer thread; every wait is bounded.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -60,8 +61,14 @@ def test_a_log_renamed_aside_keeps_the_rows_written_before(tmp_path: Path) -> No
     log.start()
     try:
         before = _write(log, "before", 20)
-        db.rename(rotated)  # a rename rotation: the -wal and -shm files keep their names
-        after = _write(log, "after", 5)
+        old_wal = os.open(f"{db}-wal", os.O_RDONLY)  # to see what becomes of it
+        try:
+            db.rename(rotated)  # a rename rotation: the -wal and -shm files keep their names
+            after = _write(log, "after", 5)
+            # the old file's -wal is gone from beside the path: no database there will read it as its own
+            assert os.fstat(old_wal).st_nlink == 0
+        finally:
+            os.close(old_wal)
     finally:
         log.close()
     assert (log.errors, log.reopened) == (0, 1)
@@ -82,9 +89,14 @@ def test_the_old_wal_is_not_read_as_the_journal_of_a_database_moved_in(tmp_path:
     log.start()
     try:
         before = _write(log, "before", 50)
-        db.rename(tmp_path / "serving" / "predictions.db.1")
-        other.rename(db)
-        after = _write(log, "after", 5)
+        old_wal = os.open(f"{db}-wal", os.O_RDONLY)
+        try:
+            db.rename(tmp_path / "serving" / "predictions.db.1")
+            other.rename(db)
+            after = _write(log, "after", 5)
+            assert os.fstat(old_wal).st_nlink == 0  # not taken as the journal of the database moved in
+        finally:
+            os.close(old_wal)
     finally:
         log.close()
     assert log.errors == 0
