@@ -34,6 +34,10 @@ Options (`[deploy.local-http]`):
     token_for: What the token guards: "write" (feedback, default) or "all".
     start_timeout: Seconds to wait for a new server to be ready (default 120).
     swap_timeout: Seconds to wait for a running one to serve the new version (default 30).
+
+Numbers have `opsloop serve`'s ranges (`opsloop.serving.settings.BOUNDS`), so
+`config check` refuses what the server would; the two waits go up to a day.
+A token variable that is set but empty is refused before the alias moves.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ import attrs
 from opsloop import Deployment, hookimpl
 from opsloop.errors import OpsloopError
 from opsloop.serving.server import is_server, read_state, state_path
-from opsloop.serving.settings import TOKEN_ENV, default
+from opsloop.serving.settings import TOKEN_ENV, bounded, default, read_token, within
 from opsloop.store import check_name
 
 if TYPE_CHECKING:
@@ -65,8 +69,8 @@ def _alias(_: Any, attribute: attrs.Attribute, value: Any) -> None:
     check_name(value, "alias")
 
 
-#: A positive, finite number of seconds (inf would wait, or never look, forever; NaN fails both).
-_seconds = [attrs.validators.gt(0), attrs.validators.lt(float("inf"))]
+#: This target's own waits: a positive, finite number of seconds (inf would wait forever; NaN fails).
+_wait = within(0.01, 86400, "seconds", integer=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -101,21 +105,21 @@ class Options:
 
     alias: str = attrs.field(default=default("alias"), validator=_alias)
     host: str = default("host")
-    port: int = attrs.field(default=default("port"), validator=[attrs.validators.ge(0), attrs.validators.le(65535)])
-    max_body_bytes: int = attrs.field(default=default("max_body_bytes"), validator=attrs.validators.gt(0))
-    max_rows: int = attrs.field(default=default("max_rows"), validator=attrs.validators.gt(0))
-    poll_interval: float = attrs.field(default=default("poll_interval"), validator=_seconds)
+    port: int = attrs.field(default=default("port"), validator=bounded("port"))
+    max_body_bytes: int = attrs.field(default=default("max_body_bytes"), validator=bounded("max_body_bytes"))
+    max_rows: int = attrs.field(default=default("max_rows"), validator=bounded("max_rows"))
+    poll_interval: float = attrs.field(default=default("poll_interval"), validator=bounded("poll_interval"))
     log_predictions: bool = default("log_predictions")
-    log_max_pending: int = attrs.field(default=default("log_max_pending"), validator=attrs.validators.gt(0))
-    threads: int = attrs.field(default=default("threads"), validator=attrs.validators.ge(0))
-    read_timeout: float = attrs.field(default=default("read_timeout"), validator=_seconds)
-    idle_timeout: float = attrs.field(default=default("idle_timeout"), validator=_seconds)
-    max_connections: int = attrs.field(default=default("max_connections"), validator=attrs.validators.gt(0))
-    max_feedback: int = attrs.field(default=default("max_feedback"), validator=attrs.validators.gt(0))
+    log_max_pending: int = attrs.field(default=default("log_max_pending"), validator=bounded("log_max_pending"))
+    threads: int = attrs.field(default=default("threads"), validator=bounded("threads"))
+    read_timeout: float = attrs.field(default=default("read_timeout"), validator=bounded("read_timeout"))
+    idle_timeout: float = attrs.field(default=default("idle_timeout"), validator=bounded("idle_timeout"))
+    max_connections: int = attrs.field(default=default("max_connections"), validator=bounded("max_connections"))
+    max_feedback: int = attrs.field(default=default("max_feedback"), validator=bounded("max_feedback"))
     token_env: str = attrs.field(default=TOKEN_ENV, validator=attrs.validators.min_len(1))
     token_for: str = attrs.field(default=default("token_for"), validator=attrs.validators.in_(("write", "all")))
-    start_timeout: float = attrs.field(default=120.0, validator=_seconds)
-    swap_timeout: float = attrs.field(default=30.0, validator=_seconds)
+    start_timeout: float = attrs.field(default=120.0, validator=_wait)
+    swap_timeout: float = attrs.field(default=30.0, validator=_wait)
 
 
 @hookimpl
@@ -129,10 +133,10 @@ def deploy(version: ModelVersion, model: LoadedModel, dataset: Dataset | None, o
     """Point the alias at `version`; hot-swap a running server, or start one."""
     options = options or Options()
     workdir = Path(run.workdir).absolute()
+    token = read_token(options.token_env, options.token_for)  # what the server reads: refused before the alias moves
     _move_alias(version, options.alias, run)
     path = state_path(workdir, version.name, options.alias)
     state = read_state(path)
-    token = os.environ.get(options.token_env, "").strip() or None  # what the server reads too
     if is_server(state) and _metadata(state["url"], version.name, token) is not None:
         served = _wait_for(state["url"], version, options.swap_timeout, None, token)
         run.log.info("local-http: %s@%s on %s now serves %s", version.name, options.alias, state["url"], version.ref)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from opsloop.cli._options import ConfigOption, JsonOption, SetOption
-from opsloop.serving.settings import TOKEN_ENV, default
+from opsloop.serving.settings import TOKEN_ENV, default, describe
 
 if TYPE_CHECKING:
     from opsloop.serving.settings import Settings
@@ -37,41 +37,46 @@ def serve(
     model: ModelOption = None,
     alias: AliasOption = default("alias"),
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = default("host"),
-    port: Annotated[int, typer.Option("--port", "-p", help="TCP port (0: any free port).", min=0,
-                                      max=65535)] = default("port"),
-    max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", help="Largest request body (413 above).",
-                                                min=1)] = default("max_body_bytes"),
-    max_rows: Annotated[int, typer.Option("--max-rows", help="Most rows per request (413 above).",
-                                          min=1)] = default("max_rows"),
-    poll_interval: Annotated[float, typer.Option("--poll-interval", help="Seconds between looks at the alias.",
-                                                 min=0.01)] = default("poll_interval"),
+    port: Annotated[int, typer.Option("--port", "-p", help=f"TCP port (0: any free port); {describe('port')}.")]
+        = default("port"),
+    max_body_bytes: Annotated[int, typer.Option(
+        "--max-body-bytes", help=f"Largest request body (413 above); {describe('max_body_bytes')}.")]
+        = default("max_body_bytes"),
+    max_rows: Annotated[int, typer.Option(
+        "--max-rows", help=f"Most rows per request (413 above); {describe('max_rows')}.")] = default("max_rows"),
+    poll_interval: Annotated[float, typer.Option(
+        "--poll-interval", help=f"Seconds between looks at the alias; {describe('poll_interval')}.")]
+        = default("poll_interval"),
     no_log: Annotated[bool, typer.Option("--no-log", help="Do not log predictions (no feedback then).")] = False,
     log_path: LogPathOption = None,
     log_max_pending: Annotated[int, typer.Option(
-        "--log-max-pending", min=1,
+        "--log-max-pending",
         help="Most predicted rows waiting to be logged; beyond, predictions are answered but not logged "
-             "(counted on /metrics).")] = default("log_max_pending"),
+             f"(counted on /metrics); {describe('log_max_pending')}.")] = default("log_max_pending"),
     no_fast_path: Annotated[bool, typer.Option("--no-fast-path", help="Always replay preprocessing through the "
                                                                       "plugins (LoadedModel.predict).")] = False,
-    threads: Annotated[int, typer.Option("--threads", help="XGBoost threads per prediction (0: all cores).",
-                                         min=0)] = default("threads"),
+    threads: Annotated[int, typer.Option(
+        "--threads", help=f"XGBoost threads per prediction (0: all cores); {describe('threads')}.")]
+        = default("threads"),
     monitor_report: Annotated[Path | None, typer.Option(
         "--monitor-report", dir_okay=False,
         help="Monitor report whose figures /metrics exports (default: .opsloop/serving/monitor-report.json, "
              "which `opsloop run` writes; or `opsloop run --json` output).")] = None,
     read_timeout: Annotated[float, typer.Option(
-        "--read-timeout", min=0.01, max=86400,
+        "--read-timeout",
         help="Seconds a client has to send a whole request (from connecting or its first byte); then 408 "
-             "and close.")] = default("read_timeout"),
+             f"and close; {describe('read_timeout')}.")] = default("read_timeout"),
     idle_timeout: Annotated[float, typer.Option(
-        "--idle-timeout", min=0.01, max=86400,
-        help="Seconds an idle keep-alive connection stays open.")] = default("idle_timeout"),
+        "--idle-timeout",
+        help=f"Seconds an idle keep-alive connection stays open; {describe('idle_timeout')}.")]
+        = default("idle_timeout"),
     max_connections: Annotated[int, typer.Option(
-        "--max-connections", min=1,
+        "--max-connections",
         help="Most open connections; beyond, a newcomer takes the slot of the one waiting longest for its "
-             "request, or gets a 503. Lowered to fit ulimit -n.")] = default("max_connections"),
-    max_feedback: Annotated[int, typer.Option("--max-feedback", min=1,
-                                              help="Most feedback entries per request (413 above).")]
+             f"request, or gets a 503. Lowered to fit ulimit -n; {describe('max_connections')}.")]
+        = default("max_connections"),
+    max_feedback: Annotated[int, typer.Option(
+        "--max-feedback", help=f"Most feedback entries per request (413 above); {describe('max_feedback')}.")]
         = default("max_feedback"),
     token_env: Annotated[str, typer.Option(
         "--token-env", metavar="NAME",
@@ -93,7 +98,8 @@ def serve(
     $OPSLOOP_SERVE_TOKEN, feedback (or, with --token-for all, every request but
     health checks) needs `Authorization: Bearer TOKEN`; docs/serving.md#security.
     """
-    from opsloop.serving.settings import Settings
+    import attrs
+    from opsloop.serving.settings import read_token
 
     fields = dict(model=model, alias=alias, config=config, overrides=tuple(set_ or ()), host=host, port=port,
                   max_body_bytes=max_body_bytes, max_rows=max_rows, poll_interval=poll_interval,
@@ -101,10 +107,11 @@ def serve(
                   fast_path=not no_fast_path, threads=threads, monitor_report=monitor_report,
                   read_timeout=read_timeout, idle_timeout=idle_timeout, max_connections=max_connections,
                   max_feedback=max_feedback, token_for=TokenFor(token_for).value)
+    settings = _settings(fields)
     if stop:
-        _stop(Settings(**fields))  # type: ignore[arg-type]
+        _stop(settings)
         return
-    settings = Settings(**fields, token=_token(token_env, TokenFor(token_for).value))  # type: ignore[arg-type]
+    settings = attrs.evolve(settings, token=read_token(token_env, TokenFor(token_for).value))
     from opsloop.serving.app import create_app
     from opsloop.serving.server import run
 
@@ -128,22 +135,15 @@ def serve(
     run(app, on_ready=ready)
 
 
-def _token(name: str, scope: str) -> str | None:
-    """The bearer token from the environment variable `name`; None when the default variable is unset."""
+def _settings(fields: dict[str, object]) -> Settings:
+    """`Settings(**fields)`; a number out of its range is one line naming the option (`--poll-interval ...`)."""
     from opsloop.errors import OpsloopError
-    from opsloop.serving.settings import Settings
+    from opsloop.serving.settings import OutOfRange, Settings
 
-    value = os.environ.get(name, "").strip()
-    if not value:
-        if name != TOKEN_ENV or scope == "all":
-            raise OpsloopError(f"{'--token-for all needs a token: ' if scope == 'all' else ''}the environment "
-                               f"variable {name} is not set (or empty); put the bearer token there")
-        return None
     try:
-        Settings(token=value)
-    except ValueError as exc:
-        raise OpsloopError(f"${name}: {exc}") from None
-    return value
+        return Settings(**fields)  # type: ignore[arg-type]
+    except OutOfRange as exc:
+        raise OpsloopError(exc.message("--" + exc.name.replace("_", "-"))) from None
 
 
 def _say(line: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +18,76 @@ TOKEN_ENV = "OPSLOOP_SERVE_TOKEN"
 MIN_TOKEN_LENGTH = 16
 
 
-def _positive(_: object, attribute: attrs.Attribute, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError(f"{attribute.name} must be a positive number, got {value!r}")
+#: The range of every numeric setting, in one place: `Settings` checks it, `opsloop serve` and `python -m
+#: opsloop.serving` refuse what it refuses, and so do `local-http`'s options (`config check`), all with the same line
+#: (issue 8, items 5-7). Beyond these, values are mistakes that fail later: a poll interval past `time_t` kills the
+#: watcher, a thread count past int32 makes every prediction a 500. (lowest, highest, unit; a range given in ints
+#: takes whole numbers only.)
+BOUNDS: dict[str, tuple[float, float, str]] = {
+    "port": (0, 65535, ""),
+    "max_body_bytes": (1, 1 << 30, "bytes"),
+    "max_rows": (1, 10_000_000, "rows"),
+    "poll_interval": (0.01, 3600, "seconds"),
+    "log_max_pending": (1, 10_000_000, "rows"),
+    "threads": (0, 1024, ""),
+    "live_window": (1, 10_000_000, "predictions"),
+    "read_timeout": (0.01, 86400, "seconds"),
+    "idle_timeout": (0.01, 86400, "seconds"),
+    "max_connections": (1, 1_000_000, "connections"),
+    "max_feedback": (1, 1_000_000, "entries"),
+}
 
 
-def _seconds(_: object, attribute: attrs.Attribute, value: float) -> None:
-    _positive(_, attribute, value)
-    if not math.isfinite(value):
-        raise ValueError(f"{attribute.name} must be a finite number of seconds, got {value!r}")
+class OutOfRange(ValueError):
+    """A number outside its range; `str()` names the setting, `message(name)` another name for it (a flag).
+
+    Attributes:
+        name: The setting (`poll_interval`).
+        value: The value refused.
+        span: The allowed range in words (`from 0.01 to 3,600 seconds`).
+    """
+
+    def __init__(self, name: str, value: object, span: str) -> None:
+        self.name, self.value, self.span = name, value, span
+        super().__init__(self.message(name))
+
+    def message(self, name: str) -> str:
+        return f"{name} must be {self.span}, got {self.value!r}"
+
+
+def span(low: float, high: float, unit: str = "", integer: bool = True) -> str:
+    """A range in words: `an integer from 0 to 65,535`, `from 0.01 to 3,600 seconds`."""
+    def number(x: float) -> str:
+        return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
+
+    return f"{'an integer ' if integer else ''}from {number(low)} to {number(high)}{' ' + unit if unit else ''}"
+
+
+def within(low: float, high: float, unit: str = "", integer: bool = True) -> Any:
+    """An attrs validator: a number (an int when `integer`; never a bool or NaN) from `low` to `high`."""
+    words = span(low, high, unit, integer)
+
+    def check(_: object, attribute: attrs.Attribute, value: Any) -> None:
+        kinds = (int,) if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
+            raise OutOfRange(attribute.name, value, words)
+
+    return check
+
+
+def bounded(name: str) -> Any:
+    """The validator of the setting `name`, for options that set it elsewhere (`local-http`'s)."""
+    return within(*_rule(name))
+
+
+def describe(name: str) -> str:
+    """The range of the setting `name` in words, for help texts."""
+    return span(*_rule(name))
+
+
+def _rule(name: str) -> tuple[float, float, str, bool]:
+    low, high, unit = BOUNDS[name]
+    return low, high, unit, isinstance(low, int) and isinstance(high, int)
 
 
 def _token(_: object, attribute: attrs.Attribute, value: str | None) -> None:
@@ -38,6 +99,8 @@ def _token(_: object, attribute: attrs.Attribute, value: str | None) -> None:
 @attrs.frozen(kw_only=True)
 class Settings:
     """A server's settings; every field has the default `opsloop serve` uses.
+
+    A number outside its range in `BOUNDS` is refused here (`OutOfRange`).
 
     Attributes:
         model: Model name in the registry; None: the config's `[project] name`.
@@ -98,21 +161,21 @@ class Settings:
     overrides: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     workdir: Path | None = None
     host: str = "127.0.0.1"
-    port: int = attrs.field(default=8080, validator=[attrs.validators.ge(0), attrs.validators.le(65535)])
-    max_body_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=_positive)
-    max_rows: int = attrs.field(default=100_000, validator=_positive)
-    poll_interval: float = attrs.field(default=0.5, validator=_positive)
+    port: int = attrs.field(default=8080, validator=bounded("port"))
+    max_body_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=bounded("max_body_bytes"))
+    max_rows: int = attrs.field(default=100_000, validator=bounded("max_rows"))
+    poll_interval: float = attrs.field(default=0.5, validator=bounded("poll_interval"))
     log_predictions: bool = True
     log_path: Path | None = None
-    log_max_pending: int = attrs.field(default=50_000, validator=_positive)
+    log_max_pending: int = attrs.field(default=50_000, validator=bounded("log_max_pending"))
     fast_path: bool = True
-    threads: int = attrs.field(default=1, validator=attrs.validators.ge(0))
+    threads: int = attrs.field(default=1, validator=bounded("threads"))
     monitor_report: Path | None = None
-    live_window: int = attrs.field(default=10_000, validator=_positive)
-    read_timeout: float = attrs.field(default=30.0, validator=_seconds)
-    idle_timeout: float = attrs.field(default=5.0, validator=_seconds)
-    max_connections: int = attrs.field(default=1000, validator=_positive)
-    max_feedback: int = attrs.field(default=10_000, validator=_positive)
+    live_window: int = attrs.field(default=10_000, validator=bounded("live_window"))
+    read_timeout: float = attrs.field(default=30.0, validator=bounded("read_timeout"))
+    idle_timeout: float = attrs.field(default=5.0, validator=bounded("idle_timeout"))
+    max_connections: int = attrs.field(default=1000, validator=bounded("max_connections"))
+    max_feedback: int = attrs.field(default=10_000, validator=bounded("max_feedback"))
     token: str | None = attrs.field(default=None, repr=False, validator=_token)
     token_for: str = attrs.field(default="write", validator=attrs.validators.in_(("write", "all")))
 
@@ -125,6 +188,32 @@ class Settings:
         return attrs.evolve(self, workdir=workdir,
                             log_path=absolute(self.log_path, SERVING_DIR / LOG_FILE),
                             monitor_report=absolute(self.monitor_report, SERVING_DIR / MONITOR_FILE))
+
+
+def read_token(name: str = TOKEN_ENV, scope: str = "write") -> str | None:
+    """The bearer token in the environment variable `name`, checked; None: the default variable is unset.
+
+    A variable that is set but empty (or blank) is refused, not read as "no token": that is how a secret
+    that failed to render reaches a deployment, and the server would start unauthenticated (issue 8, item
+    12b). So is an unset variable that `--token-env` names, or any, with `--token-for all`.
+    """
+    from opsloop.errors import OpsloopError
+
+    value = os.environ.get(name)
+    if value is None:
+        if name != TOKEN_ENV or scope == "all":
+            raise OpsloopError(f"{'--token-for all needs a token: ' if scope == 'all' else ''}the environment "
+                               f"variable {name} is not set; put the bearer token there")
+        return None
+    value = value.strip()
+    if not value:
+        raise OpsloopError(f"the environment variable {name} is set but empty: put the bearer token there, or "
+                           "unset it to serve without authentication")
+    try:
+        _token(None, None, value)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise OpsloopError(f"${name}: {exc}") from None
+    return value
 
 
 def default(name: str) -> Any:
