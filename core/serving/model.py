@@ -13,7 +13,12 @@ request path, and only then does one attribute assignment make it current:
 requests in flight finish on the old version, the next ones get the new one,
 none fails. A version that cannot be loaded leaves the old one serving (and
 counts on `/metrics`); it is tried again whenever the alias moves again, even
-back to the same number after the bundle was repaired (issue 8, item 7).
+back to the same number after the bundle was repaired (issue 8, item 7), and,
+while the alias stays on it, as soon as the bundle's files change (a `stat`
+of each, every poll: a repair in place is seen without an alias move, which
+`promote` would refuse as "nothing to do") and every `RETRY_EVERY` seconds
+(a repair the files do not show, such as the registry's record). A refusal
+is logged once, then at most once a minute while it lasts (issue 8, 7b).
 
 A store that cannot be read (PostgreSQL down, say) fails every poll; the
 watcher says so in one line, then once a minute with the count, and once
@@ -44,8 +49,33 @@ if TYPE_CHECKING:
     from opsloop.types import ModelVersion
 
 log = logging.getLogger("opsloop.serving")
-#: Seconds between two log lines about a store that keeps failing.
+#: Seconds between two log lines about a store that keeps failing, or a version that keeps being refused.
 REPORT_EVERY = 60.0
+#: Seconds between two attempts at a refused version the alias stays on, when its files do not change.
+RETRY_EVERY = 30.0
+
+
+@attrs.define(kw_only=True)
+class Refused:
+    """The version the alias points at that could not be loaded, and when to try it again.
+
+    Attributes:
+        number: The version.
+        change: The alias's latest move in the audit trail when it was tried; another move is a new attempt.
+        path: Its bundle directory (None when the store could not say).
+        files: `bundle_files(path)` just before the attempt: when it differs, the bundle changed.
+        tried: When it was last tried (monotonic).
+        reported: When it was last logged (monotonic).
+        attempts: Failed attempts since the alias moved to it.
+    """
+
+    number: int
+    change: Any
+    path: str | None
+    files: Any
+    tried: float
+    reported: float
+    attempts: int = 1
 
 
 @attrs.frozen(kw_only=True)
@@ -125,9 +155,10 @@ class ModelWatcher:
             raise StoreError(f"model {name} has no alias {self.alias!r}: point it at a version first "
                              f"(opsloop models promote, or a run with a deploy target)")
         self.current: Served = load_served(store, plugins, name, number, settings)
-        #: The version refused last and the alias's latest change when it was tried; None: nothing refused.
-        self.failed: tuple[int, Any] | None = None
+        #: The version the alias points at and that could not be loaded; None: nothing refused.
+        self.refused: Refused | None = None
         self.report_every = REPORT_EVERY
+        self.retry_every = RETRY_EVERY
         # While polls fail: [failed polls, of them since the last report, first failure, last report] (monotonic).
         self._failing: list[Any] | None = None
         self._stop = threading.Event()
@@ -180,26 +211,57 @@ class ModelWatcher:
         if number is None:
             return False
         if number == self.current.version.version:
-            self.failed = None  # the alias came back: a later move to the refused version is a new attempt
+            self.refused = None  # the alias came back: a later move to the refused version is a new attempt
             return False
-        # A refused version is tried again only after the alias moved (there and back between two polls too).
+        # A refused version is tried again when the alias moved (there and back between two polls too), when its
+        # bundle's files changed (repaired in place), or after `retry_every` seconds; never every poll.
         latest = self._latest_change()
-        if self.failed == (number, latest):
+        refused, now = self.refused, time.monotonic()
+        if refused is not None and (refused.number, refused.change) != (number, latest):
+            refused = None  # the alias moved since: a new attempt
+        path = refused.path if refused is not None else self._path(number)
+        files = bundle_files(path)  # before the load: a change during it is a change
+        if refused is not None and files == refused.files and now - refused.tried < self.retry_every:
             return False
         try:
             served = load_served(self.store, self.plugins, self.name, number, self.settings)
         except Exception as exc:  # noqa: BLE001 - keep serving the old version
-            log.error("opsloop serve: cannot load %s:%s, still serving %s: %s", self.name, number,
-                      self.current.version.ref, exc)
-            self.failed = (number, latest)
             self.metrics.load_errors += 1
+            self._refuse(number, latest, path, files, now, exc, refused)
             return False
         previous, self.current = self.current, served  # one assignment: atomic for the request path
-        self.failed = None
+        self.refused = None
         self.metrics.model_loaded(served, previous)
-        log.warning("opsloop serve: %s@%s moved: now serving %s (was %s)", self.name, self.alias,
-                    served.version.ref, previous.version.ref)
+        if refused is not None:
+            log.warning("opsloop serve: %s loads now (%s): %s@%s serves it (was %s)", served.version.ref,
+                        "its bundle changed" if files != refused.files else "tried again", self.name, self.alias,
+                        previous.version.ref)
+        else:
+            log.warning("opsloop serve: %s@%s moved: now serving %s (was %s)", self.name, self.alias,
+                        served.version.ref, previous.version.ref)
         return True
+
+    def _refuse(self, number: int, change: Any, path: str | None, files: Any, now: float, exc: Exception,
+                before: Refused | None) -> None:
+        """Remember the refusal; log the first one, then at most one line every `report_every` seconds."""
+        if before is None:
+            self.refused = Refused(number=number, change=change, path=path, files=files, tried=now, reported=now)
+            log.error("opsloop serve: cannot load %s:%s, still serving %s: %s (tried again when the alias moves, "
+                      "when its bundle's files change, or every %g s)", self.name, number, self.current.version.ref,
+                      exc, self.retry_every)
+            return
+        before.files, before.tried, before.attempts = files, now, before.attempts + 1
+        if now - before.reported >= self.report_every:
+            before.reported = now
+            log.error("opsloop serve: still cannot load %s:%s (%d attempts), still serving %s: %s", self.name,
+                      number, before.attempts, self.current.version.ref, exc)
+
+    def _path(self, number: int) -> str | None:
+        """Where version `number`'s bundle is, or None when the store cannot say (the load will say why)."""
+        try:
+            return str(self.store.get(self.name, number).path)
+        except Exception:  # noqa: BLE001 - only a hint for noticing a repair
+            return None
 
     def _latest_change(self) -> Any:
         """The alias's latest move in the audit trail (read before a load, so a move during it is seen)."""
@@ -216,6 +278,26 @@ class ModelWatcher:
         if self._thread is not None:
             self._thread.join(timeout=30)
         self.store.close()
+
+
+def bundle_files(path: str | None) -> Any:
+    """Each file of a bundle directory with its size, times and inode, and the directory's own: what changes
+    when a bundle is repaired in place (rewritten, or files renamed over). Stats only, no reading: cheap every
+    poll. None when there is no directory to look at."""
+    if path is None:
+        return None
+    try:
+        top = os.stat(path)
+        found = [("", top.st_mtime_ns, top.st_ctime_ns, top.st_ino)]
+        for root, dirs, names in os.walk(path):
+            dirs.sort()
+            for name in sorted(names):
+                st = os.stat(os.path.join(root, name))
+                found.append((os.path.relpath(os.path.join(root, name), path), st.st_size, st.st_mtime_ns,
+                              st.st_ctime_ns, st.st_ino))
+        return tuple(found)
+    except OSError:
+        return None
 
 
 def _one_line(exc: BaseException) -> str:
