@@ -28,6 +28,7 @@ import asyncio
 import hmac
 import itertools
 import logging
+import re
 import time
 import uuid
 import zlib
@@ -253,12 +254,19 @@ class ServingApp:
         return body, wanted
 
     def _request_id(self, given: str | None, headers: dict[bytes, bytes]) -> str:
-        if given:
-            return given
-        header = headers.get(b"x-request-id")
-        if header:
-            return protocol.request_id(header.decode("latin-1"), "X-Request-Id") or ""
-        return f"{self._prefix}{next(self._ids)}"
+        """The client's id (the body's "id", else X-Request-Id), or a new one: PREFIX-N, PREFIX random per start."""
+        where = '"id"'
+        if not given:
+            header = headers.get(b"x-request-id")
+            if not header:
+                return f"{self._prefix}{next(self._ids)}"
+            given, where = protocol.request_id(header.decode("latin-1"), "X-Request-Id") or "", "X-Request-Id"
+        if _SERVER_ID.fullmatch(given):
+            # Feedback by request id labels every row logged under it: a client that reused an id the server
+            # made up (every answer shows them) would have another client's label join its rows (issue 8, item 8).
+            raise RequestError(422, f"{where} {given!r} has the form of the request ids this server makes up "
+                                    "(12 hex digits, '-', a number): choose another, or send none")
+        return given
 
     async def _score(self, served: Served, batch: Any) -> tuple[Any, Any]:
         scorer = served.scorer
@@ -275,8 +283,8 @@ class ServingApp:
         body, headers = await self._body(scope, receive)
         at = time.time()
         batch, given = protocol.parse_instances(body, served.schema)
-        predictions, scores = await self._score(served, batch)
         rid = self._request_id(given, headers)
+        predictions, scores = await self._score(served, batch)
         pred_list = predictions.tolist()
         score_list = scores.tolist() if scores is not None else None
         self._record(served, rid, at, batch, pred_list, score_list, body)
@@ -289,8 +297,8 @@ class ServingApp:
         body, headers = await self._body(scope, receive)
         at = time.time()
         request = protocol.parse_infer(body, headers.get(b"inference-header-content-length"), served.schema)
-        predictions, scores = await self._score(served, request.batch)
         rid = self._request_id(request.id, headers)
+        predictions, scores = await self._score(served, request.batch)
         outputs = {"prediction": (served.outputs["prediction"], predictions)}
         if scores is not None and "score" in served.outputs:
             outputs["score"] = ("FP64", scores)
@@ -341,6 +349,8 @@ class ServingApp:
                                    report=self.settings.monitor_report)
 
 
+#: The form of the request ids the server makes up (`ServingApp._prefix` and a counter), this run's or another's.
+_SERVER_ID = re.compile(r"[0-9a-f]{12}-[0-9]+")
 _READ = frozenset((b"content-length", b"content-encoding", b"inference-header-content-length", b"x-request-id"))
 
 
