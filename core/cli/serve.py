@@ -81,7 +81,8 @@ def serve(
     token_env: Annotated[str, typer.Option(
         "--token-env", metavar="NAME",
         help=f"Environment variable holding the bearer token (default {TOKEN_ENV}); when it is set, "
-             "POST /v1/feedback needs Authorization: Bearer TOKEN. Not on the command line, where ps shows it.")]
+             "POST /v1/feedback needs Authorization: Bearer TOKEN (set but empty: refused). Not on the command "
+             "line, where ps shows it.")]
         = TOKEN_ENV,
     token_for: Annotated[TokenFor, typer.Option(
         "--token-for", help="What the token guards: write (POST /v1/feedback) or all (every endpoint but the "
