@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,24 @@ VERSIONS = {
 }
 
 
+class Tampered:
+    """Flip one byte of a version's largest file; `repair()` writes it back in place (so does leaving the block)."""
+
+    def __init__(self, bundle: Path) -> None:
+        self.target = max((p for p in bundle.iterdir() if p.name != "manifest.json"), key=lambda p: p.stat().st_size)
+        self.original = self.target.read_bytes()
+
+    def __enter__(self) -> Tampered:
+        self.target.write_bytes(self.original[:-1] + bytes([self.original[-1] ^ 0xFF]))
+        return self
+
+    def repair(self) -> None:
+        self.target.write_bytes(self.original)
+
+    def __exit__(self, *exc: object) -> None:
+        self.repair()
+
+
 @attrs.define
 class Project:
     """The trained project: where it is, its rows, and helpers to talk to a server."""
@@ -67,6 +86,20 @@ class Project:
         with self.store() as store:
             v = store.get(MODEL, version)
         return read_bundle(v.path, PluginManager(), ref=v.ref, digest=v.digest)
+
+    def tampered(self, version: int) -> Tampered:
+        """`with project.tampered(3) as v3:` version 3's bundle has a flipped byte until `v3.repair()`."""
+        with self.store() as store:
+            return Tampered(Path(store.get(MODEL, version).path))
+
+    @staticmethod
+    def log_rows(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """The rows of a query on a prediction log file, on a connection of its own."""
+        con = sqlite3.connect(db)
+        try:
+            return con.execute(sql, args).fetchall()
+        finally:
+            con.close()
 
     def set_production(self, version: int) -> None:
         with self.store() as store:

@@ -27,14 +27,6 @@ MODEL = "asd-serve"
 ALIAS = "deleted"
 
 
-def _rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
-
-
 def _metric(text: str, name: str) -> int:
     return next(int(line.split()[1]) for line in text.splitlines() if line.startswith(f"{name} "))
 
@@ -103,10 +95,10 @@ def test_deleting_the_serving_directory_loses_no_later_row_and_stop_still_works(
     assert output.count("was deleted or replaced while serving") >= 1, output
     assert not state_file.exists() and not alive(proc.pid)
     # the rows written before the deletion went with the file; every row after it is here, once
-    logged = _rows(db, "SELECT request_id, row FROM predictions")
+    logged = project.log_rows(db, "SELECT request_id, row FROM predictions")
     assert sorted(logged) == sorted((rid, 0) for rid in after)
     assert not set(before) & {r[0] for r in logged}
-    assert sorted(_rows(db, "SELECT request_id, label, source FROM feedback")) == sorted(
+    assert sorted(project.log_rows(db, "SELECT request_id, label, source FROM feedback")) == sorted(
         [(after[0], 1, "http"), (after[1], 0, "cli")])
 
 
@@ -140,9 +132,9 @@ def test_a_file_deleted_under_a_batch_gets_the_batch_again(project: Any, tmp_pat
     finally:
         log.close()
     assert log.reopened >= 1 and log.errors == 0
-    logged = sorted(r[0] for r in _rows(db, "SELECT request_id FROM predictions"))
+    logged = sorted(r[0] for r in project.log_rows(db, "SELECT request_id FROM predictions"))
     assert logged == sorted([f"second-{i}" for i in range(50)] + [f"third-{i}" for i in range(5)])
-    assert sorted(_rows(db, "SELECT request_id FROM feedback")) == [("second-0",), ("third-0",)]
+    assert sorted(project.log_rows(db, "SELECT request_id FROM feedback")) == [("second-0",), ("third-0",)]
 
 
 def test_a_deleted_wal_file_is_noticed_too(project: Any, tmp_path: Path) -> None:
@@ -165,4 +157,4 @@ def test_a_deleted_wal_file_is_noticed_too(project: Any, tmp_path: Path) -> None
     finally:
         log.close()
     assert log.reopened == 1 and log.errors == 0
-    assert {f"second-{i}" for i in range(20)} <= {r[0] for r in _rows(db, "SELECT request_id FROM feedback")}
+    assert {f"second-{i}" for i in range(20)} <= {r[0] for r in project.log_rows(db, "SELECT request_id FROM feedback")}

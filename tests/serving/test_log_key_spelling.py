@@ -19,21 +19,12 @@ it was scored on (real server, real SQLite file).
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 from opsloop.serving.app import create_app
 from opsloop.serving.server import ServerThread
-
-
-def _rows(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(sql, args).fetchall()
-    finally:
-        con.close()
 
 
 def _bodies(a: dict[str, Any], b: dict[str, Any]) -> dict[str, str]:
@@ -73,7 +64,7 @@ def test_the_log_holds_the_rows_that_were_scored_whatever_the_key_spelling(proje
         single = json.dumps({"instances": [{**b, "entity": expected}], "id": "reference"}).encode()
         reference = json.loads(project.request(server.url, "POST", "/predict", single)[2])["predictions"][0]
     assert app.log is not None and app.log.errors == 0
-    logged = _rows(db, "SELECT series, inputs, prediction, score FROM predictions WHERE request_id = ? ORDER BY row",
+    logged = project.log_rows(db, "SELECT series, inputs, prediction, score FROM predictions WHERE request_id = ? ORDER BY row",
                    rid)
     assert len(logged) == len(answer), f"{rid}: answered {len(answer)} row(s), logged {len(logged)}"
     for (series, inputs, prediction, score), answered in zip(logged, answer, strict=True):

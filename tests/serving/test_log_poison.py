@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -59,14 +58,6 @@ def _bad_predictions(record: dict[str, Any]) -> list[tuple[str, bytes]]:
     return [("/predict", json.dumps({"instances": [bad]}).encode()),
             ("/predict", json.dumps({"instances": [{**bad, "m05": NAN}]}).encode()),
             (INFER, json.dumps({"inputs": tensors}).encode())]
-
-
-def _rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 @pytest.fixture(scope="module")
@@ -137,9 +128,9 @@ def test_a_flood_of_poison_costs_no_honest_prediction_or_label(project: Any, tmp
         metrics = project.request(server.url, "GET", "/metrics")[2].decode()
     assert refused and set(refused) == {422}  # every poisoned request was stopped at the edge
     assert len(honest) == CLIENTS * PER_CLIENT
-    logged = _rows(db, "SELECT request_id, row FROM predictions")
+    logged = project.log_rows(db, "SELECT request_id, row FROM predictions")
     assert sorted(logged) == sorted((rid, 0) for rid in honest)
-    labels = _rows(db, "SELECT request_id, row FROM feedback")
+    labels = project.log_rows(db, "SELECT request_id, row FROM feedback")
     assert sorted(labels) == sorted((rid, 0) for rid in honest)
     # none got past the edge, so the writer had nothing to refuse
     assert app.log.errors == 0 and "opsloop_prediction_log_errors_total 0" in metrics
@@ -181,11 +172,11 @@ def test_the_writer_loses_only_the_poisoned_items_of_a_batch(project: Any, tmp_p
     finally:
         log.close()
     assert (log.written, log.feedback, log.errors) == (200, 121, 25)
-    predictions = _rows(log.path, "SELECT request_id, series, inputs FROM predictions")  # every row readable
+    predictions = project.log_rows(log.path, "SELECT request_id, series, inputs FROM predictions")  # every row readable
     assert sorted(r[0] for r in predictions) == sorted([f"split-{i}" for i in range(100)]
                                                        + [f"python-{i}" for i in range(100)])
     assert all(r[1] == record["entity"] and json.loads(r[2]) == record for r in predictions)
-    assert _rows(log.path, "SELECT count(*) FROM feedback") == [(121,)]
+    assert project.log_rows(log.path, "SELECT count(*) FROM feedback") == [(121,)]
     lines = [r.getMessage() for r in caplog.records if "could not be written" in r.getMessage()]
     assert len(lines) == 2, lines  # the first failure, then one line with the count when the writer stops
     assert lines[0].startswith("opsloop serve: 5 prediction log item(s)") and "20 prediction log item(s)" in lines[1]
@@ -216,4 +207,4 @@ def test_feedback_cli_refuses_what_sqlite_cannot_store_in_one_line(project: Any,
                            str(lines), *common], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and '"row"' in done.stderr
-    assert not (tmp_path / "log.db").exists() or _rows(tmp_path / "log.db", "SELECT count(*) FROM feedback") == [(0,)]
+    assert not (tmp_path / "log.db").exists() or project.log_rows(tmp_path / "log.db", "SELECT count(*) FROM feedback") == [(0,)]

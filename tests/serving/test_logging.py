@@ -28,14 +28,6 @@ from typer.testing import CliRunner
 MODEL = "asd-serve"
 
 
-def _rows(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(sql, args).fetchall()
-    finally:
-        con.close()
-
-
 def test_a_clean_stop_writes_every_prediction(project: Any, tmp_path: Path) -> None:
     with project.store() as store:
         store.set_alias(MODEL, "canary", 2, reason="test: drain")
@@ -65,7 +57,7 @@ def test_a_clean_stop_writes_every_prediction(project: Any, tmp_path: Path) -> N
             proc.kill()
             proc.wait()
     assert not state_file.exists()  # removed on a clean stop
-    logged = _rows(db, "SELECT request_id, row, version, model, inputs, series, time, at FROM predictions")
+    logged = project.log_rows(db, "SELECT request_id, row, version, model, inputs, series, time, at FROM predictions")
     assert len(logged) == sum(len(b) for b in sent.values()) == 390
     assert {r[0] for r in logged} == set(sent)
     for request_id, row, version, model, inputs, series, stamp, at in logged[::37]:
@@ -139,7 +131,7 @@ def test_feedback_by_request_id_row_and_key_gives_live_precision_and_recall(serv
     assert figures["precision"] == pytest.approx(tp / (tp + fp))
     assert figures["recall"] == pytest.approx(tp / (tp + fn))
     assert figures["accuracy"] == pytest.approx(float((predictions == truth).mean()))
-    labelled = _rows(tmp_path / "log.db", "SELECT count(*), count(DISTINCT id) FROM labelled")
+    labelled = project.log_rows(tmp_path / "log.db", "SELECT count(*), count(DISTINCT id) FROM labelled")
     assert labelled == [(40, 40)]
 
 
@@ -185,7 +177,7 @@ def test_every_request_form_is_logged_as_sent(served: Any, project: Any) -> None
         status, _, raw = project.request(served.url, "POST", "/predict", body.encode())
         assert status == 200, raw
     _wait_written(served, 4, 0)
-    logged = dict(_rows(served.app.log.path, "SELECT request_id, inputs FROM predictions"))
+    logged = dict(project.log_rows(served.app.log.path, "SELECT request_id, inputs FROM predictions"))
     assert set(logged) == {"v2-1", "nan-1", "twice-1", "plain-1"}
     assert json.loads(logged["plain-1"]) == json.loads(logged["twice-1"]) == record
     assert json.loads(logged["nan-1"])["m05"] != json.loads(logged["nan-1"])["m05"]  # NaN, as sent
@@ -221,7 +213,7 @@ def test_a_log_that_cannot_keep_up_drops_predictions_not_requests(project: Any, 
     assert len(warnings) == 1  # at most one warning a minute, however many are dropped
     # the stop drained what was queued: everything not counted as dropped is in the log, nothing failed
     assert app.log.errors == 0
-    logged = {r[0] for r in _rows(db, "SELECT request_id FROM predictions")}
+    logged = {r[0] for r in project.log_rows(db, "SELECT request_id FROM predictions")}
     answered = [a[2]["request_id"] for a in answers]
     assert len(logged) == 200 - dropped and logged <= set(answered)
-    assert _rows(db, "SELECT count(*) FROM feedback")[0][0] == 1
+    assert project.log_rows(db, "SELECT count(*) FROM feedback")[0][0] == 1

@@ -166,26 +166,6 @@ def test_local_http_refuses_an_empty_token_before_it_moves_the_alias(project: An
 # -- a refused version repaired in place ------------------------------------------------
 
 
-class Tampered:
-    """Flip one byte of a version's largest file; `repair()` writes it back in place."""
-
-    def __init__(self, project: Any, version: int) -> None:
-        with project.store() as store:
-            bundle = Path(store.get(MODEL, version).path)
-        self.target = max((p for p in bundle.iterdir() if p.name != "manifest.json"), key=lambda p: p.stat().st_size)
-        self.original = self.target.read_bytes()
-
-    def __enter__(self) -> Tampered:
-        self.target.write_bytes(self.original[:-1] + bytes([self.original[-1] ^ 0xFF]))
-        return self
-
-    def repair(self) -> None:
-        self.target.write_bytes(self.original)
-
-    def __exit__(self, *exc: object) -> None:
-        self.repair()
-
-
 @pytest.fixture
 def alias(project: Any, request: pytest.FixtureRequest) -> Iterator[str]:
     """An alias of this test's own at version 1."""
@@ -210,7 +190,7 @@ def test_a_refused_version_repaired_in_place_is_served_without_moving_the_alias(
     answer "already points at 3: nothing to do")."""
     app = create_app(workdir=project.path, alias=alias, poll_interval=0.05, log_path=tmp_path / "log.db")
     app.watcher.retry_every = 3600  # the repair must be seen by its files, not by the periodic retry
-    with Tampered(project, 3) as v3, ServerThread(app) as server:
+    with project.tampered(3) as v3, ServerThread(app) as server:
         with project.store() as store:
             store.set_alias(MODEL, alias, 3, reason="test: the tampered version")
             moves = len(store.history(MODEL, alias))
@@ -227,7 +207,7 @@ def test_a_version_that_stays_refused_is_retried_now_and_then_and_reported_once(
         project: Any, alias: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     app = create_app(workdir=project.path, alias=alias, poll_interval=0.05, log_path=tmp_path / "log.db")
     app.watcher.retry_every = 0.2  # 30 s, shortened
-    with Tampered(project, 3), ServerThread(app) as server, caplog.at_level(logging.ERROR, "opsloop.serving"):
+    with project.tampered(3), ServerThread(app) as server, caplog.at_level(logging.ERROR, "opsloop.serving"):
         with project.store() as store:
             store.set_alias(MODEL, alias, 3, reason="test: the tampered version")
         _wait_for(lambda: app.metrics.load_errors >= 3, "two more attempts at the tampered version")

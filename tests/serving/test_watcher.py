@@ -37,26 +37,6 @@ def _wait_for(predicate: Any, what: str, seconds: float = DEADLINE) -> None:
         time.sleep(0.05)
 
 
-class Tampered:
-    """Flip one byte of a version's largest file; `repair()` puts it back (and so does leaving the block)."""
-
-    def __init__(self, project: Any, version: int) -> None:
-        with project.store() as store:
-            bundle = Path(store.get(MODEL, version).path)
-        self.target = max((p for p in bundle.iterdir() if p.name != "manifest.json"), key=lambda p: p.stat().st_size)
-        self.original = self.target.read_bytes()
-
-    def __enter__(self) -> Tampered:
-        self.target.write_bytes(self.original[:-1] + bytes([self.original[-1] ^ 0xFF]))
-        return self
-
-    def repair(self) -> None:
-        self.target.write_bytes(self.original)
-
-    def __exit__(self, *exc: object) -> None:
-        self.repair()
-
-
 def _move(project: Any, alias: str, version: int) -> None:
     with project.store() as store:
         store.set_alias(MODEL, alias, version, reason="test: watcher")
@@ -82,7 +62,7 @@ def test_a_refused_version_is_served_once_repaired_and_promoted_again(project: A
         return json.loads(raw)["model_version"]
 
     app = create_app(workdir=project.path, alias=alias, poll_interval=0.05, log_path=tmp_path / "log.db")
-    with Tampered(project, 3) as v3, ServerThread(app) as server:
+    with project.tampered(3) as v3, ServerThread(app) as server:
         _move(project, alias, 3)
         _wait_for(lambda: app.metrics.load_errors == 1, "the refusal of the tampered version")
         _move(project, alias, 1)
@@ -99,7 +79,7 @@ def test_every_move_of_the_alias_is_a_new_attempt_even_between_two_polls(project
     app = create_app(workdir=project.path, alias=alias, poll_interval=3600, log_path=tmp_path / "log.db")
     watcher = app.watcher  # not started: the test polls by calling check()
     try:
-        with Tampered(project, 3) as v3:
+        with project.tampered(3) as v3:
             _move(project, alias, 3)
             assert watcher.check() is False and app.metrics.load_errors == 1
             assert watcher.check() is False and app.metrics.load_errors == 1  # not retried in a loop
