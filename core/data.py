@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from opsloop.errors import ConfigError, DataError, closest
 from opsloop.types import Dataset
@@ -14,6 +15,21 @@ if TYPE_CHECKING:
     from opsloop.config import Config
 
 EMBEDDED_PREFIX = "embedded:"
+
+
+def one_class_error(plugin: str, dataset: Dataset, classes: Sequence[Any]) -> DataError:
+    """The error for classifier training rows whose target holds fewer than two classes.
+
+    Such a model learns nothing, and an XGBoost one cannot even be loaded back
+    (issue 8): trainers refuse it with this message, which names the column and
+    the class it saw.
+    """
+    if not len(classes):
+        return DataError(f"{plugin}: dataset {dataset.name or '?'} has no training rows")
+    seen = classes[0].item() if hasattr(classes[0], "item") else classes[0]
+    return DataError(f"{plugin}: target column {dataset.target!r} holds one class only ({seen!r}) in the "
+                     f"{len(dataset.frame):,} training rows of dataset {dataset.name or '?'}; a classifier needs "
+                     "at least two: train on a period that has both (with incidents), or check [data] target")
 
 
 def read_table(path_text: str, config: Config | None = None) -> pd.DataFrame:

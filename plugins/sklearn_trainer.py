@@ -115,10 +115,9 @@ def labels(dataset: Dataset, task: str, plugin: str) -> pd.Series:
     if task == "regression" and not pd.api.types.is_numeric_dtype(y):
         raise DataError(f"{plugin}: regression needs a numeric target, {dataset.target!r} is {y.dtype}")
     if task == "classification" and y.nunique() == 1:  # issue 8: a one-class "classifier" learns nothing
-        seen = y.iloc[0].item() if hasattr(y.iloc[0], "item") else y.iloc[0]
-        raise DataError(f"{plugin}: target column {dataset.target!r} holds one class only ({seen!r}) in the "
-                        f"{len(y):,} training rows of dataset {dataset.name or '?'}; a classifier needs at least "
-                        "two: train on a period that has both (with incidents), or check [data] target")
+        from opsloop.data import one_class_error
+
+        raise one_class_error(plugin, dataset, y.unique())
     return y
 
 

@@ -147,22 +147,14 @@ def target_of(dataset: Dataset, task: str, plugin: str = "xgboost") -> pd.Series
     if task == "classification":
         classes = np.unique(y.to_numpy())
         if len(classes) < 2:  # a one-class model cannot be loaded back (issue 8): refuse it here
-            raise DataError(one_class(plugin, dataset, classes))
+            from opsloop.data import one_class_error
+
+            raise one_class_error(plugin, dataset, classes)
         if len(classes) > 50 or not np.array_equal(classes, np.arange(len(classes))):
             shown = ", ".join(map(str, classes[:10])) + (" ..." if len(classes) > 10 else "")
             raise DataError(f"{plugin}: classification needs class labels 0..k-1 in {dataset.target!r}, "
                             f"found {shown}; encode them, or use task = \"regression\"")
     return y
-
-
-def one_class(plugin: str, dataset: Dataset, classes: Any) -> str:
-    """The message for training rows whose target holds a single class."""
-    if not len(classes):
-        return f"{plugin}: dataset {dataset.name or '?'} has no training rows"
-    seen = classes[0].item() if hasattr(classes[0], "item") else classes[0]
-    return (f"{plugin}: target column {dataset.target!r} holds one class only ({seen!r}) in the "
-            f"{len(dataset.frame):,} training rows of dataset {dataset.name or '?'}; a classifier needs at least "
-            "two: train on a period that has both (with incidents), or check [data] target")
 
 
 def holdout_mask(dataset: Dataset, fraction: float, seed: int, stratify: pd.Series | None) -> np.ndarray:

@@ -146,7 +146,7 @@ def promote(name: Annotated[str, typer.Argument(help="Model name.")],
 
     session = _session(config, set_)
     with session.open_store() as store:
-        _check_target(session, store, store.get(name, version), f"promote it to {name}@{alias}")
+        _check_target(session, store.get(name, version), f"promote it to {name}@{alias}")
         change = session.set_alias(store, name, alias, version, reason=reason or "promoted from the command line")
     if json_:
         print_json(_change_json(change) if change else {"name": name, "alias": alias, "to_version": version,
@@ -173,7 +173,7 @@ def rollback(name: Annotated[str, typer.Argument(help="Model name.")],
             exists = {s.version for s in store.version_summaries(name)}
             target = rollback_target(store.history(name, alias), current, exists)
             if target is not None:
-                _check_target(session, store, store.get(name, target), f"roll {name}@{alias} back to it")
+                _check_target(session, store.get(name, target), f"roll {name}@{alias} back to it")
         change = session.rollback(store, name, alias, reason=reason or "rolled back from the command line")
     if json_:
         print_json(_change_json(change))
@@ -181,7 +181,7 @@ def rollback(name: Annotated[str, typer.Argument(help="Model name.")],
         _print_change(change, "rolled back")
 
 
-def _check_target(session: Any, store: Any, v: ModelVersion, what: str) -> None:
+def _check_target(session: Any, v: ModelVersion, what: str) -> None:
     """Refuse to point an alias at a version whose bundle fails its checks (issue 8): digest, load, probe rows."""
     from opsloop.bundle import check_bundle
     from opsloop.errors import BundleError, StoreError
@@ -198,13 +198,12 @@ def reindex(force: Annotated[bool, typer.Option("--force", help="Rebuild even a 
             config: ConfigOption = None, set_: SetOption = None, json_: JsonOption = False) -> None:
     """Rebuild the registry's index from its bundles' manifests (after registry.db was lost or damaged)."""
     from opsloop.cli._render import console, print_json, table
-    from opsloop.errors import PluginCallError, RegistryDamaged
+    from opsloop.errors import RegistryDamaged
 
     try:
         store = open_store(config, set_)
-    except (RegistryDamaged, PluginCallError) as exc:
-        damaged = exc.cause if isinstance(exc, PluginCallError) else exc
-        if not isinstance(damaged, RegistryDamaged) or damaged.rebuild is None:
+    except RegistryDamaged as damaged:  # (the session passes a store's own StoreError through as it is)
+        if damaged.rebuild is None:
             raise
         done = damaged.rebuild()
     else:

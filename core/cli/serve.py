@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from opsloop.serving.settings import Settings
 
 
-
 class TokenFor(str, enum.Enum):
     """What the bearer token guards (`Settings.token_for`)."""
 

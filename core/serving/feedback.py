@@ -30,7 +30,7 @@ from typing import Any
 
 from opsloop.errors import DataError
 from opsloop.serving.predlog import Feedback
-from opsloop.serving.schema import RequestError, json_type
+from opsloop.serving.schema import RequestError, json_type, utf8
 
 #: A number as CSV cells write one: plain ASCII decimal, optional sign, point and exponent.
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:e[+-]?[0-9]+)?")
@@ -42,15 +42,7 @@ INT_MIN, INT_MAX = -2 ** 63, 2 ** 63 - 1  # SQLite's INTEGER
 
 def _text(value: str) -> bool:
     """Whether SQLite can store a string: UTF-8 encodable (no lone surrogate) and not too long."""
-    if len(value) > TEXT_MAX:
-        return False
-    if value.isascii():
-        return True
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
+    return len(value) <= TEXT_MAX and utf8(value)
 
 
 def entry(obj: Any, *, model: str | None, source: str, where: str) -> Feedback:

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 #: Latency buckets, seconds: single rows land in the first ones, 1,000-row requests in the middle.
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
-REASONS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 411: "length_required",
-           413: "too_large", 415: "unsupported_encoding", 422: "invalid_input", 500: "internal", 503: "unavailable"}
+REASONS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+           411: "length_required", 413: "too_large", 415: "unsupported_encoding", 422: "invalid_input", 500: "internal", 503: "unavailable"}
 
 
 def _label(value: Any) -> str:

@@ -78,6 +78,23 @@ class Refused:
     attempts: int = 1
 
 
+@attrs.define(kw_only=True)
+class Failing:
+    """Polls of the store failing in a row (monotonic times).
+
+    Attributes:
+        total: Failed polls since the first.
+        unreported: Of them, since the last log line.
+        since: When the first failed.
+        reported: When the last log line was written.
+    """
+
+    since: float
+    reported: float
+    total: int = 1
+    unreported: int = 0
+
+
 @attrs.frozen(kw_only=True)
 class Served:
     """One loaded version, ready to answer."""
@@ -159,8 +176,7 @@ class ModelWatcher:
         self.refused: Refused | None = None
         self.report_every = REPORT_EVERY
         self.retry_every = RETRY_EVERY
-        # While polls fail: [failed polls, of them since the last report, first failure, last report] (monotonic).
-        self._failing: list[Any] | None = None
+        self._failing: Failing | None = None  # while polls of the store fail
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         metrics.model_loaded(self.current)
@@ -185,25 +201,25 @@ class ModelWatcher:
         """One line for the first failure (a traceback with OPSLOOP_DEBUG=1), then one a minute with the count."""
         now = time.monotonic()
         if self._failing is None:
-            self._failing = [1, 0, now, now]
+            self._failing = Failing(since=now, reported=now)
             log.error("opsloop serve: cannot check %s@%s in the store, still serving %s: %s (retrying every %g s; "
                       "reported once a minute while it lasts)", self.name, self.alias, self.current.version.ref,
                       _one_line(exc), self.settings.poll_interval, exc_info=bool(os.environ.get("OPSLOOP_DEBUG")))
             return
         failing = self._failing
-        failing[0] += 1
-        failing[1] += 1
-        if now - failing[3] >= self.report_every:
+        failing.total += 1
+        failing.unreported += 1
+        if now - failing.reported >= self.report_every:
             log.error("opsloop serve: still cannot check %s@%s in the store: %d failed poll(s) since the last "
-                      "report, failing for %.0f s, still serving %s: %s", self.name, self.alias, failing[1],
-                      now - failing[2], self.current.version.ref, _one_line(exc))
-            failing[1], failing[3] = 0, now
+                      "report, failing for %.0f s, still serving %s: %s", self.name, self.alias, failing.unreported,
+                      now - failing.since, self.current.version.ref, _one_line(exc))
+            failing.unreported, failing.reported = 0, now
 
     def _recovered(self) -> None:
-        total, _, first, _ = self._failing  # type: ignore[misc]
-        self._failing = None
+        failing, self._failing = self._failing, None
+        assert failing is not None
         log.warning("opsloop serve: the store answers again: %s@%s checked after %d failed poll(s) over %.0f s",
-                    self.name, self.alias, total, time.monotonic() - first)
+                    self.name, self.alias, failing.total, time.monotonic() - failing.since)
 
     def check(self) -> bool:
         """Look at the alias once; swap when it moved. True when a new version now serves."""

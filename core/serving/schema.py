@@ -74,8 +74,10 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _utf8(value: str) -> bool:
-    """Whether a string can be encoded as UTF-8 (not when it holds a lone surrogate)."""
+def utf8(value: str) -> bool:
+    """Whether a string can be stored as UTF-8 text (not when it holds a lone surrogate); ASCII at once."""
+    if value.isascii():
+        return True
     try:
         value.encode()
     except UnicodeEncodeError:
@@ -147,7 +149,7 @@ class Column:
             if t is bool:
                 return value
         elif kind == "text":
-            if value is None or t is str and (value.isascii() or _utf8(value)):
+            if value is None or t is str and utf8(value):
                 return value
             if t is str:
                 raise RequestError(422, f"{where}: feature {self.name!r} is {_show(value)}, which is not UTF-8 text "
