@@ -21,7 +21,8 @@ them left no file descriptor for a health check (issue 8, item 6). So:
 When a burst of connections still exhausts the descriptors (asyncio accepts
 many at once, before any can be refused), asyncio stops accepting for a
 second and tries again; `Server` reports that once a minute with a count
-instead of a traceback every second.
+instead of a traceback every second. Retries still pending when the server
+stops find the listener closed; they are dropped without a traceback.
 
 The cost on the request path is a flag or two: a new connection gets one
 timer (`loop.call_later`) until its first request is read, and after that
@@ -189,7 +190,13 @@ class AcceptErrors:
         self.reported = -REPORT_EVERY
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        if not str(context.get("message", "")).startswith("socket.accept() out of system resource"):
+        message = str(context.get("message", ""))
+        if "._start_serving(" in message and isinstance(context.get("exception"), ValueError):
+            # A retry of accept() firing after the listener was closed (the server stopping). Python 3.11
+            # schedules one retry per failed accept() of a burst, up to the backlog: 2,048 tracebacks.
+            log.debug("opsloop serve: accept retry on a closed listener ignored: %s", context.get("exception"))
+            return
+        if not message.startswith("socket.accept() out of system resource"):
             loop.default_exception_handler(context)
             return
         self.count += 1

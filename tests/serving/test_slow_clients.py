@@ -182,3 +182,57 @@ def test_with_few_file_descriptors_300_stalled_clients_leave_room_for_a_health_c
     log = output.read_text()
     assert "at most 192 connections, not 1000" in log
     assert log.count("Traceback") == 0 and log.count("cannot accept connections") <= 2, log[-2000:]
+
+
+ACCEPT_RETRY = r"""
+import asyncio, resource, sys, time
+from opsloop.serving.connections import AcceptErrors
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+async def main():
+    loop = asyncio.get_running_loop()
+    errors = AcceptErrors()
+    loop.set_exception_handler(errors)
+    server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0, backlog=256)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    deadline = time.monotonic() + 60
+    while errors.reported < 0:  # until accept() ran out of file descriptors
+        assert time.monotonic() < deadline, "accept() never failed"
+        await asyncio.sleep(0.01)
+    server.close()  # what stopping does, while asyncio's retries of accept() are pending
+    await asyncio.sleep(1.5)  # they fire after one second
+    print("stopped", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_accept_retries_pending_when_the_server_stops_print_no_traceback() -> None:
+    """CI once printed 2,048 tracebacks on a clean stop: Python 3.11 schedules a retry for each
+    failed accept() of a burst (up to the backlog), and each found the listener closed.
+
+    A real event loop and listener limited to 64 file descriptors, and 100 real clients.
+    """
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", ACCEPT_RETRY], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    clients = []
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline() or 0)
+        assert port, proc.stderr.read() if proc.stderr else ""
+        for _ in range(100):
+            with contextlib.suppress(OSError):
+                clients.append(socket.create_connection(("127.0.0.1", port), timeout=DEADLINE))
+        out, err = proc.communicate(timeout=120)
+    finally:
+        for client in clients:
+            client.close()
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0 and out.strip() == "stopped", err
+    assert "cannot accept connections: [Errno 24]" in err  # the case happened
+    assert "Traceback" not in err and "Invalid file descriptor" not in err, err[-2000:]
