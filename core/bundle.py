@@ -6,6 +6,9 @@ A bundle is a directory:
                     task, params, metrics, lineage, and the sha256 of every
                     other file
     model.*         written by the flavor's `save_model` (XGBoost UBJ, skops)
+    profile.json, profile-sample.parquet
+                    the reference profile of the training rows and scores
+                    (opsloop.profile), for drift without the training data
 
 Its digest is the sha256 of `manifest.json`, so the digest covers every file.
 `read_bundle` checks every file against the manifest before anything is
@@ -130,11 +133,32 @@ def _write_bundle(directory: Path, *, model: TrainedModel, trainer: str, raw: Da
         "metrics": dict(metrics),
         "lineage": dict(lineage),
         "probe": probe_rows(raw),
-        "files": {name: sha256_file(directory / name) for name in sorted(files)},
     }
+    files = [*files, *_write_profile(directory, manifest, model, raw, plugins)]
+    manifest["files"] = {name: sha256_file(directory / name) for name in sorted(files)}
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n",
                                       encoding="utf-8")
     return manifest
+
+
+def _write_profile(directory: Path, manifest: dict[str, Any], model: TrainedModel, raw: Dataset,
+                   plugins: PluginManager) -> list[str]:
+    """The reference profile's files (opsloop.profile): training inputs, and the scores of those rows.
+
+    The scores come from replaying the stored steps on the raw rows, as
+    serving does; a model that cannot score them is still registered (its
+    probe check decides), with a profile that says why it has no scores.
+    """
+    from opsloop import profile
+
+    predictions, note = None, ""
+    scorer = LoadedModel(manifest=manifest, estimator=model.estimator, path=directory, plugins=plugins,
+                         ref=f"new version trained by {manifest['trainer']}")
+    try:
+        predictions = scorer.predict(raw.frame)
+    except Exception as exc:  # whatever the steps or the estimator raise: the profile notes it
+        note = f"the model could not score its training rows: {exc!r}"[:300]
+    return profile.build(directory, raw, predictions=predictions, outputs_note=note)
 
 
 def probe_rows(raw: Dataset) -> dict[str, Any]:
