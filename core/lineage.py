@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import getpass
+import hashlib
 import importlib.metadata as im
+import json
 import platform
 import subprocess
 from pathlib import Path
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -15,6 +18,10 @@ if TYPE_CHECKING:
     from opsloop.types import Dataset
 
 LIBRARIES = ("numpy", "pandas", "scipy", "scikit-learn", "xgboost", "skops", "pluggy", "pyarrow")
+
+#: Config sections that shape a trained model. The others (store, deploy, monitor, retrain) and
+#: `[data] monitor` decide where it goes and how it is watched, not what it is.
+TRAINING_SECTIONS = ("data", "preprocess", "train", "validate", "plugins")
 
 
 def git_state(directory: Path) -> dict[str, Any] | None:
@@ -52,6 +59,33 @@ def versions(plugins: PluginManager, used: list[str]) -> dict[str, Any]:
             "libraries": libs}
 
 
+def training_key(table: Mapping[str, Any], fingerprint: str, versions: Mapping[str, Any]) -> str:
+    """What makes two trainings the same: the training rows, the config that shapes the model
+    (`TRAINING_SECTIONS` and `[project] seed`), and the versions of opsloop, the plugins used and
+    the libraries. `opsloop run` reuses a version whose key matches instead of registering a twin.
+
+    Computed from a version's recorded lineage too, so versions registered before the key
+    existed are matched alike.
+    """
+    shaping = {section: table.get(section, {}) for section in TRAINING_SECTIONS}
+    shaping["data"] = {k: v for k, v in dict(shaping["data"]).items() if k != "monitor"}
+    shaping["seed"] = dict(table.get("project", {})).get("seed")
+    blob = json.dumps({"config": shaping, "data": fingerprint, "opsloop": versions.get("opsloop"),
+                       "plugins": versions.get("plugins", {}), "libraries": versions.get("libraries", {})},
+                      sort_keys=True, default=str)
+    return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+def key_of(recorded: Mapping[str, Any]) -> str | None:
+    """The training key of a registered version's lineage (recorded, or computed for older ones)."""
+    if recorded.get("training_key"):
+        return str(recorded["training_key"])
+    table, data, versions_ = recorded.get("config"), recorded.get("data"), recorded.get("versions")
+    if not (isinstance(table, Mapping) and isinstance(data, Mapping) and isinstance(versions_, Mapping)):
+        return None
+    return training_key(table, str(data.get("fingerprint", "")), versions_)
+
+
 def record(*, config: Config, plugins: PluginManager, used: list[str], data: Dataset, run_id: str,
            parent: str | None = None) -> dict[str, Any]:
     """The lineage of a version about to be registered."""
@@ -59,6 +93,7 @@ def record(*, config: Config, plugins: PluginManager, used: list[str], data: Dat
         user = getpass.getuser()
     except (KeyError, OSError):
         user = "unknown"
+    used_versions = versions(plugins, used)
     return {
         "run_id": run_id,
         "user": user,
@@ -68,6 +103,7 @@ def record(*, config: Config, plugins: PluginManager, used: list[str], data: Dat
         "config_hash": config.hash,
         "config_file": str(config.path) if config.path else None,
         "git": git_state(config.workdir),
-        "versions": versions(plugins, used),
+        "versions": used_versions,
+        "training_key": training_key(config.table, data.fingerprint, used_versions),
         "parent": parent,
     }

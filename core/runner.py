@@ -76,6 +76,11 @@ class RunResult:
     reports: list[MonitorReport] = attrs.field(factory=list)
     decision: RetrainDecision | None = None
     issues: list[str] = attrs.field(factory=list)
+    #: Versions reused instead of registering a twin (same training key), as refs.
+    unchanged: list[str] = attrs.field(factory=list)
+    #: The version `production` points at after the run, and whether the run moved it.
+    production: str | None = None
+    promoted: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able summary (for `opsloop run --json`)."""
@@ -89,6 +94,8 @@ class RunResult:
             "monitor": [attrs.asdict(r) for r in self.reports],
             "decision": attrs.asdict(self.decision) if self.decision else None,
             "issues": list(self.issues),
+            "unchanged": list(self.unchanged),
+            "production": {"ref": self.production, "moved": self.promoted} if self.production else None,
         }
 
 
@@ -109,8 +116,9 @@ def _json_state(state: Any, plugin: str) -> dict[str, Any]:
 class Runner:
     """Runs the lifecycle for a `Session`."""
 
-    def __init__(self, session: Session, *, reporter: Reporter | None = None) -> None:
+    def __init__(self, session: Session, *, reporter: Reporter | None = None, promote: bool = False) -> None:
         self.session = session
+        self.promote = promote
         self.config = session.config
         self.plugins = session.plugins
         self.reporter = reporter or Reporter()
@@ -205,14 +213,29 @@ class Runner:
             raise gates.GateFailed(failed)
         return results
 
+    def _used(self) -> list[str]:
+        """The plugins whose versions shape a version: preprocess steps, the trainer, the validators."""
+        return [*self.config.selected("preprocess"), self.config.selected("train")[0],
+                *self.config.selected("validate")]
+
+    def twin(self, raw: Dataset) -> ModelVersion | None:
+        """The newest registered version trained on the same rows, config and versions, if any."""
+        name = self.run.model_name
+        if name not in {m.name for m in self.store.models()}:
+            return None
+        key = lineage.training_key(self.config.table, raw.fingerprint, lineage.versions(self.plugins, self._used()))
+        for version in sorted(self.store.versions(name), key=lambda v: v.version, reverse=True):
+            if lineage.key_of(version.lineage) == key:
+                return version
+        return None
+
     def register(self, model: TrainedModel, raw: Dataset, steps: list[StepRecord],
                  validation: list[ValidationReport], prefix: str = "", parent: str | None = None,
                  alias: str | None = None) -> ModelVersion:
         trainer = self.config.selected("train")[0]
 
         def work() -> ModelVersion:
-            used = [*self.config.selected("preprocess"), trainer, *self.config.selected("validate")]
-            record = lineage.record(config=self.config, plugins=self.plugins, used=used, data=raw,
+            record = lineage.record(config=self.config, plugins=self.plugins, used=self._used(), data=raw,
                                     run_id=self.run.run_id, parent=parent)
             name = self.run.model_name
             staged = self.store.staging_dir()
@@ -247,7 +270,11 @@ class Runner:
 
     def build(self, raw: Dataset, prefix: str = "", parent: str | None = None,
               alias: str | None = None) -> Built:
-        """Preprocess, train, validate and register a version on raw rows."""
+        """Preprocess, train, validate and register a version on raw rows, or reuse the registered
+        version trained on the same rows, config and plugin versions (`unchanged: NAME:N`)."""
+        twin = self.twin(raw)
+        if twin is not None:
+            return self.reuse(twin, prefix, alias)
         features, steps, issues = self.preprocess(raw, prefix)
         model = self.train(features, prefix)
         validation = self.validate(features, prefix)
@@ -256,18 +283,45 @@ class Runner:
         self.result.issues.extend(issues)
         return Built(version=version, validation=validation, issues=issues)
 
+    def reuse(self, version: ModelVersion, prefix: str = "", alias: str | None = None) -> Built:
+        """A registered twin stands for the version this run would have built: nothing is trained."""
+        def work() -> ModelVersion:
+            if alias:
+                self.session.set_alias(self.store, version.name, alias, version.version,
+                                       reason=f"unchanged version reused by run {self.run.run_id}", run=self.run)
+            return self.store.get(version.name, version.version)
+
+        fresh = self._stage(f"{prefix}register", [self.store.uri], work,
+                            lambda v: f"unchanged: {v.ref} (same training rows, config and plugin versions"
+                                      f" as run {v.lineage.get('run_id', '?')})")
+        self.result.versions.append(fresh)
+        self.result.unchanged.append(fresh.ref)
+        return Built(version=fresh, validation=[], issues=[])
+
+    def place(self, version: ModelVersion) -> ModelVersion:
+        """Point `production` at `version` only when nothing holds it yet or the run was asked to
+        (`--promote`); return the version production serves after the run."""
+        name, current = version.name, self.store.alias(version.name, "production")
+        if current is not None and (current == version.version or not self.promote):
+            if current != version.version:
+                self.reporter.note(f"production stays on {name}:{current}; {version.ref} is registered beside it "
+                                   f"(opsloop models promote {name} {version.version}, or opsloop run --promote)")
+            self.result.production = f"{name}:{current}"
+            return self.store.get(name, current)
+        reason = (f"promoted by run {self.run.run_id} (--promote)" if current is not None
+                  else f"first version in production, registered by run {self.run.run_id}")
+        self.session.set_alias(self.store, name, "production", version.version, reason=reason, run=self.run)
+        self._refresh(version)
+        self.result.production, self.result.promoted = version.ref, True
+        return self.store.get(name, version.version)
+
     def deploy(self, version: ModelVersion, model: LoadedModel, dataset: Dataset | None) -> list[Deployment]:
         names = self.config.selected("deploy")
 
         def work() -> list[Deployment]:
-            out = [_expect(self.plugins.call(n, "deploy", version=version, model=model, dataset=dataset,
-                                             options=self.session.options_for("deploy", n), run=self.run),
-                           Deployment, n, "deploy") for n in names]
-            if out:
-                self.session.set_alias(self.store, version.name, "production", version.version,
-                                       reason=f"deployed by run {self.run.run_id} to {', '.join(names)}", run=self.run)
-                self._refresh(version)
-            return out
+            return [_expect(self.plugins.call(n, "deploy", version=version, model=model, dataset=dataset,
+                                              options=self.session.options_for("deploy", n), run=self.run),
+                            Deployment, n, "deploy") for n in names]
 
         deployments = self._stage("deploy", names, work,
                                   lambda ds: "; ".join(f"{d.target}: {d.location}" for d in ds) or "no target")
@@ -364,7 +418,7 @@ class Runner:
                           lambda d: f"{len(d):,} rows from {d.name}")
         train_raw, monitor_raw = data_mod.periods(raw, self.config)
         built = self.build(train_raw)
-        version = built.version
+        version = self.place(built.version)  # what production serves: deployed and monitored below
         if not self.config.selected("deploy") and monitor_raw is None:
             return self.result
         model = self.load(version)

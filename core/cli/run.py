@@ -15,10 +15,15 @@ def run(
     set_: SetOption = None,
     json_: JsonOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, only the summary.")] = False,
+    promote: Annotated[bool, typer.Option(
+        "--promote", help="Point production at the version this run registers (or reuses). Without it, "
+                          "production moves only when no version holds it yet.")] = False,
 ) -> None:
     """Run the lifecycle once: preprocess, train, validate, register, deploy, monitor, decide, retrain.
 
-    With no opsloop.toml, runs on the embedded ASD server-metric data.
+    With no opsloop.toml, runs on the embedded ASD server-metric data. A run on the same training
+    rows, config and plugin versions as a registered version reuses it (`unchanged: NAME:N`).
+    Deploy and monitor act on the version production points at after the run.
     """
     from opsloop import config as config_mod
     from opsloop.cli._render import RichReporter, console, print_json
@@ -29,7 +34,7 @@ def run(
     cfg = config_mod.read(config, overrides=set_ or ())
     session = Session.open(cfg)
     with RichReporter(quiet=quiet or json_) as reporter:
-        runner = Runner(session, reporter=reporter)
+        runner = Runner(session, reporter=reporter, promote=promote)
         try:
             result = runner.run_once()
         finally:

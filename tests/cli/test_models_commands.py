@@ -23,8 +23,8 @@ def three_versions(opsloop_project, small_config, register_plugin):
     small_config["retrain"] = {"act": False}
     small_config["plugins"] = {"enable": ["watcher"]}
     project = opsloop_project(config=small_config)
-    for depth in (3, 4, 5):  # three runs: v1, v2, v3, each deployed to production in turn
-        project.run("run", "--set", f"train.xgboost.max_depth={depth}").assert_ok()
+    for depth in (3, 4, 5):  # three runs: v1, v2, v3, each promoted to production in turn
+        project.run("run", "--promote", "--set", f"train.xgboost.max_depth={depth}").assert_ok()
     watcher.changes.clear()
     return project, watcher
 

@@ -42,7 +42,7 @@ def template(tmp_path_factory):
     path = tmp_path_factory.mktemp("template")
     (path / "opsloop.toml").write_text(to_toml(SMALL), encoding="utf-8")
     for depth in (3, 4, 5):
-        result = invoke(["run", "--json", "--quiet", "--set", f"train.xgboost.max_depth={depth}"], path)
+        result = invoke(["run", "--json", "--quiet", "--promote", "--set", f"train.xgboost.max_depth={depth}"], path)
         assert result.exit_code == 0, result.stderr
     return path
 
@@ -346,7 +346,7 @@ def test_a_full_disk_during_a_run_is_one_line_and_leaves_nothing_in_staging(proj
     project.run("run").assert_ok()
     free = shutil.disk_usage(disk).free
     (disk / "filler").write_bytes(b"\0" * (free - 40 * 1024))  # room for the index, not for a bundle
-    one_line_error(project.run("run"), "cannot write the model bundle", str(disk / "reg" / "staging"),
+    one_line_error(project.run("run", "--set", "train.xgboost.max_depth=7"), "cannot write the model bundle", str(disk / "reg" / "staging"),
                    "No space left on device (errno 28)")
     assert list((disk / "reg" / "staging").iterdir()) == []
     assert project.run("models", "list", "--json").assert_ok().json[0]["versions"] == 1

@@ -78,7 +78,7 @@ def test_run_goes_through_every_stage_and_registers_versions(opsloop_project, sm
     assert {c.plugin for c in hook_recorder.named("train")} == {"xgboost"}
     changes = [c.kwargs["change"] for c in hook_recorder.named("on_alias_changed")]
     assert (changes[0].alias, changes[0].from_version, changes[0].to_version) == ("production", None, 1)
-    assert "deployed by run" in changes[0].reason
+    assert "first version in production" in changes[0].reason and data["run_id"] in changes[0].reason
     # the batch deployment wrote predictions for the monitored period
     deployment = data["deployments"][0]
     assert Path(deployment["location"]).is_file()
