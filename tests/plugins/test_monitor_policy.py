@@ -234,7 +234,7 @@ def test_drift_is_fast_on_50k_rows_by_40_columns(pm, version, asd, run):
 def test_policy_retrains_on_a_real_drop_with_figures(pm, version, model, asd, run):
     report = watch(pm, "quality-monitor", version, model, period(asd, UNSEEN, True), period(asd, SEEN, False), run)
 
-    decision = decide(pm, version, [report], run)
+    decision = decide(pm, version, [report], run, min_f1=0.5)
 
     assert decision.retrain is True
     assert any(re.fullmatch(r"quality-monitor: f1 0\.2\d < min_f1 0\.50 on 4,320 rows", r) for r in decision.reasons)
@@ -245,7 +245,7 @@ def test_policy_retrains_on_a_real_drop_with_figures(pm, version, model, asd, ru
 def test_policy_keeps_a_model_within_limits_and_says_why(pm, version, model, asd, run):
     report = watch(pm, "quality-monitor", version, model, period(asd, SEEN, True), period(asd, SEEN, False), run)
 
-    decision = decide(pm, version, [report], run)
+    decision = decide(pm, version, [report], run, min_f1=0.5)
 
     assert decision.retrain is False
     assert len(decision.reasons) == 1
@@ -295,7 +295,7 @@ def test_policy_retrains_on_drift_naming_the_feature(pm, version, model, asd, ru
     quality = watch(pm, "quality-monitor", version, model, period(asd, SEEN, True), period(asd, SEEN, False), run)
     worst = max(METRICS, key=lambda c: drift.metrics[f"psi[{c}]"])
 
-    decision = decide(pm, version, [quality, drift], run)
+    decision = decide(pm, version, [quality, drift], run, max_drift_psi=0.25, drift_windows=1)
 
     assert decision.retrain is True
     reason = (f"drift-monitor: max PSI {drift.metrics['drift_max_psi']:.2f} ({worst}) > max_drift_psi 0.25 "
@@ -311,7 +311,7 @@ def test_policy_options_are_checked():
     with pytest.raises(ConfigError, match='did you mean "max_drift_psi"'):
         opsloop.config.structure({"max_drift": 0.2}, threshold_policy.Options, section="retrain.threshold-policy",
                                  source=None)
-    assert math.isclose(threshold_policy.Options().max_drift_psi, 0.25)
+    assert math.isclose(threshold_policy.Options().max_drift_psi, 1.0)
 
 
 def test_monitor_blames_itself_for_misaligned_predictions(pm, version, asd, run):
