@@ -1,0 +1,463 @@
+"""Monitoring what production scored: the configured monitor plugins on the prediction log, per time window.
+
+`opsloop monitor` reads the log that `opsloop serve` (and batch scoring)
+writes (`opsloop.serving.predlog` documents its layout), picks one version's
+rows, joins the latest label of each row from `feedback` (by request id and
+row, or by model, series and time), rebuilds the raw inputs the clients sent
+as a `Dataset` (the bundle's input columns, the bundle's target column filled
+from the labels, NaN where no label arrived yet) with a row-aligned
+`predictions` frame (`prediction`, and `score` where the model gives one), and
+calls the `monitor` hook of every plugin in `[monitor] plugins`, exactly as
+`opsloop run`'s monitor stage does. A monitor that judges a batch therefore
+judges the log unchanged.
+
+Choices, written down once:
+
+- Version: the one the alias points at now (or `--version N`); rows that
+  other versions scored are left out, since a report judges one version
+  against its own validation baseline.
+- Windows cut by the row's own `time` (the telemetry's timestamp, what
+  feedback by series and time names), or by `at` (when it was scored) with
+  `by="at"`; a model without a time column is cut by `at`. Windows are
+  half-open, [start, end), in UTC; without `since`, the first starts at the
+  first row's time rounded down to a multiple of the window length (midnight
+  for days).
+- Labels are taken as the model's target as it learned it: a model trained
+  on a transformed target (`label-horizon`) expects feedback in that sense.
+- Reference: the version's profile (`opsloop.profile.reference`), or an empty
+  dataset with the same columns for a bundle registered without one.
+
+The log is opened read-only and nothing is written: a failed command leaves
+nothing behind.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import sqlite3
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from opsloop.errors import DataError, OpsloopError, PluginCallError
+from opsloop.serving.logfile import LogFileError
+from opsloop.types import Dataset, MonitorReport
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from opsloop.session import Session
+    from opsloop.types import ModelVersion
+
+#: Seconds per unit of a duration (`15m`, `12h`, `1d`, `2w`).
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"\s*(\d+)\s*([smhdw])\s*")
+CHUNK = 100_000  # log rows parsed at a time: bounded memory for the JSON text
+#: How the two keys a window can be cut by are written in the log (UTC).
+KEY_FORMATS = {"time": "%Y-%m-%d %H:%M:%S", "at": "%Y-%m-%dT%H:%M:%S.%f"}
+BINARY = frozenset({"classification", "anomaly"})
+
+
+def parse_duration(text: str, option: str = "--window") -> timedelta:
+    """`15m`, `12h`, `1d`, `7d`, `2w` (s, m, h, d, w) as a timedelta; OpsloopError naming the option."""
+    match = _DURATION.fullmatch(text or "")
+    if not match or int(match.group(1)) == 0:
+        raise OpsloopError(f"{option} {text!r}: expected a positive whole number and a unit, s, m, h, d or w "
+                           "(15m, 12h, 1d, 7d)")
+    return timedelta(seconds=int(match.group(1)) * UNITS[match.group(2)])
+
+
+def parse_time(text: str, option: str, now: datetime | None = None) -> datetime:
+    """An ISO 8601 date or time (UTC unless it has an offset), `now`, or a duration meaning that long ago."""
+    now = now or datetime.now(UTC)
+    text = text.strip()
+    if text == "now":
+        return now
+    if _DURATION.fullmatch(text):
+        return now - parse_duration(text, option)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise OpsloopError(f"{option} {text!r}: expected an ISO 8601 date or time (2024-01-08, "
+                           "2024-01-08T12:00, with an offset or in UTC), now, or a duration ago (24h, 7d)") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+@attrs.frozen(kw_only=True)
+class Window:
+    """One window's rows and what the monitors made of them.
+
+    Attributes:
+        start: First moment in the window (UTC, included).
+        end: First moment after it (excluded).
+        rows: Logged rows of the version in the window.
+        labelled: Those with a label from feedback.
+        reports: One per monitor, in the configured order (none when empty).
+    """
+
+    start: datetime
+    end: datetime
+    rows: int = 0
+    labelled: int = 0
+    reports: tuple[MonitorReport, ...] = ()
+
+    @property
+    def alerts(self) -> list[tuple[str, str]]:
+        """(monitor, alert) for every alert of every report."""
+        return [(r.monitor, a) for r in self.reports for a in r.alerts]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"start": _iso(self.start), "end": _iso(self.end), "rows": self.rows, "labelled": self.labelled,
+                "reports": [_finite(attrs.asdict(r)) for r in self.reports],
+                "alerts": [{"monitor": m, "alert": a} for m, a in self.alerts]}
+
+
+@attrs.frozen(kw_only=True)
+class Result:
+    """What `opsloop monitor` found: the version, where its rows came from, and every window.
+
+    Attributes:
+        version: The version monitored.
+        alias: The alias it was reached by (None with an explicit version).
+        log: The prediction log read.
+        by: `time` or `at`, what windows were cut by.
+        monitors: The plugins run, in order.
+        windows: In time order.
+        notes: Sentences worth showing beside the figures (no reference profile...).
+    """
+
+    version: ModelVersion
+    alias: str | None
+    log: Path
+    by: str
+    monitors: tuple[str, ...]
+    windows: tuple[Window, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def alerts(self) -> int:
+        return sum(len(w.alerts) for w in self.windows)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.version.name, "version": self.version.ref, "alias": self.alias,
+                "log": str(self.log), "by": self.by, "monitors": list(self.monitors),
+                "rows": sum(w.rows for w in self.windows), "labelled": sum(w.labelled for w in self.windows),
+                "alerts": self.alerts, "notes": list(self.notes), "windows": [w.to_json() for w in self.windows]}
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities as None, so that `--json` is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+# -- the log -------------------------------------------------------------------
+
+def open_log(path: Path) -> sqlite3.Connection:
+    """The prediction log, read-only; LogFileError when it is missing, not a database or not a prediction log."""
+    path = Path(path)
+    if not path.exists():
+        raise LogFileError(path, "does not exist (opsloop serve writes it; give the log with --log-path)")
+    if path.is_dir():
+        raise LogFileError(path, "is a directory, not a prediction log (give a file with --log-path)")
+    try:
+        con = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=30)
+    except sqlite3.Error as exc:
+        raise LogFileError(path, f"cannot be opened: {exc}") from None
+    try:
+        names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
+    except sqlite3.DatabaseError as exc:
+        con.close()
+        raise LogFileError(path, f"is not a prediction log ({exc})") from None
+    missing = [t for t in ("predictions", "feedback") if t not in names]
+    if missing:
+        con.close()
+        raise LogFileError(path, f"is an SQLite database but not a prediction log (no {' or '.join(missing)} "
+                                 "table; opsloop serve writes one)")
+    return con
+
+
+def _versions(con: sqlite3.Connection, path: Path, model: str, key: str) -> dict[int, tuple[int, str, str]]:
+    """Rows and first and last key per version of `model`; LogFileError when the log has none of it."""
+    rows = con.execute(f"SELECT version, count(*), min({key}), max({key}) FROM predictions WHERE model = ? "
+                       "GROUP BY version", (model,)).fetchall()
+    if not rows:
+        others = con.execute("SELECT model, count(*) FROM predictions GROUP BY model ORDER BY count(*) DESC "
+                             "LIMIT 5").fetchall()
+        have = ", ".join(f"{m} ({n:,} rows)" for m, n in others)
+        raise LogFileError(path, f"has no predictions of model {model}" + (f"; it logs {have} (--model picks one)"
+                                                                            if have else ": it is empty"))
+    return {int(v): (int(n), lo, hi) for v, n, lo, hi in rows}
+
+
+#: Each logged row of one version in a key range, with its latest label (feedback by request, or by key).
+ROWS = """
+WITH matched AS (
+    SELECT p.id AS pid, f.id AS fid, f.label AS label
+    FROM feedback f JOIN predictions p ON p.request_id = f.request_id AND (f.row IS NULL OR p.row = f.row)
+    WHERE p.model = :model AND p.version = :version
+    UNION ALL
+    SELECT p.id, f.id, f.label
+    FROM feedback f JOIN predictions p ON f.request_id IS NULL AND p.model = f.model AND p.series IS f.series
+        AND p.time = f.time
+    WHERE f.model = :model AND p.version = :version
+),
+latest AS (SELECT pid, label, max(fid) AS fid FROM matched GROUP BY pid)
+SELECT p.{key}, p.prediction, p.score, l.label, l.fid, p.request_id, p.row, p.inputs
+FROM predictions p LEFT JOIN latest l ON l.pid = p.id
+WHERE p.model = :model AND p.version = :version AND p.{key} IS NOT NULL AND p.{key} >= :since AND p.{key} < :until
+ORDER BY p.id
+"""
+
+
+@attrs.frozen(kw_only=True)
+class Logged:
+    """One version's logged rows: raw inputs with the labels as target, predictions, and the window key."""
+
+    current: Dataset
+    predictions: pd.DataFrame = attrs.field(eq=False, repr=False)
+    keys: pd.Series = attrs.field(eq=False, repr=False)
+
+
+def read_rows(con: sqlite3.Connection, path: Path, version: ModelVersion, manifest: dict[str, Any], *, by: str,
+              since: datetime | None, until: datetime | None) -> Logged:
+    """The rows `version` scored in [since, until), by `by`; LogFileError or DataError naming what is wrong."""
+    import numpy as np
+    import pandas as pd
+
+    fmt = KEY_FORMATS[by]
+    lo = "" if since is None else _key(since, by)
+    hi = "\uffff" if until is None else _key(until, by)
+    params = {"model": version.name, "version": version.version, "since": lo, "until": hi}
+    schema = [c for c in manifest.get("input_schema", []) if c["name"] != manifest.get("target")]
+    keys: list[Any] = []
+    preds: list[Any] = []
+    scores: list[Any] = []
+    labels: list[Any] = []
+    parts: list[pd.DataFrame] = []
+    bad_label: tuple[Any, ...] | None = None
+    try:
+        cursor = con.execute(ROWS.format(key=by), params)
+        while chunk := cursor.fetchmany(CHUNK):
+            key, pred, score, label, fid, request, row, inputs = zip(*chunk, strict=True)
+            keys.extend(key)
+            preds.extend(pred)
+            scores.extend(score)
+            labels.extend(label)
+            parts.append(_inputs(inputs, schema, path))
+            if bad_label is None and version.task in BINARY:
+                bad_label = next(((lab, f, r, w) for lab, f, r, w in zip(label, fid, request, row, strict=True)
+                                  if lab is not None and lab not in (0, 1)), None)
+    except sqlite3.DatabaseError as exc:
+        raise LogFileError(path, f"cannot be read: {exc}") from None
+    if not keys:
+        return Logged(current=Dataset.from_frame(pd.DataFrame(columns=[c["name"] for c in schema])),
+                      predictions=pd.DataFrame({"prediction": []}), keys=pd.Series([], dtype="datetime64[ns, UTC]"))
+    prediction = pd.to_numeric(pd.Series(preds, dtype=object), errors="coerce")
+    if bad_label is not None and set(prediction.dropna().unique().tolist()) <= {0, 1}:
+        label, fid, request, row = bad_label
+        raise DataError(f"prediction log {path}: feedback {fid} labels request {request} row {row} of "
+                        f"{version.ref} with {label!r}, but the model is a 0/1 {version.task} model: send the right "
+                        "label again (the latest label of a row wins)")
+    frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    frame = _typed(frame, schema)
+    target = manifest.get("target")
+    if target:
+        frame[target] = np.asarray([np.nan if v is None else v for v in labels], dtype=float)
+    predictions = pd.DataFrame({"prediction": prediction.to_numpy()})
+    score = pd.Series(scores, dtype=float)
+    if version.task != "regression" and score.notna().any():
+        predictions["score"] = score.to_numpy()
+    current = Dataset.from_frame(frame, target=target or None, time=manifest.get("time"),
+                                 series=manifest.get("series"), name=f"{path} ({version.ref})")
+    when = pd.to_datetime(pd.Series(keys), format="ISO8601" if by == "at" else fmt, errors="coerce", utc=True)
+    if by == "time" and when.isna().any():  # a time SQLite could not normalize is kept as sent
+        when = when.fillna(pd.to_datetime(pd.Series(keys), format="mixed", errors="coerce", utc=True))
+    return Logged(current=current, predictions=predictions, keys=when)
+
+
+def _key(moment: datetime, by: str) -> str:
+    text = moment.astimezone(UTC).strftime(KEY_FORMATS[by])
+    return text[:-3] + "Z" if by == "at" else text
+
+
+def _arrow_type(dtype: str) -> Any:
+    import pyarrow as pa
+
+    if dtype.startswith(("float", "int", "uint", "Float", "Int", "UInt")):
+        return pa.float64()  # ints too: a null must stay a null, and JSON writes some as 1.0
+    if dtype in ("bool", "boolean"):
+        return pa.bool_()
+    return pa.string()
+
+
+def _inputs(texts: Iterable[str], schema: list[dict[str, str]], path: Path) -> pd.DataFrame:
+    """The logged JSON objects as a frame of the schema's columns (pyarrow's parser, in C++; Python's for what
+    it refuses, such as a number sent for a text column)."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    names = [c["name"] for c in schema]
+    data = "\n".join(texts).encode()
+    options = pj.ParseOptions(explicit_schema=pa.schema([(c["name"], _arrow_type(c["dtype"])) for c in schema]),
+                              unexpected_field_behavior="ignore")
+    try:
+        return pj.read_json(io.BytesIO(data), parse_options=options).to_pandas()[names]
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    try:
+        records = [json.loads(t) for t in data.decode().split("\n")]
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LogFileError(path, f"holds inputs that are not JSON objects: {exc}") from None
+    return pd.DataFrame.from_records(records, columns=names)
+
+
+def _typed(frame: pd.DataFrame, schema: list[dict[str, str]]) -> pd.DataFrame:
+    """Columns back to the dtypes the bundle recorded, where the values allow (ints with nulls stay floats)."""
+    import pandas as pd
+
+    out = {}
+    for column in schema:
+        name, dtype = column["name"], column["dtype"]
+        values = frame[name]
+        try:
+            if dtype.startswith("datetime"):
+                values = pd.to_datetime(values, format="ISO8601", errors="coerce", utc=True)
+                values = values.astype(dtype) if "UTC" in dtype else values.dt.tz_convert(None).astype(dtype)
+            elif dtype.startswith(("int", "uint", "Int", "UInt", "bool")) and values.isna().any():
+                values = pd.to_numeric(values, errors="coerce")
+            else:
+                values = values.astype(dtype)
+        except (TypeError, ValueError):
+            pass  # left as read: the monitor sees what the client sent
+        out[name] = values
+    return pd.DataFrame(out)
+
+
+# -- windows and monitors --------------------------------------------------------
+
+def windows(first: datetime, last: datetime, *, since: datetime | None, until: datetime | None,
+            step: timedelta | None) -> list[tuple[datetime, datetime]]:
+    """[start, end) windows covering the rows from `first` to `last` (or since/until where given)."""
+    start = since
+    if start is None:
+        if step is None:
+            start = first
+        else:
+            epoch = datetime(1970, 1, 1, tzinfo=UTC)
+            start = epoch + step * ((first - epoch) // step)
+    end = until if until is not None else last + timedelta(microseconds=1)
+    if step is None:
+        return [(start, end)]
+    out = []
+    while start < end:  # the last window is whole unless --until cuts it
+        out.append((start, start + step if until is None else min(start + step, until)))
+        start += step
+    return out
+
+
+def run_monitors(session: Session, version: ModelVersion, current: Dataset, predictions: pd.DataFrame,
+                 reference: Dataset, run: Any) -> list[MonitorReport]:
+    """The `monitor` hook of each plugin in `[monitor] plugins`, in order, as `opsloop run` calls it."""
+    reports = []
+    for name in session.config.selected("monitor"):
+        report = session.plugins.call(name, "monitor", version=version, current=current, predictions=predictions,
+                                      reference=reference, options=session.options_for("monitor", name), run=run)
+        if not isinstance(report, MonitorReport):
+            raise PluginCallError(name, "monitor", TypeError(f"returned {type(report).__name__}, expected "
+                                                             "MonitorReport"))
+        reports.append(attrs.evolve(report, monitor=report.monitor or name, model=report.model or version.ref))
+    return reports
+
+
+def reference_for(version: ModelVersion, current: Dataset) -> tuple[Dataset, str | None]:
+    """The version's reference sample (`opsloop.profile.reference`), or an empty dataset with the current
+    rows' columns and a note saying why."""
+    from opsloop import profile
+
+    found = profile.reference(version)
+    if found is not None:
+        return found, None
+    empty = current.derive(current.frame.iloc[:0], name=f"{version.ref}: no reference profile")
+    return empty, (f"{version.ref} has no reference profile (registered before profiles were stored): drift "
+                   "needs a version registered with a profile, so monitors that compare with the training "
+                   "rows (drift-monitor) got an empty reference")
+
+
+def monitor(session: Session, *, model: str, alias: str | None, version: int | None, log: Path, by: str = "time",
+            since: datetime | None = None, until: datetime | None = None, step: timedelta | None = None,
+            run: Any = None) -> Result:
+    """Run the configured monitors on the log's rows of one version, window by window.
+
+    Raises:
+        StoreError: The model, alias or version does not exist.
+        LogFileError: The log is missing, not a prediction log, or holds no rows of the model or version.
+        DataError: No rows in [since, until), or labels a 0/1 model cannot have.
+    """
+    from opsloop.bundle import read_manifest
+    from opsloop.types import RunContext
+
+    if since is not None and until is not None and since >= until:
+        raise OpsloopError(f"--since {_iso(since)} is not before --until {_iso(until)}")
+    with session.open_store() as store:
+        target = store.get(model, version) if version is not None else store.resolve(f"{model}@{alias}")
+    manifest = read_manifest(Path(target.path), ref=target.ref, digest=target.digest)
+    if by == "time" and not manifest.get("time"):
+        by = "at"  # a model without a time column: rows have no time of their own
+    con = open_log(log)
+    try:
+        logged_versions = _versions(con, log, target.name, by)
+        if target.version not in logged_versions:
+            have = ", ".join(f"{v} ({n:,} rows)" for v, (n, _, _) in sorted(logged_versions.items()))
+            raise LogFileError(log, f"has no predictions of {target.ref} (it has versions {have} of "
+                                    f"{target.name}; --version picks one)")
+        rows = read_rows(con, log, target, manifest, by=by, since=since, until=until)
+    finally:
+        con.close()
+    if not len(rows.current):
+        _, lo, hi = logged_versions[target.version]
+        span = f"from {since and _iso(since) or 'the start'} to {until and _iso(until) or 'the end'}"
+        raise DataError(f"no predictions of {target.ref} in {log} {span} by {by} (logged ones run from {lo} "
+                        f"to {hi})")
+    dropped = int(rows.keys.isna().sum())
+    notes = [f"{dropped:,} row(s) with a {by} that is not a date and time were left out"] if dropped else []
+    run = run or RunContext(run_id=uuid.uuid4().hex[:12], workdir=Path(session.config.workdir),
+                            model_name=target.name, seed=session.config.project.seed, config=session.config)
+    reference, note = reference_for(target, rows.current)
+    if note:
+        notes.append(note)
+    keys = rows.keys
+    out = []
+    target_col = rows.current.target
+    for start, end in windows(keys.min().to_pydatetime(), keys.max().to_pydatetime(), since=since, until=until,
+                              step=step):
+        mask = ((keys >= start) & (keys < end)).to_numpy()
+        count = int(mask.sum())
+        if not count:
+            out.append(Window(start=start, end=end))
+            continue
+        frame = rows.current.frame[mask].reset_index(drop=True)
+        current = rows.current.derive(frame)
+        labelled = int(frame[target_col].notna().sum()) if target_col in frame else 0
+        reports = run_monitors(session, target, current, rows.predictions[mask].reset_index(drop=True),
+                               reference, run)
+        out.append(Window(start=start, end=end, rows=count, labelled=labelled, reports=tuple(reports)))
+    return Result(version=target, alias=None if version is not None else alias, log=log, by=by,
+                  monitors=tuple(session.config.selected("monitor")), windows=tuple(out), notes=tuple(notes))
