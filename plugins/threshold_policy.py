@@ -161,7 +161,8 @@ def decide_retrain(version: ModelVersion, reports: list[MonitorReport], options:
     state = _State.load(version.name, run, now)
     window = {"time": _iso(now), "model": version.ref, "id": _window_id(version, reports),
               "drift": bool(found.drift) if found.drift_judged else None}
-    history = [w for w in state.windows if w.get("id") != window["id"] or w.get("model") != version.ref]
+    again = [w for w in state.windows if w.get("id") == window["id"] and w.get("model") == version.ref]
+    history = [w for w in state.windows if w not in again]
     streak = _streak([*history, window], version.ref)
 
     held: list[str] = list(found.held)
@@ -190,7 +191,7 @@ def decide_retrain(version: ModelVersion, reports: list[MonitorReport], options:
         if guards:
             fire = False
             held = guards + [f"held back: {b}" for b in breaches] + held
-    window["retrain"] = fire
+    window["retrain"] = fire or any(w.get("retrain") for w in again)  # a re-look keeps the window's retrain
     state.save([*history, window][-KEEP_WINDOWS:], [*state.retrains, now] if fire else state.retrains)
     if fire:
         return RetrainDecision(retrain=True, reasons=tuple(breaches))

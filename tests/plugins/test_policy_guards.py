@@ -137,6 +137,16 @@ def test_the_same_reports_again_are_the_same_window(version, run):
         assert decision.reasons[0].startswith("drift on 1 of 2 required windows"), hours
 
 
+def test_a_rerun_of_a_window_that_retrained_is_cooled_down_and_keeps_the_record(version, run):
+    assert decide(version, [quality(0.20), drift(1.40)], run, 0).retrain is True
+
+    again = decide(version, [quality(0.20), drift(1.40)], run, 0.5)
+
+    assert again.retrain is False and again.reasons[0] == "cool-down: last retrain 30m ago, 1d required"
+    (window,) = json.loads(state_path(run.workdir, "m").read_text())["windows"]
+    assert window["retrain"] is True and window["time"] == "2024-01-10T00:30:00Z"
+
+
 def test_a_new_version_starts_its_own_count(version, run):
     decide(version, [drift(1.40)], run, 0, drift_windows=2)
     v2 = ModelVersion(name="m", version=2, created_at="x", task="classification", metrics=BASELINE, path=version.path)
