@@ -17,7 +17,8 @@ What `profile.json` holds:
   non-numeric columns are listed in `skipped`): the count of finite values,
   the count of missing ones (NaN, None or infinite), min, max, mean, standard
   deviation and `QUANTILES` + 1 quantiles at levels 0, 1/QUANTILES, ..., 1
-  (numpy's default linear interpolation), computed once over all training rows;
+  (numpy's default linear interpolation), computed once over all training rows
+  (exact floats; for a float32 column, float32 numbers, `"dtype": "float32"`);
 - where the data has a series column: the same per series for the
   `SERIES_LIMIT` series with the most training rows (ties by name), with
   `SERIES_QUANTILES` + 1 quantiles each; `series_total` counts them all;
@@ -59,8 +60,8 @@ SAMPLE_FILE = "profile-sample.parquet"
 #: Quantile steps of a feature over all training rows: levels 0, 0.001, ..., 1. A CDF read from them is
 #: within 1/QUANTILES (+ 1/rows) of the training rows' own, which bounds the error of KS on the profile.
 QUANTILES = 1000
-#: Quantile steps per series: levels 0, 0.05, ..., 1 (deciles for PSI are among them).
-SERIES_QUANTILES = 20
+#: Quantile steps per series: levels 0, 0.01, ..., 1 (KS per series within about 2/100).
+SERIES_QUANTILES = 100
 #: Series profiled one by one: the ones with the most training rows (the profile stays small on a fleet).
 SERIES_LIMIT = 50
 #: Raw training rows kept as the reference sample, and the seed that picks them.
@@ -79,7 +80,9 @@ class FeatureProfile:
         max: Largest finite value.
         mean: Mean of the finite values.
         std: Population standard deviation of the finite values.
-        quantiles: Quantiles at `levels` (empty when there is no finite value).
+        quantiles: Quantiles at `levels` (empty when there is no finite value);
+            for a float32 column rounded to float32, so that a value the rows
+            hold many times is exactly one of the column's values.
     """
 
     count: int
@@ -104,11 +107,18 @@ class FeatureProfile:
         return np.linspace(0.0, 1.0, len(self.quantiles))
 
     def edges(self, bins: int) -> np.ndarray:
-        """Inner edges of `bins` equal-probability bins, read off the quantiles (ties merged)."""
+        """Inner edges of `bins` equal-probability bins, read off the quantiles (ties merged).
+
+        Where `bins` divides the quantile steps the edges are stored quantiles
+        themselves (deciles: every 100th of 1,000), otherwise interpolated.
+        """
         import numpy as np
 
-        inner = np.linspace(0.0, 1.0, bins + 1)[1:-1]
-        return np.unique(np.interp(inner, self.levels, np.asarray(self.quantiles, dtype=float)))
+        q = np.asarray(self.quantiles, dtype=float)
+        position = np.arange(1, bins) * (len(q) - 1) / bins
+        low = np.floor(position).astype(int)
+        high = np.minimum(low + 1, len(q) - 1)
+        return np.unique(q[low] + (position - low) * (q[high] - q[low]))
 
 
 @attrs.frozen(kw_only=True)
@@ -248,22 +258,23 @@ def _numeric_inputs(frame: pd.DataFrame, meta: set[str]) -> tuple[list[str], lis
     return features, skipped
 
 
-def _number(value: Any) -> float | None:
-    """A float that JSON keeps exactly enough (9 significant digits: float32 round-trips), or None."""
-    value = float(value)
-    return float(f"{value:.9g}") if math.isfinite(value) else None
-
-
 def _describe(column: Any, steps: int) -> dict[str, Any]:
+    """Counts, moments and quantiles of a column. Exact floats (a tie in the rows stays a tie in the
+    quantiles); of a float32 column they are float32 numbers, written in their own shortest digits."""
     import numpy as np
 
-    values = np.asarray(column, dtype=float)
+    values = np.asarray(column)
+    single = values.dtype == np.float32
+    values = values.astype(float, copy=False)
     finite = values[np.isfinite(values)]
     out: dict[str, Any] = {"count": int(finite.size), "missing": int(values.size - finite.size)}
     if finite.size:
         quantiles = np.quantile(finite, np.linspace(0.0, 1.0, steps + 1))
-        out.update(min=_number(finite.min()), max=_number(finite.max()), mean=_number(finite.mean()),
-                   std=_number(finite.std()), quantiles=[_number(q) for q in quantiles])
+        numbers = [float(str(q)) for q in quantiles.astype(np.float32)] if single else quantiles.tolist()
+        out.update(min=float(finite.min()), max=float(finite.max()), mean=float(finite.mean()),
+                   std=float(finite.std()), quantiles=numbers)
+        if single:
+            out["dtype"] = "float32"
     return out
 
 
@@ -361,9 +372,14 @@ def read_profile(source: ModelVersion | Any, plugins: PluginManager | None = Non
 
 
 def _feature(doc: Mapping[str, Any]) -> FeatureProfile:
+    import numpy as np
+
+    quantiles = np.asarray(doc.get("quantiles", ()), dtype=float)
+    if doc.get("dtype") == "float32":  # written in float32's shortest digits: back to those exact numbers
+        quantiles = quantiles.astype(np.float32).astype(float)
     return FeatureProfile(count=int(doc["count"]), missing=int(doc.get("missing", 0)), min=doc.get("min"),
                           max=doc.get("max"), mean=doc.get("mean"), std=doc.get("std"),
-                          quantiles=tuple(float(q) for q in doc.get("quantiles", ())))
+                          quantiles=tuple(quantiles.tolist()))
 
 
 def _structure(doc: Mapping[str, Any], directory: Path) -> Profile:

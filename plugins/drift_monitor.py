@@ -1,34 +1,51 @@
-"""Data drift per feature: Population Stability Index and Kolmogorov-Smirnov, training vs now.
+"""Data and prediction drift: PSI and Kolmogorov-Smirnov against the version's training profile.
 
-The `drift-monitor` compares the distribution of every numeric raw feature
-(the target, time and series columns excluded) in the monitored period
-(`current`) with the training rows (`reference`). It needs no labels, so it
-warns before quality can be measured.
+The `drift-monitor` needs no labels, so it warns before quality can be
+measured. It compares the monitored rows (`current`) with what the version
+was trained on: the reference profile in its bundle (`opsloop.profile`,
+written at register time), or, for a bundle registered before profiles
+existed, the `reference` rows it is handed. Three views (docs/stages/
+deploy-monitor-retrain.md has the measured figures behind the defaults):
 
-- PSI: the reference is cut into `bins` quantile bins (deciles by default;
-  ties merge bins), and PSI = sum((c - r) * ln(c / r)) over the bins' shares,
-  shares floored at 1e-4 so that an empty bin stays finite. Conventional
-  reading: below 0.1 no shift, 0.1 to 0.25 a moderate shift, above 0.25 a
-  significant shift.
-- KS: the two-sample Kolmogorov-Smirnov statistic (`scipy.stats.ks_2samp`),
-  the largest gap between the two empirical distribution functions (0 to 1).
-  On tens of thousands of rows its p-value flags even harmless shifts, so
-  the statistic itself is compared with a threshold.
+- every numeric raw feature (the target, time and series columns excluded):
+  PSI and KS, pooled over all series;
+- every series (server) of the monitored rows, the largest `max_series`: its
+  largest PSI over the features, against its own training rows when it had
+  some, else against all of them: which server moved, worst first;
+- the model's outputs (`predictions`): PSI and KS of the scores and the alert
+  rate (share predicted 1) against the same figures on the training rows.
+
+PSI: the reference is cut into `bins` equal-probability bins at its
+quantiles (ties merge bins); PSI = sum((c - r) * ln(c / r)) over the bins'
+shares, shares floored at 1e-4 so that an empty bin stays finite. KS: the
+largest gap between the two distribution functions (what
+`scipy.stats.ks_2samp` returns as its statistic).
+
+On reference rows both are exact. On a profile they are computed from its
+1,001 stored quantiles per feature: the reference's distribution function
+is known at each quantile to within 1/1,000 (+ 1/rows), and the largest gap
+is looked for at the quantiles, so KS is within 2/1,000 + 2/rows of the
+exact statistic (tests/plugins/test_drift_profile.py checks this on ASD and
+SMD), and PSI bins use the stored deciles as edges with reference shares
+read off the quantiles. Per series: 21 quantiles each, PSI only.
+
+The current rows are sorted once per column (no float64 copy of float32
+data) and counted at the reference's points, which is what makes 1,000,000
+rows x 40 features take about a second (benchmarks/monitor.py).
 
 Metrics: `drift_max_psi`, `drift_max_ks`, `drifted` (features over either
-threshold), `rows`, `reference_rows`, and per feature `psi[<col>]` and
-`ks[<col>]`. One alert per drifted feature, worst first.
-
-Options (`[monitor.drift-monitor]`):
-    psi_threshold: Alert when a feature's PSI exceeds this (default 0.25).
-    ks_threshold: Alert when a feature's KS statistic exceeds this (default 0.1).
-    bins: Quantile bins of the reference for PSI (default 10).
-    features: Columns to check (default: every numeric non-meta column).
-    max_alerts: Alerts listed one by one before the rest are counted (default 10).
+limit), `rows`, `reference_rows`, `psi[<col>]` and `ks[<col>]`; with a series
+column `series_psi[<series>]`, `series_max_psi`, `series_drifted` and
+`series_unseen` (monitored series the profile has no rows of); with scores
+`score_psi`, `score_ks`, `alert_rate`, `reference_alert_rate` and
+`alert_rate_ratio`. Alerts: drifted features worst first, then drifted
+series worst first (`max_alerts` each, the rest counted in one more alert),
+then the scores.
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -37,10 +54,14 @@ from opsloop.errors import DataError
 
 if TYPE_CHECKING:
     import numpy as np
+    import pandas as pd
+    from opsloop.profile import FeatureProfile, Profile
     from opsloop.types import Dataset, ModelVersion
 
 #: Floor of a bin's share, so that an empty bin gives a large but finite PSI term.
 EPSILON = 1e-4
+
+_POSITIVE = [attrs.validators.gt(0), attrs.validators.lt(float("inf"))]
 
 
 @attrs.frozen(kw_only=True)
@@ -48,22 +69,38 @@ class Options:
     """Options of the `drift-monitor` (`[monitor.drift-monitor]`).
 
     Attributes:
-        psi_threshold: Alert when a feature's PSI exceeds this (0.25: the
-            conventional "significant shift"; 0.1 already means "moderate").
+        psi_threshold: Alert when a feature's PSI exceeds this.
         ks_threshold: Alert when a feature's two-sample KS statistic exceeds this.
         bins: Number of quantile bins of the reference distribution for PSI.
         features: Columns to check; None: every numeric column that is not
             the target, time or series.
-        max_alerts: Drifted features listed one alert each; the rest are
-            counted in one more alert.
+        max_alerts: Drifted features (and drifted series) listed one alert
+            each; the rest are counted in one more alert.
+        series_ks_threshold: Alert when a series' largest feature KS, against
+            its own training rows, exceeds this.
+        max_series: Series looked at one by one, the ones with the most
+            monitored rows; 0 turns the per-series view off.
+        score_psi_threshold: Alert when the scores' PSI exceeds this.
+        alert_rate_ratio: Alert when the share of rows predicted 1 is more
+            than this many times the training rows' share, or less than its
+            inverse.
+        use_profile: Compare with the version's reference profile when its
+            bundle has one; false: with the `reference` rows (exact, slower,
+            needs the training rows).
     """
 
-    psi_threshold: float = attrs.field(default=0.25, validator=[attrs.validators.gt(0),
-                                                                attrs.validators.lt(float("inf"))])
-    ks_threshold: float = attrs.field(default=0.1, validator=[attrs.validators.gt(0), attrs.validators.le(1)])
+    psi_threshold: float = attrs.field(default=2.5, validator=_POSITIVE)
+    ks_threshold: float = attrs.field(default=0.5, validator=[attrs.validators.gt(0), attrs.validators.le(1)])
     bins: int = attrs.field(default=10, validator=attrs.validators.ge(2))
     features: list[str] | None = None
     max_alerts: int = attrs.field(default=10, validator=attrs.validators.ge(1))
+    series_ks_threshold: float = attrs.field(default=0.7, validator=[attrs.validators.gt(0),
+                                                                     attrs.validators.le(1)])
+    max_series: int = attrs.field(default=50, validator=attrs.validators.ge(0))
+    score_psi_threshold: float = attrs.field(default=1.0, validator=_POSITIVE)
+    alert_rate_ratio: float = attrs.field(default=10.0, validator=[attrs.validators.gt(1),
+                                                                  attrs.validators.lt(float("inf"))])
+    use_profile: bool = True
 
 
 @hookimpl
@@ -72,25 +109,23 @@ def plugin_options() -> type:
 
 
 @hookimpl
-def monitor(version: ModelVersion, current: Dataset, reference: Dataset, options: Options | None) -> MonitorReport:
-    """PSI and KS per feature between `reference` and `current`, with alerts over the thresholds."""
-    from scipy.stats import ks_2samp
-
+def monitor(version: ModelVersion, current: Dataset, reference: Dataset, options: Options | None,
+            predictions: pd.DataFrame | None = None) -> MonitorReport:
+    """PSI and KS per feature, per series and of the scores, with alerts over the limits."""
     options = options or Options()
-    columns = _columns(current, reference, options)
-    figures: dict[str, float] = {"rows": float(len(current)), "reference_rows": float(len(reference))}
-    drifted: list[tuple[str, float, float]] = []
-    psi_all, ks_all = {}, {}
-    for column in columns:
-        ref = _finite_values(reference.frame[column])
-        cur = _finite_values(current.frame[column])
-        if not len(ref) or not len(cur):
+    profile = _profile(version) if options.use_profile else None
+    columns = _columns(current, reference, profile, options)
+    figures: dict[str, float] = {"rows": float(len(current)),
+                                 "reference_rows": float(profile.rows if profile else len(reference))}
+    cdfs = {c: _reference_cdf(c, reference, profile, options.bins) for c in columns}
+    psi_all, ks_all, drifted = {}, {}, []
+    for column, cdf in cdfs.items():
+        compared = None if cdf is None else cdf.compare(_sorted_finite(current.frame[column]))
+        if compared is None:
             continue
-        psi = population_stability_index(ref, cur, options.bins)
-        ks = float(ks_2samp(ref, cur).statistic)
-        psi_all[column], ks_all[column] = psi, ks
-        if psi > options.psi_threshold or ks > options.ks_threshold:
-            drifted.append((column, psi, ks))
+        psi_all[column], ks_all[column] = compared
+        if compared[0] > options.psi_threshold or compared[1] > options.ks_threshold:
+            drifted.append((column, *compared))
     figures["drift_max_psi"] = max(psi_all.values(), default=0.0)
     figures["drift_max_ks"] = max(ks_all.values(), default=0.0)
     figures["drifted"] = float(len(drifted))
@@ -103,30 +138,265 @@ def monitor(version: ModelVersion, current: Dataset, reference: Dataset, options
     if len(drifted) > options.max_alerts:
         rest = drifted[options.max_alerts:]
         alerts.append(f"{len(rest)} more feature(s) drifted: {', '.join(c for c, _, _ in rest)}")
+    alerts += _series(current, reference, profile, cdfs, options, figures)
+    alerts += _outputs(predictions, profile, options, figures)
     return MonitorReport(model=version.ref, rows=len(current), metrics=figures, alerts=tuple(alerts))
 
 
-def _columns(current: Dataset, reference: Dataset, options: Options) -> list[str]:
+def _profile(version: ModelVersion) -> Profile | None:
+    """The version's profile; None for a bundle without one (or a version with no bundle on disk)."""
+    from opsloop import profile
+    from opsloop.bundle import MANIFEST
+
+    if not (version.path / MANIFEST).is_file():
+        return None
+    return profile.read_profile(version)
+
+
+def _columns(current: Dataset, reference: Dataset, profile: Profile | None, options: Options) -> list[str]:
     import pandas as pd
 
     meta = {c for c in (current.target, current.time, current.series, reference.target, reference.time,
                         reference.series) if c}
     if options.features is not None:
-        missing = [c for f in (current, reference) for c in options.features if c not in f.frame.columns]
+        known = set(profile.features) if profile else set(reference.frame.columns)
+        missing = sorted({c for c in options.features if c not in current.frame.columns or c not in known})
         if missing:
-            raise DataError(f"drift-monitor: feature(s) {', '.join(sorted(set(missing)))} named in "
+            raise DataError(f"drift-monitor: feature(s) {', '.join(missing)} named in "
                             "[monitor.drift-monitor] features are not in the data")
         return list(options.features)
     numeric, boolean = pd.api.types.is_numeric_dtype, pd.api.types.is_bool_dtype
+    if profile is not None:
+        return [c for c in profile.features if c not in meta and c in current.frame.columns
+                and numeric(current.frame[c]) and not boolean(current.frame[c])]
     return [c for c in reference.frame.columns if c not in meta and c in current.frame.columns
             and numeric(reference.frame[c]) and not boolean(reference.frame[c])]
 
 
-def _finite_values(series: Any) -> np.ndarray:
+# ---------------------------------------------------------------------------
+# Per series and of the scores
+# ---------------------------------------------------------------------------
+
+
+def _series(current: Dataset, reference: Dataset, profile: Profile | None, pooled: dict[str, _CDF | None],
+            options: Options, figures: dict[str, float]) -> list[str]:
+    """`series_psi[<s>]`: each series' largest feature PSI; alerts on the worst."""
+    import numpy as np
+    import pandas as pd
+
+    key = current.series
+    columns = list(pooled)
+    if not options.max_series or not key or key not in current.frame.columns or not columns:
+        return []
+    names = current.frame[key].astype(str)
+    codes, labels = pd.factorize(names)
+    counts = np.bincount(codes)
+    kept = np.argsort(-counts, kind="stable")[:options.max_series]
+    order = np.argsort(codes, kind="stable")
+    starts = np.concatenate(([0], np.cumsum(counts)))
+    own = _series_references(reference, profile, columns, options.bins)
+    found: dict[str, list[tuple[str, float, float]]] = {}
+    for column in columns:
+        values = current.frame[column].to_numpy()[order]  # rows grouped by series
+        for code in kept:
+            label = str(labels[code])
+            cdf = own[label].get(column) if label in own else pooled[column]
+            compared = None if cdf is None else cdf.compare(_sorted_finite(values[starts[code]:starts[code + 1]]))
+            if compared is not None:
+                found.setdefault(label, []).append((column, *compared))
+    worst = {s: (max(f, key=lambda x: (x[2], x[1])), max(f, key=lambda x: (x[1], x[2]))) for s, f in found.items()}
+    ranked = sorted(worst, key=lambda s: (-worst[s][0][2], -worst[s][1][1], s))
+    figures.update({f"series_ks[{s}]": worst[s][0][2] for s in ranked})
+    figures.update({f"series_psi[{s}]": worst[s][1][1] for s in ranked})
+    # a series the training rows had no row of has no past to move from: figures, never an alert
+    seen = [s for s in ranked if s in own]
+    over = [s for s in seen if worst[s][0][2] > options.series_ks_threshold]
+    figures["series_max_ks"] = max((worst[s][0][2] for s in seen), default=0.0)
+    figures["series_max_psi"] = max((worst[s][1][1] for s in seen), default=0.0)
+    figures["series_drifted"] = float(len(over))
+    figures["series_unseen"] = float(sum(label not in own for label in labels))
+    alerts = [f"series {s}: KS {worst[s][0][2]:.3f} > {options.series_ks_threshold:g} on {worst[s][0][0]} "
+              f"(PSI {worst[s][0][1]:.3f}) against its own training rows: this series moved"
+              for s in over[:options.max_alerts]]
+    if len(over) > options.max_alerts:
+        alerts.append(f"{len(over) - options.max_alerts} more series drifted: {', '.join(over[options.max_alerts:])}")
+    return alerts
+
+
+def _series_references(reference: Dataset, profile: Profile | None, columns: list[str],
+                       bins: int) -> dict[str, dict[str, _CDF | None]]:
+    """Per series of the training rows, each column's reference."""
+    if profile is not None:
+        return {s: {c: _cdf_from_profile(p.features[c], bins) if c in p.features else None for c in columns}
+                for s, p in profile.series_profiles.items()}
+    key = reference.series
+    if not key or key not in reference.frame.columns:
+        return {}
+    frame = reference.frame
+    return {str(s): {c: _cdf_from_rows(_sorted_finite(frame[c].to_numpy()[rows]), bins) for c in columns}
+            for s, rows in frame.groupby(frame[key].astype(str), sort=True, observed=True).indices.items()}
+
+
+def _outputs(predictions: pd.DataFrame | None, profile: Profile | None, options: Options,
+             figures: dict[str, float]) -> list[str]:
+    """Scores and alert rate against the training rows' (prediction drift)."""
+    if predictions is None or profile is None or profile.outputs is None or not len(predictions):
+        return []
+    out = profile.outputs
+    alerts = []
+    if out.column in predictions.columns:
+        cdf = _cdf_from_profile(out.distribution, options.bins)
+        compared = None if cdf is None else cdf.compare(_sorted_finite(predictions[out.column]))
+        if compared is not None:
+            figures["score_psi"], figures["score_ks"] = compared
+            if compared[0] > options.score_psi_threshold:
+                alerts.append(f"{out.column}s: PSI {compared[0]:.3f} > {options.score_psi_threshold:g}, "
+                              f"KS {compared[1]:.3f}: the model scores differently than on its training rows")
+    if out.alert_rate is not None and "prediction" in predictions.columns:
+        rate, base = float((predictions["prediction"] == 1).mean()), out.alert_rate
+        ratio = rate / base if base else (1.0 if rate == 0 else math.inf)
+        figures.update(alert_rate=rate, reference_alert_rate=base, alert_rate_ratio=ratio)
+        limit = options.alert_rate_ratio
+        if ratio > limit or ratio < 1 / limit:
+            alerts.append(f"alert rate {rate:.2%} is {ratio:.2f}x the training rows' {base:.2%} "
+                          f"(outside 1/{limit:g}x..{limit:g}x)")
+    return alerts
+
+
+# ---------------------------------------------------------------------------
+# Distributions: a reference's points and the current rows counted at them
+# ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class _CDF:
+    """A reference distribution: its distribution function at `knots` and its PSI bins.
+
+    `upto[i]` is the reference's share <= knots[i], `below[i]` its share <
+    knots[i]; `shares` are its shares of the PSI bins cut at `edges`
+    ([-inf, e0), [e0, e1), ..., [e_last, inf)).
+    """
+
+    knots: np.ndarray
+    upto: np.ndarray
+    below: np.ndarray
+    edges: np.ndarray
+    shares: np.ndarray
+
+    def psi(self, current: np.ndarray) -> float | None:
+        """PSI of sorted finite `current` values against the reference (None without values)."""
+        import numpy as np
+
+        if not len(current):
+            return None
+        counts = np.diff(np.concatenate(([0], _count_below(current, self.edges), [len(current)])))
+        r, c = np.maximum(self.shares, EPSILON), np.maximum(counts / len(current), EPSILON)
+        return float(np.sum((c - r) * np.log(c / r)))
+
+    def compare(self, current: np.ndarray) -> tuple[float, float] | None:
+        """(PSI, KS) of sorted finite `current` values against the reference (None without values)."""
+        import numpy as np
+
+        psi = self.psi(current)
+        if psi is None:
+            return None
+        m = len(current)
+        # The largest gap between two distribution functions lies at a reference point, on its left
+        # or right limit (between two points the reference's is flat, the current one only climbs).
+        upto_gap = np.abs(self.upto - _count_upto(current, self.knots) / m)
+        below_gap = np.abs(self.below - _count_below(current, self.knots) / m)
+        return psi, float(max(upto_gap.max(), below_gap.max()))
+
+
+def _sorted_finite(values: Any) -> np.ndarray:
+    """The finite values, sorted; float32 stays float32 (half the memory, no conversion)."""
     import numpy as np
 
-    values = np.asarray(series, dtype=float)
-    return values[np.isfinite(values)]
+    array = np.asarray(values)
+    if array.dtype != np.float32:
+        array = np.asarray(values, dtype=np.float64)
+    ordered = np.sort(array)  # NaN last, infinities at the ends
+    low = np.searchsorted(ordered, -np.inf, side="right")
+    high = np.searchsorted(ordered, np.inf, side="left")
+    return ordered[low:high]
+
+
+def _as(points: np.ndarray, dtype: np.dtype, toward: float) -> np.ndarray:
+    """`points` in `dtype`, rounded toward +inf or -inf, so that comparing in `dtype` is exact."""
+    import numpy as np
+
+    if dtype == np.float64:
+        return points
+    rounded = points.astype(dtype)
+    off = rounded < points if toward > 0 else rounded > points
+    return np.where(off, np.nextafter(rounded, np.array(toward, dtype=dtype)), rounded)
+
+
+def _count_below(ordered: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """How many of the sorted values are < each point."""
+    import numpy as np
+
+    return np.searchsorted(ordered, _as(points, ordered.dtype, math.inf), side="left")
+
+
+def _count_upto(ordered: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """How many of the sorted values are <= each point."""
+    import numpy as np
+
+    return np.searchsorted(ordered, _as(points, ordered.dtype, -math.inf), side="right")
+
+
+def _reference_cdf(column: str, reference: Dataset, profile: Profile | None, bins: int) -> _CDF | None:
+    if profile is not None:
+        feature = profile.features.get(column)
+        return None if feature is None else _cdf_from_profile(feature, bins)
+    return _cdf_from_rows(_sorted_finite(reference.frame[column].to_numpy()), bins)
+
+
+def _cdf_from_rows(ordered: np.ndarray, bins: int) -> _CDF | None:
+    """The exact distribution of sorted finite reference values."""
+    import numpy as np
+
+    n = len(ordered)
+    if not n:
+        return None
+    new = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    knots = ordered[new].astype(np.float64)
+    ends = np.concatenate((new[1:], [n]))
+    edges = np.unique(np.quantile(ordered.astype(np.float64), np.linspace(0, 1, bins + 1)[1:-1]))
+    below_edges = _count_below(ordered, edges)
+    shares = np.diff(np.concatenate(([0], below_edges, [n]))) / n
+    return _CDF(knots, ends / n, new / n, edges, shares)
+
+
+def _cdf_from_profile(feature: FeatureProfile, bins: int) -> _CDF | None:
+    """The distribution read off a profile's quantiles (within 1/steps of the training rows')."""
+    import numpy as np
+
+    q = np.asarray(feature.quantiles, dtype=np.float64)
+    if not len(q):
+        return None
+    steps = len(q) - 1
+    knots = np.unique(q)
+    # at a tie, the highest level holding the value is the share <= it, the lowest the share < it
+    upto = (np.searchsorted(q, knots, side="right") - 1) / steps if steps else np.ones(1)
+    below = np.searchsorted(q, knots, side="left") / steps if steps else np.zeros(1)
+    edges = feature.edges(bins)
+    shares = np.diff(np.concatenate(([0.0], _share_below(q, edges), [1.0])))
+    return _CDF(knots, upto, below, edges, shares)
+
+
+def _share_below(q: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """The share < each point, interpolated between the quantiles `q` (levels 0, 1/steps, ..., 1)."""
+    import numpy as np
+
+    steps = len(q) - 1
+    j = np.searchsorted(q, points, side="left")
+    inner = (j > 0) & (j <= steps)
+    lo, hi = np.clip(j - 1, 0, steps), np.clip(j, 0, steps)
+    span = np.where(inner, q[hi] - q[lo], 1.0)
+    share = (lo + np.where(inner, (points - q[lo]) / span, 0.0)) / max(steps, 1)
+    return np.where(j == 0, 0.0, np.where(j > steps, 1.0, share))
 
 
 def population_stability_index(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
@@ -143,10 +413,16 @@ def population_stability_index(reference: np.ndarray, current: np.ndarray, bins:
         sum over bins of (c - r) * ln(c / r), shares floored at `EPSILON`; 0
         for identical distributions.
     """
-    import numpy as np
+    cdf = _cdf_from_rows(_sorted_finite(reference), bins)
+    psi = None if cdf is None else cdf.psi(_sorted_finite(current))
+    return 0.0 if psi is None else psi
 
-    edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
-    r = np.bincount(np.searchsorted(edges, reference, side="right"), minlength=len(edges) + 1) / len(reference)
-    c = np.bincount(np.searchsorted(edges, current, side="right"), minlength=len(edges) + 1) / len(current)
-    r, c = np.maximum(r, EPSILON), np.maximum(c, EPSILON)
-    return float(np.sum((c - r) * np.log(c / r)))
+
+def kolmogorov_smirnov(reference: np.ndarray | FeatureProfile, current: np.ndarray) -> float:
+    """The KS statistic of `current` against reference values (exact) or a profiled feature (approximate)."""
+    from opsloop.profile import FeatureProfile
+
+    cdf = _cdf_from_profile(reference, 10) if isinstance(reference, FeatureProfile) \
+        else _cdf_from_rows(_sorted_finite(reference), 10)
+    compared = None if cdf is None else cdf.compare(_sorted_finite(current))
+    return math.nan if compared is None else compared[1]
