@@ -184,7 +184,7 @@ def decide_retrain(version: ModelVersion, reports: list[MonitorReport], options:
     breaches = [b for name in met for b in holds[name]]
     if met and not fire:
         missing = [name for name in holds if name not in met]
-        held.insert(0, f"combine = all: {' and '.join(met)} held, {' and '.join(missing)} did not: "
+        held.insert(0, f"combine = all: {' and '.join(met)} holds but {' and '.join(missing)} does not: "
                        + "; ".join(breaches))
     if fire:
         guards = _rate_guards(state.retrains, now, options)
@@ -194,7 +194,7 @@ def decide_retrain(version: ModelVersion, reports: list[MonitorReport], options:
     window["retrain"] = fire or any(w.get("retrain") for w in again)  # a re-look keeps the window's retrain
     state.save([*history, window][-KEEP_WINDOWS:], [*state.retrains, now] if fire else state.retrains)
     if fire:
-        return RetrainDecision(retrain=True, reasons=tuple(breaches))
+        return RetrainDecision(retrain=True, reasons=tuple(breaches + state.notes))
     return RetrainDecision(retrain=False, reasons=tuple(held + found.kept + state.notes))
 
 

@@ -231,7 +231,7 @@ def test_combine_any_and_all(version, tmp_path):
 
     both = decide(version, reports, new_run(tmp_path / "all"), 0, combine="all", drift_windows=1)
     assert both.retrain is False
-    assert re.fullmatch(r"combine = all: quality held, drift did not: quality-monitor: f1 0\.20 .*", both.reasons[0])
+    assert re.fullmatch(r"combine = all: quality holds but drift does not: quality-monitor: f1 0\.20 .*", both.reasons[0])
     assert any(r.startswith("drift-monitor: all figures within limits") for r in both.reasons)
 
     drifted = [quality(0.20), drift(1.40)]
@@ -245,7 +245,7 @@ def test_combine_all_needs_persistent_drift_too(version, run):
     second = decide(version, [quality(0.21), drift(1.41)], run, 24, combine="all", drift_windows=2)
 
     assert first.retrain is False
-    assert first.reasons[0].startswith("combine = all: quality held, drift did not")
+    assert first.reasons[0].startswith("combine = all: quality holds but drift does not")
     assert any(r.startswith("drift on 1 of 2 required windows") for r in first.reasons)
     assert second.retrain is True
 
@@ -254,7 +254,7 @@ def test_combine_all_without_a_drift_report_keeps(version, run):
     """`all` means every switched-on condition: drift cannot hold when no monitor measured it."""
     decision = decide(version, [quality(0.20)], run, 0, combine="all")
     assert decision.retrain is False
-    assert decision.reasons[0].startswith("combine = all: quality held, drift did not")
+    assert decision.reasons[0].startswith("combine = all: quality holds but drift does not")
 
 
 # ---------------------------------------------------------------------------
@@ -306,6 +306,7 @@ def test_an_unreadable_and_unwritable_state_never_fails_the_decision(version, ru
     second = decide(version, [quality(0.21)], run, 1, cooldown="1d")
 
     assert first.retrain is second.retrain is True  # decided, without memory: no cool-down to remember
+    assert "the guards will not remember this decision" in first.reasons[-1]
 
 
 def test_an_unwritable_state_says_so(version, run, caplog):
