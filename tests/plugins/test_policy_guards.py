@@ -362,11 +362,10 @@ def test_without_a_run_the_policy_decides_without_memory(version):
     ("cooldown", 6, "expected str"),
 ])
 def test_bad_guard_options_name_the_option(key, value, message):
-    with pytest.raises(ConfigError, match=re.escape(f"[retrain.threshold-policy.{key}] wrong value: ")
-                       if key != "cooldown" or isinstance(value, str) else None) as info:
+    with pytest.raises(ConfigError) as info:
         opsloop.config.structure({key: value}, Options, section="retrain.threshold-policy", source=None)
+    assert str(info.value).startswith(f"config error: [retrain.threshold-policy.{key}] "), str(info.value)
     assert re.search(message, str(info.value)), str(info.value)
-    assert f"retrain.threshold-policy.{key}" in str(info.value)
 
 
 def test_durations():
