@@ -8,7 +8,7 @@ conditions (issue 9, item 6):
   `min_recall`, `min_precision`) or fell more than `max_drop` below its
   validation baseline;
 - drift: the largest per-feature PSI exceeds `max_drift_psi` on
-  `drift_windows` consecutive windows (decisions) in a row;
+  `drift_windows` consecutive windows (decisions);
 - alerts: any monitor alert, when `on_alerts` is true.
 
 `combine = "any"` retrains when one switched-on condition holds, `"all"`
