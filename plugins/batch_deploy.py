@@ -27,6 +27,15 @@ Options (`[deploy.batch]`):
     carry_rows: Rows per series carried between chunks; default: the
         largest window of the bundle's windowed steps plus one (0 if none).
     keep: Extra input columns copied to the output (ids, labels).
+    log_predictions: Also write every prediction to the prediction log
+        that `opsloop serve` writes (default true), so that `opsloop
+        feedback` joins labels to batch predictions by request id (one per
+        run: `batch-...`, in the deployment's details) and row, or by series
+        and time.
+    log_path: The prediction log. Default: the server's for this working
+        directory, `.opsloop/serving/predictions.db`.
+    log_retention: Delete logged predictions and labels older than this
+        when the run's rows are written ("30d", "12h"; default "0": keep all).
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from opsloop import Deployment, hookimpl
 from opsloop.errors import DataError
+from opsloop.serving.settings import bounded, retention
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -74,6 +84,13 @@ class Options:
             windowed features see the past. None: the largest window of the
             bundle's windowed steps plus one (0 when there is none).
         keep: Extra input columns copied into the output, e.g. an id or the label.
+        log_predictions: Write every prediction to the prediction log too
+            (request id, row, series, time, inputs, prediction, score, model,
+            version), as `opsloop serve` does, for feedback and monitoring.
+        log_path: The prediction log, relative to the working directory.
+            None: the server's default, `.opsloop/serving/predictions.db`.
+        log_retention: Delete logged rows older than this ("30d", "12h";
+            "0": keep everything), applied when the run's rows are written.
     """
 
     input: str | None = None
@@ -82,6 +99,9 @@ class Options:
     carry_rows: int | None = attrs.field(default=None,
                                          validator=attrs.validators.optional(attrs.validators.ge(0)))
     keep: list[str] = attrs.field(factory=list)
+    log_predictions: bool = True
+    log_path: str | None = None
+    log_retention: str = attrs.field(default="0", converter=retention, validator=bounded("log_retention"))
 
 
 @hookimpl
@@ -114,18 +134,54 @@ def deploy(version: ModelVersion, model: LoadedModel, dataset: Dataset | None, o
 
     output = _resolve(options.output, workdir) if options.output else \
         workdir / ".opsloop" / "predictions" / f"{version.name}-v{version.version}.parquet"
+    batch_log = _open_log(options, version, manifest, wanted, workdir)  # a bad log path fails before scoring
     scored = _score(model, chunks, carry=carry, series=manifest.get("series"), time_col=manifest.get("time"),
                     source=str(source))
+    if batch_log is not None:
+        scored = _logged(scored, batch_log)
     columns = list(dict.fromkeys([*keys, *options.keep]))
-    rows, count = _write(output, (_output_frame(frame, preds, columns, version.ref)
-                                  for frame, preds in run.reporter.track(scored, "batch scoring", total=total)),
-                         empty=_empty_output(columns, model.task))
+    try:
+        rows, count = _write(output, (_output_frame(frame, preds, columns, version.ref)
+                                      for frame, preds in run.reporter.track(scored, "batch scoring", total=total)),
+                             empty=_empty_output(columns, model.task))
+    finally:
+        if batch_log is not None:
+            batch_log.close()
     seconds = time.perf_counter() - start
     run.log.info("batch: scored %d rows of %s in %d chunk(s), %.2f s -> %s", rows, source, count, seconds, output)
     details: dict[str, Any] = {"rows": rows, "seconds": round(seconds, 3), "chunks": count}
     if carry:
         details["carry_rows"] = carry
+    if batch_log is not None:
+        details.update(logged=batch_log.rows, request_id=batch_log.request_id, log=str(batch_log.path))
+        if batch_log.pruned:
+            details["log_pruned"] = batch_log.pruned
+        run.log.info("batch: logged %d predictions as request %s in %s", batch_log.rows, batch_log.request_id,
+                     batch_log.path)
     return Deployment(target="batch", model=version.ref, location=os.path.abspath(output), details=details)
+
+
+def _open_log(options: Options, version: ModelVersion, manifest: Mapping[str, Any], columns: list[str],
+              workdir: Path) -> Any:
+    """The run's writer into the prediction log (None when logging is off)."""
+    if not options.log_predictions:
+        return None
+    from opsloop.serving.batchlog import BatchLog
+    from opsloop.serving.settings import Settings
+
+    path = Settings(log_path=_resolve(options.log_path, workdir) if options.log_path else None) \
+        .resolve(workdir.absolute()).log_path
+    return BatchLog(path, request_id=f"batch-{uuid.uuid4().hex[:16]}", model=version.name,  # type: ignore[arg-type]
+                    version=version.version, columns=columns, series=manifest.get("series"),
+                    time=manifest.get("time"), retention=options.log_retention)
+
+
+def _logged(scored: Iterator[tuple[pd.DataFrame, pd.DataFrame]],
+            batch_log: Any) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """Log each scored chunk as it passes (before it is written: a log failure leaves no predictions file)."""
+    for frame, preds in scored:
+        batch_log.add(frame, preds["prediction"].to_numpy(), preds["score"].to_numpy() if "score" in preds else None)
+        yield frame, preds
 
 
 # ---------------------------------------------------------------------------

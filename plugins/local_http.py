@@ -26,6 +26,7 @@ Options (`[deploy.local-http]`):
     max_rows: Most rows per request (default 100000).
     poll_interval: Seconds between the server's looks at the alias (default 0.5).
     log_predictions: Log predictions for monitoring and feedback (default true).
+    log_retention: Delete logged rows older than this, e.g. "30d" (default "0": keep all).
     threads: XGBoost threads per prediction (default 1; 0: all cores).
     read_timeout, idle_timeout, max_connections, max_feedback: As `opsloop serve`'s
         options of those names (defaults 30 s, 5 s, 1000, 10000).
@@ -55,7 +56,7 @@ import attrs
 from opsloop import Deployment, hookimpl
 from opsloop.errors import OpsloopError
 from opsloop.serving.server import is_server, read_state, state_path
-from opsloop.serving.settings import TOKEN_ENV, bounded, default, read_token, within
+from opsloop.serving.settings import TOKEN_ENV, bounded, default, read_token, retention, within
 from opsloop.store import check_name
 
 if TYPE_CHECKING:
@@ -86,6 +87,8 @@ class Options:
             request id) to `.opsloop/serving/predictions.db`.
         log_max_pending: Most predicted rows waiting to be logged; beyond,
             predictions are answered but not logged (`--log-max-pending`).
+        log_retention: Delete logged predictions and labels older than this
+            (`"30d"`, `"12h"`; `"0"`: keep everything; `--log-retention`).
         threads: XGBoost threads per prediction; 0 means every core.
         read_timeout: Seconds a client has to send a whole request.
         idle_timeout: Seconds an idle keep-alive connection stays open.
@@ -109,6 +112,7 @@ class Options:
     poll_interval: float = attrs.field(default=default("poll_interval"), validator=bounded("poll_interval"))
     log_predictions: bool = default("log_predictions")
     log_max_pending: int = attrs.field(default=default("log_max_pending"), validator=bounded("log_max_pending"))
+    log_retention: str = attrs.field(default="0", converter=retention, validator=bounded("log_retention"))
     threads: int = attrs.field(default=default("threads"), validator=bounded("threads"))
     read_timeout: float = attrs.field(default=default("read_timeout"), validator=bounded("read_timeout"))
     idle_timeout: float = attrs.field(default=default("idle_timeout"), validator=bounded("idle_timeout"))
@@ -181,7 +185,7 @@ def _start(version: ModelVersion, options: Options, run: RunContext, workdir: Pa
            "--max-feedback", str(options.max_feedback), "--token-env", options.token_env,
            "--token-for", options.token_for]
     if options.log_predictions:
-        cmd += ["--log-max-pending", str(options.log_max_pending)]
+        cmd += ["--log-max-pending", str(options.log_max_pending), "--log-retention", str(options.log_retention)]
     else:
         cmd.append("--no-log")
     if run.config.path is not None:

@@ -52,6 +52,10 @@ def serve(
         "--log-max-pending",
         help="Most predicted rows waiting to be logged; beyond, predictions are answered but not logged "
              f"(counted on /metrics); {describe('log_max_pending')}.")] = default("log_max_pending"),
+    log_retention: Annotated[str, typer.Option(
+        "--log-retention", metavar="DURATION",
+        help="Delete logged predictions and labels older than this (30d, 12h, 90m; 0: keep everything); the "
+             "log writer prunes at most once a minute.")] = "0",
     no_fast_path: Annotated[bool, typer.Option("--no-fast-path", help="Always replay preprocessing through the "
                                                                       "plugins (LoadedModel.predict).")] = False,
     threads: Annotated[int, typer.Option(
@@ -104,6 +108,7 @@ def serve(
     fields = dict(model=model, alias=alias, config=config, overrides=tuple(set_ or ()), host=host, port=port,
                   max_body_bytes=max_body_bytes, max_rows=max_rows, poll_interval=poll_interval,
                   log_predictions=not no_log, log_path=log_path, log_max_pending=log_max_pending,
+                  log_retention=log_retention,
                   fast_path=not no_fast_path, threads=threads, monitor_report=monitor_report,
                   read_timeout=read_timeout, idle_timeout=idle_timeout, max_connections=max_connections,
                   max_feedback=max_feedback, token_for=TokenFor(token_for).value)
@@ -124,7 +129,10 @@ def serve(
         _say(f"listening on {url}: GET {url}/v2/models/{app.model}, POST {url}/v2/models/{app.model}/infer "
              f"or {url}/predict, GET {url}/metrics (Ctrl-C stops)")
         if app.log is not None:
-            _say(f"logging predictions to {app.log.path}")
+            from opsloop.serving.settings import show_retention
+
+            kept = f" (retention {show_retention(app.log.retention)})" if app.log.retention else ""
+            _say(f"logging predictions to {app.log.path}{kept}")
         if settings.token is not None:
             guarded = "every request but health checks" if settings.token_for == "all" else "POST /v1/feedback"
             _say(f"{guarded} needs the bearer token from ${token_env}")

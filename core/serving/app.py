@@ -419,7 +419,8 @@ def create_app(settings: Settings | None = None, **fields: Any) -> ServingApp:
     metrics = Metrics()
     try:
         watcher = ModelWatcher(store, session.plugins, settings.model or cfg.project.name, settings, metrics)
-        prediction_log = (PredictionLog(settings.log_path, max_pending=settings.log_max_pending)  # type: ignore[arg-type]
+        prediction_log = (PredictionLog(settings.log_path, max_pending=settings.log_max_pending,  # type: ignore[arg-type]
+                                        retention=settings.log_retention)
                           if settings.log_predictions else None)
     except BaseException:
         store.close()

@@ -64,6 +64,10 @@ CREATE TABLE IF NOT EXISTS feedback (
     label NUMERIC NOT NULL,
     source TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS log_state (
+    key TEXT PRIMARY KEY,
+    value
+);
 CREATE VIEW IF NOT EXISTS labelled AS
     SELECT p.*, f.label, f.at AS labelled_at, f.id AS feedback_id
     FROM feedback f JOIN predictions p ON p.request_id = f.request_id AND (f.row IS NULL OR p.row = f.row)

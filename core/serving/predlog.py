@@ -113,6 +113,8 @@ PAUSE = 0.05          # seconds the writer waits between batches, so that batche
 DROP_WARNING_EVERY = 60.0  # seconds between two warnings about predictions not logged
 ERROR_LOG_EVERY = 60.0     # seconds between two log lines about items that could not be written
 REWRITES = 3               # times a batch is written again when the file goes away under it
+PRUNE_EVERY = 60.0         # seconds between two retention passes over one log file (by any writer)
+PRUNE_ROWS = 100_000       # rows of each table a retention pass looks at, at most: a pass stays short
 #: A JSON escape of a UTF-16 surrogate: SQLite would store a lone one as invalid UTF-8, which no reader can
 #: decode, so such bodies take the Python path (where a lone surrogate fails, alone).
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -152,12 +154,54 @@ def add_feedback(con: sqlite3.Connection, entries: Iterable[Feedback], at: float
     return len(rows)
 
 
+def prune(con: sqlite3.Connection, retention: float, now: float | None = None, *, every: float = PRUNE_EVERY,
+          step: int = PRUNE_ROWS) -> int | None:
+    """Delete predictions and labels logged more than `retention` seconds ago; rows deleted, None if not due.
+
+    Cheap, and safe to call after every write: it does nothing (one indexed
+    read) when the log was pruned less than `every` seconds ago, by this
+    process or another writer of the same file (the time is kept in the
+    table `log_state`). Rows go oldest first, in the order they were written
+    (`at` is the time of writing, so ids follow it): each table's rows before
+    the first one logged within the retention, at most `step` of them per
+    pass, so a pass never holds the file long; when more remain, the next call
+    goes on at once. A row stays while a row written before it is still
+    within the retention (a log whose rows were copied in out of order).
+    """
+    if retention <= 0:
+        return None
+    now = time.time() if now is None else now
+    due = con.execute("SELECT value FROM log_state WHERE key = 'pruned_at'").fetchone()
+    if due is not None and isinstance(due[0], float | int) and now - due[0] < every:
+        return None
+    cutoff = iso(now - retention)
+    deleted = 0
+    more = False
+    with con:
+        con.execute("BEGIN IMMEDIATE")
+        for table in ("predictions", "feedback"):
+            first = con.execute(f"SELECT min(id) FROM {table}").fetchone()[0]  # noqa: S608 - fixed names
+            if first is None:
+                continue
+            # The first row within the retention among the next `step`; none: all `step` of them are old.
+            kept = con.execute(f"SELECT id FROM {table} WHERE id < ? AND at >= ? ORDER BY id LIMIT 1",  # noqa: S608
+                               (first + step, cutoff)).fetchone()
+            end = kept[0] if kept is not None else first + step
+            deleted += con.execute(f"DELETE FROM {table} WHERE id < ?", (end,)).rowcount  # noqa: S608
+            more = more or kept is None  # perhaps more old rows beyond: the next call looks
+        if not more:
+            con.execute("INSERT OR REPLACE INTO log_state (key, value) VALUES ('pruned_at', ?)", (now,))
+    return deleted
+
+
 class PredictionLog:
     """A queue and the thread that writes it to SQLite."""
 
-    def __init__(self, path: Path, max_pending: int = 50_000) -> None:
+    def __init__(self, path: Path, max_pending: int = 50_000, retention: float = 0.0) -> None:
         self.path = Path(path)
         self.max_pending = max_pending
+        self.retention = retention
+        self.pruned = 0  # rows deleted for being older than the retention
         self.rows_queued = 0  # request side only, like `queued`
         self.rows_done = 0    # writer side only, like `done`
         self.dropped = 0
@@ -182,6 +226,7 @@ class PredictionLog:
         self._reader_lock = threading.Lock()
         self.quality_errors = 0  # reads of the live quality figures that failed
         self._quality_logged = -math.inf
+        self._prune_logged = -math.inf
 
     # -- the request side ----------------------------------------------------
 
@@ -226,11 +271,16 @@ class PredictionLog:
     def _run(self) -> None:
         try:
             stopping = False
+            # With a retention, an idle writer still wakes up to prune.
+            wait = PRUNE_EVERY if self.retention > 0 else None
             while True:
                 try:  # once stopping, whatever is still queued (even behind the stop mark) is written
-                    items = [self.queue.get(block=not stopping)]
+                    items = [self.queue.get(block=not stopping, timeout=None if stopping else wait)]
                 except queue.Empty:
-                    break
+                    if stopping:
+                        break
+                    self._prune()
+                    continue
                 while len(items) < BATCH:
                     try:
                         items.append(self.queue.get_nowait())
@@ -241,6 +291,7 @@ class PredictionLog:
                     items = [item for item in items if item is not _STOP]
                 if items:
                     self._write(items)
+                    self._prune()
                 if not stopping:
                     time.sleep(PAUSE)
         finally:
@@ -354,6 +405,21 @@ class PredictionLog:
                     written += rows
                     labels += labelled
         return written, labels, failed
+
+    def _prune(self) -> None:
+        """Apply the retention (when due: `prune` keeps it cheap); a failure is logged, never fatal."""
+        if self.retention <= 0:
+            return
+        try:
+            deleted = prune(self._connection(), self.retention)
+        except (LogFileError, sqlite3.Error) as exc:
+            if time.monotonic() - self._prune_logged >= ERROR_LOG_EVERY:
+                self._prune_logged = time.monotonic()
+                log.error("opsloop serve: could not delete rows older than the retention from the prediction log "
+                          "%s: %r (at most one such line a minute)", self.path, exc)
+            return
+        if deleted:
+            self.pruned += deleted
 
     def _failed(self, count: int, latest: str) -> None:
         """Count items that could not be written; log at most once a minute (a flood must not flood the log)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,15 @@ BOUNDS: dict[str, tuple[float, float, str]] = {
     "idle_timeout": (0.01, 86400, "seconds"),
     "max_connections": (1, 1_000_000, "connections"),
     "max_feedback": (1, 1_000_000, "entries"),
+    # Seconds; 0 keeps everything. Given as a duration (`30d`, `12h`), read by `retention`.
+    "log_retention": (0.0, 3650 * 86400.0, "seconds"),
 }
+#: Units of a retention (`30d`); a bare number is seconds.
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhdw]?)")
+#: How a retention may be written, for messages and help texts.
+RETENTION_FORMS = "a duration such as 30d, 12h or 90m (units s, m, h, d, w; a bare number is seconds), or 0 or none " \
+                  "to keep everything"
 
 
 class OutOfRange(ValueError):
@@ -88,6 +97,38 @@ def describe(name: str) -> str:
 def _rule(name: str) -> tuple[float, float, str, bool]:
     low, high, unit = BOUNDS[name]
     return low, high, unit, isinstance(low, int) and isinstance(high, int)
+
+
+def retention(value: Any) -> Any:
+    """A retention as seconds (0: keep everything): `30d`, `12h`, `90m`, `3600`, `0`, `none`; numbers pass as they are.
+
+    An attrs converter: a string that is not a duration is refused here (`OutOfRange`, naming `log_retention`);
+    a number is left to the range check (`BOUNDS["log_retention"]`).
+    """
+    if value is None:
+        return 0.0
+    if not isinstance(value, str):
+        return value
+    text = value.strip().lower()
+    if text in ("0", "none", "never", "forever", "off"):
+        return 0.0
+    match = _DURATION.fullmatch(text)
+    if match is None:
+        high = BOUNDS["log_retention"][1]
+        raise OutOfRange("log_retention", value, f"{RETENTION_FORMS}, at most {high / 86400:,.0f}d")
+    seconds = float(match[1]) * DURATION_UNITS[match[2] or "s"]
+    return int(seconds) if seconds.is_integer() else seconds
+
+
+def show_retention(seconds: float) -> str:
+    """Seconds as the shortest duration that states them exactly (`30d`, `36h`, `90s`); "keep everything" for 0."""
+    if not seconds:
+        return "keep everything"
+    for unit in ("w", "d", "h", "m"):
+        count = seconds / DURATION_UNITS[unit]
+        if float(count).is_integer():
+            return f"{int(count)}{unit}"
+    return f"{seconds:g}s"
 
 
 def _token(_: object, attribute: attrs.Attribute, value: str | None) -> None:
@@ -150,6 +191,10 @@ class Settings:
         token: Bearer token that requests must carry (`Authorization: Bearer
             TOKEN`) on the endpoints `token_for` names; None: no
             authentication. Left out of `repr`.
+        log_retention: Seconds a logged prediction or label is kept: the log
+            writer deletes older ones (oldest first, in bounded steps, at most
+            once a minute per log file); 0 keeps everything. Given as a duration
+            (`"30d"`, `"12h"`, `"90m"`; `"0"` or `"none"`: keep), see `retention`.
         token_for: `"write"`: the token guards `POST /v1/feedback` (what
             changes the server's state beyond logging predictions); `"all"`:
             every endpoint except the health checks.
@@ -168,6 +213,7 @@ class Settings:
     log_predictions: bool = True
     log_path: Path | None = None
     log_max_pending: int = attrs.field(default=50_000, validator=bounded("log_max_pending"))
+    log_retention: float = attrs.field(default=0.0, converter=retention, validator=bounded("log_retention"))
     fast_path: bool = True
     threads: int = attrs.field(default=1, validator=bounded("threads"))
     monitor_report: Path | None = None

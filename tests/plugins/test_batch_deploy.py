@@ -136,7 +136,9 @@ def test_csv_input_and_csv_output(pm, version, model, run, rows, tmp_path):
     deployment = deploy(pm, version, model, run, input="scoring.csv", output="out/preds.csv", chunk_rows=3000)
 
     assert deployment.location == str(tmp_path / "out" / "preds.csv")
-    assert deployment.details == {"rows": 8640, "seconds": deployment.details["seconds"], "chunks": 3}
+    assert deployment.details == {"rows": 8640, "seconds": deployment.details["seconds"], "chunks": 3,
+                                  "logged": 8640, "request_id": deployment.details["request_id"],
+                                  "log": str(tmp_path / ".opsloop" / "serving" / "predictions.db")}
     out = pd.read_csv(tmp_path / "out" / "preds.csv")
     assert_same_predictions(out, expected(model, rows))
 
