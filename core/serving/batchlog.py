@@ -141,7 +141,11 @@ def json_values(column: pd.Series) -> pa.StringArray:
     if pd.api.types.is_float_dtype(dtype):
         values = pa.array(column.to_numpy(), from_pandas=True)  # NaN -> null
         values = pc.if_else(pc.is_inf(values), pa.scalar(None, values.type), values)
-        return pc.fill_null(values.cast(pa.string()), null)
+        texts = values.cast(pa.string())
+        # Whole numbers as floats, as Python writes them (1.0, not Arrow's 1): readers then type the column float.
+        plain = pc.and_(pc.equal(pc.find_substring(texts, "."), -1), pc.equal(pc.find_substring(texts, "e"), -1))
+        texts = pc.if_else(plain, pc.binary_join_element_wise(texts, ".0", ""), texts)
+        return pc.fill_null(texts, null)
     if pd.api.types.is_integer_dtype(dtype):
         return pc.fill_null(pa.array(column, from_pandas=True).cast(pa.string()), null)
     if isinstance(dtype, pd.DatetimeTZDtype) or np.issubdtype(getattr(dtype, "type", object), np.datetime64):

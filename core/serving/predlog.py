@@ -273,6 +273,7 @@ class PredictionLog:
             stopping = False
             # With a retention, an idle writer still wakes up to prune.
             wait = PRUNE_EVERY if self.retention > 0 else None
+            self._prune()
             while True:
                 try:  # once stopping, whatever is still queued (even behind the stop mark) is written
                     items = [self.queue.get(block=not stopping, timeout=None if stopping else wait)]
