@@ -4,14 +4,17 @@ The `drift-monitor` needs no labels, so it warns before quality can be
 measured. It compares the monitored rows (`current`) with what the version
 was trained on: the reference profile in its bundle (`opsloop.profile`,
 written at register time), or, for a bundle registered before profiles
-existed, the `reference` rows it is handed. Three views (docs/stages/
-deploy-monitor-retrain.md has the measured figures behind the defaults):
+existed (or with `use_profile = false`), the `reference` rows it is handed.
+Three views (docs/stages/deploy-monitor-retrain.md has the figures measured
+on ASD and SMD behind the defaults):
 
 - every numeric raw feature (the target, time and series columns excluded):
   PSI and KS, pooled over all series;
-- every series (server) of the monitored rows, the largest `max_series`: its
-  largest PSI over the features, against its own training rows when it had
-  some, else against all of them: which server moved, worst first;
+- every series (server) of the monitored rows, the `max_series` largest:
+  each feature's KS and PSI against the series' own training rows, the
+  largest of each reported, alerts on KS, worst first (which server moved).
+  A series without training rows of its own is compared with all of them,
+  reported, and never alerted on;
 - the model's outputs (`predictions`): PSI and KS of the scores and the alert
   rate (share predicted 1) against the same figures on the training rows.
 
@@ -21,26 +24,28 @@ shares, shares floored at 1e-4 so that an empty bin stays finite. KS: the
 largest gap between the two distribution functions (what
 `scipy.stats.ks_2samp` returns as its statistic).
 
-On reference rows both are exact. On a profile they are computed from its
-1,001 stored quantiles per feature: the reference's distribution function
-is known at each quantile to within 1/1,000 (+ 1/rows), and the largest gap
-is looked for at the quantiles, so KS is within 2/1,000 + 2/rows of the
-exact statistic (tests/plugins/test_drift_profile.py checks this on ASD and
-SMD), and PSI bins use the stored deciles as edges with reference shares
-read off the quantiles. Per series: 21 quantiles each, PSI only.
+On reference rows both are exact. On a profile they are read off its 1,001
+stored quantiles per feature: the reference's distribution function is known
+at each quantile to within 1/1,000 (+ 1/rows) and climbs by at most that
+much between two of them, so KS is within 2/1,000 + 2/rows of the exact
+statistic (tests/plugins/test_drift_profile.py checks it on ASD and SMD);
+PSI uses the stored deciles as edges and reads the reference's shares off
+the quantiles. Per series the profile keeps 101 quantiles (KS within about
+2/100).
 
-The current rows are sorted once per column (no float64 copy of float32
-data) and counted at the reference's points, which is what makes 1,000,000
-rows x 40 features take about a second (benchmarks/monitor.py).
+The current rows are sorted once per column in their own dtype (no float64
+copy of float32 data) and counted at the reference's points with binary
+searches; benchmarks/monitor.py times 1,000,000 rows x 40 features.
 
 Metrics: `drift_max_psi`, `drift_max_ks`, `drifted` (features over either
 limit), `rows`, `reference_rows`, `psi[<col>]` and `ks[<col>]`; with a series
-column `series_psi[<series>]`, `series_max_psi`, `series_drifted` and
-`series_unseen` (monitored series the profile has no rows of); with scores
+column `series_ks[<series>]`, `series_psi[<series>]`, `series_max_ks`,
+`series_max_psi`, `series_drifted` and `series_unseen` (monitored series
+without training rows of their own); with a profile and predictions
 `score_psi`, `score_ks`, `alert_rate`, `reference_alert_rate` and
 `alert_rate_ratio`. Alerts: drifted features worst first, then drifted
 series worst first (`max_alerts` each, the rest counted in one more alert),
-then the scores.
+then the predictions.
 """
 
 from __future__ import annotations
@@ -117,9 +122,9 @@ def monitor(version: ModelVersion, current: Dataset, reference: Dataset, options
     columns = _columns(current, reference, profile, options)
     figures: dict[str, float] = {"rows": float(len(current)),
                                  "reference_rows": float(profile.rows if profile else len(reference))}
-    cdfs = {c: _reference_cdf(c, reference, profile, options.bins) for c in columns}
     psi_all, ks_all, drifted = {}, {}, []
-    for column, cdf in cdfs.items():
+    for column in columns:  # one column's reference at a time: exact ones hold every distinct value
+        cdf = _reference_cdf(column, reference, profile, options.bins)
         compared = None if cdf is None else cdf.compare(_sorted_finite(current.frame[column]))
         if compared is None:
             continue
@@ -138,7 +143,7 @@ def monitor(version: ModelVersion, current: Dataset, reference: Dataset, options
     if len(drifted) > options.max_alerts:
         rest = drifted[options.max_alerts:]
         alerts.append(f"{len(rest)} more feature(s) drifted: {', '.join(c for c, _, _ in rest)}")
-    alerts += _series(current, reference, profile, cdfs, options, figures)
+    alerts += _series(current, reference, profile, columns, options, figures)
     alerts += _outputs(predictions, profile, options, figures)
     return MonitorReport(model=version.ref, rows=len(current), metrics=figures, alerts=tuple(alerts))
 
@@ -178,29 +183,34 @@ def _columns(current: Dataset, reference: Dataset, profile: Profile | None, opti
 # ---------------------------------------------------------------------------
 
 
-def _series(current: Dataset, reference: Dataset, profile: Profile | None, pooled: dict[str, _CDF | None],
+def _series(current: Dataset, reference: Dataset, profile: Profile | None, columns: list[str],
             options: Options, figures: dict[str, float]) -> list[str]:
-    """`series_psi[<s>]`: each series' largest feature PSI; alerts on the worst."""
+    """`series_ks[<s>]`, `series_psi[<s>]`: each series' largest feature KS and PSI; alerts on the worst."""
     import numpy as np
     import pandas as pd
 
     key = current.series
-    columns = list(pooled)
     if not options.max_series or not key or key not in current.frame.columns or not columns:
         return []
-    names = current.frame[key].astype(str)
-    codes, labels = pd.factorize(names)
+    codes, labels = pd.factorize(current.frame[key].astype(str))
+    labels = [str(label) for label in labels]
     counts = np.bincount(codes)
     kept = np.argsort(-counts, kind="stable")[:options.max_series]
     order = np.argsort(codes, kind="stable")
     starts = np.concatenate(([0], np.cumsum(counts)))
-    own = _series_references(reference, profile, columns, options.bins)
+    own = _OwnReferences(reference, profile, options.bins)
     found: dict[str, list[tuple[str, float, float]]] = {}
     for column in columns:
         values = current.frame[column].to_numpy()[order]  # rows grouped by series
+        references = own.column(column)
+        pooled = None
         for code in kept:
-            label = str(labels[code])
-            cdf = own[label].get(column) if label in own else pooled[column]
+            label = labels[code]
+            if label in own.names:
+                cdf = references.get(label)
+            else:  # no training rows of its own: against all of them
+                pooled = pooled or _reference_cdf(column, reference, profile, options.bins)
+                cdf = pooled
             compared = None if cdf is None else cdf.compare(_sorted_finite(values[starts[code]:starts[code + 1]]))
             if compared is not None:
                 found.setdefault(label, []).append((column, *compared))
@@ -209,12 +219,12 @@ def _series(current: Dataset, reference: Dataset, profile: Profile | None, poole
     figures.update({f"series_ks[{s}]": worst[s][0][2] for s in ranked})
     figures.update({f"series_psi[{s}]": worst[s][1][1] for s in ranked})
     # a series the training rows had no row of has no past to move from: figures, never an alert
-    seen = [s for s in ranked if s in own]
+    seen = [s for s in ranked if s in own.names]
     over = [s for s in seen if worst[s][0][2] > options.series_ks_threshold]
     figures["series_max_ks"] = max((worst[s][0][2] for s in seen), default=0.0)
     figures["series_max_psi"] = max((worst[s][1][1] for s in seen), default=0.0)
     figures["series_drifted"] = float(len(over))
-    figures["series_unseen"] = float(sum(label not in own for label in labels))
+    figures["series_unseen"] = float(sum(label not in own.names for label in labels))
     alerts = [f"series {s}: KS {worst[s][0][2]:.3f} > {options.series_ks_threshold:g} on {worst[s][0][0]} "
               f"(PSI {worst[s][0][1]:.3f}) against its own training rows: this series moved"
               for s in over[:options.max_alerts]]
@@ -223,18 +233,26 @@ def _series(current: Dataset, reference: Dataset, profile: Profile | None, poole
     return alerts
 
 
-def _series_references(reference: Dataset, profile: Profile | None, columns: list[str],
-                       bins: int) -> dict[str, dict[str, _CDF | None]]:
-    """Per series of the training rows, each column's reference."""
-    if profile is not None:
-        return {s: {c: _cdf_from_profile(p.features[c], bins) if c in p.features else None for c in columns}
-                for s, p in profile.series_profiles.items()}
-    key = reference.series
-    if not key or key not in reference.frame.columns:
-        return {}
-    frame = reference.frame
-    return {str(s): {c: _cdf_from_rows(_sorted_finite(frame[c].to_numpy()[rows]), bins) for c in columns}
-            for s, rows in frame.groupby(frame[key].astype(str), sort=True, observed=True).indices.items()}
+class _OwnReferences:
+    """Each training series' own reference, one column at a time (from the profile, or the rows)."""
+
+    def __init__(self, reference: Dataset, profile: Profile | None, bins: int) -> None:
+        self.profile, self.bins, self.frame, self.rows = profile, bins, reference.frame, {}
+        if profile is not None:
+            self.names = set(profile.series_profiles)
+        elif reference.series and reference.series in reference.frame.columns:
+            frame = reference.frame
+            self.rows = frame.groupby(frame[reference.series].astype(str), sort=True, observed=True).indices
+            self.names = {str(s) for s in self.rows}
+        else:
+            self.names = set()
+
+    def column(self, column: str) -> dict[str, _CDF | None]:
+        if self.profile is not None:
+            return {s: _cdf_from_profile(p.features[column], self.bins) if column in p.features else None
+                    for s, p in self.profile.series_profiles.items()}
+        values = self.frame[column].to_numpy()
+        return {str(s): _cdf_from_rows(_sorted_finite(values[rows]), self.bins) for s, rows in self.rows.items()}
 
 
 def _outputs(predictions: pd.DataFrame | None, profile: Profile | None, options: Options,
@@ -416,13 +434,3 @@ def population_stability_index(reference: np.ndarray, current: np.ndarray, bins:
     cdf = _cdf_from_rows(_sorted_finite(reference), bins)
     psi = None if cdf is None else cdf.psi(_sorted_finite(current))
     return 0.0 if psi is None else psi
-
-
-def kolmogorov_smirnov(reference: np.ndarray | FeatureProfile, current: np.ndarray) -> float:
-    """The KS statistic of `current` against reference values (exact) or a profiled feature (approximate)."""
-    from opsloop.profile import FeatureProfile
-
-    cdf = _cdf_from_profile(reference, 10) if isinstance(reference, FeatureProfile) \
-        else _cdf_from_rows(_sorted_finite(reference), 10)
-    compared = None if cdf is None else cdf.compare(_sorted_finite(current))
-    return math.nan if compared is None else compared[1]
