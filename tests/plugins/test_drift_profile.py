@@ -268,3 +268,19 @@ def test_options_are_checked_and_named_features_must_exist(asd):
     only = watch(version, monitored, train, features=["m01"], max_series=0)
     assert features(only) == ["m01"] and not any(k.startswith("series_") for k in only.metrics)
     assert math.isfinite(only.metrics["psi[m01]"])
+
+
+def test_feature_alerts_are_bounded_worst_first_with_the_old_conventional_limits(asd):
+    """PSI 0.25 / KS 0.1 (the defaults before issue 9) on the servers the model never saw: most features drift."""
+    version, _, train, monitored = asd
+    unseen = monitored.derive(monitored.frame[monitored.frame["entity"].isin(["omi-9", "omi-12"])])
+
+    report = watch(version, unseen, train, psi_threshold=0.25, ks_threshold=0.1, max_series=0)
+
+    drifted = int(report.metrics["drifted"])
+    assert drifted > 10 and len(report.alerts) == 11  # ten one by one, then the rest in one
+    assert report.alerts[-1].startswith(f"{drifted - 10} more feature(s) drifted: ")
+    assert re.match(r"m\d\d: PSI \d+\.\d{3} (>|<=) 0\.25, KS 0\.\d{3} (>|<=) 0\.1: distribution shifted",
+                    report.alerts[0]), report.alerts[0]
+    psis = [report.metrics[f"psi[{a[:3]}]"] for a in report.alerts[:10]]
+    assert psis == sorted(psis, reverse=True) and psis[0] == report.metrics["drift_max_psi"]
