@@ -193,34 +193,48 @@ def open_log(path: Path) -> sqlite3.Connection:
     return con
 
 
-def _versions(con: sqlite3.Connection, path: Path, model: str, key: str) -> dict[int, tuple[int, str, str]]:
-    """Rows and first and last key per version of `model`; LogFileError when the log has none of it."""
-    rows = con.execute(f"SELECT version, count(*), min({key}), max({key}) FROM predictions WHERE model = ? "
+def _nothing_logged(con: sqlite3.Connection, path: Path, version: ModelVersion, by: str, since: datetime | None,
+                    until: datetime | None) -> OpsloopError:
+    """Why no rows were found: the log has none of the model, none of the version, or none in the range."""
+    model = version.name
+    rows = con.execute(f"SELECT version, count(*), min({by}), max({by}) FROM predictions WHERE model = ? "
                        "GROUP BY version", (model,)).fetchall()
     if not rows:
         others = con.execute("SELECT model, count(*) FROM predictions GROUP BY model ORDER BY count(*) DESC "
                              "LIMIT 5").fetchall()
         have = ", ".join(f"{m} ({n:,} rows)" for m, n in others)
-        raise LogFileError(path, f"has no predictions of model {model}" + (f"; it logs {have} (--model picks one)"
-                                                                            if have else ": it is empty"))
-    return {int(v): (int(n), lo, hi) for v, n, lo, hi in rows}
+        return LogFileError(path, f"has no predictions of model {model}" + (f"; it logs {have} (--model picks one)"
+                                                                             if have else ": it is empty"))
+    logged = {int(v): (int(n), lo, hi) for v, n, lo, hi in rows}
+    if version.version not in logged:
+        have = ", ".join(f"{v} ({n:,} rows)" for v, (n, _, _) in sorted(logged.items()))
+        return LogFileError(path, f"has no predictions of {version.ref} (it has versions {have} of {model}; "
+                                  "--version picks one)")
+    _, lo, hi = logged[version.version]
+    span = f"from {since and _iso(since) or 'the start'} to {until and _iso(until) or 'the end'}"
+    return DataError(f"no predictions of {version.ref} in {path} {span} by {by} (logged ones run from {lo} to {hi})")
 
 
-#: Each logged row of one version in a key range, with its latest label (feedback by request, or by key).
+#: Each logged row of one version in a key range, with its latest label: the newest feedback that names its request
+#: and row, its whole request, or its model, series and time. One pass over `predictions` in log order (NOT INDEXED:
+#: a table scan, never a sort of the whole log), each kind of feedback reduced to its latest label per key first
+#: (SQLite indexes those small tables itself), whatever indexes the log has.
 ROWS = """
-WITH matched AS (
-    SELECT p.id AS pid, f.id AS fid, f.label AS label
-    FROM feedback f JOIN predictions p ON p.request_id = f.request_id AND (f.row IS NULL OR p.row = f.row)
-    WHERE p.model = :model AND p.version = :version
-    UNION ALL
-    SELECT p.id, f.id, f.label
-    FROM feedback f JOIN predictions p ON f.request_id IS NULL AND p.model = f.model AND p.series IS f.series
-        AND p.time = f.time
-    WHERE f.model = :model AND p.version = :version
-),
-latest AS (SELECT pid, label, max(fid) AS fid FROM matched GROUP BY pid)
-SELECT p.{key}, p.prediction, p.score, l.label, l.fid, p.request_id, p.row, p.inputs
-FROM predictions p LEFT JOIN latest l ON l.pid = p.id
+WITH
+byrow AS MATERIALIZED (SELECT request_id, row, label, max(id) AS fid FROM feedback
+                       WHERE request_id IS NOT NULL AND row IS NOT NULL GROUP BY request_id, row),
+byrequest AS MATERIALIZED (SELECT request_id, label, max(id) AS fid FROM feedback
+                           WHERE request_id IS NOT NULL AND row IS NULL GROUP BY request_id),
+bykey AS MATERIALIZED (SELECT series, time, label, max(id) AS fid FROM feedback
+                       WHERE request_id IS NULL AND model = :model GROUP BY series, time)
+SELECT p.id, p.{key}, p.prediction, p.score,
+    CASE max(coalesce(a.fid, -1), coalesce(b.fid, -1), coalesce(k.fid, -1))
+        WHEN -1 THEN NULL WHEN a.fid THEN a.label WHEN b.fid THEN b.label ELSE k.label END,
+    p.inputs
+FROM predictions p NOT INDEXED
+LEFT JOIN byrow a ON a.request_id = p.request_id AND a.row = p.row
+LEFT JOIN byrequest b ON b.request_id = p.request_id
+LEFT JOIN bykey k ON k.series IS p.series AND k.time = p.time
 WHERE p.model = :model AND p.version = :version AND p.{key} IS NOT NULL AND p.{key} >= :since AND p.{key} < :until
 ORDER BY p.id
 """
@@ -246,40 +260,36 @@ def read_rows(con: sqlite3.Connection, path: Path, version: ModelVersion, manife
     hi = "\uffff" if until is None else _key(until, by)
     params = {"model": version.name, "version": version.version, "since": lo, "until": hi}
     schema = [c for c in manifest.get("input_schema", []) if c["name"] != manifest.get("target")]
+    ids: list[Any] = []
     keys: list[Any] = []
     preds: list[Any] = []
     scores: list[Any] = []
     labels: list[Any] = []
     parts: list[pd.DataFrame] = []
-    bad_label: tuple[Any, ...] | None = None
     try:
         cursor = con.execute(ROWS.format(key=by), params)
         while chunk := cursor.fetchmany(CHUNK):
-            key, pred, score, label, fid, request, row, inputs = zip(*chunk, strict=True)
+            rowid, key, pred, score, label, inputs = zip(*chunk, strict=True)
+            ids.extend(rowid)
             keys.extend(key)
             preds.extend(pred)
             scores.extend(score)
             labels.extend(label)
             parts.append(_inputs(inputs, schema, path))
-            if bad_label is None and version.task in BINARY:
-                bad_label = next(((lab, f, r, w) for lab, f, r, w in zip(label, fid, request, row, strict=True)
-                                  if lab is not None and lab not in (0, 1)), None)
+        label_array = pd.to_numeric(pd.Series(labels, dtype=object), errors="coerce").to_numpy(dtype=float)
+        prediction = pd.to_numeric(pd.Series(preds, dtype=object), errors="coerce")
+        if keys and version.task in BINARY and set(prediction.dropna().unique().tolist()) <= {0, 1}:
+            _check_binary(con, path, version, label_array, labels, ids)
     except sqlite3.DatabaseError as exc:
         raise LogFileError(path, f"cannot be read: {exc}") from None
     if not keys:
         return Logged(current=Dataset.from_frame(pd.DataFrame(columns=[c["name"] for c in schema])),
                       predictions=pd.DataFrame({"prediction": []}), keys=pd.Series([], dtype="datetime64[ns, UTC]"))
-    prediction = pd.to_numeric(pd.Series(preds, dtype=object), errors="coerce")
-    if bad_label is not None and set(prediction.dropna().unique().tolist()) <= {0, 1}:
-        label, fid, request, row = bad_label
-        raise DataError(f"prediction log {path}: feedback {fid} labels request {request} row {row} of "
-                        f"{version.ref} with {label!r}, but the model is a 0/1 {version.task} model: send the right "
-                        "label again (the latest label of a row wins)")
     frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
     frame = _typed(frame, schema)
     target = manifest.get("target")
     if target:
-        frame[target] = np.asarray([np.nan if v is None else v for v in labels], dtype=float)
+        frame[target] = label_array
     predictions = pd.DataFrame({"prediction": prediction.to_numpy()})
     score = pd.Series(scores, dtype=float)
     if version.task != "regression" and score.notna().any():
@@ -290,6 +300,22 @@ def read_rows(con: sqlite3.Connection, path: Path, version: ModelVersion, manife
     if by == "time" and when.isna().any():  # a time SQLite could not normalize is kept as sent
         when = when.fillna(pd.to_datetime(pd.Series(keys), format="mixed", errors="coerce", utc=True))
     return Logged(current=current, predictions=predictions, keys=when)
+
+
+def _check_binary(con: sqlite3.Connection, path: Path, version: ModelVersion, values: Any, labels: list[Any],
+                  ids: list[Any]) -> None:
+    """DataError naming the first row whose latest label is neither 0 nor 1 (or not a number), for a 0/1 model."""
+    import numpy as np
+
+    given = np.fromiter((v is not None for v in labels), dtype=bool, count=len(labels))
+    bad = np.flatnonzero(given & ~np.isin(values, (0.0, 1.0)))
+    if not len(bad):
+        return
+    first = int(bad[0])
+    request, row = con.execute("SELECT request_id, row FROM predictions WHERE id = ?", (ids[first],)).fetchone()
+    raise DataError(f"prediction log {path}: the label of request {request} row {row} is {labels[first]!r}, but "
+                    f"{version.ref} is a 0/1 {version.task} model ({len(bad):,} row(s) labelled so): send the right "
+                    "label again with opsloop feedback (the latest label of a row wins)")
 
 
 def _key(moment: datetime, by: str) -> str:
@@ -423,20 +449,15 @@ def monitor(session: Session, *, model: str, alias: str | None, version: int | N
         by = "at"  # a model without a time column: rows have no time of their own
     con = open_log(log)
     try:
-        logged_versions = _versions(con, log, target.name, by)
-        if target.version not in logged_versions:
-            have = ", ".join(f"{v} ({n:,} rows)" for v, (n, _, _) in sorted(logged_versions.items()))
-            raise LogFileError(log, f"has no predictions of {target.ref} (it has versions {have} of "
-                                    f"{target.name}; --version picks one)")
         rows = read_rows(con, log, target, manifest, by=by, since=since, until=until)
+        if not len(rows.current):
+            raise _nothing_logged(con, log, target, by, since, until)
     finally:
         con.close()
-    if not len(rows.current):
-        _, lo, hi = logged_versions[target.version]
-        span = f"from {since and _iso(since) or 'the start'} to {until and _iso(until) or 'the end'}"
-        raise DataError(f"no predictions of {target.ref} in {log} {span} by {by} (logged ones run from {lo} "
-                        f"to {hi})")
     dropped = int(rows.keys.isna().sum())
+    if dropped == len(rows.keys):
+        raise DataError(f"no predictions of {target.ref} in {log} have a {by} that is a date and time "
+                        f"({dropped:,} rows); try --by at")
     notes = [f"{dropped:,} row(s) with a {by} that is not a date and time were left out"] if dropped else []
     run = run or RunContext(run_id=uuid.uuid4().hex[:12], workdir=Path(session.config.workdir),
                             model_name=target.name, seed=session.config.project.seed, config=session.config)

@@ -308,8 +308,8 @@ def test_labels_that_a_0_1_classifier_cannot_have(served: Served, tmp_path: Path
            served.path).assert_ok()
     digest = hashlib.sha256(bad.read_bytes()).hexdigest()
     line = _refused(served, "--log-path", str(bad))
-    assert str(bad) in line and f"request {first['request_id']} row {first['row']}" in line
-    assert "with 2" in line and "0/1 classification model" in line
+    assert str(bad) in line and f"the label of request {first['request_id']} row {first['row']} is 2" in line
+    assert "0/1 classification model" in line
     assert hashlib.sha256(bad.read_bytes()).hexdigest() == digest
 
 
