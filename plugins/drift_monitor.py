@@ -114,11 +114,17 @@ def plugin_options() -> type:
 
 
 @hookimpl
-def monitor(version: ModelVersion, current: Dataset, reference: Dataset, options: Options | None,
+def monitor(version: ModelVersion, current: Dataset, reference: Dataset | None, options: Options | None,
             predictions: pd.DataFrame | None = None) -> MonitorReport:
     """PSI and KS per feature, per series and of the scores, with alerts over the limits."""
     options = options or Options()
     profile = _profile(version) if options.use_profile else None
+    if profile is None and (reference is None or not len(reference)):
+        return MonitorReport(model=version.ref, rows=len(current),
+                             metrics={"rows": float(len(current)), "reference_rows": 0.0},
+                             alerts=(f"no reference: {version.ref} has no reference profile in its bundle (registered "
+                                     "before profiles existed) and no training rows were given, so drift cannot be "
+                                     "judged",))
     columns = _columns(current, reference, profile, options)
     figures: dict[str, float] = {"rows": float(len(current)),
                                  "reference_rows": float(profile.rows if profile else len(reference))}
@@ -161,8 +167,7 @@ def _profile(version: ModelVersion) -> Profile | None:
 def _columns(current: Dataset, reference: Dataset, profile: Profile | None, options: Options) -> list[str]:
     import pandas as pd
 
-    meta = {c for c in (current.target, current.time, current.series, reference.target, reference.time,
-                        reference.series) if c}
+    meta = {c for d in (current, reference) if d is not None for c in (d.target, d.time, d.series) if c}
     if options.features is not None:
         known = set(profile.features) if profile else set(reference.frame.columns)
         missing = sorted({c for c in options.features if c not in current.frame.columns or c not in known})
@@ -237,11 +242,11 @@ class _OwnReferences:
     """Each training series' own reference, one column at a time (from the profile, or the rows)."""
 
     def __init__(self, reference: Dataset, profile: Profile | None, bins: int) -> None:
-        self.profile, self.bins, self.frame, self.rows = profile, bins, reference.frame, {}
+        self.profile, self.bins, self.rows = profile, bins, {}
         if profile is not None:
             self.names = set(profile.series_profiles)
         elif reference.series and reference.series in reference.frame.columns:
-            frame = reference.frame
+            self.frame = frame = reference.frame
             self.rows = frame.groupby(frame[reference.series].astype(str), sort=True, observed=True).indices
             self.names = {str(s) for s in self.rows}
         else:
@@ -251,7 +256,7 @@ class _OwnReferences:
         if self.profile is not None:
             return {s: _cdf_from_profile(p.features[column], self.bins) if column in p.features else None
                     for s, p in self.profile.series_profiles.items()}
-        values = self.frame[column].to_numpy()
+        values = self.frame[column].to_numpy() if self.rows else None
         return {str(s): _cdf_from_rows(_sorted_finite(values[rows]), self.bins) for s, rows in self.rows.items()}
 
 
