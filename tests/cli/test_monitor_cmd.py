@@ -233,6 +233,29 @@ def test_a_third_party_monitor_gets_the_logged_rows_through_the_same_hook(served
     assert "alert_rate[omi-1]" in text and "alert_rate[omi-10]" in text
 
 
+def test_the_same_third_party_monitor_on_a_batch_in_opsloop_run_shows_its_figures(served: Served,
+                                                                                  register_plugin: Any) -> None:
+    """`opsloop run`'s summary printed an empty table for figures it did not know (drift's, a plugin's)."""
+    plugin = AlertRate()
+    register_plugin(plugin, "alert-rate")
+    result = invoke(["run", "--quiet", "--set", 'monitor.plugins=["drift-monitor", "alert-rate"]'], served.path)
+    text = result.assert_ok().stdout
+    ((frame, predictions),) = plugin.seen
+    assert frame["label"].notna().all() and len(frame) == len(predictions) > 0  # the labelled later period
+    assert "unchanged: asd-mon:1" in text  # nothing retrained: the same version, on a batch this time
+    for figure in ("alert_rate", "alert_rate[omi-10]", "drift_max_psi", "reference_rows", "psi[", "ks["):
+        assert figure in text, figure
+    assert "more, all <=" in text
+
+
+def test_windows_by_when_rows_were_scored(served: Served) -> None:
+    out = served.monitor("--by", "at", "--json").assert_ok().json
+    (window,) = out["windows"]
+    assert out["by"] == "at" and window["rows"] == len(served.rows)
+    assert window["labelled"] == int(served.rows["truth"].notna().sum())
+    assert window["start"][:4] >= "2026" or window["start"][:4] >= str(pd.Timestamp.now(tz="UTC").year)
+
+
 # -- bad input: one line each, exit 1, nothing written ---------------------------------------------------------
 
 def _refused(served: Served, *args: str) -> str:
@@ -347,6 +370,6 @@ def test_a_version_registered_without_a_profile_gets_an_empty_reference_and_a_no
     (note,) = out["notes"]
     assert "no reference profile" in note and "drift needs a version registered with a profile" in note
     drift = _report(out["windows"][0], "drift-monitor")["metrics"]
-    assert drift["reference_rows"] == 0 and drift["drifted"] == 0
+    assert drift["reference_rows"] == 0 and not any(k.startswith(("psi[", "ks[")) for k in drift)
     text = served.monitor("--version", str(old.version), "--log-path", str(log)).assert_ok().stdout
     assert "drift needs a version registered with a profile" in text
