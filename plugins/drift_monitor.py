@@ -121,7 +121,7 @@ def monitor(version: ModelVersion, current: Dataset, reference: Dataset | None, 
     profile = _profile(version) if options.use_profile else None
     if profile is None and (reference is None or not len(reference)):
         return MonitorReport(model=version.ref, rows=len(current),
-                             metrics={"rows": float(len(current)), "reference_rows": 0.0},
+                             metrics={"rows": float(len(current)), "reference_rows": 0.0, "drifted": 0.0},
                              alerts=(f"no reference: {version.ref} has no reference profile in its bundle (registered "
                                      "before profiles existed) and no training rows were given, so drift cannot be "
                                      "judged",))
