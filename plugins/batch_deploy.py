@@ -178,10 +178,11 @@ def _open_log(options: Options, version: ModelVersion, manifest: Mapping[str, An
 
 def _logged(scored: Iterator[tuple[pd.DataFrame, pd.DataFrame]],
             batch_log: Any) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
-    """Log each scored chunk as it passes (before it is written: a log failure leaves no predictions file)."""
+    """Log each scored chunk as it passes (written beside the scoring; a log failure leaves no predictions file)."""
     for frame, preds in scored:
         batch_log.add(frame, preds["prediction"].to_numpy(), preds["score"].to_numpy() if "score" in preds else None)
         yield frame, preds
+    batch_log.flush()  # every row logged before the predictions file is put in place
 
 
 # ---------------------------------------------------------------------------

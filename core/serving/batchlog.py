@@ -35,17 +35,23 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-#: One row of a batch; ?7 is a time already in SQLite's datetime() form (or NULL).
+#: One row of a batch: the run's constants as SQL literals (four binds a row fewer), ?3 a time already in SQLite's
+#: datetime() form (or NULL).
 INSERT = ("INSERT INTO predictions (request_id, row, at, model, version, series, time, inputs, prediction, score) "
-          "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)")
-#: The same, for time values of another kind (numbers, text): SQLite reads them as the server's path does.
-INSERT_KEYED = INSERT.replace("?7,", f"{KEY_TIME.format('?7')},")
-#: Text columns with more distinct values than this share of their rows are escaped value by value.
-DISTINCT_SHARE = 0.5
+          "VALUES ({request_id}, ?1, {at}, {model}, {version}, ?2, {time}, ?4, ?5, ?6)")
+
+
+#: KiB of page cache for a batch's connection (SQLite's default is 2 MiB).
+CACHE_KB = 64 * 1024
 
 
 class BatchLog:
     """The predictions of one batch run, written into the prediction log chunk by chunk.
+
+    Chunks are formatted and written on a thread of their own while the next
+    chunk is scored (Arrow and SQLite work without the GIL); one chunk waits
+    at most, so memory stays bounded. A failure is raised by the next `add`,
+    by `flush` or by `close`.
 
     Args:
         path: The log file (created with its tables when new).
@@ -58,22 +64,77 @@ class BatchLog:
 
     def __init__(self, path: Path, *, request_id: str, model: str, version: int, columns: list[str],
                  series: str | None, time: str | None, retention: float = 0.0, at: float | None = None) -> None:
+        import queue
+        import threading
+
         self.path = Path(path)
         self.request_id, self.model, self.version = request_id, model, version
         self.columns, self.series, self.time = list(columns), series, time
         self.retention = retention
         self.at = iso(_now() if at is None else at)
-        self.rows = 0
+        self.rows = 0  # written
         self.pruned = 0
+        self._next = 0  # the row number of the next chunk's first row
         self._con = connect(self.path)  # LogFileError names the file, before anything is scored
+        self._con.execute(f"PRAGMA cache_size = -{CACHE_KB}")  # the indexes' pages stay in memory across chunks
+        constants = {"request_id": _literal(request_id), "at": _literal(self.at), "model": _literal(model),
+                     "version": str(int(version))}
+        self._insert_sql = INSERT.format(time="?3", **constants)
+        self._insert_keyed = INSERT.format(time=KEY_TIME.format("?3"), **constants)
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="opsloop-batch-log", daemon=True)
+        self._thread.start()
 
     def add(self, frame: pd.DataFrame, predictions: Any, scores: Any | None) -> None:
         """Log one chunk: its rows (input columns as in the schema), predictions and scores, in one transaction."""
+        self._raise()
+        n = len(frame)
+        if n:
+            self._queue.put((frame, predictions, scores, self._next))  # waits while a chunk is still queued
+            self._next += n
+
+    def flush(self) -> None:
+        """Wait until every chunk added is written; raise what failed."""
+        self._queue.join()
+        self._raise()
+
+    def close(self) -> None:
+        """Write what is queued, apply the retention (when due) and let go of the file."""
+        import sqlite3
+
+        try:
+            self._queue.put(None)
+            self._thread.join()
+            self._raise()
+            self.pruned = prune(self._con, self.retention) or 0
+        except sqlite3.Error as exc:
+            raise LogFileError(self.path, f"cannot delete rows older than the retention: {exc}") from None
+        finally:
+            self._con.close()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if self._error is None:  # after a failure the rest is not written: the run fails anyway
+                    self._write(*item)
+            except BaseException as exc:  # noqa: BLE001 - handed to the scoring thread
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    def _write(self, frame: pd.DataFrame, predictions: Any, scores: Any | None, first: int) -> None:
         import sqlite3
 
         n = len(frame)
-        if not n:
-            return
         inputs = json_objects(frame, [c for c in self.columns if c in frame.columns]).to_pylist()
         series = _text(frame[self.series]) if self.series and self.series in frame else itertools.repeat(None, n)
         keyed = False
@@ -84,27 +145,19 @@ class BatchLog:
         preds = predictions.tolist() if hasattr(predictions, "tolist") else list(predictions)
         score_list = itertools.repeat(None, n) if scores is None else \
             (scores.tolist() if hasattr(scores, "tolist") else list(scores))
-        repeat = itertools.repeat
-        rows = zip(repeat(self.request_id), range(self.rows, self.rows + n), repeat(self.at), repeat(self.model),
-                   repeat(self.version), series, times, inputs, preds, score_list)
+        rows = zip(range(first, first + n), series, times, inputs, preds, score_list)
         try:
             with self._con:
                 self._con.execute("BEGIN")
-                self._con.executemany(INSERT_KEYED if keyed else INSERT, rows)
+                self._con.executemany(self._insert_keyed if keyed else self._insert_sql, rows)
         except sqlite3.Error as exc:
             raise LogFileError(self.path, f"cannot log the batch's predictions: {exc}") from None
         self.rows += n
 
-    def close(self) -> None:
-        """Apply the retention (when due) and let go of the file."""
-        import sqlite3
 
-        try:
-            self.pruned = prune(self._con, self.retention) or 0
-        except sqlite3.Error as exc:
-            raise LogFileError(self.path, f"cannot delete rows older than the retention: {exc}") from None
-        finally:
-            self._con.close()
+def _literal(text: str) -> str:
+    """A string as an SQL literal."""
+    return "'" + str(text).replace("'", "''") + "'"
 
 
 def _now() -> float:
@@ -118,47 +171,78 @@ def json_objects(frame: pd.DataFrame, columns: list[str]) -> pa.StringArray:
 
     if not columns:
         return pa.array(["{}"] * len(frame), pa.string())
-    parts: list[Any] = []
-    for k, name in enumerate(columns):
-        parts.append(("{" if k == 0 else ",") + json.dumps(str(name)) + ":")
-        parts.append(json_values(frame[name]))
-    parts.append("}")
-    return pc.binary_join_element_wise(*parts, "")
+    last = len(columns) - 1
+    # Each column's texts carry their key (and the braces), so that one join with "," makes the objects.
+    parts = [json_values(frame[name], prefix=("{" if k == 0 else "") + json.dumps(str(name)) + ":",
+                         suffix="}" if k == last else "") for k, name in enumerate(columns)]
+    return parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, ",")
 
 
-def json_values(column: pd.Series) -> pa.StringArray:
-    """A column's values as JSON texts: numbers in their shortest form, null for missing and non-finite ones."""
+def json_values(column: pd.Series, prefix: str = "", suffix: str = "") -> pa.StringArray:
+    """A column's values as JSON texts (between `prefix` and `suffix`): numbers in their shortest form, null for
+    missing and non-finite ones.
+
+    A column with few distinct values (telemetry often has them: percentages,
+    the same timestamps across series) is formatted once per distinct value.
+    """
     import numpy as np
     import pandas as pd
     import pyarrow as pa
     import pyarrow.compute as pc
 
     dtype = column.dtype
-    null = pa.scalar("null", pa.string())
-    if pd.api.types.is_bool_dtype(dtype):
-        values = pa.array(column, from_pandas=True, type=pa.bool_())
-        return pc.fill_null(values.cast(pa.string()), null)
+    if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_integer_dtype(dtype):
+        texts = pa.array(column, from_pandas=True).cast(pa.string())
+        return _around(pc.fill_null(texts, "null"), prefix, suffix)
     if pd.api.types.is_float_dtype(dtype):
-        values = pa.array(column.to_numpy(), from_pandas=True)  # NaN -> null
-        values = pc.if_else(pc.is_inf(values), pa.scalar(None, values.type), values)
-        texts = values.cast(pa.string())
-        # Whole numbers as floats, as Python writes them (1.0, not Arrow's 1): readers then type the column float.
-        plain = pc.and_(pc.equal(pc.find_substring(texts, "."), -1), pc.equal(pc.find_substring(texts, "e"), -1))
-        texts = pc.if_else(plain, pc.binary_join_element_wise(texts, ".0", ""), texts)
-        return pc.fill_null(texts, null)
-    if pd.api.types.is_integer_dtype(dtype):
-        return pc.fill_null(pa.array(column, from_pandas=True).cast(pa.string()), null)
+        return _distinct(column.to_numpy(), _json_floats, prefix, suffix)
     if isinstance(dtype, pd.DatetimeTZDtype) or np.issubdtype(getattr(dtype, "type", object), np.datetime64):
-        return _iso_times(column)
-    return _json_texts(column)
+        return _distinct(column, _iso_times, prefix, suffix)
+    values = column.astype(object).where(column.notna(), None)
+    return _distinct(values, lambda u: pa.array([_dumps(v) for v in u], pa.string()), prefix, suffix)
 
 
-def _iso_times(column: pd.Series) -> pa.StringArray:
+def _around(texts: pa.StringArray, prefix: str, suffix: str) -> pa.StringArray:
+    import pyarrow.compute as pc
+
+    return pc.binary_join_element_wise(prefix, texts, suffix, "") if prefix or suffix else texts
+
+
+def _distinct(values: Any, fmt: Any, prefix: str, suffix: str) -> pa.StringArray:
+    """`fmt` applied to each distinct value once when there are few (else to all), missing ones as null."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)  # a hash pass: about 20 ns a value
+    if len(uniques) > len(values) // 2:  # mostly distinct: format them all
+        return _around(fmt(values), prefix, suffix)
+    texts = pa.concat_arrays([_around(fmt(uniques), prefix, suffix), pa.array([prefix + "null" + suffix])])
+    codes = np.where(codes < 0, len(uniques), codes)
+    return texts.take(pa.array(codes))
+
+
+def _json_floats(values: Any) -> pa.StringArray:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = pa.array(np.asarray(values) if not isinstance(values, pa.Array) else values, from_pandas=True)
+    values = pc.if_else(pc.is_inf(values), pa.scalar(None, values.type), values)  # NaN was made null
+    texts = values.cast(pa.string())
+    # Whole numbers as floats, as Python writes them (1.0, not Arrow's 1): readers then type the column float.
+    plain = pc.and_(pc.equal(pc.find_substring(texts, "."), -1), pc.equal(pc.find_substring(texts, "e"), -1))
+    texts = pc.if_else(plain, pc.binary_join_element_wise(texts, ".0", ""), texts)
+    return pc.fill_null(texts, "null")
+
+
+def _iso_times(values: Any) -> pa.StringArray:
     """Times as `Timestamp.isoformat()` writes them, quoted: `"2024-01-01T00:05:00"` (UTC with `+00:00` if aware)."""
     import pandas as pd
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    column = pd.Series(values)
     aware = isinstance(column.dtype, pd.DatetimeTZDtype)
     if aware:
         column = column.dt.tz_convert("UTC").dt.tz_localize(None)
@@ -170,21 +254,7 @@ def _iso_times(column: pd.Series) -> pa.StringArray:
     if pc.any(fraction).as_py():
         whole = pc.if_else(fraction, pc.strftime(stamps, format="%Y-%m-%dT%H:%M:%S"), whole)
     quoted = pc.binary_join_element_wise('"', whole, '+00:00"' if aware else '"', "")
-    return pc.fill_null(quoted, pa.scalar("null", pa.string()))
-
-
-def _json_texts(column: pd.Series) -> pa.StringArray:
-    """Text (or any other) values as JSON, each distinct value encoded once by `json.dumps`."""
-    import pandas as pd
-    import pyarrow as pa
-
-    values = column.astype(object).where(column.notna(), None)
-    codes, uniques = pd.factorize(values, use_na_sentinel=True)
-    if len(uniques) > DISTINCT_SHARE * max(len(values), 1):
-        return pa.array([_dumps(v) for v in values], pa.string())
-    texts = pa.array([*(_dumps(v) for v in uniques), "null"], pa.string())
-    codes[codes < 0] = len(uniques)
-    return texts.take(pa.array(codes))
+    return pc.fill_null(quoted, "null")
 
 
 def _dumps(value: Any) -> str:
@@ -220,5 +290,8 @@ def _times(column: pd.Series) -> tuple[list[str | None], bool]:
         column = column.dt.tz_convert("UTC").dt.tz_localize(None)
     elif not np.issubdtype(getattr(column.dtype, "type", object), np.datetime64):
         return _text(column), True
-    stamps = pa.array(column.astype("datetime64[ns]"), from_pandas=True).cast(pa.timestamp("s"), safe=False)
-    return pc.strftime(stamps, format="%Y-%m-%d %H:%M:%S").to_pylist(), False
+    codes, uniques = pd.factorize(column, use_na_sentinel=True)  # the same times recur across series
+    stamps = pa.array(pd.Series(uniques).astype("datetime64[ns]"), from_pandas=True)
+    texts = pc.strftime(stamps.cast(pa.timestamp("s"), safe=False), format="%Y-%m-%d %H:%M:%S").to_pylist()
+    texts.append(None)
+    return [texts[c] for c in codes.tolist()], False
