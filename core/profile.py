@@ -263,9 +263,8 @@ def _describe(column: Any, steps: int) -> dict[str, Any]:
     quantiles); of a float32 column they are float32 numbers, written in their own shortest digits."""
     import numpy as np
 
-    values = np.asarray(column)
-    single = values.dtype == np.float32
-    values = values.astype(float, copy=False)
+    single = column.dtype == np.float32
+    values = column.to_numpy(dtype=float, na_value=np.nan)  # nullable integers: <NA> becomes NaN
     finite = values[np.isfinite(values)]
     out: dict[str, Any] = {"count": int(finite.size), "missing": int(values.size - finite.size)}
     if finite.size:

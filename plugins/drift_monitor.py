@@ -131,7 +131,7 @@ def monitor(version: ModelVersion, current: Dataset, reference: Dataset | None, 
     psi_all, ks_all, drifted = {}, {}, []
     for column in columns:  # one column's reference at a time: exact ones hold every distinct value
         cdf = _reference_cdf(column, reference, profile, options.bins)
-        compared = None if cdf is None else cdf.compare(_sorted_finite(current.frame[column]))
+        compared = None if cdf is None else cdf.compare(_sorted_finite(_values(current.frame[column])))
         if compared is None:
             continue
         psi_all[column], ks_all[column] = compared
@@ -206,7 +206,7 @@ def _series(current: Dataset, reference: Dataset, profile: Profile | None, colum
     own = _OwnReferences(reference, profile, options.bins)
     found: dict[str, list[tuple[str, float, float]]] = {}
     for column in columns:
-        values = current.frame[column].to_numpy()[order]  # rows grouped by series
+        values = _values(current.frame[column])[order]  # rows grouped by series
         references = own.column(column)
         pooled = None
         for code in kept:
@@ -256,7 +256,7 @@ class _OwnReferences:
         if self.profile is not None:
             return {s: _cdf_from_profile(p.features[column], self.bins) if column in p.features else None
                     for s, p in self.profile.series_profiles.items()}
-        values = self.frame[column].to_numpy() if self.rows else None
+        values = _values(self.frame[column]) if self.rows else None
         return {str(s): _cdf_from_rows(_sorted_finite(values[rows]), self.bins) for s, rows in self.rows.items()}
 
 
@@ -269,7 +269,7 @@ def _outputs(predictions: pd.DataFrame | None, profile: Profile | None, options:
     alerts = []
     if out.column in predictions.columns:
         cdf = _cdf_from_profile(out.distribution, options.bins)
-        compared = None if cdf is None else cdf.compare(_sorted_finite(predictions[out.column]))
+        compared = None if cdf is None else cdf.compare(_sorted_finite(_values(predictions[out.column])))
         if compared is not None:
             figures["score_psi"], figures["score_ks"] = compared
             if compared[0] > options.score_psi_threshold:
@@ -331,13 +331,20 @@ class _CDF:
         return psi, float(max(upto_gap.max(), below_gap.max()))
 
 
+def _values(column: pd.Series) -> np.ndarray:
+    """A column's values as float32 (when they are) or float64; a nullable integer's <NA> as NaN."""
+    import numpy as np
+
+    return column.to_numpy() if column.dtype == np.float32 else column.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
 def _sorted_finite(values: Any) -> np.ndarray:
     """The finite values, sorted; float32 stays float32 (half the memory, no conversion)."""
     import numpy as np
 
     array = np.asarray(values)
     if array.dtype != np.float32:
-        array = np.asarray(values, dtype=np.float64)
+        array = array.astype(np.float64)
     ordered = np.sort(array)  # NaN last, infinities at the ends
     low = np.searchsorted(ordered, -np.inf, side="right")
     high = np.searchsorted(ordered, np.inf, side="left")
@@ -373,7 +380,7 @@ def _reference_cdf(column: str, reference: Dataset, profile: Profile | None, bin
     if profile is not None:
         feature = profile.features.get(column)
         return None if feature is None else _cdf_from_profile(feature, bins)
-    return _cdf_from_rows(_sorted_finite(reference.frame[column].to_numpy()), bins)
+    return _cdf_from_rows(_sorted_finite(_values(reference.frame[column])), bins)
 
 
 def _cdf_from_rows(ordered: np.ndarray, bins: int) -> _CDF | None:

@@ -170,6 +170,7 @@ def test_data_without_series_and_with_non_numeric_columns_registers(tmp_path):
     frame = asd[asd["entity"] == "omi-9"].drop(columns=["entity"]).head(3000).reset_index(drop=True)
     frame["rack"] = pd.Categorical(np.where(frame.index % 3 == 0, "a", "b"))
     frame["maintenance"] = frame.index % 7 == 0
+    frame["restarts"] = pd.array(np.where(frame.index % 5 == 0, None, frame.index % 3), dtype="Int64")
     frame.to_parquet(tmp_path / "rows.parquet", index=False)
     config = {"project": {"name": "no-series"},
               "data": {"source": str(tmp_path / "rows.parquet"), "target": "label", "time": "timestamp"},
@@ -180,7 +181,16 @@ def test_data_without_series_and_with_non_numeric_columns_registers(tmp_path):
 
     prof = profile.read_profile(version)
     assert prof.series is None and prof.series_total == 0 and prof.series_profiles == {}
-    assert list(prof.features) == METRICS and set(prof.skipped) == {"rack", "maintenance"}
+    assert list(prof.features) == [*METRICS, "restarts"] and set(prof.skipped) == {"rack", "maintenance"}
+    missing = int(train.frame["restarts"].isna().sum())  # <NA> counts as missing
+    assert missing > 0 and prof.features["restarts"].missing == missing
+    assert prof.features["restarts"].count == len(train.frame) - missing
     sample = profile.reference(version)
     assert len(sample) == min(len(train.frame), profile.SAMPLE_ROWS)
     assert sample.frame["rack"].dtype == "category" and sample.frame["maintenance"].dtype == bool
+    # drift-monitor reads it: the nullable column is compared (its <NA> left out), text and flags are not
+    from opsloop.plugins import drift_monitor
+
+    report = drift_monitor.monitor(version=version, current=train, reference=None, options=drift_monitor.Options())
+    assert report.metrics["ks[restarts]"] <= 2 / profile.QUANTILES + 2 / len(train.frame)
+    assert not any(k in report.metrics for k in ("ks[rack]", "ks[maintenance]")) and report.alerts == ()
