@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 #: Seconds per unit of a duration (`15m`, `12h`, `1d`, `2w`).
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"\s*(\d+)\s*([smhdw])\s*")
+MAX_WINDOWS = 1000  # one report (and table) each: more is a mistake, not a view
 CHUNK = 100_000  # log rows parsed at a time: bounded memory for the JSON text
 #: How the two keys a window can be cut by are written in the log (UTC).
 KEY_FORMATS = {"time": "%Y-%m-%d %H:%M:%S", "at": "%Y-%m-%dT%H:%M:%S.%f"}
@@ -152,6 +153,12 @@ class Result:
                 "alerts": self.alerts, "notes": list(self.notes), "windows": [w.to_json() for w in self.windows]}
 
 
+def _span(step: timedelta) -> str:
+    seconds = int(step.total_seconds())
+    unit = next(u for u in ("w", "d", "h", "m", "s") if seconds % UNITS[u] == 0)
+    return f"{seconds // UNITS[unit]}{unit}"
+
+
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
@@ -176,15 +183,25 @@ def open_log(path: Path) -> sqlite3.Connection:
         raise LogFileError(path, "does not exist (opsloop serve writes it; give the log with --log-path)")
     if path.is_dir():
         raise LogFileError(path, "is a directory, not a prediction log (give a file with --log-path)")
-    try:
-        con = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=30)
-    except sqlite3.Error as exc:
-        raise LogFileError(path, f"cannot be opened: {exc}") from None
-    try:
-        names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
-    except sqlite3.DatabaseError as exc:
-        con.close()
-        raise LogFileError(path, f"is not a prediction log ({exc})") from None
+    names = None
+    for flags in ("mode=ro", "mode=ro&immutable=1"):
+        try:
+            con = sqlite3.connect(f"{path.absolute().as_uri()}?{flags}", uri=True, timeout=30)
+        except sqlite3.Error as exc:
+            raise LogFileError(path, f"cannot be opened: {exc}") from None
+        try:
+            names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
+            break
+        except sqlite3.OperationalError as exc:
+            con.close()
+            # A WAL database in a directory this user cannot write, closed cleanly (no -wal, no -shm): no writer
+            # can be at work, so it is read as it is on disk.
+            if "unable to open" not in str(exc) or flags.endswith("immutable=1"):
+                raise LogFileError(path, f"cannot be read: {exc}") from None
+        except sqlite3.DatabaseError as exc:
+            con.close()
+            raise LogFileError(path, f"is not a prediction log ({exc})") from None
+    assert names is not None
     missing = [t for t in ("predictions", "feedback") if t not in names]
     if missing:
         con.close()
@@ -392,6 +409,10 @@ def windows(first: datetime, last: datetime, *, since: datetime | None, until: d
     end = until if until is not None else last + timedelta(microseconds=1)
     if step is None:
         return [(start, end)]
+    count = -((start - end) // step)  # ceil
+    if count > MAX_WINDOWS:
+        raise OpsloopError(f"--window {_span(step)} cuts {_iso(start)} to {_iso(end)} into {count:,} windows; at most "
+                           f"{MAX_WINDOWS:,}: choose a longer window or a shorter --since/--until")
     out = []
     while start < end:  # the last window is whole unless --until cuts it
         out.append((start, start + step if until is None else min(start + step, until)))
@@ -442,13 +463,13 @@ def monitor(session: Session, *, model: str, alias: str | None, version: int | N
 
     if since is not None and until is not None and since >= until:
         raise OpsloopError(f"--since {_iso(since)} is not before --until {_iso(until)}")
-    with session.open_store() as store:
-        target = store.get(model, version) if version is not None else store.resolve(f"{model}@{alias}")
-    manifest = read_manifest(Path(target.path), ref=target.ref, digest=target.digest)
-    if by == "time" and not manifest.get("time"):
-        by = "at"  # a model without a time column: rows have no time of their own
-    con = open_log(log)
+    con = open_log(log)  # first: a wrong --log-path outside a project must not open (and create) a registry
     try:
+        with session.open_store() as store:
+            target = store.get(model, version) if version is not None else store.resolve(f"{model}@{alias}")
+        manifest = read_manifest(Path(target.path), ref=target.ref, digest=target.digest)
+        if by == "time" and not manifest.get("time"):
+            by = "at"  # a model without a time column: rows have no time of their own
         rows = read_rows(con, log, target, manifest, by=by, since=since, until=until)
         if not len(rows.current):
             raise _nothing_logged(con, log, target, by, since, until)
@@ -467,8 +488,8 @@ def monitor(session: Session, *, model: str, alias: str | None, version: int | N
     keys = rows.keys
     out = []
     target_col = rows.current.target
-    for start, end in windows(keys.min().to_pydatetime(), keys.max().to_pydatetime(), since=since, until=until,
-                              step=step):
+    spans = windows(keys.min().to_pydatetime(), keys.max().to_pydatetime(), since=since, until=until, step=step)
+    for start, end in spans:
         mask = ((keys >= start) & (keys < end)).to_numpy()
         count = int(mask.sum())
         if not count:

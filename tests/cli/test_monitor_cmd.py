@@ -281,8 +281,11 @@ def _copy(log: Path, to: Path) -> Iterator[sqlite3.Connection]:
 
 
 def _digest(path: Path) -> dict[str, str]:
-    """The prediction log's files and the project's own (the registry is the store's business)."""
-    files = [*(path / ".opsloop" / "serving").iterdir(), *(p for p in path.iterdir() if p.is_file())]
+    """The prediction log's files and the project's own (the registry is the store's business). SQLite's shared
+    memory index and an empty -wal, which a read-only reader of a WAL database may leave, hold no data."""
+    files = [p for p in (path / ".opsloop" / "serving").iterdir()
+             if not p.name.endswith("-shm") and not (p.name.endswith("-wal") and p.stat().st_size == 0)]
+    files += [p for p in path.iterdir() if p.is_file()]
     return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(files)}
 
 
@@ -340,6 +343,8 @@ def test_bad_window_and_times(served: Served) -> None:
     assert "--window '1x'" in _refused(served, "--window", "1x")
     assert "--since 'yesterday'" in _refused(served, "--since", "yesterday")
     assert "is not before --until" in _refused(served, "--since", DAY2, "--until", DAY1)
+    assert "into 258,001 windows; at most 1,000" in _refused(served, "--window", "1s")
+    assert "no monitor selected" in _refused(served, "--set", "monitor.plugins=[]")
 
 
 def test_a_version_registered_without_a_profile_gets_an_empty_reference_and_a_note(served: Served,
@@ -373,3 +378,14 @@ def test_a_version_registered_without_a_profile_gets_an_empty_reference_and_a_no
     assert drift["reference_rows"] == 0 and not any(k.startswith(("psi[", "ks[")) for k in drift)
     text = served.monitor("--version", str(old.version), "--log-path", str(log)).assert_ok().stdout
     assert "drift needs a version registered with a profile" in text
+
+
+def test_a_log_on_a_read_only_filesystem_is_read(served: Served, tmp_path: Path, mounts: Any) -> None:
+    """Closed cleanly (no -wal, no -shm beside it) where SQLite cannot make them: read as it is on disk."""
+    (tmp_path / "logs").mkdir()
+    with _copy(served.log, tmp_path / "logs" / "predictions.db"):
+        pass
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["predictions.db"]
+    ro = mounts.read_only(tmp_path / "logs")
+    out = served.monitor("--log-path", str(ro / "predictions.db"), "--json").assert_ok().json
+    assert out["rows"] == len(served.rows) and out["labelled"] == int(served.rows["truth"].notna().sum())
