@@ -269,7 +269,6 @@ class Logged:
 def read_rows(con: sqlite3.Connection, path: Path, version: ModelVersion, manifest: dict[str, Any], *, by: str,
               since: datetime | None, until: datetime | None) -> Logged:
     """The rows `version` scored in [since, until), by `by`; LogFileError or DataError naming what is wrong."""
-    import numpy as np
     import pandas as pd
 
     fmt = KEY_FORMATS[by]

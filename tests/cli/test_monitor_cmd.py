@@ -113,6 +113,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Served:
             index=False)), encoding="utf-8")
     assert invoke(["feedback", "--file", "day1.csv"], path).assert_ok()
     truth[day1] = rows.loc[day1, "label"]
+    # one row of day 1 relabelled by request id and row (newer than its key's label), then by key again
+    moved = rows.index[day1][7]
+    request, row, y = rows.loc[moved, "request_id"], int(rows.loc[moved, "row"]), int(rows.loc[moved, "label"])
+    invoke(["feedback", request, str(1 - y), "--row", str(row)], path).assert_ok()
+    (path / "again.csv").write_text(f"series,time,label\n{rows.loc[moved, 'entity']},"
+                                    f"{rows.loc[moved, 'timestamp'].isoformat()},{y}\n", encoding="utf-8")
+    invoke(["feedback", "--file", "again.csv"], path).assert_ok()
     day2 = rows.index[(rows["timestamp"] >= DAY2) & (rows["timestamp"] < DAY3)][::2]
     (path / "day2.csv").write_text("request_id,row,label\n" + "".join(
         f"{r},{w},{int(y)}\n" for r, w, y in rows.loc[day2, ["request_id", "row", "label"]].itertuples(index=False)),
@@ -205,9 +212,8 @@ class AlertRate:
         self.seen.append((current.frame, predictions))
         rate = float((predictions["prediction"] == 1).mean())
         by_server = predictions["prediction"].groupby(current.frame[current.series].to_numpy()).mean()
-        return MonitorReport(rows=len(current), metrics={"alert_rate": rate,
-                                                         **{f"alert_rate[{s}]": float(r) for s, r in by_server.items()}},
-                             alerts=(f"alert rate {rate:.3f} > 0",) if rate > 0 else ())
+        figures = {"alert_rate": rate, **{f"alert_rate[{s}]": float(r) for s, r in by_server.items()}}
+        return MonitorReport(rows=len(current), metrics=figures, alerts=(f"alert rate {rate:.3f} > 0",) if rate else ())
 
 
 def test_a_third_party_monitor_gets_the_logged_rows_through_the_same_hook(served: Served,
