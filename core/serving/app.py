@@ -287,6 +287,8 @@ class ServingApp:
         predictions, scores = await self._score(served, batch)
         pred_list = predictions.tolist()
         score_list = scores.tolist() if scores is not None else None
+        if self.log is not None:  # under sustained load, wait for room in the log rather than lose rows (issue 9)
+            await self.log.room(batch.rows)
         self._record(served, rid, at, batch, pred_list, score_list, body)
         out = protocol.instances_response(pred_list, score_list, model=served.name, version=served.number,
                                           request=rid)
@@ -304,6 +306,8 @@ class ServingApp:
             outputs["score"] = ("FP64", scores)
         out, header_length = protocol.infer_response(outputs, request, model=served.name, version=served.number,
                                                      request_id=rid)
+        if self.log is not None:
+            await self.log.room(request.batch.rows)
         self._record(served, rid, at, request.batch, predictions, scores)
         answer = self._answer_headers(served, rid)
         if header_length is not None:

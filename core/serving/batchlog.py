@@ -295,3 +295,24 @@ def _times(column: pd.Series) -> tuple[list[str | None], bool]:
     texts = pc.strftime(stamps.cast(pa.timestamp("s"), safe=False), format="%Y-%m-%d %H:%M:%S").to_pylist()
     texts.append(None)
     return [texts[c] for c in codes.tolist()], False
+
+
+def batch_inputs(schema: Any, batch: Any) -> list[str]:
+    """The `inputs` of a checked request sent as columns (`opsloop.serving.schema.Batch`), one JSON text per row.
+
+    What `opsloop.serving.predlog._records` and `json.dumps` give row by row
+    (integers and booleans back to their kind, NaN back to null, text and
+    times as sent), built by column for the server's log writer.
+    """
+    import pandas as pd
+
+    columns: dict[str, Any] = {}
+    numeric = batch.numeric
+    for c in schema.columns:
+        if c.name in batch.other:
+            columns[c.name] = pd.Series(batch.other[c.name], dtype=object)
+            continue
+        values = pd.Series(numeric[:, schema.index[c.name]])
+        columns[c.name] = values.astype("Int64") if c.kind == "int" else \
+            values.astype("boolean") if c.kind == "bool" else values
+    return json_objects(pd.DataFrame(columns, copy=False), list(columns)).to_pylist()

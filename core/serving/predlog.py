@@ -44,6 +44,7 @@ literals, UTF-16), are formatted in Python.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import math
@@ -110,9 +111,13 @@ FROM i JOIN p ON p.key = i.key JOIN s ON s.key = i.key"""
 FEW = 16              # rows up to which a request goes into the batched SPLIT
 BATCH = 1000          # queue items written per transaction at most
 PAUSE = 0.05          # seconds the writer waits between batches, so that batches form under load
+WRITE_ROWS = 20_000   # rows written per transaction at most (queue items are taken whole)
+STALL = 5.0           # seconds without progress after which the writer counts as stuck: requests stop waiting
+ROOM_POLL = 0.005     # seconds between two looks at the queue by a request waiting for room
 DROP_WARNING_EVERY = 60.0  # seconds between two warnings about predictions not logged
 ERROR_LOG_EVERY = 60.0     # seconds between two log lines about items that could not be written
 REWRITES = 3               # times a batch is written again when the file goes away under it
+CACHE_KB = 64 * 1024       # page cache of the writer's connection (SQLite's default: 2 MiB)
 PRUNE_EVERY = 60.0         # seconds between two retention passes over one log file (by any writer)
 PRUNE_ROWS = 100_000       # rows of each table a retention pass looks at, at most: a pass stays short
 #: A JSON escape of a UTF-16 surrogate: SQLite would store a lone one as invalid UTF-8, which no reader can
@@ -227,6 +232,7 @@ class PredictionLog:
         self.quality_errors = 0  # reads of the live quality figures that failed
         self._quality_logged = -math.inf
         self._prune_logged = -math.inf
+        self._progress = time.monotonic()  # when the writer last finished a batch (or started)
 
     # -- the request side ----------------------------------------------------
 
@@ -256,6 +262,26 @@ class PredictionLog:
         self.queued += 1
         self.queue.put((request_id, at, model, version, schema, records, predictions, scores, keys, body))
 
+    async def room(self, rows: int) -> None:
+        """Wait, without holding the event loop, while the queue has no room for `rows` and the writer is working.
+
+        Backpressure (issue 9, item 2): under a load the writer cannot keep up
+        with, requests are answered at the rate the log is written, so that no
+        answered row goes unlogged; memory stays bounded by `max_pending`. When
+        the writer has made no progress for `STALL` seconds (a lock held, a
+        disk that hangs), requests stop waiting: `predictions` then drops
+        what does not fit, counted in `dropped`, as before.
+        """
+        import asyncio
+
+        while True:
+            behind = self.rows_queued - self.rows_done
+            if not behind or behind + rows <= self.max_pending or self._thread is None:
+                return
+            if time.monotonic() - self._progress > STALL:
+                return
+            await asyncio.sleep(ROOM_POLL)
+
     def add(self, entries: list[Feedback]) -> None:
         """Queue labels."""
         self.queued += 1
@@ -265,6 +291,7 @@ class PredictionLog:
 
     def start(self) -> None:
         if self._thread is None:
+            self._progress = time.monotonic()
             self._thread = threading.Thread(target=self._run, name="opsloop-prediction-log", daemon=True)
             self._thread.start()
 
@@ -282,16 +309,19 @@ class PredictionLog:
                         break
                     self._prune()
                     continue
-                while len(items) < BATCH:
+                rows = _units(items[0])
+                while len(items) < BATCH and rows < WRITE_ROWS:  # a transaction stays short: progress is seen
                     try:
                         items.append(self.queue.get_nowait())
                     except queue.Empty:
                         break
+                    rows += _units(items[-1])
                 if any(item is _STOP for item in items):
                     stopping = True
                     items = [item for item in items if item is not _STOP]
                 if items:
                     self._write(items)
+                    self._progress = time.monotonic()
                     self._prune()
                 if not stopping:
                     time.sleep(PAUSE)
@@ -328,6 +358,7 @@ class PredictionLog:
                             "a new one there (a file moved aside keeps its rows, a deleted one takes them with it; "
                             "opsloop_prediction_log_reopened_total)", self.path)
         con = connect(self.path)
+        con.execute(f"PRAGMA cache_size = -{CACHE_KB}")  # the two indexes' pages stay in memory between batches
         self._con = con
         self._opened, self._size = look(self.path)
         return con
@@ -460,7 +491,10 @@ class PredictionLog:
             for item, split in large:
                 if not _split_large(con, item, split):
                     python.append(item)
-            con.executemany(INSERT_ROWS, [row for item in python for row in _prediction_rows(*item[:9])])
+            columns = [item for item in python if type(item[5]) is not list]  # sent as columns: formatted together
+            con.executemany(INSERT_ROWS, [*_columnar_rows(columns), *(row for item in python
+                                                                        if type(item[5]) is list
+                                                                        for row in _prediction_rows(*item[:9]))])
             con.executemany(INSERT_FEEDBACK, labels)
         return sum(_count(item) for item in items if not isinstance(item, list)), len(labels)
 
@@ -545,6 +579,68 @@ def _prediction_rows(request_id: str, at: float, model: str, version: int, schem
     return out
 
 
+def _columnar_rows(items: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The rows of requests sent as columns, their `inputs` formatted by column (`batch_inputs`), many at once.
+
+    Requests of the same version (schema) and keys are stacked into one
+    batch first, so that a writer batch of many small requests costs one
+    formatting pass, not one per request; few rows in all take the row by row
+    path (`_records`), which is quicker for them.
+    """
+    import numpy as np
+
+    from opsloop.serving.batchlog import batch_inputs
+
+    groups: dict[tuple[int, Any], list[tuple[Any, ...]]] = {}
+    for item in items:
+        groups.setdefault((id(item[4]), item[8]), []).append(item)
+    out: list[tuple[Any, ...]] = []
+    for group in groups.values():
+        if sum(item[5].rows for item in group) <= FEW:
+            out.extend(row for item in group for row in _prediction_rows(*item[:9]))
+            continue
+        schema, keys = group[0][4], group[0][8]
+        stacked = _Stacked(rows=sum(item[5].rows for item in group),
+                           numeric=np.concatenate([item[5].numeric for item in group]),
+                           other={name: [v for item in group for v in item[5].other[name]]
+                                  for name in group[0][5].other})
+        inputs = iter(batch_inputs(schema, stacked))
+        for request_id, at, model, version, _, batch, predictions, scores, _ in (item[:9] for item in group):
+            n = batch.rows
+            preds = predictions.tolist() if hasattr(predictions, "tolist") else list(predictions)
+            score_list = [None] * n if scores is None else (scores.tolist() if hasattr(scores, "tolist")
+                                                            else list(scores))
+            key_values = []
+            for name in keys:
+                if not name:
+                    key_values.append([None] * n)
+                elif name in batch.other:
+                    key_values.append([None if v is None else str(v) for v in batch.other[name]])
+                else:
+                    key_values.append([None if v is None or v != v else str(v)
+                                       for v in _records_column(schema, batch, name)])
+            out.extend(zip(itertools.repeat(request_id), range(n), itertools.repeat(iso(at)),
+                           itertools.repeat(model), itertools.repeat(version), key_values[0], key_values[1],
+                           itertools.islice(inputs, n), preds, score_list))
+    return out
+
+
+@attrs.frozen
+class _Stacked:
+    """Requests' checked columns stacked into one (the `Batch` fields that `batch_inputs` reads)."""
+
+    rows: int
+    numeric: Any
+    other: dict[str, list[Any]]
+
+
+def _records_column(schema: Any, batch: Any, name: str) -> list[Any]:
+    """One numeric column's values as `_records` gives them (ints and bools back to their kind)."""
+    values = batch.numeric[:, schema.index[name]].tolist()
+    cast = _CAST.get(schema.columns[[c.name for c in schema.columns].index(name)].kind)
+    return values if cast is None else [v if v != v else cast(v) for v in values]
+
+
 @functools.lru_cache(maxsize=64)
 def _path(column: str | None) -> str | None:
     """The JSON path of a record's key, `$."name"` (as JSON text); "null" for no column; None if it needs escaping."""
@@ -566,6 +662,13 @@ def _describe(item: Any) -> str:
         return f"label for request {f.request_id!r} row {f.row!r}" if f.request_id is not None else \
             f"label for series {f.series!r} at {f.time!r}"
     return f"predictions of request {item[0]!r}"
+
+
+def _units(item: Any) -> int:
+    """Rows of a queued item (labels count one each; the stop mark none)."""
+    if item is _STOP:
+        return 0
+    return len(item) if isinstance(item, list) else _count(item)
 
 
 def _count(item: tuple[Any, ...]) -> int:
