@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pandas as pd
@@ -194,11 +193,9 @@ def test_unknown_or_non_numeric_columns_and_missing_series_are_data_errors(pm, a
         step(pm, "rolling-features", _dataset(asd.drop(columns="entity"), series=None), state, run)
 
 
-def test_all_of_asd_in_seconds(pm, full, run):
-    """51,840 rows x 19 metrics x 2 windows x 5 statistics (190 features)."""
-    start = time.perf_counter()
+def test_all_of_asd(pm, full, run):
+    """51,840 rows x 19 metrics x 2 windows x 5 statistics (190 features); speed: benchmarks/, not here."""
     out = step(pm, "rolling-features", _dataset(full), None, run).dataset.frame
-    assert time.perf_counter() - start < 10
     assert out.shape == (51_840, 22 + 190)
     assert (out.dtypes[[c for c in out.columns if "__" in c]] == np.float32).all()
 
