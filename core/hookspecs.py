@@ -254,7 +254,13 @@ def monitor(version: ModelVersion, current: Dataset, predictions: pd.DataFrame, 
             so a `label-horizon` target means "incident within N steps").
         predictions: Row-aligned with `current.frame`: column `prediction`
             and, for classifiers, `score` (probability of the positive class).
-        reference: Raw training rows, for drift.
+        reference: Raw training rows, for drift: in `opsloop run`, the
+            training period; in `opsloop monitor`, the version's reference
+            sample (at most 5,000 training rows stored in its bundle,
+            `opsloop.profile.reference`), or an empty dataset with the same
+            columns for a version registered before profiles. Compact
+            per-feature quantiles of all training rows and the training
+            scores are in `opsloop.profile.read_profile(version)`.
         options: This plugin's options, already checked.
         run: Run id, working directory, logger.
 
