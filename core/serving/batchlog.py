@@ -41,8 +41,8 @@ INSERT = ("INSERT INTO predictions (request_id, row, at, model, version, series,
           "VALUES ({request_id}, ?1, {at}, {model}, {version}, ?2, {time}, ?4, ?5, ?6)")
 
 
-#: KiB of page cache for a batch's connection (SQLite's default is 2 MiB).
-CACHE_KB = 64 * 1024
+#: KiB of page cache for a batch's connection (SQLite's default is 2 MiB; more kept peak memory above what chunking bounds).
+CACHE_KB = 8 * 1024
 
 
 class BatchLog:
