@@ -25,6 +25,11 @@ round by round and the medians are reported. Issue 5's target: opsloop's
 single-row throughput >= 0.7x the minimal server's. Everything stops by itself;
 servers are stopped on exit (SIGTERM, SIGKILL after 60 s), Ctrl-C and `kill`
 included. See the serving section of benchmarks/README.md.
+
+For each `opsloop serve` leg it also prints the rows answered and the rows
+not logged (issue 9: none may be, at these loads): a request whose rows do
+not fit in the log's queue waits for room while the writer works, so the
+1,000-row legs run at the rate the prediction log is written.
 """
 
 from __future__ import annotations
