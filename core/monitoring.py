@@ -433,6 +433,23 @@ def run_monitors(session: Session, version: ModelVersion, current: Dataset, pred
     return reports
 
 
+def _stage(session: Session, run: Any, work: Any) -> list[MonitorReport]:
+    """One window's monitoring as a `monitor` stage: observers (a tracking integration) hear it as in a run."""
+    import time
+
+    names = list(session.config.selected("monitor"))
+    session.plugins.notify("on_stage_start", stage="monitor", plugins=names, run=run)
+    start = time.perf_counter()
+    try:
+        reports = work()
+    except BaseException as exc:
+        session.plugins.notify("on_stage_error", stage="monitor", error=exc, run=run, swallow=True)
+        raise
+    session.plugins.notify("on_stage_end", stage="monitor", result=reports, seconds=time.perf_counter() - start,
+                           run=run)
+    return reports
+
+
 def reference_for(version: ModelVersion, current: Dataset) -> tuple[Dataset, str | None]:
     """The version's reference sample (`opsloop.profile.reference`), or an empty dataset with the current
     rows' columns and a note saying why."""
@@ -497,8 +514,9 @@ def monitor(session: Session, *, model: str, alias: str | None, version: int | N
         frame = rows.current.frame[mask].reset_index(drop=True)
         current = rows.current.derive(frame)
         labelled = int(frame[target_col].notna().sum()) if target_col in frame else 0
-        reports = run_monitors(session, target, current, rows.predictions[mask].reset_index(drop=True),
-                               reference, run)
+        reports = _stage(session, run, lambda: run_monitors(session, target, current,
+                                                             rows.predictions[mask].reset_index(drop=True),
+                                                             reference, run))
         out.append(Window(start=start, end=end, rows=count, labelled=labelled, reports=tuple(reports)))
     return Result(version=target, alias=None if version is not None else alias, log=log, by=by,
                   monitors=tuple(session.config.selected("monitor")), windows=tuple(out), notes=tuple(notes))

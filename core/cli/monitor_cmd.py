@@ -68,7 +68,7 @@ def monitor(
     if not cfg.selected("monitor"):
         raise OpsloopError(f"no monitor selected: set [monitor] plugins in {cfg.source} (for example "
                            '["quality-monitor", "drift-monitor"])')
-    session = Session.open(cfg, sections=("store", "monitor"))
+    session = Session.open(cfg, sections=("store", "monitor", "plugins"))  # plugins: observers hear each window
     log = Settings(log_path=log_path).resolve(Path(cfg.workdir).absolute()).log_path
     result = monitoring.monitor(session, model=model or cfg.project.name, alias=alias, version=version,
                                 log=log, by=by.value, since=start, until=end, step=step)  # type: ignore[arg-type]

@@ -262,6 +262,30 @@ def test_windows_by_when_rows_were_scored(served: Served) -> None:
     assert window["start"][:4] >= "2026" or window["start"][:4] >= str(pd.Timestamp.now(tz="UTC").year)
 
 
+class Tracker:
+    """An observer, as a tracking integration is: it hears every stage."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, Any]] = []
+
+    @hookimpl
+    def on_stage_start(self, stage, plugins):
+        self.events.append(("start", stage, list(plugins)))
+
+    @hookimpl
+    def on_stage_end(self, stage, result):
+        self.events.append(("end", stage, [r.rows for r in result]))
+
+
+def test_each_window_is_a_monitor_stage_for_observers(served: Served, register_plugin: Any) -> None:
+    tracker = Tracker()
+    register_plugin(tracker, "tracker")
+    out = served.monitor("--window", "1d", "--json", "--set", 'plugins.enable=["tracker"]').assert_ok().json
+    monitors = ["quality-monitor", "drift-monitor"]
+    assert tracker.events == [event for w in out["windows"]
+                              for event in (("start", "monitor", monitors), ("end", "monitor", [w["rows"]] * 2))]
+
+
 # -- bad input: one line each, exit 1, nothing written ---------------------------------------------------------
 
 def _refused(served: Served, *args: str) -> str:
