@@ -391,34 +391,13 @@ def test_sigkill_at_random_moments_leaves_whole_versions_or_none(tmp_path, backe
     assert check_consistent(backend, root, "m") == list(range(1, registered + 2))
 
 
-# -- speed -----------------------------------------------------------------------------
+# -- many versions (their speed: benchmarks/registry.py, not a test) ----------------------
 
 
-def best_ms(fn, repeat=5, clock=time.process_time):
-    """Best milliseconds of a few calls: CPU time by default, so that a busy test machine does not fail it."""
-    times = []
-    for _ in range(repeat):
-        start = clock()
-        result = fn()
-        times.append((clock() - start) * 1000)
-        del result
-    return min(times)
-
-
-#: (clock, ms limits for: version table, models, resolve NAME@ALIAS, resolve NAME). The local store
-#: is timed in CPU time; PostgreSQL in wall time, loosely (the server's work and the round trips count,
-#: on a shared test machine): measured about 65, 6, 1 and 1 ms on 2 cores (docs/registry.md).
-SPEED = {"local": (time.process_time, (100, 20, 5, 5)), "postgres": (time.perf_counter, (300, 60, 25, 25))}
-
-
-def test_ten_thousand_versions_list_and_resolve_fast(store, backend):
+def test_ten_thousand_versions_list_and_resolve(store, backend):
     add(store, "big")
     backend.fill(store, "big", 10000)  # 9,999 more rows, as registration would write them
     store.set_alias("big", "production", 9000)
     assert len(store.version_summaries("big")) == 10000
-    clock, (table, models, alias, latest) = SPEED[backend.id]
-    assert best_ms(lambda: store.version_summaries("big"), clock=clock) < table
-    assert best_ms(lambda: store.models(), clock=clock) < models
-    assert best_ms(lambda: store.resolve("big@production"), clock=clock) < alias
-    assert best_ms(lambda: store.resolve("big"), clock=clock) < latest
+    assert [m.name for m in store.models()] == ["big"]
     assert store.resolve("big@production").version == 9000 and store.resolve("big").version == 10000
