@@ -214,10 +214,17 @@ def _nothing_logged(con: sqlite3.Connection, path: Path, version: ModelVersion, 
                     until: datetime | None) -> OpsloopError:
     """Why no rows were found: the log has none of the model, none of the version, or none in the range."""
     model = version.name
-    rows = con.execute(f"SELECT version, count(*), min({by}), max({by}) FROM predictions WHERE model = ? "
-                       "GROUP BY version", (model,)).fetchall()
+    from opsloop.serving import segments
+
+    low, high = ("at", "at") if by == "at" else ("min_time", "max_time")
+    # Served rows and batch segments alike.
+    both = (f"SELECT model, version, count(*) AS n, min({by}) AS lo, max({by}) AS hi FROM predictions "
+            "GROUP BY model, version" + (f" UNION ALL SELECT model, version, sum(rows), min({low}), max({high}) "
+                                         "FROM segments GROUP BY model, version" if segments.has_segments(con) else ""))
+    rows = con.execute(f"SELECT version, sum(n), min(lo), max(hi) FROM ({both}) WHERE model = ? GROUP BY version",
+                       (model,)).fetchall()
     if not rows:
-        others = con.execute("SELECT model, count(*) FROM predictions GROUP BY model ORDER BY count(*) DESC "
+        others = con.execute(f"SELECT model, sum(n) FROM ({both}) GROUP BY model ORDER BY sum(n) DESC "
                              "LIMIT 5").fetchall()
         have = ", ".join(f"{m} ({n:,} rows)" for m, n in others)
         return LogFileError(path, f"has no predictions of model {model}" + (f"; it logs {have} (--model picks one)"
@@ -268,58 +275,138 @@ class Logged:
 
 def read_rows(con: sqlite3.Connection, path: Path, version: ModelVersion, manifest: dict[str, Any], *, by: str,
               since: datetime | None, until: datetime | None) -> Logged:
-    """The rows `version` scored in [since, until), by `by`; LogFileError or DataError naming what is wrong."""
+    """The rows `version` scored in [since, until), by `by`, served and batch (segments) alike; LogFileError or
+    DataError naming what is wrong."""
+    import numpy as np
     import pandas as pd
 
-    fmt = KEY_FORMATS[by]
     lo = "" if since is None else _key(since, by)
     hi = "\uffff" if until is None else _key(until, by)
-    params = {"model": version.name, "version": version.version, "since": lo, "until": hi}
     schema = [c for c in manifest.get("input_schema", []) if c["name"] != manifest.get("target")]
-    ids: list[Any] = []
-    keys: list[Any] = []
-    preds: list[Any] = []
-    scores: list[Any] = []
-    labels: list[Any] = []
-    parts: list[pd.DataFrame] = []
     try:
-        cursor = con.execute(ROWS.format(key=by), params)
-        while chunk := cursor.fetchmany(CHUNK):
-            rowid, key, pred, score, label, inputs = zip(*chunk, strict=True)
-            ids.extend(rowid)
-            keys.extend(key)
-            preds.extend(pred)
-            scores.extend(score)
-            labels.extend(label)
-            parts.append(_inputs(inputs, schema, path))
+        parts = [*_served_rows(con, path, version, schema, by=by, lo=lo, hi=hi),
+                 *_segment_rows(con, version, schema, by=by, lo=lo, hi=hi)]
+        if not parts:
+            return Logged(current=Dataset.from_frame(pd.DataFrame(columns=[c["name"] for c in schema])),
+                          predictions=pd.DataFrame({"prediction": []}),
+                          keys=pd.Series([], dtype="datetime64[ns, UTC]"))
+        labels = np.concatenate([p.labels for p in parts])
         label_array = pd.to_numeric(pd.Series(labels, dtype=object), errors="coerce").to_numpy(dtype=float)
-        prediction = pd.to_numeric(pd.Series(preds, dtype=object), errors="coerce")
-        if keys and version.task in BINARY and set(prediction.dropna().unique().tolist()) <= {0, 1}:
-            _check_binary(con, path, version, label_array, labels, ids)
+        prediction = pd.Series(np.concatenate([p.prediction for p in parts]))
+        if version.task in BINARY and set(prediction.dropna().unique().tolist()) <= {0, 1}:
+            _check_binary(path, version, label_array, labels, parts)
     except sqlite3.DatabaseError as exc:
         raise LogFileError(path, f"cannot be read: {exc}") from None
-    if not keys:
-        return Logged(current=Dataset.from_frame(pd.DataFrame(columns=[c["name"] for c in schema])),
-                      predictions=pd.DataFrame({"prediction": []}), keys=pd.Series([], dtype="datetime64[ns, UTC]"))
-    frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    frame = pd.concat([p.inputs for p in parts], ignore_index=True) if len(parts) > 1 \
+        else parts[0].inputs
     frame = _typed(frame, schema)
     target = manifest.get("target")
     if target:
         frame[target] = label_array
     predictions = pd.DataFrame({"prediction": prediction.to_numpy()})
-    score = pd.Series(scores, dtype=float)
-    if version.task != "regression" and score.notna().any():
-        predictions["score"] = score.to_numpy()
+    score = np.concatenate([p.score for p in parts])
+    if version.task != "regression" and not np.isnan(score).all():
+        predictions["score"] = score
     current = Dataset.from_frame(frame, target=target or None, time=manifest.get("time"),
                                  series=manifest.get("series"), name=f"{path} ({version.ref})")
-    when = pd.to_datetime(pd.Series(keys), format="ISO8601" if by == "at" else fmt, errors="coerce", utc=True)
+    # Keys repeat (one time per step across series, one `at` per batch): each distinct one is parsed once.
+    codes, uniques = pd.factorize(pd.Series(np.concatenate([p.keys for p in parts]), dtype=object))
+    fmt = KEY_FORMATS[by]
+    when = pd.to_datetime(pd.Series(uniques), format="ISO8601" if by == "at" else fmt, errors="coerce", utc=True)
     if by == "time" and when.isna().any():  # a time SQLite could not normalize is kept as sent
-        when = when.fillna(pd.to_datetime(pd.Series(keys), format="mixed", errors="coerce", utc=True))
-    return Logged(current=current, predictions=predictions, keys=when)
+        when = when.fillna(pd.to_datetime(pd.Series(uniques), format="mixed", errors="coerce", utc=True))
+    return Logged(current=current, predictions=predictions, keys=pd.Series(when.to_numpy()[codes]))
 
 
-def _check_binary(con: sqlite3.Connection, path: Path, version: ModelVersion, values: Any, labels: list[Any],
-                  ids: list[Any]) -> None:
+@attrs.frozen(kw_only=True)
+class _Part:
+    """Rows read from one place of the log: the served rows, or one segment."""
+
+    inputs: Any
+    keys: Any
+    prediction: Any
+    score: Any
+    labels: Any  # object: the latest label as logged, None where none
+    where: Any  # (index in this part) -> (request id, row)
+
+
+def _served_rows(con: sqlite3.Connection, path: Path, version: ModelVersion, schema: list[dict[str, str]], *,
+                 by: str, lo: str, hi: str) -> list[_Part]:
+    """The rows `opsloop serve` logged one by one (JSON inputs), with their labels."""
+    import numpy as np
+    import pandas as pd
+
+    params = {"model": version.name, "version": version.version, "since": lo, "until": hi}
+    ids: list[Any] = []
+    keys: list[Any] = []
+    preds: list[Any] = []
+    scores: list[Any] = []
+    labels: list[Any] = []
+    parts = []
+    cursor = con.execute(ROWS.format(key=by), params)
+    while chunk := cursor.fetchmany(CHUNK):
+        rowid, key, pred, score, label, inputs = zip(*chunk, strict=True)
+        ids.extend(rowid)
+        keys.extend(key)
+        preds.extend(pred)
+        scores.extend(score)
+        labels.extend(label)
+        parts.append(_inputs(inputs, schema, path))
+    if not ids:
+        return []
+
+    def where(i: int) -> tuple[str, int]:
+        return con.execute("SELECT request_id, row FROM predictions WHERE id = ?", (ids[i],)).fetchone()
+
+    return [_Part(inputs=pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0],
+                  keys=np.array(keys, dtype=object),
+                  prediction=pd.to_numeric(pd.Series(preds, dtype=object), errors="coerce").to_numpy(dtype=float),
+                  score=pd.to_numeric(pd.Series(scores, dtype=object), errors="coerce").to_numpy(dtype=float),
+                  labels=np.array(labels, dtype=object), where=where)]
+
+
+def _segment_rows(con: sqlite3.Connection, version: ModelVersion, schema: list[dict[str, str]], *, by: str, lo: str,
+                  hi: str) -> list[_Part]:
+    """The rows batch runs logged as segments (`opsloop.serving.segments`), with their labels."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from opsloop.serving import segments
+
+    names = [c["name"] for c in schema]
+    parts = []
+    fb = None
+    for request_id, first, at, _, table in segments.rows(con, model=version.name, version=version.version, by=by,
+                                                         since=lo, until=hi):
+        if fb is None:
+            fb = segments.feedback(con, version.name)
+        label, _ = segments.labels(table, request_id, first, fb)
+        positions = np.arange(table.num_rows)
+        if by == "time":
+            times = table.column("time").cast(pa.string())
+            keep = pc.fill_null(pc.and_(pc.greater_equal(times, lo), pc.less(times, hi)), False).to_numpy(
+                zero_copy_only=False)
+            if not keep.all():
+                table, label, positions, times = table.filter(keep), label[keep], positions[keep], times.filter(keep)
+            keys = times.to_numpy(zero_copy_only=False)
+        else:
+            keys = np.full(table.num_rows, at, dtype=object)
+        if not table.num_rows:
+            continue
+        inputs = segments.inputs_frame(table)
+        missing = [n for n in names if n not in inputs]
+        for name in missing:  # a column the batch did not have: missing, as a client that left it out
+            inputs[name] = None
+        score = table.column("score").to_numpy(zero_copy_only=False).astype(float)
+        parts.append(_Part(inputs=inputs[names], keys=keys,
+                           prediction=table.column("prediction").to_numpy(zero_copy_only=False).astype(float),
+                           score=score, labels=label,
+                           where=lambda i, r=request_id, f=first, pos=positions: (r, f + int(pos[i]))))
+    return parts
+
+
+def _check_binary(path: Path, version: ModelVersion, values: Any, labels: Any, parts: list[_Part]) -> None:
     """DataError naming the first row whose latest label is neither 0 nor 1 (or not a number), for a 0/1 model."""
     import numpy as np
 
@@ -328,10 +415,14 @@ def _check_binary(con: sqlite3.Connection, path: Path, version: ModelVersion, va
     if not len(bad):
         return
     first = int(bad[0])
-    request, row = con.execute("SELECT request_id, row FROM predictions WHERE id = ?", (ids[first],)).fetchone()
-    raise DataError(f"prediction log {path}: the label of request {request} row {row} is {labels[first]!r}, but "
-                    f"{version.ref} is a 0/1 {version.task} model ({len(bad):,} row(s) labelled so): send the right "
-                    "label again with opsloop feedback (the latest label of a row wins)")
+    for part in parts:
+        if first < len(part.labels):
+            request, row = part.where(first)
+            break
+        first -= len(part.labels)
+    raise DataError(f"prediction log {path}: the label of request {request} row {row} is {labels[int(bad[0])]!r}, "
+                    f"but {version.ref} is a 0/1 {version.task} model ({len(bad):,} row(s) labelled so): send the "
+                    "right label again with opsloop feedback (the latest label of a row wins)")
 
 
 def _key(moment: datetime, by: str) -> str:

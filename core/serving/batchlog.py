@@ -1,48 +1,36 @@
-"""Batch predictions into the prediction log, in bulk and by column (issue 9, item 2).
+"""Batch predictions into the prediction log (issue 9, item 2), and the JSON texts of rows sent as columns.
 
 `opsloop serve` logs each request through a queue and a writer thread
 (`opsloop.serving.predlog`). A batch run (the `batch` deploy target) has all
-its rows at hand, a chunk at a time, so it writes them directly into the same
-file and tables: one request id for the run, rows numbered across chunks,
-one transaction per chunk. Nothing is formatted row by row in Python:
+its rows at hand, a chunk at a time, so it writes them into the same file as
+segments (`opsloop.serving.segments`): one request id for the run, rows
+numbered across chunks, each chunk one row of the `segments` table (its
+columns as an Arrow IPC stream), one transaction per chunk, on a thread of
+its own while the next chunk is scored. Nothing is formatted row by row in
+Python, and feedback joins segment rows as it joins served ones. The
+retention (`opsloop.serving.predlog.prune`) is applied when the run's rows
+are written.
 
-- `inputs`, the row as a JSON object, is built for a whole chunk by Arrow
-  compute kernels (numbers cast to text in C++: float32 in its shortest form,
-  `0.56` and not `0.5600000023841858`, as a client would send it; text
-  escaped once per distinct value; every column's texts joined with the
-  keys in one call), in the input schema's column order;
-- the key columns (`series`, `time`) are formatted the same way, times in
-  SQLite's `datetime()` form (UTC, whole seconds), which is what feedback by
-  key compares with;
-- the rows go to SQLite through one `executemany` over column lists.
-
-A missing or non-finite number is `null` in `inputs` (JSON has no NaN), as
-on the server. The retention (`opsloop.serving.predlog.prune`) is applied
-when the run's rows are written.
+`json_objects` builds the `inputs` JSON of many rows at once with Arrow
+compute kernels (numbers cast to text in C++: float32 in its shortest form,
+`0.56` and not `0.5600000023841858`, as a client would send it; text escaped
+once per distinct value); the server's writer uses it for rows sent as
+columns (`batch_inputs`). A missing or non-finite number is `null` (JSON has
+no NaN).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from opsloop.serving.predlog import KEY_TIME, LogFileError, connect, iso, prune
+from opsloop.serving.predlog import LogFileError, connect, iso, prune
 
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
-
-#: One row of a batch: the run's constants as SQL literals (four binds a row fewer), ?3 a time already in SQLite's
-#: datetime() form (or NULL).
-INSERT = ("INSERT INTO predictions (request_id, row, at, model, version, series, time, inputs, prediction, score) "
-          "VALUES ({request_id}, ?1, {at}, {model}, {version}, ?2, {time}, ?4, ?5, ?6)")
-
-
-#: KiB of page cache for a batch's connection (SQLite's default is 2 MiB; more kept peak memory above what chunking bounds).
-CACHE_KB = 8 * 1024
 
 
 class BatchLog:
@@ -76,11 +64,6 @@ class BatchLog:
         self.pruned = 0
         self._next = 0  # the row number of the next chunk's first row
         self._con = connect(self.path)  # LogFileError names the file, before anything is scored
-        self._con.execute(f"PRAGMA cache_size = -{CACHE_KB}")  # the indexes' pages stay in memory across chunks
-        constants = {"request_id": _literal(request_id), "at": _literal(self.at), "model": _literal(model),
-                     "version": str(int(version))}
-        self._insert_sql = INSERT.format(time="?3", **constants)
-        self._insert_keyed = INSERT.format(time=KEY_TIME.format("?3"), **constants)
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=1)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="opsloop-batch-log", daemon=True)
@@ -132,32 +115,26 @@ class BatchLog:
                 self._queue.task_done()
 
     def _write(self, frame: pd.DataFrame, predictions: Any, scores: Any | None, first: int) -> None:
+        """One chunk as one segment (`opsloop.serving.segments`), in its own transaction."""
         import sqlite3
 
+        from opsloop.serving import segments
+
         n = len(frame)
-        inputs = json_objects(frame, [c for c in self.columns if c in frame.columns]).to_pylist()
-        series = _text(frame[self.series]) if self.series and self.series in frame else itertools.repeat(None, n)
-        keyed = False
-        if self.time and self.time in frame:
-            times, keyed = _times(frame[self.time])
-        else:
-            times = itertools.repeat(None, n)
-        preds = predictions.tolist() if hasattr(predictions, "tolist") else list(predictions)
-        score_list = itertools.repeat(None, n) if scores is None else \
-            (scores.tolist() if hasattr(scores, "tolist") else list(scores))
-        rows = zip(range(first, first + n), series, times, inputs, preds, score_list)
+        series = segments.series_array(frame[self.series]) if self.series and self.series in frame \
+            else segments.nulls(n)
+        times = segments.time_array(frame[self.time], self._con) if self.time and self.time in frame \
+            else segments.nulls(n)
+        data, low, high = segments.encode(frame, [c for c in self.columns if c in frame.columns], series, times,
+                                          predictions, scores)
         try:
             with self._con:
                 self._con.execute("BEGIN")
-                self._con.executemany(self._insert_keyed if keyed else self._insert_sql, rows)
+                self._con.execute(segments.INSERT, (self.request_id, first, n, self.at, self.model, self.version,
+                                                    low, high, segments.FORMAT, data))
         except sqlite3.Error as exc:
             raise LogFileError(self.path, f"cannot log the batch's predictions: {exc}") from None
         self.rows += n
-
-
-def _literal(text: str) -> str:
-    """A string as an SQL literal."""
-    return "'" + str(text).replace("'", "''") + "'"
 
 
 def _now() -> float:
@@ -266,35 +243,6 @@ def _dumps(value: Any) -> str:
         return json.dumps(value, allow_nan=False)
     except (TypeError, ValueError):
         return json.dumps(str(value))
-
-
-def _text(column: pd.Series) -> list[str | None]:
-    """Series values as the log keeps them: text (as `str()` writes it, like the server), None when missing."""
-    values = column.astype(object).where(column.notna(), None).tolist()
-    return [v if v is None or type(v) is str else str(v) for v in values]
-
-
-def _times(column: pd.Series) -> tuple[list[str | None], bool]:
-    """Time values for the key (and whether SQLite must still read them, as the server's path does).
-
-    Datetime columns are formatted here, in SQLite's `datetime()` form (UTC,
-    whole seconds: what `datetime('2024-01-01T00:05:00.5')` gives); other
-    values as text, which the insert reads with `datetime()` like the server.
-    """
-    import numpy as np
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if isinstance(column.dtype, pd.DatetimeTZDtype):
-        column = column.dt.tz_convert("UTC").dt.tz_localize(None)
-    elif not np.issubdtype(getattr(column.dtype, "type", object), np.datetime64):
-        return _text(column), True
-    codes, uniques = pd.factorize(column, use_na_sentinel=True)  # the same times recur across series
-    stamps = pa.array(pd.Series(uniques).astype("datetime64[ns]"), from_pandas=True)
-    texts = pc.strftime(stamps.cast(pa.timestamp("s"), safe=False), format="%Y-%m-%d %H:%M:%S").to_pylist()
-    texts.append(None)
-    return [texts[c] for c in codes.tolist()], False
 
 
 def batch_inputs(schema: Any, batch: Any) -> list[str]:

@@ -64,6 +64,20 @@ CREATE TABLE IF NOT EXISTS feedback (
     label NUMERIC NOT NULL,
     source TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS segments (
+    id INTEGER PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    first_row INTEGER NOT NULL,
+    rows INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    model TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    min_time TEXT,
+    max_time TEXT,
+    format TEXT NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS segments_by_request ON segments (request_id, first_row);
 CREATE TABLE IF NOT EXISTS log_state (
     key TEXT PRIMARY KEY,
     value

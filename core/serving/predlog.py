@@ -29,7 +29,12 @@ Layout (`.opsloop/serving/predictions.db` by default):
     feedback     id, at, request_id and row (row NULL: every row of the
                  request), or model, series and time (feedback by key),
                  label, source
-    labelled     view: predictions joined with their feedback
+    segments     batch predictions by column, one row per scored chunk
+                 (`opsloop.serving.segments`): request_id, first_row, rows,
+                 at, model, version, min_time and max_time (time keys),
+                 format, data (the chunk as an Arrow IPC stream)
+    labelled     view: predictions joined with their feedback (served rows;
+                 `opsloop.serving.segments.labelled` gives batch rows)
 
 Feedback is matched to predictions when it is read, so a label may arrive
 before or after its prediction is written, and the latest label wins.
@@ -161,7 +166,8 @@ def add_feedback(con: sqlite3.Connection, entries: Iterable[Feedback], at: float
 
 def prune(con: sqlite3.Connection, retention: float, now: float | None = None, *, every: float = PRUNE_EVERY,
           step: int = PRUNE_ROWS) -> int | None:
-    """Delete predictions and labels logged more than `retention` seconds ago; rows deleted, None if not due.
+    """Delete predictions (served rows and batch segments) and labels logged more than `retention` seconds ago;
+    rows deleted (a segment counts its rows), None if not due.
 
     Cheap, and safe to call after every write: it does nothing (one indexed
     read) when the log was pruned less than `every` seconds ago, by this
@@ -184,7 +190,7 @@ def prune(con: sqlite3.Connection, retention: float, now: float | None = None, *
     more = False
     with con:
         con.execute("BEGIN IMMEDIATE")
-        for table in ("predictions", "feedback"):
+        for table in ("predictions", "segments", "feedback"):
             first = con.execute(f"SELECT min(id) FROM {table}").fetchone()[0]  # noqa: S608 - fixed names
             if first is None:
                 continue
@@ -192,7 +198,11 @@ def prune(con: sqlite3.Connection, retention: float, now: float | None = None, *
             kept = con.execute(f"SELECT id FROM {table} WHERE id < ? AND at >= ? ORDER BY id LIMIT 1",  # noqa: S608
                                (first + step, cutoff)).fetchone()
             end = kept[0] if kept is not None else first + step
-            deleted += con.execute(f"DELETE FROM {table} WHERE id < ?", (end,)).rowcount  # noqa: S608
+            if table == "segments":  # a segment holds many rows: they count
+                deleted += con.execute("SELECT coalesce(sum(rows), 0) FROM segments WHERE id < ?", (end,)).fetchone()[0]
+                con.execute("DELETE FROM segments WHERE id < ?", (end,))
+            else:
+                deleted += con.execute(f"DELETE FROM {table} WHERE id < ?", (end,)).rowcount  # noqa: S608
             more = more or kept is None  # perhaps more old rows beyond: the next call looks
         if not more:
             con.execute("INSERT OR REPLACE INTO log_state (key, value) VALUES ('pruned_at', ?)", (now,))

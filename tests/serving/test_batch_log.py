@@ -2,11 +2,12 @@
 
 The batch target scores the real ASD monitoring period with version 1 of the
 serving project (trained through the real lifecycle), into the log at the
-server's default path; a real server logs a request into the same file;
-`opsloop feedback --file` (the real command, in a subprocess) labels rows by
-series and time, and the `labelled` view must join exactly the rows with
-those keys, batch and served alike. The retention tests write rows with an
-old `at` through the log's own writers.
+server's default path, as segments (one per chunk, `opsloop.serving.segments`);
+a real server logs a request into the same file; `opsloop feedback --file`
+(the real command, in a subprocess) labels rows by series and time, and
+`segments.labelled` must give exactly the rows with those keys, batch and
+served alike. The retention tests write rows with an old `at` through the
+log's own writers.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from opsloop import ConfigError, RunContext
 from opsloop.manager import PluginManager
 from opsloop.plugins.batch_deploy import Options
 from opsloop.serving.app import create_app
+from opsloop.serving import segments
 from opsloop.serving.batchlog import BatchLog
-from opsloop.serving.predlog import Feedback, PredictionLog, add_feedback, connect, prune
+from opsloop.serving.predlog import INSERT_ROWS, Feedback, PredictionLog, add_feedback, connect, iso, prune
 from opsloop.serving.server import ServerThread
 
 MODEL = "asd-serve"
@@ -85,40 +87,62 @@ def test_feedback_by_key_joins_batch_and_served_predictions_alike(project: Any, 
     assert f"recorded {len(picked) + 2} label(s)" in result.stdout
 
     # Every labelled key joins its batch row; the four served ones join their served row too.
-    joined = project.log_rows(db, "SELECT request_id, row, series, time, label FROM labelled ORDER BY request_id, row")
+    both = segments.labelled(db).sort_values(["request_id", "row"])
+    joined = list(both[["request_id", "row", "series", "time", "label"]].itertuples(index=False, name=None))
     assert len(picked) == 35
     assert len(joined) == 35 + 4
     assert sorted(r[1] for r in joined if r[0] == rid) == sorted(picked.index.tolist())
     assert sorted(r[1] for r in joined if r[0] == answer["request_id"]) == [1, 2, 3, 4]  # row 0 (iloc 150) unlabelled
     truth = dict(zip(zip(picked["entity"], picked["timestamp"].dt.strftime("%Y-%m-%d %H:%M:%S")), picked["label"]))
     assert all(label == truth[series, when] for _, _, series, when, label in joined)
+    # A batch row comes as the view gives a served one: its inputs as JSON, its prediction and score.
+    out = pd.read_parquet(deployment.location)
+    batch_rows = both[both["request_id"] == rid]
+    for row, inputs, score in zip(batch_rows["row"], batch_rows["inputs"], batch_rows["score"], strict=True):
+        values, sent = json.loads(inputs), project.records(frame.iloc[[row]])[0]
+        assert list(values) == list(sent) and score == out["score"][row]  # the schema's columns, in its order
+        # float32 in its shortest form, as a client would send it; text and times as sent
+        assert all(np.float32(values[c]) == np.float32(sent[c]) if c.startswith("m") else values[c] == sent[c]
+                   for c in values)
+    assert set(both.columns) >= {"at", "model", "version", "prediction", "labelled_at", "feedback_id"}
 
     # By request id and row too: the run's id, as the deployment reports it.
     result = _opsloop(tmp_path, "feedback", rid, "1", "--row", "3", "--model", MODEL)
     assert result.returncode == 0, result.stderr
-    assert project.log_rows(db, "SELECT count(*) FROM labelled WHERE request_id = ? AND row = 3", rid) == [(1,)]
+    relabelled = segments.labelled(db, MODEL)
+    assert relabelled[(relabelled["request_id"] == rid) & (relabelled["row"] == 3)]["label"].tolist() == [1]
+    assert len(relabelled) == 39 + (3 not in picked.index)
 
 
-def test_batch_rows_are_logged_as_a_client_would_send_them(project: Any, tmp_path: Path) -> None:
+def test_batch_rows_are_logged_by_column_as_scored(project: Any, tmp_path: Path) -> None:
     frame = project.monitor.iloc[:3000].reset_index(drop=True)
     deployment = _batch(project, tmp_path, frame, chunk_rows=700)
     out = pd.read_parquet(deployment.location)
     db = Path(deployment.details["log"])
-    logged = project.log_rows(db, "SELECT request_id, row, at, model, version, series, time, inputs, prediction, "
-                                  "score FROM predictions ORDER BY row")
-    assert [r[1] for r in logged] == list(range(3000))  # numbered across the five chunks
-    assert {(r[0], r[2], r[3], r[4]) for r in logged} == {(deployment.details["request_id"], logged[0][2], MODEL, 1)}
-    records = project.records(frame)
-    for i in range(0, 3000, 137):
-        _, _, _, _, _, series, when, inputs, prediction, score = logged[i]
-        values = json.loads(inputs)
-        assert list(values) == list(records[i])  # the schema's columns, in its order
-        assert values["entity"] == records[i]["entity"] and values["timestamp"] == records[i]["timestamp"]
-        for name in (c for c in values if c.startswith("m")):  # float32 values, in their shortest form
-            assert np.float32(values[name]) == np.float32(records[i][name])
-            assert f'"{name}":{str(np.float32(records[i][name]))}' in inputs  # as numpy's shortest float32 repr
-        assert series == frame["entity"][i] and when == frame["timestamp"][i].strftime("%Y-%m-%d %H:%M:%S")
-        assert prediction == out["prediction"][i] and score == out["score"][i]
+    meta = project.log_rows(db, "SELECT request_id, first_row, rows, at, model, version, min_time, max_time, format "
+                                "FROM segments ORDER BY id")
+    assert [(m[1], m[2]) for m in meta] == [(0, 700), (700, 700), (1400, 700), (2100, 700), (2800, 200)]
+    assert {(m[0], m[3], m[4], m[5], m[8]) for m in meta} == {(deployment.details["request_id"], meta[0][3], MODEL, 1,
+                                                               segments.FORMAT)}
+    assert project.log_rows(db, "SELECT count(*) FROM predictions") == [(0,)]  # nothing row by row
+    con = sqlite3.connect(db)
+    try:
+        decoded = [t for *_, t in segments.rows(con, model=MODEL, version=1)]
+    finally:
+        con.close()
+    inputs = pd.concat([segments.inputs_frame(t) for t in decoded], ignore_index=True)
+    schema = [c for c in frame.columns if c != "label"]
+    assert list(inputs.columns) == schema  # the schema's columns, in its order, typed as scored
+    pd.testing.assert_frame_equal(inputs, frame[schema])  # float32 exactly, times as times
+    keys = pd.concat([t.select(["series", "time"]).to_pandas() for t in decoded], ignore_index=True)
+    assert keys["series"].astype(str).tolist() == frame["entity"].tolist()
+    assert keys["time"].astype(str).tolist() == frame["timestamp"].dt.strftime("%Y-%m-%d %H:%M:%S").tolist()
+    for k, (_, lo, hi) in enumerate((m[0], m[6], m[7]) for m in meta):
+        part = frame["timestamp"].iloc[k * 700:(k + 1) * 700].dt.strftime("%Y-%m-%d %H:%M:%S")
+        assert (lo, hi) == (part.min(), part.max())
+    scored = pd.concat([t.select(["prediction", "score"]).to_pandas() for t in decoded], ignore_index=True)
+    assert (scored["prediction"].to_numpy() == out["prediction"].to_numpy()).all()
+    assert (scored["score"].to_numpy() == out["score"].to_numpy()).all()
 
 
 def test_batch_logging_can_be_turned_off_or_sent_elsewhere(project: Any, tmp_path: Path) -> None:
@@ -127,7 +151,7 @@ def test_batch_logging_can_be_turned_off_or_sent_elsewhere(project: Any, tmp_pat
     assert "logged" not in off.details and not (tmp_path / ".opsloop" / "serving").exists()
     there = _batch(project, tmp_path, frame, log_path="logs/batch.db")
     assert there.details["log"] == str(tmp_path / "logs" / "batch.db") and there.details["logged"] == 500
-    assert project.log_rows(tmp_path / "logs" / "batch.db", "SELECT count(*) FROM predictions") == [(500,)]
+    assert project.log_rows(tmp_path / "logs" / "batch.db", "SELECT sum(rows) FROM segments") == [(500,)]
     (tmp_path / "dir.db").mkdir()
     from opsloop.errors import PluginCallError
 
@@ -140,38 +164,47 @@ def test_batch_logging_can_be_turned_off_or_sent_elsewhere(project: Any, tmp_pat
 
 
 def _old_and_new(project: Any, db: Path, now: float) -> None:
-    """40-day-old predictions and labels, then 1-day-old ones, written by the log's writers."""
+    """40-day-old predictions (a batch segment of 50 rows, 50 served rows) and labels, then 1-day-old ones, written
+    by the log's writers."""
     frame = project.monitor.iloc[:50]
     model = project.loaded(1)
+    columns = list(frame.columns.drop("label"))
     for age, rid in ((40 * DAY, "old"), (DAY, "new")):
-        log = BatchLog(db, request_id=rid, model=MODEL, version=1, columns=list(frame.columns.drop("label")),
-                       series="entity", time="timestamp", at=now - age)
+        log = BatchLog(db, request_id=rid, model=MODEL, version=1, columns=columns, series="entity",
+                       time="timestamp", at=now - age)
         preds = model.predict(frame)
         log.add(frame, preds["prediction"].to_numpy(), preds["score"].to_numpy())
         log.close()
         con = connect(db)
+        with con:
+            con.executemany(INSERT_ROWS, [(f"{rid}-s", r, iso(now - age), MODEL, 1, "omi-1", None, "{}", 0, 0.1)
+                                          for r in range(50)])
         add_feedback(con, [Feedback(label=1, request_id=rid, row=r) for r in range(5)], at=now - age)
         con.close()
+
+
+def _counts(project: Any, db: Path) -> tuple[list[Any], list[Any]]:
+    return (project.log_rows(db, "SELECT request_id, count(*) FROM predictions GROUP BY 1"),
+            project.log_rows(db, "SELECT request_id, sum(rows) FROM segments GROUP BY 1"))
 
 
 def test_the_server_writer_deletes_rows_older_than_the_retention(project: Any, tmp_path: Path) -> None:
     db = tmp_path / "log.db"
     _old_and_new(project, db, time.time())
-    assert project.log_rows(db, "SELECT request_id, count(*) FROM predictions GROUP BY 1") == [("new", 50),
-                                                                                                ("old", 50)]
+    assert _counts(project, db) == ([("new-s", 50), ("old-s", 50)], [("new", 50), ("old", 50)])
     log = PredictionLog(db, retention=30 * DAY)
     log.start()
     try:
         deadline = time.monotonic() + DEADLINE
-        while log.pruned < 55:
+        while log.pruned < 105:
             assert time.monotonic() < deadline, log.pruned
             time.sleep(0.05)
     finally:
         log.close()
-    assert log.pruned == 55 and log.errors == 0
-    assert project.log_rows(db, "SELECT request_id, count(*) FROM predictions GROUP BY 1") == [("new", 50)]
+    assert log.pruned == 105 and log.errors == 0  # a segment counts its rows
+    assert _counts(project, db) == ([("new-s", 50)], [("new", 50)])
     assert project.log_rows(db, "SELECT request_id, count(*) FROM feedback GROUP BY 1") == [("new", 5)]
-    assert project.log_rows(db, "SELECT count(*) FROM labelled") == [(5,)]
+    assert segments.labelled(db)["request_id"].tolist() == ["new"] * 5
 
 
 def test_pruning_is_periodic_and_goes_in_bounded_steps(project: Any, tmp_path: Path) -> None:
@@ -180,27 +213,29 @@ def test_pruning_is_periodic_and_goes_in_bounded_steps(project: Any, tmp_path: P
     _old_and_new(project, db, now)
     con = connect(db)
     try:
-        assert prune(con, 30 * DAY, now, step=20) == 20 + 5  # the first 20 old predictions, all 5 old labels
+        # The first 20 old served rows, the old segment (50 rows), all 5 old labels.
+        assert prune(con, 30 * DAY, now, step=20) == 20 + 50 + 5
         assert prune(con, 30 * DAY, now, step=20) == 20  # more were left: the next call goes on at once
         assert prune(con, 30 * DAY, now, step=20) == 10  # caught up: the time is recorded
         assert prune(con, 30 * DAY, now + 59, step=20) is None  # not due within a minute, by any writer
-        assert project.log_rows(db, "SELECT request_id, count(*) FROM predictions GROUP BY 1") == [("new", 50)]
+        assert _counts(project, db) == ([("new-s", 50)], [("new", 50)])
         _old_and_new(project, db, now + 10 * DAY)  # 30-day-old rows written after the 1-day-old ones, and newer
         assert prune(con, 0, now + 3600) is None  # 0 keeps everything
         assert prune(con, 30 * DAY, now + 61) == 0  # due, but rows go oldest first: none before a kept one
-        assert prune(con, 30 * DAY, now + 31 * DAY) == 50 + 50 + 5 + 5  # the first "new" ones aged: all up to them
+        # The first "new" ones aged: all up to them, in each table.
+        assert prune(con, 30 * DAY, now + 31 * DAY) == (50 + 50) * 2 + 5 + 5
     finally:
         con.close()
-    assert project.log_rows(db, "SELECT request_id, count(*) FROM predictions GROUP BY 1") == [("new", 50)]
+    assert _counts(project, db) == ([("new-s", 50)], [("new", 50)])
 
 
 def test_a_batch_run_applies_its_retention(project: Any, tmp_path: Path) -> None:
     db = tmp_path / ".opsloop" / "serving" / "predictions.db"
     _old_and_new(project, db, time.time())
     deployment = _batch(project, tmp_path, project.monitor.iloc[:300], log_retention="30d")
-    assert deployment.details["log_pruned"] == 55
-    counts = dict(project.log_rows(db, "SELECT request_id, count(*) FROM predictions GROUP BY 1"))
-    assert counts == {"new": 50, deployment.details["request_id"]: 300}
+    assert deployment.details["log_pruned"] == 105
+    served, batches = _counts(project, db)
+    assert served == [("new-s", 50)] and dict(batches) == {"new": 50, deployment.details["request_id"]: 300}
 
 
 @pytest.mark.parametrize("value", ["30x", "-1d", "d", "1e3h"])
