@@ -10,6 +10,14 @@ and missing rates far above training's. Rows are never changed: with
 `on_violation = "warn"` they pass through and the findings become issues in
 the run summary; with `"reject"` a DataError lists every violation.
 
+The same check on scored rows (issue 9, item 5): selected as a monitor
+(`[monitor] plugins = ["schema-check"]`), it judges the rows `opsloop run`
+monitors, and each window of `opsloop monitor`, with the state and options the
+version stored, as a report (`schema_findings`, `out_of_range[m03]`, ...,
+every violation an alert); and `opsloop serve` checks every request with
+`compile_row_check`, counting what it finds on `/metrics`
+(`opsloop_schema_findings_total`).
+
 Options (`[preprocess.schema-check]`):
     on_violation: "warn" (default) or "reject".
     range_tolerance: Widening of the learned [min, max] on each side, as a
@@ -22,15 +30,23 @@ Options (`[preprocess.schema-check]`):
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from opsloop import DataError, Dataset, Preprocessed, RunContext, hookimpl
+from opsloop import DataError, Dataset, MonitorReport, Preprocessed, RunContext, hookimpl
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
+
+    from opsloop.types import ModelVersion
+
+#: This plugin's entry-point name: how a bundle's manifest names its steps.
+NAME = "schema-check"
 
 #: dtype kinds that may replace each other: an integer column read back as float (NaN) is fine.
 KINDS = ("numeric", "bool", "datetime", "timedelta", "text", "other")
@@ -165,47 +181,84 @@ def preprocess(dataset: Dataset, state: dict[str, Any] | None, options: Options 
     return Preprocessed(dataset=dataset, state=state, issues=(*violations, *warnings))
 
 
+#: What `findings` can report, as the `check` of a `Finding` (and the `check` label on `/metrics`).
+CHECKS = ("missing_column", "dtype", "missing_rate", "out_of_range", "unseen_category", "extra_column")
+
+
+@attrs.frozen(kw_only=True)
+class Finding:
+    """One thing the scored rows do that the training rows did not.
+
+    Attributes:
+        check: One of `CHECKS`.
+        column: The column it is about (from the learned schema, or an extra column of the rows).
+        share: The fraction of rows concerned (`out_of_range`, `unseen_category`), the missing rate
+            (`missing_rate`), or 1.0 (a missing, mistyped or extra column).
+        baseline: The same figure on the training rows (the missing rate then; 0 otherwise).
+        message: The sentence the run summary and the reports show.
+    """
+
+    check: str
+    column: str
+    share: float
+    baseline: float = 0.0
+    message: str
+
+    @property
+    def violation(self) -> bool:
+        """Everything but an extra column, which is only a warning (and never rejects)."""
+        return self.check != "extra_column"
+
+
 def check(dataset: Dataset, state: dict[str, Any], options: Options) -> tuple[list[str], list[str]]:
     """Compare rows with a learned schema.
 
     Returns:
         The violations (each names its column) and the warnings (extra columns).
     """
+    found = findings(dataset, state, options)
+    return [f.message for f in found if f.violation], [f.message for f in found if not f.violation]
+
+
+def findings(dataset: Dataset, state: dict[str, Any], options: Options) -> list[Finding]:
+    """Compare rows with a learned schema: each difference as a `Finding`, violations first, in column order."""
     frame = dataset.frame
     learned: dict[str, Any] = state["columns"]
-    violations: list[str] = []
+    found: list[Finding] = []
     for meta in ("time", "series"):
         col = state.get(meta)
         if col and col not in frame.columns:
-            violations.append(f'missing column "{col}" (the {meta} column at training)')
-    missing = [c for c in learned if c not in frame.columns]
-    violations.extend(f'missing column "{c}"' for c in missing)
+            found.append(Finding(check="missing_column", column=col, share=1.0,
+                                 message=f'missing column "{col}" (the {meta} column at training)'))
+    found.extend(Finding(check="missing_column", column=c, share=1.0, message=f'missing column "{c}"')
+                 for c in learned if c not in frame.columns)
     meta_cols = {dataset.target, dataset.time, dataset.series, state.get("target"), state.get("time"),
                  state.get("series")} - {None}
-    extra = [c for c in frame.columns if c not in learned and c not in meta_cols]
-    warnings = [f'extra column "{c}" was not seen at training (ignored by this check)' for c in extra]
+    extra = [Finding(check="extra_column", column=str(c), share=1.0,
+                     message=f'extra column "{c}" was not seen at training (ignored by this check)')
+             for c in frame.columns if c not in learned and c not in meta_cols]
     present = [c for c in learned if c in frame.columns]
     same_kind = []
     for c in present:
         now = kind_of(frame[c].dtype)
         if now != learned[c]["kind"]:
-            violations.append(f'column "{c}" has dtype {frame[c].dtype} ({now}), '
-                              f'expected {learned[c]["dtype"]} ({learned[c]["kind"]})')
+            found.append(Finding(check="dtype", column=c, share=1.0,
+                                 message=f'column "{c}" has dtype {frame[c].dtype} ({now}), '
+                                         f'expected {learned[c]["dtype"]} ({learned[c]["kind"]})'))
         else:
             same_kind.append(c)
-    n = len(frame)
-    if n == 0:
-        return violations, warnings
-    violations.extend(_missing_rates(frame, same_kind, learned, options))
-    violations.extend(_ranges(frame, [c for c in same_kind if learned[c]["kind"] == "numeric"], learned, options))
-    for c in same_kind:
-        cats = learned[c].get("categories")
-        if cats is not None:
-            violations.extend(_unseen(frame[c], c, cats))
-    return violations, warnings
+    if len(frame):
+        found.extend(_missing_rates(frame, same_kind, learned, options))
+        found.extend(_ranges(frame, [c for c in same_kind if learned[c]["kind"] == "numeric"], learned, options))
+        for c in same_kind:
+            cats = learned[c].get("categories")
+            if cats is not None:
+                found.extend(_unseen(frame[c], c, cats))
+    return [*found, *extra]
 
 
-def _missing_rates(frame: pd.DataFrame, columns: list[str], learned: dict[str, Any], options: Options) -> list[str]:
+def _missing_rates(frame: pd.DataFrame, columns: list[str], learned: dict[str, Any],
+                   options: Options) -> list[Finding]:
     if not columns:
         return []
     rates = frame[columns].isna().mean()
@@ -213,12 +266,13 @@ def _missing_rates(frame: pd.DataFrame, columns: list[str], learned: dict[str, A
     for c in columns:
         was = learned[c]["missing_rate"]
         if rates[c] > was + options.missing_tolerance:
-            out.append(f'column "{c}" is missing in {rates[c]:.1%} of rows, {was:.1%} at training '
-                       f"(tolerance {options.missing_tolerance:.1%})")
+            out.append(Finding(check="missing_rate", column=c, share=float(rates[c]), baseline=float(was),
+                               message=f'column "{c}" is missing in {rates[c]:.1%} of rows, {was:.1%} at training '
+                                       f"(tolerance {options.missing_tolerance:.1%})"))
     return out
 
 
-def _ranges(frame: pd.DataFrame, columns: list[str], learned: dict[str, Any], options: Options) -> list[str]:
+def _ranges(frame: pd.DataFrame, columns: list[str], learned: dict[str, Any], options: Options) -> list[Finding]:
     """Values beyond the widened training range, counted per column."""
     import pandas as pd
 
@@ -239,13 +293,15 @@ def _ranges(frame: pd.DataFrame, columns: list[str], learned: dict[str, Any], op
     out = []
     for c in bad:
         count = int(below[c] + above[c])
-        out.append(f'column "{c}": {count:,} of {n:,} values ({count / n:.2%}) outside the training range '
-                   f'[{learned[c]["min"]:.6g}, {learned[c]["max"]:.6g}] widened to [{lo[c]:.6g}, {hi[c]:.6g}] '
-                   f"(seen {float(seen_lo[c]):.6g} to {float(seen_hi[c]):.6g})")
+        out.append(Finding(check="out_of_range", column=c, share=count / n,
+                           message=f'column "{c}": {count:,} of {n:,} values ({count / n:.2%}) outside the training '
+                                   f'range [{learned[c]["min"]:.6g}, {learned[c]["max"]:.6g}] widened to '
+                                   f"[{lo[c]:.6g}, {hi[c]:.6g}] (seen {float(seen_lo[c]):.6g} to "
+                                   f"{float(seen_hi[c]):.6g})"))
     return out
 
 
-def _unseen(series: pd.Series, column: str, categories: list[str]) -> list[str]:
+def _unseen(series: pd.Series, column: str, categories: list[str]) -> list[Finding]:
     """Values a text column never took at training."""
     known = set(categories)
     uniques = series.dropna().unique()
@@ -256,4 +312,116 @@ def _unseen(series: pd.Series, column: str, categories: list[str]) -> list[str]:
     names = sorted(str(v) for v in unseen)
     shown = ", ".join(repr(v) for v in names[:EXAMPLES]) + (", ..." if len(names) > EXAMPLES else "")
     noun = "category" if len(names) == 1 else "categories"
-    return [f'column "{column}": {len(names)} unseen {noun} in {count:,} row(s): {shown}']
+    return [Finding(check="unseen_category", column=column, share=count / len(series),
+                    message=f'column "{column}": {len(names)} unseen {noun} in {count:,} row(s): {shown}')]
+
+
+# ---------------------------------------------------------------------------
+# Scored rows (issue 9, item 5): the learned schema as a monitor, and as a per-request check for the server
+# ---------------------------------------------------------------------------
+
+#: Alerts a report lists one by one; the rest are named in one more.
+MAX_ALERTS = 10
+
+
+@hookimpl
+def monitor(version: ModelVersion, current: Dataset, run: RunContext) -> MonitorReport:
+    """The version's own schema-check steps (state and options as stored in its bundle) on the scored rows.
+
+    Figures: `schema_findings` (violations found) and one per finding,
+    `<check>[<column>]`, with training's figure as the baseline: the share of
+    values out of range or of unseen categories (0 at training), the missing
+    rate (training's), 1 for a missing or mistyped column. Every violation is
+    an alert. Options in `[monitor.schema-check]` are not read: the rows are
+    judged with the tolerances the version was trained with, as serving does.
+    """
+    steps = stored_steps(version)
+    if not steps:
+        run.log.warning("schema-check: %s was trained without a schema-check step: nothing to check the rows "
+                        "against", version.ref)
+    metrics: dict[str, float] = {"schema_findings": 0.0}
+    baseline: dict[str, float] = {"schema_findings": 0.0}
+    alerts: list[str] = []
+    for state, options in steps:
+        for f in findings(current, state, options):
+            if not f.violation:
+                continue  # extra columns (the labels' column, say) are not a finding about the scored inputs
+            metrics["schema_findings"] += 1
+            metrics[f"{f.check}[{f.column}]"] = f.share
+            baseline[f"{f.check}[{f.column}]"] = f.baseline
+            alerts.append(f.message)
+    if len(alerts) > MAX_ALERTS:
+        alerts[MAX_ALERTS:] = [f"{len(alerts) - MAX_ALERTS} more schema finding(s) (every one is a figure)"]
+    return MonitorReport(model=version.ref, rows=len(current), metrics=metrics, baseline=baseline,
+                         alerts=tuple(alerts))
+
+
+def stored_steps(version: ModelVersion) -> list[tuple[dict[str, Any], Options]]:
+    """(state, options) of each schema-check step of a version's bundle, verified as every load is."""
+    return list(_stored_steps(str(version.path), version.ref, version.digest or None))
+
+
+@functools.lru_cache(maxsize=16)  # opsloop monitor asks once per window; a bundle never changes
+def _stored_steps(path: str, ref: str, digest: str | None) -> tuple[tuple[dict[str, Any], Options], ...]:
+    from pathlib import Path
+
+    from opsloop.bundle import read_manifest
+
+    manifest = read_manifest(Path(path), ref=ref, digest=digest)
+    return tuple((dict(step["state"]), Options(**(step.get("options") or {})))
+                 for step in manifest.get("steps", []) if step.get("plugin") == NAME)
+
+
+RowCheck = Callable[["np.ndarray", Mapping[str, Sequence[Any]]], list[tuple[str, str]]]
+
+
+def compile_row_check(state: Mapping[str, Any], options: Mapping[str, Any] | None, numeric: Mapping[str, int],
+                      other: Sequence[str]) -> RowCheck:
+    """A check of request rows against a learned schema, in numpy, with every bound computed here, once.
+
+    `opsloop serve` calls it when it loads a version (`opsloop.serving.model`)
+    and the check on every request: `numeric` maps each numeric input column
+    to its column in the request's float64 matrix, `other` names the text and
+    time columns (lists of values, None for null). The check returns the
+    (check, column) pairs that `findings` would report on the same rows, for
+    what a request can carry at all: values out of range, missing rates above
+    tolerance, unseen categories (the server refuses a request with a missing,
+    extra or mistyped column before). A request of one row costs a handful of
+    numpy operations.
+    """
+    import numpy as np
+
+    opts = Options(**(options or {}))
+    learned: dict[str, Any] = state["columns"]
+    ranged = [c for c in learned if c in numeric and learned[c]["kind"] == "numeric"
+              and learned[c]["min"] is not None and learned[c]["max"] is not None]
+    r_idx = np.array([numeric[c] for c in ranged], dtype=np.intp)
+    low = np.array([float(learned[c]["min"]) for c in ranged])
+    high = np.array([float(learned[c]["max"]) for c in ranged])
+    span = high - low
+    low, high = low - opts.range_tolerance * span, high + opts.range_tolerance * span
+    gappy = [c for c in learned if c in numeric]
+    m_idx = np.array([numeric[c] for c in gappy], dtype=np.intp)
+    m_limit = np.array([learned[c]["missing_rate"] + opts.missing_tolerance for c in gappy])
+    texts = {c: learned[c]["missing_rate"] + opts.missing_tolerance for c in learned if c in other}
+    known = {c: frozenset(learned[c]["categories"]) for c in learned
+             if c in other and learned[c].get("categories") is not None}
+
+    def check_rows(matrix: np.ndarray, values: Mapping[str, Sequence[Any]]) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        if len(m_idx):
+            rates = np.isnan(matrix[:, m_idx]).mean(axis=0)
+            out.extend(("missing_rate", gappy[j]) for j in np.flatnonzero(rates > m_limit))
+        for c, limit in texts.items():
+            column = values[c]
+            if sum(v is None for v in column) / len(column) > limit:
+                out.append(("missing_rate", c))
+        if len(r_idx):
+            block = matrix[:, r_idx]
+            outside = ((block < low) | (block > high)).any(axis=0)  # NaN compares False: missing is not outside
+            out.extend(("out_of_range", ranged[j]) for j in np.flatnonzero(outside))
+        for c, cats in known.items():
+            if any(v is not None and str(v) not in cats for v in values[c]):
+                out.append(("unseen_category", c))
+        return out
+    return check_rows

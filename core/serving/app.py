@@ -268,6 +268,18 @@ class ServingApp:
                                     "(12 hex digits, '-', a number): choose another, or send none")
         return given
 
+    async def _check(self, served: Served, batch: Any) -> None:
+        """Count the schema findings of a request's rows on /metrics (issue 9, item 5); never refuses it.
+
+        Small requests are checked on the event loop (a few numpy operations), larger ones on a thread, as they
+        are scored; the counters are only written here, on the loop.
+        """
+        if not served.checks:
+            return
+        found = served.findings(batch) if batch.rows <= INLINE_ROWS else await asyncio.to_thread(served.findings, batch)
+        if found:
+            self.metrics.found(served, found)
+
     async def _score(self, served: Served, batch: Any) -> tuple[Any, Any]:
         scorer = served.scorer
         if scorer.kind == "fast" and batch.rows <= INLINE_ROWS:
@@ -284,6 +296,7 @@ class ServingApp:
         at = time.time()
         batch, given = protocol.parse_instances(body, served.schema)
         rid = self._request_id(given, headers)
+        await self._check(served, batch)
         predictions, scores = await self._score(served, batch)
         pred_list = predictions.tolist()
         score_list = scores.tolist() if scores is not None else None
@@ -300,6 +313,7 @@ class ServingApp:
         at = time.time()
         request = protocol.parse_infer(body, headers.get(b"inference-header-content-length"), served.schema)
         rid = self._request_id(request.id, headers)
+        await self._check(served, request.batch)
         predictions, scores = await self._score(served, request.batch)
         outputs = {"prediction": (served.outputs["prediction"], predictions)}
         if scores is not None and "score" in served.outputs:

@@ -1,7 +1,8 @@
 """`/metrics` in the Prometheus text format (version 0.0.4).
 
 Counters and a latency histogram per route are plain integers updated on the
-event loop (no locks, no client library); the model gauges come from the
+event loop (no locks, no client library), schema findings on request rows
+among them (`found`); the model gauges come from the
 watcher; the live quality gauges from the prediction log joined with the
 feedback; the monitor gauges from the last monitor report on disk, which
 `opsloop run` leaves there (`write_monitor_report`) and `/metrics` reads
@@ -74,11 +75,19 @@ class Metrics:
         self.load_errors = 0
         self.poll_errors = 0
         self.model: dict[str, Any] = {}
+        #: Requests whose rows showed a finding, by (model, version, check, column): bounded, as the columns come
+        #: from the versions' input schemas and the checks from a fixed list.
+        self.findings: dict[tuple[str, int, str, str], int] = defaultdict(int)
         self._report: tuple[tuple[int, int, int], float, list[dict[str, Any]]] | None = None
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         self.requests[route, status] += 1
         self.latency[route].observe(seconds)
+
+    def found(self, served: Served, findings: list[tuple[str, str]]) -> None:
+        """Count one request for each (check, column) its rows showed (a pair twice in a request counts once)."""
+        for check, column in set(findings):
+            self.findings[served.name, served.version.version, check, column] += 1
 
     def model_loaded(self, served: Served, previous: Served | None = None) -> None:
         if previous is not None:
@@ -113,6 +122,11 @@ class Metrics:
         family("opsloop_predictions_total", "counter", "Rows scored, by model version.")
         for (model, version), n in sorted(self.rows.items()):
             out.append(f"opsloop_predictions_total{_labels(model=model, version=version)} {n}")
+        family("opsloop_schema_findings_total", "counter",
+               "Requests whose rows showed a schema-check finding (out_of_range, missing_rate, unseen_category), "
+               "by model version and column.")
+        for (model, version, check, column), n in sorted(self.findings.items()):
+            out.append(f"opsloop_schema_findings_total{_labels(model=model, version=version, check=check, column=column)} {n}")
         m = self.model
         family("opsloop_model_version", "gauge", "The version being served.")
         out.append(f"opsloop_model_version{_labels(model=m['model'], alias=alias)} {m['version']}")

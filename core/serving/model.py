@@ -1,7 +1,9 @@
 """The version being served, and the watcher that swaps it when its alias moves.
 
 A `Served` is everything a request needs, built once per version: the
-verified bundle, its input schema, its scorer (fast or replay), and the
+verified bundle, its input schema, its scorer (fast or replay), its steps'
+checks of request rows (`row_checks`: schema-check's learned ranges, missing
+rates and categories, compiled to numpy; counted on `/metrics`), and the
 metadata and headers as bytes. Requests read `ModelWatcher.current` once and
 use that object to the end, so a swap never mixes two versions in one
 answer.
@@ -106,6 +108,8 @@ class Served:
     outputs: dict[str, str]
     metadata: bytes = attrs.field(repr=False)
     loaded_at: float
+    #: The steps' compiled checks of request rows (`row_checks`): (step, check) pairs.
+    checks: tuple[tuple[str, Any], ...] = attrs.field(default=(), repr=False)
 
     @property
     def name(self) -> str:
@@ -120,9 +124,56 @@ class Served:
     def series(self) -> str | None:
         return self.model.manifest.get("series")
 
+    def findings(self, batch: Any) -> list[tuple[str, str]]:
+        """(check, column) for each finding the steps' checks make on a request's rows; [] when none.
+
+        A check that fails is logged (once per version and step) and skipped: a
+        finding never fails a request (`on_violation = "reject"` refuses rows in
+        the replay, as before).
+        """
+        found: list[tuple[str, str]] = []
+        for step, check in self.checks:
+            try:
+                found.extend(check(batch.numeric, batch.other))
+            except Exception:  # noqa: BLE001 - a monitoring aid must not cost an answer
+                if (self.version.ref, step) not in _FAILED:
+                    _FAILED.add((self.version.ref, step))
+                    log.exception("opsloop serve: the row check of step %r of %s failed; its findings are not "
+                                  "counted on /metrics", step, self.version.ref)
+        return found
+
     @property
     def time(self) -> str | None:
         return self.model.manifest.get("time")
+
+
+#: (version, step) whose row check raised once already: logged once, not on every request.
+_FAILED: set[tuple[str, str]] = set()
+
+
+def row_checks(model: LoadedModel, schema: InputSchema) -> tuple[tuple[str, Any], ...]:
+    """Each preprocess step's check of request rows, compiled from its stored state once, at load.
+
+    A step offers one with a module-level `compile_row_check(state, options,
+    numeric, other)` (schema-check does): `numeric` maps each numeric input to
+    its column in the request's float64 matrix, `other` names the text and
+    time inputs; it returns a function of (matrix, other values) giving
+    (check, column) pairs. A step without one, or whose plugin cannot be
+    imported or compiled, checks nothing here (logged): loading never fails
+    because of it.
+    """
+    checks = []
+    other = [c.name for c in schema.others]
+    for step in model.manifest.get("steps", []):
+        name = step["plugin"]
+        try:
+            compile_ = getattr(model.plugins.load(name, where=f"bundle {model.ref}"), "compile_row_check", None)
+            if compile_ is not None:
+                checks.append((name, compile_(step["state"], step.get("options"), dict(schema.index), other)))
+        except Exception as exc:  # noqa: BLE001 - scoring does not need it
+            log.warning("opsloop serve: %s: step %r gives no row check (its findings are not counted on "
+                        "/metrics): %s", model.ref, name, _one_line(exc))
+    return tuple(checks)
 
 
 def output_types(task: str) -> dict[str, str]:
@@ -153,7 +204,7 @@ def load_served(store: ModelStore, plugins: PluginManager, name: str, number: in
                        "series": model.manifest.get("series"), "time": model.manifest.get("time")},
     }
     return Served(version=version, model=model, schema=schema, scorer=scorer, outputs=outputs,
-                  metadata=json.dumps(metadata).encode(), loaded_at=time.time())
+                  metadata=json.dumps(metadata).encode(), loaded_at=time.time(), checks=row_checks(model, schema))
 
 
 class ModelWatcher:
