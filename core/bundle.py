@@ -8,7 +8,9 @@ A bundle is a directory:
     model.*         written by the flavor's `save_model` (XGBoost UBJ, skops)
     profile.json, profile-sample.parquet
                     the reference profile of the training rows and scores
-                    (opsloop.profile), for drift without the training data
+                    (opsloop.profile), for drift without the training data,
+                    and the calibration of the out-of-fold scores, for
+                    performance estimated before labels arrive
 
 Its digest is the sha256 of `manifest.json`, so the digest covers every file.
 `read_bundle` checks every file against the manifest before anything is
@@ -81,17 +83,19 @@ def input_schema(dataset: Dataset) -> list[dict[str, str]]:
 
 def write_bundle(directory: Path, *, model: TrainedModel, trainer: str, raw: Dataset,
                  steps: Sequence[StepRecord], metrics: Mapping[str, float], lineage: Mapping[str, Any],
-                 plugins: PluginManager) -> dict[str, Any]:
+                 plugins: PluginManager, oof: pd.DataFrame | None = None) -> dict[str, Any]:
     """Write a bundle into an empty directory and return its manifest.
 
     The first loaded plugin whose `save_model` accepts the flavor writes the
     estimator; when none does, the plugin named like the flavor (`xgboost`,
     `sklearn`) is loaded and asked. The manifest records which plugin saved
-    it (to load it back) and the sha256 of each file.
+    it (to load it back) and the sha256 of each file. `oof`, the first
+    validation report's out-of-fold scores (`ValidationReport.oof`), is
+    calibrated into the profile (`opsloop.profile.Calibration`).
     """
     try:
         return _write_bundle(directory, model=model, trainer=trainer, raw=raw, steps=steps, metrics=metrics,
-                             lineage=lineage, plugins=plugins)
+                             lineage=lineage, plugins=plugins, oof=oof)
     except OSError as exc:  # a full disk, a read-only mount: one line naming the place (issue 8)
         raise _write_error(directory, exc) from None
     except PluginCallError as exc:  # the flavor plugin's save_model hit the same
@@ -108,7 +112,7 @@ def _write_error(directory: Path, exc: OSError) -> OpsloopError:
 
 def _write_bundle(directory: Path, *, model: TrainedModel, trainer: str, raw: Dataset,
                   steps: Sequence[StepRecord], metrics: Mapping[str, float], lineage: Mapping[str, Any],
-                  plugins: PluginManager) -> dict[str, Any]:
+                  plugins: PluginManager, oof: pd.DataFrame | None = None) -> dict[str, Any]:
     directory.mkdir(parents=True, exist_ok=True)
     saver, files = plugins.first("save_model", model=model, path=directory)
     if saver is None and model.flavor in plugins.known and not plugins.pm.has_plugin(model.flavor):
@@ -134,7 +138,7 @@ def _write_bundle(directory: Path, *, model: TrainedModel, trainer: str, raw: Da
         "lineage": dict(lineage),
         "probe": probe_rows(raw),
     }
-    files = [*files, *_write_profile(directory, manifest, model, raw, plugins)]
+    files = [*files, *_write_profile(directory, manifest, model, raw, plugins, oof)]
     manifest["files"] = {name: sha256_file(directory / name) for name in sorted(files)}
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n",
                                       encoding="utf-8")
@@ -142,8 +146,9 @@ def _write_bundle(directory: Path, *, model: TrainedModel, trainer: str, raw: Da
 
 
 def _write_profile(directory: Path, manifest: dict[str, Any], model: TrainedModel, raw: Dataset,
-                   plugins: PluginManager) -> list[str]:
-    """The reference profile's files (opsloop.profile): training inputs, and the scores of those rows.
+                   plugins: PluginManager, oof: pd.DataFrame | None = None) -> list[str]:
+    """The reference profile's files (opsloop.profile): training inputs, the scores of those rows, and
+    the calibration of the out-of-fold scores `oof` (binary classifiers and anomaly detectors).
 
     The scores come from replaying the stored steps on the raw rows, as
     serving does; a model that cannot score them is still registered (its
@@ -158,7 +163,8 @@ def _write_profile(directory: Path, manifest: dict[str, Any], model: TrainedMode
         predictions = scorer.predict(raw.frame)
     except Exception as exc:  # whatever the steps or the estimator raise: the profile notes it
         note = f"the model could not score its training rows: {exc!r}"[:300]
-    return profile.build(directory, raw, predictions=predictions, outputs_note=note)
+    calibration = profile.calibrate(oof, model.task, predictions)
+    return profile.build(directory, raw, predictions=predictions, outputs_note=note, calibration=calibration)
 
 
 def probe_rows(raw: Dataset) -> dict[str, Any]:

@@ -25,6 +25,12 @@ What `profile.json` holds:
 - the model's outputs on its own training rows (in-sample, preprocessing
   replayed as serving does): the distribution of `score` (or of `prediction`
   for a regressor) and the alert rate, the share of rows predicted 1.
+- for a binary classifier or anomaly detector validated with out-of-fold
+  scores (`ValidationReport.oof`): `calibration`, an isotonic regression of
+  the label on those scores as its breakpoints, the rows and positives it saw,
+  the decision threshold and the out-of-fold precision, recall and F1
+  (`Calibration`; what `estimate-monitor` estimates performance with before
+  labels arrive).
 
 `read_profile(...)` gives it back as a `Profile` (None for a bundle written
 before profiles existed), `reference(...)` the sample as a `Dataset` with the
@@ -52,7 +58,8 @@ if TYPE_CHECKING:
 
     from opsloop.manager import PluginManager
 
-__all__ = ["FeatureProfile", "OutputProfile", "Profile", "SeriesProfile", "build", "read_profile", "reference"]
+__all__ = ["Calibration", "FeatureProfile", "OutputProfile", "Profile", "SeriesProfile", "build", "calibrate",
+           "counts_to_figures", "read_calibration", "read_profile", "reference"]
 
 FORMAT = "opsloop.profile/1"
 PROFILE_FILE = "profile.json"
@@ -167,6 +174,9 @@ class Profile:
             could not be computed (`outputs_note` says why).
         outputs_note: Why there are no outputs ("" when there are).
         sample_rows: Rows in the reference sample (0: none stored).
+        calibration: How scores map to the probability of a positive, from
+            the out-of-fold validation scores; None for a regressor, a
+            version validated without them, or a bundle written before.
         path: The bundle directory it was read from.
     """
 
@@ -181,7 +191,84 @@ class Profile:
     outputs: OutputProfile | None = None
     outputs_note: str = ""
     sample_rows: int = 0
+    calibration: Calibration | None = None
     path: Path | None = attrs.field(default=None, eq=False)
+
+
+@attrs.frozen(kw_only=True)
+class Calibration:
+    """How a version's scores map to the probability that a row is positive (issue 9, item 5).
+
+    An isotonic regression of the label on the out-of-fold validation scores
+    (scikit-learn's `IsotonicRegression(out_of_bounds="clip")`, y in [0, 1]),
+    kept as its breakpoints: between two of them the probability is linear
+    in the score, outside them it is the end value (`probability`, with
+    `numpy.interp`; no pickle).
+
+    Attributes:
+        method: `"isotonic"`.
+        scores: The breakpoints' scores (`X_thresholds_`), increasing.
+        probabilities: The probability of a positive at each (`y_thresholds_`).
+        rows: Out-of-fold rows it was fitted on.
+        positives: Those labelled 1.
+        threshold: The score from which the model predicts 1 (None when its
+            predictions do not follow one score threshold); `inclusive`
+            says whether a score equal to it is a 1.
+        inclusive: `score >= threshold` (True) or `score > threshold`.
+        baseline: What validation measured on the same out-of-fold rows,
+            with the fold models' own predictions: `precision`, `recall`,
+            `f1` (NaN where they divide by zero), `positive_rate` (share
+            predicted 1) and `prevalence` (share labelled 1).
+    """
+
+    method: str = "isotonic"
+    scores: tuple[float, ...] = attrs.field(converter=tuple)
+    probabilities: tuple[float, ...] = attrs.field(converter=tuple)
+    rows: int
+    positives: int
+    threshold: float | None = None
+    inclusive: bool = False
+    baseline: Mapping[str, float] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        if self.method != "isotonic":
+            raise ValueError(f"unsupported calibration method {self.method!r} (expected isotonic)")
+        if not self.scores or len(self.scores) != len(self.probabilities):
+            raise ValueError(f"calibration has {len(self.scores)} scores and {len(self.probabilities)} "
+                             "probabilities; expected as many of each, at least one")
+
+    def probability(self, scores: Any) -> np.ndarray:
+        """The calibrated probability of a positive for each score (NaN for a NaN score)."""
+        import numpy as np
+
+        values = np.asarray(scores, dtype=float)
+        return np.interp(values, np.asarray(self.scores), np.asarray(self.probabilities))
+
+    def predicted(self, scores: Any) -> np.ndarray | None:
+        """Whether the model predicts 1 for each score, by `threshold`; None without a threshold."""
+        import numpy as np
+
+        if self.threshold is None:
+            return None
+        values = np.asarray(scores, dtype=float)
+        return values >= self.threshold if self.inclusive else values > self.threshold
+
+    def to_json(self) -> dict[str, Any]:
+        """The profile's `calibration` entry (NaN baseline figures as null)."""
+        return {"method": self.method, "scores": list(self.scores), "probabilities": list(self.probabilities),
+                "rows": self.rows, "positives": self.positives, "threshold": self.threshold,
+                "inclusive": self.inclusive,
+                "baseline": {k: (v if math.isfinite(v) else None) for k, v in self.baseline.items()}}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Calibration:
+        """Back from `to_json`; ValueError or KeyError when it is not one."""
+        threshold = doc.get("threshold")
+        return cls(method=doc.get("method", "isotonic"), scores=[float(x) for x in doc["scores"]],
+                   probabilities=[float(y) for y in doc["probabilities"]], rows=int(doc["rows"]),
+                   positives=int(doc["positives"]), threshold=None if threshold is None else float(threshold),
+                   inclusive=bool(doc.get("inclusive", False)),
+                   baseline={k: math.nan if v is None else float(v) for k, v in doc.get("baseline", {}).items()})
 
 
 # ---------------------------------------------------------------------------
@@ -190,7 +277,7 @@ class Profile:
 
 
 def build(directory: Path, raw: Dataset, *, predictions: pd.DataFrame | None = None,
-          outputs_note: str = "") -> list[str]:
+          outputs_note: str = "", calibration: Mapping[str, Any] | None = None) -> list[str]:
     """Write the profile of the training rows `raw` into a bundle directory; the file names written.
 
     Args:
@@ -200,6 +287,8 @@ def build(directory: Path, raw: Dataset, *, predictions: pd.DataFrame | None = N
             (`prediction`, and `score` for classifiers), row-aligned; None
             when they could not be computed.
         outputs_note: Why `predictions` is None, kept in the profile.
+        calibration: What `calibrate` returned, kept as the profile's
+            `calibration` entry (absent when None).
 
     Returns:
         `profile.json`, and `profile-sample.parquet` when the sample could be written.
@@ -217,6 +306,8 @@ def build(directory: Path, raw: Dataset, *, predictions: pd.DataFrame | None = N
         "series_total": 0, "series_profiles": {},
         "outputs": _outputs(predictions), "outputs_note": "" if predictions is not None else outputs_note,
     }
+    if calibration is not None:
+        doc["calibration"] = dict(calibration)
     if raw.series and raw.series in frame.columns:
         groups = frame.groupby(frame[raw.series].astype(str), sort=True, observed=True, dropna=False).indices
         doc["series_total"] = len(groups)
@@ -289,6 +380,79 @@ def _outputs(predictions: pd.DataFrame | None) -> dict[str, Any] | None:
     if "score" in predictions.columns and len(predictions):  # a classifier or an anomaly detector
         alert_rate = float((predictions["prediction"] == 1).mean())
     return {"column": column, "distribution": _describe(predictions[column], QUANTILES), "alert_rate": alert_rate}
+
+
+def calibrate(oof: pd.DataFrame | None, task: str, predictions: pd.DataFrame | None = None
+              ) -> dict[str, Any] | None:
+    """The `calibration` entry of a profile: isotonic regression of the label on out-of-fold scores.
+
+    Args:
+        oof: `ValidationReport.oof` (`label`, `score`, `prediction`), or None.
+        task: The model's task; only `classification` and `anomaly` are calibrated.
+        predictions: The final model's `predictions_frame` on its training
+            rows, where the decision threshold of an anomaly detector is read.
+
+    Returns:
+        `Calibration.to_json()`, or None without out-of-fold scores, for a
+        regressor, or when the rows hold a single class (nothing to learn).
+    """
+    import numpy as np
+
+    if oof is None or task not in ("classification", "anomaly") or not len(oof) \
+            or not {"label", "score", "prediction"} <= set(oof.columns):
+        return None
+    score = oof["score"].to_numpy(dtype=float)
+    label = oof["label"].to_numpy(dtype=float)
+    kept = np.isfinite(score) & np.isin(label, (0.0, 1.0))
+    score, label = score[kept], label[kept]
+    positives = int(label.sum())
+    if not positives or positives == len(label):
+        return None
+    from sklearn.isotonic import IsotonicRegression
+
+    fitted = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(score, label)
+    predicted = oof["prediction"].to_numpy(dtype=float)[kept] == 1
+    threshold, inclusive = _decision(task, predictions)
+    return Calibration(scores=fitted.X_thresholds_.tolist(), probabilities=fitted.y_thresholds_.tolist(),
+                       rows=len(label), positives=positives, threshold=threshold, inclusive=inclusive,
+                       baseline=counts_to_figures(*_counts(label == 1, predicted))).to_json()
+
+
+def _counts(actual: np.ndarray, predicted: np.ndarray) -> tuple[float, float, float, float]:
+    """True positives, false positives, false negatives and rows of two boolean arrays."""
+    tp = float((actual & predicted).sum())
+    return tp, float((~actual & predicted).sum()), float((actual & ~predicted).sum()), float(len(actual))
+
+
+def counts_to_figures(tp: float, fp: float, fn: float, rows: float) -> dict[str, float]:
+    """Precision, recall and F1 (NaN where they divide by zero), share predicted 1 and share positive, from
+    (expected or counted) true positives, false positives, false negatives and rows."""
+    precision = tp / (tp + fp) if tp + fp > 0 else math.nan
+    recall = tp / (tp + fn) if tp + fn > 0 else math.nan
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn > 0 else math.nan
+    return {"precision": precision, "recall": recall, "f1": f1,
+            "positive_rate": (tp + fp) / rows if rows else math.nan,
+            "prevalence": (tp + fn) / rows if rows else math.nan}
+
+
+def _decision(task: str, predictions: pd.DataFrame | None) -> tuple[float | None, bool]:
+    """How a score becomes a 1: a classifier predicts the likelier class (`score > 0.5`, a tie is 0:
+    `predictions_frame` takes the argmax of `predict_proba`); an anomaly detector's threshold is read off
+    its predictions on the training rows, where the smallest score predicted 1 lies above every score
+    predicted 0 (None when no single threshold separates them)."""
+    import numpy as np
+
+    if task == "classification":
+        return 0.5, False
+    if predictions is None or not {"score", "prediction"} <= set(predictions.columns):
+        return None, False
+    score = predictions["score"].to_numpy(dtype=float)
+    one = predictions["prediction"].to_numpy(dtype=float) == 1
+    ones, zeros = score[one], score[~one]
+    if not len(zeros) or not len(ones):
+        return None, False
+    low, high = float(np.nanmin(ones)), float(np.nanmax(zeros))
+    return (low, True) if high < low else (None, False)
 
 
 def sample_positions(rows: int, series: pd.Series | None, limit: int, seed: int) -> np.ndarray:
@@ -370,6 +534,27 @@ def read_profile(source: ModelVersion | Any, plugins: PluginManager | None = Non
         raise BundleError(f"its reference profile cannot be read: {exc}", file=str(path)) from None
 
 
+def read_calibration(source: ModelVersion | Any, plugins: PluginManager | None = None) -> Calibration | None:
+    """The score calibration of a version (`Profile.calibration`), or None when its bundle has none.
+
+    Args:
+        source: As for `read_profile`.
+        plugins: As for `read_profile`: not needed.
+
+    Raises:
+        BundleError: As `read_profile`.
+    """
+    directory, manifest = _manifest(source)
+    if PROFILE_FILE not in manifest.get("files", {}):
+        return None
+    path = directory / PROFILE_FILE
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8")).get("calibration")
+        return None if doc is None else Calibration.from_json(doc)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise BundleError(f"its score calibration cannot be read: {exc}", file=str(path)) from None
+
+
 def _feature(doc: Mapping[str, Any]) -> FeatureProfile:
     import numpy as np
 
@@ -393,7 +578,9 @@ def _structure(doc: Mapping[str, Any], directory: Path) -> Profile:
         outputs=None if outputs is None else OutputProfile(column=outputs["column"],
                                                            distribution=_feature(outputs["distribution"]),
                                                            alert_rate=outputs.get("alert_rate")),
-        outputs_note=doc.get("outputs_note", ""), sample_rows=int(doc.get("sample_rows", 0)), path=directory)
+        outputs_note=doc.get("outputs_note", ""), sample_rows=int(doc.get("sample_rows", 0)),
+        calibration=None if doc.get("calibration") is None else Calibration.from_json(doc["calibration"]),
+        path=directory)
 
 
 def reference(source: ModelVersion | Any, plugins: PluginManager | None = None) -> Dataset | None:

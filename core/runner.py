@@ -89,7 +89,7 @@ class RunResult:
             "stages": [attrs.asdict(s) for s in self.stages],
             "versions": [{"ref": v.ref, "metrics": dict(v.metrics), "aliases": list(v.aliases),
                           "path": str(v.path)} for v in self.versions],
-            "validation": [attrs.asdict(r) for r in self.validation],
+            "validation": [r.summary() for r in self.validation],
             "deployments": [attrs.asdict(d) for d in self.deployments],
             "monitor": [attrs.asdict(r) for r in self.reports],
             "decision": attrs.asdict(self.decision) if self.decision else None,
@@ -242,7 +242,7 @@ class Runner:
             try:
                 manifest = write_bundle(staged, model=model, trainer=trainer, raw=raw, steps=steps,
                                         metrics=validation[0].mean if validation else {}, lineage=record,
-                                        plugins=self.plugins)
+                                        plugins=self.plugins, oof=validation[0].oof if validation else None)
                 try:  # loads and scores before it becomes visible: never register what cannot load (issue 8)
                     check_bundle(staged, self.plugins, ref=f"{name} (new version)")
                 except BundleError as exc:
@@ -406,7 +406,8 @@ class Runner:
         train_raw, _ = data_mod.periods(raw, self.config)
         features, _, issues = self.preprocess(train_raw)
         self.result.issues.extend(issues)
-        reports = self.validate(features, enforce_gates=False)
+        # nothing is registered, so nothing is calibrated: the out-of-fold rows go (they are as long as the data)
+        reports = [attrs.evolve(r, oof=None) for r in self.validate(features, enforce_gates=False)]
         self.result.validation.extend(reports)
         return reports, self.gate_results
 

@@ -164,12 +164,25 @@ class ValidationReport:
         folds: Per-fold metrics, in fold order.
         mean: Mean of each metric over the folds.
         std: Standard deviation of each metric over the folds.
+        oof: Out-of-fold scores of a binary classifier or anomaly detector:
+            one row per validated row that a fold model scored without having
+            trained on it, with columns `row` (its position in the validated
+            dataset), `fold` (from 0), `label`, `score` and `prediction`,
+            sorted by `row`; None for a regressor, a model without scores, or
+            a validator that keeps none. The register step calibrates the
+            scores on it (opsloop.profile, issue 9 item 5). Left out of `==`,
+            `repr` and every JSON summary: it is as long as the data.
     """
 
     method: str
     folds: tuple[Mapping[str, float], ...] = ()
     mean: Mapping[str, float] = attrs.field(factory=dict, converter=_frozen_mapping)
     std: Mapping[str, float] = attrs.field(factory=dict, converter=_frozen_mapping)
+    oof: pd.DataFrame | None = attrs.field(default=None, eq=False, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        """The report as JSON-able data, without the out-of-fold rows."""
+        return attrs.asdict(self, filter=lambda attribute, _: attribute.name != "oof")
 
 
 @attrs.frozen(kw_only=True)

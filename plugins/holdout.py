@@ -15,6 +15,9 @@ Its report has the same shape as `kfold`'s, with one fold: accuracy,
 precision, recall, f1, roc_auc, pr_auc (or mae, rmse, r2), `rows_train`,
 `rows_test`, and for 0/1 labels `positives_train` and `positives_test`.
 
+Like `kfold`'s, it keeps the held-out rows' scores (`ValidationReport.oof`)
+for a binary classifier or anomaly detector.
+
 Options (`[validate.holdout]`): fraction, method; see `Options`.
 """
 
@@ -88,5 +91,6 @@ def validate(dataset: Dataset, fit: Callable[[Dataset], Any], options: Options, 
     else:
         split = sample_split(y, options.fraction, method == "stratified", run.seed)
         name = f"holdout {options.fraction:.0%} {method}"
-    folds = _kfold.run_folds(dataset, fit, [split], 1, run, f"holdout: {name}")
-    return _kfold.make_report(name, folds)
+    oof: list[Any] = []
+    folds = _kfold.run_folds(dataset, fit, [split], 1, run, f"holdout: {name}", keep=oof)
+    return _kfold.make_report(name, folds, oof)

@@ -23,6 +23,11 @@ divide by zero (no incident in the block, or none predicted); a fold whose
 training block holds one class and that the trainer refuses reports NaN
 metrics (with a note); the mean and standard deviation skip NaN.
 
+The report keeps the out-of-fold scores of a binary classifier or anomaly
+detector (`ValidationReport.oof`: each tested row's score from the fold
+model that did not train on it; in time order, the first block is never
+tested), which register calibrates the scores on (`estimate-monitor`).
+
 Options (`[validate.kfold]`): folds, method, shuffle, n_jobs, gap; see `Options`.
 """
 
@@ -137,13 +142,16 @@ def positions(mask: np.ndarray) -> np.ndarray:
 
 
 def score_fold(dataset: Dataset, fit: FitFunction, train: np.ndarray, test: np.ndarray, label: str,
-               run: RunContext) -> dict[str, float]:
+               run: RunContext, *, keep: list[pd.DataFrame] | None = None, fold: int = 0) -> dict[str, float]:
     """Fit on the `train` rows, score the `test` rows as serving would, and count what was seen.
 
     A training block with a single class (a quiet first period in time
     order) cannot teach most classifiers anything: when the trainer refuses
     it, the fold reports NaN metrics and its counts, and a note says why,
     instead of stopping validation. Any other failure propagates.
+
+    With `keep`, the test rows' out-of-fold scores (`out_of_fold`) are
+    appended to it, for a binary classifier or anomaly detector with scores.
     """
     import math
 
@@ -169,32 +177,64 @@ def score_fold(dataset: Dataset, fit: FitFunction, train: np.ndarray, test: np.n
     test_frame = frame.iloc[test]
     features = list(model.features) or dataset.feature_columns
     predictions = predictions_frame(model.estimator, model.task, test_frame[features])
+    if keep is not None:
+        oof = out_of_fold(model.task, test, fold, y_test.to_numpy(), predictions)
+        if oof is not None:
+            keep.append(oof)
     # precision/recall/F1 of a block without an incident are undefined, not 0: NaN, which the means skip
     return {**for_task(model.task, y_test.to_numpy(), predictions, undefined=math.nan), **counts}
 
 
 def run_folds(dataset: Dataset, fit: FitFunction, splits: Sequence[Split], n_jobs: int, run: RunContext,
-              description: str) -> list[dict[str, float]]:
-    """Score every split, in fold order, sequentially or in threads, with progress over folds."""
+              description: str, *, keep: list[pd.DataFrame] | None = None) -> list[dict[str, float]]:
+    """Score every split, in fold order, sequentially or in threads, with progress over folds; with
+    `keep`, collect the out-of-fold scores there (`score_fold`)."""
     total = len(splits)
     labels = [f"fold {i + 1}/{total}" if total > 1 else "holdout" for i in range(total)]
     if n_jobs == 1 or total == 1:
-        work: Any = (score_fold(dataset, fit, tr, te, lab, run) for (tr, te), lab in zip(splits, labels))
+        work: Any = (score_fold(dataset, fit, tr, te, lab, run, keep=keep, fold=i)
+                     for i, ((tr, te), lab) in enumerate(zip(splits, labels)))
     else:
         from joblib import Parallel, delayed
 
         # Threads: the estimators release the GIL while fitting, and `fit` needs no pickling.
         work = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(
-            delayed(score_fold)(dataset, fit, tr, te, lab, run) for (tr, te), lab in zip(splits, labels))
+            delayed(score_fold)(dataset, fit, tr, te, lab, run, keep=keep, fold=i)
+            for i, ((tr, te), lab) in enumerate(zip(splits, labels)))
     return list(run.reporter.track(work, description, total=total))
 
 
-def make_report(method: str, folds: list[dict[str, float]]) -> ValidationReport:
-    """Per-fold figures, and mean and standard deviation of the metrics (not of the counts)."""
+def out_of_fold(task: str, test: np.ndarray, fold: int, y: np.ndarray, predictions: pd.DataFrame
+                ) -> pd.DataFrame | None:
+    """The test rows' scores from the fold model that did not train on them (`ValidationReport.oof`);
+    None unless the model is a binary classifier or anomaly detector with scores and the labels are 0/1."""
+    import numpy as np
+    import pandas as pd
+
+    if task not in ("classification", "anomaly") or "score" not in predictions.columns:
+        return None
+    labels = np.asarray(y, dtype=float)
+    prediction = pd.to_numeric(predictions["prediction"], errors="coerce").to_numpy(dtype=float)
+    if not np.isin(labels, (0.0, 1.0)).all() or not np.isin(prediction[~np.isnan(prediction)], (0.0, 1.0)).all():
+        return None  # several classes: a score is no probability of one positive class
+    return pd.DataFrame({"row": np.asarray(test, dtype=np.int64), "fold": np.full(len(test), fold, dtype=np.int16),
+                         "label": labels.astype(np.int8),
+                         "score": predictions["score"].to_numpy(dtype=float), "prediction": prediction})
+
+
+def make_report(method: str, folds: list[dict[str, float]], oof: Sequence[pd.DataFrame] | None = None
+                ) -> ValidationReport:
+    """Per-fold figures, and mean and standard deviation of the metrics (not of the counts); with `oof`,
+    the folds' out-of-fold scores as one frame sorted by row."""
     from opsloop.metrics import summarize
 
     mean, std = summarize([{k: v for k, v in f.items() if k not in COUNTS} for f in folds])
-    return ValidationReport(method=method, folds=tuple(folds), mean=mean, std=std)
+    rows = None
+    if oof:
+        import pandas as pd
+
+        rows = pd.concat(oof, ignore_index=True).sort_values("row", kind="stable", ignore_index=True)
+    return ValidationReport(method=method, folds=tuple(folds), mean=mean, std=std, oof=rows)
 
 
 # ---------------------------------------------------------------------------
@@ -244,5 +284,6 @@ def validate(dataset: Dataset, fit: Callable[[Dataset], Any], options: Options, 
     else:
         splits = shuffled_splits(y, options.folds, method, options.shuffle, run.seed)
         name = f"{options.folds}-fold {method}"
-    folds = run_folds(dataset, fit, splits, options.n_jobs, run, f"kfold: {name}")
-    return make_report(name, folds)
+    oof: list[pd.DataFrame] = []
+    folds = run_folds(dataset, fit, splits, options.n_jobs, run, f"kfold: {name}", keep=oof)
+    return make_report(name, folds, oof)
