@@ -114,13 +114,16 @@ def monitor(version: ModelVersion, current: Dataset, predictions: pd.DataFrame,
             f"{options.min_rows:,}: no estimate"), scored=rows)
     positive = _positive(predictions, score, calibration)
     p = calibration.probability(score)
-    figures = {"rows": float(rows), **_estimate(p[scored], positive[scored])}
+    every = rows == len(score)  # the usual case: no copies of a million rows
+    figures = {"rows": float(rows), **_estimate(p if every else p[scored], positive if every else positive[scored])}
     labels = _labels(current)
-    labelled = scored & ~np.isnan(labels)
-    if labelled.any():
-        figures["labelled"] = float(labelled.sum())
-        actual = labels[labelled] == 1
-        figures.update(_realized(actual, positive[labelled]))
+    labelled = ~np.isnan(labels) if every else scored & ~np.isnan(labels)
+    count = int(labelled.sum())
+    if count:
+        figures["labelled"] = float(count)
+        whole = count == len(labels)
+        figures.update(_realized(labels == 1 if whole else labels[labelled] == 1,
+                                 positive if whole else positive[labelled]))
     base = calibration.baseline
     baseline = {f"{kind}_{name}": float(base[name]) for name in FIGURES for kind in ("estimated", "realized")
                 if _finite(base.get(name))}
@@ -186,8 +189,10 @@ def _estimate(p: np.ndarray, positive: np.ndarray) -> dict[str, float]:
     """CBPE: expected true positives, false positives and false negatives, as if counts."""
     from opsloop.profile import counts_to_figures
 
-    on = p[positive].sum()
-    figures = counts_to_figures(float(on), float(positive.sum() - on), float(p.sum() - on), float(len(p)))
+    import numpy as np
+
+    on = float(np.dot(p, positive))  # the sum of p over the rows predicted 1, without a copy of them
+    figures = counts_to_figures(on, float(np.count_nonzero(positive)) - on, float(p.sum()) - on, float(len(p)))
     out = {f"estimated_{name}": figures[name] for name in FIGURES}
     out["positive_rate"] = figures["positive_rate"]
     out["expected_positives"] = float(p.sum())
@@ -197,9 +202,12 @@ def _estimate(p: np.ndarray, positive: np.ndarray) -> dict[str, float]:
 def _realized(actual: np.ndarray, positive: np.ndarray) -> dict[str, float]:
     from opsloop.profile import counts_to_figures
 
-    tp = float((actual & positive).sum())
-    figures = counts_to_figures(tp, float(positive.sum()) - tp, float(actual.sum()) - tp, float(len(actual)))
-    return {**{f"realized_{name}": figures[name] for name in FIGURES}, "positives": float(actual.sum())}
+    import numpy as np
+
+    tp = float(np.count_nonzero(actual & positive))
+    figures = counts_to_figures(tp, float(np.count_nonzero(positive)) - tp, float(np.count_nonzero(actual)) - tp,
+                                float(len(actual)))
+    return {**{f"realized_{name}": figures[name] for name in FIGURES}, "positives": float(np.count_nonzero(actual))}
 
 
 def _finite(value: object) -> bool:
