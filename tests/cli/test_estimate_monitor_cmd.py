@@ -72,9 +72,9 @@ def test_run_and_monitor_report_the_estimate_beside_the_realized_figures(opsloop
 
     frame = datasets.load("asd")
     frame = frame[frame["entity"].isin(["omi-1", "omi-9"]) & (frame["timestamp"] >= pd.Timestamp("2024-01-08 12:00"))]
-    (project.path / "labels.csv").write_text("series,time,label\n" + "".join(
-        f"{e},{t.isoformat()},{int(y)}\n" for e, t, y in frame[["entity", "timestamp", "label"]].itertuples(index=False)),
-        encoding="utf-8")
+    rows = frame[["entity", "timestamp", "label"]].itertuples(index=False)
+    (project.path / "labels.csv").write_text(
+        "series,time,label\n" + "".join(f"{e},{t.isoformat()},{int(y)}\n" for e, t, y in rows), encoding="utf-8")
     project.run("feedback", "--file", "labels.csv").assert_ok()
     after = project.run("monitor", "--json").assert_ok().json
     labelled = _report(after["windows"][0]["reports"], "estimate-monitor")["metrics"]

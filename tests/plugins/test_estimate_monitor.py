@@ -12,6 +12,7 @@ estimate should land near the figures counted with the labels.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import attrs
@@ -49,7 +50,7 @@ class Case:
     workdir: Path
 
 
-def _build(workdir: Path, name: str, frame: pd.DataFrame) -> Case:
+def _build(workdir: Path, name: str, frame: pd.DataFrame, stages: dict | None = None) -> Case:
     """Register a version trained on a seeded half of `frame`, as `opsloop run` does, keeping its validation."""
     from opsloop import config as config_mod
     from opsloop.runner import Runner
@@ -58,7 +59,7 @@ def _build(workdir: Path, name: str, frame: pd.DataFrame) -> Case:
     workdir.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(workdir / "data.parquet", index=False)
     config = {"project": {"name": name}, "data": {"source": "data.parquet", "target": "label", "time": "timestamp",
-                                                  "series": "entity"}, **CONFIG}
+                                                  "series": "entity"}, **(stages or CONFIG)}
     (workdir / "opsloop.toml").write_text(to_toml(config), encoding="utf-8")
     half = np.random.default_rng(0).random(len(frame)) < 0.5
     full = Dataset.from_frame(frame, target="label", time="timestamp", series="entity", name=name)
@@ -183,6 +184,25 @@ def test_holdout_keeps_the_held_out_rows_scores(asd):
     assert report.oof["row"].tolist() == test.tolist()
     assert (report.oof["label"].to_numpy() == frame["label"].to_numpy()[test]).all()
     assert report.oof["fold"].eq(0).all() and report.oof["score"].between(0, 1).all()
+
+
+def test_an_anomaly_detector_is_calibrated_with_the_threshold_its_predictions_follow(tmp_path):
+    """isolation-forest (task "anomaly"): its score is -score_samples, not a probability; the threshold is read
+    off its predictions on the training rows, and the estimate runs as for a classifier."""
+    frame = datasets.load("asd")
+    frame = frame[frame["entity"].isin(["omi-1", "omi-9"])].reset_index(drop=True)
+    stages = {**CONFIG, "train": {"plugins": ["isolation-forest"], "isolation-forest": {"n_estimators": 50}},
+              "validate": {"plugins": ["holdout"], "holdout": {"method": "stratified"}}}
+    c = _build(tmp_path, "iso", frame, stages)
+    calibration = profile.read_calibration(c.version)
+    assert c.version.task == "anomaly" and calibration is not None
+    assert calibration.inclusive and calibration.threshold is not None
+    assert calibration.rows == len(c.oof) == math.ceil(0.2 * len(c.train))  # held-out rows (sklearn rounds up)
+    trained = c.model.predict(c.train.frame)
+    assert np.array_equal(calibration.predicted(trained["score"]), trained["prediction"].to_numpy() == 1)
+    assert np.all(np.diff(calibration.probabilities) >= 0) and 0 <= min(calibration.probabilities)
+    m = watch(c).metrics
+    assert m["labelled"] == len(c.monitored) and 0 < m["estimated_f1"] < 1 and 0 < m["realized_f1"] < 1
 
 
 # ---------------------------------------------------------------------------
