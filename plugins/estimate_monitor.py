@@ -28,16 +28,21 @@ it beside `drift-monitor`, and trust `realized_*` once labels arrived.
 
 Metrics: `rows` (rows with a finite score), `estimated_precision`,
 `estimated_recall`, `estimated_f1`, `estimated_prevalence` (mean p: the
-expected share of incidents), `positive_rate` (share predicted 1); with labels
-`labelled`, `realized_precision`, `realized_recall`, `realized_f1`,
+expected share of incidents), `expected_positives` (sum of p),
+`positive_rate` (share predicted 1); with labels `labelled`, `positives`,
+`realized_precision`, `realized_recall`, `realized_f1`,
 `realized_prevalence`. Precision, recall and F1 are NaN where they divide by
 zero. Baseline: the out-of-fold figures of validation (the same rows the
 calibration saw, with the fold models' predictions) under both the
 estimated and the realized names. Alerts: estimated F1 more than
-`max_f1_drop` below the baseline F1; and one alert, with no estimate, when
-the version has no calibration or the window has fewer than `min_rows` rows.
+`max_f1_drop` below the baseline F1, in a window that expects at least
+`min_expected_positives` incident rows; and one alert, with no estimate,
+when the version has no calibration or the window has fewer than
+`min_rows` scored rows. The defaults keep every day of healthy ASD and SMD
+data quiet (docs/monitoring.md has the figures).
 
-Options (`[monitor.estimate-monitor]`): min_rows, max_f1_drop; see `Options`.
+Options (`[monitor.estimate-monitor]`): min_rows, max_f1_drop,
+min_expected_positives; see `Options`.
 """
 
 from __future__ import annotations
