@@ -315,8 +315,16 @@ class LoadedModel:
         if missing:
             raise DataError(f"{self.ref}: input lacks column(s) {', '.join(missing)}")
 
-    def transform(self, frame: pd.DataFrame) -> Dataset:
-        """Replay the stored preprocessing on raw rows."""
+    def transform(self, frame: pd.DataFrame, issues: list[str] | None = None) -> Dataset:
+        """Replay the stored preprocessing on raw rows.
+
+        Args:
+            frame: Raw rows with the input schema's columns.
+            issues: When given, what each step found on these rows is appended
+                to it, as `"<step>: <issue>"` (schema-check's values out of the
+                training range, unseen categories, missing-rate jumps: issue 9,
+                item 5); the features, and so the scores, are the same either way.
+        """
         self.check_input(frame)
         m = self.manifest
         dataset = Dataset.from_frame(frame, target=m["target"] if m["target"] in frame.columns else None,
@@ -330,17 +338,21 @@ class LoadedModel:
             result = self.plugins.call(name, "preprocess", dataset=dataset, state=dict(step["state"]),
                                        options=options, run=self.run)
             dataset = result.dataset
+            if issues is not None:
+                issues.extend(f"{name}: {issue}" for issue in result.issues)
         return dataset
 
-    def score(self, frame: pd.DataFrame) -> tuple[Dataset, pd.DataFrame]:
-        """The replayed features (with the target as the model learned it, when present) and predictions."""
-        dataset = self.transform(frame)
+    def score(self, frame: pd.DataFrame, issues: list[str] | None = None) -> tuple[Dataset, pd.DataFrame]:
+        """The replayed features (with the target as the model learned it, when present) and predictions;
+        `issues` collects the steps' findings, as in `transform`."""
+        dataset = self.transform(frame, issues)
         if len(dataset) != len(frame):
             raise DataError(f"{self.ref}: preprocessing changed the number of rows ({len(frame)} -> {len(dataset)})")
         preds = predictions_frame(self.estimator, self.task, dataset.frame[self.features])
         preds.index = frame.index
         return dataset, preds
 
-    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """Predictions for raw rows, preprocessing replayed; row-aligned with `frame`."""
-        return self.score(frame)[1]
+    def predict(self, frame: pd.DataFrame, issues: list[str] | None = None) -> pd.DataFrame:
+        """Predictions for raw rows, preprocessing replayed; row-aligned with `frame`. `issues` collects the
+        steps' findings, as in `transform`."""
+        return self.score(frame, issues)[1]

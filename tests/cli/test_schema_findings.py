@@ -165,3 +165,23 @@ def test_opsloop_monitor_shows_them_per_window(smd: dict[str, Any]) -> None:
     flat = " ".join(text.stdout.split())
     assert "schema-check" in flat and "out_of_range[m07]" in flat
     assert "alert schema-check: column" in flat
+
+
+def test_loaded_model_hands_the_findings_to_its_caller_and_scores_the_same(smd: dict[str, Any]) -> None:
+    from opsloop import config as config_mod
+    from opsloop.bundle import read_bundle
+    from opsloop.manager import PluginManager
+    from opsloop.session import Session
+
+    with Session.open(config_mod.read(workdir=smd["path"]), sections=("store",)).open_store() as store:
+        version = store.get("smd", 1)
+    model = read_bundle(version.path, PluginManager(), ref=version.ref, digest=version.digest)
+    rows = smd["monitored"]
+    issues: list[str] = []
+    with_issues = model.predict(rows, issues=issues)
+    pd.testing.assert_frame_equal(with_issues, model.predict(rows))  # collecting changes no score
+    assert all(i.startswith("schema-check: ") for i in issues)
+    columns = [re.match(r'schema-check: column "(m\d\d)": [\d,]+ of 11,845 values', i)[1] for i in issues]
+    assert columns == sorted(outside(smd["train"], rows))  # every out-of-range column, in column order
+    (schema,) = [r for r in smd["run"]["monitor"] if r["monitor"] == "schema-check"]
+    assert [f"schema-check: {a}" for a in schema["alerts"][:10]] == issues[:10]  # what the monitor reported
