@@ -159,7 +159,7 @@ def parts(data: Path, args: argparse.Namespace, scratch: Path, manifest: dict, p
     whole = timed(lambda: [writer.add(f, p, p.astype(float)) for f, p in zip(frames, preds, strict=True)])
     writer.close()
     print(f"  logging alone, {sum(map(len, frames)):,} rows: wall {whole[0]:.2f} s cpu {whole[1]:.2f} s, of which "
-          f"encoding the segments (Arrow IPC, LZ4) wall {fmt[0]:.2f} s cpu {fmt[1]:.2f} s")
+          f"encoding the segments (Arrow IPC, Zstandard) wall {fmt[0]:.2f} s cpu {fmt[1]:.2f} s")
     floor(scratch, sum(map(len, frames)), json_objects(frames[0].head(1), columns)[0].as_py())
 
 

@@ -33,6 +33,7 @@ nothing behind.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -290,15 +291,13 @@ def read_rows(con: sqlite3.Connection, path: Path, version: ModelVersion, manife
             return Logged(current=Dataset.from_frame(pd.DataFrame(columns=[c["name"] for c in schema])),
                           predictions=pd.DataFrame({"prediction": []}),
                           keys=pd.Series([], dtype="datetime64[ns, UTC]"))
-        labels = np.concatenate([p.labels for p in parts])
-        label_array = pd.to_numeric(pd.Series(labels, dtype=object), errors="coerce").to_numpy(dtype=float)
+        label_array = np.concatenate([p.labels for p in parts])
         prediction = pd.Series(np.concatenate([p.prediction for p in parts]))
         if version.task in BINARY and set(prediction.dropna().unique().tolist()) <= {0, 1}:
-            _check_binary(path, version, label_array, labels, parts)
+            _check_binary(path, version, label_array, parts)
     except sqlite3.DatabaseError as exc:
         raise LogFileError(path, f"cannot be read: {exc}") from None
-    frame = pd.concat([p.inputs for p in parts], ignore_index=True) if len(parts) > 1 \
-        else parts[0].inputs
+    frame = _frame(parts, schema)
     frame = _typed(frame, schema)
     target = manifest.get("target")
     if target:
@@ -307,10 +306,19 @@ def read_rows(con: sqlite3.Connection, path: Path, version: ModelVersion, manife
     score = np.concatenate([p.score for p in parts])
     if version.task != "regression" and not np.isnan(score).all():
         predictions["score"] = score
-    current = Dataset.from_frame(frame, target=target or None, time=manifest.get("time"),
-                                 series=manifest.get("series"), name=f"{path} ({version.ref})")
+    # Logged rows are not hashed (a million rows would cost a second): the fingerprint names where they come from.
+    where = f"{Path(path).absolute()}|{version.ref}|{by}|{lo}|{hi}|{len(frame)}"
+    current = Dataset(frame=frame, fingerprint="log:" + hashlib.sha256(where.encode()).hexdigest(),
+                      target=target or None, time=manifest.get("time"), series=manifest.get("series"),
+                      name=f"{path} ({version.ref})")
     # Keys repeat (one time per step across series, one `at` per batch): each distinct one is parsed once.
-    codes, uniques = pd.factorize(pd.Series(np.concatenate([p.keys for p in parts]), dtype=object))
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    every = pa.chunked_array([p.keys for p in parts], type=pa.string())
+    distinct = pc.unique(every)
+    codes = pc.index_in(every, value_set=distinct).to_numpy(zero_copy_only=False)
+    uniques = distinct.to_pylist()
     fmt = KEY_FORMATS[by]
     when = pd.to_datetime(pd.Series(uniques), format="ISO8601" if by == "at" else fmt, errors="coerce", utc=True)
     if by == "time" and when.isna().any():  # a time SQLite could not normalize is kept as sent
@@ -318,16 +326,32 @@ def read_rows(con: sqlite3.Connection, path: Path, version: ModelVersion, manife
     return Logged(current=current, predictions=predictions, keys=pd.Series(when.to_numpy()[codes]))
 
 
+def _frame(parts: list[_Part], schema: list[dict[str, str]]) -> pd.DataFrame:
+    """The parts' inputs as one frame of the schema's columns: the segments' Arrow tables made one table and
+    converted once (no copy per segment), after the served rows."""
+    import pandas as pd
+    import pyarrow as pa
+
+    frames = [p.inputs for p in parts if isinstance(p.inputs, pd.DataFrame)]
+    tables = [p.inputs for p in parts if not isinstance(p.inputs, pd.DataFrame)]
+    if tables:
+        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
+        frames.append(table.to_pandas(split_blocks=True, self_destruct=True))
+        del table, tables
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
 @attrs.frozen(kw_only=True)
 class _Part:
     """Rows read from one place of the log: the served rows, or one segment."""
 
-    inputs: Any
-    keys: Any
+    inputs: Any  # a frame (served rows) or an Arrow table (a segment)
+    keys: Any  # Arrow strings: the window key of each row (the time key, or when it was logged)
     prediction: Any
     score: Any
-    labels: Any  # object: the latest label as logged, None where none
-    where: Any  # (index in this part) -> (request id, row)
+    labels: Any  # the latest label as a number; NaN where none (or not a number)
+    given: Any  # where a label arrived
+    where: Any  # (index in this part) -> (request id, row, the label as logged)
 
 
 def _served_rows(con: sqlite3.Connection, path: Path, version: ModelVersion, schema: list[dict[str, str]], *,
@@ -335,6 +359,7 @@ def _served_rows(con: sqlite3.Connection, path: Path, version: ModelVersion, sch
     """The rows `opsloop serve` logged one by one (JSON inputs), with their labels."""
     import numpy as np
     import pandas as pd
+    import pyarrow as pa
 
     params = {"model": version.name, "version": version.version, "since": lo, "until": hi}
     ids: list[Any] = []
@@ -355,14 +380,15 @@ def _served_rows(con: sqlite3.Connection, path: Path, version: ModelVersion, sch
     if not ids:
         return []
 
-    def where(i: int) -> tuple[str, int]:
-        return con.execute("SELECT request_id, row FROM predictions WHERE id = ?", (ids[i],)).fetchone()
+    def where(i: int) -> tuple[str, int, Any]:
+        return (*con.execute("SELECT request_id, row FROM predictions WHERE id = ?", (ids[i],)).fetchone(), labels[i])
 
     return [_Part(inputs=pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0],
-                  keys=np.array(keys, dtype=object),
+                  keys=pa.array(keys, pa.string()),
                   prediction=pd.to_numeric(pd.Series(preds, dtype=object), errors="coerce").to_numpy(dtype=float),
                   score=pd.to_numeric(pd.Series(scores, dtype=object), errors="coerce").to_numpy(dtype=float),
-                  labels=np.array(labels, dtype=object), where=where)]
+                  labels=pd.to_numeric(pd.Series(labels, dtype=object), errors="coerce").to_numpy(dtype=float),
+                  given=np.array([v is not None for v in labels], dtype=bool), where=where)]
 
 
 def _segment_rows(con: sqlite3.Connection, version: ModelVersion, schema: list[dict[str, str]], *, by: str, lo: str,
@@ -381,46 +407,50 @@ def _segment_rows(con: sqlite3.Connection, version: ModelVersion, schema: list[d
                                                          since=lo, until=hi):
         if fb is None:
             fb = segments.feedback(con, version.name)
-        label, _ = segments.labels(table, request_id, first, fb)
+        label, fid = segments.labels(table, request_id, first, fb)
         positions = np.arange(table.num_rows)
         if by == "time":
             times = table.column("time").cast(pa.string())
             keep = pc.fill_null(pc.and_(pc.greater_equal(times, lo), pc.less(times, hi)), False).to_numpy(
                 zero_copy_only=False)
             if not keep.all():
-                table, label, positions, times = table.filter(keep), label[keep], positions[keep], times.filter(keep)
-            keys = times.to_numpy(zero_copy_only=False)
+                table, label, fid, positions = table.filter(keep), label[keep], fid[keep], positions[keep]
+                times = times.filter(keep)
+            keys = times.combine_chunks() if isinstance(times, pa.ChunkedArray) else times
         else:
-            keys = np.full(table.num_rows, at, dtype=object)
+            keys = pa.DictionaryArray.from_arrays(pa.array(np.zeros(table.num_rows, np.int32)),
+                                                  pa.array([at], pa.string())).cast(pa.string())
         if not table.num_rows:
             continue
-        inputs = segments.inputs_frame(table)
-        missing = [n for n in names if n not in inputs]
-        for name in missing:  # a column the batch did not have: missing, as a client that left it out
-            inputs[name] = None
+        struct = table.column("inputs").combine_chunks()
+        inputs = pa.Table.from_batches([pa.RecordBatch.from_struct_array(struct)])
+        for name in (n for n in names if n not in inputs.column_names):  # a column the batch did not have:
+            inputs = inputs.append_column(name, pa.nulls(len(inputs)))  # missing, as a client that left it out
         score = table.column("score").to_numpy(zero_copy_only=False).astype(float)
-        parts.append(_Part(inputs=inputs[names], keys=keys,
+        parts.append(_Part(inputs=inputs.select(names), keys=keys,
                            prediction=table.column("prediction").to_numpy(zero_copy_only=False).astype(float),
-                           score=score, labels=label,
-                           where=lambda i, r=request_id, f=first, pos=positions: (r, f + int(pos[i]))))
+                           score=score, labels=label, given=fid >= 0,
+                           where=lambda i, r=request_id, f=first, pos=positions, ids=fid: (
+                               r, f + int(pos[i]),
+                               con.execute("SELECT label FROM feedback WHERE id = ?", (int(ids[i]),)).fetchone()[0])))
     return parts
 
 
-def _check_binary(path: Path, version: ModelVersion, values: Any, labels: Any, parts: list[_Part]) -> None:
+def _check_binary(path: Path, version: ModelVersion, values: Any, parts: list[_Part]) -> None:
     """DataError naming the first row whose latest label is neither 0 nor 1 (or not a number), for a 0/1 model."""
     import numpy as np
 
-    given = np.fromiter((v is not None for v in labels), dtype=bool, count=len(labels))
+    given = np.concatenate([p.given for p in parts])
     bad = np.flatnonzero(given & ~np.isin(values, (0.0, 1.0)))
     if not len(bad):
         return
     first = int(bad[0])
     for part in parts:
         if first < len(part.labels):
-            request, row = part.where(first)
+            request, row, label = part.where(first)
             break
         first -= len(part.labels)
-    raise DataError(f"prediction log {path}: the label of request {request} row {row} is {labels[int(bad[0])]!r}, "
+    raise DataError(f"prediction log {path}: the label of request {request} row {row} is {label!r}, "
                     f"but {version.ref} is a 0/1 {version.task} model ({len(bad):,} row(s) labelled so): send the "
                     "right label again with opsloop feedback (the latest label of a row wins)")
 
@@ -463,13 +493,16 @@ def _inputs(texts: Iterable[str], schema: list[dict[str, str]], path: Path) -> p
 
 
 def _typed(frame: pd.DataFrame, schema: list[dict[str, str]]) -> pd.DataFrame:
-    """Columns back to the dtypes the bundle recorded, where the values allow (ints with nulls stay floats)."""
+    """Columns back to the dtypes the bundle recorded, where the values allow (ints with nulls stay floats).
+    Columns that already have their dtype are left as they are (no copy)."""
     import pandas as pd
 
-    out = {}
+    out = frame[[c["name"] for c in schema]]
     for column in schema:
         name, dtype = column["name"], column["dtype"]
-        values = frame[name]
+        values = out[name]
+        if str(values.dtype) == dtype:
+            continue
         try:
             if dtype.startswith("datetime"):
                 values = pd.to_datetime(values, format="ISO8601", errors="coerce", utc=True)
@@ -479,9 +512,9 @@ def _typed(frame: pd.DataFrame, schema: list[dict[str, str]]) -> pd.DataFrame:
             else:
                 values = values.astype(dtype)
         except (TypeError, ValueError):
-            pass  # left as read: the monitor sees what the client sent
+            continue  # left as read: the monitor sees what the client sent
         out[name] = values
-    return pd.DataFrame(out)
+    return out
 
 
 # -- windows and monitors --------------------------------------------------------
@@ -602,11 +635,12 @@ def monitor(session: Session, *, model: str, alias: str | None, version: int | N
         if not count:
             out.append(Window(start=start, end=end))
             continue
-        frame = rows.current.frame[mask].reset_index(drop=True)
-        current = rows.current.derive(frame)
+        whole = count == len(mask)  # one window over every row: no copy
+        frame = rows.current.frame if whole else rows.current.frame[mask].reset_index(drop=True)
+        current = attrs.evolve(rows.current, frame=frame, fingerprint=f"{rows.current.fingerprint}|{_iso(start)}")
         labelled = int(frame[target_col].notna().sum()) if target_col in frame else 0
-        reports = _stage(session, run, lambda: run_monitors(session, target, current,
-                                                             rows.predictions[mask].reset_index(drop=True),
+        predicted = rows.predictions if whole else rows.predictions[mask].reset_index(drop=True)
+        reports = _stage(session, run, lambda: run_monitors(session, target, current, predicted,  # noqa: B023
                                                              reference, run))
         out.append(Window(start=start, end=end, rows=count, labelled=labelled, reports=tuple(reports)))
     return Result(version=target, alias=None if version is not None else alias, log=log, by=by,

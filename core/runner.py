@@ -449,6 +449,7 @@ def _concat(a: Dataset, b: Dataset) -> Any:
 
 
 def _figures(metrics: Any) -> str:
-    keys = [k for k in ("accuracy", "precision", "recall", "f1", "roc_auc", "rmse", "drift_max_psi") if k in metrics]
+    names = ("accuracy", "precision", "recall", "f1", "roc_auc", "rmse", "drift_max_psi", "estimated_f1")
+    keys = [k for k in names if k in metrics]
     return ", ".join(f"{k} {metrics[k]:.3f}" for k in keys[:5]) or "-"
 

@@ -88,9 +88,7 @@ def validate(
             runner.close()
     failed = [r for r in results if not r.passed]
     if json_:
-        import attrs
-
-        print_json({"reports": [attrs.asdict(r) for r in reports],
+        print_json({"reports": [r.summary() for r in reports],
                     "gates": [{"gate": str(r.gate), "value": r.value, "passed": r.passed} for r in results],
                     "passed": not failed})
     else:

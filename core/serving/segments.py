@@ -5,7 +5,8 @@ batch run (the `batch` deploy target, `opsloop run`'s deploy stage) logs a
 million rows at a time; row by row, SQLite alone costs about what scoring
 does (benchmarks/predlog.py). So a batch goes into the same file as
 *segments*: one row of the `segments` table per scored chunk, holding the
-chunk as an Arrow IPC stream (LZ4-compressed) in a BLOB, with what a reader
+chunk as an Arrow IPC stream (Zstandard-compressed: 100,000 ASD rows take
+1.4 MB instead of 9.7, and decode in about 15 ms) in a BLOB, with what a reader
 filters on beside it (request id, first row number, row count, time of
 writing, model, version, first and last time key). One file, one retention,
 one feedback table: feedback by request id and row, by request id, or by
@@ -39,7 +40,9 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-FORMAT = "arrow-ipc-lz4"
+FORMAT = "arrow-ipc-zstd"
+#: Formats this version reads (an Arrow IPC stream says its own compression).
+READS = frozenset({FORMAT, "arrow-ipc-lz4", "arrow-ipc"})
 INSERT = ("INSERT INTO segments (request_id, first_row, rows, at, model, version, min_time, max_time, format, data) "
           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 META = ("series", "time", "prediction", "score")
@@ -61,7 +64,7 @@ def encode(frame: pd.DataFrame, columns: list[str], series: Any, times: Any, pre
         [inputs, series, times, pa.array(np.asarray(predictions, dtype=np.float64)), score],
         names=["inputs", *META])
     sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, batch.schema, options=pa.ipc.IpcWriteOptions(compression="lz4")) as writer:
+    with pa.ipc.new_stream(sink, batch.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
         writer.write_batch(batch)
     bounds = pc.min_max(times.dictionary if isinstance(times, pa.DictionaryArray) else times)
     low, high = bounds["min"].as_py(), bounds["max"].as_py()
@@ -147,7 +150,7 @@ def rows(con: sqlite3.Connection, *, model: str, version: int | None = None, by:
            "ORDER BY id")
     for request_id, first, at, ver, fmt, data in con.execute(sql, {"model": model, "version": version,
                                                                    "since": since, "until": until}):
-        if fmt != FORMAT:
+        if fmt not in READS:
             raise sqlite3.DatabaseError(f"segment of request {request_id} is in format {fmt!r}, which this "
                                         f"opsloop does not read (it reads {FORMAT!r})")
         yield request_id, int(first), at, int(ver), decode(data)
@@ -170,19 +173,21 @@ def feedback(con: sqlite3.Connection, model: str) -> dict[str, pd.DataFrame]:
         rows_ = con.execute(sql, (model,) if kind == "key" else ()).fetchall()
         columns = ["request_id", "row", "label", "fid"] if kind == "row" else \
             ["request_id", "label", "fid"] if kind == "request" else ["series", "time", "label", "fid"]
-        out[kind] = pd.DataFrame.from_records(rows_, columns=columns)
+        frame = pd.DataFrame.from_records(rows_, columns=columns)
+        frame["value"] = pd.to_numeric(frame["label"], errors="coerce").astype(float)  # not a number: NaN
+        out[kind] = frame
     return out
 
 
 def labels(table: pa.Table, request_id: str, first: int, fb: dict[str, pd.DataFrame]) -> tuple[Any, Any]:
-    """Each row's latest label (object array: None where unlabelled) and the id of the feedback that gave it
-    (-1: none), the newest of the three kinds of feedback winning, as for served rows."""
+    """Each row's latest label as a number (NaN where unlabelled, or where the label is not a number) and the id of
+    the feedback that gave it (-1: none), the newest of the three kinds of feedback winning, as for served rows."""
     import numpy as np
     import pandas as pd
 
     n = table.num_rows
     best = np.full(n, -1, dtype=np.int64)
-    label = np.full(n, None, dtype=object)
+    label = np.full(n, np.nan)
 
     def take(fid: Any, values: Any, found: Any) -> None:
         newer = found & (fid > best)
@@ -193,16 +198,16 @@ def labels(table: pa.Table, request_id: str, first: int, fb: dict[str, pd.DataFr
     hit = by_request[by_request["request_id"] == request_id]
     if len(hit):
         fid = np.full(n, int(hit["fid"].iloc[0]), dtype=np.int64)
-        take(fid, np.full(n, hit["label"].iloc[0], dtype=object), np.ones(n, dtype=bool))
+        take(fid, np.full(n, hit["value"].iloc[0]), np.ones(n, dtype=bool))
     by_row = fb["row"]
     hit = by_row[by_row["request_id"] == request_id]
     if len(hit):
         position = hit["row"].to_numpy(dtype=np.int64) - first
         inside = (position >= 0) & (position < n)
         fid = np.full(n, -1, dtype=np.int64)
-        values = np.full(n, None, dtype=object)
+        values = np.full(n, np.nan)
         fid[position[inside]] = hit["fid"].to_numpy(dtype=np.int64)[inside]
-        values[position[inside]] = hit["label"].to_numpy(dtype=object)[inside]
+        values[position[inside]] = hit["value"].to_numpy()[inside]
         take(fid, values, fid >= 0)
     by_key = fb["key"]
     if len(by_key):
@@ -223,7 +228,7 @@ def labels(table: pa.Table, request_id: str, first: int, fb: dict[str, pd.DataFr
             hit = found >= 0
             at = np.where(hit, found, 0)
             take(np.where(hit, by_key["fid"].to_numpy(dtype=np.int64)[usable][at], -1),
-                 by_key["label"].to_numpy(dtype=object)[usable][at], hit)
+                 by_key["value"].to_numpy()[usable][at], hit)
     return label, best
 
 

@@ -14,6 +14,7 @@ def test_validate_prints_folds_and_passes_gates(opsloop_project, small_config):
     report = data["reports"][0]
     assert len(report["folds"]) == 3
     assert report["method"].startswith("3-fold time-ordered")
+    assert "oof" not in report  # the out-of-fold scores (kept for calibration) are not printed
     assert data["passed"] is True
     assert [g["gate"] for g in data["gates"]] == ["accuracy >= 0.5", "roc_auc > 0"]
     assert data["gates"][0]["value"] == pytest.approx(report["mean"]["accuracy"])
