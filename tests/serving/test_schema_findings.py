@@ -201,3 +201,34 @@ def test_on_violation_reject_still_refuses_and_counts(smd: Project, tmp_path: Pa
         assert status == 422 and 'column "m07"' in answer["error"]  # as before: the replay refuses the rows
         assert client.findings() == {("out_of_range", "m07"): 1}
         assert client.predict(inside)[0] == 200 and client.findings() == {("out_of_range", "m07"): 1}
+
+
+def test_the_compiled_check_finds_what_the_plugin_finds(smd: Project) -> None:
+    """compile_row_check against findings() on the same rows: SMD's later period, single rows and blocks, with
+    gaps put in and a text column (m07's training terciles, "above" beyond them: a category never seen)."""
+    train, later = smd.train.copy(), smd.later.copy()
+    edges = train["m07"].quantile([0, 1 / 3, 2 / 3]).tolist()
+
+    def band(values: pd.Series) -> pd.Series:
+        out = pd.Series(np.select([values > train["m07"].max(), values >= edges[2], values >= edges[1]],
+                                  ["above", "high", "mid"], "low"), index=values.index, dtype=object)
+        return out.where(values.index % 97 != 5, None)  # a few missing values
+
+    train["band"], later["band"] = band(train["m07"]), band(later["m07"])
+    later.loc[later.index % 53 == 0, "m03"] = np.nan  # gaps where training had none
+    fitted = schema_check.preprocess(dataset=Dataset.from_frame(train, target="label", time="timestamp",
+                                                                series="entity"),
+                                     state=None, options=None, run=None)
+    state = fitted.state
+    numeric = [c for c in later.columns if c.startswith("m")]
+    check = schema_check.compile_row_check(state, None, {c: j for j, c in enumerate(numeric)}, ["band"])
+    seen: set[str] = set()
+    for start, size in [*((i, 1) for i in range(0, len(later), 37)), (0, 500), (5000, 3), (10_000, 1845)]:
+        rows = later.iloc[start:start + size].reset_index(drop=True)
+        expected = {(f.check, f.column) for f in schema_check.findings(
+            Dataset.from_frame(rows, target="label", time="timestamp", series="entity"), state,
+            schema_check.Options()) if f.violation}
+        got = check(rows[numeric].to_numpy(np.float64), {"band": rows["band"].tolist()})
+        assert set(got) == expected and len(got) == len(expected), (start, size)
+        seen.update(k for k, _ in got)
+    assert seen == {"out_of_range", "missing_rate", "unseen_category"}  # every check a request can show
