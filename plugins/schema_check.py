@@ -332,13 +332,15 @@ def monitor(version: ModelVersion, current: Dataset, run: RunContext) -> Monitor
     `<check>[<column>]`, with training's figure as the baseline: the share of
     values out of range or of unseen categories (0 at training), the missing
     rate (training's), 1 for a missing or mistyped column. Every violation is
-    an alert. Options in `[monitor.schema-check]` are not read: the rows are
+    an alert. A version trained without the step gets a report without
+    figures (and a warning in the log). Options in `[monitor.schema-check]` are not read: the rows are
     judged with the tolerances the version was trained with, as serving does.
     """
     steps = stored_steps(version)
-    if not steps:
+    if not steps:  # no figures rather than a 0 that would read as "all clear"
         run.log.warning("schema-check: %s was trained without a schema-check step: nothing to check the rows "
                         "against", version.ref)
+        return MonitorReport(model=version.ref, rows=len(current))
     metrics: dict[str, float] = {"schema_findings": 0.0}
     baseline: dict[str, float] = {"schema_findings": 0.0}
     alerts: list[str] = []

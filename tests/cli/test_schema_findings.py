@@ -185,3 +185,25 @@ def test_loaded_model_hands_the_findings_to_its_caller_and_scores_the_same(smd: 
     assert columns == sorted(outside(smd["train"], rows))  # every out-of-range column, in column order
     (schema,) = [r for r in smd["run"]["monitor"] if r["monitor"] == "schema-check"]
     assert [f"schema-check: {a}" for a in schema["alerts"][:10]] == issues[:10]  # what the monitor reported
+
+
+def test_a_version_without_the_step_gets_no_figures_rather_than_zero(smd: dict[str, Any], caplog) -> None:
+    import logging
+
+    from opsloop import Dataset
+    from opsloop import config as config_mod
+    from opsloop.plugins import schema_check
+    from opsloop.session import Session
+
+    result = invoke(["run", "--json", "--set", 'preprocess.plugins=["impute"]', "--set", "monitor.plugins=[]"],
+                    smd["path"])
+    assert result.exit_code == 0, result.stderr
+    with Session.open(config_mod.read(workdir=smd["path"]), sections=("store",)).open_store() as store:
+        version = store.get("smd", 2)
+    assert [s["plugin"] for s in json.loads((version.path / "manifest.json").read_text())["steps"]] == ["impute"]
+    run = type("Run", (), {"log": logging.getLogger("opsloop.test")})()
+    rows = Dataset.from_frame(smd["monitored"], target="label", time="timestamp", series="entity")
+    with caplog.at_level(logging.WARNING, logger="opsloop.test"):
+        report = schema_check.monitor(version=version, current=rows, run=run)
+    assert report.metrics == {} and report.alerts == () and report.rows == len(rows)
+    assert "smd:2 was trained without a schema-check step" in caplog.text
