@@ -333,8 +333,9 @@ def monitor(version: ModelVersion, current: Dataset, run: RunContext) -> Monitor
     values out of range or of unseen categories (0 at training), the missing
     rate (training's), 1 for a missing or mistyped column. Every violation is
     an alert. A version trained without the step gets a report without
-    figures (and a warning in the log). Options in `[monitor.schema-check]` are not read: the rows are
-    judged with the tolerances the version was trained with, as serving does.
+    figures (and a warning in the log). Options in `[monitor.schema-check]`
+    are not read: the rows are judged with the tolerances the version was
+    trained with, as serving does.
     """
     steps = stored_steps(version)
     if not steps:  # no figures rather than a 0 that would read as "all clear"

@@ -126,7 +126,8 @@ class Metrics:
                "Requests whose rows showed a schema-check finding (out_of_range, missing_rate, unseen_category), "
                "by model version and column.")
         for (model, version, check, column), n in sorted(self.findings.items()):
-            out.append(f"opsloop_schema_findings_total{_labels(model=model, version=version, check=check, column=column)} {n}")
+            labels = _labels(model=model, version=version, check=check, column=column)
+            out.append(f"opsloop_schema_findings_total{labels} {n}")
         m = self.model
         family("opsloop_model_version", "gauge", "The version being served.")
         out.append(f"opsloop_model_version{_labels(model=m['model'], alias=alias)} {m['version']}")
