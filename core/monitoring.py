@@ -333,11 +333,16 @@ def _frame(parts: list[_Part], schema: list[dict[str, str]]) -> pd.DataFrame:
     import pyarrow as pa
 
     frames = [p.inputs for p in parts if isinstance(p.inputs, pd.DataFrame)]
-    tables = [p.inputs for p in parts if not isinstance(p.inputs, pd.DataFrame)]
+    tables = []
+    for i, part in enumerate(parts):  # the parts let go of their tables: converting frees each column's buffers
+        if not isinstance(part.inputs, pd.DataFrame):
+            tables.append(part.inputs)
+            parts[i] = attrs.evolve(part, inputs=None)
     if tables:
-        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
+        table = pa.concat_tables(tables, promote_options="permissive")
+        tables.clear()
         frames.append(table.to_pandas(split_blocks=True, self_destruct=True))
-        del table, tables
+        del table
     return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
