@@ -323,7 +323,7 @@ def read_rows(con: sqlite3.Connection, path: Path, version: ModelVersion, manife
     when = pd.to_datetime(pd.Series(uniques), format="ISO8601" if by == "at" else fmt, errors="coerce", utc=True)
     if by == "time" and when.isna().any():  # a time SQLite could not normalize is kept as sent
         when = when.fillna(pd.to_datetime(pd.Series(uniques), format="mixed", errors="coerce", utc=True))
-    return Logged(current=current, predictions=predictions, keys=pd.Series(when.to_numpy()[codes]))
+    return Logged(current=current, predictions=predictions, keys=when.take(codes).reset_index(drop=True))
 
 
 def _frame(parts: list[_Part], schema: list[dict[str, str]]) -> pd.DataFrame:

@@ -129,13 +129,23 @@ def monitor(version: ModelVersion, current: Dataset, reference: Dataset | None, 
     figures: dict[str, float] = {"rows": float(len(current)),
                                  "reference_rows": float(profile.rows if profile else len(reference))}
     psi_all, ks_all, drifted = {}, {}, []
+    groups = _Groups.of(current, options) if columns else None
+    own = _OwnReferences(reference, profile, options.bins) if groups else None
+    per_series: list[list[tuple[str, tuple[float, float]]]] = []
 
-    def compare(column: str) -> tuple[float, float] | None:
+    def compare(column: str) -> tuple[tuple[float, float] | None, list[tuple[str, tuple[float, float]]]]:
         cdf = _reference_cdf(column, reference, profile, options.bins)
-        return None if cdf is None else cdf.compare(_sorted_finite(_values(current.frame[column])))
+        values = _values(current.frame[column])
+        if groups is None:
+            return (None if cdf is None else cdf.compare(_sorted_finite(values))), []
+        # Each series' values sorted once: they make the whole column's distribution (counts add up over the
+        # runs, no sort of the whole column) and each series' own.
+        runs = groups.sorted_runs(values)
+        return (None if cdf is None else cdf.compare(_Runs(runs))), groups.compare(column, runs, own, cdf)
 
     # A column's reference at a time per thread (exact ones hold every distinct value).
-    for column, compared in zip(columns, _threads(compare, columns), strict=True):
+    for column, (compared, series_found) in zip(columns, _threads(compare, columns), strict=True):
+        per_series.append(series_found)
         if compared is None:
             continue
         psi_all[column], ks_all[column] = compared
@@ -153,7 +163,8 @@ def monitor(version: ModelVersion, current: Dataset, reference: Dataset | None, 
     if len(drifted) > options.max_alerts:
         rest = drifted[options.max_alerts:]
         alerts.append(f"{len(rest)} more feature(s) drifted: {', '.join(c for c, _, _ in rest)}")
-    alerts += _series(current, reference, profile, columns, options, figures)
+    if groups is not None:
+        alerts += _series(groups, own, columns, per_series, options, figures)
     alerts += _outputs(predictions, profile, options, figures)
     return MonitorReport(model=version.ref, rows=len(current), metrics=figures, alerts=tuple(alerts))
 
@@ -192,44 +203,58 @@ def _columns(current: Dataset, reference: Dataset, profile: Profile | None, opti
 # ---------------------------------------------------------------------------
 
 
-def _series(current: Dataset, reference: Dataset, profile: Profile | None, columns: list[str],
-            options: Options, figures: dict[str, float]) -> list[str]:
-    """`series_ks[<s>]`, `series_psi[<s>]`: each series' largest feature KS and PSI; alerts on the worst."""
-    import numpy as np
-    import pandas as pd
+class _Groups:
+    """The current rows grouped by series: the order that groups them, where each group starts, the series
+    names, and the largest ones (at most `max_series`) that get figures of their own."""
 
-    key = current.series
-    if not options.max_series or not key or key not in current.frame.columns or not columns:
-        return []
-    codes, labels = pd.factorize(current.frame[key].astype(str))
-    labels = [str(label) for label in labels]
-    counts = np.bincount(codes)
-    kept = np.argsort(-counts, kind="stable")[:options.max_series]
-    order = np.argsort(codes, kind="stable")
-    starts = np.concatenate(([0], np.cumsum(counts)))
-    own = _OwnReferences(reference, profile, options.bins)
-    found: dict[str, list[tuple[str, float, float]]] = {}
+    def __init__(self, codes: Any, labels: list[str], max_series: int) -> None:
+        import numpy as np
 
-    def compare(column: str) -> list[tuple[str, tuple[float, float]]]:
-        values = _values(current.frame[column])[order]  # rows grouped by series
+        counts = np.bincount(codes, minlength=len(labels))
+        self.labels = labels
+        self.kept = np.argsort(-counts, kind="stable")[:max_series]
+        self.order = np.argsort(codes, kind="stable")
+        self.starts = np.concatenate(([0], np.cumsum(counts)))
+
+    @classmethod
+    def of(cls, current: Dataset, options: Options) -> _Groups | None:
+        import pandas as pd
+
+        key = current.series
+        if not options.max_series or not key or key not in current.frame.columns:
+            return None
+        codes, labels = pd.factorize(current.frame[key].astype(str))
+        return cls(codes, [str(label) for label in labels], options.max_series)
+
+    def sorted_runs(self, values: np.ndarray) -> list[np.ndarray]:
+        """Each series' finite values, sorted."""
+        grouped = values[self.order]
+        return [_sorted_finite(grouped[self.starts[k]:self.starts[k + 1]]) for k in range(len(self.labels))]
+
+    def compare(self, column: str, runs: list[np.ndarray], own: _OwnReferences,
+                pooled: _CDF | None) -> list[tuple[str, tuple[float, float]]]:
+        """(series, (PSI, KS)) of each kept series against its own training rows (or all of them, for a series
+        training had no row of)."""
         references = own.column(column)
-        pooled = None
         out = []
-        for code in kept:
-            label = labels[code]
-            if label in own.names:
-                cdf = references.get(label)
-            else:  # no training rows of its own: against all of them
-                pooled = pooled or _reference_cdf(column, reference, profile, options.bins)
-                cdf = pooled
-            compared = None if cdf is None else cdf.compare(_sorted_finite(values[starts[code]:starts[code + 1]]))
+        for code in self.kept:
+            label = self.labels[code]
+            cdf = references.get(label) if label in own.names else pooled
+            compared = None if cdf is None else cdf.compare(runs[code])
             if compared is not None:
                 out.append((label, compared))
         return out
 
-    for column, results in zip(columns, _threads(compare, columns), strict=True):  # in column order
+
+def _series(groups: _Groups, own: _OwnReferences, columns: list[str],
+            per_series: list[list[tuple[str, tuple[float, float]]]], options: Options,
+            figures: dict[str, float]) -> list[str]:
+    """`series_ks[<s>]`, `series_psi[<s>]`: each series' largest feature KS and PSI; alerts on the worst."""
+    found: dict[str, list[tuple[str, float, float]]] = {}
+    for column, results in zip(columns, per_series, strict=True):  # in column order
         for label, compared in results:
             found.setdefault(label, []).append((column, *compared))
+    labels = groups.labels
     worst = {s: (max(f, key=lambda x: (x[2], x[1])), max(f, key=lambda x: (x[1], x[2]))) for s, f in found.items()}
     ranked = sorted(worst, key=lambda s: (-worst[s][0][2], -worst[s][1][1], s))
     figures.update({f"series_ks[{s}]": worst[s][0][2] for s in ranked})
@@ -317,7 +342,7 @@ class _CDF:
     edges: np.ndarray
     shares: np.ndarray
 
-    def psi(self, current: np.ndarray) -> float | None:
+    def psi(self, current: np.ndarray | _Runs) -> float | None:
         """PSI of sorted finite `current` values against the reference (None without values)."""
         import numpy as np
 
@@ -327,7 +352,7 @@ class _CDF:
         r, c = np.maximum(self.shares, EPSILON), np.maximum(counts / len(current), EPSILON)
         return float(np.sum((c - r) * np.log(c / r)))
 
-    def compare(self, current: np.ndarray) -> tuple[float, float] | None:
+    def compare(self, current: np.ndarray | _Runs) -> tuple[float, float] | None:
         """(PSI, KS) of sorted finite `current` values against the reference (None without values)."""
         import numpy as np
 
@@ -386,17 +411,31 @@ def _as(points: np.ndarray, dtype: np.dtype, toward: float) -> np.ndarray:
     return np.where(off, np.nextafter(rounded, np.array(toward, dtype=dtype)), rounded)
 
 
-def _count_below(ordered: np.ndarray, points: np.ndarray) -> np.ndarray:
+class _Runs:
+    """Sorted runs of values (each series' own) standing for all of them: counts add up over the runs."""
+
+    def __init__(self, runs: list[np.ndarray]) -> None:
+        self.runs = [r for r in runs if len(r)]
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.runs)
+
+
+def _count_below(ordered: np.ndarray | _Runs, points: np.ndarray) -> np.ndarray:
     """How many of the sorted values are < each point."""
     import numpy as np
 
+    if isinstance(ordered, _Runs):
+        return sum((_count_below(r, points) for r in ordered.runs), np.zeros(len(points), dtype=np.int64))
     return np.searchsorted(ordered, _as(points, ordered.dtype, math.inf), side="left")
 
 
-def _count_upto(ordered: np.ndarray, points: np.ndarray) -> np.ndarray:
+def _count_upto(ordered: np.ndarray | _Runs, points: np.ndarray) -> np.ndarray:
     """How many of the sorted values are <= each point."""
     import numpy as np
 
+    if isinstance(ordered, _Runs):
+        return sum((_count_upto(r, points) for r in ordered.runs), np.zeros(len(points), dtype=np.int64))
     return np.searchsorted(ordered, _as(points, ordered.dtype, -math.inf), side="right")
 
 

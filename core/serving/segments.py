@@ -148,12 +148,40 @@ def rows(con: sqlite3.Connection, *, model: str, version: int | None = None, by:
         where.append("max_time >= :since AND min_time < :until")
     sql = (f"SELECT request_id, first_row, at, version, format, data FROM segments WHERE {' AND '.join(where)} "
            "ORDER BY id")
-    for request_id, first, at, ver, fmt, data in con.execute(sql, {"model": model, "version": version,
-                                                                   "since": since, "until": until}):
-        if fmt not in READS:
-            raise sqlite3.DatabaseError(f"segment of request {request_id} is in format {fmt!r}, which this "
-                                        f"opsloop does not read (it reads {FORMAT!r})")
-        yield request_id, int(first), at, int(ver), decode(data)
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    cursor = con.execute(sql, {"model": model, "version": version, "since": since, "until": until})
+    # Decoded on two threads while the next segment is read (Arrow decompresses without the GIL).
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="opsloop-segments") as pool:
+        pending: deque[Any] = deque()
+        for request_id, first, at, ver, fmt, data in cursor:
+            if fmt not in READS:
+                raise sqlite3.DatabaseError(f"segment of request {request_id} (rows from {first}) is in format "
+                                            f"{fmt!r}, which this opsloop does not read (it reads {FORMAT!r})")
+            pending.append(((request_id, int(first), at, int(ver)), pool.submit(_decode, data, request_id, first)))
+            if len(pending) > 2:
+                meta, table = pending.popleft()
+                yield (*meta, table.result())
+        while pending:
+            meta, table = pending.popleft()
+            yield (*meta, table.result())
+
+
+def _decode(data: bytes, request_id: str, first: int) -> pa.Table:
+    """`decode`, a damaged segment as an sqlite3.DatabaseError naming it (readers report the log as unreadable)."""
+    import pyarrow as pa
+
+    try:
+        table = decode(data)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise sqlite3.DatabaseError(f"segment of request {request_id} (rows from {first}) is damaged: "
+                                    f"{exc}") from None
+    missing = [c for c in ("inputs", *META) if c not in table.column_names]
+    if missing:
+        raise sqlite3.DatabaseError(f"segment of request {request_id} (rows from {first}) lacks column(s) "
+                                    f"{', '.join(missing)}")
+    return table
 
 
 def feedback(con: sqlite3.Connection, model: str) -> dict[str, pd.DataFrame]:

@@ -161,3 +161,29 @@ def test_a_label_that_is_not_0_or_1_on_a_segment_row_names_its_request_and_row(l
     assert result.exit_code == 1
     assert f"the label of request {logs['rid']} row 2042 is 7" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_damaged_segment_is_one_line_naming_the_log_and_the_segment(logs: dict[str, Any], tmp_path: Path,
+                                                                      damage: str) -> None:
+    db = tmp_path / "damaged.db"
+    source = sqlite3.connect(logs["batch"])
+    try:
+        source.backup(target := sqlite3.connect(db))
+        target.close()
+    finally:
+        source.close()
+    con = sqlite3.connect(db)
+    try:
+        first, data = con.execute("SELECT first_row, data FROM segments ORDER BY id LIMIT 1 OFFSET 2").fetchone()
+        broken = data[:len(data) // 2] if damage == "truncated" else bytes(len(data))
+        with con:
+            con.execute("UPDATE segments SET data = ? WHERE first_row = ?", (broken, first))
+    finally:
+        con.close()
+    result = invoke(["monitor", "--version", "1", "--log-path", str(db), *("--set", MONITORS[0])],
+                    logs["project"].path)
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert str(db) in lines[0] and f"segment of request {logs['rid']} (rows from {first}) is damaged" in lines[0]
