@@ -8,6 +8,9 @@ Modules, in the order a request meets them (docs/serving.md is the user's guide)
     fastpath  scoring: compiled numpy + XGBoost where possible, `LoadedModel.predict` otherwise
     model     the version being served, and the watcher that hot-swaps it when its alias moves
     predlog   the prediction log and feedback in SQLite, written off the request path
+    logfile   the log's file: its tables, opening it, noticing it deleted or moved
+    batchlog  a batch run's rows into the same log (and the JSON of rows sent as columns)
+    segments  batch rows by column in the log: encoding, reading, joining labels
     feedback  feedback entries from JSON or files
     metrics   `/metrics` in the Prometheus text format
     server    uvicorn in the foreground (`run`) or on a thread (`ServerThread`); state files
