@@ -266,6 +266,9 @@ class ServingApp:
             # made up (every answer shows them) would have another client's label join its rows (issue 8, item 8).
             raise RequestError(422, f"{where} {given!r} has the form of the request ids this server makes up "
                                     "(12 hex digits, '-', a number): choose another, or send none")
+        if _BATCH_ID.fullmatch(given):  # the same for the ids batch runs log their rows under
+            raise RequestError(422, f"{where} {given!r} has the form of the request ids batch runs log under "
+                                    "('batch-' and 16 hex digits): choose another, or send none")
         return given
 
     async def _check(self, served: Served, batch: Any) -> None:
@@ -369,6 +372,7 @@ class ServingApp:
 
 #: The form of the request ids the server makes up (`ServingApp._prefix` and a counter), this run's or another's.
 _SERVER_ID = re.compile(r"[0-9a-f]{12}-[0-9]+")
+_BATCH_ID = re.compile(r"batch-[0-9a-f]{16}")
 _READ = frozenset((b"content-length", b"content-encoding", b"inference-header-content-length", b"x-request-id"))
 
 

@@ -238,6 +238,10 @@ def test_a_client_may_not_choose_a_request_id_of_the_form_the_server_makes_up(pr
         status, _, answer = project.post_json(server.url, f"/v2/models/{MODEL}/infer", {"id": theirs,
                                                                                        "inputs": tensors})
         assert status == 422 and "has the form of the request ids" in answer["error"]
-        for mine in ("client-7", "x" + theirs, theirs + "x"):
+        batch_id = "batch-0123456789abcdef"  # the form of a batch run's id: its rows are in the same log
+        status, _, answer = project.post_json(server.url, "/predict", {"instances": rows, "id": batch_id})
+        assert status == 422 and answer["error"].startswith(f'"id" {batch_id!r} has the form of the request ids '
+                                                            "batch runs log under")
+        for mine in ("client-7", "x" + theirs, theirs + "x", "batch-7"):
             status, _, answer = project.post_json(server.url, "/predict", {"instances": rows, "id": mine})
             assert status == 200 and answer["request_id"] == mine
