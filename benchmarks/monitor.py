@@ -286,17 +286,31 @@ def log_rows(db: Path, version: Any, frame: pd.DataFrame, predictions: pd.DataFr
 
 
 def timed_cli(args: list[str], cwd: Path) -> tuple[float, float, int]:
-    """Wall s, CPU s and peak RSS (bytes) of `opsloop ARGS` in a child process (os.wait4's own figures)."""
+    """Wall s, CPU s (os.wait4's user + system) and peak RSS (bytes: VmHWM, polled from /proc every 10 ms, the last
+    value read before it exits) of `opsloop ARGS` in a child process. (The child's own ru_maxrss would count this
+    process's memory at the fork.)"""
     opsloop = Path(sys.executable).parent / "opsloop"
     started = time.perf_counter()
     proc = subprocess.Popen([str(opsloop), *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    peak = 0
+    status_file = Path(f"/proc/{proc.pid}/status")
+    while True:
+        try:
+            for line in status_file.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) * 1024)
+        except (OSError, ValueError):
+            pass
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        time.sleep(0.01)
     wall = time.perf_counter() - started
     err = proc.stderr.read().decode() if proc.stderr else ""
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode not in (0, 1):  # 1: --check found alerts, which is fine here
         raise SystemExit(f"opsloop {' '.join(args)} exited {proc.returncode}: {err[-2000:]}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
+    return wall, usage.ru_utime + usage.ru_stime, peak
 
 
 def end_to_end(args: argparse.Namespace, workdir: Path, version: Any, frame: pd.DataFrame,

@@ -312,18 +312,26 @@ def read_rows(con: sqlite3.Connection, path: Path, version: ModelVersion, manife
                       target=target or None, time=manifest.get("time"), series=manifest.get("series"),
                       name=f"{path} ({version.ref})")
     # Keys repeat (one time per step across series, one `at` per batch): each distinct one is parsed once.
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    every = pa.chunked_array([p.keys for p in parts], type=pa.string())
-    distinct = pc.unique(every)
-    codes = pc.index_in(every, value_set=distinct).to_numpy(zero_copy_only=False)
-    uniques = distinct.to_pylist()
+    codes, uniques = _key_codes([p.keys for p in parts])
     fmt = KEY_FORMATS[by]
     when = pd.to_datetime(pd.Series(uniques), format="ISO8601" if by == "at" else fmt, errors="coerce", utc=True)
     if by == "time" and when.isna().any():  # a time SQLite could not normalize is kept as sent
         when = when.fillna(pd.to_datetime(pd.Series(uniques), format="mixed", errors="coerce", utc=True))
     return Logged(current=current, predictions=predictions, keys=when.take(codes).reset_index(drop=True))
+
+
+def _key_codes(keys: list[Any]) -> tuple[Any, list[str]]:
+    """Each row's key as a code into the distinct keys of all parts, and those keys (dictionary-encoded parts:
+    their dictionaries are mapped, never their rows decoded)."""
+    import numpy as np
+
+    distinct: dict[str, int] = {}
+    codes = []
+    for array in keys:
+        mapping = np.array([distinct.setdefault(v, len(distinct)) for v in array.dictionary.to_pylist()],
+                           dtype=np.int64)
+        codes.append(mapping[array.indices.to_numpy(zero_copy_only=False)])
+    return np.concatenate(codes), list(distinct)
 
 
 def _frame(parts: list[_Part], schema: list[dict[str, str]]) -> pd.DataFrame:
@@ -351,7 +359,7 @@ class _Part:
     """Rows read from one place of the log: the served rows, or one segment."""
 
     inputs: Any  # a frame (served rows) or an Arrow table (a segment)
-    keys: Any  # Arrow strings: the window key of each row (the time key, or when it was logged)
+    keys: Any  # dictionary-encoded Arrow strings, no nulls: each row's window key (time key, or when logged)
     prediction: Any
     score: Any
     labels: Any  # the latest label as a number; NaN where none (or not a number)
@@ -389,7 +397,7 @@ def _served_rows(con: sqlite3.Connection, path: Path, version: ModelVersion, sch
         return (*con.execute("SELECT request_id, row FROM predictions WHERE id = ?", (ids[i],)).fetchone(), labels[i])
 
     return [_Part(inputs=pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0],
-                  keys=pa.array(keys, pa.string()),
+                  keys=pa.array(keys, pa.string()).dictionary_encode(),
                   prediction=pd.to_numeric(pd.Series(preds, dtype=object), errors="coerce").to_numpy(dtype=float),
                   score=pd.to_numeric(pd.Series(scores, dtype=object), errors="coerce").to_numpy(dtype=float),
                   labels=pd.to_numeric(pd.Series(labels, dtype=object), errors="coerce").to_numpy(dtype=float),
@@ -401,7 +409,6 @@ def _segment_rows(con: sqlite3.Connection, version: ModelVersion, schema: list[d
     """The rows batch runs logged as segments (`opsloop.serving.segments`), with their labels."""
     import numpy as np
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     from opsloop.serving import segments
 
@@ -415,16 +422,19 @@ def _segment_rows(con: sqlite3.Connection, version: ModelVersion, schema: list[d
         label, fid = segments.labels(table, request_id, first, fb)
         positions = np.arange(table.num_rows)
         if by == "time":
-            times = table.column("time").cast(pa.string())
-            keep = pc.fill_null(pc.and_(pc.greater_equal(times, lo), pc.less(times, hi)), False).to_numpy(
-                zero_copy_only=False)
+            times = table.column("time").combine_chunks()
+            if not isinstance(times, pa.DictionaryArray):
+                times = times.dictionary_encode()
+            # In range, by the distinct times (a few thousand), then by row; a null time is never in range.
+            inside = np.array([lo <= v < hi for v in times.dictionary.to_pylist()] + [False], dtype=bool)
+            keep = inside[times.indices.fill_null(len(inside) - 1).to_numpy(zero_copy_only=False)]
             if not keep.all():
                 table, label, fid, positions = table.filter(keep), label[keep], fid[keep], positions[keep]
-                times = times.filter(keep)
-            keys = times.combine_chunks() if isinstance(times, pa.ChunkedArray) else times
+                times = times.filter(pa.array(keep))
+            keys = times
         else:
             keys = pa.DictionaryArray.from_arrays(pa.array(np.zeros(table.num_rows, np.int32)),
-                                                  pa.array([at], pa.string())).cast(pa.string())
+                                                  pa.array([at], pa.string()))
         if not table.num_rows:
             continue
         struct = table.column("inputs").combine_chunks()

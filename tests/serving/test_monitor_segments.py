@@ -105,12 +105,19 @@ def test_the_batch_log_holds_segments_and_no_rows(logs: dict[str, Any]) -> None:
         con.close()
 
 
-@pytest.mark.parametrize("args", [("--window", "1d"), ("--by", "at")], ids=["by-time-daily", "by-at"])
+@pytest.mark.parametrize("args", [("--window", "1d"), ("--by", "at"),
+                                  ("--window", "6h", "--since", "2024-01-13T03:00:00", "--until", "2024-01-14T12:00:00")],
+                         ids=["by-time-daily", "by-at", "a-range-in-6h-windows"])
 def test_monitor_gives_the_same_figures_from_segments_as_from_served_rows(logs: dict[str, Any],
                                                                           args: tuple[str, ...]) -> None:
     batch, served = _monitor(logs, "batch", *args), _monitor(logs, "served", *args)
-    assert batch["rows"] == served["rows"] == len(logs["frame"])
-    assert batch["labelled"] == served["labelled"] == int(logs["truth"].notna().sum())
+    frame, truth = logs["frame"], logs["truth"]
+    if "--since" in args:  # the rows of the range, by their own time
+        inside = ((frame["timestamp"] >= "2024-01-13 03:00:00") & (frame["timestamp"] < "2024-01-14 12:00:00"))
+        frame, truth = frame[inside.to_numpy()], truth[inside.to_numpy()]
+        assert 0 < len(frame) < len(logs["frame"])
+    assert batch["rows"] == served["rows"] == len(frame)
+    assert batch["labelled"] == served["labelled"] == int(truth.notna().sum())
     if args[0] == "--window":
         assert len(batch["windows"]) == len(served["windows"]) >= 2
     for b, s in zip(batch["windows"], served["windows"], strict=True):
