@@ -292,27 +292,33 @@ def read_rows(con: sqlite3.Connection, path: Path, version: ModelVersion, manife
                           predictions=pd.DataFrame({"prediction": []}),
                           keys=pd.Series([], dtype="datetime64[ns, UTC]"))
         label_array = np.concatenate([p.labels for p in parts])
-        prediction = pd.Series(np.concatenate([p.prediction for p in parts]))
-        if version.task in BINARY and set(prediction.dropna().unique().tolist()) <= {0, 1}:
+        prediction = np.concatenate([p.prediction for p in parts])
+        if version.task in BINARY and set(pd.unique(prediction[~np.isnan(prediction)]).tolist()) <= {0, 1}:
             _check_binary(path, version, label_array, parts)
     except sqlite3.DatabaseError as exc:
         raise LogFileError(path, f"cannot be read: {exc}") from None
+    score = np.concatenate([p.score for p in parts])
+    keys = [p.keys for p in parts]
+    # What the parts still hold is in the arrays above: they keep only their inputs, until these are joined.
+    parts = [attrs.evolve(p, keys=None, prediction=None, score=None, labels=None, given=None, where=None)
+             for p in parts]
     frame = _frame(parts, schema)
+    del parts
     frame = _typed(frame, schema)
     target = manifest.get("target")
     if target:
         frame[target] = label_array
-    predictions = pd.DataFrame({"prediction": prediction.to_numpy()})
-    score = np.concatenate([p.score for p in parts])
+    predictions = pd.DataFrame({"prediction": prediction}, copy=False)
     if version.task != "regression" and not np.isnan(score).all():
         predictions["score"] = score
+    del label_array, prediction, score
     # Logged rows are not hashed (a million rows would cost a second): the fingerprint names where they come from.
     where = f"{Path(path).absolute()}|{version.ref}|{by}|{lo}|{hi}|{len(frame)}"
     current = Dataset(frame=frame, fingerprint="log:" + hashlib.sha256(where.encode()).hexdigest(),
                       target=target or None, time=manifest.get("time"), series=manifest.get("series"),
                       name=f"{path} ({version.ref})")
     # Keys repeat (one time per step across series, one `at` per batch): each distinct one is parsed once.
-    codes, uniques = _key_codes([p.keys for p in parts])
+    codes, uniques = _key_codes(keys)
     fmt = KEY_FORMATS[by]
     when = pd.to_datetime(pd.Series(uniques), format="ISO8601" if by == "at" else fmt, errors="coerce", utc=True)
     if by == "time" and when.isna().any():  # a time SQLite could not normalize is kept as sent
@@ -335,30 +341,69 @@ def _key_codes(keys: list[Any]) -> tuple[Any, list[str]]:
 
 
 def _frame(parts: list[_Part], schema: list[dict[str, str]]) -> pd.DataFrame:
-    """The parts' inputs as one frame of the schema's columns: the segments' Arrow tables made one table and
-    converted once (no copy per segment), after the served rows."""
+    """The parts' inputs as one frame of the schema's columns, the served rows first.
+
+    Segments come as columns (numpy copies of their numbers, Arrow arrays
+    for the rest, `_columns`); each column is joined into one array, its
+    pieces let go as it goes, and the whole converted once: numbers without
+    a copy (Arrow wraps the numpy arrays, pandas gets them back), so the
+    peak holds the rows about once.
+    """
     import pandas as pd
     import pyarrow as pa
 
     frames = [p.inputs for p in parts if isinstance(p.inputs, pd.DataFrame)]
-    tables = []
-    for i, part in enumerate(parts):  # the parts let go of their tables: converting frees each column's buffers
+    pieces = []
+    for i, part in enumerate(parts):  # the parts let go of their pieces
         if not isinstance(part.inputs, pd.DataFrame):
-            tables.append(part.inputs)
+            pieces.append(part.inputs)
             parts[i] = attrs.evolve(part, inputs=None)
-    if tables:
-        table = pa.concat_tables(tables, promote_options="permissive")
-        tables.clear()
-        frames.append(table.to_pandas(split_blocks=True, self_destruct=True))
-        del table
+    if pieces:
+        columns = {}
+        for column in schema:
+            name = column["name"]
+            columns[name] = _join([p.pop(name) for p in pieces])
+        frames.append(pa.table(columns).to_pandas(split_blocks=True, self_destruct=True))
     return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
+def _columns(table: pa.Table) -> dict[str, Any]:
+    """A segment's input columns: numbers without nulls as numpy copies (the segment's Arrow memory can go at
+    once), other columns as Arrow arrays."""
+    import numpy as np
+    import pyarrow as pa
+
+    out: dict[str, Any] = {}
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        array = column.chunk(0) if column.num_chunks == 1 else pa.concat_arrays(column.chunks)
+        kind = array.type
+        if array.null_count == 0 and (pa.types.is_floating(kind) or pa.types.is_integer(kind)):
+            out[name] = np.array(array.to_numpy(zero_copy_only=False), copy=True)
+        else:
+            out[name] = array
+    return out
+
+
+def _join(pieces: list[Any]) -> pa.Array:
+    """One column's pieces (numpy arrays or Arrow arrays) as one Arrow array."""
+    import numpy as np
+    import pyarrow as pa
+
+    if all(isinstance(p, np.ndarray) for p in pieces) and len({p.dtype for p in pieces}) == 1:
+        return pa.array(np.concatenate(pieces) if len(pieces) > 1 else pieces[0])  # wraps it, no copy
+    arrays = [pa.array(p) if isinstance(p, np.ndarray) else p for p in pieces]
+    if len({a.type for a in arrays}) == 1:
+        return pa.concat_arrays(arrays)
+    # a batch logged with other types for this column (an int where another had floats): Arrow promotes them
+    table = pa.concat_tables([pa.table({"c": a}) for a in arrays], promote_options="permissive")
+    return table.column("c").combine_chunks()
 
 
 @attrs.frozen(kw_only=True)
 class _Part:
     """Rows read from one place of the log: the served rows, or one segment."""
 
-    inputs: Any  # a frame (served rows) or an Arrow table (a segment)
+    inputs: Any  # a frame (served rows) or a segment's columns (`_columns`)
     keys: Any  # dictionary-encoded Arrow strings, no nulls: each row's window key (time key, or when logged)
     prediction: Any
     score: Any
@@ -420,7 +465,7 @@ def _segment_rows(con: sqlite3.Connection, version: ModelVersion, schema: list[d
         if fb is None:
             fb = segments.feedback(con, version.name)
         label, fid = segments.labels(table, request_id, first, fb)
-        positions = np.arange(table.num_rows)
+        positions = None  # row i of the segment, unless the range leaves rows out
         if by == "time":
             times = table.column("time").combine_chunks()
             if not isinstance(times, pa.DictionaryArray):
@@ -429,7 +474,7 @@ def _segment_rows(con: sqlite3.Connection, version: ModelVersion, schema: list[d
             inside = np.array([lo <= v < hi for v in times.dictionary.to_pylist()] + [False], dtype=bool)
             keep = inside[times.indices.fill_null(len(inside) - 1).to_numpy(zero_copy_only=False)]
             if not keep.all():
-                table, label, fid, positions = table.filter(keep), label[keep], fid[keep], positions[keep]
+                table, label, fid, positions = table.filter(keep), label[keep], fid[keep], np.flatnonzero(keep)
                 times = times.filter(pa.array(keep))
             keys = times
         else:
@@ -437,17 +482,22 @@ def _segment_rows(con: sqlite3.Connection, version: ModelVersion, schema: list[d
                                                   pa.array([at], pa.string()))
         if not table.num_rows:
             continue
-        struct = table.column("inputs").combine_chunks()
-        inputs = pa.Table.from_batches([pa.RecordBatch.from_struct_array(struct)])
+        column = table.column("inputs")
+        inputs = pa.Table.from_batches([pa.RecordBatch.from_struct_array(c) for c in column.chunks],
+                                       schema=pa.schema(list(column.type)))
         for name in (n for n in names if n not in inputs.column_names):  # a column the batch did not have:
             inputs = inputs.append_column(name, pa.nulls(len(inputs)))  # missing, as a client that left it out
         score = table.column("score").to_numpy(zero_copy_only=False).astype(float)
-        parts.append(_Part(inputs=inputs.select(names), keys=keys,
+        columns = _columns(inputs.select(names))
+        del inputs, column
+        parts.append(_Part(inputs=columns, keys=keys,
                            prediction=table.column("prediction").to_numpy(zero_copy_only=False).astype(float),
                            score=score, labels=label, given=fid >= 0,
                            where=lambda i, r=request_id, f=first, pos=positions, ids=fid: (
-                               r, f + int(pos[i]),
+                               r, f + int(i if pos is None else pos[i]),
                                con.execute("SELECT label FROM feedback WHERE id = ?", (int(ids[i]),)).fetchone()[0])))
+        del table
+        segments.release()  # the segment's bytes and Arrow buffers: back to the system before the next
     return parts
 
 

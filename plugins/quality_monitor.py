@@ -107,8 +107,9 @@ def monitor(version: ModelVersion, current: Dataset, predictions: pd.DataFrame,
               for k in options.watch if k in baseline and _finite(figures.get(k))
               and worsening(k, figures[k], baseline[k]) > options.max_drop]
     if options.per_series and task != "regression" and current.series and current.series in frame:
-        figures.update(_per_series(frame[current.series].to_numpy()[labelled], y, judged["prediction"].to_numpy(),
-                                   options))
+        # the labelled rows' series only: a text column as numpy is a Python object per row
+        series = frame[current.series].iloc[np.flatnonzero(labelled)].to_numpy()
+        figures.update(_per_series(series, y, judged["prediction"].to_numpy(), options))
     if labelled.sum() < len(frame):
         figures["unlabelled"] = float(len(frame) - labelled.sum())
     return MonitorReport(model=version.ref, rows=len(frame), metrics=figures, baseline=baseline,
