@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS feedback (
     label NUMERIC NOT NULL,
     source TEXT NOT NULL DEFAULT ''
 );
+CREATE INDEX IF NOT EXISTS feedback_by_request ON feedback (request_id, row);
 CREATE TABLE IF NOT EXISTS segments (
     id INTEGER PRIMARY KEY,
     request_id TEXT NOT NULL,
