@@ -285,8 +285,8 @@ def read_rows(con: sqlite3.Connection, path: Path, version: ModelVersion, manife
     hi = "\uffff" if until is None else _key(until, by)
     schema = [c for c in manifest.get("input_schema", []) if c["name"] != manifest.get("target")]
     try:
-        parts = [*_served_rows(con, path, version, schema, by=by, lo=lo, hi=hi),
-                 *_segment_rows(con, version, schema, by=by, lo=lo, hi=hi)]
+        batch, sinks = _segment_rows(con, version, schema, by=by, lo=lo, hi=hi)
+        parts = [*_served_rows(con, path, version, schema, by=by, lo=lo, hi=hi), *batch]
         if not parts:
             return Logged(current=Dataset.from_frame(pd.DataFrame(columns=[c["name"] for c in schema])),
                           predictions=pd.DataFrame({"prediction": []}),
@@ -299,11 +299,11 @@ def read_rows(con: sqlite3.Connection, path: Path, version: ModelVersion, manife
         raise LogFileError(path, f"cannot be read: {exc}") from None
     score = np.concatenate([p.score for p in parts])
     keys = [p.keys for p in parts]
-    # What the parts still hold is in the arrays above: they keep only their inputs, until these are joined.
+    # What the parts held is in the arrays above: they keep only the served rows' inputs.
     parts = [attrs.evolve(p, keys=None, prediction=None, score=None, labels=None, given=None, where=None)
              for p in parts]
-    frame = _frame(parts, schema)
-    del parts
+    frame = _frame(parts, sinks)
+    del parts, sinks, batch
     frame = _typed(frame, schema)
     target = manifest.get("target")
     if target:
@@ -340,48 +340,61 @@ def _key_codes(keys: list[Any]) -> tuple[Any, list[str]]:
     return np.concatenate(codes), list(distinct)
 
 
-def _frame(parts: list[_Part], schema: list[dict[str, str]]) -> pd.DataFrame:
-    """The parts' inputs as one frame of the schema's columns, the served rows first.
+def _frame(parts: list[_Part], sinks: dict[str, _Sink] | None) -> pd.DataFrame:
+    """The served rows' inputs (frames), then the segments' (`sinks`, one per column), as one frame.
 
-    Segments come as columns (numpy copies of their numbers, Arrow arrays
-    for the rest, `_columns`); each column is joined into one array, its
-    pieces let go as it goes, and the whole converted once: numbers without
-    a copy (Arrow wraps the numpy arrays, pandas gets them back), so the
-    peak holds the rows about once.
+    A segment's numbers are written into one preallocated array per column as
+    it is read (`_Sink`), and the arrays go to pandas through Arrow without a
+    copy: the peak holds the rows about once, plus a segment or two.
     """
     import pandas as pd
     import pyarrow as pa
 
     frames = [p.inputs for p in parts if isinstance(p.inputs, pd.DataFrame)]
-    pieces = []
-    for i, part in enumerate(parts):  # the parts let go of their pieces
-        if not isinstance(part.inputs, pd.DataFrame):
-            pieces.append(part.inputs)
-            parts[i] = attrs.evolve(part, inputs=None)
-    if pieces:
+    if sinks:
         columns = {}
-        for column in schema:
-            name = column["name"]
-            columns[name] = _join([p.pop(name) for p in pieces])
+        for name in list(sinks):
+            columns[name] = sinks.pop(name).result()
         frames.append(pa.table(columns).to_pandas(split_blocks=True, self_destruct=True))
     return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
-def _columns(table: pa.Table) -> dict[str, Any]:
-    """A segment's input columns: numbers without nulls as numpy copies (the segment's Arrow memory can go at
-    once), other columns as Arrow arrays."""
-    import numpy as np
-    import pyarrow as pa
+class _Sink:
+    """One input column across segments: numbers without nulls written into one array allocated for every row
+    the segments hold, while they agree on a type; other values (text, times, a column with nulls or of another
+    type) kept as pieces and joined at the end (`_join`)."""
 
-    out: dict[str, Any] = {}
-    for name, column in zip(table.column_names, table.columns, strict=True):
+    def __init__(self, total: int) -> None:
+        self.total, self.used = total, 0
+        self.array: Any = None
+        self.pieces: list[Any] = []
+
+    def add(self, column: Any) -> None:
+        import numpy as np
+        import pyarrow as pa
+
         array = column.chunk(0) if column.num_chunks == 1 else pa.concat_arrays(column.chunks)
         kind = array.type
         if array.null_count == 0 and (pa.types.is_floating(kind) or pa.types.is_integer(kind)):
-            out[name] = np.array(array.to_numpy(zero_copy_only=False), copy=True)
-        else:
-            out[name] = array
-    return out
+            values = array.to_numpy(zero_copy_only=False)
+            if self.array is None and not self.pieces:
+                self.array = np.empty(self.total, dtype=values.dtype)
+            if self.array is not None and values.dtype == self.array.dtype:
+                self.array[self.used:self.used + len(values)] = values
+                self.used += len(values)
+                return
+            array = np.array(values, copy=True)  # not the segment's memory: it goes once read
+        if self.array is not None:  # from here on, pieces: what was written first is the first piece
+            self.pieces.append(self.array[:self.used])
+            self.array = None
+        self.pieces.append(array)
+
+    def result(self) -> Any:
+        import pyarrow as pa
+
+        if self.array is not None:
+            return pa.array(self.array[:self.used])  # wraps it, no copy
+        return _join(self.pieces) if self.pieces else pa.nulls(0)
 
 
 def _join(pieces: list[Any]) -> pa.Array:
@@ -403,7 +416,7 @@ def _join(pieces: list[Any]) -> pa.Array:
 class _Part:
     """Rows read from one place of the log: the served rows, or one segment."""
 
-    inputs: Any  # a frame (served rows) or a segment's columns (`_columns`)
+    inputs: Any  # a frame (served rows); None for a segment (its inputs are in the sinks)
     keys: Any  # dictionary-encoded Arrow strings, no nulls: each row's window key (time key, or when logged)
     prediction: Any
     score: Any
@@ -450,14 +463,17 @@ def _served_rows(con: sqlite3.Connection, path: Path, version: ModelVersion, sch
 
 
 def _segment_rows(con: sqlite3.Connection, version: ModelVersion, schema: list[dict[str, str]], *, by: str, lo: str,
-                  hi: str) -> list[_Part]:
-    """The rows batch runs logged as segments (`opsloop.serving.segments`), with their labels."""
+                  hi: str) -> tuple[list[_Part], dict[str, _Sink]]:
+    """The rows batch runs logged as segments (`opsloop.serving.segments`), with their labels: a part per segment
+    (its inputs in `sinks`, one per input column, in the parts' order)."""
     import numpy as np
     import pyarrow as pa
 
     from opsloop.serving import segments
 
     names = [c["name"] for c in schema]
+    total = segments.count(con, model=version.name, version=version.version, by=by, since=lo, until=hi)
+    sinks = {name: _Sink(total) for name in names}
     parts = []
     fb = None
     for request_id, first, at, _, table in segments.rows(con, model=version.name, version=version.version, by=by,
@@ -488,9 +504,10 @@ def _segment_rows(con: sqlite3.Connection, version: ModelVersion, schema: list[d
         for name in (n for n in names if n not in inputs.column_names):  # a column the batch did not have:
             inputs = inputs.append_column(name, pa.nulls(len(inputs)))  # missing, as a client that left it out
         score = table.column("score").to_numpy(zero_copy_only=False).astype(float)
-        columns = _columns(inputs.select(names))
+        for name in names:
+            sinks[name].add(inputs.column(name))
         del inputs, column
-        parts.append(_Part(inputs=columns, keys=keys,
+        parts.append(_Part(inputs=None, keys=keys,
                            prediction=table.column("prediction").to_numpy(zero_copy_only=False).astype(float),
                            score=score, labels=label, given=fid >= 0,
                            where=lambda i, r=request_id, f=first, pos=positions, ids=fid: (
@@ -498,7 +515,7 @@ def _segment_rows(con: sqlite3.Connection, version: ModelVersion, schema: list[d
                                con.execute("SELECT label FROM feedback WHERE id = ?", (int(ids[i]),)).fetchone()[0])))
         del table
         segments.release()  # the segment's bytes and Arrow buffers: back to the system before the next
-    return parts
+    return parts, sinks if parts else {}
 
 
 def _check_binary(path: Path, version: ModelVersion, values: Any, parts: list[_Part]) -> None:

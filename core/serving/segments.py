@@ -159,19 +159,12 @@ def rows(con: sqlite3.Connection, *, model: str, version: int | None = None, by:
     in [since, until), in log order. `by` is "time" (the rows' time keys) or "at" (the time of logging)."""
     if not has_segments(con):
         return
-    where = ["model = :model"]
-    if version is not None:
-        where.append("version = :version")
-    if by == "at":
-        where.append("at >= :since AND at < :until")
-    else:
-        where.append("max_time >= :since AND min_time < :until")
-    sql = (f"SELECT request_id, first_row, at, version, format, data FROM segments WHERE {' AND '.join(where)} "
-           "ORDER BY id")
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
-    cursor = con.execute(sql, {"model": model, "version": version, "since": since, "until": until})
+    where, params = _where(model, version, by, since, until)
+    cursor = con.execute(f"SELECT request_id, first_row, at, version, format, data FROM segments WHERE {where} "
+                         "ORDER BY id", params)
     # Decoded on two threads while the next segment is read (Arrow decompresses without the GIL).
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="opsloop-segments") as pool:
         pending: deque[Any] = deque()
@@ -186,6 +179,26 @@ def rows(con: sqlite3.Connection, *, model: str, version: int | None = None, by:
         while pending:
             meta, table = pending.popleft()
             yield (*meta, table.result())
+
+
+def count(con: sqlite3.Connection, *, model: str, version: int | None = None, by: str = "time", since: str = "",
+          until: str = "\uffff") -> int:
+    """How many rows the segments that `rows` gives hold (before a reader drops those outside the range)."""
+    if not has_segments(con):
+        return 0
+    where, params = _where(model, version, by, since, until)
+    return int(con.execute(f"SELECT coalesce(sum(rows), 0) FROM segments WHERE {where}", params).fetchone()[0])
+
+
+def _where(model: str, version: int | None, by: str, since: str, until: str) -> tuple[str, dict[str, Any]]:
+    where = ["model = :model"]
+    if version is not None:
+        where.append("version = :version")
+    if by == "at":
+        where.append("at >= :since AND at < :until")
+    else:
+        where.append("max_time >= :since AND min_time < :until")
+    return " AND ".join(where), {"model": model, "version": version, "since": since, "until": until}
 
 
 def _decode(data: bytes, request_id: str, first: int) -> pa.Table:
