@@ -194,3 +194,43 @@ def test_a_damaged_segment_is_one_line_naming_the_log_and_the_segment(logs: dict
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
     assert str(db) in lines[0] and f"segment of request {logs['rid']} (rows from {first}) is damaged" in lines[0]
+
+
+def test_segments_with_missing_values_and_other_types_are_read_as_logged(project: Any, tmp_path: Path) -> None:
+    """Three batches of one version: as scored, with missing values, with a column of another type (float64)."""
+    from opsloop.bundle import read_manifest
+    from opsloop.monitoring import open_log, read_rows
+    from opsloop.serving.batchlog import BatchLog
+
+    frame = project.monitor.iloc[:900].reset_index(drop=True)
+    columns = [c for c in frame.columns if c != "label"]
+    metrics = [c for c in columns if c.startswith("m")]
+    holes = frame.copy()
+    holes.loc[::7, metrics[0]] = np.nan  # nulls in a segment: that column is joined from pieces
+    wider = frame.copy()
+    wider[metrics[1]] = wider[metrics[1]].astype("float64")  # another type in a segment
+    db = tmp_path / "mixed.db"
+    log = BatchLog(db, request_id="batch-00000000000000aa", model=MODEL, version=1, columns=columns,
+                   series="entity", time="timestamp")
+    model = project.loaded(1)
+    for part in (frame.iloc[:300], holes.iloc[300:600], wider.iloc[600:]):
+        preds = model.predict(part)
+        log.add(part, preds["prediction"].to_numpy(), preds["score"].to_numpy())
+    log.close()
+    with project.store() as store:
+        version = store.get(MODEL, 1)
+    manifest = read_manifest(Path(version.path), ref=version.ref, digest=version.digest)
+    con = open_log(db)
+    try:
+        rows = read_rows(con, db, version, manifest, by="time", since=None, until=None)
+    finally:
+        con.close()
+    got = rows.current.frame
+    expected = pd.concat([frame.iloc[:300], holes.iloc[300:600], frame.iloc[600:]], ignore_index=True)
+    assert len(got) == 900 and list(got.columns[:len(columns)]) == columns
+    for name in metrics:  # the bundle's dtype (float32) again, NaN where missing, the float64 values as float32
+        assert got[name].dtype == np.float32
+        np.testing.assert_array_equal(got[name].to_numpy(), expected[name].astype("float32").to_numpy())
+    assert got["entity"].tolist() == expected["entity"].tolist()
+    assert (got["timestamp"] == expected["timestamp"]).all()
+    assert rows.current.frame["label"].isna().all()  # nothing labelled
