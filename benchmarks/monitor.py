@@ -39,6 +39,14 @@ its buffers to it): the largest memory the call held at once beyond what
 was allocated before it, beside the size of the data (the float32 feature
 columns).
 
+Then `opsloop monitor` end to end, as a user runs it: the monitored rows
+logged as a batch run logs them (segments of 100,000 rows, 1 row in 10
+labelled by request and row), and `opsloop monitor --json` with
+drift-monitor, quality-monitor and estimate-monitor in a process of its
+own, `--runs` times, beside the same command on a 1,000-row log (start-up
+and imports): wall, CPU (os.wait4) and peak RSS (the child's VmHWM), the
+rows' memory as the difference of the two peaks against the data.
+
 `--limits` prints, instead, what the defaults of drift-monitor give on the
 real data, per day: ASD as the default config splits it (train on the first
 week of omi-1..6, monitor the second week of all 12) and SMD machine-1-6
