@@ -213,6 +213,10 @@ def validate(dataset: Dataset, fit: FitFunction, options: Any, run: RunContext) 
 
     Returns:
         Per-fold metrics and their mean and standard deviation. Never None.
+        Optionally `oof`: each row's out-of-fold score, label and prediction
+        (a frame with `row`, `fold`, `label`, `score`, `prediction`); the
+        first report's is the calibration `estimate-monitor` uses, stored in
+        the bundle. It stays out of JSON and the registry.
     """
 
 
