@@ -379,7 +379,9 @@ class _Sink:
             values = array.to_numpy(zero_copy_only=False)
             if self.array is None and not self.pieces:
                 self.array = np.empty(self.total, dtype=values.dtype)
-            if self.array is not None and values.dtype == self.array.dtype:
+            # (more rows than counted: a batch run logged a segment while this one read the log)
+            if self.array is not None and values.dtype == self.array.dtype and \
+                    self.used + len(values) <= len(self.array):
                 self.array[self.used:self.used + len(values)] = values
                 self.used += len(values)
                 return

@@ -234,3 +234,18 @@ def test_segments_with_missing_values_and_other_types_are_read_as_logged(project
     assert got["entity"].tolist() == expected["entity"].tolist()
     assert (got["timestamp"] == expected["timestamp"]).all()
     assert rows.current.frame["label"].isna().all()  # nothing labelled
+
+
+def test_rows_beyond_the_counted_ones_are_kept() -> None:
+    """A batch run may log a segment between the count of rows and their reading: no row is lost or misplaced."""
+    import pyarrow as pa
+    from opsloop.monitoring import _Sink
+
+    sink = _Sink(total=3)
+    for values in ([1.5, 2.5], [3.5, 4.5], [5.5]):  # five rows where three were counted
+        sink.add(pa.chunked_array([pa.array(np.array(values, dtype=np.float32))]))
+    assert sink.result().to_pylist() == [1.5, 2.5, 3.5, 4.5, 5.5]
+    mixed = _Sink(total=4)
+    for piece in (pa.array(np.array([1, 2], dtype=np.float32)), pa.array([3.0, None], pa.float32())):
+        mixed.add(pa.chunked_array([piece]))  # the second has a null: joined from pieces, in order
+    assert mixed.result().to_pylist() == [1.0, 2.0, 3.0, None]
