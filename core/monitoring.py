@@ -53,6 +53,7 @@ from opsloop.types import Dataset, MonitorReport
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
     from opsloop.session import Session
     from opsloop.types import ModelVersion

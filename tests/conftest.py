@@ -1,9 +1,15 @@
 pytest_plugins = ["opsloop.testing"]
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+#: The real data sets (../shared/data beside the checkout, with its README on source and licence).
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if not DATA.is_dir():  # a clone elsewhere (/tmp) on this machine
+    DATA = Path("/work/shared/data")
 
 #: A quick but real lifecycle on the embedded ASD data: two servers with many
 #: anomalies for training, a later period of four for monitoring.
@@ -72,3 +78,28 @@ def mounts(tmp_path: Path) -> Iterator[Mounts]:
     made = Mounts(tmp_path)
     yield made
     made.unmount_all()
+
+
+@pytest.fixture(scope="session")
+def smd_machine_1_6() -> Callable[[], Any]:
+    """SMD machine-1-6's labelled half, one row a minute (restricted unpickler, checked against SHA256SUMS, as the
+    benchmarks read it): a function giving a fresh copy each call. Skips where the data set is not present."""
+    import importlib.util
+
+    import pandas as pd
+
+    smd = DATA / "smd"
+    if not (smd / "processed" / "machine-1-6_test.pkl").is_file():
+        pytest.skip(f"SMD data not found under {DATA}")
+    tool_path = Path(__file__).resolve().parents[1] / "tools" / "build_embedded_data.py"
+    spec = importlib.util.spec_from_file_location("build_embedded_data", tool_path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    sums = tool.read_sha256sums(smd)
+    values = tool.load_array(smd, "processed/machine-1-6_test.pkl", sums)
+    labels = tool.load_array(smd, "processed/machine-1-6_test_label.pkl", sums)
+    frame = pd.DataFrame(values.astype("float32"), columns=[f"m{j:02d}" for j in range(1, values.shape[1] + 1)])
+    frame.insert(0, "timestamp", pd.date_range("2024-01-01", periods=len(frame), freq="min"))
+    frame.insert(0, "entity", "machine-1-6")
+    frame["label"] = labels.astype("int8")
+    return frame.copy

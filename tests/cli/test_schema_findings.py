@@ -11,7 +11,6 @@ widened by range_tolerance), not against the plugin itself.
 from __future__ import annotations
 
 import http.client
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -22,28 +21,8 @@ import pandas as pd
 import pytest
 from opsloop.testing import invoke, to_toml
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
 SPLIT = 11844  # the first period of machine-1-6 trains, the rest is monitored
 TOLERANCE = 0.1  # schema-check's default range_tolerance
-
-
-def smd_frame() -> pd.DataFrame:
-    """machine-1-6's labelled half (restricted unpickler, checked against SHA256SUMS), one row a minute."""
-    tool_path = Path(__file__).resolve().parents[2] / "tools" / "build_embedded_data.py"
-    spec = importlib.util.spec_from_file_location("build_embedded_data", tool_path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    smd = DATA / "smd"
-    sums = tool.read_sha256sums(smd)
-    values = tool.load_array(smd, "processed/machine-1-6_test.pkl", sums)
-    labels = tool.load_array(smd, "processed/machine-1-6_test_label.pkl", sums)
-    frame = pd.DataFrame(values.astype("float32"), columns=[f"m{j:02d}" for j in range(1, values.shape[1] + 1)])
-    frame.insert(0, "timestamp", pd.date_range("2024-01-01", periods=len(frame), freq="min"))
-    frame.insert(0, "entity", "machine-1-6")
-    frame["label"] = labels.astype("int8")
-    return frame
 
 
 def outside(train: pd.DataFrame, rows: pd.DataFrame) -> dict[str, float]:
@@ -60,12 +39,10 @@ def outside(train: pd.DataFrame, rows: pd.DataFrame) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def smd(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def smd(tmp_path_factory: pytest.TempPathFactory, smd_machine_1_6: Any) -> dict[str, Any]:
     """`opsloop run --json` on SMD with schema-check as a preprocess step and as a monitor, batch-scored and logged."""
-    if not (DATA / "smd" / "processed" / "machine-1-6_test.pkl").is_file():
-        pytest.skip(f"SMD data not found under {DATA}")
     root = tmp_path_factory.mktemp("smd-findings")
-    frame = smd_frame()
+    frame = smd_machine_1_6()
     frame.to_parquet(root / "smd.parquet", index=False)
     split = frame["timestamp"].iloc[SPLIT]
     config = {

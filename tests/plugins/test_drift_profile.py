@@ -16,7 +16,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from opsloop import profile
 from opsloop.bundle import MANIFEST
@@ -24,9 +23,6 @@ from opsloop.plugins import drift_monitor
 from opsloop.testing import to_toml
 from scipy.stats import ks_2samp
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
 QUICK = {"preprocess": {"plugins": ["schema-check", "impute"]}, "train": {"xgboost": {"n_estimators": 40}},
          "validate": {"kfold": {"folds": 2}}}
 ASD = {"project": {"name": "asd"},
@@ -56,36 +52,15 @@ def register(workdir: Path, config: dict):
     return version, model, train, monitored
 
 
-def smd_frame() -> pd.DataFrame:
-    """machine-1-6's labelled half (restricted unpickler, checked against SHA256SUMS), as the benchmarks read it."""
-    import importlib.util
-
-    tool_path = Path(__file__).resolve().parents[2] / "tools" / "build_embedded_data.py"
-    spec = importlib.util.spec_from_file_location("build_embedded_data", tool_path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    smd = DATA / "smd"
-    sums = tool.read_sha256sums(smd)
-    values = tool.load_array(smd, "processed/machine-1-6_test.pkl", sums)
-    labels = tool.load_array(smd, "processed/machine-1-6_test_label.pkl", sums)
-    frame = pd.DataFrame(values.astype("float32"), columns=[f"m{j:02d}" for j in range(1, values.shape[1] + 1)])
-    frame.insert(0, "timestamp", pd.date_range("2024-01-01", periods=len(frame), freq="min"))
-    frame.insert(0, "entity", "machine-1-6")
-    frame["label"] = labels.astype("int8")
-    return frame
-
-
 @pytest.fixture(scope="module")
 def asd(tmp_path_factory):
     return register(tmp_path_factory.mktemp("asd"), ASD)
 
 
 @pytest.fixture(scope="module")
-def smd(tmp_path_factory):
-    if not (DATA / "smd" / "processed" / "machine-1-6_test.pkl").is_file():
-        pytest.skip(f"SMD data not found under {DATA}")
+def smd(tmp_path_factory, smd_machine_1_6):
     root = tmp_path_factory.mktemp("smd")
-    frame = smd_frame()
+    frame = smd_machine_1_6()
     frame.to_parquet(root / "smd.parquet", index=False)
     split = frame["timestamp"].iloc[11844]
     config = {"project": {"name": "smd"},

@@ -26,9 +26,6 @@ from opsloop.plugins import estimate_monitor, holdout
 from opsloop.testing import to_toml
 from opsloop.types import Dataset
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
 CONFIG = {"preprocess": {"plugins": ["impute"]}, "train": {"xgboost": {"n_estimators": 60}},
           "validate": {"plugins": ["kfold"], "kfold": {"folds": 5, "method": "stratified"}},
           "monitor": {"plugins": ["estimate-monitor"]}}
@@ -77,35 +74,14 @@ def _build(workdir: Path, name: str, frame: pd.DataFrame, stages: dict | None = 
     return Case(version, model, train, monitored, validation[0].oof, workdir)
 
 
-def smd_frame() -> pd.DataFrame:
-    """machine-1-6's labelled half, read as tests/plugins/test_drift_profile.py reads it."""
-    import importlib.util
-
-    tool_path = Path(__file__).resolve().parents[2] / "tools" / "build_embedded_data.py"
-    spec = importlib.util.spec_from_file_location("build_embedded_data", tool_path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    smd = DATA / "smd"
-    sums = tool.read_sha256sums(smd)
-    values = tool.load_array(smd, "processed/machine-1-6_test.pkl", sums)
-    labels = tool.load_array(smd, "processed/machine-1-6_test_label.pkl", sums)
-    frame = pd.DataFrame(values.astype("float32"), columns=[f"m{j:02d}" for j in range(1, values.shape[1] + 1)])
-    frame.insert(0, "timestamp", pd.date_range("2024-01-01", periods=len(frame), freq="min"))
-    frame.insert(0, "entity", "machine-1-6")
-    frame["label"] = labels.astype("int8")
-    return frame
-
-
 @pytest.fixture(scope="module")
 def asd(tmp_path_factory) -> Case:
     return _build(tmp_path_factory.mktemp("asd"), "asd", datasets.load("asd"))
 
 
 @pytest.fixture(scope="module")
-def smd(tmp_path_factory) -> Case:
-    if not (DATA / "smd" / "processed" / "machine-1-6_test.pkl").is_file():
-        pytest.skip(f"SMD data not found under {DATA}")
-    return _build(tmp_path_factory.mktemp("smd"), "smd", smd_frame())
+def smd(tmp_path_factory, smd_machine_1_6) -> Case:
+    return _build(tmp_path_factory.mktemp("smd"), "smd", smd_machine_1_6())
 
 
 def watch(case: Case, current: Dataset | None = None, version=None, **options):

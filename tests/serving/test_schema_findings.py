@@ -11,7 +11,6 @@ rows is what the plugin's own check finds on the same rows.
 from __future__ import annotations
 
 import http.client
-import importlib.util
 import json
 import math
 import re
@@ -26,29 +25,9 @@ from opsloop import Dataset
 from opsloop.plugins import schema_check
 from opsloop.testing import to_toml
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
 SPLIT = 11844
 SAMPLE = re.compile(r'^opsloop_schema_findings_total\{model="([^"]+)",version="(\d+)",check="([^"]+)",'
                     r'column="([^"]+)"\} (\d+)$', re.MULTILINE)
-
-
-def smd_frame() -> pd.DataFrame:
-    """machine-1-6's labelled half (restricted unpickler, checked against SHA256SUMS), one row a minute."""
-    tool_path = Path(__file__).resolve().parents[2] / "tools" / "build_embedded_data.py"
-    spec = importlib.util.spec_from_file_location("build_embedded_data", tool_path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    smd = DATA / "smd"
-    sums = tool.read_sha256sums(smd)
-    values = tool.load_array(smd, "processed/machine-1-6_test.pkl", sums)
-    labels = tool.load_array(smd, "processed/machine-1-6_test_label.pkl", sums)
-    frame = pd.DataFrame(values.astype("float32"), columns=[f"m{j:02d}" for j in range(1, values.shape[1] + 1)])
-    frame.insert(0, "timestamp", pd.date_range("2024-01-01", periods=len(frame), freq="min"))
-    frame.insert(0, "entity", "machine-1-6")
-    frame["label"] = labels.astype("int8")
-    return frame
 
 
 @attrs.define
@@ -88,11 +67,9 @@ def build(root: Path, frame: pd.DataFrame, *overrides: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def smd(tmp_path_factory: pytest.TempPathFactory) -> Project:
-    if not (DATA / "smd" / "processed" / "machine-1-6_test.pkl").is_file():
-        pytest.skip(f"SMD data not found under {DATA}")
+def smd(tmp_path_factory: pytest.TempPathFactory, smd_machine_1_6: Any) -> Project:
     root = tmp_path_factory.mktemp("smd-serve")
-    frame = smd_frame()
+    frame = smd_machine_1_6()
     frame.to_parquet(root / "smd.parquet", index=False)
     return Project(path=build(root / "warn", frame), train=frame.iloc[:SPLIT],
                    later=frame.iloc[SPLIT:].reset_index(drop=True))
