@@ -501,15 +501,13 @@ def _segment_rows(con: sqlite3.Connection, version: ModelVersion, schema: list[d
                                                   pa.array([at], pa.string()))
         if not table.num_rows:
             continue
-        column = table.column("inputs")
-        inputs = pa.Table.from_batches([pa.RecordBatch.from_struct_array(c) for c in column.chunks],
-                                       schema=pa.schema(list(column.type)))
+        inputs = segments.inputs_table(table)
         for name in (n for n in names if n not in inputs.column_names):  # a column the batch did not have:
             inputs = inputs.append_column(name, pa.nulls(len(inputs)))  # missing, as a client that left it out
         score = table.column("score").to_numpy(zero_copy_only=False).astype(float)
         for name in names:
             sinks[name].add(inputs.column(name))
-        del inputs, column
+        del inputs
         parts.append(_Part(inputs=None, keys=keys,
                            prediction=table.column("prediction").to_numpy(zero_copy_only=False).astype(float),
                            score=score, labels=label, given=fid >= 0,

@@ -140,12 +140,18 @@ def release() -> None:
         trim(0)
 
 
-def inputs_frame(table: pa.Table) -> pd.DataFrame:
-    """A decoded segment's input columns as a frame."""
+def inputs_table(table: pa.Table) -> pa.Table:
+    """A decoded segment's input columns as an Arrow table (the `inputs` struct's fields, no copy)."""
     import pyarrow as pa
 
-    struct = table.column("inputs").combine_chunks()
-    return pa.Table.from_batches([pa.RecordBatch.from_struct_array(struct)]).to_pandas()
+    column = table.column("inputs")
+    return pa.Table.from_batches([pa.RecordBatch.from_struct_array(c) for c in column.chunks],
+                                 schema=pa.schema(list(column.type)))
+
+
+def inputs_frame(table: pa.Table) -> pd.DataFrame:
+    """A decoded segment's input columns as a frame."""
+    return inputs_table(table).to_pandas()
 
 
 def has_segments(con: sqlite3.Connection) -> bool:
