@@ -25,7 +25,7 @@ _EXPORTS = {
     **dict.fromkeys(["BundleError", "ConfigError", "DataError", "OpsloopError", "PluginCallError",
                      "PluginConflictError", "PluginLoadError", "RegistryDamaged", "StoreError", "UnknownPluginError"],
                    "opsloop.errors"),
-    **dict.fromkeys(["Dataset", "Deployment", "ModelVersion", "MonitorReport", "Preprocessed", "RetrainDecision",
+    **dict.fromkeys(["Contender", "Dataset", "Deployment", "GateVerdict", "ModelVersion", "MonitorReport", "Preprocessed", "RetrainDecision",
                      "RunContext", "TrainedModel", "ValidationReport"], "opsloop.types"),
 }
 
@@ -44,8 +44,10 @@ if TYPE_CHECKING:
     )
     from opsloop.hookspecs import hookimpl
     from opsloop.types import (
+        Contender,
         Dataset,
         Deployment,
+        GateVerdict,
         ModelVersion,
         MonitorReport,
         Preprocessed,

@@ -30,7 +30,7 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, Iterabl
 from opsloop.errors import ConfigError, StoreError, closest
 
 CONFIG_FILE = "opsloop.toml"
-STAGES = ("preprocess", "train", "validate", "deploy", "monitor", "retrain")
+STAGES = ("preprocess", "train", "validate", "deploy", "monitor", "retrain", "gate")
 
 
 # ---------------------------------------------------------------------------
@@ -122,6 +122,43 @@ class RetrainSection:
     act: bool = True
 
 
+def _duration(*, allow: tuple[str, ...] = ()) -> Any:
+    """A validator: a duration such as "1d" (s, m, h, d, w), or one of `allow`."""
+    def check(instance: Any, attribute: Any, value: str) -> None:
+        from opsloop.monitoring import _DURATION
+
+        match = _DURATION.fullmatch(value) if isinstance(value, str) else None
+        if value in allow or (match and int(match.group(1)) > 0):
+            return
+        also = "".join(f" or {a!r}" for a in allow)
+        raise ValueError(f"'{attribute.name}' must be a duration such as \"12h\", \"1d\" or \"14d\" (a whole "
+                         f"number and s, m, h, d or w){also}, got {value!r}", attribute)
+    return check
+
+
+@attrs.frozen(kw_only=True)
+class LoopSection:
+    """`[loop]`: what `opsloop loop` (and `opsloop backtest`) retrains on, holds out and monitors.
+
+    Attributes:
+        window: Retraining data: `"expanding"` (all history) or a duration
+            (`"14d"`: a sliding window ending at the newest labelled row).
+        holdout: The latest labelled slice, held out from the candidate's
+            training, on which champion and challenger are compared.
+        monitor_window: How far back each cycle monitors the prediction log.
+        use_log: Add the logged production rows that have labels (feedback)
+            to the configured source's rows.
+        lock_ttl: A lock older than this is taken over (a loop that died);
+            longer than a cycle.
+    """
+
+    window: str = attrs.field(default="expanding", validator=_duration(allow=("expanding",)))
+    holdout: str = attrs.field(default="1d", validator=_duration())
+    monitor_window: str = attrs.field(default="1d", validator=_duration())
+    use_log: bool = True
+    lock_ttl: str = attrs.field(default="6h", validator=_duration())
+
+
 @attrs.frozen(kw_only=True)
 class PluginsSection:
     """`[plugins]`: plugins loaded for every command (observers, CLI commands)."""
@@ -139,6 +176,8 @@ SECTIONS: dict[str, type] = {
     "deploy": StageSection,
     "monitor": StageSection,
     "retrain": RetrainSection,
+    "gate": StageSection,
+    "loop": LoopSection,
     "plugins": PluginsSection,
 }
 #: Sections whose sub-tables are plugin options, and the key listing the plugins.
@@ -342,6 +381,7 @@ class Config:
     store: StoreSection
     plugins: PluginsSection
     stages: dict[str, StageSection | ValidateSection | RetrainSection]
+    loop: LoopSection = attrs.field(factory=LoopSection)
 
     @classmethod
     def from_table(cls, table: dict[str, Any], *, path: Path | None = None,
@@ -365,7 +405,7 @@ class Config:
         return cls(
             table=table, path=path, workdir=Path(workdir or Path.cwd()),
             project=sections["project"], data=sections["data"], store=sections["store"],
-            plugins=sections["plugins"], stages={s: sections[s] for s in STAGES},
+            plugins=sections["plugins"], stages={s: sections[s] for s in STAGES}, loop=sections["loop"],
         )
 
     @property

@@ -13,6 +13,11 @@ One `opsloop run` calls them in this order:
    -> `deploy` -> `load_model` and `preprocess` replayed from the bundle ->
    `monitor` -> `decide_retrain`, and, when a policy says so, preprocess,
    train, validate and register again on the newer data.
+4. `opsloop loop` (and `opsloop backtest`, which replays it) runs one cycle:
+   `monitor` on what production scored -> `decide_retrain` -> preprocess,
+   train, validate and register a candidate on the retraining window ->
+   `gate` (champion against challenger on the same held-out rows) -> the
+   `production` alias moves only when every gate names the challenger.
 
 Stage hooks (`preprocess`, `train`, `validate`, `deploy`, `monitor`,
 `decide_retrain`) are called only on the plugins selected for the stage, in
@@ -36,9 +41,11 @@ if TYPE_CHECKING:
 
     from opsloop.store import AliasChange, ModelStore
     from opsloop.types import (
+        Contender,
         Dataset,
         Deployment,
         FitFunction,
+        GateVerdict,
         ModelVersion,
         MonitorReport,
         Preprocessed,
@@ -289,6 +296,35 @@ def decide_retrain(version: ModelVersion, reports: list[MonitorReport], options:
 
     Returns:
         The verdict with at least one reason. Never None.
+    """
+
+
+@hookspec
+def gate(champion: Contender, challenger: Contender, window: Dataset, options: Any,
+         run: RunContext) -> GateVerdict:
+    """Judge the candidate (challenger) against production (champion) on the same rows.
+
+    Called only on the plugins selected for this stage (`[gate] plugins`), in
+    the configured order, when `opsloop loop` (or `opsloop backtest`) has
+    registered a candidate. The candidate is promoted only when every gate
+    names the challenger the winner.
+
+    Args:
+        champion: The version `production` points at, with its predictions on
+            `window`.
+        challenger: The candidate, with its predictions on `window`.
+        window: The latest labelled rows, held out from the candidate's
+            training (raw rows; the target column holds the labels as the
+            models learned them). Rows are in time order per series.
+        options: This plugin's options, already checked.
+        run: Run id, seed, the cycle's time (`run.now`), logger.
+
+    Returns:
+        The winner, the primary metric for both, the margin and its
+        confidence interval, with at least one reason. Never None. Raise
+        `opsloop.DataError` when the window cannot decide (no labels, one
+        class only): the cycle then ends with that error and production
+        stays.
     """
 
 

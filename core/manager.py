@@ -38,6 +38,7 @@ STAGE_HOOKS = {
     "deploy": "deploy",
     "monitor": "monitor",
     "retrain": "decide_retrain",
+    "gate": "gate",
     "store": "open_store",
 }
 

@@ -158,6 +158,44 @@ class AliasChange:
     action: AliasAction = "set"
 
 
+@attrs.frozen(kw_only=True)
+class CycleRecord:
+    """One entry of the loop journal: what a cycle of `opsloop loop` (or a backtest) did.
+
+    Attributes:
+        id: Increasing with every entry of the store.
+        name: Model name.
+        at: ISO 8601 UTC time the entry was written (the store's clock).
+        status: `"keep"`, `"promoted"`, `"rejected"` (a candidate lost the
+            gate), `"error"` or `"stopped"`.
+        body: The cycle as `opsloop loop --once --json` prints it (decision,
+            reasons, candidate, gate, promoted, window, monitor, error...).
+    """
+
+    id: int
+    name: str
+    at: str
+    status: str
+    body: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class LockState:
+    """The loop lock of one model, as `lock` found or left it.
+
+    Attributes:
+        acquired: Whether the caller holds it now.
+        owner: Who holds it (the caller when acquired): `user@host:pid/...`.
+        since: ISO 8601 UTC time the holder took it.
+        expires: ISO 8601 UTC time after which another owner may take it over.
+    """
+
+    acquired: bool
+    owner: str
+    since: str
+    expires: str
+
+
 def rollback_target(changes: Iterable[AliasChange], current: int, exists: set[int]) -> int | None:
     """The version a rollback of one alias goes back to, or None when there is none.
 
@@ -303,6 +341,44 @@ class ModelStore(abc.ABC):
         """
         raise StoreError(f"the model store {self.uri} cannot rebuild its index from its bundles; restore its "
                          "database from a backup instead")
+
+    # -- the loop's journal and lock (issue 12) -----------------------------------
+    # Not abstract, so that a third-party store written before them still opens;
+    # such a store cannot run `opsloop loop`, and says so.
+
+    def record_cycle(self, name: str, status: str, body: Mapping[str, Any]) -> CycleRecord:
+        """Append one cycle to the loop journal of `name` (any name: the model need not exist yet).
+
+        Args:
+            name: Model name.
+            status: `"keep"`, `"promoted"`, `"rejected"`, `"error"` or `"stopped"`.
+            body: JSON-able (NaN and infinities are stored as null).
+
+        Returns:
+            The entry as stored, with its id and time.
+        """
+        raise StoreError(f"the model store {self.uri} keeps no loop journal: opsloop loop needs a store that "
+                         "does (local-store, postgres-store)")
+
+    def cycles(self, name: str, *, limit: int | None = None) -> list[CycleRecord]:
+        """The loop journal of `name`, newest first (at most `limit` entries); empty when none."""
+        raise StoreError(f"the model store {self.uri} keeps no loop journal: opsloop loop needs a store that "
+                         "does (local-store, postgres-store)")
+
+    def lock(self, name: str, owner: str, ttl: float) -> LockState:
+        """Take (or renew) the loop lock of `name` for `ttl` seconds, atomically across processes and machines.
+
+        Acquired when nobody holds it, when `owner` already holds it (the
+        expiry moves to now + ttl), or when the holder's expiry has passed (a
+        loop that died). Otherwise not acquired, with the holder's state.
+        """
+        raise StoreError(f"the model store {self.uri} has no loop lock: opsloop loop needs a store that "
+                         "has (local-store, postgres-store)")
+
+    def unlock(self, name: str, owner: str) -> None:
+        """Release the loop lock of `name` if `owner` holds it; nothing otherwise."""
+        raise StoreError(f"the model store {self.uri} has no loop lock: opsloop loop needs a store that "
+                         "has (local-store, postgres-store)")
 
     def resolve(self, ref: str | Ref) -> ModelVersion:
         """The version a reference names: `NAME` is the latest, `NAME@ALIAS` what the alias points at."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -21,8 +22,10 @@ if TYPE_CHECKING:
     from opsloop.config import Config
 
 __all__ = [
+    "Contender",
     "Dataset",
     "Deployment",
+    "GateVerdict",
     "ModelVersion",
     "MonitorReport",
     "Preprocessed",
@@ -308,6 +311,9 @@ class RunContext:
         config: The checked config.
         log: Logger for plugins (`run.log.info(...)`).
         reporter: Progress bars and notes (`run.reporter.track(folds, "folds")`).
+        now: The moment the run acts at (UTC): None means the clock; `opsloop
+            backtest` sets the replayed time, so that a policy's cool-down
+            counts in the history's time, not the machine's.
     """
 
     run_id: str
@@ -317,6 +323,53 @@ class RunContext:
     config: Config = attrs.field(eq=False, repr=False)
     log: logging.Logger = attrs.field(eq=False, repr=False, factory=lambda: logging.getLogger("opsloop"))
     reporter: Reporter = attrs.field(eq=False, repr=False, factory=Reporter)
+    now: datetime | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Contender:
+    """A version scored on the gate window: the champion (production) or the challenger (the candidate).
+
+    Attributes:
+        role: `"champion"` or `"challenger"`.
+        version: The registered version.
+        predictions: Row-aligned with the gate window's frame: column
+            `prediction` and, for classifiers, `score` (probability of the
+            positive class). Left out of `==` and `repr`.
+    """
+
+    role: Literal["champion", "challenger"]
+    version: ModelVersion
+    predictions: pd.DataFrame = attrs.field(eq=False, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class GateVerdict:
+    """A gate's judgement of champion against challenger on the same rows.
+
+    Attributes:
+        winner: `"challenger"` (promote it) or `"champion"` (keep production).
+        metric: The primary metric compared, e.g. `"pr_auc"`.
+        champion: The champion's figure on the window.
+        challenger: The challenger's figure on the window.
+        margin: How much better the challenger is (challenger - champion for
+            a metric where higher is better, champion - challenger where lower
+            is): positive means the challenger is better.
+        ci: A confidence interval of `margin` (low, high), or None.
+        reasons: Why, one sentence each; never empty.
+        gate: The plugin's name (set by the loop when left empty).
+        figures: Any other figures worth keeping (both contenders' metrics).
+    """
+
+    winner: Literal["challenger", "champion"]
+    metric: str
+    champion: float
+    challenger: float
+    margin: float
+    ci: tuple[float, float] | None = None
+    reasons: tuple[str, ...] = ()
+    gate: str = ""
+    figures: Mapping[str, float] = attrs.field(factory=dict, converter=_frozen_mapping)
 
 
 FitFunction = Callable[[Dataset], TrainedModel]
