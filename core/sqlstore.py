@@ -2,9 +2,9 @@
 
 `SQLStore` implements `opsloop.store.ModelStore` on top of a database: the
 queries (`Statements`, written once with `?` and rendered in the plugin's
-placeholder style), the checks and messages, alias history and rollback, and
-`Transaction`, a connection with undo callbacks for what a failed
-transaction must take back on disk. The database's dialect, connection,
+placeholder style), the checks and messages, alias history and rollback, the
+loop journal and lock (issue 12), and `Transaction`, a connection with undo
+callbacks for what a failed transaction must take back on disk. The database's dialect, connection,
 locking and version numbering are left to the plugin (`local-store`,
 `postgres-store`); bundles are files, kept by `opsloop.store.BundleFiles`.
 """
@@ -14,8 +14,9 @@ from __future__ import annotations
 import abc
 import contextlib
 import json
+import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,6 +25,8 @@ from opsloop.store import (
     AliasAction,
     AliasChange,
     BundleFiles,
+    CycleRecord,
+    LockState,
     ModelStore,
     MAX_VERSION,
     ModelSummary,
@@ -44,6 +47,7 @@ VERSION_QUERY = """SELECT v.name, v.version, created_at, created_by, flavor, tas
     digest, path, (SELECT {join_aliases} FROM aliases a WHERE a.name = v.name AND a.version = v.version)
     FROM versions v JOIN details d ON d.id = v.id"""
 HISTORY_COLUMNS = "name, alias, from_version, to_version, actor, at, reason, action"
+MAX_TTL = 10 * 366 * 86400.0  # seconds a loop lock may be taken for: beyond, the expiry could overflow a date
 
 
 class Statements:
@@ -51,10 +55,14 @@ class Statements:
 
     Written once with `?` placeholders, which `param` replaces (`%s` for
     psycopg); `join_aliases` is the aggregate that joins alias names with
-    commas (names cannot contain one).
+    commas (names cannot contain one). `now` is the store's clock as an
+    expression (ISO 8601 UTC text, milliseconds, `Z`), the same value
+    wherever it appears in one statement; `later` is that time plus `?`
+    seconds. The loop lock is taken with them inside one statement, so
+    that the expiry is compared where the row is locked (issue 12).
     """
 
-    def __init__(self, *, param: str, join_aliases: str) -> None:
+    def __init__(self, *, param: str, join_aliases: str, now: str, later: str) -> None:
         def q(text: str) -> str:
             return text.replace("?", param)
 
@@ -85,6 +93,18 @@ class Statements:
         self.history = q(f"SELECT {HISTORY_COLUMNS} FROM alias_history WHERE name = ? ORDER BY id")
         self.alias_history = q(f"SELECT {HISTORY_COLUMNS} FROM alias_history WHERE name = ? AND alias = ? "
                                "ORDER BY id")
+        cycles = "SELECT id, name, at, status, body FROM loop_journal WHERE name = ? ORDER BY id DESC"
+        self.cycles = q(cycles)
+        self.cycles_limited = q(f"{cycles} LIMIT ?")
+        # Taken when free, renewed by its holder (who keeps `since`), taken over once expired;
+        # otherwise the upsert changes nothing and `lock_holder` reads who has it.
+        self.take_lock = q(f"INSERT INTO loop_locks (name, owner, since, expires) VALUES (?, ?, {now}, {later}) "
+                           "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires = excluded.expires, "
+                           "since = CASE WHEN loop_locks.owner = excluded.owner THEN loop_locks.since "
+                           "ELSE excluded.since END "
+                           "WHERE loop_locks.owner = excluded.owner OR loop_locks.expires < excluded.since")
+        self.lock_holder = q("SELECT owner, since, expires FROM loop_locks WHERE name = ?")
+        self.unlock = q("DELETE FROM loop_locks WHERE name = ? AND owner = ?")
 
 
 class Transaction:
@@ -122,8 +142,8 @@ class SQLStore(ModelStore):
     - `_read()`, a context yielding a connection (`execute(sql, params)`) for reads;
     - `_transaction()`, a context yielding a `Transaction` that commits at the
       end, or calls `abort()` and rolls back when the block raises;
-    - `_take_number`, `_insert_version` and `_insert_change`: numbering under
-      concurrency and where the time comes from;
+    - `_take_number`, `_insert_version`, `_insert_change` and `_insert_cycle`:
+      numbering under concurrency and where the time comes from;
     - `_existing`, which of some version numbers still exist;
     - `_lock_model`, when its transactions do not already exclude other writers.
     """
@@ -131,6 +151,9 @@ class SQLStore(ModelStore):
     SQL: ClassVar[Statements]
     MAX_VERSION: ClassVar[int] = MAX_VERSION  # the largest number the version column holds
     _con: Any  # the connection, which the subclass opens
+    # Why the registry has no loop journal and lock tables (one from before them that
+    # could not be upgraded, e.g. read-only), as the message their calls fail with.
+    _loop_tables_missing: str | None = None
 
     def __init__(self, root: Path) -> None:
         self.files = BundleFiles(root)
@@ -178,6 +201,10 @@ class SQLStore(ModelStore):
     def _insert_change(self, tx: Transaction, name: str, alias: str, current: int | None, version: int,
                        actor: str, reason: str, action: str) -> str:
         """Insert one `alias_history` row; its time."""
+
+    @abc.abstractmethod
+    def _insert_cycle(self, tx: Transaction, name: str, status: str, body: str) -> tuple[int, str]:
+        """Insert one `loop_journal` row (`body` is JSON text); its id and time."""
 
     @abc.abstractmethod
     def _existing(self, tx: Transaction, name: str, numbers: list[int]) -> set[int]:
@@ -412,9 +439,85 @@ class SQLStore(ModelStore):
         return AliasChange(name=name, alias=alias, from_version=current, to_version=version, actor=actor, at=at,
                            reason=reason, action=action)
 
+    # -- the loop's journal and lock (issue 12) -----------------------------------
+
+    def _require_loop_tables(self) -> None:
+        if self._loop_tables_missing is not None:
+            raise StoreError(self._loop_tables_missing)
+
+    def record_cycle(self, name: str, status: str, body: Mapping[str, Any]) -> CycleRecord:
+        check_name(name)
+        if not isinstance(status, str) or not status:
+            raise StoreError(f"invalid loop journal status {status!r} for {name}: expected a non-empty string")
+        if not isinstance(body, Mapping):
+            raise StoreError(f"invalid loop journal body for {name}: expected a mapping, got {type(body).__name__}")
+        text = json.dumps(_strict_json(body), default=str, allow_nan=False)
+        self._require_loop_tables()
+        with self._transaction() as tx:
+            number, at = self._insert_cycle(tx, name, status, text)
+        return CycleRecord(id=number, name=name, at=at, status=status, body=json.loads(text))
+
+    def cycles(self, name: str, *, limit: int | None = None) -> list[CycleRecord]:
+        check_name(name)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise StoreError(f"invalid limit {limit!r}: expected a whole number from 0, or None for all")
+        self._require_loop_tables()
+        with self._read() as con:
+            if limit is None:
+                rows = con.execute(self.SQL.cycles, (name,)).fetchall()
+            else:
+                # Clamped to a BIGINT: any larger limit means all of them anyway.
+                rows = con.execute(self.SQL.cycles_limited, (name, min(limit, MAX_VERSION))).fetchall()
+        records = []
+        for number, _, at, status, text in rows:
+            try:
+                body = json.loads(text)
+            except ValueError as exc:
+                raise StoreError(f"loop journal entry {number} of {name} in the registry is damaged ({exc})") from None
+            records.append(CycleRecord(id=number, name=name, at=at, status=status, body=body))
+        return records
+
+    def lock(self, name: str, owner: str, ttl: float) -> LockState:
+        check_name(name)
+        _check_owner(owner)
+        if (isinstance(ttl, bool) or not isinstance(ttl, int | float) or not math.isfinite(ttl)
+                or not 0 < ttl <= MAX_TTL):
+            raise StoreError(f"invalid loop lock ttl {ttl!r}: expected seconds, more than 0 and at most {MAX_TTL:.0f}")
+        self._require_loop_tables()
+        with self._transaction() as tx:
+            tx.execute(self.SQL.take_lock, (name, owner, float(ttl)))
+            holder, since, expires = tx.execute(self.SQL.lock_holder, (name,)).fetchone()
+        return LockState(acquired=holder == owner, owner=holder, since=since, expires=expires)
+
+    def unlock(self, name: str, owner: str) -> None:
+        check_name(name)
+        _check_owner(owner)
+        self._require_loop_tables()
+        with self._transaction() as tx:
+            tx.execute(self.SQL.unlock, (name, owner))
+
     def close(self) -> None:
         with self._lock:
             self._con.close()
+
+
+def _check_owner(owner: object) -> None:
+    if not isinstance(owner, str) or not owner.strip():
+        raise StoreError(f"invalid loop lock owner {owner!r}: expected a non-empty string (user@host:pid)")
+
+
+def _strict_json(value: Any) -> Any:
+    """`value` with NaN and infinities as None, so that it dumps as strict JSON (numpy scalars as Python's)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k if isinstance(k, str) else str(k): _strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict_json(v) for v in value]
+    if not isinstance(value, str | int | bool | type(None)) and callable(getattr(value, "item", None)):
+        with contextlib.suppress(Exception):  # numpy.float32 and friends: not floats, but have .item()
+            return _strict_json(value.item())
+    return value
 
 
 def _loads_rows(texts: list[str], name: str, numbers: list[int]) -> list[Any]:

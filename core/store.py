@@ -369,8 +369,9 @@ class ModelStore(abc.ABC):
         """Take (or renew) the loop lock of `name` for `ttl` seconds, atomically across processes and machines.
 
         Acquired when nobody holds it, when `owner` already holds it (the
-        expiry moves to now + ttl), or when the holder's expiry has passed (a
-        loop that died). Otherwise not acquired, with the holder's state.
+        expiry moves to now + ttl, `since` stays), or when the holder's expiry
+        has passed (a loop that died). Otherwise not acquired, with the
+        holder's state. `ttl` is seconds, more than 0 (StoreError otherwise).
         """
         raise StoreError(f"the model store {self.uri} has no loop lock: opsloop loop needs a store that "
                          "has (local-store, postgres-store)")

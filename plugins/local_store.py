@@ -49,7 +49,7 @@ from opsloop.hookspecs import hookimpl
 from opsloop.sqlstore import HISTORY_COLUMNS, SQLStore, Statements, Transaction
 from opsloop.store import ModelStore
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the loop journal and lock (issue 12)
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another one before giving up
 QUICK_CHECK_MAX_BYTES = 32 << 20  # quick_check on open up to this size (~0.1 s); see the module docstring
 DAMAGED = ("not a database", "malformed", "corrupt", "could not decode")
@@ -100,6 +100,30 @@ CREATE TABLE alias_history (
 CREATE INDEX alias_history_by_alias ON alias_history (name, alias, id);
 """
 
+# Schema 2 (issue 12): what `opsloop loop` writes. Added to a schema-1 registry when it is
+# first opened writable (`UPGRADES`); nothing else changes.
+LOOP_TABLES = """
+CREATE TABLE loop_journal (  -- one row per loop cycle, never changed
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    at TEXT NOT NULL,
+    status TEXT NOT NULL,
+    body TEXT NOT NULL  -- strict JSON
+);
+CREATE INDEX loop_journal_by_name ON loop_journal (name, id);
+CREATE TABLE loop_locks (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    since TEXT NOT NULL,
+    expires TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+SCHEMA += LOOP_TABLES
+UPGRADES = {1: LOOP_TABLES}  # from schema N to N + 1
+# SQLite's clock is this machine's, as `_now`; in one statement 'now' is one instant.
+NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+LATER = "strftime('%Y-%m-%dT%H:%M:%fZ', julianday('now') + ? / 86400.0)"
+
 SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 
 
@@ -138,7 +162,7 @@ def _now() -> str:
 class LocalStore(SQLStore):
     """A registry in a directory: SQLite for the records, files for the bundles."""
 
-    SQL = Statements(param="?", join_aliases="group_concat(alias)")
+    SQL = Statements(param="?", join_aliases="group_concat(alias)", now=NOW, later=LATER)
 
     def __init__(self, root: Path, *, uri: str | None = None) -> None:
         super().__init__(root)
@@ -265,6 +289,7 @@ class LocalStore(SQLStore):
                                         f"`sqlite3 {self.db} 'PRAGMA integrity_check'` shows more)")
 
     def _create_schema(self) -> None:
+        """Create the schema in a new file, or upgrade an older one in place (once, whoever comes first)."""
         con = self._con
         version = con.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
@@ -272,16 +297,38 @@ class LocalStore(SQLStore):
                              f"understands ({SCHEMA_VERSION}); upgrade opsloop")
         if version == SCHEMA_VERSION:
             return
-        tables = con.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
-        if not tables and next(self.files.version_dirs(), None) is not None:
-            raise self._damaged(f"has no tables but {self._versions_on_disk()}")
-        if self.read_only:
-            raise StoreError(f"model registry {self.db} is not set up, and {self.root} is read-only: "
-                             "cannot create it")
+        if version and self.read_only:  # an older registry, read as it is: upgraded where it can be written
+            self._loop_tables_missing = self._not_upgraded(version)
+            return
+        if not version:
+            tables = con.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
+            if not tables and next(self.files.version_dirs(), None) is not None:
+                raise self._damaged(f"has no tables but {self._versions_on_disk()}")
+            if self.read_only:
+                raise StoreError(f"model registry {self.db} is not set up, and {self.root} is read-only: "
+                                 "cannot create it")
+        try:
+            self._write_schema()
+        except sqlite3.OperationalError as exc:
+            if not version or "readonly" not in str(exc):
+                raise
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            # The directory can be written but the file cannot (chmod): SQLite opened it read-only.
+            self._loop_tables_missing = self._not_upgraded(version)
+
+    def _write_schema(self) -> None:
+        """Create the tables (a new file) or add what later schemas have (an older one), under the write lock."""
+        con = self._con
         if con.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
             raise sqlite3.OperationalError("database is locked (switching to WAL mode)")
         con.execute("BEGIN IMMEDIATE")
-        if con.execute("PRAGMA user_version").fetchone()[0] == 0:
+        version = con.execute("PRAGMA user_version").fetchone()[0]  # another process may have done it meanwhile
+        if version > SCHEMA_VERSION:
+            con.execute("ROLLBACK")
+            raise StoreError(f"model registry {self.db} has schema {version}, newer than this opsloop "
+                             f"understands ({SCHEMA_VERSION}); upgrade opsloop")
+        if version == 0:
             if con.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]:
                 con.execute("ROLLBACK")
                 raise StoreError(f"{self.db} is an SQLite database but not an opsloop registry; "
@@ -289,8 +336,17 @@ class LocalStore(SQLStore):
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     con.execute(statement)
-            con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        for step in range(version or SCHEMA_VERSION, SCHEMA_VERSION):
+            for statement in UPGRADES[step].split(";"):
+                if statement.strip():
+                    con.execute(statement)
+        con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         con.execute("COMMIT")
+
+    def _not_upgraded(self, version: int) -> str:
+        return (f"model registry {self.db} has schema {version}, from an older opsloop, and is read-only: it has "
+                f"no loop journal or lock until it is opened once where it can be written (which upgrades it "
+                f"to schema {SCHEMA_VERSION})")
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Transaction]:
@@ -346,6 +402,12 @@ class LocalStore(SQLStore):
         tx.execute(f"INSERT INTO alias_history ({HISTORY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                    (name, alias, current, version, actor, at, reason, action))
         return at
+
+    def _insert_cycle(self, tx: Transaction, name: str, status: str, body: str) -> tuple[int, str]:
+        at = _now()
+        cursor = tx.execute("INSERT INTO loop_journal (name, at, status, body) VALUES (?, ?, ?, ?)",
+                            (name, at, status, body))
+        return cursor.lastrowid, at
 
     def _existing(self, tx: Transaction, name: str, numbers: list[int]) -> set[int]:
         return {r[0] for r in tx.execute("SELECT version FROM versions WHERE name = ? AND version IN "

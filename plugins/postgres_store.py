@@ -51,7 +51,7 @@ from opsloop.store import ModelStore
 if TYPE_CHECKING:
     import psycopg
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the loop journal and lock (issue 12)
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another one before giving up
 CONNECT_TIMEOUT = 10  # seconds, unless the URI says otherwise
 BUNDLES_ENV = "OPSLOOP_BUNDLES"
@@ -85,8 +85,25 @@ CREATE TABLE {s}.alias_history (
 CREATE INDEX alias_history_by_alias ON {s}.alias_history (name, alias, id);
 """
 
+# Schema 2 (issue 12): what `opsloop loop` writes. Added to a schema-1 registry when it is
+# first opened (`UPGRADES`); nothing else changes.
+LOOP_TABLES = """
+CREATE TABLE {s}.loop_journal (  -- one row per loop cycle, never changed; body: strict JSON
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name TEXT COLLATE "C" NOT NULL, at TEXT NOT NULL,
+    status TEXT NOT NULL, body TEXT NOT NULL);
+CREATE INDEX loop_journal_by_name ON {s}.loop_journal (name, id);
+CREATE TABLE {s}.loop_locks (
+    name TEXT COLLATE "C" PRIMARY KEY, owner TEXT NOT NULL, since TEXT NOT NULL, expires TEXT NOT NULL);
+"""
+SCHEMA += LOOP_TABLES
+UPGRADES = {1: LOOP_TABLES}  # from schema N to N + 1
+
 # The server's clock, not each machine's: one time line for the whole team. The local store's format.
 NOW = """to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
+# For the loop lock: one instant per statement (clock_timestamp() moves between two calls).
+LOCK_NOW = """to_char(statement_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
+LOCK_LATER = ("""to_char((statement_timestamp() + ? * interval '1 second') AT TIME ZONE 'UTC', """
+              """'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')""")
 
 
 class ConnectionLost(StoreError):
@@ -170,7 +187,7 @@ def open_store(uri: str, workdir: Path) -> ModelStore | None:
 class PostgresStore(SQLStore):
     """A registry shared by a team: PostgreSQL for the records, a directory for the bundles."""
 
-    SQL = Statements(param="%s", join_aliases="string_agg(alias, ',')")
+    SQL = Statements(param="%s", join_aliases="string_agg(alias, ',')", now=LOCK_NOW, later=LOCK_LATER)
     MAX_VERSION = 2**31 - 1  # the version column is an INTEGER
 
     def __init__(self, conninfo: str, root: Path, *, schema: str = "opsloop", uri: str | None = None) -> None:
@@ -190,6 +207,7 @@ class PostgresStore(SQLStore):
     alias = _reconnecting(SQLStore.alias)
     aliases = _reconnecting(SQLStore.aliases)
     history = _reconnecting(SQLStore.history)
+    cycles = _reconnecting(SQLStore.cycles)
 
     # -- plumbing ------------------------------------------------------------
 
@@ -260,7 +278,28 @@ class PostgresStore(SQLStore):
             elif version > SCHEMA_VERSION:
                 raise StoreError(f"model registry {self.uri} has schema {version}, newer than this opsloop "
                                  f"understands ({SCHEMA_VERSION}); upgrade opsloop")
+            elif version < SCHEMA_VERSION:
+                self._upgrade(con, version)
             con.commit()
+
+    def _upgrade(self, con: psycopg.Connection, version: int) -> None:
+        """Bring an older registry to SCHEMA_VERSION, under the schema lock `_initialise` holds.
+
+        A user who may not create tables (or a read-only server) still reads it as it is.
+        """
+        from psycopg import sql
+
+        pg = self._psycopg
+        try:
+            for step in range(version, SCHEMA_VERSION):
+                con.execute(sql.SQL(UPGRADES[step]).format(s=sql.Identifier(self.schema)))
+            con.execute("UPDATE meta SET value = %s WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        except (pg.errors.InsufficientPrivilege, pg.errors.ReadOnlySqlTransaction) as exc:
+            con.rollback()
+            self._loop_tables_missing = (
+                f"model registry {self.uri} has schema {version}, from an older opsloop, and could not be "
+                f"upgraded to schema {SCHEMA_VERSION} ({_one_line(exc)}): it has no loop journal or lock until "
+                "a user who may create tables in its schema opens it")
 
     def _schema_version(self, con: psycopg.Connection) -> int | None:
         # A catalog query, not to_regclass(): that one may answer from a cache that still
@@ -322,6 +361,10 @@ class PostgresStore(SQLStore):
         return tx.execute(f"INSERT INTO alias_history ({HISTORY_COLUMNS}) "
                           f"VALUES (%s, %s, %s, %s, %s, {NOW}, %s, %s) RETURNING at",
                           (name, alias, current, version, actor, reason, action)).fetchone()[0]
+
+    def _insert_cycle(self, tx: Transaction, name: str, status: str, body: str) -> tuple[int, str]:
+        return tx.execute(f"INSERT INTO loop_journal (name, at, status, body) VALUES (%s, {NOW}, %s, %s) "
+                          "RETURNING id, at", (name, status, body)).fetchone()
 
     def _existing(self, tx: Transaction, name: str, numbers: list[int]) -> set[int]:
         return {r[0] for r in tx.execute("SELECT version FROM versions WHERE name = %s AND version = ANY(%s)",
