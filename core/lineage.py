@@ -87,8 +87,9 @@ def key_of(recorded: Mapping[str, Any]) -> str | None:
 
 
 def record(*, config: Config, plugins: PluginManager, used: list[str], data: Dataset, run_id: str,
-           parent: str | None = None) -> dict[str, Any]:
-    """The lineage of a version about to be registered."""
+           parent: str | None = None, training: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The lineage of a version about to be registered; `training` says what window of which rows it trained
+    on when the loop built it (`opsloop.loop`)."""
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
@@ -106,4 +107,5 @@ def record(*, config: Config, plugins: PluginManager, used: list[str], data: Dat
         "versions": used_versions,
         "training_key": training_key(config.table, data.fingerprint, used_versions),
         "parent": parent,
+        **({"training": dict(training)} if training else {}),
     }

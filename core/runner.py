@@ -231,12 +231,12 @@ class Runner:
 
     def register(self, model: TrainedModel, raw: Dataset, steps: list[StepRecord],
                  validation: list[ValidationReport], prefix: str = "", parent: str | None = None,
-                 alias: str | None = None) -> ModelVersion:
+                 alias: str | None = None, training: dict[str, Any] | None = None) -> ModelVersion:
         trainer = self.config.selected("train")[0]
 
         def work() -> ModelVersion:
             record = lineage.record(config=self.config, plugins=self.plugins, used=self._used(), data=raw,
-                                    run_id=self.run.run_id, parent=parent)
+                                    run_id=self.run.run_id, parent=parent, training=training)
             name = self.run.model_name
             staged = self.store.staging_dir()
             try:
@@ -269,7 +269,7 @@ class Runner:
         return read_bundle(version.path, self.plugins, ref=version.ref, digest=version.digest, run=self.run)
 
     def build(self, raw: Dataset, prefix: str = "", parent: str | None = None,
-              alias: str | None = None) -> Built:
+              alias: str | None = None, training: dict[str, Any] | None = None) -> Built:
         """Preprocess, train, validate and register a version on raw rows, or reuse the registered
         version trained on the same rows, config and plugin versions (`unchanged: NAME:N`)."""
         twin = self.twin(raw)
@@ -278,7 +278,8 @@ class Runner:
         features, steps, issues = self.preprocess(raw, prefix)
         model = self.train(features, prefix)
         validation = self.validate(features, prefix)
-        version = self.register(model, raw, steps, validation, prefix, parent=parent, alias=alias)
+        version = self.register(model, raw, steps, validation, prefix, parent=parent, alias=alias,
+                                training=training)
         self.result.validation.extend(validation)
         self.result.issues.extend(issues)
         return Built(version=version, validation=validation, issues=issues)
@@ -333,21 +334,18 @@ class Runner:
         fresh = self.store.get(version.name, version.version)
         self.result.versions = [fresh if v.ref == version.ref else v for v in self.result.versions]
 
-    def monitor(self, version: ModelVersion, model: LoadedModel, current: Dataset,
-                reference: Dataset) -> list[MonitorReport]:
+    def monitor(self, version: ModelVersion, model: LoadedModel | None, current: Dataset,
+                reference: Dataset, predictions: Any = None) -> list[MonitorReport]:
+        """The monitor stage on `current`: scored by `model`, or with the `predictions` production logged
+        (then `current`'s labels are already as the model learned them)."""
         names = self.config.selected("monitor")
 
         def work() -> list[MonitorReport]:
-            features, predictions = model.score(current.frame)
-            judged = current
-            target = current.target
-            if target and target in current.frame.columns and target in features.frame.columns:
-                # Labels as the model learned them (e.g. label-horizon's "incident within N steps").
-                judged = current.derive(current.frame.assign(**{target: features.frame[target].to_numpy()}))
+            judged, scored = (current, predictions) if predictions is not None else judge(model, current)
             reports = []
             for n in names:
                 report = _expect(self.plugins.call(n, "monitor", version=version, current=judged,
-                                                   predictions=predictions, reference=reference,
+                                                   predictions=scored, reference=reference,
                                                    options=self.session.options_for("monitor", n), run=self.run),
                                  MonitorReport, n, "monitor")
                 reports.append(attrs.evolve(report, monitor=report.monitor or n, model=report.model or version.ref))
@@ -437,6 +435,16 @@ class Runner:
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
+
+
+def judge(model: LoadedModel, current: Dataset) -> tuple[Dataset, Any]:
+    """`current` scored by `model`, with its labels as the model learned them (label-horizon's "incident
+    within N steps"), and the predictions."""
+    features, predictions = model.score(current.frame)
+    target = current.target
+    if target and target in current.frame.columns and target in features.frame.columns:
+        current = current.derive(current.frame.assign(**{target: features.frame[target].to_numpy()}))
+    return current, predictions
 
 
 def _concat(a: Dataset, b: Dataset) -> Any:

@@ -117,8 +117,9 @@ class Options:
         retrain_period: The period `max_retrains` counts over.
         combine: `"any"`: retrain when one condition (quality, drift,
             alerts) holds; `"all"`: only when every switched-on one does.
-        now: The decision's time (ISO 8601; no zone means UTC), for
-            backtests and tests; None: the clock.
+        now: The decision's time (ISO 8601; no zone means UTC), for tests;
+            None: the run's time (`run.now`, which `opsloop backtest` sets
+            to the replayed moment), else the clock.
     """
 
     min_f1: float | None = attrs.field(default=None, validator=_optional_unit)
@@ -154,7 +155,9 @@ def decide_retrain(version: ModelVersion, reports: list[MonitorReport], options:
     options = options or Options()
     if not reports:
         return RetrainDecision(retrain=False, reasons=("no monitor report to judge: keeping the model",))
-    now = _utc(datetime.fromisoformat(options.now)) if options.now else datetime.now(UTC)
+    # The option first (tests), then the run's time (a backtest replays history), then the clock.
+    clock = options.now and datetime.fromisoformat(options.now) or getattr(run, "now", None)
+    now = _utc(clock) if clock else datetime.now(UTC)
     found = _Findings()
     for report in reports:
         _judge(report, dict(version.metrics), options, found)

@@ -1,0 +1,97 @@
+"""`opsloop backtest`: what the loop would have done on a labelled history, against never and always retraining."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from opsloop.cli._options import ConfigOption, JsonOption, SetOption
+
+if TYPE_CHECKING:
+    from opsloop.backtest import BacktestResult
+
+
+def backtest(
+    every: Annotated[str | None, typer.Option(
+        "--every", metavar="DURATION", help="Replay in chunks of this length (12h, 1d, 7d). Default: 1d.")] = None,
+    chunks: Annotated[int | None, typer.Option("--chunks", min=1, help="Replay in N chunks of equal time span.")]
+        = None,
+    keep: Annotated[Path | None, typer.Option(
+        "--keep", file_okay=False, help="Keep the backtest's registry and journal in this directory (default: a "
+                                        "temporary one, removed at the end).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, only the results.")] = False,
+    json_: JsonOption = False,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Replay the labelled history through the loop's own cycles and compare three strategies per chunk.
+
+    Trains on the training period ([data] train), then, chunk by chunk in
+    time order, scores each chunk with the loop's production model, the
+    never-retrained model and a model retrained every chunk, and runs one
+    loop cycle at the chunk's end (monitor, decide, retrain, gate, promote).
+    Nothing is written to the project's registry.
+    """
+    from opsloop import config as config_mod
+    from opsloop.backtest import backtest as run_backtest
+    from opsloop.cli._render import RichReporter, console, print_json
+    from opsloop.errors import OpsloopError
+    from opsloop.monitoring import parse_duration
+
+    if every is not None and chunks is not None:
+        raise OpsloopError("opsloop backtest: give --every DURATION or --chunks N, not both")
+    step = parse_duration(every if every is not None else "1d", "--every") if chunks is None else None
+    cfg = config_mod.read(config, overrides=set_ or ())
+    with RichReporter(quiet=quiet or json_) as reporter:
+        result = run_backtest(cfg, every=step, chunks=chunks, reporter=reporter, keep=keep)
+    if json_:
+        print_json(result.to_json())
+    else:
+        for renderable in render(result):
+            console.print(renderable)
+
+
+def render(result: BacktestResult) -> list[Any]:
+    """Per chunk: the three strategies' main figures and what the cycle did; then the means."""
+    from rich.markup import escape
+
+    from opsloop.backtest import STRATEGIES
+    from opsloop.cli._render import table
+
+    means = result.means()
+    metric = next((m for m in ("pr_auc", "f1", "rmse") if m in means["loop"]), None)
+    out: list[Any] = [f"[bold]{escape(result.model)}[/bold] backtest: first version {result.train['version']} on "
+                      f"{result.train['rows']:,} rows ({result.train['start']} to {result.train['end']}), then "
+                      f"{len(result.chunks)} chunk(s): {result.retrains} retrain(s), {result.promotions} "
+                      "promotion(s)"]
+    rows = []
+    for c in result.chunks:
+        cycle = c.cycle
+        did = cycle.status if cycle.status != "keep" else "keep"
+        if cycle.gate:
+            did += f" ({cycle.gate['metric']} {_num(cycle.gate['challenger'])} vs {_num(cycle.gate['champion'])})"
+        rows.append([c.start.strftime("%Y-%m-%d %H:%M"), f"{c.rows:,}", str(c.positives),
+                     *[_num(c.figures[s].get(metric)) if metric else "-" for s in STRATEGIES],
+                     c.models["loop"], did])
+    out.append(table(f"per chunk ({metric or 'no figure'})",
+                     ["chunk start (UTC)", "rows", "positives", "loop", "stale", "always", "loop's model",
+                      "cycle at the chunk's end"], rows))
+    names = [n for n in means["loop"]]
+    out.append(table("mean over chunks", ["strategy", *names],
+                     ([s, *[_num(means[s].get(n)) for n in names]] for s in STRATEGIES)))
+    for c in result.chunks:
+        if c.cycle.decision == "retrain" or c.cycle.status == "error":
+            why = c.cycle.error or "; ".join(c.cycle.reasons)
+            out.append(f"[dim]{c.end.strftime('%Y-%m-%d %H:%M')}[/dim] {c.cycle.status}: {escape(why)}")
+    if result.workdir:
+        out.append(f"the backtest's registry and journal are in {escape(result.workdir)} "
+                   f"(opsloop loop history --set store.uri={escape(result.workdir)}/.opsloop)")
+    return out
+
+
+def _num(value: Any) -> str:
+    import math
+
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
