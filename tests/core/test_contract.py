@@ -26,6 +26,7 @@ SIGNATURES = {
     "deploy": ["version", "model", "dataset", "options", "run"],
     "monitor": ["version", "current", "predictions", "reference", "options", "run"],
     "decide_retrain": ["version", "reports", "options", "run"],
+    "gate": ["champion", "challenger", "window", "options", "run"],
     "on_stage_start": ["stage", "plugins", "run"],
     "on_stage_end": ["stage", "result", "seconds", "run"],
     "on_stage_error": ["stage", "error", "run"],
