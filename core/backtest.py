@@ -118,7 +118,9 @@ def cut(frame: pd.DataFrame, time: str, *, every: timedelta | None, chunks: int 
     import pandas as pd
 
     times = pd.to_datetime(frame[time], utc=True)
-    first, last = times.min().to_pydatetime(), times.max().to_pydatetime() + timedelta(microseconds=1)
+    # [first, last): up to the next whole second after the newest row.
+    first = times.min().to_pydatetime()
+    last = times.max().to_pydatetime().replace(microsecond=0) + timedelta(seconds=1)
     if chunks is not None:
         step = (last - first) / chunks
         edges = [first + step * i for i in range(chunks)] + [last]

@@ -165,7 +165,12 @@ class Cycle:
             raise Stopped(self.result.steps[-1] if self.result.steps else "start")
         self.result.steps.append(name)
         if self.journal:
-            state = self.store.lock(self.name, self.owner, self.ttl)
+            try:
+                state = self.store.lock(self.name, self.owner, self.ttl)
+            except OpsloopError as exc:  # no lock, no cycle: nothing to journal it in either
+                result.status, result.error = "error", _one_line(exc)
+                self.runner.close()
+                return result
             if not state.acquired:  # our lease ran out and another loop took it: stop before writing anything
                 raise OpsloopError(f"the loop lock of {self.name} was taken over by {state.owner} at {state.since} "
                                    f"(this cycle outlived [loop] lock_ttl {self.config.loop.lock_ttl}): "
@@ -175,7 +180,12 @@ class Cycle:
         start = time.perf_counter()
         result = self.result
         if self.journal:
-            state = self.store.lock(self.name, self.owner, self.ttl)
+            try:
+                state = self.store.lock(self.name, self.owner, self.ttl)
+            except OpsloopError as exc:  # no lock, no cycle: nothing to journal it in either
+                result.status, result.error = "error", _one_line(exc)
+                self.runner.close()
+                return result
             if not state.acquired:
                 result.status = "skipped"
                 result.reasons = [f"another loop holds the lock of {self.name}: {state.owner} since {state.since} "
@@ -191,7 +201,10 @@ class Cycle:
             result.status, result.error = "error", _one_line(exc)
         except Exception as exc:  # an internal error must not end `--every`: journaled like any other
             result.status, result.error = "error", f"internal error: {exc.__class__.__name__}: {_one_line(exc)}"
-            self.runner.run.log.exception("loop cycle failed")
+            if os.environ.get("OPSLOOP_DEBUG"):  # as the CLI's error boundary: the traceback on request
+                import traceback
+
+                traceback.print_exc()
         finally:
             result.seconds = time.perf_counter() - start
             if self.journal:
