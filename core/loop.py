@@ -165,12 +165,7 @@ class Cycle:
             raise Stopped(self.result.steps[-1] if self.result.steps else "start")
         self.result.steps.append(name)
         if self.journal:
-            try:
-                state = self.store.lock(self.name, self.owner, self.ttl)
-            except OpsloopError as exc:  # no lock, no cycle: nothing to journal it in either
-                result.status, result.error = "error", _one_line(exc)
-                self.runner.close()
-                return result
+            state = self.store.lock(self.name, self.owner, self.ttl)
             if not state.acquired:  # our lease ran out and another loop took it: stop before writing anything
                 raise OpsloopError(f"the loop lock of {self.name} was taken over by {state.owner} at {state.since} "
                                    f"(this cycle outlived [loop] lock_ttl {self.config.loop.lock_ttl}): "
@@ -524,8 +519,11 @@ class LogInputs:
         labelled: list[Dataset] = []
         current = predictions = monitored = None
         try:
+            # Only versions with rows in the log (each read scans it), and only production's without use_log.
+            logged = _logged_versions(con, production.name)
             with self.session.open_store() as store:
-                versions = store.versions(production.name)
+                versions = [v for v in store.versions(production.name) if v.version in logged
+                            and (config.loop.use_log or v.version == production.version)]
             for version in versions:
                 manifest = read_manifest(Path(version.path), ref=version.ref, digest=version.digest)
                 by = "time" if manifest.get("time") else "at"
@@ -552,6 +550,16 @@ class LogInputs:
         if current is None:
             notes.append(f"the prediction log {self.log} has no rows of {production.ref}")
         return current, predictions, monitored, labelled
+
+
+def _logged_versions(con: Any, model: str) -> set[int]:
+    """The versions of `model` with rows in the prediction log, served or batch."""
+    from opsloop.serving import segments
+
+    query = "SELECT DISTINCT version FROM predictions WHERE model = ?"
+    if segments.has_segments(con):
+        query += " UNION SELECT DISTINCT version FROM segments WHERE model = ?"
+    return {int(v) for (v,) in con.execute(query, (model,) * query.count("?"))}
 
 
 def _history(source: Dataset, logged: list[Dataset], notes: list[str]) -> Dataset:
