@@ -200,6 +200,10 @@ class Cycle:
                 import traceback
 
                 traceback.print_exc()
+        except BaseException:  # a second Ctrl-C: journaled as what it is, the lock released, then it goes on up
+            result.status, result.error = "stopped", "interrupted (a second Ctrl-C) during " + (
+                result.steps[-1] if result.steps else "start")
+            raise
         finally:
             result.seconds = time.perf_counter() - start
             if self.journal:
@@ -209,7 +213,9 @@ class Cycle:
 
     def _write_journal(self) -> None:
         try:
-            record = self.store.record_cycle(self.name, self.result.status, self.result.to_json())
+            body = self.result.to_json()
+            body.pop("journal_id")  # the store's id, known once written
+            record = self.store.record_cycle(self.name, self.result.status, body)
             self.result.journal_id = record.id
         except StoreError as exc:
             self.result.notes.append(f"the cycle could not be journaled: {exc}")
@@ -316,11 +322,11 @@ class Cycle:
                                        f"{_one_line(exc)}; production stays on {production.ref}")
             return None
         candidate = built.version
-        self.result.candidate = candidate.version
-        if candidate.version == production.version:
+        if candidate.version == production.version:  # no candidate: `candidate` stays null
             self.result.reasons.append(f"the retrained version is production itself ({production.ref}: same rows, "
                                        "config and plugin versions): nothing to gate")
             return None
+        self.result.candidate = candidate.version
         return candidate
 
     def _gate(self, production: ModelVersion, model: LoadedModel, candidate: ModelVersion,
@@ -503,7 +509,7 @@ class LogInputs:
             current, predictions, monitored, logged = self._logged(production, notes)
         else:
             notes.append(f"no prediction log at {self.log}: nothing production scored is monitored")
-        source = data_mod.load(config)
+        source = _periods(data_mod.load(config), config)
         history = _history(source, logged if config.loop.use_log else [], notes)
         return Observed(current=current, predictions=predictions, history=history, monitored=monitored,
                         notes=tuple(notes))
@@ -550,6 +556,25 @@ class LogInputs:
         if current is None:
             notes.append(f"the prediction log {self.log} has no rows of {production.ref}")
         return current, predictions, monitored, labelled
+
+
+def _periods(source: Dataset, config: Any) -> Dataset:
+    """The rows the config's periods select (`[data] train` and `monitor`, the same rows a backtest replays):
+    the whole source when neither query is set."""
+    import pandas as pd
+
+    from opsloop import data as data_mod
+
+    if config.data.train is None and config.data.monitor is None:
+        return source
+    train, monitor = data_mod.periods(source, config)
+    if monitor is None:
+        return train
+    frame = pd.concat([train.frame, monitor.frame], ignore_index=True)
+    keys = [c for c in (source.series, source.time) if c]
+    if keys:
+        frame = frame.drop_duplicates(subset=keys, keep="last")
+    return source.derive(frame.reset_index(drop=True), name=f"{source.name} [train and monitor periods]")
 
 
 def _logged_versions(con: Any, model: str) -> set[int]:

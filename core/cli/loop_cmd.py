@@ -149,6 +149,8 @@ def history(
     set_: SetOption = None,
 ) -> None:
     """The loop journal, newest first: when, what was decided and why, the candidate, the gate, promoted or not."""
+    from rich.markup import escape
+
     from opsloop import config as config_mod
     from opsloop.cli._render import console, print_json, table
     from opsloop.session import Session
@@ -159,7 +161,7 @@ def history(
     with session.open_store() as store:
         records = store.cycles(name, limit=limit)
     if json_:
-        print_json([{"id": r.id, "at": r.at, "status": r.status, **dict(r.body)} for r in records])
+        print_json([{**dict(r.body), "id": r.id, "journaled_at": r.at, "status": r.status} for r in records])
         return
     if not records:
         console.print(f"no loop cycles of {name} in the journal yet (opsloop loop --once runs one)")
@@ -167,13 +169,40 @@ def history(
     rows = []
     for r in records:
         body = dict(r.body)
+        body.pop("journal_id", None)
         gate = body.get("gate") or {}
         figures = (f"{gate.get('metric')} {_num(gate.get('challenger'))} vs {_num(gate.get('champion'))} "
                    f"({_signed(gate.get('margin'))})") if gate else "-"
         why = body.get("error") or "; ".join(body.get("reasons") or []) or "-"
-        rows.append([str(r.id), r.at[:19].replace("T", " "), r.status, str(body.get("decision", "-")),
-                     str(body.get("production") or "-"), str(body.get("candidate") or "-"), figures,
-                     "yes" if body.get("promoted") else "no", why if len(why) < 160 else why[:157] + "..."])
-    console.print(table(f"loop journal of {name}, newest first",
-                        ["#", "at (UTC)", "status", "decision", "production", "candidate", "gate", "promoted",
+        when = str(body.get("at") or r.at)  # the cycle's moment (a backtest's replayed one), else when journaled
+        rows.append([str(r.id), when[:19].replace("T", " "), r.status, str(body.get("decision", "-")),
+                     escape(str(body.get("production") or "-")), str(body.get("candidate") or "-"), figures,
+                     "yes" if body.get("promoted") else "no", escape(why if len(why) < 160 else why[:157] + "...")])
+    console.print(table(f"loop journal of {escape(name)}, newest first",
+                        ["#", "cycle at (UTC)", "status", "decision", "production", "candidate", "gate", "promoted",
                          "why"], rows))
+
+
+@loop_app.command("unlock")
+def unlock(
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model name (default: [project] name).")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Release the loop lock of a model whatever holds it: for a loop killed with no chance to release it
+    (kill -9, a lost machine), instead of waiting for [loop] lock_ttl. Make sure no loop is running first."""
+    from opsloop import config as config_mod
+    from opsloop.cli._render import console
+    from opsloop.session import Session
+
+    cfg = config_mod.read(config, overrides=set_ or ())
+    name = model or cfg.project.name
+    session = Session.open(cfg, sections=("store",))
+    probe = "opsloop loop unlock"
+    with session.open_store() as store:
+        state = store.lock(name, probe, 1.0)  # free: now ours; held: tells who holds it
+        store.unlock(name, state.owner)
+    if state.acquired:
+        console.print(f"the loop lock of {name} was free")
+    else:
+        console.print(f"released the loop lock of {name}, held by {state.owner} since {state.since}")

@@ -1,11 +1,13 @@
 """`opsloop loop`: monitor the log, decide, retrain, gate champion against challenger, promote, journal (issue 12).
 
 One project for the module: a real XGBoost version trained on two ASD servers
+(omi-1 and omi-9, five days)
 (`opsloop run`, which puts it in production and logs the batch it scored to
 the prediction log), then the true labels of those rows sent with `opsloop
 feedback`. Each test works on its own copy. The policy's F1 floor is set so
 that it asks for a retrain; the built-in `champion-challenger` gate judges
-on the latest day of the source, which the candidate did not train on.
+on the latest three days of the configured periods, which the candidate did
+not train on.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ CONFIG: dict[str, Any] = {
     "project": {"name": MODEL},
     "data": {
         "source": "embedded:asd", "target": "label", "time": "timestamp", "series": "entity",
-        "train": "entity in ['omi-1', 'omi-2'] and timestamp < '2024-01-06'",
-        "monitor": "entity in ['omi-1', 'omi-2'] and timestamp >= '2024-01-13'",
+        "train": "entity in ['omi-1', 'omi-9'] and timestamp < '2024-01-06'",
+        "monitor": "entity in ['omi-1', 'omi-9'] and timestamp >= '2024-01-10'",
     },
     "preprocess": {"plugins": ["schema-check", "impute"]},
     "train": {"plugins": ["xgboost"], "xgboost": {"n_estimators": 30, "n_jobs": 1}},
@@ -43,7 +45,7 @@ CONFIG: dict[str, Any] = {
     "retrain": {"plugins": ["threshold-policy"],
                 "threshold-policy": {"min_f1": 0.99, "min_positives": 1, "cooldown": "0"}},
     "gate": {"plugins": ["champion-challenger"]},
-    "loop": {"monitor_window": "3d", "holdout": "1d"},
+    "loop": {"monitor_window": "3d", "holdout": "3d"},
 }
 
 
@@ -96,10 +98,11 @@ def test_a_cycle_retrains_gates_and_promotes_a_winner_with_its_figures_in_the_hi
     assert gate["metric"] == "pr_auc" and gate["winner"] == "challenger" and out["promoted"] is True
     assert gate["margin"] == pytest.approx(gate["challenger"] - gate["champion"])
     assert gate["ci"][0] <= gate["margin"] <= gate["ci"][1]
-    # The gate's rows are the source's last day, which the candidate did not train on.
-    assert out["window"]["holdout"]["start"] == "2024-01-15T00:00:00Z"
+    # The gate's rows are the configured periods' last three days, which the candidate did not train on.
+    assert out["window"]["holdout"]["start"] == "2024-01-13T00:00:00Z"
     assert out["window"]["holdout"]["end"] == "2024-01-15T23:55:00Z"
-    assert out["window"]["training"]["end"] == "2024-01-14T23:55:00Z"
+    assert out["window"]["training"]["end"] == "2024-01-12T23:55:00Z"
+    assert out["window"]["holdout"]["rows"] == 2 * 3 * 288
     with _store(project) as store:
         assert store.alias(MODEL, "production") == 3
         change = store.history(MODEL, "production")[-1]
@@ -109,13 +112,26 @@ def test_a_cycle_retrains_gates_and_promotes_a_winner_with_its_figures_in_the_hi
     assert "margin" in change.reason and "CI" in change.reason
     # What the candidate trained on is in its lineage.
     training = version.lineage["training"]
-    assert training["kind"] == "expanding" and training["end"] == "2024-01-14T23:55:00Z"
+    assert training["kind"] == "expanding" and training["end"] == "2024-01-12T23:55:00Z"
+    assert training["rows"] == 2 * (5 + 3) * 288  # the [data] train period and the monitor period's first days
     assert training["holdout"]["rows"] == out["window"]["holdout"]["rows"] > 0
     assert version.lineage["parent"] == f"{MODEL}:1"
     entries = journal(project)
     assert len(entries) == 1
     assert entries[0]["status"] == "promoted" and entries[0]["candidate"] == 3
     assert entries[0]["gate"] == gate
+
+
+def test_a_challenger_that_does_not_win_by_the_margin_leaves_production_alone(project: Path) -> None:
+    out = loop_once(project, "--set", "gate.champion-challenger.min_margin=0.99").assert_ok().json
+    assert out["status"] == "rejected" and out["decision"] == "retrain" and out["candidate"] == 3
+    assert out["gate"]["winner"] == "champion" and out["promoted"] is False
+    assert "min_margin" in out["reasons"][-1] and "production stays on asd-loop:1" in out["reasons"][-1]
+    with _store(project) as store:
+        assert store.alias(MODEL, "production") == 1
+        assert store.alias(MODEL, "candidate") == 3  # registered, for a person to look at
+        assert [c.to_version for c in store.history(MODEL, "production")] == [1]
+    assert journal(project)[0]["status"] == "rejected"
 
 
 def test_a_cycle_whose_policy_keeps_production_retrains_nothing(project: Path) -> None:
@@ -142,7 +158,7 @@ def test_a_store_without_production_is_one_line_journaled(tmp_path: Path) -> Non
 
 
 def test_a_gate_window_with_one_class_keeps_production(project: Path) -> None:
-    # The source's last hour holds no incident on any server: the window cannot decide.
+    # The last hour holds no incident on either server: the window cannot decide.
     result = loop_once(project, "--set", 'loop.holdout="1h"')
     assert result.exit_code == 1
     out = result.json
@@ -172,6 +188,16 @@ def test_a_loop_finding_the_lock_held_does_nothing(project: Path) -> None:
         assert store.cycles(MODEL) == []
         store.unlock(MODEL, "someone@elsewhere:1")
     assert loop_once(project).assert_ok().json["status"] == "promoted"
+
+
+def test_unlock_releases_a_lock_left_by_a_dead_loop(project: Path) -> None:
+    with _store(project) as store:
+        assert store.lock(MODEL, "ops@gone:42/abc", 3600).acquired
+    out = invoke(["loop", "unlock"], project).assert_ok().stdout
+    assert "released the loop lock of asd-loop, held by ops@gone:42/abc" in out
+    assert "was free" in invoke(["loop", "unlock"], project).assert_ok().stdout
+    with _store(project) as store:
+        assert store.lock(MODEL, "next-loop", 60).acquired
 
 
 class FailOnce:
