@@ -144,7 +144,10 @@ class LoopSection:
         window: Retraining data: `"expanding"` (all history) or a duration
             (`"14d"`: a sliding window ending at the newest labelled row).
         holdout: The latest labelled slice, held out from the candidate's
-            training, on which champion and challenger are compared.
+            training, on which champion and challenger are compared. Two
+            days by default: one day dominated by one incident promoted a
+            candidate that was worse on the days after (SMD machine-1-6,
+            benchmarks/README.md).
         monitor_window: How far back each cycle monitors the prediction log.
         use_log: Add the logged production rows that have labels (feedback)
             to the configured source's rows.
@@ -153,7 +156,7 @@ class LoopSection:
     """
 
     window: str = attrs.field(default="expanding", validator=_duration(allow=("expanding",)))
-    holdout: str = attrs.field(default="1d", validator=_duration())
+    holdout: str = attrs.field(default="2d", validator=_duration())
     monitor_window: str = attrs.field(default="1d", validator=_duration())
     use_log: bool = True
     lock_ttl: str = attrs.field(default="6h", validator=_duration())

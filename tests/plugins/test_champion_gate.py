@@ -139,8 +139,9 @@ def test_a_margin_below_min_margin_keeps_the_champion(better_wins, predictions, 
 def test_a_tie_needs_the_interval_unless_require_ci_is_false(predictions, window, run):
     """The same real scores for both: margin 0 in every resample, so the interval is [0, 0]."""
     same = predictions["good"]
-    strict = judge(same, same.copy(), window, run)
-    lenient = judge(same, same.copy(), window, run, require_ci=False)
+    strict = judge(same, same.copy(), window, run, min_margin=0.0)
+    lenient = judge(same, same.copy(), window, run, min_margin=0.0, require_ci=False)
+    assert judge(same, same.copy(), window, run).reasons[0].endswith("the margin is below min_margin 0.0100")
 
     assert strict.margin == 0 and strict.ci == (0.0, 0.0)
     assert strict.winner == "champion"
