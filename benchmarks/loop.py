@@ -90,6 +90,8 @@ monitor = "timestamp >= '2024-01-09 05:24:00'"
 
 #: Replayed with `--smd-alt` beside the defaults: (label, TOML appended). Not the defaults.
 SMD_ALTERNATIVES: list[tuple[str, str]] = [
+    ("NOT DEFAULT: [loop] holdout = 1d (the default until the figures below)", '\n[loop]\nholdout = "1d"\n'),
+    ("NOT DEFAULT: no rolling features", '\n[preprocess]\nplugins = ["schema-check", "impute"]\n'),
     ("NOT DEFAULT: gate require_ci = false", "\n[gate.champion-challenger]\nrequire_ci = false\n"),
     ("NOT DEFAULT: policy drift_windows = 1", "\n[retrain.threshold-policy]\ndrift_windows = 1\n"),
     ("NOT DEFAULT: policy max_retrains = 100 (no rate limit)", "\n[retrain.threshold-policy]\nmax_retrains = 100\n"),
@@ -98,6 +100,9 @@ SMD_ALTERNATIVES: list[tuple[str, str]] = [
 ]
 
 ASD_FORCED = '\n[retrain.threshold-policy]\nmin_f1 = 0.99\nmin_positives = 1\n'
+#: With `--asd-forced`, also: a retrain wish every chunk and no guards, so that only the gate decides.
+ASD_UNGUARDED = ('\n[retrain.threshold-policy]\nmin_f1 = 0.99\nmin_positives = 1\ncooldown = "0"\n'
+                 'max_retrains = 100\n')
 OVERHEAD_POLICY = '\n[retrain.threshold-policy]\nmin_f1 = 0.99\nmin_positives = 1\ncooldown = "0"\n'
 
 
@@ -312,9 +317,14 @@ def asd_part(args: argparse.Namespace, tmp: Path) -> None:
     cooldown = parse_duration(defaults.cooldown)
     period = parse_duration(defaults.retrain_period)
     variants = [("defaults (+ drift-monitor, gate champion-challenger)", "")]
+    guarded = 2  # the first two variants keep the guards at their defaults: checked
     if args.asd_forced:
         variants.append(("NOT DEFAULT: min_f1 0.99, min_positives 1 (a retrain wish every chunk; guards at their "
                          "defaults)", ASD_FORCED))
+        variants.append(("NOT DEFAULT: a retrain wish every chunk, no cool-down or rate limit: the gate alone "
+                         "decides", ASD_UNGUARDED))
+        variants.append(("NOT DEFAULT: the same, [loop] holdout = 1d (the default until the figures below)",
+                         ASD_UNGUARDED + '\n[loop]\nholdout = "1d"\n'))
     for i, (label, extra) in enumerate(variants):
         workdir = tmp / f"asd-{i}"
         cfg = project_config(workdir, ADDITIONS + extra)
@@ -326,6 +336,10 @@ def asd_part(args: argparse.Namespace, tmp: Path) -> None:
         worst = max((sum(1 for t in retrains if 0 <= (t - s).total_seconds() < period.total_seconds())
                      for s in retrains), default=0)
         ok = all(g >= cooldown for g in gaps) and worst <= (defaults.max_retrains or math.inf)
+        if i >= guarded:
+            print(f"  retrain decisions at {[format(t, '%m-%d %H:%M') for t in retrains] or 'none'}; promoted "
+                  f"{[format(c.end, '%m-%d') for c in result.chunks if c.cycle.promoted]} (guards off: not checked)")
+            continue
         print(f"  retrain decisions at {[format(t, '%m-%d %H:%M') for t in retrains] or 'none'}; "
               f"closest two {min(gaps) if gaps else '-'} apart (cool-down {defaults.cooldown}); at most {worst} in "
               f"any {defaults.retrain_period} (max_retrains {defaults.max_retrains}): "
@@ -445,7 +459,8 @@ def log_of(path: Path) -> Path:
 
 
 def cycle_leg(path: Path, now: datetime) -> dict[str, Any]:
-    from opsloop.loop import Cycle, LogInputs
+    from opsloop.history import LogInputs
+    from opsloop.loop import Cycle
 
     session = session_for(path)
     runner = timed_runner_class()(session)
@@ -472,7 +487,8 @@ def hand_leg(path: Path, now: datetime) -> dict[str, Any]:
     """The cycle's stages with the Runner's methods, on data read before the clock starts."""
     import attrs
 
-    from opsloop.loop import LogInputs, split
+    from opsloop.history import LogInputs
+    from opsloop.loop import split
     from opsloop.monitoring import reference_for
     from opsloop.runner import judge
 

@@ -86,6 +86,23 @@ def key_of(recorded: Mapping[str, Any]) -> str | None:
     return training_key(table, str(data.get("fingerprint", "")), versions_)
 
 
+def time_span(data: Dataset) -> dict[str, str]:
+    """`start` and `end`: the first and last time the rows hold (ISO 8601 UTC), when they have a time column
+    of dates; what the loop's gate leaves out of a champion's comparison (rows it trained on)."""
+    if not data.time or data.time not in data.frame.columns or not len(data.frame):
+        return {}
+    import pandas as pd
+
+    times = data.frame[data.time]
+    if not pd.api.types.is_datetime64_any_dtype(times):
+        return {}
+    times = pd.to_datetime(times, utc=True)
+    first, last = times.min(), times.max()
+    if pd.isna(first):
+        return {}
+    return {"start": first.isoformat().replace("+00:00", "Z"), "end": last.isoformat().replace("+00:00", "Z")}
+
+
 def record(*, config: Config, plugins: PluginManager, used: list[str], data: Dataset, run_id: str,
            parent: str | None = None, training: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The lineage of a version about to be registered; `training` says what window of which rows it trained
@@ -99,7 +116,7 @@ def record(*, config: Config, plugins: PluginManager, used: list[str], data: Dat
         "run_id": run_id,
         "user": user,
         "host": platform.node(),
-        "data": {"source": data.name, "fingerprint": data.fingerprint, "rows": len(data)},
+        "data": {"source": data.name, "fingerprint": data.fingerprint, "rows": len(data), **time_span(data)},
         "config": config.table,
         "config_hash": config.hash,
         "config_file": str(config.path) if config.path else None,

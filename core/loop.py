@@ -36,7 +36,6 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -256,9 +255,10 @@ class Cycle:
         if candidate is None:
             return
         self._step("gate")
-        verdicts = self._gate(production, model, candidate, holdout)
+        window = self._fresh(production, holdout)
+        verdicts = self._gate(production, model, candidate, window)
         self._step("promote")
-        self._promote(production, candidate, verdicts, holdout)
+        self._promote(production, candidate, verdicts, window)
 
     def _production(self) -> ModelVersion:
         try:
@@ -328,6 +328,29 @@ class Cycle:
             return None
         self.result.candidate = candidate.version
         return candidate
+
+    def _fresh(self, production: ModelVersion, holdout: Dataset) -> Dataset:
+        """The held-out rows after the last one production trained on (its lineage's `data.end`): a champion
+        scored on its own training rows would look better than it is. DataError when none are left."""
+        end = dict(production.lineage.get("data") or {}).get("end")
+        if not end or not holdout.time or holdout.time not in holdout.frame.columns:
+            return holdout
+        import pandas as pd
+
+        times = _utc_times(holdout.frame[holdout.time])
+        fresh = (times > pd.Timestamp(end)).to_numpy()
+        if fresh.all():
+            return holdout
+        span = self.result.window.get("holdout", {})
+        if not fresh.any():
+            raise DataError(f"the holdout ({span.get('start')} to {span.get('end')}) lies within the rows "
+                            f"{production.ref} trained on (up to {end}): no fresh labelled rows to compare "
+                            "champion and challenger on yet")
+        window = holdout.derive(holdout.frame[fresh].reset_index(drop=True))
+        self.result.window["gate"] = {**_span(times[fresh]), "rows": len(window.frame)}
+        self.result.notes.append(f"gate window: {len(window.frame):,} of the {len(holdout.frame):,} held-out rows, "
+                                 f"those after the last one {production.ref} trained on ({end})")
+        return window
 
     def _gate(self, production: ModelVersion, model: LoadedModel, candidate: ModelVersion,
               holdout: Dataset) -> list[GateVerdict]:
@@ -486,130 +509,6 @@ def every(make_cycle: Callable[[], Cycle], interval: timedelta, stop: threading.
             break
         stop.wait(max(0.0, interval.total_seconds() - (time.monotonic() - started)))
     return count
-
-
-# -- the inputs of `opsloop loop`: the prediction log and the configured source ------------------------------
-
-@attrs.define
-class LogInputs:
-    """What production scored, from the prediction log; history from `[data] source` and labelled log rows."""
-
-    session: Session
-    log: Path
-
-    def observe(self, runner: Runner, production: ModelVersion, model: LoadedModel, now: datetime) -> Observed:
-        from opsloop import data as data_mod
-
-        config = self.session.config
-        notes: list[str] = []
-        current = predictions = None
-        monitored = None
-        logged = []
-        if self.log.exists():
-            current, predictions, monitored, logged = self._logged(production, notes)
-        else:
-            notes.append(f"no prediction log at {self.log}: nothing production scored is monitored")
-        source = _periods(data_mod.load(config), config)
-        history = _history(source, logged if config.loop.use_log else [], notes)
-        return Observed(current=current, predictions=predictions, history=history, monitored=monitored,
-                        notes=tuple(notes))
-
-    def _logged(self, production: ModelVersion, notes: list[str]) -> tuple[Any, Any, Any, list[Dataset]]:
-        """Production's rows in the last monitor_window of its log (by the rows' time), and every version's
-        labelled rows."""
-        from opsloop import monitoring
-        from opsloop.bundle import read_manifest
-
-        config = self.session.config
-        con = monitoring.open_log(self.log)
-        labelled: list[Dataset] = []
-        current = predictions = monitored = None
-        try:
-            # Only versions with rows in the log (each read scans it), and only production's without use_log.
-            logged = _logged_versions(con, production.name)
-            with self.session.open_store() as store:
-                versions = [v for v in store.versions(production.name) if v.version in logged
-                            and (config.loop.use_log or v.version == production.version)]
-            for version in versions:
-                manifest = read_manifest(Path(version.path), ref=version.ref, digest=version.digest)
-                by = "time" if manifest.get("time") else "at"
-                rows = monitoring.read_rows(con, self.log, version, manifest, by=by, since=None, until=None)
-                if not len(rows.current):
-                    continue
-                frame, target = rows.current.frame, rows.current.target
-                if target and target in frame.columns:
-                    mask = frame[target].notna().to_numpy()
-                    if mask.any():
-                        labelled.append(rows.current.derive(frame[mask].reset_index(drop=True)))
-                if version.version != production.version:
-                    continue
-                keys = rows.keys
-                # Up to the newest row's time, [from, until): the next whole second after it.
-                end = keys.max().to_pydatetime().replace(microsecond=0) + timedelta(seconds=1)
-                start = end - parse_duration(config.loop.monitor_window, "[loop] monitor_window")
-                inside = ((keys >= start) & (keys < end)).to_numpy()
-                current = rows.current.derive(frame[inside].reset_index(drop=True))
-                predictions = rows.predictions[inside].reset_index(drop=True)
-                monitored = (start, end)
-        finally:
-            con.close()
-        if current is None:
-            notes.append(f"the prediction log {self.log} has no rows of {production.ref}")
-        return current, predictions, monitored, labelled
-
-
-def _periods(source: Dataset, config: Any) -> Dataset:
-    """The rows the config's periods select (`[data] train` and `monitor`, the same rows a backtest replays):
-    the whole source when neither query is set."""
-    import pandas as pd
-
-    from opsloop import data as data_mod
-
-    if config.data.train is None and config.data.monitor is None:
-        return source
-    train, monitor = data_mod.periods(source, config)
-    if monitor is None:
-        return train
-    frame = pd.concat([train.frame, monitor.frame], ignore_index=True)
-    keys = [c for c in (source.series, source.time) if c]
-    if keys:
-        frame = frame.drop_duplicates(subset=keys, keep="last")
-    return source.derive(frame.reset_index(drop=True), name=f"{source.name} [train and monitor periods]")
-
-
-def _logged_versions(con: Any, model: str) -> set[int]:
-    """The versions of `model` with rows in the prediction log, served or batch."""
-    from opsloop.serving import segments
-
-    query = "SELECT DISTINCT version FROM predictions WHERE model = ?"
-    if segments.has_segments(con):
-        query += " UNION SELECT DISTINCT version FROM segments WHERE model = ?"
-    return {int(v) for (v,) in con.execute(query, (model,) * query.count("?"))}
-
-
-def _history(source: Dataset, logged: list[Dataset], notes: list[str]) -> Dataset:
-    """The source's labelled rows and the log's, one row per (series, time): the log's label wins (feedback is
-    what an operator confirmed after the export)."""
-    import pandas as pd
-
-    frame = source.frame
-    if source.target and source.target in frame.columns:
-        frame = frame[frame[source.target].notna()]
-    parts = [frame]
-    for part in logged:
-        columns = [c for c in frame.columns if c in part.frame.columns]
-        parts.append(part.frame[columns])
-    if len(parts) > 1:
-        added = sum(len(p) for p in parts[1:])
-        notes.append(f"history: {len(frame):,} labelled rows of {source.name} and {added:,} labelled logged rows")
-        frame = pd.concat(parts, ignore_index=True)
-        keys = [c for c in (source.series, source.time) if c]
-        if keys:
-            frame = frame.drop_duplicates(subset=keys, keep="last")
-    if source.time:
-        frame = frame.sort_values([c for c in (source.time, source.series) if c], kind="stable")
-    return source.derive(frame.reset_index(drop=True), name=f"{source.name} + prediction log" if len(parts) > 1
-                         else source.name)
 
 
 def open_cycle(session: Session, inputs: Inputs, *, reporter: Reporter | None = None, now: datetime | None = None,

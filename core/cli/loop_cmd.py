@@ -49,6 +49,7 @@ def loop(
         raise OpsloopError("opsloop loop: give --once (one cycle) or --every DURATION (a cycle every 10m, 1h...)")
     interval = parse_duration(every, "--every") if every is not None else None
     from opsloop import config as config_mod
+    from opsloop import history as history_mod
     from opsloop import loop as loop_mod
     from opsloop.cli._render import RichReporter, console, print_json
     from opsloop.serving.settings import Settings
@@ -59,7 +60,7 @@ def loop(
     session = Session.open(cfg, sections=("store", "preprocess", "train", "validate", "monitor", "retrain", "gate",
                                           "plugins"))
     log = Settings(log_path=log_path).resolve(Path(cfg.workdir).absolute()).log_path
-    inputs = loop_mod.LogInputs(session=session, log=log)
+    inputs = history_mod.LogInputs(session=session, log=log)
     stop = _stop_on_signals()
     failed = False
 

@@ -134,6 +134,30 @@ def test_a_challenger_that_does_not_win_by_the_margin_leaves_production_alone(pr
     assert journal(project)[0]["status"] == "rejected"
 
 
+def test_the_gate_leaves_out_the_rows_production_trained_on(project: Path) -> None:
+    # A 12-day holdout reaches back into the [data] train period, which version 1 trained on.
+    out = loop_once(project, "--set", 'loop.holdout="12d"').assert_ok().json
+    assert out["window"]["holdout"]["start"] == "2024-01-04T00:00:00Z"
+    gate_rows = out["window"]["gate"]
+    assert gate_rows["start"] == "2024-01-10T00:00:00Z" and gate_rows["rows"] == 2 * 6 * 288
+    assert any("those after the last one asd-loop:1 trained on (2024-01-05T23:55:00Z)" in n for n in out["notes"])
+    assert f"on {gate_rows['rows']:,} labelled rows" in out["gate"]["reasons"][0]
+
+
+def test_a_holdout_production_trained_on_cannot_decide(project: Path) -> None:
+    # Version 2 (the candidate `opsloop run` retrained on both periods) is put in production and scores the
+    # monitored rows: every held-out row is one it trained on.
+    invoke(["models", "promote", MODEL, "2"], project).assert_ok()
+    invoke(["run", "--json", "--quiet"], project).assert_ok()
+    result = loop_once(project, "--set", "retrain.threshold-policy.max_retrains=100")  # two runs decided two
+    assert result.exit_code == 1
+    out = result.json
+    assert out["production"] == f"{MODEL}:2" and out["status"] == "error" and out["promoted"] is False
+    assert "lies within the rows asd-loop:2 trained on (up to 2024-01-15T23:55:00Z)" in out["error"]
+    with _store(project) as store:
+        assert store.alias(MODEL, "production") == 2
+
+
 def test_a_cycle_whose_policy_keeps_production_retrains_nothing(project: Path) -> None:
     out = loop_once(project, "--set", "retrain.threshold-policy.min_f1=0.0").assert_ok().json
     assert out["decision"] == "keep" and out["candidate"] is None and out["gate"] is None
@@ -217,14 +241,14 @@ class FailOnce:
 def test_a_failing_plugin_ends_its_cycle_journaled_and_the_next_one_runs(project: Path, register_plugin: Any) -> None:
     from datetime import timedelta
 
-    from opsloop import config, loop
+    from opsloop import config, history, loop
     from opsloop.session import Session
 
     flaky = FailOnce()
     register_plugin(flaky, "flaky-monitor")
     cfg = config.read(workdir=project, overrides=['monitor.plugins=["flaky-monitor"]'])
     session = Session.open(cfg)
-    inputs = loop.LogInputs(session=session, log=project / ".opsloop" / "serving" / "predictions.db")
+    inputs = history.LogInputs(session=session, log=project / ".opsloop" / "serving" / "predictions.db")
     seen: list[Any] = []
     ran = loop.every(lambda: loop.open_cycle(session, inputs), timedelta(0), threading.Event(), seen.append,
                      cycles=2)

@@ -1,0 +1,149 @@
+"""Where `opsloop loop`'s cycles get their rows: the prediction log and the configured source.
+
+`LogInputs.observe` gives a cycle (`opsloop.loop.Cycle`) what production
+scored in the last `[loop] monitor_window` of its logged rows (with the
+labels feedback joined to them), and the labelled history retraining and the
+gate draw from: the rows of `[data] source` that the `[data] train` and
+`monitor` periods select, plus, with `[loop] use_log`, every labelled logged
+row, one row per series and time (the log's label wins).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from opsloop.loop import Observed
+from opsloop.monitoring import parse_duration
+from opsloop.types import Dataset
+
+if TYPE_CHECKING:
+    from opsloop.bundle import LoadedModel
+    from opsloop.runner import Runner
+    from opsloop.session import Session
+    from opsloop.types import ModelVersion
+
+
+@attrs.define
+class LogInputs:
+    """What production scored, from the prediction log; history from `[data] source` and labelled log rows."""
+
+    session: Session
+    log: Path
+
+    def observe(self, runner: Runner, production: ModelVersion, model: LoadedModel, now: datetime) -> Observed:
+        from opsloop import data as data_mod
+
+        config = self.session.config
+        notes: list[str] = []
+        current = predictions = None
+        monitored = None
+        logged = []
+        if self.log.exists():
+            current, predictions, monitored, logged = self._logged(production, notes)
+        else:
+            notes.append(f"no prediction log at {self.log}: nothing production scored is monitored")
+        source = _periods(data_mod.load(config), config)
+        history = _history(source, logged if config.loop.use_log else [], notes)
+        return Observed(current=current, predictions=predictions, history=history, monitored=monitored,
+                        notes=tuple(notes))
+
+    def _logged(self, production: ModelVersion, notes: list[str]) -> tuple[Any, Any, Any, list[Dataset]]:
+        """Production's rows in the last monitor_window of its log (by the rows' time), and every version's
+        labelled rows."""
+        from opsloop import monitoring
+        from opsloop.bundle import read_manifest
+
+        config = self.session.config
+        con = monitoring.open_log(self.log)
+        labelled: list[Dataset] = []
+        current = predictions = monitored = None
+        try:
+            # Only versions with rows in the log (each read scans it), and only production's without use_log.
+            logged = _logged_versions(con, production.name)
+            with self.session.open_store() as store:
+                versions = [v for v in store.versions(production.name) if v.version in logged
+                            and (config.loop.use_log or v.version == production.version)]
+            for version in versions:
+                manifest = read_manifest(Path(version.path), ref=version.ref, digest=version.digest)
+                by = "time" if manifest.get("time") else "at"
+                rows = monitoring.read_rows(con, self.log, version, manifest, by=by, since=None, until=None)
+                if not len(rows.current):
+                    continue
+                frame, target = rows.current.frame, rows.current.target
+                if target and target in frame.columns:
+                    mask = frame[target].notna().to_numpy()
+                    if mask.any():
+                        labelled.append(rows.current.derive(frame[mask].reset_index(drop=True)))
+                if version.version != production.version:
+                    continue
+                keys = rows.keys
+                # Up to the newest row's time, [from, until): the next whole second after it.
+                end = keys.max().to_pydatetime().replace(microsecond=0) + timedelta(seconds=1)
+                start = end - parse_duration(config.loop.monitor_window, "[loop] monitor_window")
+                inside = ((keys >= start) & (keys < end)).to_numpy()
+                current = rows.current.derive(frame[inside].reset_index(drop=True))
+                predictions = rows.predictions[inside].reset_index(drop=True)
+                monitored = (start, end)
+        finally:
+            con.close()
+        if current is None:
+            notes.append(f"the prediction log {self.log} has no rows of {production.ref}")
+        return current, predictions, monitored, labelled
+
+
+def _periods(source: Dataset, config: Any) -> Dataset:
+    """The rows the config's periods select (`[data] train` and `monitor`, the same rows a backtest replays):
+    the whole source when neither query is set."""
+    import pandas as pd
+
+    from opsloop import data as data_mod
+
+    if config.data.train is None and config.data.monitor is None:
+        return source
+    train, monitor = data_mod.periods(source, config)
+    if monitor is None:
+        return train
+    frame = pd.concat([train.frame, monitor.frame], ignore_index=True)
+    keys = [c for c in (source.series, source.time) if c]
+    if keys:
+        frame = frame.drop_duplicates(subset=keys, keep="last")
+    return source.derive(frame.reset_index(drop=True), name=f"{source.name} [train and monitor periods]")
+
+
+def _logged_versions(con: Any, model: str) -> set[int]:
+    """The versions of `model` with rows in the prediction log, served or batch."""
+    from opsloop.serving import segments
+
+    query = "SELECT DISTINCT version FROM predictions WHERE model = ?"
+    if segments.has_segments(con):
+        query += " UNION SELECT DISTINCT version FROM segments WHERE model = ?"
+    return {int(v) for (v,) in con.execute(query, (model,) * query.count("?"))}
+
+
+def _history(source: Dataset, logged: list[Dataset], notes: list[str]) -> Dataset:
+    """The source's labelled rows and the log's, one row per (series, time): the log's label wins (feedback is
+    what an operator confirmed after the export)."""
+    import pandas as pd
+
+    frame = source.frame
+    if source.target and source.target in frame.columns:
+        frame = frame[frame[source.target].notna()]
+    parts = [frame]
+    for part in logged:
+        columns = [c for c in frame.columns if c in part.frame.columns]
+        parts.append(part.frame[columns])
+    if len(parts) > 1:
+        added = sum(len(p) for p in parts[1:])
+        notes.append(f"history: {len(frame):,} labelled rows of {source.name} and {added:,} labelled logged rows")
+        frame = pd.concat(parts, ignore_index=True)
+        keys = [c for c in (source.series, source.time) if c]
+        if keys:
+            frame = frame.drop_duplicates(subset=keys, keep="last")
+    if source.time:
+        frame = frame.sort_values([c for c in (source.time, source.series) if c], kind="stable")
+    return source.derive(frame.reset_index(drop=True), name=f"{source.name} + prediction log" if len(parts) > 1
+                         else source.name)
