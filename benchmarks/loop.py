@@ -29,7 +29,9 @@ Parts (all by default; `--part` runs some):
   and checks that no two retrain decisions are closer than the policy's
   cool-down (1d) and no 7 days hold more than 2. `--asd-forced` also runs
   it with `min_f1 = 0.99, min_positives = 1` (a retrain wish every day, the
-  guards at their defaults): not a default, it shows the guards at work.
+  guards at their defaults): not a default, it shows the guards at work;
+  and twice more with the cool-down and rate limit off, so that the gate
+  alone decides, with `[loop] holdout` at 2d (the default) and 1d.
 - `overhead`: an ASD project (core/default.toml with drift-monitor, the
   gate, and `min_f1 = 0.99, min_positives = 1, cooldown = "0"` so the
   cycle retrains and gates), after `opsloop run` and the monitored rows'
