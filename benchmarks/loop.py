@@ -123,20 +123,10 @@ def clock() -> Iterator[dict[str, float]]:
 
 def smd_frame(data_dir: Path) -> Any:
     """SMD machine-1-6's labelled half (as tests/conftest.py's fixture reads it, checked against SHA256SUMS)."""
-    import pandas as pd
-
-    smd = data_dir / "smd"
     spec = importlib.util.spec_from_file_location("build_embedded_data", REPO / "tools" / "build_embedded_data.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    sums = tool.read_sha256sums(smd)
-    values = tool.load_array(smd, "processed/machine-1-6_test.pkl", sums)
-    labels = tool.load_array(smd, "processed/machine-1-6_test_label.pkl", sums)
-    frame = pd.DataFrame(values.astype("float32"), columns=[f"m{j:02d}" for j in range(1, values.shape[1] + 1)])
-    frame.insert(0, "timestamp", pd.date_range("2024-01-01", periods=len(frame), freq="min"))
-    frame.insert(0, "entity", "machine-1-6")
-    frame["label"] = labels.astype("int8")
-    return frame
+    return tool.smd_frame(data_dir / "smd")
 
 
 def project_config(workdir: Path, toml: str) -> Any:

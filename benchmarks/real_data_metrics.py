@@ -350,15 +350,7 @@ def load_smd(data_dir: Path) -> pd.DataFrame:
     assert spec and spec.loader
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    smd_dir = data_dir / "smd"
-    sums = tool.read_sha256sums(smd_dir)
-    values = tool.load_array(smd_dir, "processed/machine-1-6_test.pkl", sums)
-    labels = tool.load_array(smd_dir, "processed/machine-1-6_test_label.pkl", sums)
-    frame = pd.DataFrame(values.astype("float32"), columns=[f"m{j:02d}" for j in range(1, values.shape[1] + 1)])
-    frame.insert(0, "timestamp", pd.date_range("2024-01-01", periods=len(frame), freq="min"))
-    frame.insert(0, "entity", "machine-1-6")
-    frame["label"] = labels.astype("int8")
-    return frame
+    return tool.smd_frame(data_dir / "smd")
 
 
 def smd(workroot: Path, data_dir: Path) -> None:

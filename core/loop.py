@@ -28,7 +28,6 @@ cycle is journaled as stopped, the lock is released.
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import threading
@@ -41,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 
 from opsloop.errors import DataError, OpsloopError, StoreError
-from opsloop.monitoring import parse_duration
+from opsloop.monitoring import _finite, parse_duration
 from opsloop.types import Contender, Dataset, GateVerdict, MonitorReport, RetrainDecision
 
 if TYPE_CHECKING:
@@ -484,16 +483,6 @@ def _iso(moment: datetime) -> str:
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def every(make_cycle: Callable[[], Cycle], interval: timedelta, stop: threading.Event,

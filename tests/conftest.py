@@ -86,8 +86,6 @@ def smd_machine_1_6() -> Callable[[], Any]:
     benchmarks read it): a function giving a fresh copy each call. Skips where the data set is not present."""
     import importlib.util
 
-    import pandas as pd
-
     smd = DATA / "smd"
     if not (smd / "processed" / "machine-1-6_test.pkl").is_file():
         pytest.skip(f"SMD data not found under {DATA}")
@@ -95,11 +93,4 @@ def smd_machine_1_6() -> Callable[[], Any]:
     spec = importlib.util.spec_from_file_location("build_embedded_data", tool_path)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    sums = tool.read_sha256sums(smd)
-    values = tool.load_array(smd, "processed/machine-1-6_test.pkl", sums)
-    labels = tool.load_array(smd, "processed/machine-1-6_test_label.pkl", sums)
-    frame = pd.DataFrame(values.astype("float32"), columns=[f"m{j:02d}" for j in range(1, values.shape[1] + 1)])
-    frame.insert(0, "timestamp", pd.date_range("2024-01-01", periods=len(frame), freq="min"))
-    frame.insert(0, "entity", "machine-1-6")
-    frame["label"] = labels.astype("int8")
-    return frame.copy
+    return tool.smd_frame(smd).copy

@@ -195,6 +195,20 @@ def load_entity(asd_dir: Path, entity: str, sums: dict[str, str]) -> tuple[np.nd
     return values, labels
 
 
+def smd_frame(smd_dir: Path, machine: str = "machine-1-6") -> pd.DataFrame:
+    """One SMD machine's labelled half (its `_test` arrays), checked against SHA256SUMS and read with the
+    restricted unpickler: entity, timestamp (synthetic, one row a minute from 2024-01-01), m01..m38, label.
+    What the tests (tests/conftest.py) and the benchmarks read."""
+    sums = read_sha256sums(smd_dir)
+    values = load_array(smd_dir, f"processed/{machine}_test.pkl", sums)
+    labels = load_array(smd_dir, f"processed/{machine}_test_label.pkl", sums)
+    frame = pd.DataFrame(values.astype("float32"), columns=[f"m{j:02d}" for j in range(1, values.shape[1] + 1)])
+    frame.insert(0, "timestamp", pd.date_range("2024-01-01", periods=len(frame), freq="min"))
+    frame.insert(0, "entity", machine)
+    frame["label"] = labels.astype("int8")
+    return frame
+
+
 # --- build, write, check ------------------------------------------------------
 
 
