@@ -178,3 +178,19 @@ BACKENDS = ["local", "postgres"]
 def make_backend(kind: str) -> LocalBackend | PostgresBackend:
     """A backend for one test (PostgreSQL: skipped with the reason when no server can be had)."""
     return LocalBackend() if kind == "local" else PostgresBackend(require_pg())
+
+
+# The fixtures every module of the shared suite uses; a module takes them with `backend = store_contract.backend`.
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Any:
+    """Each store in turn: how to name, open and inspect a registry of that kind."""
+    made = make_backend(request.param)
+    yield made
+    made.cleanup()
+
+
+@pytest.fixture
+def store(backend: Any, tmp_path: Path) -> Any:
+    """An open registry of the backend, in the test's directory."""
+    with backend.open(tmp_path / "reg") as opened:
+        yield opened

@@ -42,18 +42,7 @@ store_worker = store_contract.load_sibling("store_worker")
 make_bundle = store_worker.make_bundle
 
 
-@pytest.fixture(params=store_contract.BACKENDS)
-def backend(request):
-    """Each store in turn: how to name, open and inspect a registry of that kind."""
-    backend = store_contract.make_backend(request.param)
-    yield backend
-    backend.cleanup()
-
-
-@pytest.fixture
-def store(backend, tmp_path):
-    with backend.open(tmp_path / "reg") as s:
-        yield s
+backend, store = store_contract.backend, store_contract.store  # the shared suite's fixtures
 
 
 def add(store, name="m", tag=None, **kwargs):
