@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from opsloop.errors import DataError, OpsloopError
-from opsloop.loop import Cycle, CycleResult, Observed, _finite, _iso, split
+from opsloop.loop import Cycle, CycleResult, Observed, _iso, split
+from opsloop.store import strict_json
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -62,7 +63,7 @@ class Chunk:
 
     def to_json(self) -> dict[str, Any]:
         c = self.cycle
-        return _finite({"start": _iso(self.start), "end": _iso(self.end), "rows": self.rows,
+        return strict_json({"start": _iso(self.start), "end": _iso(self.end), "rows": self.rows,
                         "positives": self.positives, **{s: dict(self.figures[s]) for s in STRATEGIES},
                         "models": dict(self.models),
                         "cycle": {"status": c.status, "decision": c.decision, "reasons": list(c.reasons),
@@ -100,7 +101,7 @@ class BacktestResult:
 
     def to_json(self) -> dict[str, Any]:
         decisions = [c.cycle.decision for c in self.chunks]
-        return _finite({"model": self.model, "train": dict(self.train), "workdir": self.workdir,
+        return strict_json({"model": self.model, "train": dict(self.train), "workdir": self.workdir,
                         "chunks": [c.to_json() for c in self.chunks],
                         "summary": {"chunks": len(self.chunks), "retrain_decisions": decisions.count("retrain"),
                                     "retrains": self.retrains, "promotions": self.promotions,

@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 
 from opsloop.errors import DataError, OpsloopError, StoreError
-from opsloop.monitoring import _finite, parse_duration
+from opsloop.monitoring import parse_duration
+from opsloop.store import strict_json
 from opsloop.types import Contender, Dataset, GateVerdict, MonitorReport, RetrainDecision
 
 if TYPE_CHECKING:
@@ -118,7 +119,7 @@ class CycleResult:
     reports: list[MonitorReport] = attrs.field(factory=list, eq=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        return _finite({
+        return strict_json({
             "model": self.model, "at": _iso(self.now), "status": self.status, "decision": self.decision,
             "reasons": list(self.reasons), "production": self.production, "candidate": self.candidate,
             "gate": self.gate, "gates": list(self.gates), "promoted": self.promoted, "monitor": list(self.monitor),
@@ -408,7 +409,7 @@ class Cycle:
 
 def verdict_json(verdict: GateVerdict) -> dict[str, Any]:
     """A verdict as the journal and `--json` give it."""
-    return _finite({"gate": verdict.gate, "metric": verdict.metric, "champion": verdict.champion,
+    return strict_json({"gate": verdict.gate, "metric": verdict.metric, "champion": verdict.champion,
                     "challenger": verdict.challenger, "margin": verdict.margin,
                     "ci": list(verdict.ci) if verdict.ci is not None else None, "winner": verdict.winner,
                     "reasons": list(verdict.reasons), "figures": dict(verdict.figures)})

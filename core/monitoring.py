@@ -36,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import re
 import sqlite3
 import uuid
@@ -49,6 +48,7 @@ import attrs
 
 from opsloop.errors import DataError, OpsloopError, PluginCallError
 from opsloop.serving.logfile import LogFileError
+from opsloop.store import strict_json
 from opsloop.types import Dataset, MonitorReport
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ class Window:
 
     def to_json(self) -> dict[str, Any]:
         return {"start": _iso(self.start), "end": _iso(self.end), "rows": self.rows, "labelled": self.labelled,
-                "reports": [_finite(attrs.asdict(r)) for r in self.reports],
+                "reports": [strict_json(attrs.asdict(r)) for r in self.reports],
                 "alerts": [{"monitor": m, "alert": a} for m, a in self.alerts]}
 
 
@@ -163,17 +163,6 @@ def _span(step: timedelta) -> str:
 
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _finite(value: Any) -> Any:
-    """NaN and infinities as None, so that `--json` is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 # -- the log -------------------------------------------------------------------

@@ -37,6 +37,7 @@ from opsloop.store import (
     current_user,
     dir_identity,
     rollback_target,
+    strict_json,
     unknown_alias,
     unknown_model,
 )
@@ -451,7 +452,7 @@ class SQLStore(ModelStore):
             raise StoreError(f"invalid loop journal status {status!r} for {name}: expected a non-empty string")
         if not isinstance(body, Mapping):
             raise StoreError(f"invalid loop journal body for {name}: expected a mapping, got {type(body).__name__}")
-        text = json.dumps(_strict_json(body), default=str, allow_nan=False)
+        text = json.dumps(strict_json(body), default=str, allow_nan=False)
         self._require_loop_tables()
         with self._transaction() as tx:
             number, at = self._insert_cycle(tx, name, status, text)
@@ -504,20 +505,6 @@ class SQLStore(ModelStore):
 def _check_owner(owner: object) -> None:
     if not isinstance(owner, str) or not owner.strip():
         raise StoreError(f"invalid loop lock owner {owner!r}: expected a non-empty string (user@host:pid)")
-
-
-def _strict_json(value: Any) -> Any:
-    """`value` with NaN and infinities as None, so that it dumps as strict JSON (numpy scalars as Python's)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {k if isinstance(k, str) else str(k): _strict_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_strict_json(v) for v in value]
-    if not isinstance(value, str | int | bool | type(None)) and callable(getattr(value, "item", None)):
-        with contextlib.suppress(Exception):  # numpy.float32 and friends: not floats, but have .item()
-            return _strict_json(value.item())
-    return value
 
 
 def _loads_rows(texts: list[str], name: str, numbers: list[int]) -> list[Any]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import getpass
+import math
 import os
 import re
 import shutil
@@ -194,6 +195,21 @@ class LockState:
     owner: str
     since: str
     expires: str
+
+
+def strict_json(value: Any) -> Any:
+    """`value` with NaN and infinities as None, so that it dumps as strict JSON (numpy scalars as Python's): the
+    loop journal's bodies and every `--json` that carries figures."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k if isinstance(k, str) else str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    if not isinstance(value, str | int | bool | type(None)) and callable(getattr(value, "item", None)):
+        with contextlib.suppress(Exception):  # numpy.float32 and friends: not floats, but have .item()
+            return strict_json(value.item())
+    return value
 
 
 def rollback_target(changes: Iterable[AliasChange], current: int, exists: set[int]) -> int | None:
