@@ -185,7 +185,6 @@ def _isolated(config: Config, workdir: Path) -> Config:
 
 def _replay(config: Config, workdir: Path, train_raw: Dataset, replay: Dataset,
             spans: list[tuple[datetime, datetime]], reporter: Reporter | None, *, kept: bool) -> BacktestResult:
-    import attrs as attrs_mod
     import pandas as pd
 
     from opsloop.runner import Runner, judge
@@ -196,7 +195,7 @@ def _replay(config: Config, workdir: Path, train_raw: Dataset, replay: Dataset,
     session = Session.open(isolated)
     times = pd.to_datetime(replay.frame[replay.time], utc=True)
     first = Runner(session, reporter=reporter)
-    first.run = attrs_mod.evolve(first.run, now=spans[0][0])
+    first.run = attrs.evolve(first.run, now=spans[0][0])
     try:
         built = first.build(train_raw)
         stale_version = first.place(built.version)
@@ -254,16 +253,14 @@ def _always(session: Any, history: Dataset, now: datetime, reporter: Reporter | 
                                                                                                  LoadedModel]:
     """A version trained on the loop's whole retraining window (holdout included: nothing gates it), registered
     as `<name>-always` beside the loop's, and loaded."""
-    import attrs as attrs_mod
+    import pandas as pd
 
     from opsloop.runner import Runner
 
     runner = Runner(session, reporter=reporter)
-    runner.run = attrs_mod.evolve(runner.run, now=now, model_name=f"{runner.run.model_name}-always")
+    runner.run = attrs.evolve(runner.run, now=now, model_name=f"{runner.run.model_name}-always")
     try:
         train, holdout, _ = split(history, session.config.loop)
-        import pandas as pd
-
         window = history.derive(pd.concat([train.frame, holdout.frame], ignore_index=True))
         features, steps, _issues = runner.preprocess(window, prefix="always.")
         model = runner.train(features, prefix="always.")

@@ -46,8 +46,8 @@ class LogInputs:
             current, predictions, monitored, logged = self._logged(production, notes)
         else:
             notes.append(f"no prediction log at {self.log}: nothing production scored is monitored")
-        source = _periods(data_mod.load(config), config)
-        history = _history(source, logged if config.loop.use_log else [], notes)
+        source, periods = _periods(data_mod.load(config), config)
+        history = _history(source, periods, logged if config.loop.use_log else [], notes)
         return Observed(current=current, predictions=predictions, history=history, monitored=monitored,
                         notes=tuple(notes))
 
@@ -95,23 +95,16 @@ class LogInputs:
         return current, predictions, monitored, labelled
 
 
-def _periods(source: Dataset, config: Any) -> Dataset:
-    """The rows the config's periods select (`[data] train` and `monitor`, the same rows a backtest replays):
-    the whole source when neither query is set."""
-    import pandas as pd
-
+def _periods(source: Dataset, config: Any) -> tuple[Dataset, list[Any]]:
+    """The frames the config's periods select (`[data] train` and `monitor`, the same rows a backtest replays),
+    under the name they go by: the whole source when neither query is set."""
     from opsloop import data as data_mod
 
     if config.data.train is None and config.data.monitor is None:
-        return source
+        return source, [source.frame]
     train, monitor = data_mod.periods(source, config)
-    if monitor is None:
-        return train
-    frame = pd.concat([train.frame, monitor.frame], ignore_index=True)
-    keys = [c for c in (source.series, source.time) if c]
-    if keys:
-        frame = frame.drop_duplicates(subset=keys, keep="last")
-    return source.derive(frame.reset_index(drop=True), name=f"{source.name} [train and monitor periods]")
+    named = source.derive(source.frame.iloc[:0], name=f"{source.name} [train and monitor periods]")
+    return named, [train.frame] + ([monitor.frame] if monitor is not None else [])
 
 
 def _logged_versions(con: Any, model: str) -> set[int]:
@@ -124,26 +117,24 @@ def _logged_versions(con: Any, model: str) -> set[int]:
     return {int(v) for (v,) in con.execute(query, (model,) * query.count("?"))}
 
 
-def _history(source: Dataset, logged: list[Dataset], notes: list[str]) -> Dataset:
-    """The source's labelled rows and the log's, one row per (series, time): the log's label wins (feedback is
-    what an operator confirmed after the export)."""
+def _history(source: Dataset, periods: list[Any], logged: list[Dataset], notes: list[str]) -> Dataset:
+    """The periods' labelled rows and the log's, one row per (series, time): the log's label wins (feedback is
+    what an operator confirmed after the export), and a row in two periods is kept once."""
     import pandas as pd
 
-    frame = source.frame
-    if source.target and source.target in frame.columns:
-        frame = frame[frame[source.target].notna()]
-    parts = [frame]
-    for part in logged:
-        columns = [c for c in frame.columns if c in part.frame.columns]
-        parts.append(part.frame[columns])
-    if len(parts) > 1:
-        added = sum(len(p) for p in parts[1:])
-        notes.append(f"history: {len(frame):,} labelled rows of {source.name} and {added:,} labelled logged rows")
-        frame = pd.concat(parts, ignore_index=True)
-        keys = [c for c in (source.series, source.time) if c]
-        if keys:
-            frame = frame.drop_duplicates(subset=keys, keep="last")
+    target = source.target
+    parts = [f[f[target].notna()] if target and target in f.columns else f for f in periods]
+    own = sum(len(p) for p in parts)
+    columns = list(source.frame.columns)
+    parts += [part.frame[[c for c in columns if c in part.frame.columns]] for part in logged]
+    frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    keys = [c for c in (source.series, source.time) if c]
+    if len(parts) > 1 and keys:
+        frame = frame.drop_duplicates(subset=keys, keep="last")
+    if logged:
+        notes.append(f"history: {own:,} labelled rows of {source.name} and "
+                     f"{sum(len(p.frame) for p in logged):,} labelled logged rows")
     if source.time:
         frame = frame.sort_values([c for c in (source.time, source.series) if c], kind="stable")
-    return source.derive(frame.reset_index(drop=True), name=f"{source.name} + prediction log" if len(parts) > 1
+    return source.derive(frame.reset_index(drop=True), name=f"{source.name} + prediction log" if logged
                          else source.name)
