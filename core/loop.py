@@ -238,7 +238,7 @@ class Cycle:
         self._step("monitor")
         reports = self._monitor(production, observed)
         self._step("decide")
-        decision = self._decide(production, reports, observed)
+        decision = self._decide(production, reports)
         result.decision = "retrain" if decision.retrain else "keep"
         result.reasons = list(decision.reasons)
         if not decision.retrain:
@@ -292,7 +292,7 @@ class Cycle:
                                 "alerts": list(r.alerts)} for r in reports]
         return reports
 
-    def _decide(self, production: ModelVersion, reports: list[MonitorReport], observed: Observed) -> RetrainDecision:
+    def _decide(self, production: ModelVersion, reports: list[MonitorReport]) -> RetrainDecision:
         if not reports:
             span = self.config.loop.monitor_window
             why = (f"production ({production.ref}) scored no rows in the last {span} to monitor"

@@ -315,6 +315,15 @@ def test_loop_needs_once_or_every(project: Path) -> None:
     invoke(["loop", "--every", "ten"], project).assert_error("--every 'ten'")
 
 
+def test_a_wrong_loop_option_is_one_line_naming_the_key(project: Path) -> None:
+    invoke(["loop", "--once", "--set", 'loop.window="two weeks"'], project).assert_error(
+        "[loop.window]", "'expanding'")
+    invoke(["loop", "--once", "--set", 'loop.holdot="2d"'], project).assert_error(
+        "[loop.holdot] unknown key", 'did you mean "holdout"')
+    with _store(project) as store:
+        assert store.cycles(MODEL) == []  # a config mistake stops before any cycle
+
+
 def test_history_table_reads_the_journal(project: Path) -> None:
     loop_once(project).assert_ok()
     text = invoke(["loop", "history"], project).assert_ok().stdout
