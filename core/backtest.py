@@ -18,6 +18,13 @@ trained on the training period (`[data] train`, or all but the last
 Everything is written in a temporary registry (local-store) in a temporary
 working directory (`keep` names one to look at afterwards): a backtest never
 touches the project's registry, journal, policy state or prediction log.
+
+For a binary task each chunk also carries the incident figures of
+`opsloop.incidents` (incidents caught, detection delay, alerts per
+series-day, point-adjusted F1) per strategy. A chunk's edges cut incidents
+and alerts in two, so the summary gives them per strategy over the whole
+replay (`incidents`: each strategy's alerts, chunk after chunk, against all
+the replayed labels) instead of a mean over chunks.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from opsloop.errors import DataError, OpsloopError
+from opsloop.incidents import INCIDENT_FIGURES
 from opsloop.loop import Cycle, CycleResult, Observed, _iso, split
 from opsloop.store import strict_json
 
@@ -79,6 +87,7 @@ class BacktestResult:
     train: dict[str, Any]
     chunks: tuple[Chunk, ...]
     workdir: str | None = None
+    incidents: dict[str, dict[str, float]] = attrs.field(factory=dict)  # strategy -> figure, whole replay
 
     @property
     def retrains(self) -> int:
@@ -89,9 +98,12 @@ class BacktestResult:
         return sum(1 for c in self.chunks if c.cycle.promoted)
 
     def means(self) -> dict[str, dict[str, float]]:
+        """Each strategy's mean of each figure over the chunks that have it; not of the incident figures,
+        which `incidents` gives over the whole replay."""
         out: dict[str, dict[str, float]] = {}
         for strategy in STRATEGIES:
-            names = sorted({k for c in self.chunks for k in c.figures[strategy]}, key=_figure_order)
+            names = sorted({k for c in self.chunks for k in c.figures[strategy] if k not in INCIDENT_FIGURES},
+                           key=_figure_order)
             out[strategy] = {}
             for name in names:
                 values = [c.figures[strategy].get(name, math.nan) for c in self.chunks]
@@ -106,7 +118,8 @@ class BacktestResult:
                         "summary": {"chunks": len(self.chunks), "retrain_decisions": decisions.count("retrain"),
                                     "retrains": self.retrains, "promotions": self.promotions,
                                     "errors": sum(1 for c in self.chunks if c.cycle.status == "error"),
-                                    "mean": self.means()}})
+                                    "mean": self.means(),
+                                    **({"incidents": self.incidents} if self.incidents else {})}})
 
 
 def _figure_order(name: str) -> tuple[int, str]:
@@ -206,6 +219,7 @@ def _replay(config: Config, workdir: Path, train_raw: Dataset, replay: Dataset,
     always_version, always_model = stale_version, stale
     owner = "opsloop-backtest"
     chunks = []
+    alarms: dict[str, list[pd.DataFrame]] = {s: [] for s in STRATEGIES}  # each chunk's labelled rows, per strategy
     track = reporter.track if reporter is not None else (lambda items, *a, **k: items)
     for i, (start, end) in enumerate(track(spans, "backtest chunks")):
         mask = ((times >= start) & (times < end)).to_numpy()
@@ -220,6 +234,7 @@ def _replay(config: Config, workdir: Path, train_raw: Dataset, replay: Dataset,
             scored[strategy] = (judged, predictions)
             figures[strategy] = _figures(model.task, judged, predictions)
             models[strategy] = version.ref
+            alarms[strategy].append(_alarms(model.task, judged, predictions))
         judged, predictions = scored["loop"]
         history_frame = pd.concat([train_raw.frame, replay.frame[(times < end).to_numpy()]], ignore_index=True)
         history = train_raw.derive(history_frame, name=f"{replay.name} up to {_iso(end)}")
@@ -232,7 +247,10 @@ def _replay(config: Config, workdir: Path, train_raw: Dataset, replay: Dataset,
             loop_version, loop_model = _production(session, loop_version.name)
         if i + 1 < len(spans):  # the last chunk's would score nothing
             always_version, always_model = _always(session, history, end, reporter)
+    incidents = {s: _incidents(pd.concat(frames, ignore_index=True)) for s, frames in alarms.items()
+                 if frames and all(f is not None for f in frames)}
     return BacktestResult(model=stale_version.name, chunks=tuple(chunks), workdir=str(workdir) if kept else None,
+                          incidents=incidents,
                           train={"rows": len(train_raw), "version": stale_version.ref,
                                  "start": _iso(pd.to_datetime(train_raw.frame[train_raw.time], utc=True).min()),
                                  "end": _iso(pd.to_datetime(train_raw.frame[train_raw.time], utc=True).max())})
@@ -271,8 +289,8 @@ def _always(session: Any, history: Dataset, now: datetime, reporter: Reporter | 
 
 
 def _figures(task: str, judged: Dataset, predictions: pd.DataFrame) -> dict[str, float]:
-    """The chunk's figures for one strategy: PR AUC, ROC AUC, F1, precision, recall (RMSE, MAE for regression);
-    NaN where the chunk cannot give one (no positive rows)."""
+    """The chunk's figures for one strategy: PR AUC, ROC AUC, F1, precision, recall (RMSE, MAE for regression),
+    and the incident figures for a binary task; NaN where the chunk cannot give one (no positive rows)."""
     import numpy as np
 
     from opsloop import metrics
@@ -286,4 +304,29 @@ def _figures(task: str, judged: Dataset, predictions: pd.DataFrame) -> dict[str,
         return {}
     kept = predictions[known]
     values = metrics.for_task(task, labels[known], kept, undefined=math.nan)
-    return {k: float(v) for k, v in values.items() if k in FIGURES}
+    alarms = _alarms(task, judged, predictions)
+    return {**{k: float(v) for k, v in values.items() if k in FIGURES},
+            **(_incidents(alarms) if alarms is not None else {})}
+
+
+def _alarms(task: str, judged: Dataset, predictions: pd.DataFrame) -> pd.DataFrame | None:
+    """The labelled rows' `label`, `alert` (prediction 1), `series` and `time`, for a binary task; else None."""
+    import numpy as np
+    import pandas as pd
+
+    frame, target = judged.frame, judged.target
+    if task == "regression" or not target or target not in frame.columns:
+        return None
+    labels = frame[target].to_numpy(dtype=float)
+    known = ~np.isnan(labels)
+    if not np.isin(labels[known], (0, 1)).all():
+        return None
+    return pd.DataFrame({"label": labels, "alert": predictions["prediction"].to_numpy() == 1,
+                         **{k: frame[c].to_numpy() for k, c in (("series", judged.series), ("time", judged.time))
+                            if c and c in frame.columns}})[known].reset_index(drop=True)
+
+
+def _incidents(rows: pd.DataFrame) -> dict[str, float]:
+    from opsloop.incidents import incident_figures
+
+    return incident_figures(rows["label"], rows["alert"], series=rows.get("series"), time=rows.get("time"))

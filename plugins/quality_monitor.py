@@ -14,6 +14,18 @@ per series `f1[<series>]` (series with at least `min_series_positives`
 positives; the worst `max_series` of them). Per-series figures inform but
 do not alert: validation measured no per-series baseline.
 
+For a binary classifier or anomaly detector it also reports how the labelled
+rows look to an on-call team (`opsloop.incidents`, defined there and in
+docs/alerting.md): `incidents` (runs of positive rows per series),
+`incidents_caught`, `incident_recall`, the detection delay
+`delay_mean_s`/`delay_median_s` (in rows, `delay_mean_rows`/
+`delay_median_rows`, without a time column), `alerts` (runs of rows
+predicted 1), `false_alerts`, `days` (series-days covered),
+`alerts_per_day`, `false_alerts_per_day` (per series and day) and the
+point-adjusted `pa_precision`, `pa_recall`, `pa_f1` (optimistic: read them
+beside `incident_recall` and `f1`). Reported, never alerted on: validation
+measures no incident baseline.
+
 Options (`[monitor.quality-monitor]`):
     max_drop: Alert when a watched metric is more than this below its
         validation baseline (absolute, default 0.1); for `mae` and `rmse`,
@@ -24,6 +36,7 @@ Options (`[monitor.quality-monitor]`):
     max_series: At most this many per-series figures, worst first (default 50).
     min_series_positives: Report a series' F1 only with at least this many
         positives (default 1).
+    incidents: Report the incident figures (default true).
 """
 
 from __future__ import annotations
@@ -55,6 +68,9 @@ class Options:
         max_series: Report at most this many per-series F1 figures, worst first.
         min_series_positives: Report a series' F1 only when the series has at
             least this many positives (F1 is undefined without any).
+        incidents: Report incident figures (incidents caught, detection delay,
+            alerts and false alerts per series-day, point-adjusted F1) for a
+            binary task.
     """
 
     max_drop: float = attrs.field(default=0.1, validator=[attrs.validators.ge(0), attrs.validators.lt(math.inf)])
@@ -62,6 +78,7 @@ class Options:
     per_series: bool = True
     max_series: int = attrs.field(default=50, validator=attrs.validators.ge(0))
     min_series_positives: int = attrs.field(default=1, validator=attrs.validators.ge(1))
+    incidents: bool = True
 
 
 @hookimpl
@@ -112,8 +129,19 @@ def monitor(version: ModelVersion, current: Dataset, predictions: pd.DataFrame,
         figures.update(_per_series(series, y, judged["prediction"].to_numpy(), options))
     if labelled.sum() < len(frame):
         figures["unlabelled"] = float(len(frame) - labelled.sum())
+    if options.incidents and task != "regression" and np.isin(y, (0, 1)).all():
+        figures.update(_incidents(current, np.flatnonzero(labelled), y, judged["prediction"].to_numpy()))
     return MonitorReport(model=version.ref, rows=len(frame), metrics=figures, baseline=baseline,
                          alerts=tuple(alerts))
+
+
+def _incidents(current: Dataset, rows: Any, y: Any, pred: Any) -> dict[str, float]:
+    """The incident figures of the labelled `rows` (positions in `current.frame`), per series and in time order."""
+    from opsloop.incidents import incident_figures
+
+    frame = current.frame
+    series, time = ((frame[c].iloc[rows] if c and c in frame else None) for c in (current.series, current.time))
+    return incident_figures(y, pred == 1, series=series, time=time)
 
 
 def _finite(value: Any) -> bool:

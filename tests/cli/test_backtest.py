@@ -96,6 +96,10 @@ def test_the_summary_means_are_the_chunks_means(replayed: tuple[Path, Any]) -> N
         for metric in ("pr_auc", "f1", "recall"):
             values = [c[strategy][metric] for c in chunks if c[strategy].get(metric) is not None]
             assert mean[strategy][metric] == pytest.approx(sum(values) / len(values))
+        # incident figures per chunk, and over the whole replay instead of a mean (issue 13, item 2)
+        assert all("incident_recall" in c[strategy] and "alerts_per_day" in c[strategy] for c in chunks)
+        assert "incident_recall" not in mean[strategy]
+        assert "incident_recall" in replayed[1]["summary"]["incidents"][strategy]
 
 
 def test_the_stale_figures_are_those_of_the_first_version_scored_here(replayed: tuple[Path, Any],
@@ -116,13 +120,29 @@ def test_the_stale_figures_are_those_of_the_first_version_scored_here(replayed: 
     times = pd.to_datetime(frame["timestamp"], utc=True)
     for chunk in out["chunks"]:
         rows = frame[((times >= pd.Timestamp(chunk["start"])) & (times < pd.Timestamp(chunk["end"]))).to_numpy()]
-        scores = model.predict(rows.reset_index(drop=True))["score"]
+        predicted = model.predict(rows.reset_index(drop=True))
+        scores = predicted["score"]
+        caught = _caught(rows, predicted["prediction"])
+        assert chunk["stale"]["incidents"] == len(caught) and chunk["stale"]["incidents_caught"] == caught.sum()
         assert len(rows) == chunk["rows"] and int(rows["label"].sum()) == chunk["positives"]
         if 0 < chunk["positives"] < chunk["rows"]:
             assert chunk["stale"]["pr_auc"] == pytest.approx(skm.average_precision_score(rows["label"], scores),
                                                              abs=1e-9)
         else:
             assert chunk["stale"]["pr_auc"] is None or math.isnan(chunk["stale"]["pr_auc"])
+    # over the whole replay, an incident cut by a chunk's end counts once
+    caught = _caught(frame, model.predict(frame.reset_index(drop=True))["prediction"])
+    whole = out["summary"]["incidents"]["stale"]
+    assert whole["incidents"] == len(caught) > 0 and whole["incidents_caught"] == caught.sum()
+    assert whole["incident_recall"] == pytest.approx(caught.mean())
+
+
+def _caught(rows: pd.DataFrame, prediction: pd.Series) -> pd.Series:
+    """Per incident (run of label 1 per server, in time order): whether a row of it was predicted 1."""
+    rows = rows.assign(alert=prediction.to_numpy()).sort_values(["entity", "timestamp"])
+    on = rows["label"].eq(1)
+    incident = (on & ~on.groupby(rows["entity"]).shift(fill_value=False)).cumsum().where(on)
+    return rows["alert"].eq(1).groupby(incident).any()
 
 
 def test_kept_registry_holds_the_journal_of_every_cycle(replayed: tuple[Path, Any]) -> None:
