@@ -4,7 +4,9 @@
 queries (`Statements`, written once with `?` and rendered in the plugin's
 placeholder style), the checks and messages, alias history and rollback, the
 loop journal and lock (issue 12), and `Transaction`, a connection with undo
-callbacks for what a failed transaction must take back on disk. The database's dialect, connection,
+callbacks for what a failed transaction must take back on disk, and each version's
+current threshold (issue 13: `details.threshold`, changed with the history row that
+records it in `alias_history.threshold`). The database's dialect, connection,
 locking and version numbering are left to the plugin (`local-store`,
 `postgres-store`); bundles are files, kept by `opsloop.store.BundleFiles`.
 """
@@ -33,6 +35,7 @@ from opsloop.store import (
     Ref,
     VersionSummary,
     check_name,
+    check_threshold,
     check_version,
     current_user,
     dir_identity,
@@ -45,8 +48,9 @@ from opsloop.types import ModelVersion
 
 # A whole version as ModelVersion wants it; the aliases pointing at it folded in, comma-joined.
 VERSION_QUERY = """SELECT v.name, v.version, created_at, created_by, flavor, task, metrics, params, lineage,
-    digest, path, (SELECT {join_aliases} FROM aliases a WHERE a.name = v.name AND a.version = v.version)
-    FROM versions v JOIN details d ON d.id = v.id"""
+    digest, path, (SELECT {join_aliases} FROM aliases a WHERE a.name = v.name AND a.version = v.version),
+    {threshold} FROM versions v JOIN details d ON d.id = v.id"""
+# What every history row has; `threshold` (schema 3) is written only when a change carries one.
 HISTORY_COLUMNS = "name, alias, from_version, to_version, actor, at, reason, action"
 MAX_TTL = 10 * 366 * 86400.0  # seconds a loop lock may be taken for: beyond, the expiry could overflow a date
 
@@ -61,13 +65,17 @@ class Statements:
     wherever it appears in one statement; `later` is that time plus `?`
     seconds. The loop lock is taken with them inside one statement, so
     that the expiry is compared where the row is locked (issue 12).
+    `thresholds=False` reads a registry from before schema 3 (no
+    `threshold` columns) as having none (see `without_thresholds`).
     """
 
-    def __init__(self, *, param: str, join_aliases: str, now: str, later: str) -> None:
+    def __init__(self, *, param: str, join_aliases: str, now: str, later: str, thresholds: bool = True) -> None:
         def q(text: str) -> str:
             return text.replace("?", param)
 
-        version = VERSION_QUERY.format(join_aliases=join_aliases)
+        self._dialect = {"param": param, "join_aliases": join_aliases, "now": now, "later": later}
+        version = VERSION_QUERY.format(join_aliases=join_aliases, threshold="d.threshold" if thresholds else "NULL")
+        history = f"SELECT {HISTORY_COLUMNS}, {'threshold' if thresholds else 'NULL'} FROM alias_history"
         self.get = q(f"{version} WHERE v.name = ? AND v.version = ?")
         self.latest = q(f"{version} WHERE v.name = ? ORDER BY v.version DESC LIMIT 1")
         self.versions = q(f"{version} WHERE v.name = ? ORDER BY v.version")
@@ -84,6 +92,8 @@ class Statements:
         self.exists = q("SELECT 1 FROM versions WHERE name = ? AND version = ?")
         self.path = q("SELECT path FROM versions WHERE name = ? AND version = ?")
         self.insert_details = q("INSERT INTO details (id, params, lineage) VALUES (?, ?, ?)")
+        self.set_threshold = q("UPDATE details SET threshold = ? WHERE id = "
+                               "(SELECT id FROM versions WHERE name = ? AND version = ?)")
         self.delete = (q("DELETE FROM details WHERE id = (SELECT id FROM versions WHERE name = ? AND version = ?)"),
                        q("DELETE FROM versions WHERE name = ? AND version = ?"))
         self.aliases = q("SELECT alias, version FROM aliases WHERE name = ? ORDER BY alias")
@@ -91,9 +101,8 @@ class Statements:
         self.pointing = q("SELECT alias FROM aliases WHERE name = ? AND version = ? ORDER BY alias")
         self.set_alias = q("INSERT INTO aliases (name, alias, version) VALUES (?, ?, ?) "
                            "ON CONFLICT (name, alias) DO UPDATE SET version = excluded.version")
-        self.history = q(f"SELECT {HISTORY_COLUMNS} FROM alias_history WHERE name = ? ORDER BY id")
-        self.alias_history = q(f"SELECT {HISTORY_COLUMNS} FROM alias_history WHERE name = ? AND alias = ? "
-                               "ORDER BY id")
+        self.history = q(f"{history} WHERE name = ? ORDER BY id")
+        self.alias_history = q(f"{history} WHERE name = ? AND alias = ? ORDER BY id")
         cycles = "SELECT id, name, at, status, body FROM loop_journal WHERE name = ? ORDER BY id DESC"
         self.cycles = q(cycles)
         self.cycles_limited = q(f"{cycles} LIMIT ?")
@@ -106,6 +115,10 @@ class Statements:
                            "WHERE loop_locks.owner = excluded.owner OR loop_locks.expires < excluded.since")
         self.lock_holder = q("SELECT owner, since, expires FROM loop_locks WHERE name = ?")
         self.unlock = q("DELETE FROM loop_locks WHERE name = ? AND owner = ?")
+
+    def without_thresholds(self) -> Statements:
+        """The same statements for a registry without `threshold` columns: every version's reads as None."""
+        return Statements(**self._dialect, thresholds=False)
 
 
 class Transaction:
@@ -147,14 +160,19 @@ class SQLStore(ModelStore):
       numbering under concurrency and where the time comes from;
     - `_existing`, which of some version numbers still exist;
     - `_lock_model`, when its transactions do not already exclude other writers.
+
+    A registry from an older opsloop that cannot be upgraded (read-only) is
+    read as it is (`_read_as_schema`): what later schemas added is missing.
     """
 
-    SQL: ClassVar[Statements]
+    SQL: Statements  # set by the subclass; an older registry's store has its own (`_read_as_schema`)
     MAX_VERSION: ClassVar[int] = MAX_VERSION  # the largest number the version column holds
     _con: Any  # the connection, which the subclass opens
     # Why the registry has no loop journal and lock tables (one from before them that
     # could not be upgraded, e.g. read-only), as the message their calls fail with.
     _loop_tables_missing: str | None = None
+    # Why it has no `threshold` columns (schema 3, issue 13): reads give None, recording one fails with this.
+    _thresholds_missing: str | None = None
 
     def __init__(self, root: Path) -> None:
         self.files = BundleFiles(root)
@@ -200,8 +218,12 @@ class SQLStore(ModelStore):
 
     @abc.abstractmethod
     def _insert_change(self, tx: Transaction, name: str, alias: str, current: int | None, version: int,
-                       actor: str, reason: str, action: str) -> str:
-        """Insert one `alias_history` row; its time."""
+                       actor: str, reason: str, action: str, threshold: str | None) -> str:
+        """Insert one `alias_history` row; its time.
+
+        `threshold` is JSON text, or None: then the row is written without naming
+        the column (a registry read at an older schema has none).
+        """
 
     @abc.abstractmethod
     def _insert_cycle(self, tx: Transaction, name: str, status: str, body: str) -> tuple[int, str]:
@@ -210,6 +232,19 @@ class SQLStore(ModelStore):
     @abc.abstractmethod
     def _existing(self, tx: Transaction, name: str, numbers: list[int]) -> set[int]:
         """Those of `numbers` that are versions of `name`."""
+
+    def _read_as_schema(self, version: int, message: Callable[[str], str]) -> None:
+        """Read a registry at an older schema `version` as it is (it could not be upgraded).
+
+        `message(what it lacks)` is the error for the calls that need what
+        later schemas added: the loop journal and lock (schema 2), recording a
+        threshold (schema 3; versions and history read as having none).
+        """
+        if version < 2:
+            self._loop_tables_missing = message("no loop journal or lock")
+        if version < 3:
+            self._thresholds_missing = message("no version thresholds")
+            self.SQL = self.SQL.without_thresholds()
 
     def _lock_model(self, tx: Transaction, name: str) -> None:
         """Hold other writers of `name` off until the commit (StoreError if unknown).
@@ -247,11 +282,19 @@ class SQLStore(ModelStore):
         """ModelVersions from `Statements` version rows, the JSON columns parsed in one go each."""
         numbers = [r[1] for r in rows]
         metrics, params, lineage = (_loads_rows([r[i] for r in rows], rows[0][0], numbers) for i in (6, 7, 8))
+        thresholds = _loads_rows([r[12] or "null" for r in rows], rows[0][0], numbers)
         root = str(self.root)
         return [ModelVersion(name=r[0], version=r[1], created_at=r[2], created_by=r[3], flavor=r[4], task=r[5],
                              metrics=m, params=p, lineage=li, digest=r[9], path=Path(root, r[10]),
-                             aliases=tuple(sorted(r[11].split(","))) if r[11] else ())
-                for r, m, p, li in zip(rows, metrics, params, lineage, strict=True)]
+                             aliases=tuple(sorted(r[11].split(","))) if r[11] else (), threshold=t)
+                for r, m, p, li, t in zip(rows, metrics, params, lineage, thresholds, strict=True)]
+
+    def _threshold_text(self, threshold: object, what: str) -> str:
+        """A threshold to record (`check_threshold`) as strict JSON text; StoreError if the registry has no room."""
+        text = json.dumps(check_threshold(threshold, what), default=str, allow_nan=False)
+        if self._thresholds_missing is not None:
+            raise StoreError(f"cannot record the threshold of {what}: {self._thresholds_missing}")
+        return text
 
     # -- versions --------------------------------------------------------------
 
@@ -266,6 +309,8 @@ class SQLStore(ModelStore):
         summary = (str(lineage.get("user") or current_user()), str(meta.get("flavor") or ""),
                    str(meta.get("task") or ""), json.dumps(meta.get("metrics") or {}, default=str), digest)
         details = (json.dumps(meta.get("params") or {}, default=str), json.dumps(lineage, default=str))
+        threshold = meta.get("threshold")
+        threshold = None if threshold is None else self._threshold_text(threshold, f"the new version of {name}")
         identity = dir_identity(staged)
         with self._transaction() as tx:
             number = self._take_number(tx, name)
@@ -275,6 +320,8 @@ class SQLStore(ModelStore):
             tx.on_abort(lambda: self.files.unplace(relative, staged, identity))
             row_id = self._insert_version(tx, name, number, summary, relative)
             tx.execute(self.SQL.insert_details, (row_id, *details))
+            if threshold is not None:
+                tx.execute(self.SQL.set_threshold, (threshold, name, number))
         self.files.seal(relative)
         return self.get(name, number)
 
@@ -384,18 +431,22 @@ class SQLStore(ModelStore):
             return dict(con.execute(self.SQL.aliases, (name,)))
 
     def set_alias(self, name: str, alias: str, version: int, *, reason: str = "",
-                  actor: str | None = None) -> AliasChange | None:
+                  actor: str | None = None, threshold: Mapping[str, Any] | None = None) -> AliasChange | None:
         check_name(alias, "alias")
         check_name(name)
+        text = None if threshold is None else self._threshold_text(threshold, f"{name}:{version}")
         with self._transaction() as tx:
             self._lock_model(tx, name)
             if not self._fits(version) or tx.execute(self.SQL.exists, (name, version)).fetchone() is None:
                 raise self._missing_version(tx, name, version)
             row = tx.execute(self.SQL.alias, (name, alias)).fetchone()
             current = row[0] if row else None
-            if current == version:
+            if text is not None:  # issue 13: the version's threshold and the row recording it, together
+                tx.execute(self.SQL.set_threshold, (text, name, version))
+            elif current == version:
                 return None
-            return self._move_alias(tx, name, alias, current, version, reason, actor, "set")
+            action: AliasAction = "threshold" if current == version else "set"
+            return self._move_alias(tx, name, alias, current, version, reason, actor, action, text)
 
     def rollback(self, name: str, alias: str = "production", *, reason: str = "",
                  actor: str | None = None) -> AliasChange:
@@ -429,16 +480,19 @@ class SQLStore(ModelStore):
             rows = con.execute(self.SQL.history, (name,))
         else:
             rows = con.execute(self.SQL.alias_history, (name, alias))
+        rows = rows.fetchall()
+        thresholds = _loads_rows([r[8] or "null" for r in rows], name, [r[3] for r in rows], "alias history entry")
         return [AliasChange(name=r[0], alias=r[1], from_version=r[2], to_version=r[3], actor=r[4], at=r[5],
-                            reason=r[6], action=r[7]) for r in rows]
+                            reason=r[6], action=r[7], threshold=t) for r, t in zip(rows, thresholds, strict=True)]
 
     def _move_alias(self, tx: Transaction, name: str, alias: str, current: int | None, version: int, reason: str,
-                    actor: str | None, action: AliasAction) -> AliasChange:
+                    actor: str | None, action: AliasAction, threshold: str | None = None) -> AliasChange:
         actor = actor or current_user()
-        tx.execute(self.SQL.set_alias, (name, alias, version))
-        at = self._insert_change(tx, name, alias, current, version, actor, reason, action)
+        if current != version:
+            tx.execute(self.SQL.set_alias, (name, alias, version))
+        at = self._insert_change(tx, name, alias, current, version, actor, reason, action, threshold)
         return AliasChange(name=name, alias=alias, from_version=current, to_version=version, actor=actor, at=at,
-                           reason=reason, action=action)
+                           reason=reason, action=action, threshold=None if threshold is None else json.loads(threshold))
 
     # -- the loop's journal and lock (issue 12) -----------------------------------
 
@@ -507,7 +561,7 @@ def _check_owner(owner: object) -> None:
         raise StoreError(f"invalid loop lock owner {owner!r}: expected a non-empty string (user@host:pid)")
 
 
-def _loads_rows(texts: list[str], name: str, numbers: list[int]) -> list[Any]:
+def _loads_rows(texts: list[str], name: str, numbers: list[int], what: str = "record") -> list[Any]:
     """Parse one JSON column of many rows at once (one call instead of thousands: 2x faster)."""
     try:
         return json.loads("[" + ",".join(texts) + "]")
@@ -516,5 +570,5 @@ def _loads_rows(texts: list[str], name: str, numbers: list[int]) -> list[Any]:
             try:
                 json.loads(text)
             except ValueError as exc:
-                raise StoreError(f"model {name}:{number}: its record in the registry is damaged ({exc})") from None
+                raise StoreError(f"model {name}:{number}: its {what} in the registry is damaged ({exc})") from None
         raise

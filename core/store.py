@@ -9,6 +9,11 @@ Every alias change (promote, rollback, deploy) is kept in an audit trail of
 `rollback` walks that trail back, like an undo stack, so that rolling back
 twice goes back two promotions rather than toggling between two versions.
 
+Each version has a current alert threshold (issue 13), the manifest's at
+registration; `set_alias(..., threshold=...)` replaces it without a new
+bundle (bundles are immutable), in the same transaction as the history row
+that records it. `check_threshold` is what a threshold must be.
+
 `BundleFiles` is the on-disk half that every store keeping bundles as files
 shares (the local store, and a database-backed one with a bundle directory):
 staging, atomic placement, orphan replacement, read-only sealing, removal.
@@ -39,7 +44,7 @@ from opsloop.types import ModelVersion
 # `fullmatch`, not `match` with `$`: `$` also matches before a trailing newline.
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
-AliasAction = Literal["set", "rollback"]
+AliasAction = Literal["set", "rollback", "threshold"]
 MAX_VERSION = 2**63 - 1  # SQLite's INTEGER; a larger number cannot name a version anywhere
 STAGING_TTL = 3600.0  # seconds after which a staging leftover is a leftover, not work in progress
 
@@ -57,6 +62,28 @@ def check_version(version: object) -> int:
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
         raise StoreError(f"invalid version {version!r}: expected a whole number from 1 to {MAX_VERSION}")
     return version
+
+
+def check_threshold(threshold: object, what: str) -> dict[str, Any]:
+    """A threshold as stored: a JSON-able mapping with a finite numeric `value` (issue 13); StoreError otherwise.
+
+    Returns a copy as strict JSON would give it back (NaN and infinities
+    elsewhere in it as None, keys as strings, numpy scalars as Python's).
+    """
+    if not isinstance(threshold, Mapping):
+        raise StoreError(f"invalid threshold for {what}: expected a mapping with a numeric 'value', got "
+                         f"{type(threshold).__name__}")
+    if "value" not in threshold:
+        raise StoreError(f"invalid threshold for {what}: it has no 'value' (the score from which the model alerts)")
+    value = threshold["value"]
+    if callable(getattr(value, "item", None)) and not isinstance(value, str | bytes):
+        with contextlib.suppress(Exception):  # numpy.float64 and friends
+            value = value.item()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise StoreError(f"invalid threshold for {what}: its 'value' must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise StoreError(f"invalid threshold for {what}: its 'value' must be finite, got {value!r}")
+    return strict_json(threshold)
 
 
 def os_error(what: str, path: Path | str, exc: OSError) -> StoreError:
@@ -97,6 +124,10 @@ class Ref:
                                  f"from 1 to {MAX_VERSION}")
             return cls(name=check_name(name), version=int(number))
         return cls(name=check_name(name))
+
+
+def _optional_dict(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return None if value is None else dict(value)
 
 
 @attrs.frozen(kw_only=True)
@@ -146,7 +177,11 @@ class AliasChange:
         actor: Who moved it (login name, or what the caller passed).
         at: ISO 8601 UTC time of the change.
         reason: Why, as given by the caller (may be empty).
-        action: `"set"` (promote, deploy) or `"rollback"`.
+        action: `"set"` (promote, deploy), `"rollback"`, or `"threshold"`:
+            only `threshold` changed, the alias already pointed at the version
+            (`from_version == to_version`).
+        threshold: The threshold this change gave `to_version` (issue 13);
+            None when it did not change the version's threshold.
     """
 
     name: str
@@ -157,6 +192,7 @@ class AliasChange:
     at: str
     reason: str = ""
     action: AliasAction = "set"
+    threshold: Mapping[str, Any] | None = attrs.field(default=None, converter=_optional_dict)
 
 
 @attrs.frozen(kw_only=True)
@@ -217,11 +253,14 @@ def rollback_target(changes: Iterable[AliasChange], current: int, exists: set[in
 
     The changes (oldest first, one alias) are replayed as an undo stack: a
     `set` pushes its version, a `rollback` pops back to the version it went
-    to. The target is the nearest version below the top that still exists
-    and differs from `current`; versions deleted since are skipped.
+    to, a `threshold` change moves nothing and is passed over. The target
+    is the nearest version below the top that still exists and differs
+    from `current`; versions deleted since are skipped.
     """
     stack: list[int] = []
     for change in changes:
+        if change.action == "threshold":
+            continue
         if change.action == "rollback":
             while stack and stack[-1] != change.to_version:
                 stack.pop()
@@ -253,7 +292,9 @@ class ModelStore(abc.ABC):
 
         All or nothing: a crash leaves either the whole version or none.
         Numbers start at 1 and are never reused, so concurrent registrations
-        get consecutive numbers without gaps or duplicates.
+        get consecutive numbers without gaps or duplicates. The version's
+        threshold starts as `manifest.get("threshold")` (None, or checked
+        with `check_threshold`: StoreError before anything is written).
         """
 
     @abc.abstractmethod
@@ -270,7 +311,7 @@ class ModelStore(abc.ABC):
 
     @abc.abstractmethod
     def set_alias(self, name: str, alias: str, version: int, *, reason: str = "",
-                  actor: str | None = None) -> AliasChange | None:
+                  actor: str | None = None, threshold: Mapping[str, Any] | None = None) -> AliasChange | None:
         """Point `name@alias` at `version` and record the change in the history.
 
         Args:
@@ -279,10 +320,15 @@ class ModelStore(abc.ABC):
             version: An existing version (StoreError otherwise).
             reason: Why, for the audit trail.
             actor: Who; the current login name by default.
+            threshold: A new threshold for `version` (issue 13), checked with
+                `check_threshold` (StoreError before anything changes). In
+                the same transaction, it replaces the version's threshold and
+                the history row carries it; a row is recorded even when the
+                alias already pointed there (action `"threshold"`).
 
         Returns:
             The recorded change, or None when the alias already pointed there
-            (nothing is recorded then).
+            and no threshold was given (nothing is recorded then).
         """
 
     @abc.abstractmethod
@@ -308,7 +354,8 @@ class ModelStore(abc.ABC):
         The history is an undo stack (see `rollback_target`): rolling back
         twice goes back two changes. Atomic with respect to concurrent alias
         changes. StoreError when the alias does not exist or has no earlier
-        version that still exists.
+        version that still exists. Thresholds stay as they are: each version
+        keeps its own.
 
         Returns:
             The recorded change, with `action="rollback"`.

@@ -43,6 +43,11 @@ def _frozen_mapping(value: Mapping[str, Any] | None) -> dict[str, Any]:
     return dict(value or {})
 
 
+def _optional_mapping(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A copy of a mapping, or None (where None means "none", not "empty")."""
+    return None if value is None else dict(value)
+
+
 @attrs.frozen(kw_only=True)
 class Dataset:
     """Telemetry rows and what we know about them.
@@ -205,6 +210,11 @@ class ModelVersion:
         aliases: Aliases pointing at this version now.
         path: Directory of the bundle.
         digest: sha256 of the bundle's manifest, which lists every file's sha256.
+        threshold: The version's current alert threshold (issue 13): the
+            manifest's `threshold` at registration, replaced by
+            `set_alias(..., threshold=...)` (`opsloop models promote
+            --threshold`) without a new bundle; a JSON mapping with at least
+            a finite `value`. None for a version without one.
     """
 
     name: str
@@ -219,6 +229,7 @@ class ModelVersion:
     aliases: tuple[str, ...] = ()
     path: Path
     digest: str = ""
+    threshold: Mapping[str, Any] | None = attrs.field(default=None, converter=_optional_mapping)
 
     @property
     def ref(self) -> str:

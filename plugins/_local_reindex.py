@@ -11,6 +11,11 @@ bundle whose manifest changed since is reported as tampered and skipped. What
 cannot be read is said in the report: where no alias can be recovered, there
 is no `production` until someone promotes one.
 
+A version's threshold (issue 13) comes back as its manifest's, replaced by the
+last one the kept alias history gave it (`promote --threshold`). A threshold
+set after registration is not in the bundle: when the alias history cannot be
+read either, it is not recovered, and the version is back at its manifest's.
+
 Two cases:
 - the index cannot be opened (missing, empty, without tables, corrupt): the
   old file is moved aside as `registry.db.broken-<time>` (never deleted), a
@@ -40,7 +45,7 @@ from typing import Any
 import attrs
 
 from opsloop.errors import BundleError, RegistryDamaged, StoreError
-from opsloop.store import BundleFiles, current_user, os_error, sealed
+from opsloop.store import BundleFiles, check_threshold, current_user, os_error, sealed
 
 @attrs.define
 class Old:
@@ -77,8 +82,12 @@ def read_old(con: Any) -> Old:
         old.versions[(name, version)] = {"created_at": created_at, "created_by": created_by, "digest": digest}
     old.last = dict(_rows(con, "SELECT name, last_version FROM models", "models", old.notes) or ())
     old.aliases = _rows(con, "SELECT name, alias, version FROM aliases", "aliases", old.notes)
-    old.history = _rows(con, "SELECT name, alias, from_version, to_version, actor, at, reason, action "
-                             "FROM alias_history ORDER BY id", "alias history", old.notes)
+    history = "SELECT name, alias, from_version, to_version, actor, at, reason, action{} FROM alias_history ORDER BY id"
+    try:  # an index from before schema 3 has no threshold column: its changes carried none
+        con.execute("SELECT threshold FROM alias_history LIMIT 0")
+        old.history = _rows(con, history.format(", threshold"), "alias history", old.notes)
+    except sqlite3.Error:  # or damaged: then the query below says how far it could be read
+        old.history = _rows(con, history.format(", NULL"), "alias history", old.notes)
     return old
 
 
@@ -129,8 +138,22 @@ def plan(files: BundleFiles, old: Old, *, orphans: bool) -> tuple[list[dict[str,
             "path": f"bundles/{name}/{number}",
             "params": json.dumps(manifest.get("params") or {}, default=str),
             "lineage": json.dumps(lineage, default=str), "sealed": sealed(path),
+            "threshold": _threshold(manifest.get("threshold"), old.history or (), name, number),
         })
     return rows, skipped
+
+
+def _threshold(manifest: Any, history: Any, name: str, number: int) -> str | None:
+    """A version's threshold as JSON text: the last one the history gave it, or else its manifest's, or None."""
+    for row in reversed(history):
+        if (row[0], row[3]) == (name, number) and row[8] is not None:
+            return row[8]
+    if manifest is None:
+        return None
+    try:
+        return json.dumps(check_threshold(manifest, f"{name}:{number}"), default=str, allow_nan=False)
+    except StoreError:
+        return None  # not a threshold the store would have registered
 
 
 def restored_aliases(old: Old, present: set[tuple[str, int]]) -> tuple[dict[tuple[str, str], int], str]:
@@ -168,16 +191,16 @@ def fill(con: Any, rows: list[dict[str, Any]], old: Old, aliases: dict[tuple[str
                              "digest, path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                              tuple(row[k] for k in ("name", "version", "created_at", "created_by", "flavor", "task",
                                                     "metrics", "digest", "path")))
-        con.execute("INSERT INTO details (id, params, lineage) VALUES (?, ?, ?)",
-                    (cursor.lastrowid, row["params"], row["lineage"]))
+        con.execute("INSERT INTO details (id, params, lineage, threshold) VALUES (?, ?, ?, ?)",
+                    (cursor.lastrowid, row["params"], row["lineage"], row["threshold"]))
     con.executemany("INSERT INTO aliases (name, alias, version) VALUES (?, ?, ?)",
                     [(n, a, v) for (n, a), v in aliases.items()])
     history = [h for h in old.history or () if h[0] in models]
     if old.history is None:  # aliases kept without their trail: the trail says where they come from
         history = [(n, a, None, v, "opsloop models reindex", now, "restored by reindex: the alias history was "
-                    "unreadable", "set") for (n, a), v in aliases.items()]
-    con.executemany("INSERT INTO alias_history (name, alias, from_version, to_version, actor, at, reason, action) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", history)
+                    "unreadable", "set", None) for (n, a), v in aliases.items()]
+    con.executemany("INSERT INTO alias_history (name, alias, from_version, to_version, actor, at, reason, action, "
+                    "threshold) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", history)
     return len(history)
 
 

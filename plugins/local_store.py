@@ -49,7 +49,7 @@ from opsloop.hookspecs import hookimpl
 from opsloop.sqlstore import HISTORY_COLUMNS, SQLStore, Statements, Transaction
 from opsloop.store import ModelStore
 
-SCHEMA_VERSION = 2  # 2: the loop journal and lock (issue 12)
+SCHEMA_VERSION = 3  # 2: the loop journal and lock (issue 12); 3: version thresholds (issue 13)
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another one before giving up
 QUICK_CHECK_MAX_BYTES = 32 << 20  # quick_check on open up to this size (~0.1 s); see the module docstring
 DAMAGED = ("not a database", "malformed", "corrupt", "could not decode")
@@ -119,7 +119,14 @@ CREATE TABLE loop_locks (
 ) WITHOUT ROWID;
 """
 SCHEMA += LOOP_TABLES
-UPGRADES = {1: LOOP_TABLES}  # from schema N to N + 1
+# Schema 3 (issue 13): each version's current threshold, and the one a history row gave it;
+# strict JSON, NULL for none. Added to a schema-2 registry the same way; nothing else changes.
+THRESHOLD_COLUMNS = """
+ALTER TABLE details ADD COLUMN threshold TEXT;
+ALTER TABLE alias_history ADD COLUMN threshold TEXT;
+"""
+SCHEMA += THRESHOLD_COLUMNS
+UPGRADES = {1: LOOP_TABLES, 2: THRESHOLD_COLUMNS}  # from schema N to N + 1
 # SQLite's clock is this machine's, as `_now`; in one statement 'now' is one instant.
 NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 LATER = "strftime('%Y-%m-%dT%H:%M:%fZ', julianday('now') + ? / 86400.0)"
@@ -298,7 +305,7 @@ class LocalStore(SQLStore):
         if version == SCHEMA_VERSION:
             return
         if version and self.read_only:  # an older registry, read as it is: upgraded where it can be written
-            self._loop_tables_missing = self._not_upgraded(version)
+            self._read_as_schema(version, functools.partial(self._not_upgraded, version))
             return
         if not version:
             tables = con.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
@@ -315,7 +322,7 @@ class LocalStore(SQLStore):
             if con.in_transaction:
                 con.execute("ROLLBACK")
             # The directory can be written but the file cannot (chmod): SQLite opened it read-only.
-            self._loop_tables_missing = self._not_upgraded(version)
+            self._read_as_schema(version, functools.partial(self._not_upgraded, version))
 
     def _write_schema(self) -> None:
         """Create the tables (a new file) or add what later schemas have (an older one), under the write lock."""
@@ -343,9 +350,9 @@ class LocalStore(SQLStore):
         con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         con.execute("COMMIT")
 
-    def _not_upgraded(self, version: int) -> str:
+    def _not_upgraded(self, version: int, lacking: str) -> str:
         return (f"model registry {self.db} has schema {version}, from an older opsloop, and is read-only: it has "
-                f"no loop journal or lock until it is opened once where it can be written (which upgrades it "
+                f"{lacking} until it is opened once where it can be written (which upgrades it "
                 f"to schema {SCHEMA_VERSION})")
 
     @contextlib.contextmanager
@@ -397,10 +404,14 @@ class LocalStore(SQLStore):
         return cursor.lastrowid
 
     def _insert_change(self, tx: Transaction, name: str, alias: str, current: int | None, version: int,
-                       actor: str, reason: str, action: str) -> str:
+                       actor: str, reason: str, action: str, threshold: str | None) -> str:
         at = _now()
-        tx.execute(f"INSERT INTO alias_history ({HISTORY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                   (name, alias, current, version, actor, at, reason, action))
+        values = (name, alias, current, version, actor, at, reason, action)
+        if threshold is None:
+            tx.execute(f"INSERT INTO alias_history ({HISTORY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values)
+        else:
+            tx.execute(f"INSERT INTO alias_history ({HISTORY_COLUMNS}, threshold) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (*values, threshold))
         return at
 
     def _insert_cycle(self, tx: Transaction, name: str, status: str, body: str) -> tuple[int, str]:

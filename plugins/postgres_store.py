@@ -51,7 +51,7 @@ from opsloop.store import ModelStore
 if TYPE_CHECKING:
     import psycopg
 
-SCHEMA_VERSION = 2  # 2: the loop journal and lock (issue 12)
+SCHEMA_VERSION = 3  # 2: the loop journal and lock (issue 12); 3: version thresholds (issue 13)
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another one before giving up
 CONNECT_TIMEOUT = 10  # seconds, unless the URI says otherwise
 BUNDLES_ENV = "OPSLOOP_BUNDLES"
@@ -96,7 +96,15 @@ CREATE TABLE {s}.loop_locks (
     name TEXT COLLATE "C" PRIMARY KEY, owner TEXT NOT NULL, since TEXT NOT NULL, expires TEXT NOT NULL);
 """
 SCHEMA += LOOP_TABLES
-UPGRADES = {1: LOOP_TABLES}  # from schema N to N + 1
+# Schema 3 (issue 13): each version's current threshold, and the one a history row gave it;
+# strict JSON, NULL for none (no default: adding them rewrites no row). Added to a schema-2
+# registry the same way; nothing else changes.
+THRESHOLD_COLUMNS = """
+ALTER TABLE {s}.details ADD COLUMN threshold TEXT;
+ALTER TABLE {s}.alias_history ADD COLUMN threshold TEXT;
+"""
+SCHEMA += THRESHOLD_COLUMNS
+UPGRADES = {1: LOOP_TABLES, 2: THRESHOLD_COLUMNS}  # from schema N to N + 1
 
 # The server's clock, not each machine's: one time line for the whole team. The local store's format.
 NOW = """to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
@@ -296,10 +304,11 @@ class PostgresStore(SQLStore):
             con.execute("UPDATE meta SET value = %s WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
         except (pg.errors.InsufficientPrivilege, pg.errors.ReadOnlySqlTransaction) as exc:
             con.rollback()
-            self._loop_tables_missing = (
+            why = _one_line(exc)
+            self._read_as_schema(version, lambda lacking: (
                 f"model registry {self.uri} has schema {version}, from an older opsloop, and could not be "
-                f"upgraded to schema {SCHEMA_VERSION} ({_one_line(exc)}): it has no loop journal or lock until "
-                "a user who may create tables in its schema opens it")
+                f"upgraded to schema {SCHEMA_VERSION} ({why}): it has {lacking} until "
+                "a user who may create and alter tables in its schema opens it"))
 
     def _schema_version(self, con: psycopg.Connection) -> int | None:
         # A catalog query, not to_regclass(): that one may answer from a cache that still
@@ -357,10 +366,14 @@ class PostgresStore(SQLStore):
                           (name, number, *summary, relative)).fetchone()[0]
 
     def _insert_change(self, tx: Transaction, name: str, alias: str, current: int | None, version: int,
-                       actor: str, reason: str, action: str) -> str:
-        return tx.execute(f"INSERT INTO alias_history ({HISTORY_COLUMNS}) "
-                          f"VALUES (%s, %s, %s, %s, %s, {NOW}, %s, %s) RETURNING at",
-                          (name, alias, current, version, actor, reason, action)).fetchone()[0]
+                       actor: str, reason: str, action: str, threshold: str | None) -> str:
+        values = (name, alias, current, version, actor, reason, action)
+        if threshold is None:
+            return tx.execute(f"INSERT INTO alias_history ({HISTORY_COLUMNS}) "
+                              f"VALUES (%s, %s, %s, %s, %s, {NOW}, %s, %s) RETURNING at", values).fetchone()[0]
+        return tx.execute(f"INSERT INTO alias_history ({HISTORY_COLUMNS}, threshold) "
+                          f"VALUES (%s, %s, %s, %s, %s, {NOW}, %s, %s, %s) RETURNING at",
+                          (*values, threshold)).fetchone()[0]
 
     def _insert_cycle(self, tx: Transaction, name: str, status: str, body: str) -> tuple[int, str]:
         return tx.execute(f"INSERT INTO loop_journal (name, at, status, body) VALUES (%s, {NOW}, %s, %s) "

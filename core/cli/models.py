@@ -241,10 +241,23 @@ def history(name: Annotated[str, typer.Argument(help="Model name.")],
     if not changes:
         console.print(f"no alias of {name} was ever set")
         return
+    # The threshold a change gave its version (issue 13), as a column only when one did.
+    extra = ["threshold"] if any(c.threshold for c in changes) else []
     console.print(table(f"{name}: alias history (oldest first)", ["when", "alias", "action", "from", "to", "who",
-                                                                  "reason"],
+                                                                  "reason", *extra],
                         ([c.at, c.alias, c.action, "-" if c.from_version is None else c.from_version, c.to_version,
-                          c.actor, _reason_cell(c.reason)] for c in changes)))
+                          c.actor, _reason_cell(c.reason), *([_threshold_cell(c.threshold)] if extra else [])]
+                         for c in changes)))
+
+
+def _threshold_cell(threshold: Any) -> str:
+    """`0.730 (precision 0.9)` from a threshold's value, rule and target; `-` for none."""
+    from rich.markup import escape
+
+    if not threshold:
+        return "-"
+    how = " ".join(str(threshold[k]) for k in ("rule", "target") if threshold.get(k) not in (None, ""))
+    return f"{threshold['value']:.3f}" + (f" ({escape(how)})" if how else "")
 
 
 def _reason_cell(reason: str, width: int = 200) -> str:

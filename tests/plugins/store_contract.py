@@ -114,7 +114,7 @@ class LocalBackend:
                         "INSERT INTO versions (name, version, created_at, created_by, flavor, task, metrics, digest, "
                         "path) SELECT name, i, created_at, created_by, flavor, task, metrics, digest, path "
                         "FROM versions, n", (last,))
-            con.execute("INSERT INTO details SELECT v.id, d.params, d.lineage FROM versions v, details d "
+            con.execute("INSERT INTO details SELECT v.id, d.params, d.lineage, d.threshold FROM versions v, details d "
                         "WHERE v.id != d.id")
             con.execute("UPDATE models SET last_version = ?", (last,))
 
@@ -162,7 +162,7 @@ class PostgresBackend:
         self._execute("INSERT INTO versions (name, version, created_at, created_by, flavor, task, metrics, digest, "
                       "path) SELECT name, i, created_at, created_by, flavor, task, metrics, digest, path "
                       "FROM versions, generate_series(2, %(last)s) i",
-                      "INSERT INTO details SELECT v.id, d.params, d.lineage FROM versions v, details d "
+                      "INSERT INTO details SELECT v.id, d.params, d.lineage, d.threshold FROM versions v, details d "
                       "WHERE v.id != d.id",
                       "UPDATE models SET last_version = %(last)s", "ANALYZE", params={"last": last})
 

@@ -154,7 +154,7 @@ def test_a_schema_that_is_not_a_registry_is_refused(tmp_path, pg):
     pg.open(tmp_path / "reg").close()
     with store_contract.admin(pg.server) as con:
         con.execute(f"UPDATE {pg.schema}.meta SET value = '99' WHERE key = 'schema_version'")
-    with pytest.raises(StoreError, match="has schema 99, newer than this opsloop understands .2.; upgrade opsloop"):
+    with pytest.raises(StoreError, match="has schema 99, newer than this opsloop understands .3.; upgrade opsloop"):
         pg.open(tmp_path / "reg")
 
 

@@ -1,4 +1,4 @@
-"""The loop journal and the loop lock (issue 12), in both model stores, and the schema-2 upgrade.
+"""The loop journal and the loop lock (issue 12), in both model stores, and the schema upgrades (2 and 3).
 
 Tests taking `store` or `backend` run once per store (`[local]`, `[postgres]`
 against a real server, skipped with the reason when none can be started), as
@@ -18,6 +18,7 @@ import urllib.parse
 from datetime import datetime
 from pathlib import Path
 
+import attrs
 import pytest
 
 from opsloop.errors import StoreError
@@ -174,31 +175,40 @@ def test_processes_racing_for_the_lock_exactly_one_acquires(tmp_path, backend):
             assert store.lock(name, "someone-else", 60).owner == winner
 
 
-# -- schema 2: the upgrade of an older registry -------------------------------------------------------------
+# -- schemas 2 and 3: the upgrade of an older registry -----------------------------------------------------
+
+CURRENT = 3  # both stores' SCHEMA_VERSION
+LOOP_TABLES = {"loop_journal", "loop_locks"}
+THRESHOLD = {"value": 0.73, "rule": "precision", "target": 0.9, "inclusive": True}
 
 
-def make_schema_1(backend, root: Path) -> None:
-    """Turn a registry back into what the previous opsloop wrote: no loop tables, schema version 1."""
+def make_old_schema(backend, root: Path, schema: int) -> None:
+    """Turn a registry back into what an earlier opsloop wrote: schema 2 (no threshold columns) or 1 (nor loop
+    tables), as that opsloop's DDL left it."""
+    statements = ["ALTER TABLE details DROP COLUMN threshold", "ALTER TABLE alias_history DROP COLUMN threshold"]
+    if schema == 1:
+        statements += ["DROP TABLE loop_journal", "DROP TABLE loop_locks"]
     if backend.id == "local":
         con = sqlite3.connect(root / "registry.db", isolation_level=None)
         try:
-            con.execute("DROP TABLE loop_journal")
-            con.execute("DROP TABLE loop_locks")
-            con.execute("PRAGMA user_version = 1")
+            for statement in statements:
+                con.execute(statement)
+            con.execute(f"PRAGMA user_version = {schema}")
         finally:
             con.close()
     else:
-        backend._execute("DROP TABLE loop_journal", "DROP TABLE loop_locks",
-                         "UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+        backend._execute(*statements, f"UPDATE meta SET value = '{schema}' WHERE key = 'schema_version'")
 
 
 def schema_of(backend, root: Path) -> tuple[int, set[str]]:
-    """The registry's schema version and which loop tables it has."""
+    """The registry's schema version, which loop tables it has, and which tables have a threshold column."""
     if backend.id == "local":
         con = sqlite3.connect(f"file:{root / 'registry.db'}?mode=ro", uri=True)
         try:
             version = con.execute("PRAGMA user_version").fetchone()[0]
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_schema WHERE name LIKE 'loop%'")}
+            tables |= {f"{t}.threshold" for t in ("details", "alias_history")
+                       if "threshold" in {r[1] for r in con.execute(f"PRAGMA table_info({t})")}}
         finally:
             con.close()
         return version, tables - {"loop_journal_by_name"}
@@ -206,11 +216,20 @@ def schema_of(backend, root: Path) -> tuple[int, set[str]]:
         version = con.execute(f"SELECT value FROM {backend.schema}.meta WHERE key = 'schema_version'").fetchone()[0]
         tables = {r[0] for r in con.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s AND "
                                             "tablename LIKE 'loop%%'", (backend.schema,))}
+        tables |= {f"{r[0]}.threshold" for r in con.execute(
+            "SELECT table_name FROM information_schema.columns WHERE table_schema = %s AND column_name = 'threshold'",
+            (backend.schema,))}
     return int(version), tables
 
 
-def old_registry(backend, root: Path) -> dict:
-    """A schema-1 registry with m:1..3, production -> 2 after 1, n:1; what it held."""
+def tables_of(schema: int) -> set[str]:
+    """What `schema_of` finds in a registry at `schema`."""
+    return ((LOOP_TABLES if schema >= 2 else set())
+            | ({"details.threshold", "alias_history.threshold"} if schema >= 3 else set()))
+
+
+def old_registry(backend, root: Path, schema: int = 1) -> dict:
+    """A registry at an older schema with m:1..3, production -> 2 after 1, n:1; what it held."""
     with backend.open(root) as store:
         for tag in "abc":
             add(store, "m", tag)
@@ -219,19 +238,22 @@ def old_registry(backend, root: Path) -> dict:
         store.set_alias("m", "production", 2, reason="better")
         held = {"models": store.models(), "versions": store.versions("m") + store.versions("n"),
                 "history": store.history("m")}
-    make_schema_1(backend, root)
-    assert schema_of(backend, root) == (1, set())
+    make_old_schema(backend, root, schema)
+    assert schema_of(backend, root) == (schema, tables_of(schema))
     return held
 
 
-def test_a_schema_1_registry_is_upgraded_in_place_on_open(tmp_path, backend):
+@pytest.mark.parametrize("old", [1, 2])
+def test_an_older_registry_is_upgraded_in_place_on_open(tmp_path, backend, old):
     root = tmp_path / "reg"
-    held = old_registry(backend, root)
+    held = old_registry(backend, root, old)
     with backend.open(root) as store:
-        assert schema_of(backend, root) == (2, {"loop_journal", "loop_locks"})
+        assert schema_of(backend, root) == (CURRENT, tables_of(CURRENT))
         assert store.models() == held["models"]
         assert store.versions("m") + store.versions("n") == held["versions"]
+        assert all(v.threshold is None for v in store.versions("m"))  # an older registry had none
         assert store.history("m") == held["history"]
+        assert all(c.threshold is None for c in store.history("m"))
         assert store.resolve("m@production").version == 2
         assert store.rollback("m").to_version == 1  # the history still drives rollback
         assert store.cycles("m") == []
@@ -239,9 +261,14 @@ def test_a_schema_1_registry_is_upgraded_in_place_on_open(tmp_path, backend):
         assert store.cycles("m") == [record]
         assert store.lock("m", "me", 60).acquired
         assert add(store, "m", "d").version == 4
+        change = store.set_alias("m", "production", 1, threshold=THRESHOLD)  # schema 3: thresholds recorded
+        assert (change.action, change.threshold) == ("threshold", THRESHOLD)
+        assert store.get("m", 1).threshold == THRESHOLD and store.get("m", 2).threshold is None
     with backend.open(root) as store:  # opened again: nothing more to do, nothing lost
-        assert schema_of(backend, root)[0] == 2
+        assert schema_of(backend, root)[0] == CURRENT
         assert [c.id for c in store.cycles("m")] == [record.id]
+        assert store.resolve("m@production").threshold == THRESHOLD
+        assert store.history("m")[-1].threshold == THRESHOLD
 
 
 def test_processes_opening_a_schema_1_registry_at_once_upgrade_it_once(tmp_path, backend):
@@ -250,7 +277,7 @@ def test_processes_opening_a_schema_1_registry_at_once_upgrade_it_once(tmp_path,
     ids = race(backend, root, tmp_path / "go", "m", "record")
     assert len(set(ids)) == 8
     with backend.open(root) as store:
-        assert schema_of(backend, root) == (2, {"loop_journal", "loop_locks"})
+        assert schema_of(backend, root) == (CURRENT, tables_of(CURRENT))
         assert [c.id for c in store.cycles("m")] == sorted((int(i) for i in ids), reverse=True)
         assert sorted(c.body["owner"] for c in store.cycles("m")) == sorted(f"p{i}" for i in range(8))
         assert store.versions("m") + store.versions("n") == held["versions"]
@@ -261,11 +288,11 @@ def test_a_newer_schema_is_still_refused(tmp_path, backend):
     backend.open(root).close()
     if backend.id == "local":
         con = sqlite3.connect(root / "registry.db", isolation_level=None)
-        con.execute("PRAGMA user_version = 3")
+        con.execute("PRAGMA user_version = 4")
         con.close()
     else:
-        backend._execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
-    with pytest.raises(StoreError, match=r"has schema 3, newer than this opsloop understands \(2\); upgrade"):
+        backend._execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match=r"has schema 4, newer than this opsloop understands \(3\); upgrade"):
         backend.open(root)
 
 
@@ -292,6 +319,64 @@ def test_a_read_only_schema_1_registry_opens_for_reads(tmp_path, mounts):
             store.lock("m", "me", 60)
 
 
+def test_a_read_only_schema_2_registry_reads_versions_without_thresholds(tmp_path, mounts):
+    backend = store_contract.LocalBackend()
+    root = tmp_path / "reg"
+    held = old_registry(backend, root, 2)
+    ro = mounts.read_only(root)
+    with LocalStore(ro) as store:
+        assert store.read_only
+        mounted = [attrs.evolve(v, path=root / v.path.relative_to(ro)) for v in store.versions("m")]
+        assert mounted == held["versions"][:3]
+        assert store.resolve("m@production").version == 2 and store.resolve("m@production").threshold is None
+        assert store.history("m") == held["history"] and store.history("m", "production")[-1].threshold is None
+        assert store.cycles("m") == []  # schema 2 has the loop tables
+        with pytest.raises(StoreError, match="is read-only"):
+            store.set_alias("m", "production", 2, threshold=THRESHOLD)
+    assert schema_of(backend, root) == (2, tables_of(2))  # untouched
+    with LocalStore(root) as store:  # writable: upgraded
+        assert store.set_alias("m", "production", 2, threshold=THRESHOLD).action == "threshold"
+    with LocalStore(ro) as store:
+        assert store.resolve("m@production").threshold == THRESHOLD
+
+
+def test_a_postgres_user_who_may_write_rows_but_not_alter_tables_uses_a_schema_2_registry(tmp_path):
+    backend = store_contract.PostgresBackend(store_contract.require_pg())
+    role = f"opsloop_writer_{secrets.token_hex(4)}"
+    try:
+        root = tmp_path / "reg"
+        held = old_registry(backend, root, 2)
+        with store_contract.admin(backend.server) as con:
+            con.execute(f"CREATE ROLE {role} LOGIN")
+            con.execute(f"GRANT USAGE ON SCHEMA {backend.schema} TO {role}")
+            con.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {backend.schema} TO {role}")
+            con.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {backend.schema} TO {role}")
+        server = urllib.parse.urlsplit(backend.server)
+        writer = server._replace(netloc=f"{role}@{server.hostname}:{server.port}").geturl()
+        from opsloop.plugins.postgres_store import open_store
+
+        with open_store(f"{writer}?schema={backend.schema}&bundles={root}", tmp_path) as store:
+            assert store.versions("m") + store.versions("n") == held["versions"]  # threshold None throughout
+            assert store.history("m") == held["history"]
+            assert store.set_alias("m", "production", 3, reason="as before").threshold is None  # writes as before
+            assert store.rollback("m").to_version == 2
+            assert add(store, "m", "d").threshold is None
+            with pytest.raises(StoreError, match=r"cannot record the threshold of m:2: model registry .* has schema "
+                                                 r"2, from an older opsloop, and could not be upgraded to schema 3 "
+                                                 r"\(.*\): it has no version thresholds until"):
+                store.set_alias("m", "production", 2, threshold=THRESHOLD)
+            assert len(store.history("m")) == 4
+        assert schema_of(backend, root) == (2, tables_of(2))
+        with backend.open(root) as store:  # its owner opens it: upgraded, nothing lost
+            assert schema_of(backend, root) == (3, tables_of(3))
+            assert [c.action for c in store.history("m")] == ["set", "set", "set", "rollback"]
+            assert store.set_alias("m", "production", 2, threshold=THRESHOLD).threshold == THRESHOLD
+    finally:
+        backend.cleanup()
+        with store_contract.admin(backend.server) as con:
+            con.execute(f"DROP ROLE IF EXISTS {role}")
+
+
 def test_a_postgres_user_who_cannot_create_tables_reads_a_schema_1_registry(tmp_path):
     backend = store_contract.PostgresBackend(store_contract.require_pg())
     role = f"opsloop_reader_{secrets.token_hex(4)}"
@@ -309,7 +394,7 @@ def test_a_postgres_user_who_cannot_create_tables_reads_a_schema_1_registry(tmp_
         with open_store(f"{reader}?schema={backend.schema}&bundles={root}", tmp_path) as store:
             assert [m.name for m in store.models()] == ["m", "n"]
             with pytest.raises(StoreError, match=r"has schema 1, from an older opsloop, and could not be upgraded "
-                                                 r"to schema 2 \(.*permission denied.*\): it has no loop journal"):
+                                                 r"to schema 3 \(.*permission denied.*\): it has no loop journal"):
                 store.cycles("m")
         assert schema_of(backend, root) == (1, set())
     finally:
