@@ -3,14 +3,19 @@
 A bundle is a directory:
 
     manifest.json   input schema, preprocess steps with their states, flavor,
-                    task, params, metrics, lineage, and the sha256 of every
-                    other file
+                    task, params, metrics, lineage, the alert threshold
+                    chosen at validation (`threshold`, opsloop.alerting;
+                    null for a regressor), and the sha256 of every other file
     model.*         written by the flavor's `save_model` (XGBoost UBJ, skops)
     profile.json, profile-sample.parquet
                     the reference profile of the training rows and scores
                     (opsloop.profile), for drift without the training data,
                     and the calibration of the out-of-fold scores, for
                     performance estimated before labels arrive
+    threshold-oof.parquet
+                    the out-of-fold scores and labels the threshold was
+                    chosen on, so that `opsloop models promote --rule`
+                    chooses again without retraining
 
 Its digest is the sha256 of `manifest.json`, so the digest covers every file.
 `read_bundle` checks every file against the manifest before anything is
@@ -83,7 +88,8 @@ def input_schema(dataset: Dataset) -> list[dict[str, str]]:
 
 def write_bundle(directory: Path, *, model: TrainedModel, trainer: str, raw: Dataset,
                  steps: Sequence[StepRecord], metrics: Mapping[str, float], lineage: Mapping[str, Any],
-                 plugins: PluginManager, oof: pd.DataFrame | None = None) -> dict[str, Any]:
+                 plugins: PluginManager, oof: pd.DataFrame | None = None,
+                 threshold: Mapping[str, Any] | None = None, oof_rows: pd.DataFrame | None = None) -> dict[str, Any]:
     """Write a bundle into an empty directory and return its manifest.
 
     The first loaded plugin whose `save_model` accepts the flavor writes the
@@ -91,11 +97,13 @@ def write_bundle(directory: Path, *, model: TrainedModel, trainer: str, raw: Dat
     `sklearn`) is loaded and asked. The manifest records which plugin saved
     it (to load it back) and the sha256 of each file. `oof`, the first
     validation report's out-of-fold scores (`ValidationReport.oof`), is
-    calibrated into the profile (`opsloop.profile.Calibration`).
+    calibrated into the profile (`opsloop.profile.Calibration`). `threshold`, the version's alert
+    threshold (`opsloop.alerting.choose`), goes into the manifest, and `oof_rows`, the out-of-fold rows it
+    was chosen on (`opsloop.alerting.oof_frame`), into `threshold-oof.parquet`.
     """
     try:
         return _write_bundle(directory, model=model, trainer=trainer, raw=raw, steps=steps, metrics=metrics,
-                             lineage=lineage, plugins=plugins, oof=oof)
+                             lineage=lineage, plugins=plugins, oof=oof, threshold=threshold, oof_rows=oof_rows)
     except OSError as exc:  # a full disk, a read-only mount: one line naming the place (issue 8)
         raise _write_error(directory, exc) from None
     except PluginCallError as exc:  # the flavor plugin's save_model hit the same
@@ -112,7 +120,8 @@ def _write_error(directory: Path, exc: OSError) -> OpsloopError:
 
 def _write_bundle(directory: Path, *, model: TrainedModel, trainer: str, raw: Dataset,
                   steps: Sequence[StepRecord], metrics: Mapping[str, float], lineage: Mapping[str, Any],
-                  plugins: PluginManager, oof: pd.DataFrame | None = None) -> dict[str, Any]:
+                  plugins: PluginManager, oof: pd.DataFrame | None = None,
+                  threshold: Mapping[str, Any] | None = None, oof_rows: pd.DataFrame | None = None) -> dict[str, Any]:
     directory.mkdir(parents=True, exist_ok=True)
     saver, files = plugins.first("save_model", model=model, path=directory)
     if saver is None and model.flavor in plugins.known and not plugins.pm.has_plugin(model.flavor):
@@ -137,7 +146,13 @@ def _write_bundle(directory: Path, *, model: TrainedModel, trainer: str, raw: Da
         "metrics": dict(metrics),
         "lineage": dict(lineage),
         "probe": probe_rows(raw),
+        "threshold": dict(threshold) if threshold else None,
     }
+    if oof_rows is not None:
+        from opsloop.alerting import OOF_FILE
+
+        oof_rows.to_parquet(directory / OOF_FILE, index=False)
+        files = [*files, OOF_FILE]
     files = [*files, *_write_profile(directory, manifest, model, raw, plugins, oof)]
     manifest["files"] = {name: sha256_file(directory / name) for name in sorted(files)}
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n",
@@ -163,7 +178,7 @@ def _write_profile(directory: Path, manifest: dict[str, Any], model: TrainedMode
         predictions = scorer.predict(raw.frame)
     except Exception as exc:  # whatever the steps or the estimator raise: the profile notes it
         note = f"the model could not score its training rows: {exc!r}"[:300]
-    calibration = profile.calibrate(oof, model.task, predictions)
+    calibration = profile.calibrate(oof, model.task, predictions, manifest.get("threshold"))
     return profile.build(directory, raw, predictions=predictions, outputs_note=note, calibration=calibration)
 
 
@@ -253,8 +268,11 @@ def read_manifest(directory: Path, *, ref: str | None = None, digest: str | None
 
 
 def read_bundle(directory: Path, plugins: PluginManager, *, ref: str | None = None,
-                digest: str | None = None, run: RunContext | None = None) -> LoadedModel:
-    """Verify and load a bundle; the flavor plugin and preprocess plugins are loaded as needed."""
+                digest: str | None = None, run: RunContext | None = None,
+                threshold: Mapping[str, Any] | None = None) -> LoadedModel:
+    """Verify and load a bundle; the flavor plugin and preprocess plugins are loaded as needed.
+    `threshold` is the version's current one as the store keeps it (`ModelVersion.threshold`), which a
+    promote may have changed since the manifest was written."""
     manifest = read_manifest(directory, ref=ref, digest=digest)
     flavor_plugin = manifest["flavor_plugin"]
     plugins.load(flavor_plugin, where=f"bundle {ref or directory}")
@@ -266,7 +284,7 @@ def read_bundle(directory: Path, plugins: PluginManager, *, ref: str | None = No
     if estimator is None:
         raise BundleError(f"no plugin loads flavor {manifest['flavor']!r}", file=str(directory), model=ref)
     return LoadedModel(manifest=manifest, estimator=estimator, path=directory, plugins=plugins, run=run,
-                       ref=ref or str(directory))
+                       ref=ref or str(directory), override=dict(threshold) if threshold else None)
 
 
 def predictions_frame(estimator: Any, task: str, X: pd.DataFrame) -> pd.DataFrame:
@@ -299,10 +317,18 @@ class LoadedModel:
     plugins: PluginManager = attrs.field(repr=False)
     run: RunContext | None = attrs.field(default=None, repr=False)
     ref: str = ""
+    #: The store's threshold for the version when it differs from the manifest's (a promote changed it).
+    override: dict[str, Any] | None = None
 
     @property
     def task(self) -> str:
         return self.manifest["task"]
+
+    @property
+    def threshold(self) -> dict[str, Any] | None:
+        """The alert threshold scoring uses: `score >= value` alerts (opsloop.alerting); None for a model
+        without one (a regressor, a bundle written before thresholds), which keeps its own decision."""
+        return self.override or self.manifest.get("threshold") or None
 
     @property
     def features(self) -> list[str]:
@@ -348,7 +374,9 @@ class LoadedModel:
         dataset = self.transform(frame, issues)
         if len(dataset) != len(frame):
             raise DataError(f"{self.ref}: preprocessing changed the number of rows ({len(frame)} -> {len(dataset)})")
-        preds = predictions_frame(self.estimator, self.task, dataset.frame[self.features])
+        from opsloop.alerting import apply
+
+        preds = apply(predictions_frame(self.estimator, self.task, dataset.frame[self.features]), self.threshold)
         preds.index = frame.index
         return dataset, preds
 

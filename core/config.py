@@ -27,6 +27,7 @@ import cattrs
 from cattrs.strategies import configure_union_passthrough
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
+from opsloop.alerting import AlertingSection
 from opsloop.errors import ConfigError, StoreError, closest
 
 CONFIG_FILE = "opsloop.toml"
@@ -181,6 +182,7 @@ SECTIONS: dict[str, type] = {
     "retrain": RetrainSection,
     "gate": StageSection,
     "loop": LoopSection,
+    "alerting": AlertingSection,
     "plugins": PluginsSection,
 }
 #: Sections whose sub-tables are plugin options, and the key listing the plugins.
@@ -385,6 +387,7 @@ class Config:
     plugins: PluginsSection
     stages: dict[str, StageSection | ValidateSection | RetrainSection]
     loop: LoopSection = attrs.field(factory=LoopSection)
+    alerting: AlertingSection = attrs.field(factory=AlertingSection)
 
     @classmethod
     def from_table(cls, table: dict[str, Any], *, path: Path | None = None,
@@ -409,6 +412,7 @@ class Config:
             table=table, path=path, workdir=Path(workdir or Path.cwd()),
             project=sections["project"], data=sections["data"], store=sections["store"],
             plugins=sections["plugins"], stages={s: sections[s] for s in STAGES}, loop=sections["loop"],
+            alerting=sections["alerting"],
         )
 
     @property

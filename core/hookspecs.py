@@ -400,6 +400,8 @@ def on_alias_changed(change: AliasChange, run: RunContext | None) -> None:
 
     Args:
         change: Model name, alias, from and to version, actor, time, reason,
-            and action (`"set"` or `"rollback"`).
+            action (`"set"`, `"rollback"`, or `"threshold"`: a promote gave
+            the version it already pointed at a new alert threshold), and
+            the threshold the change gave the version (or None).
         run: The run that moved it, or None for a CLI command.
     """

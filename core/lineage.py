@@ -19,9 +19,10 @@ if TYPE_CHECKING:
 
 LIBRARIES = ("numpy", "pandas", "scipy", "scikit-learn", "xgboost", "skops", "pluggy", "pyarrow")
 
-#: Config sections that shape a trained model. The others (store, deploy, monitor, retrain) and
-#: `[data] monitor` decide where it goes and how it is watched, not what it is.
-TRAINING_SECTIONS = ("data", "preprocess", "train", "validate", "plugins")
+#: Config sections that shape a trained model (`[alerting]`: the threshold it alerts at). The others
+#: (store, deploy, monitor, retrain) and `[data] monitor` decide where it goes and how it is watched, not
+#: what it is.
+TRAINING_SECTIONS = ("data", "preprocess", "train", "validate", "alerting", "plugins")
 
 
 def git_state(directory: Path) -> dict[str, Any] | None:

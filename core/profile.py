@@ -382,8 +382,8 @@ def _outputs(predictions: pd.DataFrame | None) -> dict[str, Any] | None:
     return {"column": column, "distribution": _describe(predictions[column], QUANTILES), "alert_rate": alert_rate}
 
 
-def calibrate(oof: pd.DataFrame | None, task: str, predictions: pd.DataFrame | None = None
-              ) -> dict[str, Any] | None:
+def calibrate(oof: pd.DataFrame | None, task: str, predictions: pd.DataFrame | None = None,
+              threshold: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
     """The `calibration` entry of a profile: isotonic regression of the label on out-of-fold scores.
 
     Args:
@@ -391,6 +391,8 @@ def calibrate(oof: pd.DataFrame | None, task: str, predictions: pd.DataFrame | N
         task: The model's task; only `classification` and `anomaly` are calibrated.
         predictions: The final model's `predictions_frame` on its training
             rows, where the decision threshold of an anomaly detector is read.
+        threshold: The version's alert threshold (opsloop.alerting), when it
+            has one: the decision, and the baseline figures, are at it.
 
     Returns:
         `Calibration.to_json()`, or None without out-of-fold scores, for a
@@ -411,10 +413,14 @@ def calibrate(oof: pd.DataFrame | None, task: str, predictions: pd.DataFrame | N
     from sklearn.isotonic import IsotonicRegression
 
     fitted = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(score, label)
-    predicted = oof["prediction"].to_numpy(dtype=float)[kept] == 1
-    threshold, inclusive = _decision(task, predictions)
+    if threshold:
+        cut, inclusive = float(threshold["value"]), bool(threshold.get("inclusive", True))
+        predicted = score >= cut if inclusive else score > cut
+    else:
+        predicted = oof["prediction"].to_numpy(dtype=float)[kept] == 1
+        cut, inclusive = _decision(task, predictions)
     return Calibration(scores=fitted.X_thresholds_.tolist(), probabilities=fitted.y_thresholds_.tolist(),
-                       rows=len(label), positives=positives, threshold=threshold, inclusive=inclusive,
+                       rows=len(label), positives=positives, threshold=cut, inclusive=inclusive,
                        baseline=counts_to_figures(*_counts(label == 1, predicted))).to_json()
 
 

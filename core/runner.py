@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 
 from opsloop import data as data_mod
-from opsloop import gates, lineage
+from opsloop import alerting, gates, lineage
 from opsloop.bundle import LoadedModel, StepRecord, check_bundle, read_bundle, unstructure_options, write_bundle
-from opsloop.errors import BundleError, OpsloopError, PluginCallError, StoreError
+from opsloop.errors import BundleError, ConfigError, OpsloopError, PluginCallError, StoreError
 from opsloop.store import remove_tree
 from opsloop.types import (
     Dataset,
@@ -81,6 +81,8 @@ class RunResult:
     #: The version `production` points at after the run, and whether the run moved it.
     production: str | None = None
     promoted: bool = False
+    #: The alert thresholds chosen at validation (opsloop.alerting), one per version built.
+    thresholds: list[dict[str, Any]] = attrs.field(factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able summary (for `opsloop run --json`)."""
@@ -88,7 +90,7 @@ class RunResult:
             "run_id": self.run_id,
             "stages": [attrs.asdict(s) for s in self.stages],
             "versions": [{"ref": v.ref, "metrics": dict(v.metrics), "aliases": list(v.aliases),
-                          "path": str(v.path)} for v in self.versions],
+                          "path": str(v.path), "threshold": v.threshold} for v in self.versions],
             "validation": [r.summary() for r in self.validation],
             "deployments": [attrs.asdict(d) for d in self.deployments],
             "monitor": [attrs.asdict(r) for r in self.reports],
@@ -96,6 +98,7 @@ class RunResult:
             "issues": list(self.issues),
             "unchanged": list(self.unchanged),
             "production": {"ref": self.production, "moved": self.promoted} if self.production else None,
+            "thresholds": list(self.thresholds),
         }
 
 
@@ -199,6 +202,46 @@ class Runner:
         self.gate_results = self.check_gates(reports, enforce=enforce_gates)
         return reports
 
+    def calibrate(self, reports: list[ValidationReport], features: Dataset, prefix: str = ""
+                  ) -> tuple[dict[str, Any] | None, Any]:
+        """The alert threshold `[alerting]` chooses on the first report's out-of-fold scores, and those rows
+        (opsloop.alerting); (None, None) when there is nothing to calibrate (a regressor, no scores)."""
+        rows = alerting.oof_frame(reports[0].oof, features) if reports else None
+        if rows is None:
+            return None, None
+        section = self.config.alerting
+        threshold = self._stage(f"{prefix}alerting", [section.rule], lambda: self._choose(rows, section),
+                                _threshold_summary)
+        if threshold is None:
+            return None, None
+        self.result.thresholds.append(threshold)
+        return threshold, rows
+
+    def _choose(self, rows: Any, section: alerting.AlertingSection) -> dict[str, Any] | None:
+        """`alerting.choose`. The default rule, which nobody wrote in the config, gives way where it cannot
+        work, with a note: to the best F1 when the data has no time column to count days with or the model's
+        most confident rows (tied at its top score, on little data) already exceed the budget; to the model's
+        own decision (None) when the out-of-fold rows hold no incident. A rule written in the config is
+        never replaced: it fails with the reason (ConfigError)."""
+        if "rule" in self.config.table.get("alerting", {}) or section.rule != "budget":
+            return alerting.choose(rows, section)
+        why = None
+        for fallback in (section, alerting.AlertingSection(rule="f1")):
+            try:
+                chosen = alerting.choose(rows, fallback)
+            except ConfigError as exc:
+                why = why or exc.message.split(": ", 1)[-1].split("; ")[0]
+                continue
+            if fallback is section:
+                return chosen
+            self.reporter.note(f'alerting: the default rule "budget" (at most {section.aim:g} alert per series per '
+                               f"day) cannot work here ({why}); the threshold of the best F1 is used instead. Set "
+                               "[alerting] rule to choose (docs/alerting.md)")
+            return {**chosen, "note": f"default rule budget: {why}"}
+        self.reporter.note(f"alerting: no threshold can be calibrated ({why}); the model keeps its own decision "
+                           "(a classifier's 0.5)")
+        return None
+
     def check_gates(self, reports: list[ValidationReport], *, enforce: bool = True) -> list[GateResult]:
         """`[validate] gates` against the first report's means; with `enforce`, GateFailed stops the run
         before anything is registered."""
@@ -231,7 +274,8 @@ class Runner:
 
     def register(self, model: TrainedModel, raw: Dataset, steps: list[StepRecord],
                  validation: list[ValidationReport], prefix: str = "", parent: str | None = None,
-                 alias: str | None = None, training: dict[str, Any] | None = None) -> ModelVersion:
+                 alias: str | None = None, training: dict[str, Any] | None = None,
+                 threshold: dict[str, Any] | None = None, oof_rows: Any = None) -> ModelVersion:
         trainer = self.config.selected("train")[0]
 
         def work() -> ModelVersion:
@@ -242,7 +286,8 @@ class Runner:
             try:
                 manifest = write_bundle(staged, model=model, trainer=trainer, raw=raw, steps=steps,
                                         metrics=validation[0].mean if validation else {}, lineage=record,
-                                        plugins=self.plugins, oof=validation[0].oof if validation else None)
+                                        plugins=self.plugins, oof=validation[0].oof if validation else None,
+                                        threshold=threshold, oof_rows=oof_rows)
                 try:  # loads and scores before it becomes visible: never register what cannot load (issue 8)
                     check_bundle(staged, self.plugins, ref=f"{name} (new version)")
                 except BundleError as exc:
@@ -266,7 +311,8 @@ class Runner:
 
     def load(self, version: ModelVersion) -> LoadedModel:
         """A registered version, verified and loaded from its bundle."""
-        return read_bundle(version.path, self.plugins, ref=version.ref, digest=version.digest, run=self.run)
+        return read_bundle(version.path, self.plugins, ref=version.ref, digest=version.digest, run=self.run,
+                           threshold=version.threshold)
 
     def build(self, raw: Dataset, prefix: str = "", parent: str | None = None,
               alias: str | None = None, training: dict[str, Any] | None = None) -> Built:
@@ -278,8 +324,9 @@ class Runner:
         features, steps, issues = self.preprocess(raw, prefix)
         model = self.train(features, prefix)
         validation = self.validate(features, prefix)
+        threshold, rows = self.calibrate(validation, features, prefix)
         version = self.register(model, raw, steps, validation, prefix, parent=parent, alias=alias,
-                                training=training)
+                                training=training, threshold=threshold, oof_rows=rows)
         self.result.validation.extend(validation)
         self.result.issues.extend(issues)
         return Built(version=version, validation=validation, issues=issues)
@@ -404,8 +451,10 @@ class Runner:
         train_raw, _ = data_mod.periods(raw, self.config)
         features, _, issues = self.preprocess(train_raw)
         self.result.issues.extend(issues)
-        # nothing is registered, so nothing is calibrated: the out-of-fold rows go (they are as long as the data)
-        reports = [attrs.evolve(r, oof=None) for r in self.validate(features, enforce_gates=False)]
+        reports = self.validate(features, enforce_gates=False)
+        self.calibrate(reports, features)  # the threshold a run would register, and what it achieves
+        # nothing is registered: the out-of-fold rows go (they are as long as the data)
+        reports = [attrs.evolve(r, oof=None) for r in reports]
         self.result.validation.extend(reports)
         return reports, self.gate_results
 
@@ -454,6 +503,19 @@ def _concat(a: Dataset, b: Dataset) -> Any:
     if a.time:
         frame = frame.sort_values([c for c in (a.series, a.time) if c], kind="stable", ignore_index=True)
     return frame
+
+
+def _threshold_summary(threshold: dict[str, Any] | None) -> str:
+    """`threshold 0.7312 (precision 0.9): precision 0.912, recall 0.451, 12/20 incidents caught, ...`."""
+    if threshold is None:
+        return "no threshold: the model's own decision"
+    got = threshold.get("achieved") or {}
+    parts = [f"{k} {got[k]:.3f}" for k in ("precision", "recall", "f1") if got.get(k) is not None]
+    if got.get("incidents"):
+        parts.append(f"{got['incidents_caught']:.0f}/{got['incidents']:.0f} incidents caught")
+    if got.get("alerts_per_day") is not None:
+        parts.append(f"{got['alerts_per_day']:.2f} alerts per series-day")
+    return f"threshold {alerting.describe(threshold)}: " + ", ".join(parts) + " (out-of-fold)"
 
 
 def _figures(metrics: Any) -> str:

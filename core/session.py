@@ -19,6 +19,8 @@ from opsloop.errors import ConfigError, PluginCallError, StoreError, UnknownPlug
 from opsloop.manager import STAGE_HOOKS, PluginManager
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from opsloop.store import AliasChange, ModelStore
     from opsloop.types import RunContext
 
@@ -97,9 +99,11 @@ class Session:
         return self.options[(section, name)]
 
     def set_alias(self, store: ModelStore, name: str, alias: str, version: int, *, reason: str,
-                  run: RunContext | None = None) -> AliasChange | None:
-        """Move an alias, record it, and tell `on_alias_changed` observers."""
-        change = store.set_alias(name, alias, version, reason=reason)
+                  run: RunContext | None = None, threshold: Mapping[str, Any] | None = None) -> AliasChange | None:
+        """Move an alias (and, with `threshold`, give the version a new alert threshold), record it, and tell
+        `on_alias_changed` observers."""
+        change = (store.set_alias(name, alias, version, reason=reason) if threshold is None
+                  else store.set_alias(name, alias, version, reason=reason, threshold=threshold))
         if change is not None:
             self.plugins.notify("on_alias_changed", change=change, run=run)
         return change

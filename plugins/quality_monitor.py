@@ -5,7 +5,10 @@ labels of the monitored period, overall and per series (machine, service),
 and alerts when a figure fell more than `max_drop` below the version's
 validation baseline. Rows without a label (incidents are confirmed late) are
 left out; with no labels at all it reports rows and prediction rate only,
-and says so in an alert.
+and says so in an alert. For a version with an alert threshold (its
+predictions are made at it: opsloop.alerting), the baseline of precision,
+recall and F1 is what the threshold achieved on the out-of-fold rows
+(`threshold.achieved`); the other figures' is validation's mean.
 
 Metrics it reports: `accuracy`, `precision`, `recall`, `f1`, `roc_auc`,
 `pr_auc` (classification; `mae`, `rmse`, `r2` for regression), `rows`
@@ -120,6 +123,11 @@ def monitor(version: ModelVersion, current: Dataset, predictions: pd.DataFrame,
         figures["positives"] = float((y == 1).sum())
         figures["prevalence"] = figures["positives"] / len(y)
     baseline = {k: float(v) for k, v in version.metrics.items() if k in quality and _finite(v)}
+    # predictions are made at the version's alert threshold: precision, recall and F1 compare with what it
+    # achieved out-of-fold, not with validation's figures at the model's own 0.5 (opsloop.alerting)
+    achieved = (getattr(version, "threshold", None) or {}).get("achieved") or {}
+    baseline.update({k: float(achieved[k]) for k in ("precision", "recall", "f1")
+                     if k in quality and _finite(achieved.get(k))})
     alerts = [_drop_alert(k, figures[k], baseline[k], options.max_drop, len(y))
               for k in options.watch if k in baseline and _finite(figures.get(k))
               and worsening(k, figures[k], baseline[k]) > options.max_drop]

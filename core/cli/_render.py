@@ -104,8 +104,10 @@ class RichReporter(Reporter):
             self.progress.remove_task(task)
 
     def note(self, message: str) -> None:
-        if not self.quiet:
-            self.progress.console.print(f"[dim]{message}[/dim]")
+        if not self.quiet:  # escaped: a note naming "[data] time" is text, not markup
+            from rich.markup import escape
+
+            self.progress.console.print(f"[dim]{escape(message)}[/dim]")
 
     def stage_started(self, stage: str, plugins: list[str]) -> None:
         self._stage_task = self.progress.add_task(f"{stage} [dim]({', '.join(plugins)})[/dim]", total=None)

@@ -79,6 +79,16 @@ def show(ref: Annotated[str, typer.Argument(metavar="NAME[:VERSION|@ALIAS]",
     console.print(f"[bold]{v.ref}[/bold]  {v.flavor} {v.task}  aliases: {', '.join(v.aliases) or '-'}")
     console.print(f"created {v.created_at} by {v.created_by or '?'}; bundle {v.path} ({v.digest})")
     console.print(table("validation metrics", ["metric", "value"], ((k, fmt(x)) for k, x in v.metrics.items())))
+    if v.threshold:
+        from rich.markup import escape
+
+        from opsloop.alerting import describe
+
+        got = v.threshold.get("achieved") or {}
+        console.print(table(escape(f"alert threshold {describe(v.threshold)}, from {v.threshold.get('source', '?')}"
+                                   + (f" ({v.threshold['note']})" if v.threshold.get("note") else "")),
+                            ["out-of-fold figure at it", "value"],
+                            ((k, "-" if x is None else fmt(x)) for k, x in got.items())))
     console.print(table("parameters", ["parameter", "value"], ((k, fmt(x)) for k, x in sorted(v.params.items()))))
     data = lin.get("data", {})
     git = lin.get("git") or {}
@@ -140,14 +150,30 @@ def _print_change(change: Any, verb: str) -> None:
 def promote(name: Annotated[str, typer.Argument(help="Model name.")],
             version: Annotated[int, typer.Argument(help="Version to point the alias at.", min=1)],
             alias: AliasOption = "production", reason: ReasonOption = "",
+            threshold: Annotated[float | None, typer.Option(
+                "--threshold", help="Give the version this alert threshold (a row alerts when its score is at "
+                                    "least it), without retraining.")] = None,
+            rule: Annotated[str | None, typer.Option(
+                "--rule", help="Choose the version's threshold again by this rule (budget, precision, recall, "
+                               "f1, fixed) from the out-of-fold scores its bundle keeps.")] = None,
+            target: Annotated[float | None, typer.Option(
+                "--target", help="The target of --rule (default: the rule's own, docs/alerting.md).")] = None,
             config: ConfigOption = None, set_: SetOption = None, json_: JsonOption = False) -> None:
-    """Point an alias (default: production) at a version; recorded in the history."""
+    """Point an alias (default: production) at a version, optionally with a new alert threshold; recorded in the
+    history."""
     from opsloop.cli._render import console, print_json
 
     session = _session(config, set_)
     with session.open_store() as store:
-        _check_target(session, store.get(name, version), f"promote it to {name}@{alias}")
-        change = session.set_alias(store, name, alias, version, reason=reason or "promoted from the command line")
+        v = store.get(name, version)
+        _check_target(session, v, f"promote it to {name}@{alias}")
+        new = _new_threshold(v, threshold, rule, target)
+        why = reason or "promoted from the command line"
+        if new is not None:
+            from opsloop.alerting import describe
+
+            why += f"; threshold {describe(new)} (was {describe(v.threshold)})"
+        change = session.set_alias(store, name, alias, version, reason=why, threshold=new)
     if json_:
         print_json(_change_json(change) if change else {"name": name, "alias": alias, "to_version": version,
                                                          "unchanged": True})
@@ -155,6 +181,38 @@ def promote(name: Annotated[str, typer.Argument(help="Model name.")],
         console.print(f"{name}@{alias} already points at {version}: nothing to do")
     else:
         _print_change(change, "promoted")
+
+
+def _new_threshold(v: ModelVersion, value: float | None, rule: str | None, target: float | None
+                   ) -> dict[str, Any] | None:
+    """The threshold `promote` gives the version: a number (`--threshold`), or a rule chosen again on the
+    out-of-fold rows its bundle keeps (`--rule`, `--target`); None when neither is given."""
+    import math
+
+    from opsloop import alerting
+    from opsloop.errors import ConfigError, OpsloopError
+
+    if value is None and rule is None:
+        if target is not None:
+            raise OpsloopError("--target needs --rule (the rule it is the target of)")
+        return None
+    if value is not None and rule is not None:
+        raise OpsloopError("give --threshold (a value) or --rule (chosen again), not both")
+    if v.task not in ("classification", "anomaly"):
+        raise OpsloopError(f"{v.ref} is a {v.task or 'model'} without scores: it has no alert threshold to change")
+    rows = alerting.read_oof(v.path)
+    if value is not None:
+        if not math.isfinite(value):
+            raise OpsloopError(f"--threshold must be a finite number, got {value}")
+        return alerting.fixed(rows, value, where="promote")
+    if rows is None:
+        raise OpsloopError(f"{v.ref} keeps no out-of-fold scores (registered before thresholds, or validated "
+                           "without them): give the threshold itself with --threshold")
+    try:
+        section = alerting.AlertingSection(rule=rule, target=target)
+    except ValueError as exc:  # attrs' validator: (message, attribute)
+        raise ConfigError(str(exc.args[0]), section="--rule/--target") from None
+    return alerting.choose(rows, section, where="promote")
 
 
 @models_app.command("rollback")

@@ -87,10 +87,11 @@ def validate(
         finally:
             runner.close()
     failed = [r for r in results if not r.passed]
+    threshold = runner.result.thresholds[0] if runner.result.thresholds else None
     if json_:
         print_json({"reports": [r.summary() for r in reports],
                     "gates": [{"gate": str(r.gate), "value": r.value, "passed": r.passed} for r in results],
-                    "passed": not failed})
+                    "passed": not failed, "threshold": threshold})
     else:
         for report in reports:
             keys = list(report.mean)
@@ -98,6 +99,12 @@ def validate(
             rows.append(["mean", *(fmt(report.mean[k]) for k in keys)])
             rows.append(["std", *(fmt(report.std.get(k, float("nan"))) for k in keys)])
             console.print(table(report.method, ["fold", *keys], rows))
+        if threshold is not None:
+            from opsloop.alerting import describe
+
+            got = threshold.get("achieved") or {}
+            console.print(table(f"alert threshold {describe(threshold)}", ["out-of-fold figure at it", "value"],
+                                ((k, "-" if v is None else fmt(v)) for k, v in got.items())))
         for r in results:
             console.print(f"[{'green' if r.passed else 'red'}]gate[/] {r}")
     if failed:

@@ -251,7 +251,8 @@ def binary_labels(p: np.ndarray, classes: np.ndarray) -> np.ndarray:
 
 
 def _xgboost_predict(model: LoadedModel, threads: int) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
-    """What `predictions_frame` computes from `predict_proba`/`predict`, on a float32 matrix."""
+    """What `predictions_frame` computes from `predict_proba`/`predict`, on a float32 matrix, with the
+    version's alert threshold applied as `opsloop.alerting.apply` does."""
     import numpy as np
 
     estimator = model.estimator
@@ -270,17 +271,22 @@ def _xgboost_predict(model: LoadedModel, threads: int) -> Callable[[np.ndarray],
         raise Unsupported(f"task {task!r} of an xgboost bundle")
     classes = np.asarray(estimator.classes_)
     raw = objective.startswith(("binary:logistic", "multi:softprob"))
+    threshold = model.threshold
 
     def classify(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if raw:
             p = booster.inplace_predict(x, iteration_range=rounds, missing=missing, validate_features=False)
             if p.ndim == 1 and len(classes) == 2:
-                return binary_labels(p, classes), p
+                return (binary_labels(p, classes) if threshold is None else alerts(p)), p
             proba = p if p.ndim == 2 else np.vstack((1.0 - p, p)).transpose()
         else:
             proba = np.asarray(estimator.predict_proba(x))
         score = proba[:, -1] if proba.shape[1] == 2 else proba.max(axis=1)
-        return classes[proba.argmax(axis=1)], score
+        return (classes[proba.argmax(axis=1)] if threshold is None else alerts(score)), score
+
+    def alerts(score: np.ndarray) -> np.ndarray:
+        value, score = float(threshold["value"]), score.astype(np.float64)  # compared in float64, as apply does
+        return (score >= value if threshold.get("inclusive", True) else score > value).astype(np.int64)
     return classify
 
 

@@ -37,6 +37,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import attrs
+from opsloop.alerting import describe
 from opsloop.errors import StoreError
 from opsloop.serving.fastpath import make_scorer
 from opsloop.serving.schema import InputSchema
@@ -191,7 +192,8 @@ def load_served(store: ModelStore, plugins: PluginManager, name: str, number: in
     version = store.get(name, number)
     # A plugin manager per version: loading the next one never touches the one requests use.
     own = PluginManager(known=plugins.known, conflicts=plugins.conflicts)
-    model = read_bundle(version.path, own, ref=version.ref, digest=version.digest)
+    model = read_bundle(version.path, own, ref=version.ref, digest=version.digest,
+                        threshold=getattr(version, "threshold", None))
     schema = InputSchema.from_manifest(model.manifest, max_rows=settings.max_rows)
     scorer = make_scorer(model, schema, fast=settings.fast_path, threads=settings.threads)
     outputs = output_types(model.task)
@@ -201,7 +203,8 @@ def load_served(store: ModelStore, plugins: PluginManager, name: str, number: in
         "outputs": [{"name": k, "datatype": v, "shape": [-1]} for k, v in outputs.items()],
         "parameters": {"task": model.task, "alias": settings.alias, "digest": version.digest,
                        "scorer": scorer.kind, "fallback_reason": scorer.reason,
-                       "series": model.manifest.get("series"), "time": model.manifest.get("time")},
+                       "series": model.manifest.get("series"), "time": model.manifest.get("time"),
+                       "threshold": model.threshold},
     }
     return Served(version=version, model=model, schema=schema, scorer=scorer, outputs=outputs,
                   metadata=json.dumps(metadata).encode(), loaded_at=time.time(), checks=row_checks(model, schema))
@@ -279,7 +282,7 @@ class ModelWatcher:
             return False
         if number == self.current.version.version:
             self.refused = None  # the alias came back: a later move to the refused version is a new attempt
-            return False
+            return self._rethreshold()
         # A refused version is tried again when the alias moved (there and back between two polls too), when its
         # bundle's files changed (repaired in place), or after `retry_every` seconds; never every poll.
         latest = self._latest_change()
@@ -306,6 +309,19 @@ class ModelWatcher:
         else:
             log.warning("opsloop serve: %s@%s moved: now serving %s (was %s)", self.name, self.alias,
                         served.version.ref, previous.version.ref)
+        return True
+
+    def _rethreshold(self) -> bool:
+        """Serve the version again when a promote gave it a new threshold (`models promote --threshold`)."""
+        current = self.current.version
+        version = self.store.get(self.name, current.version)
+        if getattr(version, "threshold", None) == getattr(current, "threshold", None):
+            return False
+        served = load_served(self.store, self.plugins, self.name, current.version, self.settings)
+        previous, self.current = self.current, served
+        self.metrics.model_loaded(served, previous)
+        log.warning("opsloop serve: %s has a new threshold: %s (was %s)", current.ref,
+                    describe(served.model.threshold), describe(previous.model.threshold))
         return True
 
     def _refuse(self, number: int, change: Any, path: str | None, files: Any, now: float, exc: Exception,

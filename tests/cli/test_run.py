@@ -49,7 +49,7 @@ def test_run_goes_through_every_stage_and_registers_versions(opsloop_project, sm
     result = project.run("run").assert_ok()
     data = result.json
     stages = stage_names(result)
-    assert stages[:8] == ["load", "preprocess", "train", "validate", "register", "deploy", "monitor",
+    assert stages[:9] == ["load", "preprocess", "train", "validate", "alerting", "register", "deploy", "monitor",
                           "decide_retrain"]
     assert ("train", "xgboost") in result.stages
     assert ("preprocess", "schema-check") in result.stages and ("preprocess", "impute") in result.stages
@@ -63,7 +63,8 @@ def test_run_goes_through_every_stage_and_registers_versions(opsloop_project, sm
     decision = data["decision"]
     assert decision["reasons"]
     if decision["retrain"]:
-        assert stages[8:] == ["retrain.preprocess", "retrain.train", "retrain.validate", "retrain.register"]
+        assert stages[9:] == ["retrain.preprocess", "retrain.train", "retrain.validate", "retrain.alerting",
+                              "retrain.register"]
         assert data["versions"][1]["ref"] == "asd-anomaly:2"
         assert "candidate" in data["versions"][1]["aliases"]
     # observers heard every stage, in order, through pluggy

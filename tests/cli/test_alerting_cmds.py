@@ -1,0 +1,166 @@
+"""Alert thresholds from the command line: chosen at validation, kept by the version, used when scoring, changed
+by `opsloop models promote` without retraining, and clear errors when a rule cannot be met (issue 13, items 1, 8).
+
+One project on the embedded ASD data (tests/conftest.py's SMALL: two servers trained, four monitored) is
+run once for the module; tests that change its thresholds work on copies.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import tomli_w
+from opsloop.testing import invoke
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conftest import SMALL  # noqa: E402
+
+MODEL = SMALL["project"]["name"]
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    path = tmp_path_factory.mktemp("alerting")
+    (path / "opsloop.toml").write_text(tomli_w.dumps(SMALL), encoding="utf-8")
+    return path, invoke(["run", "--json", "--quiet"], path).assert_ok().json
+
+
+def copy_of(ran: tuple[Path, Any], tmp_path: Path) -> Path:
+    shutil.copytree(ran[0], tmp_path / "p")
+    return tmp_path / "p"
+
+
+def loaded(path: Path, number: int) -> Any:
+    from opsloop import config
+    from opsloop.runner import Runner
+    from opsloop.session import Session
+
+    runner = Runner(Session.open(config.read(workdir=path)))
+    return runner.load(runner.store.get(MODEL, number))
+
+
+def monitored(path: Path) -> pd.DataFrame:
+    from opsloop import config, data
+
+    cfg = config.read(workdir=path)
+    return data.periods(data.load(cfg), cfg)[1].frame
+
+
+def test_a_run_chooses_the_threshold_and_every_place_shows_it(ran: tuple[Path, Any]) -> None:
+    from opsloop import alerting
+
+    path, out = ran
+    assert [s["stage"] for s in out["stages"]][3:6] == ["validate", "alerting", "register"]
+    chosen = out["thresholds"][0]
+    assert out["versions"][0]["threshold"] == chosen
+    shown = invoke(["models", "show", f"{MODEL}:1", "--json"], path).assert_ok().json
+    assert shown["threshold"] == chosen
+    assert {"value", "rule", "target"} <= set(shown["threshold"]) and shown["threshold"]["source"] == "validation"
+    bundle = Path(shown["path"])
+    assert json.loads((bundle / "manifest.json").read_text())["threshold"] == chosen
+    # the rule, given the out-of-fold rows the bundle keeps, gives the same threshold again
+    rows = alerting.read_oof(bundle)
+    assert len(rows) == chosen["rows"] and int(rows["label"].sum()) == chosen["positives"]
+    section = alerting.AlertingSection(rule=chosen["rule"], target=chosen["target"])
+    assert alerting.choose(rows, section)["value"] == chosen["value"]
+    text = invoke(["models", "show", f"{MODEL}:1"], path).assert_ok().stdout
+    assert f"alert threshold {alerting.describe(chosen)}" in " ".join(text.split())
+
+
+def test_batch_scoring_and_the_monitor_alert_at_the_threshold(ran: tuple[Path, Any]) -> None:
+    path, out = ran
+    value = out["thresholds"][0]["value"]
+    frame = monitored(path)
+    predicted = loaded(path, 1).predict(frame.drop(columns=["label"]))
+    assert (predicted["prediction"].to_numpy() == (predicted["score"].to_numpy() >= value)).all()
+    # the monitored figures are those of these predictions, and the baseline is the threshold's own figures
+    report = next(r for r in out["monitor"] if r["monitor"] == "quality-monitor")
+    assert report["metrics"]["prediction_rate"] == pytest.approx(float((predicted["prediction"] == 1).mean()))
+    achieved = out["thresholds"][0]["achieved"]
+    for name in ("precision", "recall", "f1"):
+        if achieved[name] is not None:
+            assert report["baseline"][name] == pytest.approx(achieved[name])
+
+
+def test_promote_gives_a_new_threshold_without_retraining(ran: tuple[Path, Any], tmp_path: Path) -> None:
+    from opsloop import alerting
+
+    path = copy_of(ran, tmp_path)
+    before = invoke(["models", "show", f"{MODEL}:1", "--json"], path).assert_ok().json
+    result = invoke(["models", "promote", MODEL, "1", "--rule", "recall", "--target", "0.5", "--json"], path)
+    change = result.assert_ok().json
+    expected = alerting.choose(alerting.read_oof(Path(before["path"])),
+                               alerting.AlertingSection(rule="recall", target=0.5), where="promote")
+    assert change["action"] == "threshold" and change["threshold"] == expected
+    after = invoke(["models", "show", f"{MODEL}:1", "--json"], path).assert_ok().json
+    assert after["threshold"] == expected and after["digest"] == before["digest"]  # the bundle is unchanged
+    frame = monitored(path).drop(columns=["label"])
+    predicted = loaded(path, 1).predict(frame)
+    assert (predicted["prediction"].to_numpy() == (predicted["score"].to_numpy() >= expected["value"])).all()
+    assert invoke(["models", "list"], path).assert_ok()  # one version still: nothing was trained
+    assert [v["version"] for v in invoke(["models", "show", MODEL, "--json"], path).json["versions"]] == [1]
+
+
+@pytest.mark.parametrize(("args", "fragments"), [
+    (["--target", "0.5"], ["--target needs --rule"]),
+    (["--threshold", "0.5", "--rule", "f1"], ["--threshold", "not both"]),
+    (["--rule", "precison"], ['did you mean "precision"']),
+    (["--rule", "f1", "--target", "0.5"], ["does nothing with rule"]),
+    (["--threshold", "nan"], ["finite number"]),
+    (["--rule", "precision", "--target", "1.0"], ["cannot be met", "the best precision"]),
+])
+def test_a_wrong_promote_is_one_line_and_changes_nothing(ran: tuple[Path, Any], tmp_path: Path,
+                                                         args: list[str], fragments: list[str]) -> None:
+    path = copy_of(ran, tmp_path)
+    before = invoke(["models", "history", MODEL, "--json"], path).assert_ok().json
+    result = invoke(["models", "promote", MODEL, "1", *args], path).assert_error(*fragments)
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert invoke(["models", "history", MODEL, "--json"], path).assert_ok().json == before
+
+
+def test_a_rule_written_in_the_config_that_cannot_be_met_stops_before_registering(tmp_path: Path) -> None:
+    config = {**SMALL, "alerting": {"rule": "precision", "target": 1.0}}
+    (tmp_path / "opsloop.toml").write_text(tomli_w.dumps(config), encoding="utf-8")
+    result = invoke(["run", "--quiet"], tmp_path).assert_error("[alerting.target]", "rule 'precision' with target 1",
+                                                               "cannot be met", "the best precision on the")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "no models registered" in invoke(["models", "list"], tmp_path).assert_ok().stdout
+
+
+def test_validate_shows_the_threshold_a_run_would_choose(tmp_path: Path) -> None:
+    config = {**SMALL, "alerting": {"rule": "recall", "target": 0.5}}
+    (tmp_path / "opsloop.toml").write_text(tomli_w.dumps(config), encoding="utf-8")
+    threshold = invoke(["validate", "--json"], tmp_path).assert_ok().json["threshold"]
+    assert (threshold["rule"], threshold["target"]) == ("recall", 0.5)
+    assert threshold["achieved"]["recall"] >= 0.5
+    text = " ".join(invoke(["validate"], tmp_path).assert_ok().stdout.split())
+    assert f"alert threshold {threshold['value']:.4g} (recall 0.5)" in text
+    assert "no models registered" in invoke(["models", "list"], tmp_path).assert_ok().stdout
+
+
+def test_data_without_a_time_column_falls_back_from_the_default_budget(tmp_path: Path) -> None:
+    from opsloop import datasets
+
+    frame = datasets.load("asd")
+    frame = frame[frame["entity"].isin(["omi-1", "omi-9"])].drop(columns=["timestamp"])
+    frame.to_parquet(tmp_path / "rows.parquet", index=False)
+    config = {"project": {"name": "no-time"}, "data": {"source": "rows.parquet", "target": "label",
+                                                        "series": "entity"},
+              "train": {"xgboost": {"n_estimators": 30}}, "validate": {"kfold": {"folds": 3}},
+              "preprocess": {"plugins": ["impute"]}}
+    (tmp_path / "opsloop.toml").write_text(tomli_w.dumps(config), encoding="utf-8")
+    out = invoke(["run"], tmp_path).assert_ok()
+    assert 'the default rule "budget"' in " ".join((out.stdout + out.stderr).split())
+    threshold = invoke(["models", "show", "no-time:1", "--json"], tmp_path).assert_ok().json["threshold"]
+    assert threshold["rule"] == "f1" and "no time column" in threshold["note"]
+    explicit = {**config, "alerting": {"rule": "budget"}}
+    (tmp_path / "opsloop.toml").write_text(tomli_w.dumps(explicit), encoding="utf-8")
+    invoke(["run", "--quiet"], tmp_path).assert_error("rule 'budget'", "no time column")
+    assert np.isfinite(threshold["value"])
