@@ -130,7 +130,7 @@ def report(name: str, cfg: Any, version: Any, scored: tuple[Any, Any], oof: Any)
         try:
             threshold = alerting.choose(oof, section)
         except ConfigError as exc:
-            print(f"{mark}{label:<16} cannot be met: {exc.message[:110]}")
+            print(f"{mark}{label:<16} cannot be met: {exc.message.split('cannot be met: ')[-1].split('; ')[0]}")
             continue
         o = threshold["achieved"]
         m = figures(frame, judged.target, judged.series, judged.time, predictions["score"], threshold["value"])
