@@ -9,7 +9,6 @@ store's own (URIs, SQLite damage).
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import random
 import signal
@@ -32,12 +31,8 @@ from opsloop.session import Session
 from opsloop.store import STAGING_TTL, Ref, check_name
 
 WORKER = Path(__file__).with_name("store_worker.py")
-if "store_contract" not in sys.modules:  # once per session: test_postgres_store.py shares it (and its server)
-    _spec = importlib.util.spec_from_file_location("store_contract", WORKER.with_name("store_contract.py"))
-    assert _spec and _spec.loader
-    sys.modules["store_contract"] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules["store_contract"])
-store_contract = sys.modules["store_contract"]
+import store_contract  # noqa: E402 - registered by conftest.py, shared by the store tests
+
 store_worker = store_contract.load_sibling("store_worker")
 make_bundle = store_worker.make_bundle
 

@@ -10,7 +10,6 @@ the command line and a whole `opsloop run` on it. Against a real server
 
 from __future__ import annotations
 
-import importlib.util
 import secrets
 import socket
 import subprocess
@@ -23,13 +22,8 @@ import pytest
 from opsloop.errors import StoreError
 from opsloop.plugins.postgres_store import PostgresStore, open_store, parse_uri
 
-HERE = Path(__file__).parent
-if "store_contract" not in sys.modules:  # once per session: test_local_store.py shares it (and its server)
-    _spec = importlib.util.spec_from_file_location("store_contract", HERE / "store_contract.py")
-    assert _spec and _spec.loader
-    sys.modules["store_contract"] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules["store_contract"])
-store_contract = sys.modules["store_contract"]
+import store_contract  # noqa: E402 - registered by conftest.py, shared by the store tests
+
 store_worker = store_contract.load_sibling("store_worker")
 
 

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import sqlite3
-import sys
 import time
 from pathlib import Path
 
@@ -24,14 +23,8 @@ from opsloop.plugins._local_reindex import rebuild
 from opsloop.plugins.local_store import LocalStore
 from opsloop.store import MAX_VERSION, Ref
 
-HERE = Path(__file__).parent
-if "store_contract" not in sys.modules:
-    import importlib.util
+import store_contract  # noqa: E402 - registered by conftest.py, shared by the store tests
 
-    _spec = importlib.util.spec_from_file_location("store_contract", HERE / "store_contract.py")
-    sys.modules["store_contract"] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules["store_contract"])
-store_contract = sys.modules["store_contract"]
 make_bundle = store_contract.load_sibling("store_worker").make_bundle
 
 

@@ -25,15 +25,8 @@ from opsloop.errors import StoreError
 from opsloop.plugins.local_store import LocalStore
 from opsloop.store import CycleRecord, LockState
 
-HERE = Path(__file__).parent
-if "store_contract" not in sys.modules:  # once per session: the other store tests share it (and its server)
-    import importlib.util
+import store_contract  # noqa: E402 - registered by conftest.py, shared by the store tests
 
-    _spec = importlib.util.spec_from_file_location("store_contract", HERE / "store_contract.py")
-    assert _spec and _spec.loader
-    sys.modules["store_contract"] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules["store_contract"])
-store_contract = sys.modules["store_contract"]
 make_bundle = store_contract.load_sibling("store_worker").make_bundle
 
 TTL = 0.05  # seconds: a lock that expires while the test sleeps a little longer

@@ -8,10 +8,8 @@ with the others in test_store_journal.py.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,13 +19,8 @@ from opsloop.errors import RegistryDamaged, StoreError
 from opsloop.plugins._local_reindex import rebuild
 from opsloop.plugins.local_store import LocalStore
 
-HERE = Path(__file__).parent
-if "store_contract" not in sys.modules:  # once per session: the other store tests share it (and its server)
-    _spec = importlib.util.spec_from_file_location("store_contract", HERE / "store_contract.py")
-    assert _spec and _spec.loader
-    sys.modules["store_contract"] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules["store_contract"])
-store_contract = sys.modules["store_contract"]
+import store_contract  # noqa: E402 - registered by conftest.py, shared by the store tests
+
 make_bundle = store_contract.load_sibling("store_worker").make_bundle
 
 backend, store = store_contract.backend, store_contract.store  # the shared suite's fixtures
