@@ -28,7 +28,7 @@ threshold and what it achieved on the out-of-fold rows (precision, recall,
 F1, alerts per series-day, incidents caught: `achieved`) go into the bundle's
 manifest and the store; they are optimistic in one way only: the cut was
 chosen on the rows it is measured on (the scores are out-of-fold, the cut is
-not). `opsloop models promote NAME:N --threshold X` (or `--rule`/`--target`,
+not). `opsloop models promote NAME N --threshold X` (or `--rule`/`--target`,
 chosen again from the out-of-fold scores the bundle keeps) changes a
 version's threshold without retraining.
 
