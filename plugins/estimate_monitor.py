@@ -151,13 +151,27 @@ def _without(version: ModelVersion, rows: int, alert: str, *, scored: int = 0) -
 
 
 def _calibration(version: ModelVersion) -> Calibration | None:
-    """The version's calibration; None for a bundle without one (or a version with no bundle on disk)."""
+    """The version's calibration; None for a bundle without one (or a version with no bundle on disk).
+
+    Its decision and out-of-fold baseline are at the version's current alert threshold: the one the bundle
+    was calibrated at, or the one `opsloop models promote --threshold` gave it since (opsloop.alerting).
+    """
+    import attrs
+
     from opsloop import profile
     from opsloop.bundle import MANIFEST
 
     if not (version.path / MANIFEST).is_file():
         return None
-    return profile.read_calibration(version)
+    calibration = profile.read_calibration(version)
+    threshold = getattr(version, "threshold", None)
+    if calibration is None or not threshold:
+        return calibration
+    achieved = threshold.get("achieved") or {}
+    baseline = {**calibration.baseline, **{k: float(achieved[k]) for k in (*FIGURES, "positive_rate")
+                                           if _finite(achieved.get(k))}}
+    return attrs.evolve(calibration, threshold=float(threshold["value"]),
+                        inclusive=bool(threshold.get("inclusive", True)), baseline=baseline)
 
 
 def _positive(predictions: pd.DataFrame, score: np.ndarray, calibration: Calibration) -> np.ndarray:

@@ -104,6 +104,23 @@ def test_promote_gives_a_new_threshold_without_retraining(ran: tuple[Path, Any],
     frame = monitored(path).drop(columns=["label"])
     predicted = loaded(path, 1).predict(frame)
     assert (predicted["prediction"].to_numpy() == (predicted["score"].to_numpy() >= expected["value"])).all()
+    # estimate-monitor judges the new decision against what the new threshold achieved out-of-fold
+    from opsloop import Dataset, config
+    from opsloop.plugins import estimate_monitor
+    from opsloop.session import Session
+
+    with Session.open(config.read(workdir=path)).open_store() as store:
+        version = store.get(MODEL, 1)
+    report = estimate_monitor.monitor(version=version, current=Dataset.from_frame(frame), options=None,
+                                      predictions=predicted.drop(columns=["prediction"]))
+    for name in ("precision", "recall", "f1"):
+        if expected["achieved"][name] is not None:
+            assert report.baseline[f"estimated_{name}"] == pytest.approx(expected["achieved"][name])
+    assert report.metrics["rows"] == len(frame)
+    # without a logged prediction it decides at the new threshold too: the same estimate as from the predictions
+    logged = estimate_monitor.monitor(version=version, current=Dataset.from_frame(frame), options=None,
+                                      predictions=predicted)
+    assert logged.metrics == report.metrics
     assert invoke(["models", "list"], path).assert_ok()  # one version still: nothing was trained
     assert [v["version"] for v in invoke(["models", "show", MODEL, "--json"], path).json["versions"]] == [1]
 
