@@ -81,6 +81,14 @@ def render(result: BacktestResult) -> list[Any]:
     names = [n for n in means["loop"]]
     out.append(table("mean over chunks", ["strategy", *names],
                      ([s, *[_num(means[s].get(n)) for n in names]] for s in STRATEGIES)))
+    if result.incidents:  # what each strategy's alerts did over the whole replay, as a pager sees it
+        out.append(table("alerting over the whole replay (docs/alerting.md)",
+                         ["strategy", "incidents caught", "median delay (min)", "alerts per series-day",
+                          "false alerts per series-day", "pa_f1"],
+                         ([s, f"{_count(f.get('incidents_caught'))} of {_count(f.get('incidents'))}",
+                           _num(_minutes(f.get("delay_median_s"))), _num(f.get("alerts_per_day")),
+                           _num(f.get("false_alerts_per_day")), _num(f.get("pa_f1"))]
+                          for s, f in result.incidents.items())))
     for c in result.chunks:
         if c.cycle.decision == "retrain" or c.cycle.status == "error":
             why = c.cycle.error or "; ".join(c.cycle.reasons)
@@ -89,6 +97,14 @@ def render(result: BacktestResult) -> list[Any]:
         out.append(f"the backtest's registry and journal are in {escape(result.workdir)} "
                    f"(opsloop loop history --set store.uri={escape(result.workdir)}/.opsloop)")
     return out
+
+
+def _count(value: Any) -> str:
+    return "-" if value is None or value != value else f"{value:.0f}"
+
+
+def _minutes(seconds: Any) -> Any:
+    return None if seconds is None else seconds / 60
 
 
 def _num(value: Any) -> str:

@@ -156,9 +156,17 @@ def test_kept_registry_holds_the_journal_of_every_cycle(replayed: tuple[Path, An
 
 def test_the_table_shows_the_strategies_and_what_the_loop_did(replayed: tuple[Path, Any]) -> None:
     path, out = replayed
-    text = invoke(["backtest", "--chunks", "2", "--quiet"], path).assert_ok().stdout
+    result = invoke(["backtest", "--chunks", "2", "--quiet"], path).assert_ok()
+    text = result.stdout
     assert "loop" in text and "stale" in text and "always" in text and "mean over chunks" in text
     assert "retrain(s)" in text
+    # the pager's view per strategy over the whole replay: "caught of all" as the JSON gives it
+    two = invoke(["backtest", "--chunks", "2", "--json"], path).assert_ok().json["summary"]["incidents"]
+    assert "alerting over the whole replay" in text
+    table = text.split("alerting over the whole replay", 1)[1].splitlines()
+    for strategy, figures in two.items():
+        line = next(row for row in table if row.strip("│ ").startswith(strategy))
+        assert f"{figures['incidents_caught']:.0f} of {figures['incidents']:.0f}" in line
 
 
 def test_bad_chunking_is_one_line(replayed: tuple[Path, Any]) -> None:
