@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 #: Metrics computed from the `score` column, over every cut.
 SCORED = ("pr_auc", "roc_auc", "recall_at_precision")
-#: Metrics computed from the `prediction` column, at the model's own cut.
+#: Metrics computed from the `prediction` column, at each version's own alert threshold (opsloop.alerting).
 AT_CUT = ("f1", "recall", "precision", "accuracy")
 #: Regression metrics: lower is better.
 LOWER_IS_BETTER = ("rmse", "mae")
@@ -60,7 +60,7 @@ class Options:
     Attributes:
         metric: The metric compared: `pr_auc`, `roc_auc` or
             `recall_at_precision` (from scores); `f1`, `recall`, `precision`
-            or `accuracy` (from predictions, at each model's own cut); `rmse`
+            or `accuracy` (from predictions, at each version's alert threshold); `rmse`
             or `mae` for regression models (lower is better).
         precision: For `recall_at_precision`: the precision a score cut must
             reach; the metric is the best recall among such cuts.
