@@ -86,7 +86,7 @@ def render(result: BacktestResult) -> list[Any]:
                          ["strategy", "incidents caught", "median delay (min)", "alerts per series-day",
                           "false alerts per series-day", "pa_f1"],
                          ([s, f"{_count(f.get('incidents_caught'))} of {_count(f.get('incidents'))}",
-                           _num(_minutes(f.get("delay_median_s"))), _num(f.get("alerts_per_day")),
+                           _num(_minutes(f.get("delay_median_s")), ".0f"), _num(f.get("alerts_per_day")),
                            _num(f.get("false_alerts_per_day")), _num(f.get("pa_f1"))]
                           for s, f in result.incidents.items())))
     for c in result.chunks:
@@ -107,7 +107,7 @@ def _minutes(seconds: Any) -> Any:
     return None if seconds is None else seconds / 60
 
 
-def _num(value: Any) -> str:
+def _num(value: Any, form: str = ".3f") -> str:
     import math
 
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, form)
