@@ -87,6 +87,12 @@ def _check_target(instance: AlertingSection, attribute: Any, value: float | None
                          attribute)
 
 
+def _check_per_series(instance: AlertingSection, attribute: Any, value: bool) -> None:
+    if value and instance.rule == "fixed":
+        raise ValueError("'per_series' does nothing with rule \"fixed\" (one score for every series): remove it, "
+                         "or choose another rule", attribute)
+
+
 @attrs.frozen(kw_only=True)
 class AlertingSection:
     """`[alerting]`: how a version's alert threshold is chosen from its out-of-fold scores.
@@ -106,10 +112,15 @@ class AlertingSection:
         target: What the rule aims at; its default depends on the rule
             (`RULES`): 0.9 precision, 0.9 recall, 1 alert per series-day,
             0.5 for fixed; none for f1.
+        per_series: Also choose one threshold per series (machine, service)
+            by the same rule on that series' out-of-fold rows; a series
+            where the rule cannot be met (no incident of its own, say), or
+            one not seen in validation, alerts at the overall threshold.
     """
 
     rule: str = attrs.field(default="budget", validator=_check_rule)
     target: float | None = attrs.field(default=None, validator=_check_target)
+    per_series: bool = attrs.field(default=False, validator=_check_per_series)
 
     @property
     def aim(self) -> float | None:
@@ -183,8 +194,23 @@ def choose(rows: pd.DataFrame, section: AlertingSection, *, where: str = "valida
         else:  # f1
             f1 = 2 * tp / (tp + fp + positives)
             value = float(cuts[int(np.argmax(f1))])
-    return _strict({"value": value, "rule": rule, "target": target, "inclusive": True, "source": where,
-                    "rows": len(label), "positives": positives, "achieved": achieved(rows, value)})
+    threshold: dict[str, Any] = {"value": value, "rule": rule, "target": target, "inclusive": True,
+                                 "source": where, "rows": len(label), "positives": positives}
+    if section.per_series and "series" in rows.columns:
+        threshold["per_series"] = _per_series(rows, attrs.evolve(section, per_series=False))
+    threshold["achieved"] = achieved(rows, threshold)
+    return _strict(threshold)
+
+
+def _per_series(rows: pd.DataFrame, section: AlertingSection) -> dict[str, float]:
+    """The rule's threshold on each series' own rows, for the series where it can be met (by series name)."""
+    out = {}
+    for name, group in rows.groupby("series", sort=True):
+        try:
+            out[str(name)] = float(choose(group, section)["value"])
+        except ConfigError:  # no incident of its own, a precision it never reaches: the overall threshold
+            continue
+    return out
 
 
 def fixed(rows: pd.DataFrame | None, value: float, *, where: str) -> dict[str, Any]:
@@ -268,19 +294,22 @@ def _budget(rows: pd.DataFrame, target: float, section: AlertingSection, size: s
     return float(cuts[ok])
 
 
-def achieved(rows: pd.DataFrame, value: float) -> dict[str, float]:
+def achieved(rows: pd.DataFrame, threshold: Mapping[str, Any] | float) -> dict[str, float]:
     """Per-row precision, recall and F1 and the incident figures (opsloop.incidents) of alerting at
-    `score >= value` on `rows`."""
+    `threshold` (a threshold object, per series where it has them, or a number) on `rows`."""
     from opsloop.incidents import incident_figures
     from opsloop.profile import counts_to_figures
 
+    if not isinstance(threshold, Mapping):
+        threshold = {"value": float(threshold)}
+    rows = rows.assign(alert=alerts(rows["score"], threshold, rows["series"] if "series" in rows.columns else None))
     label = rows["label"].to_numpy() == 1
-    alert = rows["score"].to_numpy(dtype=float) >= value
+    alert = rows["alert"].to_numpy()
     tp = float((label & alert).sum())
     figures = counts_to_figures(tp, float((~label & alert).sum()), float((label & ~alert).sum()), float(len(label)))
     figures = {k: figures[k] for k in ("precision", "recall", "f1", "positive_rate")}
     ordered = rows.sort_values([c for c in ("series", "time") if c in rows.columns], kind="stable")
-    figures.update(incident_figures(ordered["label"].to_numpy(), ordered["score"].to_numpy(dtype=float) >= value,
+    figures.update(incident_figures(ordered["label"].to_numpy(), ordered["alert"].to_numpy(),
                                     series=ordered["series"].to_numpy() if "series" in ordered.columns else None,
                                     time=ordered["time"].to_numpy() if "time" in ordered.columns else None))
     return {k: float(v) for k, v in figures.items()}
@@ -291,16 +320,30 @@ def achieved(rows: pd.DataFrame, value: float) -> dict[str, float]:
 # ---------------------------------------------------------------------------
 
 
-def apply(predictions: pd.DataFrame, threshold: Mapping[str, Any] | None) -> pd.DataFrame:
-    """`predictions` (`predictions_frame`) with `prediction` = 1 where `score >= threshold["value"]` (`>` when
-    not inclusive), else 0; unchanged without a threshold or a score."""
+def apply(predictions: pd.DataFrame, threshold: Mapping[str, Any] | None, series: Any = None) -> pd.DataFrame:
+    """`predictions` (`predictions_frame`) with `prediction` = 1 where the row alerts (`alerts`), else 0;
+    unchanged without a threshold or a score. `series` (row-aligned) picks per-series thresholds."""
     if not threshold or "score" not in predictions.columns:
         return predictions
-    score = predictions["score"].to_numpy(dtype=float)
-    value = float(threshold["value"])
-    alert = score >= value if threshold.get("inclusive", True) else score > value
+    alert = alerts(predictions["score"], threshold, series)
     dtype = predictions["prediction"].dtype if predictions["prediction"].dtype.kind in "iub" else "int64"
     return predictions.assign(prediction=alert.astype(dtype))
+
+
+def alerts(score: Any, threshold: Mapping[str, Any], series: Any = None) -> np.ndarray:
+    """Whether each score alerts: `score >= value` (`>` when not `inclusive`), compared in float64, where
+    `value` is the row's series' own threshold (`per_series`, when `series` is given and has one) or the
+    overall one. What batch scoring, the server's fast path and the figures at a threshold all use."""
+    import numpy as np
+    import pandas as pd
+
+    score = np.asarray(score, dtype=np.float64)
+    value: Any = float(threshold["value"])
+    own = threshold.get("per_series")
+    if own and series is not None:
+        names = pd.Series(np.asarray(series, dtype=object)).astype(str)  # stored by name, as JSON keys are
+        value = names.map(own).fillna(value).to_numpy(dtype=np.float64)
+    return score >= value if threshold.get("inclusive", True) else score > value
 
 
 def describe(threshold: Mapping[str, Any] | None) -> str:
@@ -309,7 +352,8 @@ def describe(threshold: Mapping[str, Any] | None) -> str:
         return "-"
     rule, target = threshold.get("rule"), threshold.get("target")
     aim = "" if target is None or rule == "fixed" else f" {float(target):g}"
-    return f"{float(threshold['value']):.4g} ({rule}{aim})"
+    own = threshold.get("per_series")
+    return f"{float(threshold['value']):.4g} ({rule}{aim}" + (f"; {len(own)} series their own)" if own else ")")
 
 
 def read_oof(path: Any) -> pd.DataFrame | None:

@@ -376,7 +376,9 @@ class LoadedModel:
             raise DataError(f"{self.ref}: preprocessing changed the number of rows ({len(frame)} -> {len(dataset)})")
         from opsloop.alerting import apply
 
-        preds = apply(predictions_frame(self.estimator, self.task, dataset.frame[self.features]), self.threshold)
+        series = self.manifest.get("series")
+        preds = apply(predictions_frame(self.estimator, self.task, dataset.frame[self.features]), self.threshold,
+                      frame[series].to_numpy() if series and series in frame.columns else None)
         preds.index = frame.index
         return dataset, preds
 

@@ -48,13 +48,15 @@ min_expected_positives; see `Options`.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from opsloop import MonitorReport, hookimpl
 from opsloop.errors import DataError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import numpy as np
     import pandas as pd
     from opsloop.profile import Calibration
@@ -117,7 +119,11 @@ def monitor(version: ModelVersion, current: Dataset, predictions: pd.DataFrame,
         return _without(version, len(current), (
             f"too few rows: {rows:,} scored row(s) in {current.name or 'the window'}, fewer than min_rows "
             f"{options.min_rows:,}: no estimate"), scored=rows)
-    positive = _positive(predictions, score, calibration)
+    threshold = getattr(version, "threshold", None)
+    frame = current.frame
+    series = (frame[current.series].to_numpy() if threshold and threshold.get("per_series") and current.series
+              and current.series in frame.columns else None)
+    positive = _positive(predictions, score, calibration, threshold, series)
     p = calibration.probability(score)
     every = rows == len(score)  # the usual case: no copies of a million rows
     figures = {"rows": float(rows), **_estimate(p if every else p[scored], positive if every else positive[scored])}
@@ -174,13 +180,19 @@ def _calibration(version: ModelVersion) -> Calibration | None:
                         inclusive=bool(threshold.get("inclusive", True)), baseline=baseline)
 
 
-def _positive(predictions: pd.DataFrame, score: np.ndarray, calibration: Calibration) -> np.ndarray:
-    """Rows predicted 1: the logged `prediction`, or the calibration's threshold on the score where there
-    is none."""
+def _positive(predictions: pd.DataFrame, score: np.ndarray, calibration: Calibration,
+              threshold: Mapping[str, Any] | None = None, series: Any = None) -> np.ndarray:
+    """Rows predicted 1: the logged `prediction`, or where there is none, the version's alert threshold on
+    the score (per series where it has them: opsloop.alerting), else the calibration's."""
     import numpy as np
     import pandas as pd
 
-    by_score = calibration.predicted(score)
+    if threshold:
+        from opsloop.alerting import alerts
+
+        by_score = alerts(score, threshold, series)
+    else:
+        by_score = calibration.predicted(score)
     if "prediction" not in predictions.columns:
         if by_score is None:
             raise DataError("estimate-monitor: the predictions have no `prediction` column and the version's "

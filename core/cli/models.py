@@ -158,6 +158,8 @@ def promote(name: Annotated[str, typer.Argument(help="Model name.")],
                                "f1, fixed) from the out-of-fold scores its bundle keeps.")] = None,
             target: Annotated[float | None, typer.Option(
                 "--target", help="The target of --rule (default: the rule's own, docs/alerting.md).")] = None,
+            per_series: Annotated[bool, typer.Option(
+                "--per-series", help="With --rule: also one threshold per series, each on its own rows.")] = False,
             config: ConfigOption = None, set_: SetOption = None, json_: JsonOption = False) -> None:
     """Point an alias (default: production) at a version, optionally with a new alert threshold; recorded in the
     history."""
@@ -167,7 +169,7 @@ def promote(name: Annotated[str, typer.Argument(help="Model name.")],
     with session.open_store() as store:
         v = store.get(name, version)
         _check_target(session, v, f"promote it to {name}@{alias}")
-        new = _new_threshold(v, threshold, rule, target)
+        new = _new_threshold(v, threshold, rule, target, per_series)
         why = reason or "promoted from the command line"
         if new is not None:
             from opsloop.alerting import describe
@@ -183,18 +185,20 @@ def promote(name: Annotated[str, typer.Argument(help="Model name.")],
         _print_change(change, "promoted")
 
 
-def _new_threshold(v: ModelVersion, value: float | None, rule: str | None, target: float | None
-                   ) -> dict[str, Any] | None:
-    """The threshold `promote` gives the version: a number (`--threshold`), or a rule chosen again on the
-    out-of-fold rows its bundle keeps (`--rule`, `--target`); None when neither is given."""
+def _new_threshold(v: ModelVersion, value: float | None, rule: str | None, target: float | None,
+                   per_series: bool = False) -> dict[str, Any] | None:
+    """The threshold `promote` gives the version: a number (`--threshold`, the same for every series), or a
+    rule chosen again on the out-of-fold rows its bundle keeps (`--rule`, `--target`, `--per-series`); None
+    when neither is given."""
     import math
 
     from opsloop import alerting
     from opsloop.errors import ConfigError, OpsloopError
 
     if value is None and rule is None:
-        if target is not None:
-            raise OpsloopError("--target needs --rule (the rule it is the target of)")
+        if target is not None or per_series:
+            raise OpsloopError(f"{'--target' if target is not None else '--per-series'} needs --rule (the rule "
+                               "it goes with)")
         return None
     if value is not None and rule is not None:
         raise OpsloopError("give --threshold (a value) or --rule (chosen again), not both")
@@ -209,7 +213,7 @@ def _new_threshold(v: ModelVersion, value: float | None, rule: str | None, targe
         raise OpsloopError(f"{v.ref} keeps no out-of-fold scores (registered before thresholds, or validated "
                            "without them): give the threshold itself with --threshold")
     try:
-        section = alerting.AlertingSection(rule=rule, target=target)
+        section = alerting.AlertingSection(rule=rule, target=target, per_series=per_series)
     except ValueError as exc:  # attrs' validator: (message, attribute)
         raise ConfigError(str(exc.args[0]), section="--rule/--target") from None
     return alerting.choose(rows, section, where="promote")

@@ -72,11 +72,14 @@ class FastScorer:
     reason = ""
 
     def __init__(self, *, width: int, start: list[Op], ops: list[Op], features: slice | np.ndarray,
-                 predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]) -> None:
+                 predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]],
+                 threshold: dict[str, Any] | None = None, series: str | None = None) -> None:
         self.width = width
         self.ops = [*start, *ops]
         self.features = features
         self.predict = predict
+        self.threshold = threshold  # the version's alert threshold, applied to the scores; None: the model's own
+        self.series = series  # the series column, for per-series thresholds
 
     def transform(self, batch: Batch) -> np.ndarray:
         """The model's features (float32, in the manifest's order), preprocessing replayed."""
@@ -94,7 +97,15 @@ class FastScorer:
             return work[:, self.features].astype(np.float32)
 
     def score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray | None]:
-        return self.predict(self.transform(batch))
+        labels, score = self.predict(self.transform(batch))
+        if self.threshold is not None and score is not None:  # the version's alert threshold (opsloop.alerting)
+            import numpy as np
+
+            from opsloop.alerting import alerts
+
+            series = batch.other.get(self.series) if self.series else None
+            labels = alerts(score, self.threshold, series).astype(np.int64)
+        return labels, score
 
 
 # ---------------------------------------------------------------------------
@@ -251,8 +262,8 @@ def binary_labels(p: np.ndarray, classes: np.ndarray) -> np.ndarray:
 
 
 def _xgboost_predict(model: LoadedModel, threads: int) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
-    """What `predictions_frame` computes from `predict_proba`/`predict`, on a float32 matrix, with the
-    version's alert threshold applied as `opsloop.alerting.apply` does."""
+    """What `predictions_frame` computes from `predict_proba`/`predict`, on a float32 matrix (the version's
+    alert threshold is applied after, by `FastScorer.score`)."""
     import numpy as np
 
     estimator = model.estimator
@@ -271,22 +282,17 @@ def _xgboost_predict(model: LoadedModel, threads: int) -> Callable[[np.ndarray],
         raise Unsupported(f"task {task!r} of an xgboost bundle")
     classes = np.asarray(estimator.classes_)
     raw = objective.startswith(("binary:logistic", "multi:softprob"))
-    threshold = model.threshold
 
     def classify(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if raw:
             p = booster.inplace_predict(x, iteration_range=rounds, missing=missing, validate_features=False)
             if p.ndim == 1 and len(classes) == 2:
-                return (binary_labels(p, classes) if threshold is None else alerts(p)), p
+                return binary_labels(p, classes), p
             proba = p if p.ndim == 2 else np.vstack((1.0 - p, p)).transpose()
         else:
             proba = np.asarray(estimator.predict_proba(x))
         score = proba[:, -1] if proba.shape[1] == 2 else proba.max(axis=1)
-        return (classes[proba.argmax(axis=1)] if threshold is None else alerts(score)), score
-
-    def alerts(score: np.ndarray) -> np.ndarray:
-        value, score = float(threshold["value"]), score.astype(np.float64)  # compared in float64, as apply does
-        return (score >= value if threshold.get("inclusive", True) else score > value).astype(np.int64)
+        return classes[proba.argmax(axis=1)], score
     return classify
 
 
@@ -310,7 +316,8 @@ def compile_fast(model: LoadedModel, schema: InputSchema, threads: int = 1) -> F
     if missing:
         raise Unsupported(f"feature(s) {', '.join(missing[:5])} are not numeric inputs of the fast path")
     return FastScorer(width=len(slots), start=[start] if start else [], ops=ops,
-                      features=_columns([slots[f] for f in manifest["features"]]), predict=_xgboost_predict(model, threads))
+                      features=_columns([slots[f] for f in manifest["features"]]), predict=_xgboost_predict(model, threads),
+                      threshold=model.threshold, series=manifest.get("series"))
 
 
 def make_scorer(model: LoadedModel, schema: InputSchema, *, fast: bool = True,

@@ -94,16 +94,18 @@ def test_promote_gives_a_new_threshold_without_retraining(ran: tuple[Path, Any],
 
     path = copy_of(ran, tmp_path)
     before = invoke(["models", "show", f"{MODEL}:1", "--json"], path).assert_ok().json
-    result = invoke(["models", "promote", MODEL, "1", "--rule", "recall", "--target", "0.5", "--json"], path)
+    result = invoke(["models", "promote", MODEL, "1", "--rule", "recall", "--target", "0.5", "--per-series",
+                     "--json"], path)
     change = result.assert_ok().json
     expected = alerting.choose(alerting.read_oof(Path(before["path"])),
-                               alerting.AlertingSection(rule="recall", target=0.5), where="promote")
+                               alerting.AlertingSection(rule="recall", target=0.5, per_series=True), where="promote")
+    assert expected["per_series"]
     assert change["action"] == "threshold" and change["threshold"] == expected
     after = invoke(["models", "show", f"{MODEL}:1", "--json"], path).assert_ok().json
     assert after["threshold"] == expected and after["digest"] == before["digest"]  # the bundle is unchanged
     frame = monitored(path).drop(columns=["label"])
     predicted = loaded(path, 1).predict(frame)
-    assert (predicted["prediction"].to_numpy() == (predicted["score"].to_numpy() >= expected["value"])).all()
+    assert (predicted["prediction"].to_numpy() == alerting.alerts(predicted["score"], expected, frame["entity"])).all()
     # estimate-monitor judges the new decision against what the new threshold achieved out-of-fold
     from opsloop import Dataset, config
     from opsloop.plugins import estimate_monitor
@@ -127,6 +129,7 @@ def test_promote_gives_a_new_threshold_without_retraining(ran: tuple[Path, Any],
 
 @pytest.mark.parametrize(("args", "fragments"), [
     (["--target", "0.5"], ["--target needs --rule"]),
+    (["--per-series"], ["--per-series needs --rule"]),
     (["--threshold", "0.5", "--rule", "f1"], ["--threshold", "not both"]),
     (["--rule", "precison"], ['did you mean "precision"']),
     (["--rule", "f1", "--target", "0.5"], ["does nothing with rule"]),
@@ -181,3 +184,29 @@ def test_data_without_a_time_column_falls_back_from_the_default_budget(tmp_path:
     (tmp_path / "opsloop.toml").write_text(tomli_w.dumps(explicit), encoding="utf-8")
     invoke(["run", "--quiet"], tmp_path).assert_error("rule 'budget'", "no time column")
     assert np.isfinite(threshold["value"])
+
+
+def test_estimate_monitor_decides_per_series_without_logged_predictions(ran: tuple[Path, Any]) -> None:
+    import attrs
+
+    from opsloop import Dataset, alerting, config
+    from opsloop.plugins import estimate_monitor
+    from opsloop.session import Session
+
+    path, out = ran
+    with Session.open(config.read(workdir=path)).open_store() as store:
+        version = store.get(MODEL, 1)
+    frame = monitored(path)
+    predicted = loaded(path, 1).predict(frame.drop(columns=["label"]))
+    # a version whose omi-10 alerts only at its top tenth of scores, the rest at the registered threshold
+    own = float(predicted["score"][frame["entity"] == "omi-10"].quantile(0.9))
+    threshold = {**version.threshold, "per_series": {"omi-10": own}}
+    assert (alerting.alerts(predicted["score"], threshold, frame["entity"])
+            != alerting.alerts(predicted["score"], version.threshold)).any()
+    version = attrs.evolve(version, threshold=threshold)
+    current = Dataset.from_frame(frame.drop(columns=["label"]), series="entity", time="timestamp")
+    logged = alerting.apply(predicted, threshold, frame["entity"])
+    with_predictions = estimate_monitor.monitor(version=version, current=current, options=None, predictions=logged)
+    from_scores = estimate_monitor.monitor(version=version, current=current, options=None,
+                                           predictions=predicted.drop(columns=["prediction"]))
+    assert from_scores.metrics == with_predictions.metrics

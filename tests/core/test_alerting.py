@@ -146,3 +146,36 @@ def test_apply_alerts_at_and_above_the_value():
     assert out["prediction"].tolist() == [0, 1, 1, 0]
     assert alerting.apply(frame, None) is frame
     assert alerting.describe({"value": 0.3, "rule": "precision", "target": 0.9}) == "0.3 (precision 0.9)"
+
+
+def test_per_series_thresholds_are_each_series_own_rule(rows):
+    section = AlertingSection(rule="budget", target=0.5, per_series=True)
+    got = choose(rows, section)
+    assert set(got["per_series"]) == {"first", "second"}
+    for name, group in rows.groupby("series"):
+        alone = choose(group, AlertingSection(rule="budget", target=0.5))
+        assert got["per_series"][name] == alone["value"]
+        assert alerts_per_series_day(group, alone["value"]) <= 0.5
+    # the figures are those of each row alerting at its own series' threshold
+    cut = rows["series"].map(got["per_series"]).to_numpy()
+    alert = rows["score"].to_numpy() >= cut
+    assert alerting.alerts(rows["score"], got, rows["series"]).tolist() == alert.tolist()
+    assert got["achieved"]["recall"] == pytest.approx(recall_score(rows["label"], alert), abs=1e-12)
+    assert got["value"] == choose(rows, AlertingSection(rule="budget", target=0.5))["value"]  # the overall one
+    # a series not seen in validation alerts at the overall threshold
+    unseen = alerting.alerts([got["value"], np.nextafter(got["value"], -np.inf)], got, ["new", "new"])
+    assert unseen.tolist() == [True, False]
+
+
+def test_a_series_where_the_rule_cannot_be_met_keeps_the_overall_threshold(rows):
+    # the second half's incidents removed: precision cannot be met there, so only the first has its own
+    quiet = rows.assign(label=np.where(rows["series"] == "second", 0, rows["label"]))
+    got = choose(quiet, AlertingSection(rule="precision", target=0.3, per_series=True))
+    assert list(got["per_series"]) == ["first"]
+
+
+def test_per_series_does_nothing_with_a_fixed_threshold(tmp_path):
+    from opsloop import config
+
+    with pytest.raises(ConfigError, match="'per_series' does nothing with rule"):
+        config.Config.from_table({"alerting": {"rule": "fixed", "target": 0.3, "per_series": True}}, workdir=tmp_path)

@@ -70,3 +70,44 @@ def test_served_predictions_follow_the_promoted_threshold(production_1: Any, tmp
     last = history[-1]
     assert (last["action"], last["to_version"], last["threshold"]["value"]) == ("threshold", 1, second)
     assert "fewer pages" in last["reason"] and "threshold" in last["reason"]
+
+
+@pytest.fixture(scope="module")
+def per_series(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A version trained with `[alerting] per_series = true` (fast-path steps only), on two ASD servers."""
+    import sys
+    from pathlib import Path
+
+    import tomli_w
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from conftest import SMALL
+
+    path = tmp_path_factory.mktemp("per-series")
+    config = {**SMALL, "preprocess": {"plugins": ["impute"]}, "deploy": {"plugins": []},
+              "alerting": {"rule": "budget", "target": 0.5, "per_series": True}}
+    (path / "opsloop.toml").write_text(tomli_w.dumps(config), encoding="utf-8")
+    invoke(["run", "--quiet"], path).assert_ok()
+    return path
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_each_series_alerts_at_its_own_threshold_when_served(per_series: Any, production_1: Any, tmp_path: Any,
+                                                             fast: bool) -> None:
+    from opsloop import alerting, config, data
+
+    shown = invoke(["models", "show", "asd-anomaly:1", "--json"], per_series).assert_ok().json["threshold"]
+    assert shown["per_series"] and set(shown["per_series"]) <= {"omi-1", "omi-9"}  # those where the budget can be met
+    cfg = config.read(workdir=per_series)
+    rows = data.periods(data.load(cfg), cfg)[1].frame.drop(columns=["label"]).iloc[::30].reset_index(drop=True)
+    assert set(rows["entity"]) == {"omi-1", "omi-9", "omi-10", "omi-11"}  # with their own and without
+    project = type(production_1)(path=per_series, monitor=rows)
+    app = create_app(workdir=per_series, model="asd-anomaly", poll_interval=0.05, log_path=tmp_path / "log.db",
+                     fast_path=fast)
+    with ServerThread(app) as server:
+        assert app.watcher.current.scorer.kind == ("fast" if fast else "replay")
+        predicted, score = served(project, server.url, rows)
+    expected = alerting.alerts(score, shown, rows["entity"])
+    assert (predicted == expected).all()
+    overall = score >= shown["value"]
+    assert (expected != overall).any()  # the per-series thresholds decided some rows differently
