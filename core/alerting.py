@@ -163,6 +163,17 @@ def choose(rows: pd.DataFrame, section: AlertingSection, *, where: str = "valida
     Raises:
         ConfigError: `[alerting]` names what cannot be met and the best reachable value.
     """
+    positives = int((rows["label"] == 1).sum())
+    threshold: dict[str, Any] = {"value": _value(rows, section), "rule": section.rule, "target": section.aim,
+                                 "inclusive": True, "source": where, "rows": len(rows), "positives": positives}
+    if section.per_series and "series" in rows.columns:
+        threshold["per_series"] = _per_series(rows, attrs.evolve(section, per_series=False))
+    threshold["achieved"] = achieved(rows, threshold)
+    return _strict(threshold)
+
+
+def _value(rows: pd.DataFrame, section: AlertingSection) -> float:
+    """The score the rule chooses on `rows` (ConfigError when it cannot be met)."""
     import numpy as np
 
     score = rows["score"].to_numpy(dtype=float)
@@ -170,36 +181,28 @@ def choose(rows: pd.DataFrame, section: AlertingSection, *, where: str = "valida
     rule, target = section.rule, section.aim
     positives = int(label.sum())
     size = f"{len(label):,} out-of-fold rows, {positives:,} positive"
-    if rule != "fixed" and not positives:
+    if rule == "fixed":
+        return float(target)
+    if not positives:
         raise _unmet(section, f"the {size} hold no incident, so no threshold can be calibrated on them")
     if rule == "budget":
         if "time" not in rows.columns:
             raise _unmet(section, "it counts alerts per day and the data has no time column ([data] time)")
-        value = _budget(rows, float(target), section, size)
-    elif rule == "fixed":
-        value = float(target)
-    else:
-        cuts, tp, fp = _curve(score, label)
-        precision = tp / (tp + fp)
-        recall = tp / positives
-        if rule == "precision":
-            met = np.flatnonzero(precision >= target - 1e-12)
-            if not len(met):
-                best = int(np.argmax(precision))
-                raise _unmet(section, f"the best precision on the {size} is {precision[best]:.3f} (recall "
-                                      f"{recall[best]:.3f} at threshold {cuts[best]:.4g})")
-            value = float(cuts[met[-1]])
-        elif rule == "recall":
-            value = float(cuts[np.flatnonzero(recall >= target - 1e-12)[0]])
-        else:  # f1
-            f1 = 2 * tp / (tp + fp + positives)
-            value = float(cuts[int(np.argmax(f1))])
-    threshold: dict[str, Any] = {"value": value, "rule": rule, "target": target, "inclusive": True,
-                                 "source": where, "rows": len(label), "positives": positives}
-    if section.per_series and "series" in rows.columns:
-        threshold["per_series"] = _per_series(rows, attrs.evolve(section, per_series=False))
-    threshold["achieved"] = achieved(rows, threshold)
-    return _strict(threshold)
+        return _budget(rows, float(target), section, size)
+    cuts, tp, fp = _curve(score, label)
+    precision = tp / (tp + fp)
+    recall = tp / positives
+    if rule == "precision":
+        met = np.flatnonzero(precision >= target - 1e-12)
+        if not len(met):
+            best = int(np.argmax(precision))
+            raise _unmet(section, f"the best precision on the {size} is {precision[best]:.3f} (recall "
+                                  f"{recall[best]:.3f} at threshold {cuts[best]:.4g})")
+        return float(cuts[met[-1]])
+    if rule == "recall":
+        return float(cuts[np.flatnonzero(recall >= target - 1e-12)[0]])
+    f1 = 2 * tp / (tp + fp + positives)  # rule f1
+    return float(cuts[int(np.argmax(f1))])
 
 
 def _per_series(rows: pd.DataFrame, section: AlertingSection) -> dict[str, float]:
@@ -207,7 +210,7 @@ def _per_series(rows: pd.DataFrame, section: AlertingSection) -> dict[str, float
     out = {}
     for name, group in rows.groupby("series", sort=True):
         try:
-            out[str(name)] = float(choose(group, section)["value"])
+            out[str(name)] = _value(group, section)
         except ConfigError:  # no incident of its own, a precision it never reaches: the overall threshold
             continue
     return out
