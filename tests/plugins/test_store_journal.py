@@ -8,6 +8,7 @@ Times are never asserted on: a lock's expiry is waited past, not measured.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import secrets
 import sqlite3
@@ -15,8 +16,10 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -333,21 +336,33 @@ def test_a_read_only_schema_2_registry_reads_versions_without_thresholds(tmp_pat
         assert store.resolve("m@production").threshold == THRESHOLD
 
 
-def test_a_postgres_user_who_may_write_rows_but_not_alter_tables_uses_a_schema_2_registry(tmp_path):
-    backend = store_contract.PostgresBackend(store_contract.require_pg())
-    role = f"opsloop_writer_{secrets.token_hex(4)}"
+@contextlib.contextmanager
+def restricted_user(backend: Any, kind: str, *grants: str) -> Iterator[str]:
+    """A PostgreSQL login with only `grants` on the backend's schema (`{s}` stands for it): its server URL.
+    The role and the backend's schema are dropped afterwards."""
+    role = f"opsloop_{kind}_{secrets.token_hex(4)}"
     try:
-        root = tmp_path / "reg"
-        held = old_registry(backend, root, 2)
         with store_contract.admin(backend.server) as con:
             con.execute(f"CREATE ROLE {role} LOGIN")
             con.execute(f"GRANT USAGE ON SCHEMA {backend.schema} TO {role}")
-            con.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {backend.schema} TO {role}")
-            con.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {backend.schema} TO {role}")
+            for grant in grants:
+                con.execute(f"GRANT {grant.format(s=backend.schema)} TO {role}")
         server = urllib.parse.urlsplit(backend.server)
-        writer = server._replace(netloc=f"{role}@{server.hostname}:{server.port}").geturl()
-        from opsloop.plugins.postgres_store import open_store
+        yield server._replace(netloc=f"{role}@{server.hostname}:{server.port}").geturl()
+    finally:
+        backend.cleanup()
+        with store_contract.admin(backend.server) as con:
+            con.execute(f"DROP ROLE IF EXISTS {role}")
 
+
+def test_a_postgres_user_who_may_write_rows_but_not_alter_tables_uses_a_schema_2_registry(tmp_path):
+    from opsloop.plugins.postgres_store import open_store
+
+    backend = store_contract.PostgresBackend(store_contract.require_pg())
+    root = tmp_path / "reg"
+    held = old_registry(backend, root, 2)
+    with restricted_user(backend, "writer", "SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {s}",
+                         "USAGE ON ALL SEQUENCES IN SCHEMA {s}") as writer:
         with open_store(f"{writer}?schema={backend.schema}&bundles={root}", tmp_path) as store:
             assert store.versions("m") + store.versions("n") == held["versions"]  # threshold None throughout
             assert store.history("m") == held["history"]
@@ -364,36 +379,21 @@ def test_a_postgres_user_who_may_write_rows_but_not_alter_tables_uses_a_schema_2
             assert schema_of(backend, root) == (3, tables_of(3))
             assert [c.action for c in store.history("m")] == ["set", "set", "set", "rollback"]
             assert store.set_alias("m", "production", 2, threshold=THRESHOLD).threshold == THRESHOLD
-    finally:
-        backend.cleanup()
-        with store_contract.admin(backend.server) as con:
-            con.execute(f"DROP ROLE IF EXISTS {role}")
 
 
 def test_a_postgres_user_who_cannot_create_tables_reads_a_schema_1_registry(tmp_path):
-    backend = store_contract.PostgresBackend(store_contract.require_pg())
-    role = f"opsloop_reader_{secrets.token_hex(4)}"
-    try:
-        root = tmp_path / "reg"
-        old_registry(backend, root)
-        with store_contract.admin(backend.server) as con:
-            con.execute(f"CREATE ROLE {role} LOGIN")
-            con.execute(f"GRANT USAGE ON SCHEMA {backend.schema} TO {role}")
-            con.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA {backend.schema} TO {role}")
-        server = urllib.parse.urlsplit(backend.server)
-        reader = server._replace(netloc=f"{role}@{server.hostname}:{server.port}").geturl()
-        from opsloop.plugins.postgres_store import open_store
+    from opsloop.plugins.postgres_store import open_store
 
+    backend = store_contract.PostgresBackend(store_contract.require_pg())
+    root = tmp_path / "reg"
+    old_registry(backend, root)
+    with restricted_user(backend, "reader", "SELECT ON ALL TABLES IN SCHEMA {s}") as reader:
         with open_store(f"{reader}?schema={backend.schema}&bundles={root}", tmp_path) as store:
             assert [m.name for m in store.models()] == ["m", "n"]
             with pytest.raises(StoreError, match=r"has schema 1, from an older opsloop, and could not be upgraded "
                                                  r"to schema 3 \(.*permission denied.*\): it has no loop journal"):
                 store.cycles("m")
         assert schema_of(backend, root) == (1, set())
-    finally:
-        backend.cleanup()
-        with store_contract.admin(backend.server) as con:
-            con.execute(f"DROP ROLE IF EXISTS {role}")
 
 
 def test_a_schema_1_registry_file_sqlite_can_only_read_opens_for_reads(tmp_path, monkeypatch):
