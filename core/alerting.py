@@ -349,14 +349,16 @@ def alerts(score: Any, threshold: Mapping[str, Any], series: Any = None) -> np.n
     return score >= value if threshold.get("inclusive", True) else score > value
 
 
-def describe(threshold: Mapping[str, Any] | None) -> str:
-    """`0.7312 (precision 0.9)`, for tables and messages; `-` without one."""
+def describe(threshold: Mapping[str, Any] | None, form: str = ".4g") -> str:
+    """`0.7312 (precision 0.9)`, for tables and messages (the value as `form` writes it); `-` without one."""
     if not threshold:
         return "-"
     rule, target = threshold.get("rule"), threshold.get("target")
     aim = "" if target is None or rule == "fixed" else f" {float(target):g}"
     own = threshold.get("per_series")
-    return f"{float(threshold['value']):.4g} ({rule}{aim}" + (f"; {len(own)} series their own)" if own else ")")
+    how = f"{rule}{aim}" if rule else ""
+    how += f"; {len(own)} series their own" if own else ""
+    return format(float(threshold["value"]), form) + (f" ({how})" if how else "")
 
 
 def read_oof(path: Any) -> pd.DataFrame | None:

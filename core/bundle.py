@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from opsloop.alerting import apply
 from opsloop.config import CONVERTER, structure
 from opsloop.errors import BundleError, DataError, OpsloopError, PluginCallError
 from opsloop.types import Dataset, TrainedModel
@@ -374,8 +375,6 @@ class LoadedModel:
         dataset = self.transform(frame, issues)
         if len(dataset) != len(frame):
             raise DataError(f"{self.ref}: preprocessing changed the number of rows ({len(frame)} -> {len(dataset)})")
-        from opsloop.alerting import apply
-
         series = self.manifest.get("series")
         preds = apply(predictions_frame(self.estimator, self.task, dataset.frame[self.features]), self.threshold,
                       frame[series].to_numpy() if series and series in frame.columns else None)

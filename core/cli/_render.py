@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from opsloop.types import Reporter
@@ -62,6 +62,18 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
     for row in rows:
         t.add_row(*("" if v is None else str(v) for v in row))
     return t
+
+
+def threshold_table(threshold: Mapping[str, Any]) -> Table:
+    """A version's alert threshold (opsloop.alerting) and what it achieved out-of-fold, one figure a row."""
+    from rich.markup import escape
+
+    from opsloop.alerting import describe
+
+    title = f"alert threshold {describe(threshold)}, from {threshold.get('source', '?')}"
+    title += f" ({threshold['note']})" if threshold.get("note") else ""
+    return table(escape(title), ["out-of-fold figure at it", "value"],
+                 ((k, "-" if v is None else fmt(v)) for k, v in (threshold.get("achieved") or {}).items()))
 
 
 def fmt(value: Any) -> str:

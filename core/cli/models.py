@@ -55,7 +55,7 @@ def show(ref: Annotated[str, typer.Argument(metavar="NAME[:VERSION|@ALIAS]",
                                             help="A model (its latest version), a version or an alias.")],
          config: ConfigOption = None, set_: SetOption = None, json_: JsonOption = False) -> None:
     """Show one version: metrics, parameters, lineage, aliases and where its bundle is."""
-    from opsloop.cli._render import console, fmt, print_json, table
+    from opsloop.cli._render import console, fmt, print_json, table, threshold_table
 
     from opsloop.store import Ref
 
@@ -80,15 +80,7 @@ def show(ref: Annotated[str, typer.Argument(metavar="NAME[:VERSION|@ALIAS]",
     console.print(f"created {v.created_at} by {v.created_by or '?'}; bundle {v.path} ({v.digest})")
     console.print(table("validation metrics", ["metric", "value"], ((k, fmt(x)) for k, x in v.metrics.items())))
     if v.threshold:
-        from rich.markup import escape
-
-        from opsloop.alerting import describe
-
-        got = v.threshold.get("achieved") or {}
-        console.print(table(escape(f"alert threshold {describe(v.threshold)}, from {v.threshold.get('source', '?')}"
-                                   + (f" ({v.threshold['note']})" if v.threshold.get("note") else "")),
-                            ["out-of-fold figure at it", "value"],
-                            ((k, "-" if x is None else fmt(x)) for k, x in got.items())))
+        console.print(threshold_table(v.threshold))
     console.print(table("parameters", ["parameter", "value"], ((k, fmt(x)) for k, x in sorted(v.params.items()))))
     data = lin.get("data", {})
     git = lin.get("git") or {}
@@ -293,6 +285,9 @@ def history(name: Annotated[str, typer.Argument(help="Model name.")],
             alias: Annotated[str | None, typer.Option("--alias", "-a", help="Only this alias.")] = None,
             config: ConfigOption = None, set_: SetOption = None, json_: JsonOption = False) -> None:
     """The audit trail of a model's aliases: who moved which alias from which version to which, when, why."""
+    from rich.markup import escape
+
+    from opsloop.alerting import describe
     from opsloop.cli._render import console, print_json, table
 
     with open_store(config, set_) as store:
@@ -308,18 +303,8 @@ def history(name: Annotated[str, typer.Argument(help="Model name.")],
     console.print(table(f"{name}: alias history (oldest first)", ["when", "alias", "action", "from", "to", "who",
                                                                   "reason", *extra],
                         ([c.at, c.alias, c.action, "-" if c.from_version is None else c.from_version, c.to_version,
-                          c.actor, _reason_cell(c.reason), *([_threshold_cell(c.threshold)] if extra else [])]
+                          c.actor, _reason_cell(c.reason), *([escape(describe(c.threshold, ".3f"))] if extra else [])]
                          for c in changes)))
-
-
-def _threshold_cell(threshold: Any) -> str:
-    """`0.730 (precision 0.9)` from a threshold's value, rule and target; `-` for none."""
-    from rich.markup import escape
-
-    if not threshold:
-        return "-"
-    how = " ".join(str(threshold[k]) for k in ("rule", "target") if threshold.get(k) not in (None, ""))
-    return f"{threshold['value']:.3f}" + (f" ({escape(how)})" if how else "")
 
 
 def _reason_cell(reason: str, width: int = 200) -> str:

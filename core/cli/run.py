@@ -73,7 +73,7 @@ def validate(
     `[validate] gates`, and exits 1 when a gate fails (for CI pipelines).
     """
     from opsloop import config as config_mod
-    from opsloop.cli._render import RichReporter, console, fmt, print_json, table
+    from opsloop.cli._render import RichReporter, console, fmt, print_json, table, threshold_table
     from opsloop.gates import GateFailed
     from opsloop.runner import Runner
     from opsloop.session import Session
@@ -100,11 +100,7 @@ def validate(
             rows.append(["std", *(fmt(report.std.get(k, float("nan"))) for k in keys)])
             console.print(table(report.method, ["fold", *keys], rows))
         if threshold is not None:
-            from opsloop.alerting import describe
-
-            got = threshold.get("achieved") or {}
-            console.print(table(f"alert threshold {describe(threshold)}", ["out-of-fold figure at it", "value"],
-                                ((k, "-" if v is None else fmt(v)) for k, v in got.items())))
+            console.print(threshold_table(threshold))
         for r in results:
             console.print(f"[{'green' if r.passed else 'red'}]gate[/] {r}")
     if failed:
