@@ -58,9 +58,9 @@ if TYPE_CHECKING:
     from opsloop.session import Session
     from opsloop.types import ModelVersion
 
-#: Seconds per unit of a duration (`15m`, `12h`, `1d`, `2w`).
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DURATION = re.compile(r"\s*(\d+)\s*([smhdw])\s*")
+#: Seconds per unit of a duration (`15m` or `15min`, `12h`, `1d`, `2w`).
+UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"\s*(\d+)\s*(min|[smhdw])\s*")
 MAX_WINDOWS = 1000  # one report (and table) each: more is a mistake, not a view
 CHUNK = 100_000  # log rows parsed at a time: bounded memory for the JSON text
 #: How the two keys a window can be cut by are written in the log (UTC).
@@ -69,7 +69,7 @@ BINARY = frozenset({"classification", "anomaly"})
 
 
 def parse_duration(text: str, option: str = "--window") -> timedelta:
-    """`15m`, `12h`, `1d`, `7d`, `2w` (s, m, h, d, w) as a timedelta; OpsloopError naming the option."""
+    """`15m` (or `15min`), `12h`, `1d`, `7d`, `2w` (s, m, h, d, w) as a timedelta; OpsloopError naming the option."""
     match = _DURATION.fullmatch(text or "")
     if not match or int(match.group(1)) == 0:
         raise OpsloopError(f"{option} {text!r}: expected a positive whole number and a unit, s, m, h, d or w "

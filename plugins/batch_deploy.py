@@ -14,9 +14,10 @@ classifiers and anomaly detectors) and `model` (`name:version`).
 
 Windowed features (`rolling-features`) need the previous rows of each series.
 Chunked scoring carries the last rows of every series from one chunk to the
-next (the largest window plus one, read from the bundle's steps, or
-`carry_rows`), so the features, and the predictions, equal those of scoring
-the whole file at once, provided each series' rows come in time order.
+next (the largest window in rows plus one, and for windows in time the rows
+of the longest duration plus the one before them, read from the bundle's
+steps; or `carry_rows`), so the features, and the predictions, equal those of
+scoring the whole file at once, provided each series' rows come in time order.
 
 Options (`[deploy.batch]`):
     input: File to score (.csv, .tsv, .parquet; relative to the working
@@ -24,8 +25,9 @@ Options (`[deploy.batch]`):
     output: Predictions file (.parquet or .csv). Default
         `.opsloop/predictions/<name>-v<version>.parquet`.
     chunk_rows: Rows per chunk (default 100000).
-    carry_rows: Rows per series carried between chunks; default: the
-        largest window of the bundle's windowed steps plus one (0 if none).
+    carry_rows: Rows per series carried between chunks; default: what the
+        bundle's windowed steps reach (their largest window in rows plus
+        one, the rows of their longest duration); 0 if none.
     keep: Extra input columns copied to the output (ids, labels).
     log_predictions: Also write every prediction to the prediction log
         that `opsloop serve` writes (default true), so that `opsloop
@@ -81,8 +83,10 @@ class Options:
             working directory. None: `.opsloop/predictions/<name>-v<version>.parquet`.
         chunk_rows: Rows read, scored and written at a time; bounds memory.
         carry_rows: Rows per series carried from one chunk into the next, so
-            windowed features see the past. None: the largest window of the
-            bundle's windowed steps plus one (0 when there is none).
+            windowed features see the past. None: what the bundle's windowed
+            steps reach: their largest window in rows plus one, and for
+            durations ("1h") the rows of that last hour of each series plus
+            the one before (nothing when there is no windowed step).
         keep: Extra input columns copied into the output, e.g. an id or the label.
         log_predictions: Write every prediction to the prediction log too
             (request id, row, series, time, inputs, prediction, score, model,
@@ -119,7 +123,7 @@ def deploy(version: ModelVersion, model: LoadedModel, dataset: Dataset | None, o
     manifest = model.manifest
     keys = [c for c in (manifest.get("series"), manifest.get("time")) if c]
     wanted = [c["name"] for c in manifest["input_schema"]]
-    carry = options.carry_rows if options.carry_rows is not None else window_rows(manifest)
+    carry, carry_seconds = (options.carry_rows, 0.0) if options.carry_rows is not None else window_reach(manifest)
 
     if options.input is not None:
         source = _resolve(options.input, workdir)
@@ -135,8 +139,8 @@ def deploy(version: ModelVersion, model: LoadedModel, dataset: Dataset | None, o
     output = _resolve(options.output, workdir) if options.output else \
         workdir / ".opsloop" / "predictions" / f"{version.name}-v{version.version}.parquet"
     batch_log = _open_log(options, version, manifest, wanted, workdir)  # a bad log path fails before scoring
-    scored = _score(model, chunks, carry=carry, series=manifest.get("series"), time_col=manifest.get("time"),
-                    source=str(source))
+    scored = _score(model, chunks, carry=carry, carry_seconds=carry_seconds, series=manifest.get("series"),
+                    time_col=manifest.get("time"), source=str(source))
     if batch_log is not None:
         scored = _logged(scored, batch_log)
     columns = list(dict.fromkeys([*keys, *options.keep]))
@@ -152,6 +156,8 @@ def deploy(version: ModelVersion, model: LoadedModel, dataset: Dataset | None, o
     details: dict[str, Any] = {"rows": rows, "seconds": round(seconds, 3), "chunks": count}
     if carry:
         details["carry_rows"] = carry
+    if carry_seconds:
+        details["carry_seconds"] = carry_seconds
     if batch_log is not None:
         details.update(logged=batch_log.rows, request_id=batch_log.request_id, log=str(batch_log.path))
         if batch_log.pruned:
@@ -275,34 +281,46 @@ def _conform(frame: pd.DataFrame, schema: Mapping[str, str], path: Path) -> pd.D
 
 
 def window_rows(manifest: Mapping[str, Any]) -> int:
-    """Rows of the past a chunk needs: the largest window of the bundle's steps plus one (0: none).
+    """Rows of the past a chunk needs: the largest window in rows of the bundle's steps plus one (0: none)."""
+    return window_reach(manifest)[0]
 
-    A step declares its reach with `max_window` in its state; the built-in
-    `rolling-features` step may instead list `windows` (or a `window`) in its
-    state or options.
+
+def window_reach(manifest: Mapping[str, Any]) -> tuple[int, float]:
+    """How far back a chunk's rows look: (the largest window in rows plus one, the longest duration in seconds).
+
+    A step declares its reach with `max_window` (rows) in its state; the
+    built-in `rolling-features` step may instead list `windows` (or a
+    `window`) in its state or options: whole numbers are rows, strings are
+    durations ("1h") measured on the time column.
     """
-    reach = 0
+    rows, seconds = 0, 0.0
     for step in manifest.get("steps", []):
         state, opts = step.get("state") or {}, step.get("options") or {}
-        found = [int(state["max_window"])] if "max_window" in state else []
+        found: list[int | float] = [int(state["max_window"])] if "max_window" in state else []
         if not found and step.get("plugin") in WINDOWED_STEPS:
             found = _window_sizes(state) or _window_sizes(opts)
             if not found:
                 raise DataError(f"batch: step {step.get('plugin')!r} of the bundle needs past rows but states "
                                 "no window size; set [deploy.batch] carry_rows")
-        if found:
-            reach = max(reach, max(found) + 1)
-    return reach
+        counts = [int(w) for w in found if isinstance(w, int)]
+        if counts:
+            rows = max(rows, max(counts) + 1)
+        seconds = max([seconds, *(w for w in found if isinstance(w, float))])
+    return rows, seconds
 
 
-def _window_sizes(table: Any) -> list[int]:
-    """Every integer under a key that mentions "window", at any depth."""
-    sizes: list[int] = []
+def _window_sizes(table: Any) -> list[int | float]:
+    """Every window under a key that mentions "window", at any depth: integers (rows), durations (seconds)."""
+    from opsloop.monitoring import _DURATION, parse_duration
+
+    sizes: list[int | float] = []
     if isinstance(table, Mapping):
         for key, value in table.items():
             if "window" in str(key).lower():
                 values = value if isinstance(value, (list, tuple)) else [value]
                 sizes.extend(int(v) for v in values if isinstance(v, int) and not isinstance(v, bool))
+                sizes.extend(parse_duration(v).total_seconds() for v in values
+                             if isinstance(v, str) and _DURATION.fullmatch(v))
             elif isinstance(value, (Mapping, list, tuple)):
                 sizes.extend(_window_sizes(value))
     elif isinstance(table, (list, tuple)):
@@ -311,8 +329,30 @@ def _window_sizes(table: Any) -> list[int]:
     return sizes
 
 
+def _carried(frame: pd.DataFrame, rows: int, seconds: float, series: str | None,
+             time_col: str | None) -> pd.DataFrame:
+    """The rows of each series the next chunk's windows reach: the last `rows`, and every row of the last
+    `seconds` before the series' newest time plus the one row before them (a duration's `rate` looks there)."""
+    import pandas as pd
+
+    keyed = bool(series and series in frame)
+    groups = frame.groupby(series, sort=False, dropna=False) if keyed else None
+    keep = pd.Series(False, index=frame.index)
+    if rows:
+        tail = groups.tail(rows) if groups is not None else frame.tail(rows)
+        keep[tail.index] = True
+    if seconds and time_col and time_col in frame:
+        times = frame[time_col]
+        newest = groups[time_col].transform("max") if groups is not None else times.max()
+        inside = times > newest - pd.Timedelta(seconds=seconds)
+        before = (inside.groupby(frame[series], sort=False, dropna=False).shift(-1, fill_value=False)
+                  if keyed else inside.shift(-1, fill_value=False))
+        keep |= inside | before.astype(bool)
+    return frame[keep].reset_index(drop=True)
+
+
 def _score(model: LoadedModel, chunks: Iterator[pd.DataFrame], *, carry: int, series: str | None,
-           time_col: str | None, source: str) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+           time_col: str | None, source: str, carry_seconds: float = 0.0) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
     """(chunk, predictions) per chunk; with `carry`, each chunk is scored behind the previous rows."""
     import pandas as pd
 
@@ -321,16 +361,15 @@ def _score(model: LoadedModel, chunks: Iterator[pd.DataFrame], *, carry: int, se
         chunk = chunk.reset_index(drop=True)
         if not len(chunk):
             continue
-        if carry and past is not None and len(past):
+        if (carry or carry_seconds) and past is not None and len(past):
             _check_order(past, chunk, series, time_col, source)
             frame = pd.concat([past, chunk], ignore_index=True)
         else:
             frame = chunk
         preds = model.predict(frame)
         preds = preds.iloc[len(frame) - len(chunk):].reset_index(drop=True)
-        if carry:
-            past = (frame.groupby(series, sort=False, dropna=False).tail(carry) if series and series in frame
-                    else frame.tail(carry)).reset_index(drop=True)
+        if carry or carry_seconds:
+            past = _carried(frame, carry, carry_seconds, series, time_col)
         yield chunk, preds
 
 

@@ -1,15 +1,26 @@
 """Telemetry features: rolling-window statistics of each metric, computed only from the past.
 
-For every selected numeric feature column and every window of `w` rows it
-adds `<column>__<stat><w>` (for example `m01__mean12`), where the statistic
-looks at the current row and the `w - 1` rows before it in the same series,
-never at a later row, so that a feature at time t is known at time t:
+A window is a number of rows (`12`) or a duration (`"1h"`, `"15min"`). For
+every selected numeric feature column and every window it adds
+`<column>__<stat><window>` (for example `m01__mean12`, `m01__mean1h`), where
+the statistic looks at the current row and the rows before it in the same
+series, never at a later row, so that a feature at time t is known at time t.
+A window of `w` rows holds the current row and the `w - 1` before it; a
+duration `d` holds the rows whose time is in `(t - d, t]` (pandas' time-based
+`rolling(d)`), however many there are: on 5-minute steps "1h" is 12 rows, on
+1-minute steps 60, and a gap in the data holds fewer.
 - `mean`, `min`, `max`: over the window; the first rows of a series use the
   rows there are (at least one);
 - `std`: population standard deviation (ddof=0), so one row gives 0, not NaN;
-- `rate`: rate of change, `(x[t] - x[t - w]) / w`; where the series is
-  younger than `w` rows, the change since its first row divided by the rows
-  elapsed (0 on the first row).
+- `rate`: rate of change. Rows: `(x[t] - x[t - w]) / w`, per row; where the
+  series is younger than `w` rows, the change since its first row divided by
+  the rows elapsed (0 on the first row). Durations: per second, as
+  Prometheus' `rate()`: the change since the newest row at or before
+  `t - d` (the first row of the series when it is younger) divided by the
+  seconds between the two (0 on the first row).
+
+A duration needs `[data] time` (datetime values, not numbers); without it the
+window is a configuration error.
 
 When the rows hold several machines (`[data] series`), each is computed on
 its own rows alone, ordered by `[data] time` when there is one; the output
@@ -17,12 +28,15 @@ keeps the input's row order. Missing values are skipped by mean, std, min and
 max and propagate into `rate`. float32 metrics give float32 features.
 
 Serving replays the same columns, windows and statistics. A row's features
-depend only on the values inside its windows, never on older history, so a
-request that carries the last `max(windows) + 1` steps of a series gets, bit
-for bit, the features training computed for its newest row.
+depend only on the values inside its windows (and the row `rate` looks back
+to), never on older history, so a request that carries the last
+`max(windows) + 1` steps of a series (for durations: the rows of the longest
+window and the one before it) gets, bit for bit, the features training
+computed for its newest row.
 
 Options (`[preprocess.rolling-features]`):
-    windows: Window lengths in rows (default [6, 12]).
+    windows: Window lengths: rows (12) or durations ("1h", "15min"; s, m or
+        min, h, d, w) (default [6, 12]).
     stats: Any of "mean", "std", "min", "max", "rate" (default all five).
     columns: Columns to compute from (default: every numeric feature column).
     keep_original: Keep the source columns (default true).
@@ -30,29 +44,53 @@ Options (`[preprocess.rolling-features]`):
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from opsloop import DataError, Dataset, Preprocessed, RunContext, hookimpl
+from opsloop.errors import ConfigError
 from opsloop.plugins.scale import numeric_features
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-STATS = ("mean", "std", "min", "max", "rate")
+STATS = ("mean", "std", "min", "max", "rate", "delta")
+#: What `stats` computes when left out (`delta` came later and is asked for by name).
+DEFAULT_STATS = ("mean", "std", "min", "max", "rate")
 NAME = "{column}__{stat}{window}"
+
+
+def seconds(window: int | str) -> float | None:
+    """A duration window's length in seconds; None for a window in rows."""
+    if isinstance(window, str):
+        from opsloop.monitoring import parse_duration
+
+        return parse_duration(window, "window").total_seconds()
+    return None
 
 
 def _windows(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if not isinstance(value, (list, tuple)) or not value:
-        raise TypeError(f"'{attribute.name}' must be a non-empty list of window lengths in rows, got {value!r}")
+        raise TypeError(f"'{attribute.name}' must be a non-empty list of window lengths (rows such as 12, "
+                        f"durations such as \"1h\"), got {value!r}")
+    seen: dict[Any, Any] = {}
     for w in value:
-        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
-            raise ValueError(f"'{attribute.name}' must hold integers >= 1 (rows), got {w!r}")
-    if len(set(value)) != len(value):
-        raise ValueError(f"'{attribute.name}' lists a window twice: {list(value)}")
+        if isinstance(w, str):
+            if not re.fullmatch(r"\d+(min|[smhdw])", w) or not int(re.sub(r"\D", "", w)):
+                raise ValueError(f"'{attribute.name}': {w!r} is not a duration; write a whole number > 0 and a "
+                                 "unit, s, m or min, h, d or w, with no space (\"15min\", \"1h\"), or a number "
+                                 "of rows (12)")
+            key: Any = ("s", seconds(w))
+        elif isinstance(w, bool) or not isinstance(w, int) or w < 1:
+            raise ValueError(f"'{attribute.name}' must hold integers >= 1 (rows) or durations (\"1h\"), got {w!r}")
+        else:
+            key = ("rows", w)
+        if key in seen:
+            raise ValueError(f"'{attribute.name}' lists a window twice ({seen[key]!r} and {w!r}): {list(value)}")
+        seen[key] = w
 
 
 def _stats(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -83,15 +121,16 @@ class Options:
     """Options of `rolling-features`.
 
     Attributes:
-        windows: Window lengths, in rows (steps) of one series.
+        windows: Window lengths: rows (steps) of one series, such as 12, or
+            durations on `[data] time`, such as "1h" or "15min".
         stats: Statistics to compute: "mean", "std", "min", "max", "rate".
         columns: Numeric feature columns to compute from; None means every
             numeric feature column.
         keep_original: Keep the source columns next to their features.
     """
 
-    windows: list[int] = attrs.field(factory=lambda: [6, 12], validator=_windows)
-    stats: list[str] = attrs.field(factory=lambda: list(STATS), validator=_stats)
+    windows: list[int | str] = attrs.field(factory=lambda: [6, 12], validator=_windows)
+    stats: list[str] = attrs.field(factory=lambda: list(DEFAULT_STATS), validator=_stats)
     columns: list[str] | None = attrs.field(default=None, validator=_columns)
     keep_original: bool = attrs.field(default=True, validator=_boolean)
 
@@ -103,6 +142,11 @@ def plugin_options() -> type:
 
 def fit(dataset: Dataset, options: Options) -> dict[str, Any]:
     """Resolve the columns; the state is everything replay needs to build the same columns."""
+    durations = [w for w in options.windows if isinstance(w, str)]
+    if durations and dataset.time is None:
+        raise ConfigError(f"window(s) {', '.join(map(repr, durations))} are durations, measured on the time "
+                          f"column, and {dataset.name or 'the rows'} have none: set [data] time, or give the "
+                          "windows in rows (12)", section="preprocess.rolling-features", key="windows")
     numeric = numeric_features(dataset)
     if options.columns is None:
         columns = numeric
@@ -214,6 +258,87 @@ def window_stats(x: np.ndarray, starts: np.ndarray, windows: list[int],
             for stat, values in _exact(x, starts, fix, w).items():
                 if (w, stat) in out:
                     out[w, stat][fix] = values
+        if "delta" in stats:
+            out[w, "delta"] = x - out[w, "mean"]
+    return out
+
+
+def times(frame: pd.DataFrame, time: str, order: np.ndarray | None, series: str | None) -> np.ndarray:
+    """The time column as int64 nanoseconds, in `order`; DataError for numbers or missing times."""
+    import numpy as np
+    import pandas as pd
+
+    column = frame[time]
+    if not pd.api.types.is_datetime64_any_dtype(column):
+        raise DataError(f"rolling-features: duration windows are measured on the time column {time!r}, which "
+                        f"holds {column.dtype} values, not dates and times; convert it, or give windows in rows")
+    if isinstance(column.dtype, pd.DatetimeTZDtype):
+        column = column.dt.tz_convert("UTC").dt.tz_localize(None)
+    ns = column.to_numpy().astype("datetime64[ns]").view(np.int64)
+    if order is not None:
+        ns = ns[order]
+    missing = ns == np.iinfo(np.int64).min  # NaT
+    if missing.any():
+        where = (f" (series {frame[series].iloc[(order if order is not None else np.arange(len(ns)))[missing][0]]!r})"
+                 if series else "")
+        raise DataError(f"rolling-features: {int(missing.sum())} row(s) have no time in {time!r}{where}; "
+                        "duration windows need every row's time")
+    return ns
+
+
+def duration_stats(x: np.ndarray, t: np.ndarray, starts: np.ndarray, windows: list[str],
+                   stats: list[str]) -> dict[tuple[str, str], np.ndarray]:
+    """Every (duration window, statistic) of one column whose rows are grouped by series, in time order.
+
+    A row's window holds the rows of its series with a time in `(t - d, t]`
+    (rows sharing its time included). As with windows in rows, its value
+    depends only on the values inside the window, added newest first, so
+    the server's per-series history gives the bits batch scoring gives.
+    """
+    import numpy as np
+
+    n = len(x)
+    out: dict[tuple[str, str], np.ndarray] = {}
+    if n == 0:
+        return out
+    bounds = np.flatnonzero(np.r_[True, starts[1:] != starts[:-1], True])
+    nan = np.isnan(x)
+    clean = np.where(nan, 0.0, x)
+    for label in windows:
+        d = int(round(seconds(label) * 1e9))
+        lo, hi = np.empty(n, dtype=np.intp), np.empty(n, dtype=np.intp)
+        for s, e in zip(bounds[:-1], bounds[1:], strict=True):
+            tt = t[s:e]
+            lo[s:e] = np.searchsorted(tt, tt - d, side="right") + s
+            hi[s:e] = np.searchsorted(tt, tt, side="right") - 1 + s
+        if "rate" in stats:
+            back = np.where(lo > starts, lo - 1, starts)
+            elapsed = (t - t[back]) / 1e9
+            out[label, "rate"] = (x - x[back]) / np.where(elapsed > 0, elapsed, 1.0)
+        if not set(stats) - {"rate"}:
+            continue
+        rows = hi - lo + 1
+        total, seen = np.zeros(n), np.zeros(n)
+        low, high = np.full(n, np.nan), np.full(n, np.nan)
+        for j in range(int(rows.max())):
+            active = np.flatnonzero(rows > j) if j else np.arange(n)
+            idx = hi[active] - j
+            total[active] += clean[idx]
+            seen[active] += ~nan[idx]
+            low[active] = np.fmin(low[active], x[idx])
+            high[active] = np.fmax(high[active], x[idx])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = total / seen
+            out[label, "mean"], out[label, "min"], out[label, "max"] = mean, low, high
+            if "std" in stats:
+                squares = np.zeros(n)
+                for j in range(int(rows.max())):
+                    active = np.flatnonzero(rows > j) if j else np.arange(n)
+                    idx = hi[active] - j
+                    squares[active] += np.where(nan[idx], 0.0, (x[idx] - mean[active]) ** 2)
+                out[label, "std"] = np.sqrt(squares / seen)
+        if "delta" in stats:
+            out[label, "delta"] = x - mean
     return out
 
 
@@ -228,12 +353,17 @@ def compute(frame: pd.DataFrame, state: dict[str, Any]) -> np.ndarray:
     if n == 0 or k == 0:
         return out
     order, starts = series_order(frame, state["series"], state["time"])
+    rows = [w for w in windows if not isinstance(w, str)]
+    durations = [w for w in windows if isinstance(w, str)]
+    t = times(frame, state["time"], order, state["series"]) if durations else None
     j = 0
     for c in columns:
         x = frame[c].to_numpy(dtype=np.float64, na_value=np.nan)
         if order is not None:
             x = x[order]
-        features = window_stats(x, starts, windows, stats)
+        features: dict[tuple[Any, str], np.ndarray] = window_stats(x, starts, rows, stats) if rows else {}
+        if durations:
+            features.update(duration_stats(x, t, starts, durations, stats))
         for w in windows:
             for stat in stats:
                 if order is None:

@@ -31,7 +31,7 @@ from opsloop import (
 )
 from opsloop.bundle import LoadedModel, input_schema
 from opsloop.manager import PluginManager
-from opsloop.plugins.batch_deploy import Options, window_rows
+from opsloop.plugins.batch_deploy import Options, window_reach, window_rows
 from sklearn.linear_model import LogisticRegression
 
 METRICS = [f"m{j:02d}" for j in range(1, 20)]
@@ -286,6 +286,35 @@ def test_rolling_features_bundle_is_exact_across_chunks(asd, pm, version, run, r
     assert gap.max() > 1e-3  # without the carry-over, rows after each boundary lose their past
 
 
+def test_windows_in_time_are_exact_across_chunks_with_gaps(asd, pm, version, run, rows, tmp_path):
+    """Durations ("30min", "2h") on rows with gaps: the carried past is the last two hours of each series and
+    the row before them, so chunked predictions equal the whole file's."""
+    from opsloop.bundle import unstructure_options
+
+    pm.load("rolling-features")
+    options = pm.options_class("rolling-features")(windows=["30min", "2h"], columns=["m01", "m02", "m04"])
+    train = Dataset.from_frame(asd[asd["entity"].isin(TRAIN_SERVERS)], target="label", time="timestamp",
+                               series="entity")
+    fitted = pm.call("rolling-features", "preprocess", dataset=train, state=None, options=options, run=run)
+    features = [c for c in fitted.dataset.feature_columns if c not in ("entity", "timestamp")]
+    estimator = LogisticRegression(max_iter=2000, class_weight="balanced").fit(fitted.dataset.frame[features],
+                                                                               fitted.dataset.frame["label"])
+    step = {"plugin": "rolling-features", "options": unstructure_options(options), "state": dict(fitted.state)}
+    model = loaded(estimator, asd, pm, run, steps=[step], features=features)
+    gappy = rows[np.random.default_rng(5).random(len(rows)) > 0.25].reset_index(drop=True)
+    gappy.to_parquet(tmp_path / "gappy.parquet")
+
+    deployment = deploy(pm, version, model, run, input="gappy.parquet", chunk_rows=700)
+    cut = deploy(pm, version, model, run, input="gappy.parquet", output="cut.parquet", chunk_rows=700,
+                 carry_rows=0)
+
+    assert deployment.details["carry_seconds"] == 7200 and "carry_rows" not in deployment.details
+    assert deployment.details["chunks"] == -(-len(gappy) // 700)
+    assert_same_predictions(pd.read_parquet(deployment.location), expected(model, gappy))
+    gap = np.abs(pd.read_parquet(cut.location)["score"].to_numpy() - expected(model, gappy)["score"].to_numpy())
+    assert gap.max() > 1e-3  # without the carry-over, rows after each boundary lose their past
+
+
 def test_windowed_scoring_refuses_rows_out_of_time_order(pm, version, windowed, run, rows, tmp_path):
     rows.iloc[::-1].to_parquet(tmp_path / "reversed.parquet")
     with pytest.raises(PluginCallError, match="not in time order within series omi-11.*sort the file by "
@@ -301,6 +330,10 @@ def test_window_rows_reads_the_steps():
     assert window_rows({"steps": [rolling]}) == 13
     with pytest.raises(DataError, match="set \\[deploy.batch\\] carry_rows"):
         window_rows({"steps": [{"plugin": "rolling-features", "options": {}, "state": {}}]})
+    mixed = {"plugin": "rolling-features", "options": {}, "state": {"windows": [6, "15min", "1h"]}}
+    assert window_reach({"steps": [mixed, rolling]}) == (13, 3600.0)
+    assert window_reach({"steps": [{"plugin": "rolling-features", "options": {}, "state": {"windows": ["2h"]}}]}) \
+        == (0, 7200.0)
 
 
 # ---------------------------------------------------------------------------
