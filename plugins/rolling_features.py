@@ -57,9 +57,7 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-STATS = ("mean", "std", "min", "max", "rate", "delta")
-#: What `stats` computes when left out (`delta` came later and is asked for by name).
-DEFAULT_STATS = ("mean", "std", "min", "max", "rate")
+STATS = ("mean", "std", "min", "max", "rate")
 NAME = "{column}__{stat}{window}"
 
 
@@ -130,7 +128,7 @@ class Options:
     """
 
     windows: list[int | str] = attrs.field(factory=lambda: [6, 12], validator=_windows)
-    stats: list[str] = attrs.field(factory=lambda: list(DEFAULT_STATS), validator=_stats)
+    stats: list[str] = attrs.field(factory=lambda: list(STATS), validator=_stats)
     columns: list[str] | None = attrs.field(default=None, validator=_columns)
     keep_original: bool = attrs.field(default=True, validator=_boolean)
 
@@ -258,8 +256,6 @@ def window_stats(x: np.ndarray, starts: np.ndarray, windows: list[int],
             for stat, values in _exact(x, starts, fix, w).items():
                 if (w, stat) in out:
                     out[w, stat][fix] = values
-        if "delta" in stats:
-            out[w, "delta"] = x - out[w, "mean"]
     return out
 
 
@@ -337,8 +333,6 @@ def duration_stats(x: np.ndarray, t: np.ndarray, starts: np.ndarray, windows: li
                     idx = hi[active] - j
                     squares[active] += np.where(nan[idx], 0.0, (x[idx] - mean[active]) ** 2)
                 out[label, "std"] = np.sqrt(squares / seen)
-        if "delta" in stats:
-            out[label, "delta"] = x - mean
     return out
 
 
