@@ -13,7 +13,12 @@ One `opsloop run` calls them in this order:
    -> `deploy` -> `load_model` and `preprocess` replayed from the bundle ->
    `monitor` -> `decide_retrain`, and, when a policy says so, preprocess,
    train, validate and register again on the newer data.
-4. `opsloop loop` (and `opsloop backtest`, which replays it) runs one cycle:
+4. `opsloop serve` loads the version an alias points at (`load_model`),
+   then compiles its fast path: `compile_predict` on the flavor, and
+   `compile_rows` on the plugin of each preprocess step, in the bundle's
+   order; a step or flavor without one makes the version replay its steps
+   (`preprocess` with the stored states) on every request.
+5. `opsloop loop` (and `opsloop backtest`, which replays it) runs one cycle:
    `monitor` on what production scored -> `decide_retrain` -> preprocess,
    train, validate and register a candidate on the retraining window ->
    `gate` (champion against challenger on the same held-out rows) -> the
@@ -57,6 +62,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from opsloop.bundle import LoadedModel
+    from opsloop.rowops import FastPredict, RowLayout, RowOp
 
 PROJECT = "opsloop"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -325,6 +331,97 @@ def gate(champion: Contender, challenger: Contender, window: Dataset, options: A
         `opsloop.DataError` when the window cannot decide (no labels, one
         class only): the cycle then ends with that error and production
         stays.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Serving: the fast path
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def compile_rows(state: dict[str, Any], options: Any, layout: RowLayout) -> RowOp | None:
+    """Compile a preprocess step's stored state into a row operation for `opsloop serve`'s fast path.
+
+    Called when the server loads a version, once per preprocess step of its
+    bundle, in the bundle's order, on that step's plugin only. The op works
+    on the server's float64 work matrix (request rows x `layout.width`): the
+    request's numeric inputs, then the columns earlier steps added. It must
+    give exactly what `preprocess(dataset, state, options, run)` gives on the
+    same rows, value for value, including pandas' casts (a float32 column
+    written by the step is rounded to float32: `layout.rounding(columns)`).
+    A step that does not implement this hook, or raises, makes the version
+    replay every step on each request (`preprocess`, pandas speed), with
+    the reason in the model metadata and on `/metrics`.
+
+    Example:
+        ```python
+        @hookimpl
+        def compile_rows(state, options, layout):
+            idx = layout.columns(state["offset"])       # NoFastPath if not numeric
+            offset = numpy.array(list(state["offset"].values()))
+            round_ = layout.rounding(state["offset"])  # float32 columns stay float32
+
+            def shift(work, rows):
+                work[:, idx] -= offset
+                if round_:
+                    round_(work, rows)
+            return shift
+        ```
+
+    Args:
+        state: The state this step stored at fit time (as `preprocess` gets it).
+        options: This plugin's options as stored in the bundle, structured as
+            `preprocess` gets them (None when the plugin declares none).
+        layout: An `opsloop.rowops.RowLayout`: which column is where in the
+            work matrix and the dtype the replay's frame gives it at this
+            point; add this step's output columns with `layout.add(name,
+            dtype)` and record dtype changes in `layout.dtypes`.
+
+    Returns:
+        A callable `op(work, rows)` that edits `work` in place (`rows` is an
+        `opsloop.rowops.RowContext`: the rows' count, series keys and
+        times), or None when the step does nothing to request rows (it only
+        changes the target, say). Raise `opsloop.NoFastPath("why")` when this
+        state needs the replay path; an op raises `opsloop.DataError` for
+        rows it cannot take (the client gets a 422 with the message).
+    """
+
+
+@hookspec(firstresult=True)
+def compile_predict(model: LoadedModel, threads: int) -> FastPredict | None:
+    """Compile a loaded model's estimator into a fast predict for `opsloop serve`'s fast path.
+
+    Called when the server loads a version, on every loaded plugin (the one
+    that loaded the flavor among them). First non-None result wins; return
+    None if `model.manifest["flavor"]` is not yours.
+
+    Example:
+        ```python
+        @hookimpl
+        def compile_predict(model, threads):
+            if model.manifest["flavor"] != "my-flavor":
+                return None
+            def predict(x):
+                score = model.estimator.score_rows(x)
+                return (score >= 0.5).astype("int64"), score
+            return predict
+        ```
+
+    Args:
+        model: The verified, loaded version (`model.estimator`,
+            `model.task`, `model.manifest`).
+        threads: Threads the estimator may use per request (`opsloop serve
+            --threads`); 0 means the library's default.
+
+    Returns:
+        A callable from the float32 feature matrix (rows x
+        `model.features`, in that order) to `(labels, score)`: what
+        `LoadedModel.predict` gives as `prediction` and `score` (None for a
+        regressor), value for value. The version's alert threshold is applied
+        to the score afterwards, by the server. None if the flavor is not
+        yours; raise `opsloop.NoFastPath("why")` when it is but this model
+        needs the replay.
     """
 
 

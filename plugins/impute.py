@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from opsloop import DataError, Dataset, Preprocessed, RunContext, hookimpl
+from opsloop import DataError, Dataset, NoFastPath, Preprocessed, RunContext, hookimpl
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from opsloop.rowops import RowContext, RowLayout, RowOp
 
 INDICATOR = "{}__missing"
 
@@ -184,3 +186,43 @@ def preprocess(dataset: Dataset, state: dict[str, Any] | None, options: Options 
     if state is None:
         state, issues = fit(dataset, options)
     return Preprocessed(dataset=apply(dataset, state), state=state, issues=tuple(issues))
+
+
+@hookimpl
+def compile_rows(state: dict[str, Any], options: Options | None, layout: RowLayout) -> RowOp | None:
+    """The server's fast path: `apply` on the work matrix (numeric columns only).
+
+    The indicators are taken before filling, as `apply` takes them from the
+    rows as they came. A float32 (or float16) column keeps its dtype only for
+    a fill value it holds exactly (pandas' `fillna` would widen it otherwise),
+    which `fit` ensures; a state that breaks the rule replays.
+    """
+    import numpy as np
+
+    fill = state["fill"]
+    filled = [c for c in fill if fill[c] is not None]
+    layout.columns(filled)  # NoFastPath for a text, category or date column: those replay
+    floats = [c for c in filled if layout.dtypes[c].startswith("float")]
+    for c in floats:
+        dtype = layout.dtypes[c]
+        if dtype != "float64" and float(np.dtype(dtype).type(fill[c])) != float(fill[c]):
+            raise NoFastPath(f'impute: the fill value of "{c}" does not fit its dtype {dtype}')
+    indicators = list(state.get("indicators", []))
+    if not floats and not indicators:
+        return None  # integer and boolean inputs are never missing in a request
+    src = layout.columns(indicators)
+    names = [INDICATOR.format(c) for c in indicators]
+    for name in names:
+        layout.add(name, "int8")  # as `apply` adds them: int8 columns after the others
+    dst = layout.columns(names)
+    idx = layout.columns(floats)
+    values = np.array([float(fill[c]) for c in floats])
+
+    def impute(work: np.ndarray, rows: RowContext) -> None:
+        if indicators:
+            work[:, dst] = np.isnan(work[:, src])  # flags come from the rows before filling
+        block = work[:, idx]
+        gaps = np.isnan(block)
+        if gaps.any():
+            work[:, idx] = np.where(gaps, values, block)
+    return impute

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
+    from opsloop.rowops import RowLayout
+
 
 def _horizon(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -123,3 +125,9 @@ def preprocess(dataset: Dataset, state: dict[str, Any] | None, options: Options 
                             "have none (set [data] target)")
         state = {"horizon": options.horizon}
     return Preprocessed(dataset=apply(dataset, state), state=state)
+
+
+@hookimpl
+def compile_rows(state: dict[str, Any], options: Options | None, layout: RowLayout) -> None:
+    """No row operation for the server's fast path: requests carry no target, the only column this step changes."""
+    return None

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
+    from opsloop.rowops import RowContext, RowLayout, RowOp
+
 
 def _one_of(*choices: str) -> Any:
     """An attrs validator with a one-line message (attrs' `in_` puts a tuple in its ValueError)."""
@@ -96,13 +98,27 @@ def fit(frame: pd.DataFrame, columns: list[str], method: str) -> dict[str, Any]:
     }
 
 
+def statistics(state: dict[str, Any]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The learned columns, and their centers and scales as float64 arrays in that order."""
+    import numpy as np
+
+    columns = list(state["center"])
+    center = np.array([state["center"][c] for c in columns], dtype=np.float64)
+    scale = np.array([state["scale"][c] for c in columns], dtype=np.float64)
+    return columns, center, scale
+
+
+def scaled(values: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """(x - center) / scale in float64: the arithmetic of both `apply` and the server's row operation."""
+    return (values - center) / scale
+
+
 def apply(dataset: Dataset, state: dict[str, Any]) -> Dataset:
     """(x - center) / scale per learned column."""
     import numpy as np
 
     frame = dataset.frame
-    center, scale = state["center"], state["scale"]
-    columns = list(center)
+    columns, center, scale = statistics(state)
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise DataError(f"scale: column(s) {', '.join(missing)} were scaled at training but are missing "
@@ -110,8 +126,8 @@ def apply(dataset: Dataset, state: dict[str, Any]) -> Dataset:
     if not columns:
         return dataset
     values = frame[columns].to_numpy(dtype=np.float64, na_value=np.nan)
-    scaled = (values - np.array([center[c] for c in columns])) / np.array([scale[c] for c in columns])
-    new = {c: scaled[:, j] for j, c in enumerate(columns)}
+    out = scaled(values, center, scale)
+    new = {c: out[:, j] for j, c in enumerate(columns)}
     dtypes = {c: frame[c].dtype if frame[c].dtype.kind == "f" else np.float64 for c in columns}
     return dataset.derive(replace_columns(frame, new, dtypes))
 
@@ -124,3 +140,23 @@ def preprocess(dataset: Dataset, state: dict[str, Any] | None, options: Options 
     if state is None:
         state = fit(dataset.frame, numeric_features(dataset), options.method)
     return Preprocessed(dataset=apply(dataset, state), state=state)
+
+
+@hookimpl
+def compile_rows(state: dict[str, Any], options: Options | None, layout: RowLayout) -> RowOp | None:
+    """The server's fast path: `scaled` on the work matrix; float32 columns rounded after, integers widened to
+    float64, as `apply` stores them."""
+    columns, center, scale = statistics(state)
+    if not columns:
+        return None
+    idx = layout.columns(columns)
+    for c in columns:  # float columns keep their dtype, the others become float64
+        if not layout.dtypes[c].startswith("float"):
+            layout.dtypes[c] = "float64"
+    round_ = layout.rounding(columns)
+
+    def scale_(work: np.ndarray, rows: RowContext) -> None:
+        work[:, idx] = scaled(work[:, idx], center, scale)
+        if round_:
+            round_(work, rows)
+    return scale_

@@ -37,12 +37,13 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from opsloop import DataError, Dataset, MonitorReport, Preprocessed, RunContext, hookimpl
+from opsloop import DataError, Dataset, MonitorReport, NoFastPath, Preprocessed, RunContext, hookimpl
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
+    from opsloop.rowops import RowLayout
     from opsloop.types import ModelVersion
 
 #: This plugin's entry-point name: how a bundle's manifest names its steps.
@@ -179,6 +180,16 @@ def preprocess(dataset: Dataset, state: dict[str, Any] | None, options: Options 
         raise DataError(f"schema-check rejected {dataset.name or 'the rows'}: {len(violations)} violation(s): "
                         + "; ".join(violations))
     return Preprocessed(dataset=dataset, state=state, issues=(*violations, *warnings))
+
+
+@hookimpl
+def compile_rows(state: dict[str, Any], options: Options | None, layout: RowLayout) -> None:
+    """The server's fast path: with `on_violation = "warn"` rows pass unchanged, so there is nothing to do (the
+    server counts the findings with `compile_row_check`); `"reject"` needs this plugin to judge every request."""
+    options = options if options is not None else Options()
+    if options.on_violation != "warn":
+        raise NoFastPath('schema-check with on_violation = "reject" judges every request through the plugin')
+    return None
 
 
 #: What `findings` can report, as the `check` of a `Finding` (and the `check` label on `/metrics`).

@@ -28,7 +28,9 @@ scikit-learn API, so the estimator has `predict`, `predict_proba` and
 
 Flavor `xgboost`: `model.ubj` in XGBoost's own UBJSON format (never pickle)
 plus `xgboost.json` (task, classes, features, best iteration) to rebuild the
-scikit-learn wrapper.
+scikit-learn wrapper. `opsloop serve` scores it with `compile_predict`: the
+booster's `inplace_predict` on the request's float32 features, giving the
+numbers `predict_proba`/`predict` give, value for value.
 
 Options (`[train.xgboost]`): task, n_estimators, learning_rate, max_depth,
 tree_method, early_stopping_rounds, validation_fraction, scale_pos_weight,
@@ -44,13 +46,15 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from opsloop import TrainedModel, hookimpl
+from opsloop import NoFastPath, TrainedModel, hookimpl
 from opsloop.errors import BundleError, ConfigError, DataError
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
+    from opsloop.bundle import LoadedModel
+    from opsloop.rowops import FastPredict
     from opsloop.types import Dataset, RunContext
 
 FLAVOR = "xgboost"
@@ -332,3 +336,57 @@ def load_model(flavor: str, path: Path, manifest: dict[str, Any]) -> Any | None:
         raise BundleError(f"model's best iteration {estimator.best_iteration} differs from xgboost.json's {best}",
                           file=str(path / MODEL_FILE))
     return estimator
+
+
+# ---------------------------------------------------------------------------
+# The server's fast predict
+# ---------------------------------------------------------------------------
+
+
+def binary_labels(p: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Labels from P(class 1) as `classes[predict_proba(X).argmax(axis=1)]` gives them, without the stacking.
+
+    XGBClassifier.predict_proba stacks (1 - p, p) in float32; argmax takes
+    class 1 only when its column is strictly larger (a tie goes to class 0).
+    """
+    import numpy as np
+
+    return classes[(p > (1.0 - p)).astype(np.intp)]
+
+
+@hookimpl
+def compile_predict(model: LoadedModel, threads: int) -> FastPredict | None:
+    """What `predictions_frame` computes from `predict_proba`/`predict`, with the booster's `inplace_predict` on
+    the float32 feature matrix (no DMatrix, no frame): the same numbers with any thread count."""
+    if model.manifest.get("flavor") != FLAVOR:
+        return None
+    import numpy as np
+
+    estimator = model.estimator
+    booster = estimator.get_booster()
+    if threads:
+        booster.set_param({"nthread": threads})
+    rounds = estimator._get_iteration_range(None)  # XGBoost's own rule: best_iteration + 1 when early-stopped
+    missing = estimator.missing
+    task = model.task
+    objective = estimator.objective if isinstance(estimator.objective, str) else ""
+    if task == "regression":
+        def regress(x: np.ndarray) -> tuple[np.ndarray, None]:
+            return booster.inplace_predict(x, iteration_range=rounds, missing=missing, validate_features=False), None
+        return regress
+    if task != "classification":
+        raise NoFastPath(f"task {task!r} of an xgboost bundle")
+    classes = np.asarray(estimator.classes_)
+    raw = objective.startswith(("binary:logistic", "multi:softprob"))
+
+    def classify(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if raw:
+            p = booster.inplace_predict(x, iteration_range=rounds, missing=missing, validate_features=False)
+            if p.ndim == 1 and len(classes) == 2:
+                return binary_labels(p, classes), p
+            proba = p if p.ndim == 2 else np.vstack((1.0 - p, p)).transpose()
+        else:
+            proba = np.asarray(estimator.predict_proba(x))
+        score = proba[:, -1] if proba.shape[1] == 2 else proba.max(axis=1)
+        return classes[proba.argmax(axis=1)], score
+    return classify

@@ -1,40 +1,39 @@
-"""Scoring checked rows: a compiled per-row scorer where the bundle allows it, the plugins' replay otherwise.
+"""Scoring checked rows: a per-row scorer the plugins compile where the bundle allows it, the replay otherwise.
 
 `LoadedModel.predict` builds a pandas frame, fingerprints it and calls each
 preprocess plugin through the plugin manager: right for batches, a few
-milliseconds too slow for one row. `compile_fast` turns a bundle into a
-`FastScorer`: the stored states of its steps applied with numpy to one
-float64 matrix, then XGBoost's `inplace_predict`, giving the same numbers as
-the replay, value for value (tests/serving/test_fastpath.py checks every
-built-in step). Each op reproduces its plugin's arithmetic, including the
-dtype casts pandas makes (a float32 column is rounded to float32 after every
-step that writes it, as `astype` does).
+milliseconds too slow for one row. `compile_fast` asks the plugins for a
+`FastScorer` instead: each preprocess step's plugin compiles its stored
+state into a row operation (the `compile_rows` hook; `opsloop.rowops`), the
+flavor's plugin its predict (`compile_predict`), and the scorer runs the ops
+in the bundle's order on one float64 matrix, then the predict. The plugins
+promise the replay's numbers, value for value (tests/serving/test_fastpath.py
+checks every built-in step against `LoadedModel.predict`).
 
-Steps with a fast path: `schema-check` (with `on_violation = "warn"` it
-never changes rows), `impute` (numeric fill values and indicators), `scale`,
-`clip`, and `label-horizon` (requests carry no target, so it does nothing).
-Anything else, the XGBoost-only estimator path aside, falls back to
-`ReplayScorer` (`LoadedModel.predict`), with the reason in the model's
-metadata and on `/metrics`: `rolling-features` (its windows need each
-series' previous rows: send them in the request, see docs/serving.md),
-`schema-check` with `on_violation = "reject"`, text features, other
-flavors, and third-party steps.
+The core knows no plugin by name here. A step whose plugin does not
+implement `compile_rows`, raises `opsloop.NoFastPath` (its state needs the
+replay) or fails while compiling, or a flavor no plugin compiles, makes the
+version use `ReplayScorer` (`LoadedModel.predict`), with the reason in the
+model's metadata and on `/metrics` (`opsloop_model_info{fallback_reason=...}`);
+a failure is also logged as a warning. Serving never fails because of it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from typing import TYPE_CHECKING, Any
 
-from opsloop.errors import DataError, PluginCallError
+from opsloop.errors import DataError, OpsloopError, PluginCallError
+from opsloop.rowops import NoFastPath, RowContext, RowLayout, index
 from opsloop.serving.schema import RequestError
 
 if TYPE_CHECKING:
     import numpy as np
     from opsloop.bundle import LoadedModel
+    from opsloop.rowops import FastPredict, RowOp
     from opsloop.serving.schema import Batch, InputSchema
 
-Op = Callable[["np.ndarray"], None]
+log = logging.getLogger("opsloop.serving")
 
 
 class Unsupported(Exception):
@@ -66,23 +65,38 @@ class ReplayScorer:
 
 
 class FastScorer:
-    """Replays a bundle's steps with numpy on one float64 matrix, then predicts with XGBoost in place."""
+    """Runs the ops the plugins compiled on one float64 matrix, then the flavor's fast predict."""
 
     kind = "fast"
     reason = ""
 
-    def __init__(self, *, width: int, start: list[Op], ops: list[Op], features: slice | np.ndarray,
-                 predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]],
-                 threshold: dict[str, Any] | None = None, series: str | None = None) -> None:
+    def __init__(self, *, width: int, ops: list[RowOp], features: slice | np.ndarray, predict: FastPredict,
+                 threshold: dict[str, Any] | None = None, series: str | None = None,
+                 series_slot: int | None = None, time: str | None = None, time_slot: int | None = None,
+                 time_dtype: str | None = None) -> None:
         self.width = width
-        self.ops = [*start, *ops]
+        self.ops = ops
         self.features = features
         self.predict = predict
         self.threshold = threshold  # the version's alert threshold, applied to the scores; None: the model's own
-        self.series = series  # the series column, for per-series thresholds
+        self.series = series  # the series column, for per-series thresholds and the ops' RowContext
+        self.series_slot = series_slot  # its input column when it is numeric
+        self.time = time
+        self.time_slot = time_slot
+        self.time_dtype = time_dtype  # the datetime dtype the replay parses the times to; None when numeric
+
+    def context(self, batch: Batch) -> RowContext:
+        """The rows' series keys and times, for the ops (times parsed only if an op reads them)."""
+        other = batch.other
+        series = times = None
+        if self.series is not None:
+            series = other[self.series] if self.series_slot is None else batch.numeric[:, self.series_slot]
+        if self.time is not None:
+            times = other[self.time] if self.time_slot is None else batch.numeric[:, self.time_slot]
+        return RowContext(batch.rows, series=series, times=times, time_dtype=self.time_dtype)
 
     def transform(self, batch: Batch) -> np.ndarray:
-        """The model's features (float32, in the manifest's order), preprocessing replayed."""
+        """The model's features (float32, in the manifest's order), preprocessing replayed by the ops."""
         import numpy as np
 
         inputs = batch.numeric
@@ -91,13 +105,17 @@ class FastScorer:
         else:
             work = np.empty((batch.rows, self.width))
             work[:, :inputs.shape[1]] = inputs
+        rows = self.context(batch)
         with np.errstate(over="ignore", invalid="ignore"):  # as pandas: huge values become inf in float32
             for op in self.ops:
-                op(work)
+                op(work, rows)
             return work[:, self.features].astype(np.float32)
 
     def score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray | None]:
-        labels, score = self.predict(self.transform(batch))
+        try:
+            labels, score = self.predict(self.transform(batch))
+        except DataError as exc:  # an op refused the rows (rowops: "raise opsloop.DataError")
+            raise RequestError(422, str(exc)) from None
         if self.threshold is not None and score is not None:  # the version's alert threshold (opsloop.alerting)
             import numpy as np
 
@@ -108,216 +126,92 @@ class FastScorer:
         return labels, score
 
 
-# ---------------------------------------------------------------------------
-# Compiling steps. `slots` maps column -> matrix column, `dtypes` column -> the
-# dtype the replay's frame would have; each builder returns its op (or None).
-# ---------------------------------------------------------------------------
+def _options(model: LoadedModel, name: str, step: dict[str, Any]) -> Any:
+    """A step's stored options, structured as `LoadedModel.transform` gives them to `preprocess`."""
+    from opsloop.config import structure
 
-
-def _columns(indices: list[int]) -> slice | np.ndarray:
-    """Matrix columns to index with: a slice when they are consecutive (no copy, 5x faster), else an array."""
-    import numpy as np
-
-    if indices and indices == list(range(indices[0], indices[0] + len(indices))):
-        return slice(indices[0], indices[0] + len(indices))
-    return np.array(indices, dtype=np.intp)
-
-
-def _rounding(columns: list[str], slots: dict[str, int], dtypes: dict[str, str]) -> Op | None:
-    """An op that rounds narrow-float columns to their dtype, as pandas' astype does after a step."""
-    import numpy as np
-
-    groups: dict[str, list[int]] = {}
-    for c in columns:
-        if dtypes[c] in ("float32", "float16"):
-            groups.setdefault(dtypes[c], []).append(slots[c])
-    if not groups:
+    cls = model.plugins.options_class(name)
+    if cls is None:
         return None
-    casts = [(_columns(idx), np.dtype(dt)) for dt, idx in groups.items()]
-
-    def round_(w: np.ndarray) -> None:
-        for idx, dt in casts:
-            w[:, idx] = w[:, idx].astype(dt)
-    return round_
+    return structure(step.get("options") or {}, cls, section=f"bundle {model.ref} step {name}", source=None)
 
 
-def _numeric(columns: list[str], slots: dict[str, int], dtypes: dict[str, str], step: str) -> None:
-    for c in columns:
-        if c not in slots:
-            raise Unsupported(f'step "{step}" uses column "{c}", which is not numeric at this point')
+def _compile_step(model: LoadedModel, step: dict[str, Any], layout: RowLayout) -> RowOp | None:
+    """One step's op from its plugin (None: it does nothing to request rows); `Unsupported` saying why not."""
+    plugins, name = model.plugins, step["plugin"]
+    try:
+        plugins.load(name, where=f"bundle {model.ref}")
+    except OpsloopError as exc:  # not installed, or it fails to import: the replay will say so too
+        raise Unsupported(f'step "{name}" has no fast path: {exc}') from None
+    label = plugins.info(name).label
+    if not plugins.implements(name, "compile_rows"):
+        raise Unsupported(f'step "{name}" ({label}) has no fast path (it does not implement compile_rows)')
+    try:
+        options = _options(model, name, step)
+    except OpsloopError as exc:  # options the plugin no longer takes: the replay will say so too
+        raise Unsupported(f'step "{name}" has no fast path: {exc}') from None
+    layout.step = name
+    try:
+        op = plugins.call(name, "compile_rows", state=dict(step["state"]), options=options, layout=layout)
+    except PluginCallError as exc:  # the manager wraps whatever the plugin raised, NoFastPath included
+        if isinstance(exc.cause, NoFastPath):
+            raise Unsupported(str(exc.cause)) from None
+        return _failed(model, str(exc))
+    if op is not None and not callable(op):
+        return _failed(model, f'plugin "{name}" ({label}) returned {type(op).__name__} from compile_rows, '
+                              "not a row operation or None")
+    return op
 
 
-def _impute(state: dict[str, Any], options: dict[str, Any], slots: dict[str, int], dtypes: dict[str, str]) -> Op | None:
-    import numpy as np
-
-    fill = state["fill"]
-    _numeric([c for c in fill if fill[c] is not None], slots, dtypes, "impute")
-    floats = [c for c in fill if fill[c] is not None and dtypes[c].startswith("float")]
-    for c in floats:  # pandas keeps a float32 column float32 only for a fill value float32 holds
-        if dtypes[c] != "float64" and float(np.dtype(dtypes[c]).type(fill[c])) != float(fill[c]):
-            raise Unsupported(f'impute: the fill value of "{c}" does not fit its dtype {dtypes[c]}')
-    indicators = list(state.get("indicators", []))
-    _numeric(indicators, slots, dtypes, "impute")
-    src = _columns([slots[c] for c in indicators])
-    dst = []
-    for c in indicators:
-        name = f"{c}__missing"
-        if name in slots or name in dtypes:
-            raise Unsupported(f'impute: indicator column "{name}" clashes with an existing column')
-        slots[name], dtypes[name] = len(slots), "int8"
-        dst.append(slots[name])
-    idx = _columns([slots[c] for c in floats])
-    values = np.array([float(fill[c]) for c in floats])
-    dst_idx = _columns(dst)
-
-    def impute(w: np.ndarray) -> None:
-        if indicators:
-            w[:, dst_idx] = np.isnan(w[:, src])  # flags come from the rows before filling
-        block = w[:, idx]
-        gaps = np.isnan(block)
-        if gaps.any():
-            w[:, idx] = np.where(gaps, values, block)
-    return impute if floats or indicators else None
+def _failed(model: LoadedModel, reason: str) -> Any:
+    """A plugin failed while compiling: logged as a warning, and the version replays (never a failed load)."""
+    log.warning("opsloop serve: %s takes the replay path: %s", model.ref, reason)
+    raise Unsupported(reason)
 
 
-def _scale(state: dict[str, Any], options: dict[str, Any], slots: dict[str, int], dtypes: dict[str, str]) -> Op | None:
-    import numpy as np
-
-    columns = list(state["center"])
-    if not columns:
-        return None
-    _numeric(columns, slots, dtypes, "scale")
-    idx = _columns([slots[c] for c in columns])
-    center = np.array([state["center"][c] for c in columns], dtype=np.float64)
-    scale = np.array([state["scale"][c] for c in columns], dtype=np.float64)
-    for c in columns:  # float columns keep their dtype, the others become float64
-        if not dtypes[c].startswith("float"):
-            dtypes[c] = "float64"
-    round_ = _rounding(columns, slots, dtypes)
-
-    def scale_(w: np.ndarray) -> None:
-        w[:, idx] = (w[:, idx] - center) / scale
-        if round_:
-            round_(w)
-    return scale_
-
-
-def _clip(state: dict[str, Any], options: dict[str, Any], slots: dict[str, int], dtypes: dict[str, str]) -> Op | None:
-    import numpy as np
-
-    lower, upper = state["lower"], state["upper"]
-    columns = [c for c in lower if lower[c] is not None and upper[c] is not None]
-    if not columns:
-        return None
-    _numeric(columns, slots, dtypes, "clip")
-    idx = _columns([slots[c] for c in columns])
-    lo = np.array([lower[c] for c in columns], dtype=np.float64)
-    hi = np.array([upper[c] for c in columns], dtype=np.float64)
-    for c in columns:
-        if dtypes[c][:1] not in ("f", "i", "u"):
-            dtypes[c] = "float64"
-    round_ = _rounding(columns, slots, dtypes)
-
-    def clip(w: np.ndarray) -> None:
-        w[:, idx] = np.clip(w[:, idx], lo, hi)  # integers stay whole: their bounds are whole
-        if round_:
-            round_(w)
-    return clip
-
-
-def _schema_check(state: dict[str, Any], options: dict[str, Any], slots: dict[str, int],
-                  dtypes: dict[str, str]) -> Op | None:
-    if (options or {}).get("on_violation", "warn") != "warn":
-        raise Unsupported('schema-check with on_violation = "reject" judges every request through the plugin')
-    return None
-
-
-def _label_horizon(state: dict[str, Any], options: dict[str, Any], slots: dict[str, int],
-                   dtypes: dict[str, str]) -> Op | None:
-    return None  # it only changes the target, which requests never carry
-
-
-def _rolling(state: dict[str, Any], options: dict[str, Any], slots: dict[str, int], dtypes: dict[str, str]) -> Op:
-    windows = state.get("windows") or []
-    raise Unsupported(f"rolling-features computes windows of up to {max(windows, default=0)} rows per series: "
-                      "send each series' recent rows with the request")
-
-
-#: Built-in steps with a fast path; the tests check each against `LoadedModel.predict`.
-STEPS: dict[str, Callable[..., Op | None]] = {
-    "schema-check": _schema_check, "impute": _impute, "scale": _scale, "clip": _clip,
-    "label-horizon": _label_horizon, "rolling-features": _rolling,
-}
-
-
-def binary_labels(p: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """Labels from P(class 1) as `classes[predict_proba(X).argmax(axis=1)]` gives them, without the stacking.
-
-    XGBClassifier.predict_proba stacks (1 - p, p) in float32; argmax takes
-    class 1 only when its column is strictly larger (a tie goes to class 0).
-    """
-    import numpy as np
-
-    return classes[(p > (1.0 - p)).astype(np.intp)]
-
-
-def _xgboost_predict(model: LoadedModel, threads: int) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
-    """What `predictions_frame` computes from `predict_proba`/`predict`, on a float32 matrix (the version's
-    alert threshold is applied after, by `FastScorer.score`)."""
-    import numpy as np
-
-    estimator = model.estimator
-    booster = estimator.get_booster()
-    if threads:
-        booster.set_param({"nthread": threads})  # the same numbers with any thread count
-    rounds = estimator._get_iteration_range(None)  # XGBoost's own rule: best_iteration + 1 when early-stopped
-    missing = estimator.missing
-    task = model.task
-    objective = estimator.objective if isinstance(estimator.objective, str) else ""
-    if task == "regression":
-        def regress(x: np.ndarray) -> tuple[np.ndarray, None]:
-            return booster.inplace_predict(x, iteration_range=rounds, missing=missing, validate_features=False), None
-        return regress
-    if task != "classification":
-        raise Unsupported(f"task {task!r} of an xgboost bundle")
-    classes = np.asarray(estimator.classes_)
-    raw = objective.startswith(("binary:logistic", "multi:softprob"))
-
-    def classify(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if raw:
-            p = booster.inplace_predict(x, iteration_range=rounds, missing=missing, validate_features=False)
-            if p.ndim == 1 and len(classes) == 2:
-                return binary_labels(p, classes), p
-            proba = p if p.ndim == 2 else np.vstack((1.0 - p, p)).transpose()
-        else:
-            proba = np.asarray(estimator.predict_proba(x))
-        score = proba[:, -1] if proba.shape[1] == 2 else proba.max(axis=1)
-        return classes[proba.argmax(axis=1)], score
-    return classify
+def _predict(model: LoadedModel, threads: int) -> FastPredict:
+    """The flavor's fast predict, from whichever plugin compiles it; `Unsupported` when none does."""
+    flavor = model.manifest.get("flavor")
+    try:
+        plugin, predict = model.plugins.first("compile_predict", model=model, threads=threads)
+    except PluginCallError as exc:
+        if isinstance(exc.cause, NoFastPath):
+            raise Unsupported(str(exc.cause)) from None
+        return _failed(model, str(exc))
+    if predict is None:
+        raise Unsupported(f"flavor {flavor!r} has no fast predict (no plugin implements compile_predict for it)")
+    if not callable(predict):
+        return _failed(model, f'plugin "{plugin}" returned {type(predict).__name__} from compile_predict, '
+                              "not a predict function")
+    return predict
 
 
 def compile_fast(model: LoadedModel, schema: InputSchema, threads: int = 1) -> FastScorer:
-    """A `FastScorer` for the bundle; `Unsupported` naming the first thing it cannot do."""
+    """A `FastScorer` composed of the plugins' compiled steps and predict; `Unsupported` naming the first thing
+    that needs the replay."""
     manifest = model.manifest
-    if manifest.get("flavor") != "xgboost":
-        raise Unsupported(f"flavor {manifest.get('flavor')!r} is scored by LoadedModel.predict")
-    slots = dict(schema.index)
-    dtypes = {c.name: c.dtype.lower() for c in schema.numeric}
-    start = _rounding(list(slots), slots, dtypes)  # what building the frame with the schema's dtypes does
-    ops: list[Op] = []
+    predict = _predict(model, threads)
+    layout = RowLayout(schema.index, {c.name: c.dtype for c in schema.numeric},
+                       series=manifest.get("series"), time=manifest.get("time"))
+    start = layout.rounding(list(layout.slots))  # what building the frame with the schema's dtypes does
+    ops: list[RowOp] = [start] if start else []
     for step in manifest["steps"]:
-        builder = STEPS.get(step["plugin"])
-        if builder is None:
-            raise Unsupported(f'step "{step["plugin"]}" has no fast path')
-        op = builder(step["state"], step.get("options") or {}, slots, dtypes)
+        op = _compile_step(model, step, layout)
         if op is not None:
             ops.append(op)
-    missing = [f for f in manifest["features"] if f not in slots]
+    missing = [f for f in manifest["features"] if f not in layout.slots]
     if missing:
         raise Unsupported(f"feature(s) {', '.join(missing[:5])} are not numeric inputs of the fast path")
-    return FastScorer(width=len(slots), start=[start] if start else [], ops=ops,
-                      features=_columns([slots[f] for f in manifest["features"]]), predict=_xgboost_predict(model, threads),
-                      threshold=model.threshold, series=manifest.get("series"))
+    time, time_slot, time_dtype = manifest.get("time"), None, None
+    if time is not None and time in schema.index:
+        time_slot = schema.index[time]
+    elif time is not None and time in schema.by_name:
+        time_dtype = schema.by_name[time].dtype
+    series = manifest.get("series")
+    series_slot = schema.index.get(series) if series is not None else None
+    return FastScorer(width=layout.width, ops=ops, features=index(layout.slots[f] for f in manifest["features"]),
+                      predict=predict, threshold=model.threshold, series=series, series_slot=series_slot,
+                      time=time if time in schema.by_name else None, time_slot=time_slot, time_dtype=time_dtype)
 
 
 def make_scorer(model: LoadedModel, schema: InputSchema, *, fast: bool = True,

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 #: Latency buckets, seconds: single rows land in the first ones, 1,000-row requests in the middle.
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Most characters of the fallback reason on `opsloop_model_info` (the model metadata has it whole).
+REASON_CHARS = 300
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 REASONS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
            411: "length_required", 413: "too_large", 415: "unsupported_encoding", 422: "invalid_input", 500: "internal", 503: "unavailable"}
@@ -39,6 +41,12 @@ def _label(value: Any) -> str:
 
 def _labels(**labels: Any) -> str:
     return "{" + ",".join(f'{k}="{_label(v)}"' for k, v in labels.items()) + "}"
+
+
+def _shorten(text: str, limit: int = REASON_CHARS) -> str:
+    """One line of at most `limit` characters (a plugin's error can be long; the metadata keeps it whole)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _number(value: float) -> str:
@@ -93,7 +101,8 @@ class Metrics:
         if previous is not None:
             self.swaps += 1
         self.model = {"model": served.name, "version": served.version.version, "digest": served.version.digest,
-                      "scorer": served.scorer.kind, "loaded_at": served.loaded_at}
+                      "scorer": served.scorer.kind, "fallback_reason": _shorten(served.scorer.reason),
+                      "loaded_at": served.loaded_at}
 
     def render(self, *, alias: str, log: Any = None, quality: dict[int, dict[str, float]] | None = None,
                report: Path | None = None) -> bytes:
@@ -131,8 +140,11 @@ class Metrics:
         m = self.model
         family("opsloop_model_version", "gauge", "The version being served.")
         out.append(f"opsloop_model_version{_labels(model=m['model'], alias=alias)} {m['version']}")
-        family("opsloop_model_info", "gauge", "The version being served, its digest and scorer (always 1).")
-        out.append(f"opsloop_model_info{_labels(model=m['model'], alias=alias, version=m['version'], digest=m['digest'], scorer=m['scorer'])} 1")
+        family("opsloop_model_info", "gauge", "The version being served, its digest, its scorer (fast or replay) and "
+                                              "why it replays (empty on the fast path) (always 1).")
+        labels = _labels(model=m['model'], alias=alias, version=m['version'], digest=m['digest'], scorer=m['scorer'],
+                         fallback_reason=m['fallback_reason'])
+        out.append(f"opsloop_model_info{labels} 1")
         family("opsloop_model_loaded_timestamp_seconds", "gauge", "When the serving version was loaded.")
         out.append(f"opsloop_model_loaded_timestamp_seconds{_labels(model=m['model'])} {m['loaded_at']:.3f}")
         for name, value, help_ in (("opsloop_model_swaps_total", self.swaps, "Hot swaps since start."),

@@ -27,13 +27,15 @@ SIGNATURES = {
     "monitor": ["version", "current", "predictions", "reference", "options", "run"],
     "decide_retrain": ["version", "reports", "options", "run"],
     "gate": ["champion", "challenger", "window", "options", "run"],
+    "compile_rows": ["state", "options", "layout"],
+    "compile_predict": ["model", "threads"],
     "on_stage_start": ["stage", "plugins", "run"],
     "on_stage_end": ["stage", "result", "seconds", "run"],
     "on_stage_error": ["stage", "error", "run"],
     "on_model_registered": ["version", "run"],
     "on_alias_changed": ["change", "run"],
 }
-FIRSTRESULT = {"open_store", "save_model", "load_model"}
+FIRSTRESULT = {"open_store", "save_model", "load_model", "compile_predict"}
 
 
 def specs() -> dict[str, object]:

@@ -165,11 +165,17 @@ def test_fast_path_equals_replay_value_for_value(case: str, bundles: dict[str, A
 
 
 def test_every_builtin_step_is_covered() -> None:
-    from opsloop.serving.fastpath import STEPS
+    """Every built-in preprocess step is checked above: on the fast path against the replay, or falling back."""
+    from opsloop.manager import PluginManager
 
-    covered = {step for pre, _ in CASES.values() for step in pre["plugins"]}
-    covered |= {step for pre, _ in FALLBACK.values() for step in pre["plugins"]}
-    assert set(STEPS) <= covered
+    pm = PluginManager()
+    builtin = [n for n, info in pm.known.items() if info.dist == "opsloop"]
+    pm.load_all(builtin)
+    compiled = {n for n in builtin if pm.implements(n, "compile_rows")}
+    steps = {n for n in builtin if pm.implements(n, "preprocess")}
+    assert {"schema-check", "impute", "scale", "clip", "label-horizon"} <= compiled <= steps
+    covered = {step for pre, _ in (*CASES.values(), *FALLBACK.values()) for step in pre["plugins"]}
+    assert steps <= covered
 
 
 @pytest.mark.parametrize("case", list(FALLBACK))
@@ -194,6 +200,21 @@ def test_steps_without_fast_path_fall_back_to_replay(case: str, data: tuple[Path
         with pytest.raises(RequestError) as refused:
             scorer.score(_batch(schema, rows))
         assert refused.value.status == 422 and "m09" in refused.value.message
+
+
+def test_the_flavor_compiles_its_own_predict_and_another_flavor_replays(bundles: dict[str, Any],
+                                                                       data: tuple[Path, pd.DataFrame],
+                                                                       tmp_path: Path) -> None:
+    model, _ = bundles["no-steps"]
+    plugin, predict = model.plugins.first("compile_predict", model=model, threads=1)
+    assert plugin == "xgboost" and callable(predict)
+    forest, monitor = _build(tmp_path, data[0], {"plugins": ["impute"]}, {"train": {"plugins": ["isolation-forest"]}})
+    schema = InputSchema.from_manifest(forest.manifest, max_rows=1000)
+    scorer = make_scorer(forest, schema)
+    assert isinstance(scorer, ReplayScorer)
+    assert scorer.reason == "flavor 'sklearn' has no fast predict (no plugin implements compile_predict for it)"
+    rows = monitor.drop(columns=["label", "level"], errors="ignore").head(20).reset_index(drop=True)
+    _assert_same(scorer.score(_batch(schema, rows)), forest.predict(rows))
 
 
 def test_switching_the_fast_path_off_replays(bundles: dict[str, Any]) -> None:
@@ -248,7 +269,7 @@ def test_doubles_are_rounded_to_float32_before_the_steps_as_the_replay_does(bund
 
 
 def test_binary_labels_break_ties_like_predict_proba_argmax() -> None:
-    from opsloop.serving.fastpath import binary_labels
+    from opsloop.plugins.xgboost_trainer import binary_labels
 
     p = np.array([0.5, np.nextafter(np.float32(0.5), 1), np.nextafter(np.float32(0.5), 0), 0.0, 1.0, 0.7, 1e-8],
                  dtype=np.float32)
