@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 import pytest
 from opsloop.serving.app import create_app
@@ -67,11 +69,11 @@ def compile_rows(state, options, layout):
             round_(work, rows)
     return centre
 '''
-BROKEN = '''
+BROKEN = r'''
 
 @hookimpl
 def compile_rows(state, options, layout):
-    raise ValueError("no luck today")
+    raise ValueError('no luck "today" in C:\\temp')
 '''
 MODULES = {"opsloop_centre": STEP + COMPILE, "opsloop_centre_slow": STEP, "opsloop_centre_broken": STEP + BROKEN}
 ENTRY_POINTS = {"centre": "opsloop_centre", "centre-slow": "opsloop_centre_slow",
@@ -153,6 +155,13 @@ def model_info(url: str) -> str:
     return next(line for line in text.splitlines() if line.startswith("opsloop_model_info{"))
 
 
+def labels(line: str) -> dict[str, str]:
+    """The labels of one sample line, unescaped as the Prometheus text format says (\\, \", \n)."""
+    unescape = {"\\": "\\", '"': '"', "n": "\n"}
+    return {key: re.sub(r"\\(.)", lambda m: unescape[m.group(1)], value)
+            for key, value in re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', line)}
+
+
 def test_a_third_party_step_with_compile_rows_is_served_on_the_fast_path(centre: Any, tmp_path: Path) -> None:
     project = centre("centre")
     records, replay = rows_and_replay(project, "asd-centre")
@@ -205,10 +214,26 @@ def test_a_compile_rows_that_raises_replays_with_the_error_as_the_reason(centre:
         app = create_app(workdir=project.path, model="asd-centre-broken", log_path=tmp_path / "log.db")
     reason = app.watcher.current.scorer.reason
     assert app.watcher.current.scorer.kind == "replay"
-    assert 'plugin "centre-broken" (opsloop-centre 1.0) failed in compile_rows' in reason
-    assert "no luck today" in reason and "ValueError" in reason
-    assert any("replay path" in r.getMessage() and "no luck today" in r.getMessage() for r in caplog.records)
+    assert reason.startswith('plugin "centre-broken" (opsloop-centre 1.0) failed in compile_rows: ValueError(')
+    assert 'no luck "today" in C:' in reason and "\\" in reason
+    assert any("replay path" in r.getMessage() and reason in r.getMessage() for r in caplog.records)
     with ServerThread(app) as server:
-        assert "no luck today" in model_info(server.url)
+        status, meta = post(server.url, "/v2/models/asd-centre-broken", None)
+        assert meta["parameters"]["fallback_reason"] == reason
+        line = model_info(server.url)
+        assert line.endswith("} 1") and labels(line)["fallback_reason"] == reason  # quotes, backslashes escaped
+        assert labels(line)["scorer"] == "replay"
         prediction, score = served(server.url, records)
         assert np.array_equal(score, replay["score"].to_numpy(dtype=np.float64))
+    # a reason of any length and shape is one bounded label value on /metrics; the metadata keeps it whole
+    from opsloop.serving.fastpath import ReplayScorer
+    from opsloop.serving.metrics import REASON_CHARS, Metrics
+
+    current = app.watcher.current
+    long = attrs.evolve(current, scorer=ReplayScorer(current.model, current.schema, "why\n" + "x" * 1000))
+    metrics = Metrics()
+    metrics.model_loaded(long)
+    line = next(x for x in metrics.render(alias="production").decode().splitlines()
+                if x.startswith("opsloop_model_info{"))
+    value = labels(line)["fallback_reason"]
+    assert len(value) == REASON_CHARS and value.startswith("why xxx") and value.endswith("...")
