@@ -5,7 +5,7 @@ Modules, in the order a request meets them (docs/serving.md is the user's guide)
     app       the raw ASGI application, routes, `create_app(...)`
     protocol  request and response bodies: KServe v2 (JSON and binary tensors), JSON records
     schema    the bundle's input schema; checking requests into batches
-    fastpath  scoring: compiled numpy + XGBoost where possible, `LoadedModel.predict` otherwise
+    fastpath  scoring: the plugins' compiled row ops and predict where they have them, `LoadedModel.predict` otherwise
     model     the version being served, and the watcher that hot-swaps it when its alias moves
     predlog   the prediction log and feedback in SQLite, written off the request path
     logfile   the log's file: its tables, opening it, noticing it deleted or moved

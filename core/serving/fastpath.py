@@ -56,7 +56,7 @@ class ReplayScorer:
             out = self.model.predict(frame)
         except DataError as exc:
             raise RequestError(422, str(exc)) from None
-        except PluginCallError as exc:  # a step refused the rows (schema-check with on_violation = reject)
+        except PluginCallError as exc:  # a step refused the rows (a check that rejects what it finds)
             if isinstance(exc.cause, DataError):
                 raise RequestError(422, str(exc.cause)) from None
             raise
