@@ -156,17 +156,17 @@ def _compile_step(model: LoadedModel, step: dict[str, Any], layout: RowLayout) -
     except PluginCallError as exc:  # the manager wraps whatever the plugin raised, NoFastPath included
         if isinstance(exc.cause, NoFastPath):
             raise Unsupported(str(exc.cause)) from None
-        return _failed(model, str(exc))
+        raise _failed(model, str(exc))
     if op is not None and not callable(op):
-        return _failed(model, f'plugin "{name}" ({label}) returned {type(op).__name__} from compile_rows, '
+        raise _failed(model, f'plugin "{name}" ({label}) returned {type(op).__name__} from compile_rows, '
                               "not a row operation or None")
     return op
 
 
-def _failed(model: LoadedModel, reason: str) -> Any:
+def _failed(model: LoadedModel, reason: str) -> Unsupported:
     """A plugin failed while compiling: logged as a warning, and the version replays (never a failed load)."""
     log.warning("opsloop serve: %s takes the replay path: %s", model.ref, reason)
-    raise Unsupported(reason)
+    return Unsupported(reason)
 
 
 def _predict(model: LoadedModel, threads: int) -> FastPredict:
@@ -177,11 +177,11 @@ def _predict(model: LoadedModel, threads: int) -> FastPredict:
     except PluginCallError as exc:
         if isinstance(exc.cause, NoFastPath):
             raise Unsupported(str(exc.cause)) from None
-        return _failed(model, str(exc))
+        raise _failed(model, str(exc))
     if predict is None:
         raise Unsupported(f"flavor {flavor!r} has no fast predict (no plugin implements compile_predict for it)")
     if not callable(predict):
-        return _failed(model, f'plugin "{plugin}" returned {type(predict).__name__} from compile_predict, '
+        raise _failed(model, f'plugin "{plugin}" returned {type(predict).__name__} from compile_predict, '
                               "not a predict function")
     return predict
 

@@ -217,6 +217,33 @@ def test_the_flavor_compiles_its_own_predict_and_another_flavor_replays(bundles:
     _assert_same(scorer.score(_batch(schema, rows)), forest.predict(rows))
 
 
+def test_ops_get_the_rows_series_keys_and_times_and_may_refuse_rows(bundles: dict[str, Any]) -> None:
+    """What a stateful op (per-series history in the server) will read: `RowContext` as the replay sees the rows."""
+    from opsloop import DataError, RowContext
+
+    model, monitor = bundles["no-steps"]
+    schema = InputSchema.from_manifest(model.manifest, max_rows=1000)
+    scorer = make_scorer(model, schema)
+    assert isinstance(scorer, FastScorer)
+    rows = _scoring_rows(monitor, "label").head(25)
+    seen: list[RowContext] = []
+    scorer.ops.append(lambda work, ctx: seen.append(ctx))
+    batch = _batch(schema, rows)
+    scorer.score(batch)
+    ctx = seen[-1]
+    frame = schema.frame(batch)  # what the replay scores
+    assert ctx.count == 25 and list(ctx.series) == frame["entity"].tolist() == rows["entity"].tolist()
+    assert ctx.times.dtype == np.dtype("datetime64[ns]")
+    assert np.array_equal(ctx.times, frame["timestamp"].to_numpy()) and ctx.times is ctx.times  # parsed once
+
+    def refuse(work: np.ndarray, ctx: RowContext) -> None:
+        raise DataError(f"series {ctx.series[0]!r}: rows out of order")
+    scorer.ops.append(refuse)
+    with pytest.raises(RequestError) as refused:
+        scorer.score(batch)
+    assert refused.value.status == 422 and "rows out of order" in refused.value.message
+
+
 def test_switching_the_fast_path_off_replays(bundles: dict[str, Any]) -> None:
     model, monitor = bundles["check-impute-scale-clip"]
     schema = InputSchema.from_manifest(model.manifest, max_rows=1000)
