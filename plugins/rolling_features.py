@@ -395,3 +395,13 @@ def preprocess(dataset: Dataset, state: dict[str, Any] | None, options: Options 
     if state is None:
         state = fit(dataset, options)
     return Preprocessed(dataset=apply(dataset, state), state=state)
+
+
+@hookimpl
+def compile_rows(state: dict[str, Any], options: Options | None, layout: Any) -> None:
+    """No row operation yet: a row's windows need its series' previous rows, which the server does not keep."""
+    from opsloop.rowops import NoFastPath
+
+    reach = ", ".join(f"{w} rows" if isinstance(w, int) else str(w) for w in state.get("windows") or [])
+    raise NoFastPath(f"rolling-features computes windows ({reach or 'none'}) over each series' previous rows: "
+                     "send each series' recent rows with the request")

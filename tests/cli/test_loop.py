@@ -38,7 +38,8 @@ CONFIG: dict[str, Any] = {
         "monitor": "entity in ['omi-1', 'omi-9'] and timestamp >= '2024-01-10'",
     },
     "preprocess": {"plugins": ["schema-check", "impute"]},
-    "train": {"plugins": ["xgboost"], "xgboost": {"n_estimators": 30, "n_jobs": 1}},
+    # early stopping on, as the scenario (a promotion, then a rejection) was built with it
+    "train": {"plugins": ["xgboost"], "xgboost": {"n_estimators": 30, "n_jobs": 1, "early_stopping_rounds": 20}},
     "validate": {"plugins": ["holdout"]},
     "deploy": {"plugins": ["batch"]},
     "monitor": {"plugins": ["quality-monitor"]},

@@ -28,7 +28,7 @@ def test_file_overrides_key_by_key_but_data_whole(tmp_path):
     path = write(tmp_path, {"train": {"xgboost": {"max_depth": 3}}, "data": {"source": "x.csv", "target": "y"}})
     cfg = config_mod.read(path)
     assert cfg.selected("train") == ["xgboost"]  # from the defaults
-    assert cfg.options_table("train", "xgboost") == {"max_depth": 3}
+    assert cfg.options_table("train", "xgboost") == {"early_stopping_rounds": 0, "max_depth": 3}  # default's key kept
     assert cfg.data.train is None  # the embedded data's periods do not leak into the user's data
     assert cfg.project.name == "model"
 
@@ -36,7 +36,7 @@ def test_file_overrides_key_by_key_but_data_whole(tmp_path):
 def test_set_overrides_parse_toml_values(tmp_path):
     cfg = config_mod.read(workdir=tmp_path, overrides=[
         "train.xgboost.max_depth=4", 'preprocess.plugins=["impute"]', "project.name=other", "retrain.act=false"])
-    assert cfg.options_table("train", "xgboost") == {"max_depth": 4}
+    assert cfg.options_table("train", "xgboost") == {"early_stopping_rounds": 0, "max_depth": 4}
     assert cfg.selected("preprocess") == ["impute"]
     assert cfg.project.name == "other"
     assert cfg.stages["retrain"].act is False

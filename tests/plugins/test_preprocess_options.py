@@ -95,7 +95,7 @@ def test_the_example_in_the_docs_is_a_valid_config(tmp_path):
     session = Session.open(config_mod.read(tmp_path / "opsloop.toml"), sections=("preprocess",))
     selected = session.config.selected("preprocess")
     assert set(selected) == set(DEFAULTS)
-    assert session.options_for("preprocess", "rolling-features").windows == [6, 12, 36]
+    assert session.options_for("preprocess", "rolling-features").windows == ["30min", "1h", "3h"]
     assert session.options_for("preprocess", "schema-check").on_violation == "reject"
 
 
