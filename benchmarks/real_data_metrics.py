@@ -19,8 +19,12 @@ Configs on the embedded ASD data (`core/default.toml`: train on the first
 week of omi-1..omi-6, monitor the second week of omi-1..omi-12):
 
 - `default`: the shipped defaults (schema-check, impute, rolling-features
-  with a 12-step window: mean, std and rate of change of every metric;
-  xgboost with its defaults; 5-fold time-ordered kfold);
+  over the last hour ("1h" on the time column): mean and std of every
+  metric; xgboost with 300 rounds and no early stopping; 5-fold
+  time-ordered kfold);
+- `windows of 12 rows`: the earlier default, rolling-features with
+  `windows = [12]` and mean, std and rate (with early stopping), kept for
+  comparison;
 - `without rolling-features`: preprocess is schema-check and impute only
   (the raw 19 metrics);
 - `+label-horizon`: `label-horizon` (12 steps: "an incident within the next
@@ -39,12 +43,11 @@ same time-ordered folds, metrics with scikit-learn:
   XGBoost's own defaults (100 rounds, learning rate 0.3), no weighting, no
   early stopping: what a five-line script does;
 - `hand: same params`: the default config written by hand: its rolling
-  features with pandas (per server in time order, 12 rows: `rolling(12,
-  min_periods=1).mean()`, the population standard deviation around that
-  mean, rate of change `(x[t] - x[t-12]) / 12`) and opsloop's effective
-  XGBoost parameters (300 rounds at most, learning rate 0.1, depth 6,
-  negatives/positives weighting, early stopping on the last 10% of time
-  steps, switched off when those steps hold no incident), folds scored with
+  features with pandas (per server in time order, the last hour:
+  `rolling("1h", min_periods=1).mean()` on the timestamps, the population
+  standard deviation around that mean over the rows within the hour) and
+  opsloop's effective XGBoost parameters (300 rounds, learning rate 0.1,
+  depth 6, negatives/positives weighting, no early stopping), folds scored with
   NaN for undefined precision, recall and F1. It must give the default
   config's figures exactly, a check that opsloop adds no skew; the script
   also compares the features value by value with the ones opsloop
@@ -89,11 +92,13 @@ SIX = "entity in ['omi-1', 'omi-2', 'omi-3', 'omi-4', 'omi-5', 'omi-6'] and time
 TWELVE = "timestamp < '2024-01-08 12:00'"
 RAW = '[preprocess]\nplugins = ["schema-check", "impute"]\n'
 HORIZON = '[preprocess]\nplugins = ["schema-check", "impute", "rolling-features", "label-horizon"]\n'
-WINDOW = 12  # the default config's [preprocess.rolling-features]: windows = [12]
-STATS = ("mean", "std", "rate")  # ... and stats
+WINDOW = "1h"  # the default config's [preprocess.rolling-features]: windows = ["1h"]
+STATS = ("mean", "std")  # ... and stats
 
 ASD_CONFIGS = {
     "default": "",
+    "windows of 12 rows": ('[preprocess.rolling-features]\nwindows = [12]\nstats = ["mean", "std", "rate"]\n'
+                           '[train.xgboost]\nearly_stopping_rounds = 20\n'),
     "without rolling-features": RAW,
     "+label-horizon (12)": HORIZON,
     "holdout": '[validate]\nplugins = ["holdout"]\n',
@@ -137,6 +142,7 @@ def run_opsloop(toml: str, workdir: Path) -> dict[str, Any]:
         "monitor": dict(report.metrics),
         "predictions": predictions, "monitor_raw": monitor_raw, "train_raw": train_raw,
         "features": len(model.features), "seconds": time.perf_counter() - start,
+        "threshold": (model.threshold or {}).get("value"),
         "best_iteration": model.manifest["params"].get("best_iteration"),
         "horizon": next((s["state"]["horizon"] for s in model.manifest["steps"] if s["plugin"] == "label-horizon"),
                         None),
@@ -149,12 +155,13 @@ def run_opsloop(toml: str, workdir: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 
 
-def scores(y: np.ndarray, score: np.ndarray, undefined: float = 0.0) -> dict[str, float]:
-    """The six metrics with scikit-learn; 0.5 threshold; AUCs NaN when one class only; precision, recall
-    and F1 `undefined` where they divide by zero (NaN in folds, as opsloop's kfold; 0 when monitoring)."""
+def scores(y: np.ndarray, score: np.ndarray, undefined: float = 0.0, at: float | None = None) -> dict[str, float]:
+    """The six metrics with scikit-learn; 0.5 threshold (or alerts at `score >= at`, a version's alert
+    threshold); AUCs NaN when one class only; precision, recall and F1 `undefined` where they divide by zero
+    (NaN in folds, as opsloop's kfold; 0 when monitoring)."""
     from sklearn import metrics as skm
 
-    pred = (score > 0.5).astype(int)
+    pred = (score > 0.5).astype(int) if at is None else (score >= at).astype(int)
     both = len(np.unique(y)) == 2
     return {
         "accuracy": skm.accuracy_score(y, pred),
@@ -173,46 +180,51 @@ def hand_fit(train: pd.DataFrame, features: list[str], matched: bool) -> Any:
     X, y = train[features], train["label"]
     if not matched:
         return xgb.XGBClassifier(tree_method="hist", random_state=SEED).fit(X, y)
-    times = train["timestamp"].to_numpy()
-    steps = np.unique(times)
-    held = times >= steps[min(max(round(len(steps) * 0.9), 1), len(steps) - 1)]
-    if y[held].nunique() < 2:  # no incident in the last steps: early stopping would learn "always normal"
-        held[:] = False
-    positives = int(y[~held].sum())
+    positives = int(y.sum())  # the default config trains all 300 rounds on every row: no early stopping
     model = xgb.XGBClassifier(n_estimators=300, learning_rate=0.1, max_depth=6, tree_method="hist",
-                              random_state=SEED, early_stopping_rounds=20 if held.any() else None,
-                              scale_pos_weight=((~held).sum() - positives) / positives if positives else 1.0)
-    return model.fit(X[~held], y[~held], eval_set=[(X[held], y[held])] if held.any() else None, verbose=False)
+                              random_state=SEED, scale_pos_weight=(len(y) - positives) / positives if positives else 1.0)
+    return model.fit(X, y, verbose=False)
 
 
 def rolling_by_hand(frame: pd.DataFrame, features: list[str]) -> tuple[pd.DataFrame, list[str]]:
-    """The default config's rolling features written with pandas: per server, in time order, 12 rows.
+    """The default config's rolling features written with pandas: per server, in time order, the last hour.
 
     In float64, rounded to float32 for float32 metrics, as opsloop does. The
-    standard deviation is summed in two passes around the window's mean:
-    pandas' own `rolling().std()` slides running sums (Welford), which leave
-    a residue near 1e-8 instead of 0 where a window holds one value
-    repeated: 1% of the ASD std values would differ from opsloop's.
+    mean is pandas' time-based `rolling("1h")`; the standard deviation is
+    summed in two passes around it, over the rows whose time is within the
+    hour (pandas' own `rolling().std()` slides running sums, which leave a
+    residue near 1e-8 instead of 0 where a window holds one value repeated).
     """
     ordered = frame.sort_values(["entity", "timestamp"], kind="stable")
     x = ordered[features].astype("float64")
     assert not x.isna().any().any(), "missing values: opsloop skips them, this sketch does not"
-    groups = x.groupby(ordered["entity"], sort=False)
-    age = groups.cumcount()  # rows since the series began
-    mean = groups.rolling(WINDOW, min_periods=1).mean().reset_index(level=0, drop=True)
-    squares = sum(((groups.shift(j) - mean) ** 2).fillna(0.0) for j in range(WINDOW))
-    std = np.sqrt(squares.div(np.minimum(age + 1, WINDOW), axis=0))
-    # rate of change over 12 rows; younger than that, since the series' first row (0 on it)
-    rate = (x - groups.shift(WINDOW).fillna(groups.transform("first"))).div(np.clip(age, 1, WINDOW), axis=0)
-    stats = {"mean": mean, "std": std, "rate": rate}
+    entity, when = ordered["entity"].to_numpy(), ordered["timestamp"]
+    span = pd.Timedelta(WINDOW)
+    mean = x.set_index(when).groupby(entity, sort=False).rolling(WINDOW, min_periods=1).mean()
+    mean = pd.DataFrame(mean.to_numpy(), index=ordered.index, columns=features)
+    groups, times = x.groupby(entity, sort=False), when.groupby(entity, sort=False)
+    squares = pd.DataFrame(0.0, index=ordered.index, columns=features)
+    count = pd.Series(0, index=ordered.index)
+    j = 0
+    while True:
+        inside = (when - times.shift(j)) < span  # False where the shifted row is older, or there is none
+        if not inside.any():
+            break
+        squares += ((groups.shift(j) - mean) ** 2).where(inside, 0.0)
+        count += inside
+        j += 1
+    std = np.sqrt(squares.div(count, axis=0))
+    stats = {"mean": mean, "std": std}
     dtype = "float32" if (frame[features].dtypes == "float32").all() else "float64"
     columns = {f"{c}__{stat}{WINDOW}": stats[stat][c].astype(dtype) for c in features for stat in STATS}
     added = pd.DataFrame(columns, index=ordered.index).loc[frame.index]
     return pd.concat([frame, added], axis=1), [*features, *columns]
 
 
-def hand_baseline(train: pd.DataFrame, monitor: pd.DataFrame, features: list[str], matched: bool) -> dict[str, Any]:
-    """Five time-ordered folds on the training period, then a model on all of it scored on the monitor period."""
+def hand_baseline(train: pd.DataFrame, monitor: pd.DataFrame, features: list[str], matched: bool,
+                  at: float | None = None) -> dict[str, Any]:
+    """Five time-ordered folds on the training period, then a model on all of it scored on the monitor period
+    (at 0.5, or at `at`: the alert threshold of the opsloop version it is the twin of)."""
     from sklearn.model_selection import TimeSeriesSplit
 
     _, codes = np.unique(train["timestamp"].to_numpy(), return_inverse=True)
@@ -225,7 +237,7 @@ def hand_baseline(train: pd.DataFrame, monitor: pd.DataFrame, features: list[str
         folds.append({**scores(y, model.predict_proba(test_rows[features])[:, 1], undefined=math.nan),
                       "positives_test": int(y.sum())})
     model = hand_fit(train, features, matched)
-    monitored = scores(monitor["label"].to_numpy(), model.predict_proba(monitor[features])[:, 1])
+    monitored = scores(monitor["label"].to_numpy(), model.predict_proba(monitor[features])[:, 1], at=at)
     monitored["prevalence"] = float(monitor["label"].mean())
     return {"method": f"{FOLDS}-fold time-ordered", "folds": folds, **summary(folds), "monitor": monitored}
 
@@ -252,7 +264,7 @@ def row(label: str, result: dict[str, Any]) -> None:
     held = f"; positives per test block {positives}" if positives else ""
     print(f"  {label:<28} validation ({result['method']}{held}): {val}")
     stopped = (f"best iteration {result['best_iteration']}" if result.get("best_iteration") is not None
-               else "early stopping off (no incident in its held-out rows)")
+               else "no early stopping")
     extra = f"; {result['features']} features, {stopped}, {result['seconds']:.0f} s" if "features" in result else ""
     print(f"  {'':<28} monitor (prevalence {result['monitor']['prevalence']:.3f}): {mon}{extra}")
 
@@ -337,9 +349,10 @@ def asd(workroot: Path, quick: bool) -> None:
         row("hand: xgboost defaults", hand_baseline(train, monitor, features, matched=False))
         rolled_train, names = rolling_by_hand(train, features)
         rolled_monitor, _ = rolling_by_hand(monitor, features)
-        result = hand_baseline(rolled_train, rolled_monitor, names, matched=True)
-        row("hand: same params", result)
         twin = "default" if train_query == SIX else "all 12 servers"
+        result = hand_baseline(rolled_train, rolled_monitor, names, matched=True,
+                               at=results[twin]["threshold"] if twin in results else None)
+        row("hand: same params", result)
         if twin in results:
             check_twin(result, {"train": rolled_train, "monitor": rolled_monitor}, names, twin, results[twin])
 
@@ -365,7 +378,8 @@ def smd(workroot: Path, data_dir: Path) -> None:
     print(f"\n== SMD machine-1-6 (labelled half): {len(frame):,} one-minute steps x {len(features)} metrics; "
           f"train on the first half, monitor the second ==")
     results = {}
-    for label, extra in (("default", ""), ("without rolling-features", RAW)):
+    for label, extra in (("default", ""), ("windows of 12 rows", ASD_CONFIGS["windows of 12 rows"]),
+                         ("without rolling-features", RAW)):
         results[label] = run_opsloop(data + extra, workroot / f"smd_{label.replace('+', 'p')}")
         row(label, results[label])
     train, monitor = frame[frame["timestamp"] < half], frame[frame["timestamp"] >= half]
@@ -374,7 +388,7 @@ def smd(workroot: Path, data_dir: Path) -> None:
     row("hand: xgboost defaults", hand_baseline(train, monitor, features, matched=False))
     rolled_train, names = rolling_by_hand(train, features)
     rolled_monitor, _ = rolling_by_hand(monitor, features)
-    result = hand_baseline(rolled_train, rolled_monitor, names, matched=True)
+    result = hand_baseline(rolled_train, rolled_monitor, names, matched=True, at=results["default"]["threshold"])
     row("hand: same params", result)
     check_twin(result, {"train": rolled_train, "monitor": rolled_monitor}, names, "default", results["default"])
 
@@ -391,7 +405,8 @@ def main() -> None:
 
     print(f"xgboost {xgboost.__version__}, scikit-learn {sklearn.__version__}, pandas {pd.__version__}; seed {SEED}; "
           f"{os.cpu_count()} cores. Figures: mean±std over the folds; monitor = the registered version on the "
-          "later period; threshold 0.5.\n")
+          "later period, precision/recall/F1 at its alert threshold (folds, and hand-written baselines: at 0.5; "
+          "`hand: same params`: monitored at its twin's threshold).\n")
     with tempfile.TemporaryDirectory() as tmp:
         asd(Path(tmp) / "asd", args.quick)
         smd_pkl = args.data_dir / "smd" / "processed" / "machine-1-6_test.pkl"
