@@ -68,9 +68,27 @@ class ProjectSection:
     seed: int = attrs.field(default=42, validator=_seed)
 
 
+def _unlabelled(instance: Any, attribute: Any, value: str) -> None:
+    from opsloop.data import UNLABELLED
+
+    if value not in UNLABELLED:
+        hint = closest(str(value), UNLABELLED)
+        raise ValueError(f"'{attribute.name}' must be one of {', '.join(map(repr, UNLABELLED))}, got {value!r}"
+                         + (f' (did you mean "{hint}"?)' if hint else ""), attribute)
+
+
 @attrs.frozen(kw_only=True)
 class DataSection:
-    """`[data]`: where rows come from and which periods train and monitor."""
+    """`[data]`: where rows come from and which periods train and monitor.
+
+    Attributes:
+        unlabelled: What the training period's rows without a label (a
+            missing target) are (issue 13, item 6; opsloop.data.UNLABELLED):
+            `"error"` (the default: validation and supervised trainers
+            refuse them), `"normal"` (label 0), `"drop"` (left out), or
+            `"keep"` (an unsupervised trainer trains on them; validation
+            and the alert threshold judge the labelled rows only).
+    """
 
     source: str = "embedded:asd"
     target: str | None = None
@@ -80,6 +98,7 @@ class DataSection:
     train: str | None = None
     monitor: str | None = None
     monitor_fraction: float = attrs.field(default=0.3, validator=_fraction)
+    unlabelled: str = attrs.field(default="error", validator=_unlabelled)
 
 
 @attrs.frozen(kw_only=True)

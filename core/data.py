@@ -16,6 +16,15 @@ if TYPE_CHECKING:
 
 EMBEDDED_PREFIX = "embedded:"
 
+#: `[data] unlabelled`: what the training period's rows without a label are (issue 13, item 6).
+UNLABELLED = {
+    "error": "validation and supervised trainers refuse them (the default)",
+    "normal": "they are normal rows, label 0",
+    "drop": "they are left out of training and validation",
+    "keep": "an unsupervised trainer (isolation-forest) trains on them; validation and the alert threshold "
+            "judge the labelled rows only",
+}
+
 
 def one_class_error(plugin: str, dataset: Dataset, classes: Sequence[Any]) -> DataError:
     """The error for classifier training rows whose target holds fewer than two classes.
@@ -30,6 +39,64 @@ def one_class_error(plugin: str, dataset: Dataset, classes: Sequence[Any]) -> Da
     return DataError(f"{plugin}: target column {dataset.target!r} holds one class only ({seen!r}) in the "
                      f"{len(dataset.frame):,} training rows of dataset {dataset.name or '?'}; a classifier needs "
                      "at least two: train on a period that has both (with incidents), or check [data] target")
+
+
+def missing_labels_error(plugin: str, dataset: Dataset, *, mode: str = "error", supervised: bool = False
+                         ) -> DataError:
+    """The error for rows without a label where a label is needed: names the column, how many rows, and what
+    `[data] unlabelled` can do about it (`mode` is its value; `supervised`: the refusing plugin is a
+    supervised trainer, which no value but "normal" and "drop" can satisfy)."""
+    frame = dataset.frame
+    missing = int(frame[dataset.target].isna().sum()) if dataset.target in frame.columns else len(frame)
+    where = (f"{plugin}: {missing:,} of {len(frame):,} rows of dataset {dataset.name or '?'} have no label "
+             f"(target column {dataset.target!r} is missing there)")
+    if supervised and mode == "keep":
+        return DataError(f'{where}; [data] unlabelled = "keep" leaves them unlabelled for an unsupervised '
+                         'trainer (isolation-forest), and a supervised one needs a label on every row: set it to '
+                         '"normal" (they are label 0) or "drop" (train on the labelled rows)')
+    return DataError(f'{where}; set [data] unlabelled to "normal" (they are label 0), "drop" (leave them out) or '
+                     '"keep" (an unsupervised trainer such as isolation-forest trains on them; validation and '
+                     "the alert threshold judge the labelled rows)")
+
+
+def unlabelled(train: Dataset, config: Config) -> Dataset:
+    """The training period with `[data] unlabelled` applied to its rows without a label (`UNLABELLED`).
+
+    Only the training period: a monitoring period's rows without a label are
+    rows whose label has not arrived yet, and monitors leave them out.
+
+    Raises:
+        ConfigError: "normal" on a target that is not 0/1.
+        DataError: "normal" or "drop" on a period none of whose rows is labelled.
+    """
+    import numpy as np
+    import pandas as pd
+
+    mode, target, frame = config.data.unlabelled, train.target, train.frame
+    if mode in ("error", "keep") or not target or target not in frame.columns:
+        return train
+    missing = frame[target].isna().to_numpy()
+    count = int(missing.sum())
+    if not count:
+        return train
+    if count == len(frame):
+        raise DataError(f'[data] unlabelled = "{mode}": none of the {len(frame):,} rows of {train.name} has a '
+                        f"label in target column {target!r}, so nothing would be left to learn incidents from "
+                        f"or to judge by" + ("" if mode == "drop" else " (every row would be normal)")
+                        + '; label some of them, or train an unsupervised trainer (isolation-forest) with '
+                        'unlabelled = "keep" and no validator')
+    if mode == "drop":
+        kept = frame[~missing].reset_index(drop=True)
+        return train.derive(kept, name=f"{train.name} ({count:,} unlabelled rows dropped)")
+    labels = pd.to_numeric(frame[target][~missing], errors="coerce")
+    if not labels.isin((0, 1)).all():
+        seen = ", ".join(map(str, pd.unique(frame[target][~missing])[:5]))
+        raise ConfigError(f'"normal" makes a row without a label a 0 (no incident), and target column {target!r} '
+                          f"is not 0/1 (it holds {seen}); use \"drop\" or label the rows",
+                          section="data", key="unlabelled", source=config.source)
+    filled = labels.reindex(frame.index).fillna(0).to_numpy().astype(np.int8)
+    return train.derive(frame.assign(**{target: filled}),
+                        name=f"{train.name} ({count:,} unlabelled rows as normal)")
 
 
 def read_table(path_text: str, config: Config | None = None) -> pd.DataFrame:
@@ -98,7 +165,7 @@ def period(dataset: Dataset, query: str, key: str, config: Config) -> Dataset:
 
 
 def periods(dataset: Dataset, config: Config) -> tuple[Dataset, Dataset | None]:
-    """Training and monitoring periods.
+    """Training and monitoring periods, `[data] unlabelled` applied to the training one (`unlabelled`).
 
     With neither query set, the last `monitor_fraction` of the rows (by time
     when there is a time column) are the monitoring period.
@@ -106,7 +173,7 @@ def periods(dataset: Dataset, config: Config) -> tuple[Dataset, Dataset | None]:
     spec = config.data
     if spec.train is None and spec.monitor is None:
         if spec.monitor_fraction <= 0:
-            return dataset, None
+            return unlabelled(dataset, config), None
         frame = dataset.frame
         if spec.time:
             frame = frame.sort_values(spec.time, kind="stable")
@@ -118,8 +185,9 @@ def periods(dataset: Dataset, config: Config) -> tuple[Dataset, Dataset | None]:
             train_mask = frame[spec.time] < boundary
         else:
             train_mask = frame.index.isin(frame.index[:cut])
-        return (dataset.derive(frame[train_mask].reset_index(drop=True), name=f"{dataset.name} [train]"),
+        return (unlabelled(dataset.derive(frame[train_mask].reset_index(drop=True), name=f"{dataset.name} [train]"),
+                           config),
                 dataset.derive(frame[~train_mask].reset_index(drop=True), name=f"{dataset.name} [monitor]"))
     train = period(dataset, spec.train, "train", config) if spec.train else dataset
     monitor = period(dataset, spec.monitor, "monitor", config) if spec.monitor else None
-    return train, monitor
+    return unlabelled(train, config), monitor

@@ -83,14 +83,15 @@ def sample_split(y: Any, fraction: float, stratified: bool, seed: int) -> _kfold
 def validate(dataset: Dataset, fit: Callable[[Dataset], Any], options: Options, run: RunContext) -> ValidationReport:
     """Fit on all but the held-out rows and score those."""
     options = options or Options()
-    y = _kfold.labels_for_validation(dataset, "holdout")
+    y = _kfold.labels_for_validation(dataset, "holdout", run)
     method = _kfold.resolve_method(options.method, dataset, _kfold.target_type(y), "holdout")
     if method == "time":
         split = time_split(dataset, options.fraction)
         name = f"holdout {options.fraction:.0%} time-ordered"
     else:
-        split = sample_split(y, options.fraction, method == "stratified", run.seed)
+        split = sample_split(_kfold.strata(y), options.fraction, method == "stratified", run.seed)
         name = f"holdout {options.fraction:.0%} {method}"
     oof: list[Any] = []
     folds = _kfold.run_folds(dataset, fit, [split], 1, run, f"holdout: {name}", keep=oof)
+    _kfold.note_unlabelled(folds, run, "holdout")
     return _kfold.make_report(name, folds, oof)

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from opsloop.types import Dataset, FitFunction, RunContext
 
 METHODS = ("auto", "time", "stratified", "random")
-COUNTS = ("rows_train", "rows_test", "positives_train", "positives_test")
+COUNTS = ("rows_train", "rows_test", "positives_train", "positives_test", "unlabelled_train", "unlabelled_test")
 Split = tuple["np.ndarray", "np.ndarray"]
 
 
@@ -92,24 +92,44 @@ def plugin_options() -> type:
 # ---------------------------------------------------------------------------
 
 
-def labels_for_validation(dataset: Dataset, plugin: str) -> pd.Series:
-    """The target; DataError when there is none (unsupervised detectors are scored against labels too)."""
+def labels_for_validation(dataset: Dataset, plugin: str, run: RunContext | None = None) -> pd.Series:
+    """The target; DataError when there is none (unsupervised detectors are scored against labels too).
+
+    Rows without a label are a DataError naming `[data] unlabelled`, unless it
+    is `"keep"` (`run.config`): then they stay in, NaN, for the trainer, and
+    only the labelled rows are judged (`score_fold`); a DataError when none is.
+    """
+    from opsloop.data import missing_labels_error
+
     if not dataset.target or dataset.target not in dataset.frame.columns:
         raise DataError(f"{plugin}: validation needs labels to score against, and dataset {dataset.name or '?'} "
                         f"has no target column ({dataset.target!r}); set [data] target (an unsupervised "
                         "detector is judged against labels as well), or select no validator")
     y = dataset.frame[dataset.target]
     missing = int(y.isna().sum())
-    if missing:
-        raise DataError(f"{plugin}: target column {dataset.target!r} has {missing} missing value(s)")
+    if not missing:
+        return y
+    mode = run.config.data.unlabelled if run is not None and run.config is not None else "error"
+    if mode != "keep":
+        raise missing_labels_error(plugin, dataset, mode=mode)
+    if missing == len(y):
+        raise DataError(f'{plugin}: none of the {len(y):,} rows of dataset {dataset.name or "?"} has a label '
+                        f'(target column {dataset.target!r}); with [data] unlabelled = "keep" validation judges '
+                        "the labelled rows only, and there are none: add a labelled period to [data] train, or "
+                        "select no validator (the version then alerts at the model's own decision)")
     return y
 
 
 def target_type(y: pd.Series) -> str:
-    """scikit-learn's name for the target: "binary", "multiclass", "continuous"..."""
+    """scikit-learn's name for the target: "binary", "multiclass", "continuous"... (of the labelled rows)"""
     from sklearn.utils.multiclass import type_of_target
 
-    return type_of_target(y.to_numpy())
+    return type_of_target(y.dropna().to_numpy())
+
+
+def strata(y: pd.Series) -> pd.Series:
+    """What stratified splits keep the ratio of: the labels, with rows without one as a class of their own."""
+    return y.astype("float64").fillna(-1.0) if y.isna().any() else y
 
 
 def resolve_method(method: str, dataset: Dataset, kind: str, plugin: str) -> str:
@@ -162,13 +182,22 @@ def score_fold(dataset: Dataset, fit: FitFunction, train: np.ndarray, test: np.n
     y_all = frame[dataset.target]
     y_train, y_test = y_all.iloc[train], y_all.iloc[test]
     counts: dict[str, float] = {"rows_train": len(train), "rows_test": len(test)}
-    if set(y_all.unique().tolist()) <= {0, 1}:  # "positives" means something
+    if set(y_all.dropna().unique().tolist()) <= {0, 1}:  # "positives" means something
         counts["positives_train"] = int(y_train.sum())
         counts["positives_test"] = int(y_test.sum())
+    unknown = y_test.isna().to_numpy()
+    if y_all.isna().any():  # [data] unlabelled = "keep": the trainer gets every row, only labelled ones are judged
+        counts["unlabelled_train"] = int(y_train.isna().sum())
+        counts["unlabelled_test"] = int(unknown.sum())
+        test, y_test = test[~unknown], y_test[~unknown]
+        if not len(test):
+            message = f"{label}: no test row has a label; metrics are NaN"
+            run.log.info(message)
+            return {**dict.fromkeys(CLASSIFICATION, math.nan), **counts}
     try:
         model = fit(dataset.derive(frame.iloc[train], name=f"{dataset.name} [{label} train]"))
     except Exception as exc:
-        if y_train.nunique() > 1:
+        if y_train.nunique() > 1 or y_train.isna().any():  # rows without a label: the trainer's own words
             raise
         message = f"{label}: the trainer cannot fit a training block of one class only ({exc}); metrics are NaN"
         run.log.warning(message)
@@ -276,14 +305,27 @@ def shuffled_splits(y: pd.Series, folds: int, method: str, shuffle: bool, seed: 
 def validate(dataset: Dataset, fit: Callable[[Dataset], Any], options: Options, run: RunContext) -> ValidationReport:
     """Fit and score the trainer on each fold."""
     options = options or Options()
-    y = labels_for_validation(dataset, "kfold")
+    y = labels_for_validation(dataset, "kfold", run)
     method = resolve_method(options.method, dataset, target_type(y), "kfold")
     if method == "time":
         splits = time_splits(dataset, options.folds, options.gap)
         name = f"{options.folds}-fold time-ordered" + (f", gap {options.gap}" if options.gap else "")
     else:
-        splits = shuffled_splits(y, options.folds, method, options.shuffle, run.seed)
+        splits = shuffled_splits(strata(y), options.folds, method, options.shuffle, run.seed)
         name = f"{options.folds}-fold {method}"
     oof: list[pd.DataFrame] = []
     folds = run_folds(dataset, fit, splits, options.n_jobs, run, f"kfold: {name}", keep=oof)
+    note_unlabelled(folds, run, "kfold")
     return make_report(name, folds, oof)
+
+
+def note_unlabelled(folds: list[dict[str, float]], run: RunContext, plugin: str) -> None:
+    """A note when rows without a label were trained on and not judged (`[data] unlabelled = "keep"`)."""
+    if not any("unlabelled_test" in f for f in folds):
+        return
+    left = sum(int(f["unlabelled_test"]) for f in folds)
+    empty = sum(1 for f in folds if f["rows_test"] == f["unlabelled_test"])
+    text = (f'{plugin}: [data] unlabelled = "keep": rows without a label are trained on and not judged '
+            f"({left:,} test rows left out")
+    text += f"; {empty} of {len(folds)} test blocks hold no labelled row, their metrics are NaN)" if empty else ")"
+    run.reporter.note(text)

@@ -101,17 +101,19 @@ def numeric_features(dataset: Dataset, plugin: str) -> pd.DataFrame:
     return X
 
 
-def labels(dataset: Dataset, task: str, plugin: str) -> pd.Series:
-    """The target column; DataError when it is absent or has gaps."""
+def labels(dataset: Dataset, task: str, plugin: str, run: RunContext | None = None) -> pd.Series:
+    """The target column; DataError when it is absent or has gaps (naming `[data] unlabelled`)."""
     import pandas as pd
 
     if not dataset.target or dataset.target not in dataset.frame.columns:
         raise DataError(f"{plugin}: task {task!r} needs a target column, dataset {dataset.name or '?'} has "
                         f"none ({dataset.target!r}); set [data] target")
     y = dataset.frame[dataset.target]
-    missing = int(y.isna().sum())
-    if missing:
-        raise DataError(f"{plugin}: target column {dataset.target!r} has {missing} missing value(s)")
+    if y.isna().any():
+        from opsloop.data import missing_labels_error
+
+        mode = run.config.data.unlabelled if run is not None and run.config is not None else "error"
+        raise missing_labels_error(plugin, dataset, mode=mode, supervised=True)
     if task == "regression" and not pd.api.types.is_numeric_dtype(y):
         raise DataError(f"{plugin}: regression needs a numeric target, {dataset.target!r} is {y.dtype}")
     if task == "classification" and y.nunique() == 1:  # issue 8: a one-class "classifier" learns nothing
@@ -193,7 +195,7 @@ def train(dataset: Dataset, options: Options, run: RunContext) -> TrainedModel:
     options = options or Options()
     section = "train.sklearn"
     X = numeric_features(dataset, "sklearn")
-    y = None if options.task == "anomaly" else labels(dataset, options.task, "sklearn")
+    y = None if options.task == "anomaly" else labels(dataset, options.task, "sklearn", run)
     cls = estimator_class(options.estimator, section=section)
     estimator = fit(build(cls, options.params, run.seed, section=section), X, y, options.task,
                     section=section, plugin="sklearn")
