@@ -10,6 +10,14 @@ used only by validation and monitoring to judge the detector). Its task is
 - `score_samples` is scikit-learn's (lower = more abnormal), so the score in
   predictions, `-score_samples`, ranks anomalies first (ROC AUC, PR AUC).
 
+With a validator, the version alerts at the threshold `[alerting]` chooses
+from the out-of-fold scores (opsloop.alerting), as every binary model does,
+and monitoring reports incident figures at it; `contamination` only sets the
+forest's own decision, used without a validator. Labels are never read when
+fitting, so `[data] unlabelled = "keep"` lets the forest train on history
+nobody labelled while validation and the threshold judge the labelled rows
+(issue 13, item 6).
+
 Saved with the `sklearn` flavor: the plain `IsolationForest` goes into
 `model.skops` (only scikit-learn and NumPy types, all trusted), and the 0/1
 wrapper is rebuilt at load because the manifest's task is `"anomaly"`, so no

@@ -23,6 +23,11 @@ divide by zero (no incident in the block, or none predicted); a fold whose
 training block holds one class and that the trainer refuses reports NaN
 metrics (with a note); the mean and standard deviation skip NaN.
 
+Rows without a label (`[data] unlabelled = "keep"`, for an unsupervised
+trainer) are fitted on and never judged: only labelled test rows are scored
+and kept out-of-fold, and each fold counts `unlabelled_train` and
+`unlabelled_test`. Under any other value they are a DataError naming the key.
+
 The report keeps the out-of-fold scores of a binary classifier or anomaly
 detector (`ValidationReport.oof`: each tested row's score from the fold
 model that did not train on it; in time order, the first block is never
