@@ -164,21 +164,17 @@ def feature_names(state: dict[str, Any]) -> list[str]:
             for c in state["columns"] for w in state["windows"] for s in state["stats"]]
 
 
-def series_order(frame: pd.DataFrame, series: str | None, time: str | None) -> tuple[np.ndarray | None, np.ndarray]:
-    """Row order grouping each series together, in time order (stable), and group starts.
+def order_of(codes: np.ndarray, time_keys: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray]:
+    """Row order grouping each series' code together, in time order (stable), and each row's group start.
 
     Returns:
         The permutation (None when the rows are already in that order) and,
         for each row in that order, the position where its series begins.
     """
     import numpy as np
-    import pandas as pd
 
-    n = len(frame)
-    keys = []
-    if time is not None:
-        keys.append(pd.factorize(frame[time], sort=True)[0])
-    codes = pd.factorize(frame[series], sort=False)[0] if series is not None else np.zeros(n, dtype=np.int64)
+    n = len(codes)
+    keys = [time_keys] if time_keys is not None else []
     keys.append(codes)
     order = np.lexsort(keys)  # stable; the last key (the series) is the primary one
     if (order == np.arange(n)).all():
@@ -192,31 +188,58 @@ def series_order(frame: pd.DataFrame, series: str | None, time: str | None) -> t
     return order, starts
 
 
+def series_order(frame: pd.DataFrame, series: str | None, time: str | None) -> tuple[np.ndarray | None, np.ndarray]:
+    """`order_of` the frame's series and time columns."""
+    import numpy as np
+    import pandas as pd
+
+    time_keys = pd.factorize(frame[time], sort=True)[0] if time is not None else None
+    codes = pd.factorize(frame[series], sort=False)[0] if series is not None else np.zeros(len(frame), dtype=np.int64)
+    return order_of(codes, time_keys)
+
+
 def _exact(x: np.ndarray, starts: np.ndarray, rows: np.ndarray, window: int) -> dict[str, np.ndarray]:
-    """Statistics of a few rows' windows, cut at the series start and skipping missing values."""
+    """Statistics of a few rows' windows (x: rows x columns), cut at the series start, skipping missing values.
+
+    Added one row at a time, newest first, as `window_stats` adds full
+    windows: a row gives the same bits on either path.
+    """
     import numpy as np
 
-    idx = rows[:, None] - np.arange(window)[None, :]
-    values = np.where(idx >= starts[rows][:, None], x[np.maximum(idx, 0)], np.nan)
-    seen = ~np.isnan(values)
-    count = seen.sum(axis=1)
+    m, k = len(rows), x.shape[1]
+    total, seen = np.zeros((m, k)), np.zeros((m, k))
+    low, high = np.full((m, k), np.nan), np.full((m, k), np.nan)
+    steps = []
+    for j in range(window):
+        idx = rows - j
+        inside = (idx >= starts[rows])[:, None]
+        values = np.where(inside, x[np.maximum(idx, 0)], np.nan)
+        known = ~np.isnan(values)
+        total += np.where(known, values, 0.0)
+        seen += known
+        low, high = np.fmin(low, values), np.fmax(high, values)
+        steps.append((values, known))
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(seen, values, 0.0).sum(axis=1) / count
-        var = np.where(seen, (values - mean[:, None]) ** 2, 0.0).sum(axis=1) / count
-    return {"mean": mean, "std": np.sqrt(var), "min": np.fmin.reduce(values, axis=1),
-            "max": np.fmax.reduce(values, axis=1)}
+        mean = total / seen
+        squares = np.zeros((m, k))
+        for values, known in steps:
+            squares += np.where(known, (values - mean) ** 2, 0.0)
+        return {"mean": mean, "std": np.sqrt(squares / seen), "min": low, "max": high}
 
 
 def window_stats(x: np.ndarray, starts: np.ndarray, windows: list[int],
                  stats: list[str]) -> dict[tuple[int, str], np.ndarray]:
-    """Every (window, statistic) of one column whose rows are grouped by series, in time order.
+    """Every (window in rows, statistic) of columns (x: rows x columns) whose rows are grouped by series, in
+    time order.
 
     A row's value depends only on the values inside its own window, added in
     a fixed order (newest first), never on how much history came before: a
     scorer that sends the last `max(windows) + 1` steps gets, bit for bit,
-    the features training saw. The fast path adds shifted copies of the
-    column; rows whose window is cut by the start of their series or holds a
-    missing value are recomputed one window at a time.
+    the features training saw, and so does the server, which computes the
+    same windows over its per-series history. The fast path adds shifted
+    copies of the columns; rows whose window is cut by the start of their
+    series or holds a missing value are recomputed one window at a time, in
+    the same order.
     """
     import numpy as np
 
@@ -235,23 +258,23 @@ def window_stats(x: np.ndarray, starts: np.ndarray, windows: list[int],
             np.maximum(high[j:], x[:n - j], out=high[j:])
         if length in windows:
             snapshots[length] = (total / length, low.copy(), high.copy())
-    scratch = np.empty(n)
+    scratch = np.empty_like(x)
     for w in windows:
         if "rate" in stats:
             back = np.maximum(pos - w, starts)
-            out[w, "rate"] = (x - x[back]) / np.maximum(pos - back, 1)
+            out[w, "rate"] = (x - x[back]) / np.maximum(pos - back, 1)[:, None]
         if w not in snapshots:
             continue
         mean, low, high = snapshots[w]
         out[w, "mean"], out[w, "min"], out[w, "max"] = mean, low, high
         if "std" in stats:
-            squares = np.zeros(n)
+            squares = np.zeros_like(x)
             for j in range(min(w, n)):
                 np.subtract(x[:n - j], mean[j:], out=scratch[j:])
                 np.square(scratch[j:], out=scratch[j:])
                 squares[j:] += scratch[j:]
             out[w, "std"] = np.sqrt(squares / w)
-        fix = np.flatnonzero((rank < w - 1) | np.isnan(mean))
+        fix = np.flatnonzero((rank < w - 1) | np.isnan(mean).any(axis=1))
         if len(fix):
             for stat, values in _exact(x, starts, fix, w).items():
                 if (w, stat) in out:
@@ -284,7 +307,8 @@ def times(frame: pd.DataFrame, time: str, order: np.ndarray | None, series: str 
 
 def duration_stats(x: np.ndarray, t: np.ndarray, starts: np.ndarray, windows: list[str],
                    stats: list[str]) -> dict[tuple[str, str], np.ndarray]:
-    """Every (duration window, statistic) of one column whose rows are grouped by series, in time order.
+    """Every (duration window, statistic) of columns (x: rows x columns) whose rows are grouped by series, in
+    time order (t: int64 nanoseconds).
 
     A row's window holds the rows of its series with a time in `(t - d, t]`
     (rows sharing its time included). As with windows in rows, its value
@@ -310,34 +334,95 @@ def duration_stats(x: np.ndarray, t: np.ndarray, starts: np.ndarray, windows: li
         if "rate" in stats:
             back = np.where(lo > starts, lo - 1, starts)
             elapsed = (t - t[back]) / 1e9
-            out[label, "rate"] = (x - x[back]) / np.where(elapsed > 0, elapsed, 1.0)
+            out[label, "rate"] = (x - x[back]) / np.where(elapsed > 0, elapsed, 1.0)[:, None]
         if not set(stats) - {"rate"}:
             continue
-        rows = hi - lo + 1
-        total, seen = np.zeros(n), np.zeros(n)
-        low, high = np.full(n, np.nan), np.full(n, np.nan)
-        for j in range(int(rows.max())):
-            active = np.flatnonzero(rows > j) if j else np.arange(n)
-            idx = hi[active] - j
-            total[active] += clean[idx]
-            seen[active] += ~nan[idx]
-            low[active] = np.fmin(low[active], x[idx])
-            high[active] = np.fmax(high[active], x[idx])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = total / seen
-            out[label, "mean"], out[label, "min"], out[label, "max"] = mean, low, high
-            if "std" in stats:
-                squares = np.zeros(n)
-                for j in range(int(rows.max())):
-                    active = np.flatnonzero(rows > j) if j else np.arange(n)
-                    idx = hi[active] - j
-                    squares[active] += np.where(nan[idx], 0.0, (x[idx] - mean[active]) ** 2)
-                out[label, "std"] = np.sqrt(squares / seen)
+        sums = _sums(x, clean, nan, lo, hi, np.arange(n), "std" in stats)
+        out[label, "mean"], out[label, "min"], out[label, "max"] = sums["mean"], sums["min"], sums["max"]
+        if "std" in stats:
+            out[label, "std"] = sums["std"]
     return out
 
 
+def _sums(x: np.ndarray, clean: np.ndarray, nan: np.ndarray, lo: np.ndarray, hi: np.ndarray, pos: np.ndarray,
+          std: bool) -> dict[str, np.ndarray]:
+    """Mean, min, max (and std) of each row's window `[lo, hi]`, its values added newest first.
+
+    Most rows of regular data hold the widest window and end at themselves:
+    those are summed with shifted slices of the columns, as windows in rows
+    are; the others (the first rows of a series, rows after a gap, rows
+    sharing a time, windows with a missing value) are summed one row of
+    their window at a time. Both add in the same order from 0, so a row gets
+    the same bits either way, whatever else the array holds.
+    """
+    import numpy as np
+
+    n = len(x)
+    span = hi - lo
+    width = int(span.max()) + 1
+    total, low, high = x.copy(), x.copy(), x.copy()
+    for j in range(1, min(width, n)):
+        total[j:] += x[:n - j]
+        np.minimum(low[j:], x[:n - j], out=low[j:])
+        np.maximum(high[j:], x[:n - j], out=high[j:])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = total / width
+        squares = np.zeros_like(x)
+        if std:
+            scratch = np.empty_like(x)
+            for j in range(min(width, n)):
+                np.subtract(x[:n - j], mean[j:], out=scratch[j:])
+                np.square(scratch[j:], out=scratch[j:])
+                squares[j:] += scratch[j:]
+        fix = np.flatnonzero((span != width - 1) | (hi != pos) | np.isnan(mean).any(axis=1))
+        if len(fix):
+            count = span[fix] + 1
+            end = hi[fix]
+            m, k = len(fix), x.shape[1]
+            t_, seen = np.zeros((m, k)), np.zeros((m, k))
+            lo_, hi_ = np.full((m, k), np.nan), np.full((m, k), np.nan)
+            for j in range(int(count.max())):
+                active = np.flatnonzero(count > j) if j else np.arange(m)
+                idx = end[active] - j
+                t_[active] += clean[idx]
+                seen[active] += ~nan[idx]
+                lo_[active] = np.fmin(lo_[active], x[idx])
+                hi_[active] = np.fmax(hi_[active], x[idx])
+            mean_ = t_ / seen
+            mean[fix], low[fix], high[fix] = mean_, lo_, hi_
+            if std:
+                sq = np.zeros((m, k))
+                for j in range(int(count.max())):
+                    active = np.flatnonzero(count > j) if j else np.arange(m)
+                    idx = end[active] - j
+                    sq[active] += np.where(nan[idx], 0.0, (x[idx] - mean_[active]) ** 2)
+                squares[fix] = sq
+                seen_all = np.full_like(x, float(width))
+                seen_all[fix] = seen
+            out = {"mean": mean, "min": low, "max": high}
+            if std:
+                out["std"] = np.sqrt(squares / seen_all)
+            return out
+        out = {"mean": mean, "min": low, "max": high}
+        if std:
+            out["std"] = np.sqrt(squares / width)
+        return out
+
+
+def features(x: np.ndarray, starts: np.ndarray, t: np.ndarray | None, state: dict[str, Any]) -> list[np.ndarray]:
+    """The features of columns x (rows x columns, grouped by series in time order), one rows x columns array
+    per (window, statistic) in output order within a column."""
+    windows, stats = state["windows"], state["stats"]
+    rows = [w for w in windows if not isinstance(w, str)]
+    durations = [w for w in windows if isinstance(w, str)]
+    found: dict[tuple[Any, str], np.ndarray] = window_stats(x, starts, rows, stats) if rows else {}
+    if durations:
+        found.update(duration_stats(x, t, starts, durations, stats))
+    return [found[w, stat] for w in windows for stat in stats]
+
+
 def compute(frame: pd.DataFrame, state: dict[str, Any]) -> np.ndarray:
-    """The features as one (rows x features) array, in input row order."""
+    """The features as one (rows x features) array, in input row order (one column at a time: memory)."""
     import numpy as np
 
     columns, windows, stats = state["columns"], state["windows"], state["stats"]
@@ -347,24 +432,19 @@ def compute(frame: pd.DataFrame, state: dict[str, Any]) -> np.ndarray:
     if n == 0 or k == 0:
         return out
     order, starts = series_order(frame, state["series"], state["time"])
-    rows = [w for w in windows if not isinstance(w, str)]
-    durations = [w for w in windows if isinstance(w, str)]
+    durations = any(isinstance(w, str) for w in windows)
     t = times(frame, state["time"], order, state["series"]) if durations else None
     j = 0
     for c in columns:
         x = frame[c].to_numpy(dtype=np.float64, na_value=np.nan)
         if order is not None:
             x = x[order]
-        features: dict[tuple[Any, str], np.ndarray] = window_stats(x, starts, rows, stats) if rows else {}
-        if durations:
-            features.update(duration_stats(x, t, starts, durations, stats))
-        for w in windows:
-            for stat in stats:
-                if order is None:
-                    out[:, j] = features[w, stat]
-                else:
-                    out[order, j] = features[w, stat]
-                j += 1
+        for values in features(x[:, None], starts, t, state):
+            if order is None:
+                out[:, j] = values[:, 0]
+            else:
+                out[order, j] = values[:, 0]
+            j += 1
     return out
 
 
