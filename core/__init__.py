@@ -27,7 +27,7 @@ _EXPORTS = {
                    "opsloop.errors"),
     **dict.fromkeys(["Contender", "Dataset", "Deployment", "GateVerdict", "ModelVersion", "MonitorReport", "Preprocessed", "RetrainDecision",
                      "RunContext", "TrainedModel", "ValidationReport"], "opsloop.types"),
-    **dict.fromkeys(["NoFastPath", "RowContext", "RowLayout"], "opsloop.rowops"),
+    **dict.fromkeys(["NoFastPath", "Reach", "RowContext", "RowLayout"], "opsloop.rowops"),
 }
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
         UnknownPluginError,
     )
     from opsloop.hookspecs import hookimpl
-    from opsloop.rowops import NoFastPath, RowContext, RowLayout
+    from opsloop.rowops import NoFastPath, Reach, RowContext, RowLayout
     from opsloop.types import (
         Contender,
         Dataset,

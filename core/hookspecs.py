@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from opsloop.bundle import LoadedModel
-    from opsloop.rowops import FastPredict, RowLayout, RowOp
+    from opsloop.rowops import FastPredict, Reach, RowLayout, RowOp
 
 PROJECT = "opsloop"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -422,6 +422,36 @@ def compile_predict(model: LoadedModel, threads: int) -> FastPredict | None:
         to the score afterwards, by the server. None if the flavor is not
         yours; raise `opsloop.NoFastPath("why")` when it is but this model
         needs the replay.
+    """
+
+
+@hookspec
+def window_reach(state: dict[str, Any], options: Any) -> Reach | None:
+    """How far into a series' past a preprocess step's output for a row reads, for its stored state.
+
+    Called on the step's own plugin only, when a bundle is scored in pieces:
+    `opsloop serve` keeps, per series, the rows that reach back (restoring
+    them from the prediction log at start) and computes each request's rows
+    behind them, so a client sends one row per series per step; the `batch`
+    deploy target carries them from one chunk to the next. A step that reads
+    only its own row need not implement it.
+
+    Example:
+        ```python
+        @hookimpl
+        def window_reach(state, options):
+            return opsloop.rowops.Reach(rows=state["lag"])   # x[t] - x[t - lag]
+        ```
+
+    Args:
+        state: The step's stored state (as `preprocess` returned it).
+        options: The step's options, structured as `preprocess` gets them.
+
+    Returns:
+        `opsloop.rowops.Reach(rows=..., seconds=...)`: the previous rows of
+        the same series a row's output reads, and how far back in time (on
+        the time column: every row newer than that before the row, and the
+        newest one at or before it). None: the row alone.
     """
 
 

@@ -36,7 +36,7 @@ from opsloop.errors import DataError, OpsloopError
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["FastPredict", "NoFastPath", "RowContext", "RowLayout", "RowOp", "index"]
+__all__ = ["FastPredict", "NoFastPath", "Reach", "RowContext", "RowLayout", "RowOp", "index"]
 
 #: A compiled step: `op(work, rows)` edits the float64 work matrix in place (rows x `layout.width`) and
 #: returns nothing. `rows` is the request's `RowContext`.
@@ -56,6 +56,44 @@ class NoFastPath(OpsloopError):
     the version by replaying the plugins, and shows the message as the
     version's fallback reason. It is not an error: serving goes on.
     """
+
+
+class Reach:
+    """How far into a series' past a step's output for a row reads (the `window_reach` hook).
+
+    Attributes:
+        rows: Previous rows of the same series it reads (12 for a window of
+            13 rows, or for a rate over 12 rows).
+        seconds: How far back in time it reads, on the time column: every row
+            of the series newer than `t - seconds`, and the newest row at or
+            before `t - seconds` (a rate over a duration looks there).
+    """
+
+    __slots__ = ("rows", "seconds")
+
+    def __init__(self, rows: int = 0, seconds: float = 0.0) -> None:
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+            raise ValueError(f"Reach rows must be a whole number >= 0, got {rows!r}")
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not seconds >= 0:
+            raise ValueError(f"Reach seconds must be a number >= 0, got {seconds!r}")
+        self.rows = rows
+        self.seconds = float(seconds)
+
+    def __bool__(self) -> bool:
+        return bool(self.rows or self.seconds)
+
+    def __or__(self, other: Reach) -> Reach:
+        """The reach of two steps together: the farther of each."""
+        return Reach(max(self.rows, other.rows), max(self.seconds, other.seconds))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Reach) and (self.rows, self.seconds) == (other.rows, other.seconds)
+
+    def __hash__(self) -> int:
+        return hash((self.rows, self.seconds))
+
+    def __repr__(self) -> str:
+        return f"Reach(rows={self.rows}, seconds={self.seconds:g})"
 
 
 def index(slots: Iterable[int]) -> slice | np.ndarray:

@@ -123,7 +123,8 @@ def deploy(version: ModelVersion, model: LoadedModel, dataset: Dataset | None, o
     manifest = model.manifest
     keys = [c for c in (manifest.get("series"), manifest.get("time")) if c]
     wanted = [c["name"] for c in manifest["input_schema"]]
-    carry, carry_seconds = (options.carry_rows, 0.0) if options.carry_rows is not None else window_reach(manifest)
+    carry, carry_seconds = ((options.carry_rows, 0.0) if options.carry_rows is not None
+                            else window_reach(manifest, model.plugins))
 
     if options.input is not None:
         source = _resolve(options.input, workdir)
@@ -280,27 +281,32 @@ def _conform(frame: pd.DataFrame, schema: Mapping[str, str], path: Path) -> pd.D
 # ---------------------------------------------------------------------------
 
 
-def window_rows(manifest: Mapping[str, Any]) -> int:
+def window_rows(manifest: Mapping[str, Any], plugins: Any = None) -> int:
     """Rows of the past a chunk needs: the largest window in rows of the bundle's steps plus one (0: none)."""
-    return window_reach(manifest)[0]
+    return window_reach(manifest, plugins)[0]
 
 
-def window_reach(manifest: Mapping[str, Any]) -> tuple[int, float]:
-    """How far back a chunk's rows look: (the largest window in rows plus one, the longest duration in seconds).
+def window_reach(manifest: Mapping[str, Any], plugins: Any = None) -> tuple[int, float]:
+    """How far back a chunk's rows look: (previous rows plus one, seconds), over the bundle's steps.
 
-    A step declares its reach with `max_window` (rows) in its state; the
-    built-in `rolling-features` step may instead list `windows` (or a
-    `window`) in its state or options: whole numbers are rows, strings are
-    durations ("1h") measured on the time column.
+    A step says it through the `window_reach` hook (`rolling-features`
+    does). A step without the hook may declare `max_window` (rows) in its
+    state, or list `windows` (or a `window`) in its state or options: whole
+    numbers are rows, strings are durations ("1h") on the time column.
     """
     rows, seconds = 0, 0.0
     for step in manifest.get("steps", []):
-        state, opts = step.get("state") or {}, step.get("options") or {}
+        name, state, opts = step.get("plugin"), step.get("state") or {}, step.get("options") or {}
+        if plugins is not None and name in plugins.known and plugins.implements(name, "window_reach"):
+            reach = plugins.call(name, "window_reach", state=state, options=None)
+            if reach:
+                rows, seconds = max(rows, reach.rows + 1 if reach.rows else 0), max(seconds, reach.seconds)
+            continue
         found: list[int | float] = [int(state["max_window"])] if "max_window" in state else []
-        if not found and step.get("plugin") in WINDOWED_STEPS:
+        if not found:
             found = _window_sizes(state) or _window_sizes(opts)
-            if not found:
-                raise DataError(f"batch: step {step.get('plugin')!r} of the bundle needs past rows but states "
+            if not found and name in WINDOWED_STEPS:
+                raise DataError(f"batch: step {name!r} of the bundle needs past rows but states "
                                 "no window size; set [deploy.batch] carry_rows")
         counts = [int(w) for w in found if isinstance(w, int)]
         if counts:

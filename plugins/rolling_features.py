@@ -477,11 +477,88 @@ def preprocess(dataset: Dataset, state: dict[str, Any] | None, options: Options 
     return Preprocessed(dataset=apply(dataset, state), state=state)
 
 
+def reach(state: dict[str, Any]) -> Any:
+    """The previous rows and the time a row's features read: the widest window in rows (the rate looks `w`
+    rows back) and the longest duration."""
+    from opsloop.rowops import Reach
+
+    windows = state.get("windows") or []
+    rows = max((w for w in windows if not isinstance(w, str)), default=0)
+    longest = max((seconds(w) for w in windows if isinstance(w, str)), default=0.0)
+    return Reach(rows=rows, seconds=longest)
+
+
 @hookimpl
-def compile_rows(state: dict[str, Any], options: Options | None, layout: Any) -> None:
-    """No row operation yet: a row's windows need its series' previous rows, which the server does not keep."""
+def window_reach(state: dict[str, Any], options: Options | None) -> Any:
+    """How far back a row's windows read (`opsloop serve` keeps that much of each series)."""
+    return reach(state)
+
+
+@hookimpl
+def compile_rows(state: dict[str, Any], options: Options | None, layout: Any) -> Any:
+    """The features of every row of the server's work matrix, from the rows of its series in the matrix.
+
+    The server puts each series' kept history (`window_reach`) before the
+    request's rows, so the windows see what batch scoring of the whole series
+    sees; the arithmetic is batch's own (`features`), on all columns at once.
+    """
+    import numpy as np
+
     from opsloop.rowops import NoFastPath
 
-    reach = ", ".join(f"{w} rows" if isinstance(w, int) else str(w) for w in state.get("windows") or [])
-    raise NoFastPath(f"rolling-features computes windows ({reach or 'none'}) over each series' previous rows: "
-                     "send each series' recent rows with the request")
+    if not state["keep_original"]:
+        raise NoFastPath("rolling-features with keep_original = false drops its source columns, which the fast "
+                         "path keeps")
+    if state["series"] != layout.series or state["time"] != layout.time:
+        raise NoFastPath("rolling-features was fitted on other series or time columns than the bundle names")
+    src = layout.columns(state["columns"])
+    float32 = all(layout.dtypes[c] == "float32" for c in state["columns"])
+    names = feature_names(state)
+    dst = [layout.add(name, "float32" if float32 else "float64") for name in names]
+    dst_idx = np.array(dst, dtype=np.intp)
+    width, per_column = len(state["columns"]), len(state["windows"]) * len(state["stats"])
+    # feature j of column c lands in output column c * per_column + j, as `compute` orders them
+    layout_order = np.arange(width * per_column).reshape(per_column, width).T.reshape(-1)
+    durations = any(isinstance(w, str) for w in state["windows"])
+    series, time = state["series"], state["time"]
+
+    def rolling(work: np.ndarray, rows: Any) -> None:
+        n = rows.count
+        if n == 0:
+            return
+        codes = np.zeros(n, dtype=np.int64)
+        keys = rows.series if series is not None else None
+        if keys is not None and n > 1 and any(k != keys[0] for k in keys):
+            import pandas as pd
+
+            codes = pd.factorize(pd.Series(list(keys), dtype=object), sort=False)[0]
+        t = rows.times if time is not None else None
+        time_keys = None
+        if t is not None and n > 1:
+            if np.issubdtype(t.dtype, np.datetime64):
+                time_keys = t.view(np.int64)
+            else:
+                import pandas as pd
+
+                time_keys = pd.factorize(t, sort=True)[0]
+        order, starts = order_of(codes, time_keys)
+        x = work[:, src]
+        if order is not None:
+            x = x[order]
+        ns = None
+        if durations:
+            if t is None or not np.issubdtype(t.dtype, np.datetime64):
+                raise DataError(f"rolling-features: duration windows are measured on the time column {time!r}, "
+                                "which the rows do not carry as dates and times")
+            ns = t.view(np.int64) if order is None else t.view(np.int64)[order]
+            if (ns == np.iinfo(np.int64).min).any():
+                raise DataError(f"rolling-features: a row has no time in {time!r}; duration windows need "
+                                "every row's time")
+        values = np.concatenate(features(x, starts, ns, state), axis=1)[:, layout_order]
+        if float32:
+            values = values.astype(np.float32)
+        if order is None:
+            work[:, dst_idx] = values
+        else:
+            work[np.ix_(order, dst_idx)] = values
+    return rolling

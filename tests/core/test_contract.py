@@ -29,6 +29,7 @@ SIGNATURES = {
     "gate": ["champion", "challenger", "window", "options", "run"],
     "compile_rows": ["state", "options", "layout"],
     "compile_predict": ["model", "threads"],
+    "window_reach": ["state", "options"],
     "on_stage_start": ["stage", "plugins", "run"],
     "on_stage_end": ["stage", "result", "seconds", "run"],
     "on_stage_error": ["stage", "error", "run"],

@@ -19,6 +19,7 @@ import pytest
 import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+import opsloop
 from opsloop import datasets
 from opsloop.serving.fastpath import FastScorer, ReplayScorer, make_scorer
 from opsloop.serving.schema import InputSchema, RequestError
@@ -47,15 +48,21 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
                    {"train": {"xgboost": {"task": "regression"}}}),
     "multiclass": ({"plugins": ["impute", "clip"]}, {"data": {"target": "level"}}),
     "no-steps": ({"plugins": []}, {}),
+    # windows over the request's rows of each series (the server puts its kept history before them)
+    "rolling": ({"plugins": ["impute", "rolling-features"], "rolling-features": {"windows": [3],
+                                                                                 "stats": ["mean", "max", "rate"]}},
+                {}),
+    "rolling-durations": ({"plugins": ["impute", "scale", "rolling-features"],
+                           "rolling-features": {"windows": ["15min", "1h"], "columns": METRICS[:6]}}, {}),
 }
+WINDOWED = {"rolling", "rolling-durations"}
 FALLBACK = {
     "schema-reject": ({"plugins": ["schema-check", "impute"], "schema-check": {"on_violation": "reject",
                                                                              "range_tolerance": 100.0,
                                                                              "missing_tolerance": 1.0}},
                       "reject"),
-    "rolling": ({"plugins": ["impute", "rolling-features"], "rolling-features": {"windows": [3],
-                                                                                 "stats": ["mean", "max", "rate"]}},
-                "rolling-features"),
+    "rolling-dropped": ({"plugins": ["impute", "rolling-features"],
+                         "rolling-features": {"windows": [3], "keep_original": False}}, "keep_original = false"),
 }
 
 
@@ -161,7 +168,8 @@ def test_fast_path_equals_replay_value_for_value(case: str, bundles: dict[str, A
     assert np.array_equal(scorer.transform(_batch(schema, rows)), replayed, equal_nan=True)
     for i in range(0, len(rows), 7):  # single-row requests, as most clients send them
         one = rows.iloc[[i]].reset_index(drop=True)
-        _assert_same(scorer.score(_batch(schema, one)), slow.iloc[[i]].reset_index(drop=True))
+        alone = model.predict(one) if case in WINDOWED else slow.iloc[[i]].reset_index(drop=True)
+        _assert_same(scorer.score(_batch(schema, one)), alone)
 
 
 def test_every_builtin_step_is_covered() -> None:
@@ -188,13 +196,6 @@ def test_steps_without_fast_path_fall_back_to_replay(case: str, data: tuple[Path
     assert isinstance(scorer, ReplayScorer) and reason in scorer.reason
     rows = monitor.drop(columns=["label", "level"], errors="ignore").head(20).reset_index(drop=True)
     _assert_same(scorer.score(_batch(schema, rows)), model.predict(rows))
-    if case == "rolling":  # a request carrying the last max(windows) + 1 rows of a series: its newest row is exact
-        series = monitor[monitor["entity"] == "omi-9"].drop(columns=["label"]).reset_index(drop=True)
-        full = model.predict(series)
-        for t in (10, 100, 333):
-            history = series.iloc[t - 3:t + 1].reset_index(drop=True)
-            prediction, score = scorer.score(_batch(schema, history))
-            assert prediction[-1] == full["prediction"].iloc[t] and score[-1] == full["score"].iloc[t]
     if case == "schema-reject":  # the plugin still judges each request: a refusal is a 422 with its reason
         rows.loc[0, "m09"] = np.float32(1e6)
         with pytest.raises(RequestError) as refused:
@@ -304,3 +305,26 @@ def test_binary_labels_break_ties_like_predict_proba_argmax() -> None:
     proba = np.vstack((1.0 - p, p)).transpose()  # what XGBClassifier.predict_proba returns
     assert np.array_equal(binary_labels(p, classes), classes[proba.argmax(axis=1)])
     assert binary_labels(p, classes).tolist()[:3] == [0, 1, 0]
+
+
+@pytest.mark.parametrize("case", sorted(WINDOWED))
+def test_a_series_reach_before_a_row_gives_the_whole_series_value(case: str, bundles: dict[str, Any]) -> None:
+    """What the server's kept history relies on: the rows a step's `window_reach` names, put before a row,
+    give that row, bit for bit, what batch scoring of the whole series gives it (gaps included)."""
+    model, monitor = bundles[case]
+    schema = InputSchema.from_manifest(model.manifest, max_rows=1000)
+    scorer = make_scorer(model, schema)
+    (state,) = [s["state"] for s in model.manifest["steps"] if s["plugin"] == "rolling-features"]
+    reach = model.plugins.call("rolling-features", "window_reach", state=state, options=None)
+    assert reach == (opsloop.Reach(rows=3) if case == "rolling" else opsloop.Reach(seconds=3600))
+    series = monitor[monitor["entity"] == "omi-9"].drop(columns=["label", "level"], errors="ignore")
+    series = series[np.random.default_rng(2).random(len(series)) > 0.2].reset_index(drop=True)  # gaps
+    full = model.predict(series)
+    for t in (0, 1, 10, 100, 333, len(series) - 1):
+        when = series["timestamp"]
+        kept = series.index[(series.index < t) & (series.index >= t - reach.rows)] if reach.rows else \
+            series.index[(series.index < t) & (when > when[t] - pd.Timedelta(seconds=reach.seconds))]
+        first = kept.min() if len(kept) else t
+        rows = series.iloc[max(first - (1 if reach.seconds else 0), 0):t + 1].reset_index(drop=True)
+        prediction, score = scorer.score(_batch(schema, rows))
+        assert prediction[-1] == full["prediction"].iloc[t] and score[-1] == full["score"].iloc[t], t
