@@ -132,8 +132,9 @@ def features_of(dataset: Dataset, plugin: str = "xgboost") -> tuple[pd.DataFrame
     return X, bool(categorical)
 
 
-def target_of(dataset: Dataset, task: str, plugin: str = "xgboost") -> pd.Series:
-    """The target column, checked for the task; DataError naming what is wrong."""
+def target_of(dataset: Dataset, task: str, plugin: str = "xgboost", unlabelled: str = "error") -> pd.Series:
+    """The target column, checked for the task; DataError naming what is wrong (rows without a label: with what
+    `[data] unlabelled`, whose value is `unlabelled`, can do about them)."""
     import numpy as np
     import pandas as pd
 
@@ -141,9 +142,10 @@ def target_of(dataset: Dataset, task: str, plugin: str = "xgboost") -> pd.Series
         raise DataError(f"{plugin}: dataset {dataset.name or '?'} has no target column "
                         f"{dataset.target!r}; set [data] target to the label column")
     y = dataset.frame[dataset.target]
-    missing = int(y.isna().sum())
-    if missing:
-        raise DataError(f"{plugin}: target column {dataset.target!r} has {missing} missing value(s)")
+    if y.isna().any():
+        from opsloop.data import missing_labels_error
+
+        raise missing_labels_error(plugin, dataset, mode=unlabelled, supervised=True)
     if pd.api.types.is_bool_dtype(y):
         y = y.astype("int8")
     if not pd.api.types.is_numeric_dtype(y):
@@ -216,7 +218,8 @@ def train(dataset: Dataset, options: Options, run: RunContext) -> TrainedModel:
 
     options = options or Options()
     X, categorical = features_of(dataset)
-    y = target_of(dataset, options.task)
+    config = getattr(run, "config", None)
+    y = target_of(dataset, options.task, unlabelled=config.data.unlabelled if config is not None else "error")
     kwargs = build_params(options, run.seed)
     rounds = kwargs.get("early_stopping_rounds") or 0
     held = np.zeros(len(X), dtype=bool)

@@ -140,8 +140,9 @@ def test_by_default_validation_refuses_the_rows_and_names_the_option(tmp_path: P
     path = project(tmp_path / "p", unlabelled_config(history, None, trainer))
     invoke(["validate"], path).assert_error("kfold: 1,728 of 4,320 rows", "'label'", "[data] unlabelled",
                                             '"keep"')
-    if trainer == "xgboost":  # `run` trains first: XGBoost refuses them in its own words
-        invoke(["run"], path).assert_error("xgboost", "'label'", "1728 missing value(s)")
+    if trainer == "xgboost":  # `run` trains first: XGBoost refuses them, naming the option too
+        invoke(["run"], path).assert_error("xgboost: 1,728 of 4,320 rows", "'label'", "[data] unlabelled",
+                                           '"normal"', '"drop"')
 
 
 def test_keep_trains_the_forest_on_all_rows_and_judges_the_labelled_ones(tmp_path: Path, history: Path) -> None:
@@ -168,7 +169,8 @@ def test_keep_trains_the_forest_on_all_rows_and_judges_the_labelled_ones(tmp_pat
 
 def test_keep_with_a_supervised_trainer_is_refused(tmp_path: Path, history: Path) -> None:
     path = project(tmp_path / "p", unlabelled_config(history, "keep", "xgboost"))
-    invoke(["run"], path).assert_error("xgboost", "1728 missing value(s)")
+    invoke(["run"], path).assert_error("xgboost: 1,728 of 4,320 rows", '[data] unlabelled = "keep"',
+                                       "supervised one needs a label on every row")
 
 
 @pytest.mark.parametrize("mode", ["normal", "drop"])
