@@ -477,7 +477,16 @@ class Runner:
         reports = self.monitor(version, model, monitor_raw, train_raw)
         decision = self.decide(version, reports)
         if decision.retrain and self.config.stages["retrain"].act:
-            newer = train_raw.derive(_concat(train_raw, monitor_raw), name=f"{raw.name} [train + monitor]")
+            monitored, name = monitor_raw, f"{raw.name} [train + monitor]"
+            target = monitor_raw.target
+            if target and target in monitor_raw.frame.columns and self.config.data.unlabelled != "keep":
+                waiting = monitor_raw.frame[target].isna().to_numpy()
+                if waiting.any():  # labels not arrived yet: neither normal rows nor rows to refuse the retrain for
+                    monitored = monitor_raw.derive(monitor_raw.frame[~waiting].reset_index(drop=True))
+                    name = f"{raw.name} [train + labelled monitor rows]"
+                    self.reporter.note(f"retrain: {int(waiting.sum()):,} monitored row(s) without a label yet are "
+                                       "left out of the retraining data")
+            newer = train_raw.derive(_concat(train_raw, monitored), name=name)
             self.build(newer, prefix="retrain.", parent=version.ref, alias="candidate")
         return self.result
 

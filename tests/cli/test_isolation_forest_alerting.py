@@ -176,15 +176,21 @@ def test_keep_with_a_supervised_trainer_is_refused(tmp_path: Path, history: Path
 @pytest.mark.parametrize("mode", ["normal", "drop"])
 def test_normal_and_drop_let_xgboost_train(tmp_path: Path, history: Path, mode: str) -> None:
     table = unlabelled_config(history, mode, "xgboost")
-    # no retraining on train + monitor: the monitored rows whose labels have not arrived go into that retraining
-    # as they are ([data] unlabelled applies to the training period), and XGBoost refuses them
-    table["retrain"] = {"act": False}
+    # a retrain forced on train + monitor: the monitored rows whose labels have not arrived are left out of it
+    # (neither normal nor a reason to refuse), whatever [data] unlabelled does with the training period's
+    table["retrain"] = {"plugins": ["threshold-policy"],
+                        "threshold-policy": {"min_f1": 0.99, "min_positives": 1, "cooldown": "0"}}
     path = project(tmp_path / "p", table)
     out = invoke(["run", "--json", "--quiet"], path).assert_ok().json
     train_stage = next(s for s in out["stages"] if s["stage"] == "train")
-    assert f"on {4_320 if mode == 'normal' else 4_320 - 1_728:,} rows" in train_stage["summary"]
+    trained = 4_320 if mode == "normal" else 4_320 - 1_728
+    assert f"on {trained:,} rows" in train_stage["summary"]
     assert out["versions"][0]["threshold"]["positives"] > 0
     assert monitor_figures(out)["incidents"] > 0
+    monitored = pd.read_parquet(history).query(table["data"]["monitor"])
+    retrain = next(s for s in out["stages"] if s["stage"] == "retrain.train")
+    assert f"on {trained + int(monitored['label'].notna().sum()):,} rows" in retrain["summary"]
+    assert [v["ref"] for v in out["versions"]] == ["history:1", "history:2"]  # the retrained candidate
 
 
 def test_a_rule_with_no_labelled_incident_out_of_fold_is_one_line_naming_it(tmp_path: Path, history: Path) -> None:
