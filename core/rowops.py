@@ -217,6 +217,14 @@ class RowContext:
         self._dtype = time_dtype
         self._times: np.ndarray | None = None
 
+    @classmethod
+    def parsed(cls, count: int, *, series: Any = None, times: np.ndarray | None = None) -> RowContext:
+        """A context whose times are parsed already (datetime64[ns], or a numeric time column's float64 values):
+        the server's rows of a series' kept history and then a request's rows."""
+        rows = cls(count, series=series)
+        rows._times = times
+        return rows
+
     @property
     def times(self) -> np.ndarray | None:
         """Each row's time, or None when the bundle has no time column.

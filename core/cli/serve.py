@@ -81,6 +81,11 @@ def serve(
     max_feedback: Annotated[int, typer.Option(
         "--max-feedback", help=f"Most feedback entries per request (413 above); {describe('max_feedback')}.")]
         = default("max_feedback"),
+    max_series: Annotated[int, typer.Option(
+        "--max-series",
+        help="Most series whose recent rows are kept for a model with rolling windows; beyond, the least "
+             f"recently seen is dropped and read back from the prediction log when it returns; "
+             f"{describe('max_series')}.")] = default("max_series"),
     token_env: Annotated[str, typer.Option(
         "--token-env", metavar="NAME",
         help=f"Environment variable holding the bearer token (default {TOKEN_ENV}); when it is set, "
@@ -111,7 +116,7 @@ def serve(
                   log_retention=log_retention,
                   fast_path=not no_fast_path, threads=threads, monitor_report=monitor_report,
                   read_timeout=read_timeout, idle_timeout=idle_timeout, max_connections=max_connections,
-                  max_feedback=max_feedback, token_for=TokenFor(token_for).value)
+                  max_feedback=max_feedback, max_series=max_series, token_for=TokenFor(token_for).value)
     settings = _settings(fields)
     if stop:
         _stop(settings)

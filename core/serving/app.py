@@ -82,6 +82,7 @@ class ServingApp:
         self._quality: tuple[float, dict[int, dict[str, float]]] = (0.0, {})
         self._token = settings.token.encode() if settings.token is not None else None
         self._guard_all = self._token is not None and settings.token_for == "all"
+        watcher.streams.log = log_  # series histories read back from it (opsloop.serving.history)
 
     # -- life cycle ------------------------------------------------------------
 
@@ -285,7 +286,10 @@ class ServingApp:
 
     async def _score(self, served: Served, batch: Any) -> tuple[Any, Any]:
         scorer = served.scorer
-        if scorer.kind == "fast" and batch.rows <= INLINE_ROWS:
+        # A version that keeps series history scores on a thread when a series must be read back from the log
+        # or another request holds the history (opsloop.serving.history).
+        if scorer.kind == "fast" and batch.rows <= INLINE_ROWS and (not hasattr(scorer, "inline")
+                                                                    or scorer.inline(batch)):
             return scorer.score(batch)
         return await asyncio.to_thread(scorer.score, batch)
 
@@ -367,7 +371,8 @@ class ServingApp:
                 self._quality = (time.monotonic(), cached)
             quality = cached
         return self.metrics.render(alias=self.watcher.alias, log=self.log, quality=quality,
-                                   report=self.settings.monitor_report)
+                                   report=self.settings.monitor_report,
+                                   history=getattr(self.watcher.current.scorer, "history", None))
 
 
 #: The form of the request ids the server makes up (`ServingApp._prefix` and a counter), this run's or another's.

@@ -105,17 +105,28 @@ class FastScorer:
         else:
             work = np.empty((batch.rows, self.width))
             work[:, :inputs.shape[1]] = inputs
-        rows = self.context(batch)
+        return self.features_of(work, self.context(batch))
+
+    def features_of(self, work: np.ndarray, rows: RowContext, first: int = 0) -> np.ndarray:
+        """Run the ops on the work matrix; the features of its rows from `first` on (those before are a series'
+        kept history, `opsloop.serving.history`)."""
+        import numpy as np
+
         with np.errstate(over="ignore", invalid="ignore"):  # as pandas: huge values become inf in float32
             for op in self.ops:
                 op(work, rows)
-            return work[:, self.features].astype(np.float32)
+            return work[first:, self.features].astype(np.float32)
 
-    def score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray | None]:
+    def run(self, work: np.ndarray, rows: RowContext, first: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+        """Labels and scores of the work matrix's rows from `first` on, before the alert threshold."""
         try:
-            labels, score = self.predict(self.transform(batch))
+            return self.predict(self.features_of(work, rows, first))
         except DataError as exc:  # an op refused the rows (rowops: "raise opsloop.DataError")
             raise RequestError(422, str(exc)) from None
+
+    def finish(self, out: tuple[np.ndarray, np.ndarray | None], batch: Batch) -> tuple[np.ndarray, np.ndarray | None]:
+        """The version's alert threshold applied to the scores of `batch`'s rows."""
+        labels, score = out
         if self.threshold is not None and score is not None:  # the version's alert threshold (opsloop.alerting)
             import numpy as np
 
@@ -124,6 +135,13 @@ class FastScorer:
             series = batch.other.get(self.series) if self.series else None
             labels = alerts(score, self.threshold, series).astype(np.int64)
         return labels, score
+
+    def score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray | None]:
+        try:
+            out = self.predict(self.transform(batch))
+        except DataError as exc:  # an op refused the rows (rowops: "raise opsloop.DataError")
+            raise RequestError(422, str(exc)) from None
+        return self.finish(out, batch)
 
 
 def _options(model: LoadedModel, name: str, step: dict[str, Any]) -> Any:

@@ -22,6 +22,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from opsloop.serving.history import SeriesCounts
+
 if TYPE_CHECKING:
     from opsloop.serving.model import Served
     from opsloop.types import MonitorReport
@@ -86,6 +88,8 @@ class Metrics:
         #: Requests whose rows showed a finding, by (model, version, check, column): bounded, as the columns come
         #: from the versions' input schemas and the checks from a fixed list.
         self.findings: dict[tuple[str, int, str, str], int] = defaultdict(int)
+        #: The kept series' counters, across versions (`opsloop.serving.history`).
+        self.series = SeriesCounts()
         self._report: tuple[tuple[int, int, int], float, list[dict[str, Any]]] | None = None
 
     def observe(self, route: str, status: int, seconds: float) -> None:
@@ -105,7 +109,7 @@ class Metrics:
                       "loaded_at": served.loaded_at}
 
     def render(self, *, alias: str, log: Any = None, quality: dict[int, dict[str, float]] | None = None,
-               report: Path | None = None) -> bytes:
+               report: Path | None = None, history: Any = None) -> bytes:
         out: list[str] = []
 
         def family(name: str, kind: str, help_: str) -> None:
@@ -154,6 +158,7 @@ class Metrics:
                                     "Failed looks at the alias in the store.")):
             family(name, "counter", help_)
             out.append(f"{name} {value}")
+        self._series(out, family, m["model"], history)
         if log is not None:
             for name, kind, value, help_ in (
                     ("opsloop_prediction_log_rows_total", "counter", log.written, "Predictions written to the log."),
@@ -194,6 +199,30 @@ class Metrics:
         family("opsloop_start_time_seconds", "gauge", "When this server started.")
         out.append(f"opsloop_start_time_seconds {self.started:.3f}")
         return ("\n".join(out) + "\n").encode()
+
+    def _series(self, out: list[str], family: Any, model: str, history: Any) -> None:
+        """The kept series (`opsloop.serving.history`): held now, the limit, and what happened to them."""
+        counts = self.series
+        label = _labels(model=model)
+        family("opsloop_series_held", "gauge", "Series whose recent rows the server keeps for the serving version's "
+                                               "windows (0: the version reads no series' past).")
+        out.append(f"opsloop_series_held{label} {len(history.held) if history is not None else 0}")
+        family("opsloop_series_limit", "gauge", "Most series kept (--max-series).")
+        out.append(f"opsloop_series_limit{label} {history.max_series if history is not None else 0}")
+        for name, value, help_ in (
+                ("opsloop_series_evicted_total", counts.evicted,
+                 "Series dropped for the limit, least recently seen first (read back from the prediction log "
+                 "when they return)."),
+                ("opsloop_series_restored_total", counts.restored,
+                 "Series read back from the prediction log (after a start, a hot swap or an eviction)."),
+                ("opsloop_series_new_total", counts.new,
+                 "Series that started without history: none in the prediction log (new, or --no-log)."),
+                ("opsloop_series_restore_errors_total", counts.restore_errors,
+                 "Series whose logged rows could not be read back (they started without history)."),
+                ("opsloop_series_refused_total", counts.refused,
+                 "Requests refused (422) for a row out of time order, twice, or without a time or series key.")):
+            family(name, "counter", help_)
+            out.append(f"{name}{label} {value}")
 
     def monitor_reports(self, path: Path | None) -> list[dict[str, Any]]:
         """The reports in a monitor report file (re-read when it changes); [] when there is none.

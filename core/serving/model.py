@@ -40,6 +40,7 @@ import attrs
 from opsloop.alerting import describe
 from opsloop.errors import StoreError
 from opsloop.serving.fastpath import make_scorer
+from opsloop.serving.history import Streams
 from opsloop.serving.schema import InputSchema
 
 if TYPE_CHECKING:
@@ -184,10 +185,17 @@ def output_types(task: str) -> dict[str, str]:
     return {"prediction": "INT64", "score": "FP64"}
 
 
-def load_served(store: ModelStore, plugins: PluginManager, name: str, number: int, settings: Settings) -> Served:
-    """Verify, load and compile one version (BundleError/StoreError when it cannot be)."""
+def load_served(store: ModelStore, plugins: PluginManager, name: str, number: int, settings: Settings,
+                streams: Streams | None = None, previous: Served | None = None) -> Served:
+    """Verify, load and compile one version (BundleError/StoreError when it cannot be).
+
+    A version whose steps read into a series' past gets a series history
+    (`opsloop.serving.history`): `previous`'s when it has the same reach and
+    input schema, else a new one, read back from the prediction log.
+    """
     from opsloop.bundle import read_bundle
     from opsloop.manager import PluginManager
+    from opsloop.serving.history import stateful
 
     version = store.get(name, number)
     # A plugin manager per version: loading the next one never touches the one requests use.
@@ -195,7 +203,9 @@ def load_served(store: ModelStore, plugins: PluginManager, name: str, number: in
     model = read_bundle(version.path, own, ref=version.ref, digest=version.digest,
                         threshold=getattr(version, "threshold", None))
     schema = InputSchema.from_manifest(model.manifest, max_rows=settings.max_rows)
-    scorer = make_scorer(model, schema, fast=settings.fast_path, threads=settings.threads)
+    scorer = stateful(model, schema, make_scorer(model, schema, fast=settings.fast_path, threads=settings.threads),
+                      name=name, max_series=settings.max_series, streams=streams,
+                      previous=previous.scorer if previous is not None else None)
     outputs = output_types(model.task)
     metadata = {
         "name": name, "versions": [str(number)], "platform": f"opsloop_{model.manifest['flavor']}",
@@ -204,10 +214,16 @@ def load_served(store: ModelStore, plugins: PluginManager, name: str, number: in
         "parameters": {"task": model.task, "alias": settings.alias, "digest": version.digest,
                        "scorer": scorer.kind, "fallback_reason": scorer.reason,
                        "series": model.manifest.get("series"), "time": model.manifest.get("time"),
-                       "threshold": model.threshold},
+                       "threshold": model.threshold, "reach": _reach(scorer)},
     }
     return Served(version=version, model=model, schema=schema, scorer=scorer, outputs=outputs,
                   metadata=json.dumps(metadata).encode(), loaded_at=time.time(), checks=row_checks(model, schema))
+
+
+def _reach(scorer: Any) -> dict[str, float] | None:
+    """The series history a version keeps, for its metadata: {"rows": ..., "seconds": ...}; None: none."""
+    history = getattr(scorer, "history", None)
+    return None if history is None else {"rows": history.reach.rows, "seconds": history.reach.seconds}
 
 
 class ModelWatcher:
@@ -225,7 +241,9 @@ class ModelWatcher:
         if number is None:
             raise StoreError(f"model {name} has no alias {self.alias!r}: point it at a version first "
                              f"(opsloop models promote, or a run with a deploy target)")
-        self.current: Served = load_served(store, plugins, name, number, settings)
+        #: The series histories' counters and the prediction log they read back from (the app sets `log`).
+        self.streams = Streams(counts=metrics.series)
+        self.current: Served = load_served(store, plugins, name, number, settings, self.streams)
         #: The version the alias points at and that could not be loaded; None: nothing refused.
         self.refused: Refused | None = None
         self.report_every = REPORT_EVERY
@@ -294,7 +312,8 @@ class ModelWatcher:
         if refused is not None and files == refused.files and now - refused.tried < self.retry_every:
             return False
         try:
-            served = load_served(self.store, self.plugins, self.name, number, self.settings)
+            served = load_served(self.store, self.plugins, self.name, number, self.settings, self.streams,
+                                 self.current)
         except Exception as exc:  # noqa: BLE001 - keep serving the old version
             self.metrics.load_errors += 1
             self._refuse(number, latest, path, files, now, exc, refused)
@@ -317,7 +336,8 @@ class ModelWatcher:
         version = self.store.get(self.name, current.version)
         if getattr(version, "threshold", None) == getattr(current, "threshold", None):
             return False
-        served = load_served(self.store, self.plugins, self.name, current.version, self.settings)
+        served = load_served(self.store, self.plugins, self.name, current.version, self.settings, self.streams,
+                             self.current)
         previous, self.current = self.current, served
         self.metrics.model_loaded(served, previous)
         log.warning("opsloop serve: %s has a new threshold: %s (was %s)", current.ref,

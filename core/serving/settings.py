@@ -36,6 +36,7 @@ BOUNDS: dict[str, tuple[float, float, str]] = {
     "idle_timeout": (0.01, 86400, "seconds"),
     "max_connections": (1, 1_000_000, "connections"),
     "max_feedback": (1, 1_000_000, "entries"),
+    "max_series": (1, 100_000_000, "series"),
     # Seconds; 0 keeps everything. Given as a duration (`30d`, `12h`), read by `retention`.
     "log_retention": (0.0, 3650 * 86400.0, "seconds"),
 }
@@ -188,6 +189,11 @@ class Settings:
             closed. Lowered at start when the process may not open that many
             files (`ulimit -n`), so the server never runs out of descriptors.
         max_feedback: Most feedback entries in one request; more is a 413.
+        max_series: Most series whose recent rows the server keeps, for a
+            version whose steps read into a series' past (rolling windows);
+            beyond, the least recently seen series is dropped, and read back
+            from the prediction log when it sends again
+            (`opsloop.serving.history`).
         token: Bearer token that requests must carry (`Authorization: Bearer
             TOKEN`) on the endpoints `token_for` names; None: no
             authentication. Left out of `repr`.
@@ -222,6 +228,7 @@ class Settings:
     idle_timeout: float = attrs.field(default=5.0, validator=bounded("idle_timeout"))
     max_connections: int = attrs.field(default=1000, validator=bounded("max_connections"))
     max_feedback: int = attrs.field(default=10_000, validator=bounded("max_feedback"))
+    max_series: int = attrs.field(default=100_000, validator=bounded("max_series"))
     token: str | None = attrs.field(default=None, repr=False, validator=_token)
     token_for: str = attrs.field(default="write", validator=attrs.validators.in_(("write", "all")))
 

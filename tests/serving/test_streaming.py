@@ -1,0 +1,199 @@
+"""Streaming (issue 13, item 4): one row per series per request gets the score batch scoring of the whole series
+gives, value for value, on ASD, through a real server on 127.0.0.1.
+
+The model is the shipped default's preprocessing (schema-check, impute,
+rolling-features windows ["1h"], mean and std) and XGBoost, trained small on
+two servers; the requests are its monitoring period's rows, one per request,
+the two series interleaved in time order, as a monitoring agent sends them.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import tomli_w
+from opsloop.serving.app import create_app
+from opsloop.serving.server import ServerThread
+
+MODEL = "asd-stream"
+CONFIG = {
+    "project": {"name": MODEL},
+    "data": {
+        "source": "embedded:asd", "target": "label", "time": "timestamp", "series": "entity",
+        "train": "entity in ['omi-1', 'omi-9'] and timestamp < '2024-01-05'",
+        "monitor": "entity in ['omi-1', 'omi-9'] and timestamp >= '2024-01-12' and timestamp < '2024-01-12 10:00'",
+    },
+    "preprocess": {"plugins": ["schema-check", "impute", "rolling-features"],
+                   "rolling-features": {"windows": ["1h"], "stats": ["mean", "std"]}},
+    "train": {"plugins": ["xgboost"], "xgboost": {"n_estimators": 20, "n_jobs": 1, "early_stopping_rounds": 0}},
+    "validate": {"plugins": []}, "deploy": {"plugins": []}, "monitor": {"plugins": []}, "retrain": {"plugins": []},
+}
+
+
+@pytest.fixture(scope="module")
+def stream(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The trained project, its monitoring rows in time order (as records) and their batch scores."""
+    from opsloop import config as config_mod
+    from opsloop import data as data_mod
+    from opsloop.bundle import read_bundle
+    from opsloop.manager import PluginManager
+    from opsloop.runner import Runner
+    from opsloop.session import Session
+
+    path = tmp_path_factory.mktemp("streaming")
+    (path / "opsloop.toml").write_text(tomli_w.dumps(CONFIG), encoding="utf-8")
+    cfg = config_mod.read(path / "opsloop.toml")
+    runner = Runner(Session.open(cfg))
+    try:
+        train, monitor = data_mod.periods(data_mod.load(cfg), cfg)
+        version = runner.build(train).version
+    finally:
+        runner.close()
+    model = read_bundle(version.path, PluginManager(), ref=version.ref, digest=version.digest)
+    with Session.open(cfg, sections=("store",)).open_store() as store:
+        store.set_alias(MODEL, "production", version.version, reason="test")
+    frame = monitor.frame.sort_values(["timestamp", "entity"], kind="stable").reset_index(drop=True)
+    batch = model.predict(frame)  # batch scoring of the whole period
+    return {"path": path, "records": _records(frame), "score": batch["score"].tolist(),
+            "prediction": batch["prediction"].tolist(), "model": model}
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    out = []
+    for row in frame.drop(columns=["label"], errors="ignore").to_dict("records"):
+        rec = {}
+        for k, v in row.items():
+            if isinstance(v, pd.Timestamp):
+                v = v.isoformat()
+            elif isinstance(v, float) and math.isnan(v):
+                v = None
+            elif hasattr(v, "item"):
+                v = v.item()
+            rec[k] = v
+        out.append(rec)
+    return out
+
+
+class Client:
+    """One keep-alive connection to the server."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        self.conn = http.client.HTTPConnection(host, int(port), timeout=30)
+
+    def post(self, rows: list[dict[str, Any]]) -> tuple[int, Any]:
+        self.conn.request("POST", f"/v1/models/{MODEL}:predict", json.dumps({"instances": rows}).encode(),
+                          {"Content-Type": "application/json"})
+        response = self.conn.getresponse()
+        return response.status, json.loads(response.read())
+
+    def metrics(self) -> dict[str, float]:
+        self.conn.request("GET", "/metrics")
+        text = self.conn.getresponse().read().decode()
+        return {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith("opsloop_series_")}
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _serve(stream: dict[str, Any], log: Path | None, **fields: Any) -> ServerThread:
+    app = create_app(workdir=stream["path"], log_path=log, log_predictions=log is not None, **fields)
+    return ServerThread(app)
+
+
+def _send(client: Client, stream: dict[str, Any], rows: range) -> None:
+    """Each row alone, in time order; its score must be batch's for that row, bit for bit."""
+    for i in rows:
+        status, body = client.post([stream["records"][i]])
+        assert status == 200, (i, body)
+        assert body["predictions"][0]["score"] == stream["score"][i], i
+        assert body["predictions"][0]["prediction"] == stream["prediction"][i], i
+
+
+def test_one_row_per_request_gets_the_batch_score_and_a_restart_keeps_it(stream: dict[str, Any],
+                                                                       tmp_path: Path) -> None:
+    log = tmp_path / "predictions.db"
+    n = len(stream["records"])
+    half = n // 2
+    with _serve(stream, log) as server:
+        client = Client(server.url)
+        _send(client, stream, range(half))
+        seen = client.metrics()
+        client.close()
+    assert seen["opsloop_series_held"] == 2 and seen["opsloop_series_new_total"] == 2
+    assert seen["opsloop_series_evicted_total"] == 0
+    with _serve(stream, log) as server:  # restarted: each series read back from the log on its next row
+        client = Client(server.url)
+        _send(client, stream, range(half, n))
+        seen = client.metrics()
+        client.close()
+    assert seen["opsloop_series_restored_total"] == 2 and seen["opsloop_series_new_total"] == 0
+
+
+def test_out_of_order_and_duplicate_rows_are_refused_and_change_nothing(stream: dict[str, Any],
+                                                                        tmp_path: Path) -> None:
+    records = stream["records"]
+    with _serve(stream, tmp_path / "predictions.db") as server:
+        client = Client(server.url)
+        _send(client, stream, range(40))
+        last = records[39]
+        same = [r for r in records[:39] if r["entity"] == last["entity"]][-1]
+        status, body = client.post([same])  # an earlier time of the series
+        assert status == 422
+        assert f"series {last['entity']!r}" in body["error"]
+        assert repr(same["timestamp"]) in body["error"] and repr(last["timestamp"]) in body["error"]
+        assert "before the last time scored" in body["error"]
+        status, body = client.post([dict(last)])  # the same time again
+        assert status == 422 and "the same as the last time scored" in body["error"]
+        status, body = client.post([records[40], records[40]])  # twice in one request
+        assert status == 422 and "row 1's time" in body["error"] and "row 0's time in this request" in body["error"]
+        later = [r for r in records[40:] if r["entity"] == last["entity"]]
+        status, body = client.post([later[1], later[0]])  # out of order within a request
+        assert status == 422 and "before row 0's time in this request" in body["error"]
+        status, body = client.post([{**records[40], "timestamp": None}])
+        assert status == 422 and "'timestamp' is a null" in body["error"]  # the schema refuses it already
+        status, body = client.post([{**records[40], "entity": None}])
+        assert status == 422 and "no series key" in body["error"]
+        assert client.metrics()["opsloop_series_refused_total"] == 5
+        _send(client, stream, range(40, 80))  # nothing was kept from the refused requests: still exact
+        client.close()
+
+
+def test_evicted_series_are_read_back_from_the_log(stream: dict[str, Any], tmp_path: Path) -> None:
+    with _serve(stream, tmp_path / "predictions.db", max_series=1) as server:
+        client = Client(server.url)
+        _send(client, stream, range(60))  # two series interleaved, room for one: each row evicts the other
+        seen = client.metrics()
+        client.close()
+    assert seen["opsloop_series_held"] == 1 and seen["opsloop_series_limit"] == 1
+    assert seen["opsloop_series_evicted_total"] >= 58 and seen["opsloop_series_restored_total"] >= 56
+
+
+def test_without_the_log_an_evicted_series_starts_anew_and_is_counted(stream: dict[str, Any]) -> None:
+    records = stream["records"]
+    with _serve(stream, None, max_series=1) as server:
+        client = Client(server.url)
+        _send(client, stream, range(2))  # the first row of each series has no past anyway
+        status, body = client.post([records[2]])
+        assert status == 200
+        seen = client.metrics()
+        client.close()
+    assert seen["opsloop_series_evicted_total"] == 2 and seen["opsloop_series_new_total"] == 3
+
+
+def test_the_replay_path_keeps_the_history_too(stream: dict[str, Any], tmp_path: Path) -> None:
+    with _serve(stream, tmp_path / "predictions.db", fast_path=False) as server:
+        client = Client(server.url)
+        client.conn.request("GET", f"/v2/models/{MODEL}")
+        meta = json.loads(client.conn.getresponse().read())
+        assert meta["parameters"]["scorer"] == "replay"
+        assert meta["parameters"]["reach"] == {"rows": 0, "seconds": 3600.0}
+        _send(client, stream, range(60))
+        client.close()
