@@ -257,12 +257,12 @@ def test_windowed_features_are_exact_across_chunks(pm, version, windowed, run, r
     assert differs.any() and set(np.flatnonzero(differs) % 500) <= set(range(WINDOW))
 
 
-def test_rolling_features_bundle_is_exact_across_chunks(asd, pm, version, run, rows, tmp_path):
-    """The built-in `rolling-features` step, replayed chunk by chunk, gives the whole-file predictions."""
+def rolling_model(asd: pd.DataFrame, pm, run, *, windows: list) -> LoadedModel:
+    """A bundle with the built-in `rolling-features` step (three metrics) and a logistic regression on it."""
     from opsloop.bundle import unstructure_options
 
     pm.load("rolling-features")
-    options = pm.options_class("rolling-features")(windows=[6, 24], columns=["m01", "m02", "m04"])
+    options = pm.options_class("rolling-features")(windows=windows, columns=["m01", "m02", "m04"])
     train = Dataset.from_frame(asd[asd["entity"].isin(TRAIN_SERVERS)], target="label", time="timestamp",
                                series="entity")
     fitted = pm.call("rolling-features", "preprocess", dataset=train, state=None, options=options, run=run)
@@ -270,7 +270,12 @@ def test_rolling_features_bundle_is_exact_across_chunks(asd, pm, version, run, r
     estimator = LogisticRegression(max_iter=2000, class_weight="balanced").fit(fitted.dataset.frame[features],
                                                                                fitted.dataset.frame["label"])
     step = {"plugin": "rolling-features", "options": unstructure_options(options), "state": dict(fitted.state)}
-    model = loaded(estimator, asd, pm, run, steps=[step], features=features)
+    return loaded(estimator, asd, pm, run, steps=[step], features=features)
+
+
+def test_rolling_features_bundle_is_exact_across_chunks(asd, pm, version, run, rows, tmp_path):
+    """The built-in `rolling-features` step, replayed chunk by chunk, gives the whole-file predictions."""
+    model = rolling_model(asd, pm, run, windows=[6, 24])
     rows.to_parquet(tmp_path / "scoring.parquet")
 
     deployment = deploy(pm, version, model, run, input="scoring.parquet", chunk_rows=1000)
@@ -289,18 +294,7 @@ def test_rolling_features_bundle_is_exact_across_chunks(asd, pm, version, run, r
 def test_windows_in_time_are_exact_across_chunks_with_gaps(asd, pm, version, run, rows, tmp_path):
     """Durations ("30min", "2h") on rows with gaps: the carried past is the last two hours of each series and
     the row before them, so chunked predictions equal the whole file's."""
-    from opsloop.bundle import unstructure_options
-
-    pm.load("rolling-features")
-    options = pm.options_class("rolling-features")(windows=["30min", "2h"], columns=["m01", "m02", "m04"])
-    train = Dataset.from_frame(asd[asd["entity"].isin(TRAIN_SERVERS)], target="label", time="timestamp",
-                               series="entity")
-    fitted = pm.call("rolling-features", "preprocess", dataset=train, state=None, options=options, run=run)
-    features = [c for c in fitted.dataset.feature_columns if c not in ("entity", "timestamp")]
-    estimator = LogisticRegression(max_iter=2000, class_weight="balanced").fit(fitted.dataset.frame[features],
-                                                                               fitted.dataset.frame["label"])
-    step = {"plugin": "rolling-features", "options": unstructure_options(options), "state": dict(fitted.state)}
-    model = loaded(estimator, asd, pm, run, steps=[step], features=features)
+    model = rolling_model(asd, pm, run, windows=["30min", "2h"])
     gappy = rows[np.random.default_rng(5).random(len(rows)) > 0.25].reset_index(drop=True)
     gappy.to_parquet(tmp_path / "gappy.parquet")
 
