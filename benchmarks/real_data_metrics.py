@@ -146,15 +146,16 @@ def run_opsloop(toml: str, workdir: Path) -> dict[str, Any]:
         predictions = model.predict(monitor_raw.frame)
     finally:
         runner.close()
-    validation = built.validation[0]
+    validation = built.validation[0] if built.validation else None  # none: no validator selected
     return {
-        "method": validation.method,
-        "folds": [dict(f) for f in validation.folds],
-        "mean": dict(validation.mean), "std": dict(validation.std),
+        "method": validation.method if validation else "no validation",
+        "folds": [dict(f) for f in validation.folds] if validation else [],
+        "mean": dict(validation.mean) if validation else {}, "std": dict(validation.std) if validation else {},
         "monitor": dict(report.metrics),
         "predictions": predictions, "monitor_raw": monitor_raw, "train_raw": train_raw,
+        "train_rows": len(train_raw), "train_labelled": int(train_raw.frame[train_raw.target].notna().sum()),
         "features": len(model.features), "seconds": time.perf_counter() - start,
-        "threshold": (model.threshold or {}).get("value"),
+        "threshold": model.threshold,  # the version's alert threshold (a dict), None without one
         "best_iteration": model.manifest["params"].get("best_iteration"),
         "horizon": next((s["state"]["horizon"] for s in model.manifest["steps"] if s["plugin"] == "label-horizon"),
                         None),
@@ -363,7 +364,7 @@ def asd(workroot: Path, quick: bool) -> None:
         rolled_monitor, _ = rolling_by_hand(monitor, features)
         twin = "default" if train_query == SIX else "all 12 servers"
         result = hand_baseline(rolled_train, rolled_monitor, names, matched=True,
-                               at=results[twin]["threshold"] if twin in results else None)
+                               at=results[twin]["threshold"]["value"] if twin in results else None)
         row("hand: same params", result)
         if twin in results:
             check_twin(result, {"train": rolled_train, "monitor": rolled_monitor}, names, twin, results[twin])
@@ -400,7 +401,8 @@ def smd(workroot: Path, data_dir: Path) -> None:
     row("hand: xgboost defaults", hand_baseline(train, monitor, features, matched=False))
     rolled_train, names = rolling_by_hand(train, features)
     rolled_monitor, _ = rolling_by_hand(monitor, features)
-    result = hand_baseline(rolled_train, rolled_monitor, names, matched=True, at=results["default"]["threshold"])
+    result = hand_baseline(rolled_train, rolled_monitor, names, matched=True,
+                           at=results["default"]["threshold"]["value"])
     row("hand: same params", result)
     check_twin(result, {"train": rolled_train, "monitor": rolled_monitor}, names, "default", results["default"])
 
@@ -438,30 +440,11 @@ def asd_train_split(data_dir: Path, entities: list[str]) -> pd.DataFrame:
 
 
 def run_monitored(toml: str, workdir: Path) -> dict[str, Any]:
-    """Build, load and monitor as `run_opsloop`, also without a validator (no threshold is calibrated then):
-    validation means (NaN without), the threshold, and the quality-monitor's figures, incident ones included."""
-    from opsloop import config as config_mod
-    from opsloop import data as data_mod
-    from opsloop.runner import Runner
-    from opsloop.session import Session
-
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "opsloop.toml").write_text(toml, encoding="utf-8")
-    cfg = config_mod.read(workdir=workdir)
-    runner = Runner(Session.open(cfg))
-    try:
-        raw = data_mod.load(cfg)
-        train_raw, monitor_raw = data_mod.periods(raw, cfg)
-        built = runner.build(train_raw)
-        model = runner.load(built.version)
-        (report,) = [r for r in runner.monitor(built.version, model, monitor_raw, train_raw)
-                     if r.monitor == "quality-monitor"]
-    finally:
-        runner.close()
-    labels = train_raw.frame[train_raw.target]
-    return {"validation": dict(built.validation[0].mean) if built.validation else {},
-            "threshold": model.threshold, "monitor": dict(report.metrics),
-            "train_rows": len(train_raw), "train_labelled": int(labels.notna().sum())}
+    """`run_opsloop`'s figures this part prints: validation means (empty without a validator, and then no
+    threshold is calibrated), the threshold, the quality-monitor's figures (incident ones included)."""
+    result = run_opsloop(toml, workdir)
+    return {"validation": result["mean"], "threshold": result["threshold"], "monitor": result["monitor"],
+            "train_rows": result["train_rows"], "train_labelled": result["train_labelled"]}
 
 
 def unsupervised_row(label: str, result: dict[str, Any]) -> None:
