@@ -77,6 +77,7 @@ class Session:
                                   f"the {hook} hook (it implements: {', '.join(pm.hooks_of(name)) or 'nothing'})",
                                   section=section, key=list_key, source=config.source)
             self.options[(section, name)] = self._options(section, name)
+            self._check_against_config(section, name, self.options[(section, name)])
         for table in config.plugin_tables(section):
             if table in names:
                 continue
@@ -93,6 +94,19 @@ class Session:
                                   key=next(iter(table)), source=self.config.source)
             return None
         return structure(table, cls, section=f"{section}.{name}", source=self.config.source)
+
+    def _check_against_config(self, section: str, name: str, options: Any) -> None:
+        """A plugin's options may check themselves against the rest of the config (`check_config(config)`):
+        what one table cannot know alone, such as a window duration that needs `[data] time`."""
+        check = getattr(options, "check_config", None)
+        if not callable(check):
+            return
+        try:
+            check(self.config)
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(str(exc), section=f"{section}.{name}", source=self.config.source) from None
 
     def options_for(self, section: str, name: str) -> Any:
         """The checked options of a selected plugin."""

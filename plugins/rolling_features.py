@@ -132,6 +132,14 @@ class Options:
     columns: list[str] | None = attrs.field(default=None, validator=_columns)
     keep_original: bool = attrs.field(default=True, validator=_boolean)
 
+    def check_config(self, config: Any) -> None:
+        """Durations need `[data] time` (`opsloop config check` and every command that loads the plugins)."""
+        durations = [w for w in self.windows if isinstance(w, str)]
+        if durations and not config.data.time:
+            raise ConfigError(f"window(s) {', '.join(map(repr, durations))} are durations, measured on the time "
+                              "column, and [data] sets no time: set [data] time, or give the windows in rows (12)",
+                              section="preprocess.rolling-features", key="windows", source=config.source)
+
 
 @hookimpl
 def plugin_options() -> type:

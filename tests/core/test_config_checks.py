@@ -100,3 +100,15 @@ def test_config_check_refuses_them_in_one_line(opsloop_project, value, key):
     result = opsloop_project().run("config", "check", "--set", value).assert_error("config error:", key)
     assert result.exit_code == 1
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_window_duration_without_a_time_column_is_a_config_error_before_any_data(tmp_path):
+    """rolling-features' options check themselves against [data] (check_config): `config check` says it."""
+    (tmp_path / "opsloop.toml").write_text('[data]\nsource = "nowhere.parquet"\ntarget = "label"\nseries = "host"\n'
+                                           '[preprocess.rolling-features]\nwindows = [6, "1h"]\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        check(tmp_path)  # the file does not exist: nothing is read before the error
+    assert (info.value.section, info.value.key) == ("preprocess.rolling-features", "windows")
+    assert "'1h'" in str(info.value) and "[data] time" in str(info.value)
+    check(tmp_path, 'preprocess.rolling-features.windows=[6, 12]')  # rows need no time column
+    check(tmp_path, 'data.time="ts"')
