@@ -21,7 +21,8 @@ HERE = Path(__file__).resolve().parent
 NOTES: list[str] = []
 #: Two models are served. "raw": the default lifecycle without `rolling-features`, 19 raw metrics in, what the
 #: minimal server and MLflow serve too. "shipped default": the shipped default config's preprocessing
-#: (`rolling-features` included: 76 features), which `opsloop serve` scores on its replay path.
+#: (`rolling-features` included), which `opsloop serve` scores statefully: it keeps each series' last hour and
+#: takes one row per series per request (issue 13, item 4), so its requests stream series in time order.
 LABELS = {
     "raw": "raw predict_proba (floor)",
     "raw-inplace": "raw booster.inplace_predict",
@@ -33,8 +34,8 @@ LABELS = {
     "minimal-v2": "minimal ASGI, v2 infer",
     "opsloop": "opsloop serve, raw-metrics model, JSON",
     "opsloop-v2": "opsloop serve, raw-metrics model, v2",
-    "opsloop-default": "opsloop serve, shipped default (replay), JSON",
-    "opsloop-default-v2": "opsloop serve, shipped default (replay), v2",
+    "opsloop-default": "opsloop serve, shipped default, streaming",
+    "opsloop-default-v2": "opsloop serve, shipped default, streaming, v2",
     "mlflow": "mlflow serve, dataframe_split",
 }
 #: The shipped default's preprocessing, read from opsloop's own defaults so that the leg follows them.
@@ -175,14 +176,6 @@ def sample_rows(model: Model, n: int) -> Data:
     return Data(records=records, X=X, frame=frame, scores=scores)
 
 
-def replay_scores(model: Model, data: Data, n: int) -> Any:
-    """What `model` answers for the first `n` rows sent as one request: its own preprocessing replayed
-    on them (the shipped default's rolling windows see only the rows of the request)."""
-    import numpy as np
-
-    return np.asarray(model.loaded.predict(data.frame.iloc[:n].reset_index(drop=True))["score"], dtype=np.float64)
-
-
 def instances(rows: list[dict]) -> bytes:
     """Plain JSON records: every raw column of the bundle's schema, by name."""
     return json.dumps({"instances": rows}).encode()
@@ -259,6 +252,40 @@ def check_answers(server: Server, data: Data, n: int = 50, scores: Any = None) -
         want = expected if end.answers == "score" else (expected > 0.5).astype(np.float64)
         if got.shape != want.shape or not np.allclose(got, want, atol=1e-5):
             raise ValueError(f"{server.name} ({protocol}) answers differ from the raw model's: {got[:5]} vs {want[:5]}")
+
+
+#: Series the streaming leg cycles through, by rows per request: a series comes back 64 requests later (single
+#: rows), or 32 requests later (1,000 rows: one step of 1,000 series), so that the 8 connections' requests for
+#: one series never overtake each other.
+STREAM_SERIES = {1: 64, 1000: 32_000}
+
+
+def stream_template(data: Data, workdir: Path) -> Path:
+    """The rows `stream.lua` sends, one per line: each record's members without series and time (it adds them)."""
+    path = workdir / "bodies" / "stream-template.txt"
+    path.parent.mkdir(exist_ok=True)
+    lines = [json.dumps({k: v for k, v in r.items() if k not in ("entity", "timestamp")})[1:-1] for r in data.records]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def check_stream(server: Server, model: Model, steps: int = 40) -> None:
+    """One row per request of two real series, interleaved in time order: each answer must be, bit for bit,
+    what `LoadedModel.predict` of the whole stretch gives that row (the server keeps each series' history)."""
+    import pandas as pd
+    from opsloop import datasets
+
+    frame = datasets.load("asd")
+    frame = frame[frame["entity"].isin(["omi-3", "omi-4"]) & (frame["timestamp"] >= pd.Timestamp("2024-01-09"))]
+    frame = frame.sort_values(["timestamp", "entity"], kind="stable").head(2 * steps)[model.columns]
+    frame = frame.reset_index(drop=True)
+    want = model.loaded.predict(frame)["score"].tolist()
+    for i, r in enumerate(frame.to_dict("records")):
+        row = {c: (v.isoformat() if c == "timestamp" else v if c == "entity" else float(v)) for c, v in r.items()}
+        got = server.predict("json", [row])
+        if got != [want[i]]:
+            raise ValueError(f"{server.name}: row {i} ({row['entity']} {row['timestamp']}) scored {got}, batch "
+                             f"scoring of the whole stretch gives {want[i]}")
 
 
 def write_body(server: Server, protocol: str, data: Data, size: int, workdir: Path) -> Path:

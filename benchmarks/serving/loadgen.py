@@ -33,12 +33,19 @@ def tool() -> str:
 
 
 def run(url: str, body: Path, *, connections: int, seconds: float, threads: int = 1,
-        which: str | None = None) -> dict:
-    """One closed-loop load run; the parsed result plus `client_cpu` (cores used on average)."""
+        which: str | None = None, stream: tuple[int, int, int] | None = None) -> dict:
+    """One closed-loop load run; the parsed result plus `client_cpu` (cores used on average).
+
+    `stream`: (series, rows per request, first row number): `body` is a template of rows for `stream.lua`,
+    which sends every series' rows in time order (for a server that keeps series history); wrk only.
+    """
     which = which or tool()
+    if stream is not None and which != "wrk":
+        raise RuntimeError("streaming requests need wrk (apt-get install wrk)")
     if which == "wrk":
+        script, extra = ("post.lua", []) if stream is None else ("stream.lua", [str(v) for v in stream])
         cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "30s",
-               "--latency", "-s", str(HERE / "post.lua"), url, "--", str(body)]
+               "--latency", "-s", str(HERE / script), url, "--", str(body), *extra]
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), url, str(body), str(connections), str(seconds)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)

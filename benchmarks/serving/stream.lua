@@ -1,0 +1,39 @@
+-- wrk script: a monitoring agent's traffic for a server that keeps each series' history (issue 13, item 4).
+-- Each request carries ROWS rows; row number c (counting on from START across requests) is series "s<c % SERIES>"
+-- at step c // SERIES (5 minutes apart from 2024-01-01), with the metrics of template line c % lines: every
+-- series' rows come in time order, each once, and a series comes back only SERIES rows later.
+-- Usage: wrk -t1 -c8 -d10s --latency -s stream.lua URL -- TEMPLATE_FILE SERIES ROWS START
+-- TEMPLATE_FILE: one JSON object's members per line, without braces, series and time left out.
+local lines, series, per, counter = {}, 64, 1, 0
+local base = 1704067200  -- 2024-01-01T00:00:00Z
+
+function init(args)
+  local f = assert(io.open(args[1], "rb"))
+  for line in f:lines() do lines[#lines + 1] = line end
+  f:close()
+  series, per, counter = tonumber(args[2]), tonumber(args[3]), tonumber(args[4])
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/json"
+end
+
+function request()
+  local parts = {}
+  for j = 1, per do
+    local c = counter
+    counter = counter + 1
+    local t = base + math.floor(c / series) * 300
+    parts[j] = string.format('{"entity": "s%d", "timestamp": "%s", %s}', c % series,
+                             os.date("!%Y-%m-%dT%H:%M:%S", t), lines[c % #lines + 1])
+  end
+  return wrk.format(nil, nil, nil, '{"instances": [' .. table.concat(parts, ", ") .. ']}')
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '\nWRK_JSON {"requests": %d, "seconds": %.6f, "bytes": %d, "errors": %d, "status_errors": %d, ' ..
+    '"p50_ms": %.4f, "p90_ms": %.4f, "p99_ms": %.4f, "max_ms": %.4f, "mean_ms": %.4f}\n',
+    summary.requests, summary.duration / 1e6, summary.bytes, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50) / 1e3, latency:percentile(90) / 1e3, latency:percentile(99) / 1e3,
+    latency.max / 1e3, latency.mean / 1e3))
+end
