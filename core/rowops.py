@@ -204,25 +204,33 @@ class RowContext:
         series: Each row's series key (a list of the values sent for a text
             series column, a float64 array for a numeric one), or None when
             the bundle has no series column.
+        first: The first row the server answers for. For a version whose
+            steps reach into a series' past (`window_reach`), the server
+            puts each series' kept rows before the request's, and only the
+            rows from `first` on are answered: an op may leave its output
+            columns unwritten for the rows before (their features are
+            never read); 0 when every row is answered.
     """
 
-    __slots__ = ("_dtype", "_raw", "_times", "count", "series")
+    __slots__ = ("_dtype", "_raw", "_times", "count", "first", "series")
 
     def __init__(self, count: int, *, series: Any = None, times: Any = None, time_dtype: str | None = None) -> None:
         """`times`: the time column as sent (ISO 8601 strings, parsed to `time_dtype` on first use), or a numeric
         time column's float64 values (with `time_dtype` None); None when the bundle has no time column."""
         self.count = count
         self.series = series
+        self.first = 0
         self._raw = times
         self._dtype = time_dtype
         self._times: np.ndarray | None = None
 
     @classmethod
-    def parsed(cls, count: int, *, series: Any = None, times: np.ndarray | None = None) -> RowContext:
+    def parsed(cls, count: int, *, series: Any = None, times: np.ndarray | None = None, first: int = 0) -> RowContext:
         """A context whose times are parsed already (datetime64[ns], or a numeric time column's float64 values):
-        the server's rows of a series' kept history and then a request's rows."""
+        the server's rows of the series' kept history (`first` of them) and then a request's rows."""
         rows = cls(count, series=series)
         rows._times = times
+        rows.first = first
         return rows
 
     @property

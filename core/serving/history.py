@@ -488,7 +488,7 @@ class StatefulScorer:
             at += kept.n
         work[history:, :width] = inputs
         series, all_times = self.history.context(parts, keys, times, self.history.series_slot is not None)
-        rows = RowContext.parsed(history + n, series=series, times=all_times)
+        rows = RowContext.parsed(history + n, series=series, times=all_times, first=history)
         return inner.finish(inner.run(work, rows, history), batch)
 
     def _replay(self, batch: Batch, parts: list[Kept]) -> Any:

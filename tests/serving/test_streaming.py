@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,10 @@ CONFIG = {
     "validate": {"plugins": []}, "deploy": {"plugins": []}, "monitor": {"plugins": []}, "retrain": {"plugins": []},
 }
 
+#: 1: the shipped default's windows; 2: the same reach, other trees (a hot swap keeps the history); 3: a window of
+#: 30 minutes, another reach (the history is read back from the log).
+VERSIONS = {1: [], 2: ["train.xgboost.n_estimators=10"], 3: ['preprocess.rolling-features.windows=["30min"]']}
+
 
 @pytest.fixture(scope="module")
 def stream(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
@@ -48,20 +53,24 @@ def stream(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     path = tmp_path_factory.mktemp("streaming")
     (path / "opsloop.toml").write_text(tomli_w.dumps(CONFIG), encoding="utf-8")
-    cfg = config_mod.read(path / "opsloop.toml")
-    runner = Runner(Session.open(cfg))
-    try:
-        train, monitor = data_mod.periods(data_mod.load(cfg), cfg)
-        version = runner.build(train).version
-    finally:
-        runner.close()
-    model = read_bundle(version.path, PluginManager(), ref=version.ref, digest=version.digest)
+    models = {}
+    for number, overrides in VERSIONS.items():
+        cfg = config_mod.read(path / "opsloop.toml", overrides=overrides)
+        runner = Runner(Session.open(cfg))
+        try:
+            train, monitor = data_mod.periods(data_mod.load(cfg), cfg)
+            version = runner.build(train).version
+            assert version.version == number
+        finally:
+            runner.close()
+        models[number] = read_bundle(version.path, PluginManager(), ref=version.ref, digest=version.digest)
     with Session.open(cfg, sections=("store",)).open_store() as store:
-        store.set_alias(MODEL, "production", version.version, reason="test")
+        store.set_alias(MODEL, "production", 1, reason="test")
     frame = monitor.frame.sort_values(["timestamp", "entity"], kind="stable").reset_index(drop=True)
-    batch = model.predict(frame)  # batch scoring of the whole period
-    return {"path": path, "records": _records(frame), "score": batch["score"].tolist(),
-            "prediction": batch["prediction"].tolist(), "model": model}
+    batch = {number: model.predict(frame) for number, model in models.items()}  # batch scoring of the period
+    return {"path": path, "records": _records(frame), "score": batch[1]["score"].tolist(),
+            "prediction": batch[1]["prediction"].tolist(),
+            "versions": {number: out["score"].tolist() for number, out in batch.items()}}
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -197,3 +206,42 @@ def test_the_replay_path_keeps_the_history_too(stream: dict[str, Any], tmp_path:
         assert meta["parameters"]["reach"] == {"rows": 0, "seconds": 3600.0}
         _send(client, stream, range(60))
         client.close()
+
+
+def test_a_hot_swap_keeps_or_reads_back_the_history(stream: dict[str, Any], tmp_path: Path) -> None:
+    from opsloop import config as config_mod
+    from opsloop.session import Session
+
+    def promote(number: int, client: Client) -> None:
+        with Session.open(config_mod.read(stream["path"] / "opsloop.toml"), sections=("store",)).open_store() as s:
+            s.set_alias(MODEL, "production", number, reason="test")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            client.conn.request("GET", f"/v2/models/{MODEL}")
+            if json.loads(client.conn.getresponse().read())["versions"] == [str(number)]:
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"version {number} does not serve")
+
+    def send(rows: range, number: int) -> None:
+        for i in rows:
+            status, body = client.post([stream["records"][i]])
+            assert status == 200 and body["model_version"] == str(number), (i, body)
+            assert body["predictions"][0]["score"] == stream["versions"][number][i], (number, i)
+
+    try:
+        with _serve(stream, tmp_path / "predictions.db", poll_interval=0.05) as server:
+            client = Client(server.url)
+            send(range(50), 1)
+            promote(2, client)  # the same reach and inputs: the history goes on
+            send(range(50, 100), 2)
+            seen = client.metrics()
+            assert seen["opsloop_series_restored_total"] == 0 and seen["opsloop_series_new_total"] == 2
+            promote(3, client)  # another reach: each series is read back from the log on its next row
+            send(range(100, 150), 3)
+            seen = client.metrics()
+            assert seen["opsloop_series_restored_total"] == 2 and seen["opsloop_series_held"] == 2
+            client.close()
+    finally:
+        with Session.open(config_mod.read(stream["path"] / "opsloop.toml"), sections=("store",)).open_store() as s:
+            s.set_alias(MODEL, "production", 1, reason="test")
