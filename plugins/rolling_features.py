@@ -206,33 +206,57 @@ def series_order(frame: pd.DataFrame, series: str | None, time: str | None) -> t
     return order_of(codes, time_keys)
 
 
-def _exact(x: np.ndarray, starts: np.ndarray, rows: np.ndarray, window: int) -> dict[str, np.ndarray]:
-    """Statistics of a few rows' windows (x: rows x columns), cut at the series start, skipping missing values.
+#: Values (rows x window x columns) gathered at a time by `_gathered`: bounds memory on long windows.
+GATHER = 2_000_000
 
-    Added one row at a time, newest first, as `window_stats` adds full
-    windows: a row gives the same bits on either path.
+
+def _gathered(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, std: bool = True) -> dict[str, np.ndarray]:
+    """Mean, min, max (and std) of some rows' windows `[lo, hi]` of columns x (rows x columns), skipping
+    missing values.
+
+    Each window's values are laid out newest first and summed with a
+    cumulative sum, which adds them one at a time in that order from the
+    first: the order in which `window_stats` and `_sums` add full windows
+    with shifted slices. A row gets the same bits on either path, alone or
+    with others, so the server, which computes only its requests' rows,
+    gives what batch scoring gives.
     """
     import numpy as np
 
-    m, k = len(rows), x.shape[1]
-    total, seen = np.zeros((m, k)), np.zeros((m, k))
-    low, high = np.full((m, k), np.nan), np.full((m, k), np.nan)
-    steps = []
-    for j in range(window):
-        idx = rows - j
-        inside = (idx >= starts[rows])[:, None]
-        values = np.where(inside, x[np.maximum(idx, 0)], np.nan)
-        known = ~np.isnan(values)
-        total += np.where(known, values, 0.0)
-        seen += known
-        low, high = np.fmin(low, values), np.fmax(high, values)
-        steps.append((values, known))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = total / seen
-        squares = np.zeros((m, k))
-        for values, known in steps:
-            squares += np.where(known, (values - mean) ** 2, 0.0)
-        return {"mean": mean, "std": np.sqrt(squares / seen), "min": low, "max": high}
+    m, k = len(hi), x.shape[1]
+    count = hi - lo + 1
+    out = {"mean": np.empty((m, k)), "min": np.empty((m, k)), "max": np.empty((m, k))}
+    if std:
+        out["std"] = np.empty((m, k))
+    if m == 0:
+        return out
+    width = int(count.max())
+    step = max(1, GATHER // max(width * k, 1))
+    offsets = np.arange(width)
+    for a in range(0, m, step):
+        rows = slice(a, a + step)
+        valid = offsets[None, :] < count[rows, None]  # (rows, width)
+        idx = np.where(valid, hi[rows, None] - offsets[None, :], 0)
+        values = x[idx]  # (rows, width, columns)
+        known = valid[:, :, None] & ~np.isnan(values)
+        seen = known.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.cumsum(np.where(known, values, 0.0), axis=1)[:, -1] / seen
+            out["mean"][rows] = mean
+            present = np.where(known, values, np.nan)
+            out["min"][rows] = np.fmin.reduce(present, axis=1)
+            out["max"][rows] = np.fmax.reduce(present, axis=1)
+            if std:
+                squares = np.cumsum(np.where(known, (values - mean[:, None, :]) ** 2, 0.0), axis=1)[:, -1]
+                out["std"][rows] = np.sqrt(squares / seen)
+    return out
+
+
+def _exact(x: np.ndarray, starts: np.ndarray, rows: np.ndarray, window: int) -> dict[str, np.ndarray]:
+    """Statistics of some rows' windows of `window` rows, cut at the start of their series."""
+    import numpy as np
+
+    return _gathered(x, np.maximum(rows - window + 1, starts[rows]), rows)
 
 
 def window_stats(x: np.ndarray, starts: np.ndarray, windows: list[int],
@@ -330,8 +354,6 @@ def duration_stats(x: np.ndarray, t: np.ndarray, starts: np.ndarray, windows: li
     if n == 0:
         return out
     bounds = np.flatnonzero(np.r_[True, starts[1:] != starts[:-1], True])
-    nan = np.isnan(x)
-    clean = np.where(nan, 0.0, x)
     for label in windows:
         d = int(round(seconds(label) * 1e9))
         lo, hi = np.empty(n, dtype=np.intp), np.empty(n, dtype=np.intp)
@@ -345,27 +367,27 @@ def duration_stats(x: np.ndarray, t: np.ndarray, starts: np.ndarray, windows: li
             out[label, "rate"] = (x - x[back]) / np.where(elapsed > 0, elapsed, 1.0)[:, None]
         if not set(stats) - {"rate"}:
             continue
-        sums = _sums(x, clean, nan, lo, hi, np.arange(n), "std" in stats)
+        sums = _sums(x, lo, hi, "std" in stats)
         out[label, "mean"], out[label, "min"], out[label, "max"] = sums["mean"], sums["min"], sums["max"]
         if "std" in stats:
             out[label, "std"] = sums["std"]
     return out
 
 
-def _sums(x: np.ndarray, clean: np.ndarray, nan: np.ndarray, lo: np.ndarray, hi: np.ndarray, pos: np.ndarray,
-          std: bool) -> dict[str, np.ndarray]:
+def _sums(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, std: bool) -> dict[str, np.ndarray]:
     """Mean, min, max (and std) of each row's window `[lo, hi]`, its values added newest first.
 
     Most rows of regular data hold the widest window and end at themselves:
     those are summed with shifted slices of the columns, as windows in rows
     are; the others (the first rows of a series, rows after a gap, rows
     sharing a time, windows with a missing value) are summed one row of
-    their window at a time. Both add in the same order from 0, so a row gets
-    the same bits either way, whatever else the array holds.
+    their window at a time (`_gathered`). Both add in the same order, so a
+    row gets the same bits either way, whatever else the array holds.
     """
     import numpy as np
 
     n = len(x)
+    pos = np.arange(n)
     span = hi - lo
     width = int(span.max()) + 1
     total, low, high = x.copy(), x.copy(), x.copy()
@@ -382,39 +404,14 @@ def _sums(x: np.ndarray, clean: np.ndarray, nan: np.ndarray, lo: np.ndarray, hi:
                 np.subtract(x[:n - j], mean[j:], out=scratch[j:])
                 np.square(scratch[j:], out=scratch[j:])
                 squares[j:] += scratch[j:]
-        fix = np.flatnonzero((span != width - 1) | (hi != pos) | np.isnan(mean).any(axis=1))
-        if len(fix):
-            count = span[fix] + 1
-            end = hi[fix]
-            m, k = len(fix), x.shape[1]
-            t_, seen = np.zeros((m, k)), np.zeros((m, k))
-            lo_, hi_ = np.full((m, k), np.nan), np.full((m, k), np.nan)
-            for j in range(int(count.max())):
-                active = np.flatnonzero(count > j) if j else np.arange(m)
-                idx = end[active] - j
-                t_[active] += clean[idx]
-                seen[active] += ~nan[idx]
-                lo_[active] = np.fmin(lo_[active], x[idx])
-                hi_[active] = np.fmax(hi_[active], x[idx])
-            mean_ = t_ / seen
-            mean[fix], low[fix], high[fix] = mean_, lo_, hi_
-            if std:
-                sq = np.zeros((m, k))
-                for j in range(int(count.max())):
-                    active = np.flatnonzero(count > j) if j else np.arange(m)
-                    idx = end[active] - j
-                    sq[active] += np.where(nan[idx], 0.0, (x[idx] - mean_[active]) ** 2)
-                squares[fix] = sq
-                seen_all = np.full_like(x, float(width))
-                seen_all[fix] = seen
-            out = {"mean": mean, "min": low, "max": high}
-            if std:
-                out["std"] = np.sqrt(squares / seen_all)
-            return out
         out = {"mean": mean, "min": low, "max": high}
         if std:
             out["std"] = np.sqrt(squares / width)
-        return out
+    fix = np.flatnonzero((span != width - 1) | (hi != pos) | np.isnan(mean).any(axis=1))
+    if len(fix):
+        for stat, values in _gathered(x, lo[fix], hi[fix], std).items():
+            out[stat][fix] = values
+    return out
 
 
 def features(x: np.ndarray, starts: np.ndarray, t: np.ndarray | None, state: dict[str, Any]) -> list[np.ndarray]:
@@ -426,6 +423,42 @@ def features(x: np.ndarray, starts: np.ndarray, t: np.ndarray | None, state: dic
     found: dict[tuple[Any, str], np.ndarray] = window_stats(x, starts, rows, stats) if rows else {}
     if durations:
         found.update(duration_stats(x, t, starts, durations, stats))
+    return [found[w, stat] for w in windows for stat in stats]
+
+
+def features_at(x: np.ndarray, starts: np.ndarray, t: np.ndarray | None, state: dict[str, Any],
+                at: np.ndarray) -> list[np.ndarray]:
+    """`features` of the rows `at` only (positions in x's order), the same bits: what the server computes for
+    a request's rows behind their series' kept history (one window per row, `_gathered`)."""
+    import numpy as np
+
+    windows, stats = state["windows"], state["stats"]
+    spread = bool(set(stats) - {"rate"})
+    found: dict[tuple[Any, str], np.ndarray] = {}
+    first = starts[at]
+    if any(isinstance(w, str) for w in windows):
+        bounds = np.flatnonzero(np.r_[True, starts[1:] != starts[:-1], True])
+        last = bounds[np.searchsorted(bounds, first, side="right")]  # each row's series ends before this
+    for w in windows:
+        if isinstance(w, str):
+            d = int(round(seconds(w) * 1e9))
+            lo, hi = np.empty(len(at), dtype=np.intp), np.empty(len(at), dtype=np.intp)
+            for i, (p, s, e) in enumerate(zip(at, first, last, strict=True)):
+                tt = t[s:e]
+                lo[i] = np.searchsorted(tt, t[p] - d, side="right") + s
+                hi[i] = np.searchsorted(tt, t[p], side="right") - 1 + s
+            if "rate" in stats:
+                back = np.where(lo > first, lo - 1, first)
+                elapsed = (t[at] - t[back]) / 1e9
+                found[w, "rate"] = (x[at] - x[back]) / np.where(elapsed > 0, elapsed, 1.0)[:, None]
+        else:
+            lo, hi = np.maximum(at - w + 1, first), at
+            if "rate" in stats:
+                back = np.maximum(at - w, first)
+                found[w, "rate"] = (x[at] - x[back]) / np.maximum(at - back, 1)[:, None]
+        if spread:
+            for stat, values in _gathered(x, lo, hi, "std" in stats).items():
+                found[w, stat] = values
     return [found[w, stat] for w in windows for stat in stats]
 
 
@@ -562,11 +595,18 @@ def compile_rows(state: dict[str, Any], options: Options | None, layout: Any) ->
             if (ns == np.iinfo(np.int64).min).any():
                 raise DataError(f"rolling-features: a row has no time in {time!r}; duration windows need "
                                 "every row's time")
-        values = np.concatenate(features(x, starts, ns, state), axis=1)[:, layout_order]
+        needed = getattr(rows, "first", 0)  # rows before it are kept history: their features go unused
+        if needed:
+            at = np.flatnonzero((order if order is not None else np.arange(n)) >= needed)
+            values = np.concatenate(features_at(x, starts, ns, state, at), axis=1)[:, layout_order]
+            targets = order[at] if order is not None else at
+        else:
+            values = np.concatenate(features(x, starts, ns, state), axis=1)[:, layout_order]
+            targets = order if order is not None else slice(None)
         if float32:
             values = values.astype(np.float32)
-        if order is None:
+        if isinstance(targets, slice):
             work[:, dst_idx] = values
         else:
-            work[np.ix_(order, dst_idx)] = values
+            work[np.ix_(targets, dst_idx)] = values
     return rolling

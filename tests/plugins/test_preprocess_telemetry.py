@@ -365,6 +365,25 @@ def test_all_of_asd_in_float32(pm, full, run):
     assert (out.dtypes[features] == np.float32).all() and out[features].notna().all().all()
 
 
+@pytest.mark.parametrize("windows", [[3, 12], ["15min", "1h"], [6, "30min"]])
+def test_the_rows_a_server_needs_computed_alone_get_the_batch_bits(gappy, windows):
+    """`features_at` (the server's request rows behind their kept history) against `features` (every row)."""
+    from opsloop.plugins import rolling_features as rf
+
+    state = {"columns": COLUMNS, "windows": windows, "stats": list(rf.STATS), "keep_original": True,
+             "series": "entity", "time": "timestamp"}
+    order, starts = rf.series_order(gappy, "entity", "timestamp")
+    x = gappy[COLUMNS].to_numpy(dtype=np.float64, na_value=np.nan)
+    x = x[order] if order is not None else x
+    t = rf.times(gappy, "timestamp", order, "entity")
+    everything = rf.features(x, starts, t, state)
+    rng = np.random.default_rng(4)
+    for at in (np.arange(len(x)), np.sort(rng.choice(len(x), 50, replace=False)), np.array([len(x) - 1]),
+               np.flatnonzero(starts == np.arange(len(x)))):  # every series' first row
+        for some, every in zip(rf.features_at(x, starts, t, state, at), everything, strict=True):
+            np.testing.assert_array_equal(some, every[at])
+
+
 # -- label-horizon ------------------------------------------------------------
 
 
