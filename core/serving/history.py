@@ -53,6 +53,7 @@ log = logging.getLogger("opsloop.serving")
 #: Seconds a restore waits for the log writer to write what was queued before it (rows scored just before).
 LOG_WAIT = 5.0
 FETCH = 64  # log rows read at a time while restoring a series
+RETRIES = 3  # times a request's series are read back when other requests evict them meanwhile
 
 
 @attrs.define
@@ -461,18 +462,27 @@ class StatefulScorer:
         h = self.history
         keys = h.keys(batch)
         times = h.times(batch)
-        missing = h.missing(keys)
-        if missing:
-            h.restore(missing)
-        with h.lock:
-            h.check_order(batch, keys, times)
-            parts = [h.held[k] for k in dict.fromkeys(keys)]
-            if self.kind == "fast":
-                out = self._fast(batch, parts, keys, times)
-            else:
-                out = self._replay(batch, parts)
-            h.add(batch, keys, times)
-        return out
+        if len(keys) > h.max_series and len(set(keys)) > h.max_series:
+            raise RequestError(413, f"the request holds rows of {len(set(keys)):,} series; this server keeps at most "
+                                    f"{h.max_series:,} (--max-series): send fewer series per request")
+        for _ in range(RETRIES):
+            missing = h.missing(keys)
+            if missing:
+                h.restore(missing)
+            with h.lock:
+                if h.missing(keys):  # evicted again by other requests meanwhile (a limit below the series in flight)
+                    continue
+                h.check_order(batch, keys, times)
+                parts = [h.held[k] for k in dict.fromkeys(keys)]
+                if self.kind == "fast":
+                    out = self._fast(batch, parts, keys, times)
+                else:
+                    out = self._replay(batch, parts)
+                h.add(batch, keys, times)
+                return out
+        raise RequestError(503, f"the series of this request were dropped again while being read back "
+                                f"({len(h.held):,} series held, --max-series {h.max_series:,}): try again, or "
+                                "raise --max-series above the number of series sending at once")
 
     def _fast(self, batch: Batch, parts: list[Kept], keys: list[Any], times: np.ndarray | None) -> Any:
         import numpy as np

@@ -195,6 +195,17 @@ def test_without_the_log_an_evicted_series_starts_anew_and_is_counted(stream: di
         seen = client.metrics()
         client.close()
     assert seen["opsloop_series_evicted_total"] == 2 and seen["opsloop_series_new_total"] == 3
+    assert status == 200
+
+
+def test_a_request_with_more_series_than_the_limit_is_refused(stream: dict[str, Any], tmp_path: Path) -> None:
+    records = stream["records"]
+    with _serve(stream, tmp_path / "predictions.db", max_series=1) as server:
+        client = Client(server.url)
+        status, body = client.post(records[:2])  # two series
+        assert status == 413 and "2 series" in body["error"] and "--max-series" in body["error"]
+        _send(client, stream, range(1))  # nothing was kept: the first row is still scored as batch does
+        client.close()
 
 
 def test_the_replay_path_keeps_the_history_too(stream: dict[str, Any], tmp_path: Path) -> None:
