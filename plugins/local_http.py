@@ -24,6 +24,8 @@ Options (`[deploy.local-http]`):
     port: TCP port (default 8080; 0 picks a free one, see the state file).
     max_body_bytes: Largest request body (default 8 MiB).
     max_rows: Most rows per request (default 100000).
+    max_series: Most series whose recent rows the server keeps for windowed
+        features (default 100000; least recently seen evicted).
     poll_interval: Seconds between the server's looks at the alias (default 0.5).
     log_predictions: Log predictions for monitoring and feedback (default true).
     log_retention: Delete logged rows older than this, e.g. "30d" (default "0": keep all).
@@ -82,6 +84,7 @@ class Options:
         port: TCP port; 0 lets the system pick one (the state file records it).
         max_body_bytes: Largest request body the server accepts.
         max_rows: Most rows per request.
+        max_series: Most series whose recent rows the server keeps (`--max-series`).
         poll_interval: Seconds between the server's looks at the alias.
         log_predictions: Log predictions (inputs, outputs, version, time,
             request id) to `.opsloop/serving/predictions.db`.
@@ -109,6 +112,7 @@ class Options:
     port: int = attrs.field(default=default("port"), validator=bounded("port"))
     max_body_bytes: int = attrs.field(default=default("max_body_bytes"), validator=bounded("max_body_bytes"))
     max_rows: int = attrs.field(default=default("max_rows"), validator=bounded("max_rows"))
+    max_series: int = attrs.field(default=default("max_series"), validator=bounded("max_series"))
     poll_interval: float = attrs.field(default=default("poll_interval"), validator=bounded("poll_interval"))
     log_predictions: bool = default("log_predictions")
     log_max_pending: int = attrs.field(default=default("log_max_pending"), validator=bounded("log_max_pending"))
@@ -179,7 +183,8 @@ def _start(version: ModelVersion, options: Options, run: RunContext, workdir: Pa
 
     cmd = [sys.executable, "-m", "opsloop.serving", "--model", version.name, "--alias", options.alias,
            "--host", options.host, "--port", str(options.port), "--max-body-bytes", str(options.max_body_bytes),
-           "--max-rows", str(options.max_rows), "--poll-interval", str(options.poll_interval),
+           "--max-rows", str(options.max_rows), "--max-series", str(options.max_series),
+           "--poll-interval", str(options.poll_interval),
            "--threads", str(options.threads), "--read-timeout", str(options.read_timeout),
            "--idle-timeout", str(options.idle_timeout), "--max-connections", str(options.max_connections),
            "--max-feedback", str(options.max_feedback), "--token-env", options.token_env,

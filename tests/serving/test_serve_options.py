@@ -107,8 +107,8 @@ def test_every_range_is_the_same_for_the_server_and_the_local_http_options() -> 
     from opsloop.plugins.local_http import Options
 
     shared = set(attrs.fields_dict(Options)) & set(BOUNDS)
-    # live_window: local-http does not pass it on; max_series (issue 13, item 4): not yet (plugins/local_http.py)
-    assert shared == set(BOUNDS) - {"live_window", "max_series"}
+    # live_window: local-http does not pass it on
+    assert shared == set(BOUNDS) - {"live_window"}
     for name, (low, high, _) in BOUNDS.items():
         integer = isinstance(low, int) and isinstance(high, int)
         step = 1 if integer else 1e-9 * high
