@@ -202,8 +202,9 @@ def measure(server: legs.Server, url: str, body: Path, args: argparse.Namespace,
         if server.name != "opsloop-default":
             return loadgen.run(url, body, connections=args.connections, seconds=seconds, which=args.client)
         start = STREAMED.get(size, 0)
+        # each size streams series of its own: their steps differ
         out = loadgen.run(url, body, connections=args.connections, seconds=seconds, which=args.client,
-                          stream=(legs.STREAM_SERIES[size], size, start))
+                          stream=(legs.STREAM_SERIES[size], size, start, f"{legs.RUN}{size}r-"))
         # wrk counts answered requests; a few more may have been sent when it stopped: leave room for them
         STREAMED[size] = start + (out["requests"] + 100 * args.connections) * size
         return out

@@ -269,6 +269,11 @@ def stream_template(data: Data, workdir: Path) -> Path:
     return path
 
 
+#: A prefix of this run's series names: a project reused with --workdir keeps the last run's series in its
+#: prediction log, from which the server reads them back (and refuses their earlier times).
+RUN = f"run{os.getpid()}-{int(time.time())}-"
+
+
 def check_stream(server: Server, model: Model, steps: int = 40) -> None:
     """One row per request of two real series, interleaved in time order: each answer must be, bit for bit,
     what `LoadedModel.predict` of the whole stretch gives that row (the server keeps each series' history)."""
@@ -279,6 +284,7 @@ def check_stream(server: Server, model: Model, steps: int = 40) -> None:
     frame = frame[frame["entity"].isin(["omi-3", "omi-4"]) & (frame["timestamp"] >= pd.Timestamp("2024-01-09"))]
     frame = frame.sort_values(["timestamp", "entity"], kind="stable").head(2 * steps)[model.columns]
     frame = frame.reset_index(drop=True)
+    frame["entity"] = RUN + frame["entity"].astype(str)
     want = model.loaded.predict(frame)["score"].tolist()
     for i, r in enumerate(frame.to_dict("records")):
         row = {c: (v.isoformat() if c == "timestamp" else v if c == "entity" else float(v)) for c, v in r.items()}

@@ -33,10 +33,10 @@ def tool() -> str:
 
 
 def run(url: str, body: Path, *, connections: int, seconds: float, threads: int = 1,
-        which: str | None = None, stream: tuple[int, int, int] | None = None) -> dict:
+        which: str | None = None, stream: tuple[int, int, int, str] | None = None) -> dict:
     """One closed-loop load run; the parsed result plus `client_cpu` (cores used on average).
 
-    `stream`: (series, rows per request, first row number): `body` is a template of rows for `stream.lua`,
+    `stream`: (series, rows per request, first row number, series name prefix): `body` is a template of rows for `stream.lua`,
     which sends every series' rows in time order (for a server that keeps series history); wrk only.
     """
     which = which or tool()
