@@ -256,3 +256,48 @@ def test_a_hot_swap_keeps_or_reads_back_the_history(stream: dict[str, Any], tmp_
     finally:
         with Session.open(config_mod.read(stream["path"] / "opsloop.toml"), sections=("store",)).open_store() as s:
             s.set_alias(MODEL, "production", 1, reason="test")
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "replay"])
+def test_a_bundle_without_series_column_is_one_stream(fast: bool, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No series column: every row belongs to one series; windows in rows and in time, with rates, still exact
+    (the scorer alone: the server's tests above run the same code)."""
+    from opsloop import config as config_mod
+    from opsloop import data as data_mod
+    from opsloop import datasets
+    from opsloop.bundle import read_bundle
+    from opsloop.manager import PluginManager
+    from opsloop.runner import Runner
+    from opsloop.serving import protocol
+    from opsloop.serving.fastpath import make_scorer
+    from opsloop.serving.history import Streams, stateful
+    from opsloop.serving.schema import InputSchema
+    from opsloop.session import Session
+
+    path = tmp_path_factory.mktemp("one-stream")
+    asd = datasets.load("asd")
+    asd[asd["entity"] == "omi-1"].drop(columns=["entity"]).reset_index(drop=True).to_parquet(path / "one.parquet")
+    config = {**CONFIG, "data": {"source": "one.parquet", "target": "label", "time": "timestamp",
+                                 "train": "timestamp < '2024-01-05'",
+                                 "monitor": "timestamp >= '2024-01-12' and timestamp < '2024-01-12 06:00'"},
+              "preprocess": {"plugins": ["impute", "rolling-features"],
+                             "rolling-features": {"windows": ["1h", 3], "stats": ["mean", "std", "rate"]}}}
+    (path / "opsloop.toml").write_text(tomli_w.dumps(config), encoding="utf-8")
+    cfg = config_mod.read(path / "opsloop.toml")
+    runner = Runner(Session.open(cfg))
+    try:
+        train, monitor = data_mod.periods(data_mod.load(cfg), cfg)
+        version = runner.build(train).version
+    finally:
+        runner.close()
+    model = read_bundle(version.path, PluginManager(), ref=version.ref, digest=version.digest)
+    assert model.manifest.get("series") is None
+    frame = monitor.frame.sort_values("timestamp").reset_index(drop=True)
+    want = model.predict(frame)["score"].tolist()
+    schema = InputSchema.from_manifest(model.manifest, max_rows=100)
+    scorer = stateful(model, schema, make_scorer(model, schema, fast=fast), name="one", max_series=10,
+                      streams=Streams())
+    assert scorer.kind == ("fast" if fast else "replay") and scorer.history.reach.rows == 3
+    for i, record in enumerate(_records(frame)):
+        batch, _ = protocol.parse_instances(json.dumps({"instances": [record]}).encode(), schema)
+        assert scorer.score(batch)[1][0] == want[i], i
