@@ -301,3 +301,34 @@ def test_a_bundle_without_series_column_is_one_stream(fast: bool, tmp_path_facto
     for i, record in enumerate(_records(frame)):
         batch, _ = protocol.parse_instances(json.dumps({"instances": [record]}).encode(), schema)
         assert scorer.score(batch)[1][0] == want[i], i
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "replay"])
+def test_concurrent_clients_of_different_series_stay_exact(fast: bool, stream: dict[str, Any],
+                                                           tmp_path: Path) -> None:
+    """One client per series, each on its own connection and thread: the replay scores on worker threads, so
+    the history is read and updated by several at once."""
+    import threading
+
+    records = stream["records"]
+    failures: list[Any] = []
+
+    def client_of(entity: str, url: str) -> None:
+        client = Client(url)
+        try:
+            for i, record in enumerate(records):
+                if record["entity"] != entity:
+                    continue
+                status, body = client.post([record])
+                if status != 200 or body["predictions"][0]["score"] != stream["score"][i]:
+                    failures.append((entity, i, status, body))
+        finally:
+            client.close()
+
+    with _serve(stream, tmp_path / "predictions.db", fast_path=fast) as server:
+        threads = [threading.Thread(target=client_of, args=(e, server.url)) for e in ("omi-1", "omi-9")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not failures, failures[:3]
