@@ -563,12 +563,53 @@ def compile_rows(state: dict[str, Any], options: Options | None, layout: Any) ->
     durations = any(isinstance(w, str) for w in state["windows"])
     series, time = state["series"], state["time"]
 
+    spans = [(w, int(round(seconds(w) * 1e9)) if isinstance(w, str) else w) for w in state["windows"]]
+    stats = state["stats"]
+
+    def newest(work: np.ndarray, t: np.ndarray | None) -> np.ndarray | None:
+        """The features of the last row alone, when the rows are one series in strictly increasing time (the
+        server's stream: a series' kept history, then its next row); None where a window holds a missing value
+        (the general path decides). Each window's values newest first, summed with `np.cumsum`: the order and
+        the bits of `_gathered` and `_sums`."""
+        x = work[:, src]
+        p = len(x) - 1
+        parts = []
+        for w, span in spans:
+            if isinstance(w, str):
+                lo = int(np.searchsorted(t, t[p] - span, side="right"))
+                back = lo - 1 if lo > 0 else 0
+                elapsed = (t[p] - t[back]) / 1e9
+                rate = (x[p] - x[back]) / (elapsed if elapsed > 0 else 1.0)
+            else:
+                lo, back = max(p - span + 1, 0), max(p - span, 0)
+                rate = (x[p] - x[back]) / max(p - back, 1)
+            window = x[lo:p + 1][::-1]
+            if np.isnan(window).any():
+                return None
+            count = p - lo + 1
+            mean = np.cumsum(window, axis=0)[-1] / count
+            found = {"mean": mean, "rate": rate, "min": window.min(axis=0), "max": window.max(axis=0)}
+            if "std" in stats:
+                found["std"] = np.sqrt(np.cumsum((window - mean) ** 2, axis=0)[-1] / count)
+            parts.extend(found[stat] for stat in stats)
+        return np.concatenate(parts)[layout_order]
+
     def rolling(work: np.ndarray, rows: Any) -> None:
         n = rows.count
         if n == 0:
             return
-        codes = np.zeros(n, dtype=np.int64)
         keys = rows.series if series is not None else None
+        needed = getattr(rows, "first", 0)  # rows before it are kept history: their features go unused
+        if needed == n - 1 and (keys is None or n == 1 or all(k == keys[0] for k in keys)):
+            t = rows.times if time is not None else None
+            ns = t.view(np.int64) if t is not None and np.issubdtype(t.dtype, np.datetime64) else None
+            if (ns is not None and (n == 1 or (np.diff(ns) > 0).all()) and ns[-1] != np.iinfo(np.int64).min) or \
+                    (t is None and not durations):
+                values = newest(work, ns)
+                if values is not None:
+                    work[n - 1, dst_idx] = values.astype(np.float32) if float32 else values
+                    return
+        codes = np.zeros(n, dtype=np.int64)
         if keys is not None and n > 1 and any(k != keys[0] for k in keys):
             import pandas as pd
 
@@ -595,7 +636,6 @@ def compile_rows(state: dict[str, Any], options: Options | None, layout: Any) ->
             if (ns == np.iinfo(np.int64).min).any():
                 raise DataError(f"rolling-features: a row has no time in {time!r}; duration windows need "
                                 "every row's time")
-        needed = getattr(rows, "first", 0)  # rows before it are kept history: their features go unused
         if needed:
             at = np.flatnonzero((order if order is not None else np.arange(n)) >= needed)
             values = np.concatenate(features_at(x, starts, ns, state, at), axis=1)[:, layout_order]

@@ -384,6 +384,36 @@ def test_the_rows_a_server_needs_computed_alone_get_the_batch_bits(gappy, window
             np.testing.assert_array_equal(some, every[at])
 
 
+@pytest.mark.parametrize("windows", [[3, 12], ["15min", "1h"], [6, "30min"]])
+def test_the_servers_next_row_of_one_series_gets_the_batch_bits(gappy, windows):
+    """The op's shortcut for the stream's commonest request (one series' kept rows, then its next row) against
+    the op's general path, with gaps and windows holding missing values (where the shortcut steps aside)."""
+    from opsloop.plugins import rolling_features as rf
+    from opsloop.rowops import RowContext, RowLayout
+
+    state = {"columns": COLUMNS, "windows": windows, "stats": list(rf.STATS), "keep_original": True,
+             "series": "entity", "time": "timestamp"}
+    layout = RowLayout({c: j for j, c in enumerate(COLUMNS)}, {c: "float32" for c in COLUMNS}, series="entity",
+                       time="timestamp")
+    op = rf.compile_rows(state, None, layout)
+    series = gappy[gappy["entity"] == "omi-1"].reset_index(drop=True)
+    times = series["timestamp"].to_numpy().astype("datetime64[ns]")
+    checked = set()
+    blank = int(np.flatnonzero(series["m01"].isna().to_numpy())[3])  # a row whose own value is missing
+    for p in (0, 1, 5, 40, 77, 150, 222, blank, len(series) - 1):
+        rows = series.iloc[max(p - 30, 0):p + 1]  # enough history for every window here
+        n = len(rows)
+        work = np.zeros((n, layout.width))
+        work[:, :len(COLUMNS)] = rows[COLUMNS].to_numpy(dtype=np.float64, na_value=np.nan)
+        general = work.copy()
+        keys, when = ["omi-1"] * n, times[max(p - 30, 0):p + 1]
+        op(work, RowContext.parsed(n, series=keys, times=when, first=n - 1))
+        op(general, RowContext.parsed(n, series=keys, times=when))
+        np.testing.assert_array_equal(work[-1], general[-1], err_msg=f"row {p}")
+        checked.add(bool(np.isnan(work[-1, 0])))
+    assert checked == {True, False}  # both paths were taken: windows with and without a missing value
+
+
 # -- label-horizon ------------------------------------------------------------
 
 
