@@ -431,7 +431,7 @@ def window_reach(state: dict[str, Any], options: Any) -> Reach | None:
 
     Called on the step's own plugin only, when a bundle is scored in pieces:
     `opsloop serve` keeps, per series, the rows that reach back (restoring
-    them from the prediction log at start) and computes each request's rows
+    them from the prediction log when a series it does not hold comes back) and computes each request's rows
     behind them, so a client sends one row per series per step; the `batch`
     deploy target carries them from one chunk to the next. A step that reads
     only its own row need not implement it.
