@@ -61,6 +61,29 @@ class Tampered:
         self.repair()
 
 
+def client_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as a client sends them: JSON types, times as ISO strings, NaN as null."""
+    out = []
+    for row in frame.drop(columns=["label"], errors="ignore").to_dict("records"):
+        rec = {}
+        for k, v in row.items():
+            if isinstance(v, pd.Timestamp):
+                v = v.isoformat()
+            elif isinstance(v, float) and math.isnan(v):
+                v = None
+            elif hasattr(v, "item"):
+                v = v.item()
+            rec[k] = v
+        out.append(rec)
+    return out
+
+
+@pytest.fixture(scope="session")
+def records() -> Any:
+    """`client_records`, for test modules (conftest is not importable under --import-mode=importlib)."""
+    return client_records
+
+
 @attrs.define
 class Project:
     """The trained project: where it is, its rows, and helpers to talk to a server."""
@@ -105,22 +128,7 @@ class Project:
         with self.store() as store:
             store.set_alias(MODEL, "production", version, reason="test")
 
-    @staticmethod
-    def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-        """Rows as a client sends them: JSON types, times as ISO strings, NaN as null."""
-        out = []
-        for row in frame.drop(columns=["label"], errors="ignore").to_dict("records"):
-            rec = {}
-            for k, v in row.items():
-                if isinstance(v, pd.Timestamp):
-                    v = v.isoformat()
-                elif isinstance(v, float) and math.isnan(v):
-                    v = None
-                elif hasattr(v, "item"):
-                    v = v.item()
-                rec[k] = v
-            out.append(rec)
-        return out
+    records = staticmethod(client_records)
 
     @staticmethod
     def request(url: str, method: str, path: str, body: bytes | None = None,

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import http.client
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
 import tomli_w
 from opsloop.serving.app import create_app
@@ -42,7 +40,7 @@ VERSIONS = {1: [], 2: ["train.xgboost.n_estimators=10"], 3: ['preprocess.rolling
 
 
 @pytest.fixture(scope="module")
-def stream(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def stream(tmp_path_factory: pytest.TempPathFactory, records: Any) -> dict[str, Any]:
     """The trained project, its monitoring rows in time order (as records) and their batch scores."""
     from opsloop import config as config_mod
     from opsloop import data as data_mod
@@ -68,25 +66,9 @@ def stream(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         store.set_alias(MODEL, "production", 1, reason="test")
     frame = monitor.frame.sort_values(["timestamp", "entity"], kind="stable").reset_index(drop=True)
     batch = {number: model.predict(frame) for number, model in models.items()}  # batch scoring of the period
-    return {"path": path, "records": _records(frame), "score": batch[1]["score"].tolist(),
+    return {"path": path, "records": records(frame), "score": batch[1]["score"].tolist(),
             "prediction": batch[1]["prediction"].tolist(),
             "versions": {number: out["score"].tolist() for number, out in batch.items()}}
-
-
-def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    out = []
-    for row in frame.drop(columns=["label"], errors="ignore").to_dict("records"):
-        rec = {}
-        for k, v in row.items():
-            if isinstance(v, pd.Timestamp):
-                v = v.isoformat()
-            elif isinstance(v, float) and math.isnan(v):
-                v = None
-            elif hasattr(v, "item"):
-                v = v.item()
-            rec[k] = v
-        out.append(rec)
-    return out
 
 
 class Client:
@@ -259,7 +241,8 @@ def test_a_hot_swap_keeps_or_reads_back_the_history(stream: dict[str, Any], tmp_
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "replay"])
-def test_a_bundle_without_series_column_is_one_stream(fast: bool, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_a_bundle_without_series_column_is_one_stream(fast: bool, tmp_path_factory: pytest.TempPathFactory,
+                                                       records: Any) -> None:
     """No series column: every row belongs to one series; windows in rows and in time, with rates, still exact
     (the scorer alone: the server's tests above run the same code)."""
     from opsloop import config as config_mod
@@ -298,7 +281,7 @@ def test_a_bundle_without_series_column_is_one_stream(fast: bool, tmp_path_facto
     scorer = stateful(model, schema, make_scorer(model, schema, fast=fast), name="one", max_series=10,
                       streams=Streams())
     assert scorer.kind == ("fast" if fast else "replay") and scorer.history.reach.rows == 3
-    for i, record in enumerate(_records(frame)):
+    for i, record in enumerate(records(frame)):
         batch, _ = protocol.parse_instances(json.dumps({"instances": [record]}).encode(), schema)
         assert scorer.score(batch)[1][0] == want[i], i
 
