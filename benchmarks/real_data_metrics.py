@@ -379,15 +379,22 @@ def load_smd(data_dir: Path) -> pd.DataFrame:
     return tool.smd_frame(data_dir / "smd")
 
 
-def smd(workroot: Path, data_dir: Path) -> None:
+def smd_setup(workroot: Path, data_dir: Path) -> tuple[pd.DataFrame, Any, str]:
+    """machine-1-6 written to Parquet in `workroot`: the frame, the first time of its second half, and the
+    `[project]` and `[data]` sections that train on the first half and monitor the second."""
     frame = load_smd(data_dir)
-    features = [c for c in frame.columns if c.startswith("m") and c[1:].isdigit()]
     half = frame["timestamp"].iloc[len(frame) // 2]
     workroot.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(workroot / "smd.parquet", index=False)
     data = (f'[project]\nname = "smd-1-6"\n\n[data]\nsource = "{workroot / "smd.parquet"}"\ntarget = "label"\n'
             f'time = "timestamp"\nseries = "entity"\ntrain = "timestamp < \'{half}\'"\n'
             f'monitor = "timestamp >= \'{half}\'"\n')
+    return frame, half, data
+
+
+def smd(workroot: Path, data_dir: Path) -> None:
+    frame, half, data = smd_setup(workroot, data_dir)
+    features = [c for c in frame.columns if c.startswith("m") and c[1:].isdigit()]
     print(f"\n== SMD machine-1-6 (labelled half): {len(frame):,} one-minute steps x {len(features)} metrics; "
           f"train on the first half, monitor the second ==")
     results = {}
@@ -505,13 +512,7 @@ def asd_unsupervised(workroot: Path, data_dir: Path) -> None:
 def smd_unsupervised(workroot: Path, data_dir: Path) -> None:
     """machine-1-6: isolation-forest and XGBoost's default config on the first half of the labelled period,
     monitored on the second (its train half, unlabelled, is not in the shared data)."""
-    frame = load_smd(data_dir)
-    half = frame["timestamp"].iloc[len(frame) // 2]
-    workroot.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(workroot / "smd.parquet", index=False)
-    data = (f'[project]\nname = "smd-1-6"\n\n[data]\nsource = "{workroot / "smd.parquet"}"\ntarget = "label"\n'
-            f'time = "timestamp"\nseries = "entity"\ntrain = "timestamp < \'{half}\'"\n'
-            f'monitor = "timestamp >= \'{half}\'"\n')
+    frame, half, data = smd_setup(workroot, data_dir)
     monitored = frame[frame["timestamp"] >= half]
     print(f"\n== SMD machine-1-6, unsupervised: first half trained, second half monitored ({len(monitored):,} rows, "
           f"{int(monitored['label'].sum()):,} positive) ==")

@@ -67,12 +67,7 @@ def main() -> None:
     chosen = args.variants or list(VARIANTS)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        smd = rdm.load_smd(args.data_dir)
-        half = smd["timestamp"].iloc[len(smd) // 2]
-        smd.to_parquet(root / "smd.parquet", index=False)
-        smd_data = (f'[project]\nname = "smd-1-6"\n\n[data]\nsource = "{root / "smd.parquet"}"\ntarget = "label"\n'
-                    f'time = "timestamp"\nseries = "entity"\ntrain = "timestamp < \'{half}\'"\n'
-                    f'monitor = "timestamp >= \'{half}\'"\n')
+        _, _, smd_data = rdm.smd_setup(root, args.data_dir)
         print(f"{'variant':<52} {'data':<4} | val ROC   PR | mon ROC   PR |   F1 incidents alerts/day")
         for n, label in enumerate(chosen):
             for name, data in (("ASD", ""), ("SMD", smd_data)):
