@@ -29,10 +29,12 @@ max and propagate into `rate`. float32 metrics give float32 features.
 
 Serving replays the same columns, windows and statistics. A row's features
 depend only on the values inside its windows (and the row `rate` looks back
-to), never on older history, so a request that carries the last
-`max(windows) + 1` steps of a series (for durations: the rows of the longest
-window and the one before it) gets, bit for bit, the features training
-computed for its newest row.
+to), never on older history, so the last `max(windows) + 1` steps of a
+series (for durations: the rows of the longest window and the one before
+it) give, bit for bit, the features training computed for the newest row.
+`window_reach` tells `opsloop serve` how much of each series to keep, and
+`compile_rows` computes the request's rows behind the kept ones on the fast
+path.
 
 Options (`[preprocess.rolling-features]`):
     windows: Window lengths: rows (12) or durations ("1h", "15min"; s, m or
