@@ -21,6 +21,8 @@ from opsloop.serving.app import create_app
 from opsloop.serving.server import ServerThread
 
 TOKEN = secrets.token_urlsafe(24)
+# Same length, last character changed: a token that is wrong by one character, always (not "x" when TOKEN ends in "x").
+WRONG = TOKEN[:-1] + ("y" if TOKEN.endswith("x") else "x")
 FEEDBACK = json.dumps({"request_id": "req-1", "label": 1}).encode()
 
 
@@ -44,7 +46,7 @@ def test_with_a_token_feedback_needs_it_and_predictions_do_not(project: Any, tmp
         status, headers, answer = _post(project, server.url, "/v1/feedback", FEEDBACK)
         assert status == 401 and headers["www-authenticate"] == 'Bearer realm="opsloop"'
         assert "needs a bearer token" in answer["error"] and TOKEN not in answer["error"]
-        status, headers, answer = _post(project, server.url, "/v1/feedback", FEEDBACK, token=TOKEN[:-1] + "x")
+        status, headers, answer = _post(project, server.url, "/v1/feedback", FEEDBACK, token=WRONG)
         assert status == 401 and 'error="invalid_token"' in headers["www-authenticate"]
         basic = {"Authorization": f"Basic {TOKEN}"}
         assert project.request(server.url, "POST", "/v1/feedback", FEEDBACK, basic)[0] == 401
