@@ -1,0 +1,287 @@
+"""The fitted detectors as opsloop scores them: inductive, one row at a time, NumPy only.
+
+PyOD's ECOD and COPOD are transductive: `decision_function(X)` appends X to
+the training rows and recomputes every feature's empirical CDF (pyod 3.6,
+`ecod.py`/`copod.py`), so a row's score depends on the other rows of the
+request and each call sorts the whole training set again. Served that way, a
+score would change with the batch it came in. `EcdfScorer` keeps PyOD's
+formulas but fixes the reference: each feature's ECDF of the *training* rows
+(sorted distinct values and their cumulative counts, exact), and a new row is
+placed in it as PyOD places a row scored alone, counting itself:
+
+    F_left(x)  = (#{train <= x} + 1) / (n + 1)
+    F_right(x) = (#{train >= x} + 1) / (n + 1)
+
+The skewness that picks each feature's tail (ECOD, COPOD) is the training
+rows'. A row's score therefore depends only on the row and the model, never
+on the batch, and costs a binary search per feature.
+
+HBOS (`HbosScorer`) and Isolation Forest (`ForestScorer`) are inductive in
+PyOD already; `HbosScorer` is PyOD's histogram lookup (both its fixed-bins
+and `"auto"` variants) vectorised in NumPy, so loading a bundle needs neither
+PyOD nor numba. The forest is scikit-learn's `IsolationForest`, which PyOD's
+`IForest` wraps.
+
+Every scorer gives PyOD's anomaly score (higher = more abnormal). Inputs are
+rounded to float32 first, at fit and at scoring, so the serving fast path
+(which hands flavors float32 features) and batch scoring see the same values.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+def as_matrix(X: Any, n_features: int | None = None) -> np.ndarray:
+    """X as a float64 matrix of float32-rounded values; ValueError for NaN, infinities or a wrong width."""
+    import numpy as np
+
+    x = np.asarray(X, dtype=np.float32)
+    if x.ndim == 1:
+        x = x.reshape(1, -1)
+    if x.ndim != 2:
+        raise ValueError(f"expected a 2-d feature matrix, got {x.ndim} dimensions")
+    if n_features is not None and x.shape[1] != n_features:
+        raise ValueError(f"expected {n_features} feature columns, got {x.shape[1]}")
+    if not np.isfinite(x).all():
+        raise ValueError("the features hold NaN or infinite values (impute them in a preprocess step)")
+    return np.ascontiguousarray(x, dtype=np.float64)
+
+
+def row_sums(parts: np.ndarray) -> np.ndarray:
+    """Each row's sum, feature after feature: the same additions for a row alone as in any batch (NumPy's
+    `sum(axis=1)` may pair them differently by memory layout and batch size)."""
+    total = parts[:, 0].copy()
+    for j in range(1, parts.shape[1]):
+        total += parts[:, j]
+    return total
+
+
+class EcdfScorer:
+    """ECOD or COPOD scores from the training rows' per-feature ECDFs (see the module docstring).
+
+    Attributes:
+        method: `"ecod"` or `"copod"`.
+        values: Per feature, the sorted distinct training values.
+        counts: Per feature, `counts[k]` = training rows <= `values[k - 1]` (`counts[0]` = 0).
+        n: Training rows.
+        skew_sign: Per feature, the sign of the training rows' skewness (0 for a constant feature).
+    """
+
+    def __init__(self, method: str, values: list[np.ndarray], counts: list[np.ndarray], n: int,
+                 skew_sign: np.ndarray) -> None:
+        if method not in ("ecod", "copod"):
+            raise ValueError(f"unknown ECDF method {method!r}")
+        self.method = method
+        self.values = values
+        self.counts = counts
+        self.n = int(n)
+        self.skew_sign = skew_sign
+
+    @property
+    def n_features(self) -> int:
+        return len(self.values)
+
+    @classmethod
+    def fit(cls, method: str, X: np.ndarray) -> EcdfScorer:
+        """The ECDFs of the training rows `X` (already `as_matrix`)."""
+        import numpy as np
+        from scipy.stats import skew
+
+        values, counts = [], []
+        for j in range(X.shape[1]):
+            distinct, per_value = np.unique(X[:, j], return_counts=True)
+            values.append(distinct)
+            counts.append(np.concatenate(([0], np.cumsum(per_value))).astype(np.int64))
+        # PyOD's own skew: scipy's, NaN (a constant column) counted as 0.
+        skew_sign = np.sign(np.nan_to_num(skew(X, axis=0)))
+        return cls(method, values, counts, len(X), skew_sign)
+
+    def anomaly_scores(self, X: Any) -> np.ndarray:
+        """PyOD's ECOD/COPOD score of each row of X against the training ECDFs: higher = more abnormal."""
+        import numpy as np
+
+        x = as_matrix(X, self.n_features)
+        below = np.empty_like(x)    # F_left: share of training rows <= x, counting x itself
+        above = np.empty_like(x)    # F_right: share of training rows >= x, counting x itself
+        for j, (values, counts) in enumerate(zip(self.values, self.counts)):
+            le = counts[np.searchsorted(values, x[:, j], side="right")]
+            lt = counts[np.searchsorted(values, x[:, j], side="left")]
+            below[:, j] = le + 1
+            above[:, j] = self.n - lt + 1
+        u_l = -1 * np.log(below / (self.n + 1))
+        u_r = -1 * np.log(above / (self.n + 1))
+        s = self.skew_sign
+        u_skew = u_l * -1 * np.sign(s - 1) + u_r * np.sign(s + 1)
+        if self.method == "ecod":
+            o = np.maximum(u_skew, np.maximum(u_l, u_r))
+        else:
+            o = np.maximum(u_skew, np.add(u_l, u_r) / 2)
+        return row_sums(o)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The state as flat arrays (per-feature arrays concatenated, with offsets)."""
+        import numpy as np
+
+        offsets = np.cumsum([0] + [len(v) for v in self.values]).astype(np.int64)
+        return {"values": np.concatenate(self.values).astype(np.float64),
+                "counts": np.concatenate([c[1:] for c in self.counts]).astype(np.int64),
+                "offsets": offsets, "skew_sign": np.asarray(self.skew_sign, dtype=np.float64)}
+
+    @classmethod
+    def from_arrays(cls, method: str, n: int, arrays: dict[str, np.ndarray]) -> EcdfScorer:
+        """Rebuild from `arrays()`; ValueError when they do not fit together."""
+        import numpy as np
+
+        values, counts, offsets = arrays["values"], arrays["counts"], arrays["offsets"]
+        skew_sign = arrays["skew_sign"]
+        if (offsets.ndim != 1 or len(offsets) != len(skew_sign) + 1 or offsets[0] != 0
+                or offsets[-1] != len(values) or len(counts) != len(values) or np.any(np.diff(offsets) < 1)):
+            raise ValueError("the ECDF arrays do not fit together")
+        vs = [values[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+        cs = [np.concatenate(([0], counts[a:b])) for a, b in zip(offsets[:-1], offsets[1:])]
+        if any(np.any(np.diff(v) <= 0) for v in vs) or any(np.any(np.diff(c) <= 0) or c[-1] != n for c in cs):
+            raise ValueError("the ECDF arrays are not sorted counts of the training rows")
+        return cls(method, vs, cs, n, skew_sign)
+
+
+class HbosScorer:
+    """PyOD's HBOS score from its fitted histograms, vectorised (pyod `hbos._calculate_outlier_scores*`).
+
+    Attributes:
+        hist: Per feature, the histogram densities.
+        edges: Per feature, the bin edges (one more than `hist`).
+        alpha: Regulariser added to each density before the log.
+        tol: How far outside the edges (in bin widths) a value still takes the edge bin.
+    """
+
+    def __init__(self, hist: list[np.ndarray], edges: list[np.ndarray], alpha: float, tol: float) -> None:
+        self.hist = hist
+        self.edges = edges
+        self.alpha = float(alpha)
+        self.tol = float(tol)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.hist)
+
+    @classmethod
+    def from_pyod(cls, detector: Any) -> HbosScorer:
+        """The histograms of a fitted `pyod.models.hbos.HBOS` (fixed bins: columns; `"auto"`: a list)."""
+        import numpy as np
+
+        hist, edges = detector.hist_, detector.bin_edges_
+        if isinstance(hist, np.ndarray):
+            hist = [hist[:, j] for j in range(hist.shape[1])]
+            edges = [edges[:, j] for j in range(edges.shape[1])]
+        return cls([np.asarray(h, dtype=np.float64) for h in hist],
+                   [np.asarray(e, dtype=np.float64) for e in edges], detector.alpha, detector.tol)
+
+    def anomaly_scores(self, X: Any) -> np.ndarray:
+        """PyOD's HBOS score of each row: minus the sum of log2(density + alpha); higher = more abnormal."""
+        import numpy as np
+
+        x = as_matrix(X, self.n_features)
+        out = np.zeros_like(x)
+        for j, (hist, edges) in enumerate(zip(self.hist, self.edges)):
+            log_density = np.log2(hist + self.alpha)
+            nb = len(hist)
+            col = x[:, j]
+            idx = np.digitize(col, edges, right=True)
+            inside = np.clip(idx - 1, 0, nb - 1)
+            score = log_density[inside]
+            low, high = idx == 0, idx == nb + 1
+            near_low = (edges[0] - col) <= (edges[1] - edges[0]) * self.tol
+            near_high = (col - edges[-1]) <= (edges[-1] - edges[-2]) * self.tol
+            score = np.where(low, np.where(near_low, log_density[0], log_density.min()), score)
+            score = np.where(high, np.where(near_high, log_density[nb - 1], log_density.min()), score)
+            out[:, j] = score
+        return -1 * row_sums(out)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        import numpy as np
+
+        offsets = np.cumsum([0] + [len(h) for h in self.hist]).astype(np.int64)
+        return {"hist": np.concatenate(self.hist), "edges": np.concatenate(self.edges), "offsets": offsets}
+
+    @classmethod
+    def from_arrays(cls, alpha: float, tol: float, arrays: dict[str, np.ndarray]) -> HbosScorer:
+        """Rebuild from `arrays()`; ValueError when they do not fit together."""
+        import numpy as np
+
+        hist, edges, offsets = arrays["hist"], arrays["edges"], arrays["offsets"]
+        d = len(offsets) - 1
+        if (offsets.ndim != 1 or d < 1 or offsets[0] != 0 or offsets[-1] != len(hist)
+                or len(edges) != len(hist) + d or np.any(np.diff(offsets) < 1)):
+            raise ValueError("the histogram arrays do not fit together")
+        hs = [hist[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+        es = [edges[a + j:b + j + 1] for j, (a, b) in enumerate(zip(offsets[:-1], offsets[1:]))]
+        if any(np.any(np.diff(e) < 0) for e in es):
+            raise ValueError("the histogram edges are not sorted")
+        return cls(hs, es, alpha, tol)
+
+
+class ForestScorer:
+    """PyOD's `IForest` score: minus scikit-learn's `IsolationForest.decision_function`.
+
+    Attributes:
+        forest: The fitted `sklearn.ensemble.IsolationForest` (PyOD's `detector_`).
+    """
+
+    def __init__(self, forest: Any) -> None:
+        self.forest = forest
+
+    @property
+    def n_features(self) -> int:
+        return int(self.forest.n_features_in_)
+
+    def anomaly_scores(self, X: Any) -> np.ndarray:
+        import numpy as np
+
+        x = as_matrix(X, self.n_features)
+        return -1 * np.asarray(self.forest.decision_function(x), dtype=np.float64)
+
+
+class Detector:
+    """A fitted PyOD detector as opsloop uses it (task `"anomaly"`).
+
+    `predict` says 1 for an anomaly and 0 for normal (PyOD's `threshold_` rule:
+    anomaly score above the training rows' `1 - contamination` quantile);
+    `score_samples` is a normality score, minus PyOD's anomaly score, so
+    `-score_samples` (what `opsloop.bundle.predictions_frame` reports as the
+    score) is PyOD's anomaly score: higher = more abnormal.
+
+    Attributes:
+        kind: The plugin's detector: `"ecod"`, `"copod"`, `"hbos"` or `"iforest"`.
+        scorer: An `EcdfScorer`, `HbosScorer` or `ForestScorer`.
+        threshold: Anomaly scores above it are predicted 1.
+        params: What the detector was built with (contamination, bins, ...).
+    """
+
+    def __init__(self, kind: str, scorer: Any, threshold: float, params: dict[str, Any]) -> None:
+        self.kind = kind
+        self.scorer = scorer
+        self.threshold = float(threshold)
+        self.params = dict(params)
+
+    @property
+    def n_features_in_(self) -> int:
+        return self.scorer.n_features
+
+    def anomaly_scores(self, X: Any) -> np.ndarray:
+        """PyOD's anomaly score per row (higher = more abnormal), independent of the other rows."""
+        return self.scorer.anomaly_scores(X)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """1 where the anomaly score is above the threshold, else 0."""
+        return (self.anomaly_scores(X) > self.threshold).astype("int8")
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        """Normality score: minus the anomaly score (lower = more abnormal)."""
+        return -1 * self.anomaly_scores(X)
+
+    def __repr__(self) -> str:
+        return f"Detector(kind={self.kind!r}, features={self.n_features_in_}, threshold={self.threshold:.6g})"
