@@ -87,6 +87,51 @@ def input_schema(dataset: Dataset) -> list[dict[str, str]]:
     return [{"name": str(c), "dtype": str(frame[c].dtype)} for c in frame.columns if c != dataset.target]
 
 
+@attrs.frozen
+class ModelFiles:
+    """Saving and loading an estimator through the flavor plugins: what `save_model` and `load_model` get as
+    `models`, so that a flavor whose model holds other models (the `ensemble` trainer's members) stores each
+    with its own flavor, in a subdirectory, as a bundle stores its one estimator.
+
+    Attributes:
+        plugins: The plugin manager whose flavor plugins do the work.
+    """
+
+    plugins: PluginManager = attrs.field(repr=False)
+
+    def save(self, model: TrainedModel, directory: Path, *, trainer: str = "") -> tuple[str, list[str]]:
+        """Write `model` into `directory` (made if missing) with the first plugin whose `save_model` accepts
+        its flavor, loading the plugin named like the flavor when none does.
+
+        Returns:
+            The plugin that saved it (to load it back) and the files written, relative to `directory`.
+        """
+        plugins = self.plugins
+        directory.mkdir(parents=True, exist_ok=True)
+        saver, files = plugins.first("save_model", model=model, path=directory, models=self)
+        if saver is None and model.flavor in plugins.known and not plugins.pm.has_plugin(model.flavor):
+            plugins.load(model.flavor, where=f"flavor of the model trained by {trainer or 'its trainer'}")
+            saver, files = plugins.first("save_model", model=model, path=directory, models=self)
+        if saver is None or not files:
+            raise BundleError(f"no plugin can save flavor {model.flavor!r}" + (f" (trained by {trainer})" if trainer
+                                                                              else ""))
+        return saver, list(files)
+
+    def load(self, flavor: str, plugin: str, directory: Path, manifest: Mapping[str, Any], *,
+             where: str = "", ref: str | None = None) -> Any:
+        """Load an estimator of `flavor` from `directory` (whose files were checked) with `plugin`, the one
+        that saved it; BundleError when it cannot."""
+        self.plugins.load(plugin, where=where or f"bundle {directory}")
+        try:
+            estimator = self.plugins.pm.hook.load_model(flavor=flavor, path=directory, manifest=dict(manifest),
+                                                        models=self)
+        except Exception as exc:
+            raise BundleError(f"cannot load the {flavor} estimator: {exc}", file=str(directory), model=ref) from exc
+        if estimator is None:
+            raise BundleError(f"no plugin loads flavor {flavor!r}", file=str(directory), model=ref)
+        return estimator
+
+
 def write_bundle(directory: Path, *, model: TrainedModel, trainer: str, raw: Dataset,
                  steps: Sequence[StepRecord], metrics: Mapping[str, float], lineage: Mapping[str, Any],
                  plugins: PluginManager, oof: pd.DataFrame | None = None,
@@ -123,13 +168,7 @@ def _write_bundle(directory: Path, *, model: TrainedModel, trainer: str, raw: Da
                   steps: Sequence[StepRecord], metrics: Mapping[str, float], lineage: Mapping[str, Any],
                   plugins: PluginManager, oof: pd.DataFrame | None = None,
                   threshold: Mapping[str, Any] | None = None, oof_rows: pd.DataFrame | None = None) -> dict[str, Any]:
-    directory.mkdir(parents=True, exist_ok=True)
-    saver, files = plugins.first("save_model", model=model, path=directory)
-    if saver is None and model.flavor in plugins.known and not plugins.pm.has_plugin(model.flavor):
-        plugins.load(model.flavor, where=f"flavor of the model trained by {trainer}")
-        saver, files = plugins.first("save_model", model=model, path=directory)
-    if saver is None or not files:
-        raise BundleError(f"no plugin can save flavor {model.flavor!r} (trained by {trainer})")
+    saver, files = ModelFiles(plugins).save(model, directory, trainer=trainer)
     manifest = {
         "format": FORMAT,
         "created_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
@@ -275,15 +314,8 @@ def read_bundle(directory: Path, plugins: PluginManager, *, ref: str | None = No
     `threshold` is the version's current one as the store keeps it (`ModelVersion.threshold`), which a
     promote may have changed since the manifest was written."""
     manifest = read_manifest(directory, ref=ref, digest=digest)
-    flavor_plugin = manifest["flavor_plugin"]
-    plugins.load(flavor_plugin, where=f"bundle {ref or directory}")
-    try:
-        estimator = plugins.pm.hook.load_model(flavor=manifest["flavor"], path=directory, manifest=manifest)
-    except Exception as exc:
-        raise BundleError(f"cannot load the {manifest['flavor']} estimator: {exc}", file=str(directory),
-                          model=ref) from exc
-    if estimator is None:
-        raise BundleError(f"no plugin loads flavor {manifest['flavor']!r}", file=str(directory), model=ref)
+    estimator = ModelFiles(plugins).load(manifest["flavor"], manifest["flavor_plugin"], directory, manifest,
+                                         where=f"bundle {ref or directory}", ref=ref)
     return LoadedModel(manifest=manifest, estimator=estimator, path=directory, plugins=plugins, run=run,
                        ref=ref or str(directory), override=dict(threshold) if threshold else None)
 

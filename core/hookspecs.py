@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     )
     import pandas as pd
 
-    from opsloop.bundle import LoadedModel
+    from opsloop.bundle import LoadedModel, ModelFiles
     from opsloop.rowops import FastPredict, Reach, RowLayout, RowOp
 
 PROJECT = "opsloop"
@@ -126,7 +126,7 @@ def open_store(uri: str, workdir: Path) -> ModelStore | None:
 
 
 @hookspec(firstresult=True)
-def save_model(model: TrainedModel, path: Path) -> list[str] | None:
+def save_model(model: TrainedModel, path: Path, models: ModelFiles) -> list[str] | None:
     """Write a fitted estimator of your flavor into a bundle directory.
 
     Called when a version is registered, on the plugin that trained the model
@@ -136,6 +136,10 @@ def save_model(model: TrainedModel, path: Path) -> list[str] | None:
     Args:
         model: The fitted model.
         path: An empty directory that will become the bundle.
+        models: Saves other models through their own flavors
+            (`models.save(member, path / "members" / "0")`): for a flavor
+            whose model holds other models, as the `ensemble` trainer's
+            does. Most flavors leave it out of their signature.
 
     Returns:
         Names of the files written, relative to `path`. The format must not
@@ -144,7 +148,7 @@ def save_model(model: TrainedModel, path: Path) -> list[str] | None:
 
 
 @hookspec(firstresult=True)
-def load_model(flavor: str, path: Path, manifest: dict[str, Any]) -> Any | None:
+def load_model(flavor: str, path: Path, manifest: dict[str, Any], models: ModelFiles) -> Any | None:
     """Load an estimator of your flavor from a verified bundle directory.
 
     Called when a bundle is loaded (serving, monitoring, batch scoring), after
@@ -155,6 +159,9 @@ def load_model(flavor: str, path: Path, manifest: dict[str, Any]) -> Any | None:
         flavor: The bundle's flavor, e.g. `"xgboost"`.
         path: The bundle directory.
         manifest: The bundle's manifest (task, features, params...).
+        models: Loads the models a composite flavor saved with
+            `models.save` (`models.load(flavor, plugin, directory,
+            manifest)`); most flavors leave it out of their signature.
 
     Returns:
         An estimator with scikit-learn's `predict` (and `predict_proba` for

@@ -127,7 +127,7 @@ class Runner:
         self.reporter = reporter or Reporter()
         self.run = RunContext(
             run_id=uuid.uuid4().hex[:12], workdir=Path(self.config.workdir), model_name=self.config.project.name,
-            seed=self.config.project.seed, config=self.config, reporter=self.reporter,
+            seed=self.config.project.seed, config=self.config, reporter=self.reporter, trainers=self.fit_trainer,
         )
         self.result = RunResult(run_id=self.run.run_id)
         self._store: ModelStore | None = None
@@ -180,7 +180,15 @@ class Runner:
 
     def fit(self, dataset: Dataset) -> TrainedModel:
         """Fit the selected trainer on `dataset` (what `validate` gets as `fit`)."""
-        name = self.config.selected("train")[0]
+        return self.fit_trainer(self.config.selected("train")[0], dataset)
+
+    def fit_trainer(self, name: str, dataset: Dataset) -> TrainedModel:
+        """Fit trainer `name` with its checked options: the selected one, or one a composite trainer uses
+        (`RunContext.fit_trainer`, declared by its options' `uses_plugins`)."""
+        if ("train", name) not in self.session.options:
+            selected = self.config.selected("train")[0]
+            raise OpsloopError(f'trainer "{name}" was not declared: a trainer fits another only if its options '
+                               f'name it in uses_plugins() (the selected trainer is "{selected}")')
         model = _expect(self.plugins.call(name, "train", dataset=dataset, options=self.session.options_for("train", name),
                                           run=self.run), TrainedModel, name, "train")
         return model if model.features else attrs.evolve(model, features=tuple(dataset.feature_columns))
@@ -258,7 +266,7 @@ class Runner:
 
     def _used(self) -> list[str]:
         """The plugins whose versions shape a version: preprocess steps, the trainer, the validators."""
-        return [*self.config.selected("preprocess"), self.config.selected("train")[0],
+        return [*self.config.selected("preprocess"), *self.session.plugins_behind("train", self.config.selected("train")[0]),
                 *self.config.selected("validate")]
 
     def twin(self, raw: Dataset) -> ModelVersion | None:

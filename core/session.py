@@ -36,6 +36,8 @@ class Session:
     config: Config
     plugins: PluginManager
     options: dict[tuple[str, str], Any] = attrs.field(factory=dict)
+    #: (section, plugin) -> the (section, plugin) pairs its options say it calls (`uses_plugins`), in order.
+    used: dict[tuple[str, str], list[tuple[str, str]]] = attrs.field(factory=dict)
 
     @classmethod
     def open(cls, config: Config, plugins: PluginManager | None = None, *,
@@ -78,6 +80,7 @@ class Session:
                                   section=section, key=list_key, source=config.source)
             self.options[(section, name)] = self._options(section, name)
             self._check_against_config(section, name, self.options[(section, name)])
+            self._check_uses(section, name, self.options[(section, name)], ((section, name),))
         for table in config.plugin_tables(section):
             if table in names:
                 continue
@@ -107,6 +110,41 @@ class Session:
             raise
         except (ValueError, TypeError) as exc:
             raise ConfigError(str(exc), section=f"{section}.{name}", source=self.config.source) from None
+
+    def _check_uses(self, section: str, name: str, options: Any, chain: tuple[tuple[str, str], ...]) -> None:
+        """Load and check the plugins a plugin's options say it calls (`uses_plugins()`: (key, section, plugin)
+        triples, e.g. the `ensemble` trainer's members), with their own options, before anything runs."""
+        uses = getattr(options, "uses_plugins", None)
+        if not callable(uses):
+            return
+        where = f"{section}.{name}"
+        for key, used_section, used in uses():
+            if (used_section, used) in chain:
+                raise ConfigError(f'plugin "{used}" would call itself ({" -> ".join(n for _, n in chain)} -> {used})',
+                                  section=where, key=key, source=self.config.source)
+            try:
+                self.plugins.load(used, where=f"{where}.{key}")
+            except UnknownPluginError as exc:
+                raise ConfigError(str(exc), section=where, key=key, source=self.config.source) from exc
+            hook = STAGE_HOOKS.get(used_section)
+            if hook and not self.plugins.implements(used, hook):
+                raise ConfigError(f'plugin "{used}" cannot be used here: it does not implement the {hook} hook '
+                                  f"(it implements: {', '.join(self.plugins.hooks_of(used)) or 'nothing'})",
+                                  section=where, key=key, source=self.config.source)
+            if (used_section, used) not in self.options:
+                self.options[(used_section, used)] = self._options(used_section, used)
+                self._check_against_config(used_section, used, self.options[(used_section, used)])
+            self.used.setdefault((section, name), [])
+            if (used_section, used) not in self.used[(section, name)]:
+                self.used[(section, name)].append((used_section, used))
+            self._check_uses(used_section, used, self.options[(used_section, used)], (*chain, (used_section, used)))
+
+    def plugins_behind(self, section: str, name: str) -> list[str]:
+        """`name` and every plugin it uses (`uses_plugins`), depth first: whose versions shape its result."""
+        names = [name]
+        for used_section, used in self.used.get((section, name), []):
+            names.extend(n for n in self.plugins_behind(used_section, used) if n not in names)
+        return names
 
     def options_for(self, section: str, name: str) -> Any:
         """The checked options of a selected plugin."""

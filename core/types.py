@@ -325,6 +325,8 @@ class RunContext:
         now: The moment the run acts at (UTC): None means the clock; `opsloop
             backtest` sets the replayed time, so that a policy's cool-down
             counts in the history's time, not the machine's.
+        trainers: What `fit_trainer` calls; set by the runner, None outside a
+            run. Left out of `==` and `repr`.
     """
 
     run_id: str
@@ -335,6 +337,26 @@ class RunContext:
     log: logging.Logger = attrs.field(eq=False, repr=False, factory=lambda: logging.getLogger("opsloop"))
     reporter: Reporter = attrs.field(eq=False, repr=False, factory=Reporter)
     now: datetime | None = None
+    trainers: Callable[[str, Dataset], TrainedModel] | None = attrs.field(default=None, eq=False, repr=False)
+
+    def fit_trainer(self, name: str, dataset: Dataset) -> TrainedModel:
+        """Fit another trainer plugin on `dataset` with its own options (`[train.<name>]`).
+
+        For composite trainers such as `ensemble`, whose members are trainer
+        plugins. The plugin must be declared by the caller's options
+        (`uses_plugins`, docs/writing-plugins.md), so that the config check
+        loads it and checks its options before anything runs.
+
+        Raises:
+            OpsloopError: Outside a run (no runner to fit with), or `name`
+                was not declared.
+        """
+        if self.trainers is None:
+            from opsloop.errors import OpsloopError
+
+            raise OpsloopError(f"cannot fit trainer {name!r}: this context has no runner (only stages of a run "
+                               "can fit other trainers)")
+        return self.trainers(name, dataset)
 
 
 @attrs.frozen(kw_only=True)

@@ -12,7 +12,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 import opsloop.config
 from opsloop import Dataset, RunContext, TrainedModel, datasets
-from opsloop.bundle import predictions_frame, read_bundle, write_bundle
+from opsloop.bundle import ModelFiles, predictions_frame, read_bundle, write_bundle
 from opsloop.config import structure
 from opsloop.errors import BundleError, ConfigError, DataError, PluginCallError
 from opsloop.manager import PluginManager
@@ -83,9 +83,11 @@ def test_random_forest_learns_and_is_seeded(pm, dataset, run):
 
 def test_skops_round_trip_predicts_the_same(pm, dataset, run, tmp_path):
     model = forest(pm, dataset, run)
-    assert pm.pm.hook.save_model(model=model, path=tmp_path) == ["model.skops", "sklearn.json"]
-    assert pm.pm.hook.load_model(flavor="xgboost", path=tmp_path, manifest={}) is None
-    loaded = pm.pm.hook.load_model(flavor="sklearn", path=tmp_path, manifest={"task": "classification"})
+    files = ModelFiles(pm)
+    assert pm.pm.hook.save_model(model=model, path=tmp_path, models=files) == ["model.skops", "sklearn.json"]
+    assert pm.pm.hook.load_model(flavor="xgboost", path=tmp_path, manifest={}, models=files) is None
+    loaded = pm.pm.hook.load_model(flavor="sklearn", path=tmp_path, manifest={"task": "classification"},
+                                   models=files)
     assert np.array_equal(loaded.predict_proba(dataset.X), model.estimator.predict_proba(dataset.X))
 
 
