@@ -15,6 +15,13 @@ fi
 echo "tests/run.sh: testing in the virtualenv $(python -c 'import sys; print(sys.prefix)')" >&2
 
 python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+# The contrib distributions, as a vendor's package would be installed (pytest collects contrib/*/tests). A
+# package whose dependencies cannot be installed here is skipped: its tests skip with the reason.
+for dist in contrib/*/pyproject.toml; do
+  dist=$(dirname "$dist")
+  python -m pip install --quiet --disable-pip-version-check -e "./$dist" \
+    || echo "tests/run.sh: could not install $dist: its tests will be skipped" >&2
+done
 
 # PostgreSQL for the shared-registry store tests: installed and started by
 # tests/services/postgres.sh (as root with apt-get); without it those tests

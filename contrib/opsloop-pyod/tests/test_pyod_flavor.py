@@ -1,0 +1,202 @@
+"""The `pyod` flavor and scoring: saved and loaded without pickle, bit for bit; refused when tampered with;
+one row's score independent of its batch; PyOD's own numbers."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import pytest
+
+pytest.importorskip("pyod", reason="PyOD is not installed (pip install -e ./contrib/opsloop-pyod)")
+pytest.importorskip("opsloop_pyod", reason="opsloop-pyod is not installed (pip install -e ./contrib/opsloop-pyod)")
+
+import numpy as np  # noqa: E402
+
+from opsloop import BundleError, Dataset  # noqa: E402
+from opsloop_pyod import copod, ecod, hbos, iforest  # noqa: E402
+
+TRAINERS = {"ecod": (ecod, {}), "copod": (copod, {}), "hbos": (hbos, {}), "hbos-auto": (hbos, {"n_bins": "auto"}),
+            "iforest": (iforest, {"n_estimators": 40})}
+
+
+def fit(name, train, run_context):
+    module, options = TRAINERS[name]
+    return module.train(dataset=Dataset.from_frame(train, target="label"), options=module.Options(**options),
+                        run=run_context)
+
+
+@pytest.fixture(scope="module")
+def models(asd_slices, run_context):
+    """Each trainer fitted once on the training slice."""
+    return {name: fit(name, asd_slices[0], run_context) for name in TRAINERS}
+
+
+def saved(model, tmp_path, module, folder="bundle"):
+    bundle = tmp_path / folder
+    bundle.mkdir()
+    files = module.save_model(model=model, path=bundle)
+    assert files and all((bundle / f).is_file() for f in files)
+    return bundle
+
+
+@pytest.mark.parametrize("name", TRAINERS)
+def test_saved_and_loaded_scores_bit_for_bit(name, models, asd_slices, tmp_path):
+    train, test = asd_slices
+    module = TRAINERS[name][0]
+    model = models[name]
+    assert model.task == "anomaly" and model.flavor == "pyod" and len(model.features) == 19
+    bundle = saved(model, tmp_path, module)
+    assert not any(p.suffix in (".pkl", ".pickle", ".joblib") for p in bundle.iterdir())
+    loaded = module.load_model(flavor="pyod", path=bundle, manifest={"task": "anomaly"})
+    X = test.drop(columns="label")
+    assert np.array_equal(loaded.score_samples(X), model.estimator.score_samples(X))
+    assert np.array_equal(loaded.predict(X), model.estimator.predict(X))
+    assert loaded.threshold == model.estimator.threshold
+    # PyOD's rule for predict: about `contamination` of the training rows are flagged.
+    assert 0.05 <= model.estimator.predict(train.drop(columns="label")).mean() <= 0.15
+
+
+def test_labels_are_never_read(models, asd_slices, run_context):
+    train, test = asd_slices
+    flipped = train.assign(label=1 - train["label"])
+    X = test.drop(columns="label")
+    for name in TRAINERS:
+        a, b = models[name], fit(name, flipped, run_context)
+        assert np.array_equal(a.estimator.score_samples(X), b.estimator.score_samples(X)), name
+
+
+@pytest.mark.parametrize("name", TRAINERS)
+def test_a_rows_score_does_not_depend_on_its_batch(name, models, asd_slices):
+    test = asd_slices[1]
+    detector = models[name].estimator
+    X = test.drop(columns="label").to_numpy()[:120]
+    together = detector.anomaly_scores(X)
+    alone = np.concatenate([detector.anomaly_scores(row[None, :]) for row in X])
+    assert np.array_equal(together, alone)
+    # Next to extreme rows, or in another order, each row keeps its score.
+    extreme = np.vstack([X * 10, X, -X])
+    assert np.array_equal(detector.anomaly_scores(extreme)[len(X):2 * len(X)], together)
+    order = np.random.default_rng(0).permutation(len(X))
+    assert np.array_equal(detector.anomaly_scores(X[order]), together[order])
+
+
+@pytest.mark.filterwarnings("ignore:Precision loss occurred in moment calculation:RuntimeWarning")
+@pytest.mark.parametrize("name", ["ecod", "copod"])
+def test_ecdf_scores_are_pyods_for_a_row_scored_alone(name, models, asd_slices):
+    """PyOD appends the rows it scores to the training rows; for a single row that is exactly our ECDF
+    with the row counted in, so the numbers agree (up to rounding), except where adding the row flips a
+    feature's skewness sign (PyOD recomputes it, we keep the training rows')."""
+    from scipy.stats import skew
+
+    from pyod.models.copod import COPOD
+    from pyod.models.ecod import ECOD
+
+    train, test = asd_slices
+    X_train = train.drop(columns="label").to_numpy(dtype=np.float64)
+    rows = test.drop(columns="label").to_numpy(dtype=np.float64)[::40]
+    ours = models[name].estimator.anomaly_scores(rows)
+    reference = {"ecod": ECOD, "copod": COPOD}[name]().fit(X_train)
+    signs = np.sign(np.nan_to_num(skew(X_train, axis=0)))
+    compared = 0
+    for row, score in zip(rows, ours):
+        if np.array_equal(np.sign(np.nan_to_num(skew(np.vstack([X_train, row]), axis=0))), signs):
+            np.testing.assert_allclose(score, reference.decision_function(row[None, :])[0], rtol=1e-9)
+            compared += 1
+    assert compared >= 0.9 * len(rows)
+
+
+@pytest.mark.parametrize("n_bins", [10, "auto"])
+def test_hbos_scores_are_pyods(n_bins, models, asd_slices):
+    from pyod.models.hbos import HBOS
+
+    train, test = asd_slices
+    X = test.drop(columns="label").to_numpy(dtype=np.float64)
+    ours = models["hbos" if n_bins == 10 else "hbos-auto"].estimator.anomaly_scores(X)
+    reference = HBOS(n_bins=n_bins).fit(train.drop(columns="label").to_numpy(dtype=np.float64))
+    np.testing.assert_allclose(ours, reference.decision_function(X), rtol=1e-12, atol=1e-12)
+
+
+def test_iforest_scores_are_pyods(models, asd_slices, run_context):
+    from pyod.models.iforest import IForest
+
+    train, test = asd_slices
+    X = test.drop(columns="label").to_numpy(dtype=np.float64)
+    ours = models["iforest"].estimator.anomaly_scores(X)
+    reference = IForest(n_estimators=40, random_state=run_context.seed).fit(train.drop(columns="label").to_numpy())
+    np.testing.assert_allclose(ours, reference.decision_function(X), rtol=1e-12)
+
+
+# --- tampered and damaged files -----------------------------------------------------------------------------
+
+@pytest.fixture
+def ecod_bundle(models, tmp_path):
+    return saved(models["ecod"], tmp_path, ecod, "ecod")
+
+
+@pytest.fixture
+def forest_bundle(models, tmp_path):
+    return saved(models["iforest"], tmp_path, iforest, "iforest")
+
+
+def load(bundle):
+    return ecod.load_model(flavor="pyod", path=bundle, manifest={"task": "anomaly"})
+
+
+def test_a_forest_naming_an_untrusted_type_is_refused(forest_bundle):
+    file = forest_bundle / "forest.skops"
+    with zipfile.ZipFile(file) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    schema = json.loads(members["schema.json"])
+    schema["__module__"], schema["__class__"] = "os", "system"
+    members["schema.json"] = json.dumps(schema).encode()
+    with zipfile.ZipFile(file, "w") as z:
+        for n, data in members.items():
+            z.writestr(n, data)
+    with pytest.raises(BundleError, match=r"does not trust: .*os\.system"):
+        load(forest_bundle)
+
+
+def test_a_kind_that_is_not_ours_is_refused(ecod_bundle):
+    meta = json.loads((ecod_bundle / "pyod.json").read_text())
+    meta["kind"] = "builtins.eval"
+    (ecod_bundle / "pyod.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=r"unknown detector kind 'builtins.eval'"):
+        load(ecod_bundle)
+
+
+def test_pickled_arrays_are_refused(ecod_bundle):
+    with np.load(ecod_bundle / "pyod.npz") as npz:
+        arrays = dict(npz)
+    arrays["values"] = np.array([object(), 1.0], dtype=object)   # an object array is stored pickled
+    np.savez(ecod_bundle / "pyod.npz", **arrays)
+    with pytest.raises(BundleError, match=r"pyod.npz: not a valid NumPy archive: ValueError: .*allow_pickle"):
+        load(ecod_bundle)
+
+
+@pytest.mark.parametrize("file", ["pyod.json", "pyod.npz", "forest.skops"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "delete"])
+def test_a_damaged_file_is_a_bundle_error(file, damage, ecod_bundle, forest_bundle):
+    bundle = forest_bundle if file == "forest.skops" else ecod_bundle
+    path = bundle / file
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    elif damage == "garbage":
+        path.write_bytes(bytes(range(256)) * 4)
+    else:
+        path.unlink()
+    with pytest.raises(BundleError, match=file.replace(".", r"\.")):
+        load(bundle)
+
+
+def test_arrays_that_do_not_fit_together_are_a_bundle_error(ecod_bundle):
+    with np.load(ecod_bundle / "pyod.npz") as npz:
+        arrays = dict(npz)
+    arrays["counts"] = arrays["counts"][::-1].copy()
+    np.savez(ecod_bundle / "pyod.npz", **arrays)
+    with pytest.raises(BundleError, match="not sorted counts"):
+        load(ecod_bundle)
+
+
+def test_other_flavors_are_not_ours(ecod_bundle):
+    assert ecod.load_model(flavor="sklearn", path=ecod_bundle, manifest={}) is None
