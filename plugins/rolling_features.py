@@ -567,32 +567,44 @@ def compile_rows(state: dict[str, Any], options: Options | None, layout: Any) ->
 
     spans = [(w, int(round(seconds(w) * 1e9)) if isinstance(w, str) else w) for w in state["windows"]]
     stats = state["stats"]
+    rate, spread, std = "rate" in stats, bool(set(stats) - {"rate"}), "std" in stats
+    no_time = np.iinfo(np.int64).min  # NaT's nanoseconds
 
     def newest(work: np.ndarray, t: np.ndarray | None) -> np.ndarray | None:
         """The features of the last row alone, when the rows are one series in strictly increasing time (the
         server's stream: a series' kept history, then its next row); None where a window holds a missing value
-        (the general path decides). Each window's values newest first, summed with `np.cumsum`: the order and
-        the bits of `_gathered` and `_sums`."""
+        (the general path decides). Each window's values newest first, summed with `cumsum`: the order and
+        the bits of `_gathered` and `_sums`. Only the statistics asked for are computed (issue 13, item 5)."""
         x = work[:, src]
         p = len(x) - 1
         parts = []
         for w, span in spans:
+            found = {}
             if isinstance(w, str):
-                lo = int(np.searchsorted(t, t[p] - span, side="right"))
-                back = lo - 1 if lo > 0 else 0
-                elapsed = (t[p] - t[back]) / 1e9
-                rate = (x[p] - x[back]) / (elapsed if elapsed > 0 else 1.0)
+                lo = int(t.searchsorted(t[p] - span, side="right"))
+                if rate:
+                    back = lo - 1 if lo > 0 else 0
+                    elapsed = (t[p] - t[back]) / 1e9
+                    found["rate"] = (x[p] - x[back]) / (elapsed if elapsed > 0 else 1.0)
             else:
-                lo, back = max(p - span + 1, 0), max(p - span, 0)
-                rate = (x[p] - x[back]) / max(p - back, 1)
-            window = x[lo:p + 1][::-1]
-            if np.isnan(window).any():
+                lo = max(p - span + 1, 0)
+                if rate:
+                    back = max(p - span, 0)
+                    found["rate"] = (x[p] - x[back]) / max(p - back, 1)
+            if spread:
+                window = x[lo:p + 1][::-1]
+                if np.isnan(window).any():
+                    return None
+                count = p - lo + 1
+                mean = found["mean"] = window.cumsum(axis=0)[-1] / count
+                if "min" in stats:
+                    found["min"] = window.min(axis=0)
+                if "max" in stats:
+                    found["max"] = window.max(axis=0)
+                if std:
+                    found["std"] = np.sqrt(((window - mean) ** 2).cumsum(axis=0)[-1] / count)
+            elif np.isnan(x[lo:p + 1]).any():
                 return None
-            count = p - lo + 1
-            mean = np.cumsum(window, axis=0)[-1] / count
-            found = {"mean": mean, "rate": rate, "min": window.min(axis=0), "max": window.max(axis=0)}
-            if "std" in stats:
-                found["std"] = np.sqrt(np.cumsum((window - mean) ** 2, axis=0)[-1] / count)
             parts.extend(found[stat] for stat in stats)
         return np.concatenate(parts)[layout_order]
 
@@ -604,8 +616,8 @@ def compile_rows(state: dict[str, Any], options: Options | None, layout: Any) ->
         needed = getattr(rows, "first", 0)  # rows before it are kept history: their features go unused
         if needed == n - 1 and (keys is None or n == 1 or all(k == keys[0] for k in keys)):
             t = rows.times if time is not None else None
-            ns = t.view(np.int64) if t is not None and np.issubdtype(t.dtype, np.datetime64) else None
-            if (ns is not None and (n == 1 or (np.diff(ns) > 0).all()) and ns[-1] != np.iinfo(np.int64).min) or \
+            ns = t.view(np.int64) if t is not None and t.dtype.kind == "M" else None
+            if (ns is not None and (n == 1 or (ns[1:] > ns[:-1]).all()) and ns[-1] != no_time) or \
                     (t is None and not durations):
                 values = newest(work, ns)
                 if values is not None:

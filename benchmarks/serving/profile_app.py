@@ -125,19 +125,20 @@ def main() -> None:
     profiler = cProfile.Profile() if args.profile else None
     if profiler:
         profiler.enable()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     times = asyncio.run(drive(app, paths[args.protocol], measured, args.requests))
     served = time.perf_counter()
     if hasattr(app, "close"):
         app.close()  # drains the prediction log: its cost counts
-    drained = time.perf_counter()
+    drained, cpu = time.perf_counter(), time.process_time() - cpu
     if profiler:
         profiler.disable()
     q = statistics.quantiles(times, n=100)
     print(json.dumps({"app": args.app, "protocol": args.protocol, "rows": args.rows, "requests": len(times),
                       "log": not args.no_log, "fast_path": not args.no_fast_path,
                       "per_s": round(len(times) / (drained - start), 1), "p50_ms": round(q[49] * 1000, 4),
-                      "p99_ms": round(q[98] * 1000, 4), "drain_s": round(drained - served, 3)}))
+                      "p99_ms": round(q[98] * 1000, 4), "drain_s": round(drained - served, 3),
+                      "cpu_us": round(cpu / len(times) * 1e6, 1)}))  # every thread's, the log writer's too
     if profiler:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(args.top)
 
