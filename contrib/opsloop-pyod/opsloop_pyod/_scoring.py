@@ -51,6 +51,17 @@ def as_matrix(X: Any, n_features: int | None = None) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float64)
 
 
+def order_keys(x: np.ndarray, first: int = 0) -> np.ndarray:
+    """uint64 keys that sort as (column, value): the column number (from `first`) in the high 32 bits,
+    the float32 value's bits made order-preserving in the low 32 (exact: values are float32-rounded)."""
+    import numpy as np
+
+    bits = (np.asarray(x, dtype=np.float32) + np.float32(0)).view(np.uint32)   # + 0: -0.0 becomes 0.0
+    low = np.where(bits & np.uint32(0x80000000), ~bits, bits | np.uint32(0x80000000)).astype(np.uint64)
+    column = np.arange(first, first + x.shape[1], dtype=np.uint64) << np.uint64(32)
+    return low | column
+
+
 def row_sums(parts: np.ndarray) -> np.ndarray:
     """Each row's sum, feature after feature: the same additions for a row alone as in any batch (NumPy's
     `sum(axis=1)` may pair them differently by memory layout and batch size)."""
@@ -75,11 +86,18 @@ class EcdfScorer:
                  skew_sign: np.ndarray) -> None:
         if method not in ("ecod", "copod"):
             raise ValueError(f"unknown ECDF method {method!r}")
+        import numpy as np
+
         self.method = method
         self.values = values
         self.counts = counts
         self.n = int(n)
         self.skew_sign = skew_sign
+        # One sorted array for all features, so that a request costs one binary search, not two per
+        # feature: feature j's values as (j << 32 | order-preserving bits of the float32), and the
+        # cumulative counts over all features (feature j's start at j * n).
+        self._keys = np.concatenate([order_keys(v.reshape(-1, 1), first=j).ravel() for j, v in enumerate(values)])
+        self._cum = np.concatenate([[0], *(c[1:] + j * self.n for j, c in enumerate(counts))]).astype(np.int64)
 
     @property
     def n_features(self) -> int:
@@ -100,20 +118,25 @@ class EcdfScorer:
         skew_sign = np.sign(np.nan_to_num(skew(X, axis=0)))
         return cls(method, values, counts, len(X), skew_sign)
 
+    def tails(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+        """PyOD's `U_l` and `U_r` per row and feature: minus the log of the left and right tail
+        probabilities of each value among the training rows, counting the value itself."""
+        import numpy as np
+
+        x = as_matrix(X, self.n_features)
+        keys = order_keys(x)
+        start = np.arange(x.shape[1], dtype=np.int64) * self.n
+        le = self._cum[np.searchsorted(self._keys, keys, side="right")] - start   # training rows <= x
+        lt = self._cum[np.searchsorted(self._keys, keys, side="left")] - start    # training rows < x
+        below = (le + 1).astype(np.float64)          # F_left * (n + 1): counting x itself
+        above = (self.n - lt + 1).astype(np.float64)  # F_right * (n + 1)
+        return -1 * np.log(below / (self.n + 1)), -1 * np.log(above / (self.n + 1))
+
     def anomaly_scores(self, X: Any) -> np.ndarray:
         """PyOD's ECOD/COPOD score of each row of X against the training ECDFs: higher = more abnormal."""
         import numpy as np
 
-        x = as_matrix(X, self.n_features)
-        below = np.empty_like(x)    # F_left: share of training rows <= x, counting x itself
-        above = np.empty_like(x)    # F_right: share of training rows >= x, counting x itself
-        for j, (values, counts) in enumerate(zip(self.values, self.counts)):
-            le = counts[np.searchsorted(values, x[:, j], side="right")]
-            lt = counts[np.searchsorted(values, x[:, j], side="left")]
-            below[:, j] = le + 1
-            above[:, j] = self.n - lt + 1
-        u_l = -1 * np.log(below / (self.n + 1))
-        u_r = -1 * np.log(above / (self.n + 1))
+        u_l, u_r = self.tails(X)
         s = self.skew_sign
         u_skew = u_l * -1 * np.sign(s - 1) + u_r * np.sign(s + 1)
         if self.method == "ecod":
@@ -159,10 +182,27 @@ class HbosScorer:
     """
 
     def __init__(self, hist: list[np.ndarray], edges: list[np.ndarray], alpha: float, tol: float) -> None:
+        import numpy as np
+
         self.hist = hist
         self.edges = edges
         self.alpha = float(alpha)
         self.tol = float(tol)
+        # Features side by side, padded to the longest histogram (`"auto"` bins differ per feature):
+        # edges with +inf, which no value exceeds, so counting the edges below a value is its bin.
+        d, width = len(hist), max(len(h) for h in hist)
+        self._edges = np.full((width + 1, d), np.inf)
+        self._log_density = np.zeros((width, d))
+        for j, (h, e) in enumerate(zip(hist, edges)):
+            self._edges[: len(e), j] = e
+            self._log_density[: len(h), j] = np.log2(h + self.alpha)
+        self._bins = np.array([len(h) for h in hist])
+        self._lowest = np.array([np.log2(h + self.alpha).min() for h in hist])
+        self._first = np.array([e[0] for e in edges])
+        self._last = np.array([e[-1] for e in edges])
+        self._first_width = np.array([e[1] - e[0] for e in edges])
+        self._last_width = np.array([e[-1] - e[-2] for e in edges])
+        self._last_density = self._log_density[self._bins - 1, np.arange(d)]
 
     @property
     def n_features(self) -> int:
@@ -185,21 +225,20 @@ class HbosScorer:
         import numpy as np
 
         x = as_matrix(X, self.n_features)
-        out = np.zeros_like(x)
-        for j, (hist, edges) in enumerate(zip(self.hist, self.edges)):
-            log_density = np.log2(hist + self.alpha)
-            nb = len(hist)
-            col = x[:, j]
-            idx = np.digitize(col, edges, right=True)
-            inside = np.clip(idx - 1, 0, nb - 1)
-            score = log_density[inside]
-            low, high = idx == 0, idx == nb + 1
-            near_low = (edges[0] - col) <= (edges[1] - edges[0]) * self.tol
-            near_high = (col - edges[-1]) <= (edges[-1] - edges[-2]) * self.tol
-            score = np.where(low, np.where(near_low, log_density[0], log_density.min()), score)
-            score = np.where(high, np.where(near_high, log_density[nb - 1], log_density.min()), score)
-            out[:, j] = score
+        out = np.empty_like(x)
+        for start in range(0, len(x), 4096):   # bounds the rows x edges x features comparison
+            out[start:start + 4096] = self._per_feature(x[start:start + 4096])
         return -1 * row_sums(out)
+
+    def _per_feature(self, x: np.ndarray) -> np.ndarray:
+        """Each value's log2(density + alpha), as PyOD's `_calculate_outlier_scores` picks it."""
+        import numpy as np
+
+        idx = (self._edges[None, :, :] < x[:, None, :]).sum(axis=1)   # np.digitize(x, edges, right=True)
+        inside = self._log_density[np.clip(idx - 1, 0, self._bins - 1), np.arange(x.shape[1])]
+        low = np.where(self._first - x <= self._first_width * self.tol, self._log_density[0], self._lowest)
+        high = np.where(x - self._last <= self._last_width * self.tol, self._last_density, self._lowest)
+        return np.where(idx == 0, low, np.where(idx == self._bins + 1, high, inside))
 
     def arrays(self) -> dict[str, np.ndarray]:
         import numpy as np

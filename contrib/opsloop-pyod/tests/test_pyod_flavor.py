@@ -85,25 +85,33 @@ def test_a_rows_score_does_not_depend_on_its_batch(name, models, asd_slices):
 @pytest.mark.parametrize("name", ["ecod", "copod"])
 def test_ecdf_scores_are_pyods_for_a_row_scored_alone(name, models, asd_slices):
     """PyOD appends the rows it scores to the training rows; for a single row that is exactly our ECDF
-    with the row counted in, so the numbers agree (up to rounding), except where adding the row flips a
-    feature's skewness sign (PyOD recomputes it, we keep the training rows')."""
+    with the row counted in, so the tail probabilities agree for every row (up to rounding), and so do the
+    scores except where adding the row flips a feature's skewness sign (PyOD recomputes it from the batch,
+    we keep the training rows'): an extreme row can do that, which is PyOD's batch dependence."""
     from scipy.stats import skew
 
     from pyod.models.copod import COPOD
     from pyod.models.ecod import ECOD
+    from pyod.utils.stat_models import column_ecdf
 
     train, test = asd_slices
     X_train = train.drop(columns="label").to_numpy(dtype=np.float64)
-    rows = test.drop(columns="label").to_numpy(dtype=np.float64)[::40]
+    real = test.drop(columns="label").to_numpy(dtype=np.float64)
+    # Real rows, and rows beyond the training range on either side (ASD is scaled to [0, 1]), and -0.0.
+    rows = np.vstack([real[::40], -real[::300], 3 * real[::300], -np.zeros((1, real.shape[1]))])
     ours = models[name].estimator.anomaly_scores(rows)
     reference = {"ecod": ECOD, "copod": COPOD}[name]().fit(X_train)
     signs = np.sign(np.nan_to_num(skew(X_train, axis=0)))
+    u_l, u_r = models[name].estimator.scorer.tails(rows)
     compared = 0
-    for row, score in zip(rows, ours):
-        if np.array_equal(np.sign(np.nan_to_num(skew(np.vstack([X_train, row]), axis=0))), signs):
+    for i, (row, score) in enumerate(zip(rows, ours)):
+        both = np.vstack([X_train, row])
+        np.testing.assert_allclose(u_l[i], -np.log(column_ecdf(both)[-1]), rtol=1e-12)
+        np.testing.assert_allclose(u_r[i], -np.log(column_ecdf(-both)[-1]), rtol=1e-12)
+        if np.array_equal(np.sign(np.nan_to_num(skew(both, axis=0))), signs):
             np.testing.assert_allclose(score, reference.decision_function(row[None, :])[0], rtol=1e-9)
             compared += 1
-    assert compared >= 0.9 * len(rows)
+    assert compared >= 0.9 * len(real[::40])
 
 
 @pytest.mark.parametrize("n_bins", [10, "auto"])
