@@ -1,10 +1,13 @@
-"""Fixtures for opsloop-pyod's tests: opsloop's pytest kit and small real slices of the embedded ASD data."""
+"""Fixtures for opsloop-pyod's tests: small real slices of the embedded ASD data.
+
+opsloop's kit (`opsloop.testing`) is imported by the test modules that use it rather than named in
+`pytest_plugins` here: pytest refuses `pytest_plugins` in a conftest below the rootdir that it meets while
+collecting (`pytest contrib`), and this one lives in opsloop's checkout.
+"""
 
 from __future__ import annotations
 
 import pytest
-
-pytest_plugins = ["opsloop.testing"]
 
 #: The 19 ASD metrics.
 METRICS = [f"m{i:02d}" for i in range(1, 20)]

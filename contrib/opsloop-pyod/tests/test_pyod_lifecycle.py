@@ -9,6 +9,8 @@ import pytest
 pytest.importorskip("pyod", reason="PyOD is not installed (pip install -e ./contrib/opsloop-pyod)")
 pytest.importorskip("opsloop_pyod", reason="opsloop-pyod is not installed (pip install -e ./contrib/opsloop-pyod)")
 
+from opsloop.testing import opsloop_project, register_plugin  # noqa: E402, F401 - the kit's fixtures
+
 PLUGINS = ["pyod-ecod", "pyod-copod", "pyod-hbos", "pyod-iforest"]
 #: Tolerant: the four reach 0.83 to 0.92 on this slice (pyod 3.6, scikit-learn 1.9); chance is 0.5.
 MIN_ROC_AUC = 0.7
