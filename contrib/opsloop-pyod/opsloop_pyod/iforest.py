@@ -7,7 +7,9 @@ never read when fitting. Its anomaly score is PyOD's, minus scikit-learn's
 does; having it here lets an ensemble combine PyOD detectors alike.
 
 Flavor `pyod`: the forest goes into `forest.skops`, loaded with an explicit
-list of trusted types (classes under `sklearn.` and `numpy.` only).
+list of trusted types (classes under `sklearn.` and `numpy.` only). Scoring
+walks the loaded trees in NumPy, all at once, with scikit-learn's arithmetic:
+the same numbers as `decision_function`, without its per-call cost.
 
 Options (`[train.pyod-iforest]`): n_estimators, max_samples, max_features,
 contamination, n_jobs; see `Options`.

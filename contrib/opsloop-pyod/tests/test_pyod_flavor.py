@@ -17,7 +17,8 @@ from opsloop import BundleError, Dataset  # noqa: E402
 from opsloop_pyod import copod, ecod, hbos, iforest  # noqa: E402
 
 TRAINERS = {"ecod": (ecod, {}), "copod": (copod, {}), "hbos": (hbos, {}), "hbos-auto": (hbos, {"n_bins": "auto"}),
-            "iforest": (iforest, {"n_estimators": 40})}
+            "iforest": (iforest, {"n_estimators": 40}),
+            "iforest-subsets": (iforest, {"n_estimators": 20, "max_features": 0.5, "max_samples": 0.5})}
 
 
 def fit(name, train, run_context):
@@ -125,14 +126,17 @@ def test_hbos_scores_are_pyods(n_bins, models, asd_slices):
     np.testing.assert_allclose(ours, reference.decision_function(X), rtol=1e-12, atol=1e-12)
 
 
-def test_iforest_scores_are_pyods(models, asd_slices, run_context):
+@pytest.mark.parametrize("name", ["iforest", "iforest-subsets"])
+def test_iforest_scores_are_pyods_bit_for_bit(name, models, asd_slices, run_context):
+    """The trees walked in NumPy give scikit-learn's (and so PyOD's) numbers exactly, also when each tree
+    sees a subset of the rows and features."""
     from pyod.models.iforest import IForest
 
     train, test = asd_slices
     X = test.drop(columns="label").to_numpy(dtype=np.float64)
-    ours = models["iforest"].estimator.anomaly_scores(X)
-    reference = IForest(n_estimators=40, random_state=run_context.seed).fit(train.drop(columns="label").to_numpy())
-    np.testing.assert_allclose(ours, reference.decision_function(X), rtol=1e-12)
+    ours = models[name].estimator.anomaly_scores(X)
+    reference = IForest(**TRAINERS[name][1], random_state=run_context.seed).fit(train.drop(columns="label").to_numpy())
+    assert np.array_equal(ours, reference.decision_function(X))
 
 
 # --- tampered and damaged files -----------------------------------------------------------------------------
