@@ -16,13 +16,15 @@ package's such as `pyod-ecod`), each with its own options table
 - `combine = "rank-mean"` averages the ranks with `weights` (default equal);
   `"rank-max"` takes the highest (alert when any member is sure).
 
-The combined score is in [0, 1]. With a supervised member the ensemble is a
+The combined rank is then rescaled piecewise linearly so that the training
+rows' (1 - `contamination`) quantile lands on 0.5 (for a classifier,
+`contamination` defaults to the training set's positive share): the score is
+in [0, 1], ranks rows as the combined rank does, and its own decision (above
+0.5) flags about that share. With a supervised member the ensemble is a
 binary classifier (`predict_proba`), otherwise an anomaly detector
-(`score_samples` = minus the combined score); either way validation
-calibrates the alert threshold on it (docs/alerting.md). Its own `predict`,
-used without a threshold, flags the rows above the training rows'
-(1 - `contamination`) quantile (for a classifier, `contamination` defaults
-to the training set's positive share).
+(`score_samples` = minus the score); either way validation calibrates the
+alert threshold on the score (docs/alerting.md), which replaces that
+decision.
 
 Bundle layout (flavor `ensemble`): `ensemble.json` holds the combination
 (members' names, flavors, tasks, features, weights, quantiles) and each
@@ -49,10 +51,11 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-    from opsloop.bundle import ModelFiles
+    from opsloop.bundle import LoadedModel, ModelFiles
+    from opsloop.rowops import FastPredict
     from opsloop.types import Dataset, RunContext
 
-__all__ = ["EnsembleEstimator", "Options", "load_model", "plugin_options", "save_model", "train"]
+__all__ = ["EnsembleEstimator", "Options", "compile_predict", "load_model", "plugin_options", "save_model", "train"]
 
 FLAVOR = "ensemble"
 META_FILE = "ensemble.json"
@@ -169,6 +172,15 @@ def member_scores(estimator: Any, task: str, X: pd.DataFrame) -> np.ndarray:
     return np.asarray(frame["score"], dtype="float64")
 
 
+def centre(rank: np.ndarray, cut: float) -> np.ndarray:
+    """`rank` rescaled piecewise linearly so that [0, cut] -> [0, 0.5] and [cut, 1] -> [0.5, 1]: monotone, so
+    every ranking figure is unchanged, and 0.5 is the ensemble's own decision."""
+    import numpy as np
+
+    cut = min(max(cut, 1e-9), 1 - 1e-9)
+    return np.where(rank < cut, 0.5 * rank / cut, 0.5 + 0.5 * (rank - cut) / (1 - cut))
+
+
 @attrs.define
 class EnsembleEstimator:
     """Members and how their ranks combine: what the `ensemble` trainer fits and its flavor loads.
@@ -178,8 +190,9 @@ class EnsembleEstimator:
         references: Per member, `reference()` of its training scores.
         weights: Normalised weights (sum 1).
         combine: `"rank-mean"` or `"rank-max"`.
-        cut: Combined score from which `predict` says 1.
+        cut: Combined rank from which `predict` says 1 (`combined` puts it at 0.5).
         task: `"classification"` or `"anomaly"`.
+        flavors: Each member's flavor (what compiles its fast predict).
         trained: The members' TrainedModels (their flavors, to save them)
             when just fitted; None when loaded from a bundle.
     """
@@ -190,6 +203,7 @@ class EnsembleEstimator:
     combine: str
     cut: float = 1.0
     task: str = "classification"
+    flavors: list[str] = attrs.field(factory=list)
     trained: list[TrainedModel] | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
@@ -205,14 +219,24 @@ class EnsembleEstimator:
         return np.column_stack([rank(member_scores(est, task, X[list(features)]), ref)
                                 for (_, task, features, est), ref in zip(self.members, self.references, strict=True)])
 
-    def combined(self, X: pd.DataFrame) -> np.ndarray:
-        """The ensemble's score per row, in [0, 1]."""
+    def mean_rank(self, X: pd.DataFrame) -> np.ndarray:
+        """The members' ranks combined (`combine`), per row, in [0, 1]."""
+        return self.combine_ranks(self.ranks(X))
+
+    def combine_ranks(self, ranks: np.ndarray) -> np.ndarray:
         import numpy as np
 
-        ranks = self.ranks(X)
         if self.combine == "rank-max":
             return ranks.max(axis=1)
-        return ranks @ np.asarray(self.weights)
+        total = np.zeros(ranks.shape[0])
+        for j, weight in enumerate(self.weights):  # member by member: the same sums for one row or many
+            total += weight * ranks[:, j]
+        return total
+
+    def combined(self, X: pd.DataFrame) -> np.ndarray:
+        """The ensemble's score per row, in [0, 1]: the combined rank, rescaled piecewise linearly so that
+        `cut` lands on 0.5 (a classifier's default decision then flags what `contamination` says)."""
+        return centre(self.mean_rank(X), self.cut)
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         import numpy as np
@@ -221,7 +245,7 @@ class EnsembleEstimator:
         return np.column_stack([1 - s, s])
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
-        return (self.combined(X) >= self.cut).astype("int8")
+        return (self.combined(X) > 0.5).astype("int8")  # as the argmax of predict_proba
 
     def score_samples(self, X: pd.DataFrame) -> np.ndarray:
         """Normality, as scikit-learn's detectors say it: lower = more abnormal."""
@@ -256,13 +280,14 @@ def train(dataset: Dataset, options: Options, run: RunContext) -> TrainedModel:
     task = "classification" if any(m.task == "classification" for m in fitted) else "anomaly"
     estimator = EnsembleEstimator(
         members=[(name, m.task, tuple(m.features), m.estimator) for name, m in zip(options.members, fitted, strict=True)],
-        references=refs, weights=(weights / weights.sum()).tolist(), combine=options.combine, task=task)
+        references=refs, weights=(weights / weights.sum()).tolist(), combine=options.combine, task=task,
+        flavors=[m.flavor for m in fitted])
     share = options.contamination
     if share is None:
         positive = (float(np.nanmean(np.asarray(dataset.y, dtype="float64")))
                     if task == "classification" and dataset.target in dataset.frame.columns else 0.0)
         share = positive if 0 < positive < 1 else 0.01
-    estimator.cut = float(np.quantile(estimator.combined(X), 1 - share))
+    estimator.cut = float(np.quantile(estimator.mean_rank(X), 1 - share))
     run.log.info("ensemble: %s of %s on %d rows", options.combine, ", ".join(options.members), len(X))
     features = tuple(dict.fromkeys(f for m in fitted for f in m.features))
     params: dict[str, Any] = {"combine": options.combine, "members": list(options.members),
@@ -343,5 +368,45 @@ def load_model(flavor: str, path: Path, manifest: dict[str, Any], models: ModelF
                                 where=f"member {m['name']} of the ensemble in {path}")
         members.append((m["name"], m["task"], tuple(m["features"]), estimator))
     return EnsembleEstimator(members=members, references=meta["references"], weights=[float(w) for w in meta["weights"]],
-                             combine=meta["combine"], cut=float(meta["cut"]), task=meta["task"])
+                             combine=meta["combine"], cut=float(meta["cut"]), task=meta["task"],
+                             flavors=[m["flavor"] for m in meta["members"]])
+
+
+@hookimpl
+def compile_predict(model: LoadedModel, threads: int) -> FastPredict | None:
+    """The ensemble on `opsloop serve`'s fast path: each member's own compiled predict (asked of the plugins
+    through the same hook) on its columns, ranked and combined as `EnsembleEstimator` does; NoFastPath naming
+    the first member that has none."""
+    if model.manifest.get("flavor") != FLAVOR:
+        return None
+    import numpy as np
+
+    from opsloop.errors import PluginCallError
+    from opsloop.rowops import NoFastPath
+
+    est: EnsembleEstimator = model.estimator
+    position = {name: i for i, name in enumerate(model.features)}
+    compiled = []
+    for (name, task, features, estimator), flavor in zip(est.members, est.flavors, strict=True):
+        member = attrs.evolve(model, estimator=estimator, manifest={**model.manifest, "flavor": flavor, "task": task,
+                                                                     "features": list(features)})
+        try:
+            _, fast = model.plugins.first("compile_predict", model=member, threads=threads)
+        except PluginCallError as exc:
+            if isinstance(exc.cause, NoFastPath):
+                raise NoFastPath(f"ensemble member {name}: {exc.cause}") from None
+            raise
+        if fast is None:
+            raise NoFastPath(f"ensemble member {name} (flavor {flavor}) has no fast predict")
+        compiled.append((fast, np.asarray([position[f] for f in features], dtype=np.intp)))
+    classes = np.array([0, 1])
+
+    def predict(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ranks = np.column_stack([rank(fast(x[:, columns])[1], ref)
+                                 for (fast, columns), ref in zip(compiled, est.references, strict=True)])
+        score = centre(est.combine_ranks(ranks), est.cut)
+        above = score > 0.5
+        return (classes[above.astype(np.intp)] if est.task == "classification" else above.astype("int8")), score
+
+    return predict
 

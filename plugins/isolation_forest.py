@@ -35,12 +35,12 @@ import attrs
 
 from opsloop import TrainedModel, hookimpl
 from opsloop.plugins import sklearn_trainer as _sk
-from opsloop.plugins._skops_flavor import FLAVOR, load_model, save_model
+from opsloop.plugins._skops_flavor import FLAVOR, compile_predict, load_model, save_model
 
 if TYPE_CHECKING:
     from opsloop.types import Dataset, RunContext
 
-__all__ = ["Options", "load_model", "plugin_options", "save_model", "train"]
+__all__ = ["Options", "compile_predict", "load_model", "plugin_options", "save_model", "train"]
 
 
 def _contamination(_: Any, attribute: attrs.Attribute, value: Any) -> None:

@@ -67,6 +67,17 @@ def ranks_by_hand(meta: dict[str, Any], member: int, scores: np.ndarray) -> np.n
     return out
 
 
+def centred(rank: np.ndarray, cut: float) -> np.ndarray:
+    """The combined rank rescaled so that the training cut lands on 0.5."""
+    return np.where(rank < cut, 0.5 * rank / cut, 0.5 + 0.5 * (rank - cut) / (1 - cut))
+
+
+def datasets_train() -> pd.DataFrame:
+    from opsloop import datasets
+
+    return datasets.load("asd").query(SMALL["data"]["train"]).reset_index(drop=True)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     path = project(tmp_path_factory.mktemp("ensemble"), ensemble(["xgboost", "isolation-forest"]))
@@ -105,7 +116,7 @@ def test_its_score_is_the_mean_of_the_members_ranks_and_ranks_unseen_servers(tra
         raw = estimator.predict_proba(X)[:, 1] if task == "classification" else -estimator.score_samples(X)
         ranks.append(ranks_by_hand(meta, index, np.asarray(raw, dtype="float64")))
         assert name == meta["members"][index]["name"]
-    expected = np.mean(ranks, axis=0)
+    expected = centred(np.mean(ranks, axis=0), meta["cut"])
     np.testing.assert_allclose(predictions["score"].to_numpy(dtype=float), expected, rtol=0, atol=1e-12)
     assert ((expected >= 0) & (expected <= 1)).all()
     # alerts follow the version's calibrated threshold, and the combined ranking is useful on these servers
@@ -146,7 +157,16 @@ def test_detectors_alone_make_an_anomaly_ensemble(tmp_path: Path) -> None:
     features = model.transform(monitored()).frame.loc[predictions.index]
     ranks = [ranks_by_hand(meta, i, -np.asarray(est.score_samples(features[list(cols)]), dtype="float64"))
              for i, (_, _, cols, est) in enumerate(model.estimator.members)]
-    np.testing.assert_allclose(predictions["score"].to_numpy(dtype=float), np.max(ranks, axis=0), rtol=0, atol=1e-12)
+    expected = centred(np.max(ranks, axis=0), meta["cut"])
+    np.testing.assert_allclose(predictions["score"].to_numpy(dtype=float), expected, rtol=0, atol=1e-12)
+    # the server's fast path composes the members' compiled predicts; EllipticEnvelope has none, so it replays
+    from opsloop.errors import PluginCallError
+
+    with pytest.raises(PluginCallError, match=r"ensemble member sklearn \(flavor sklearn\) has no fast predict"):
+        model.plugins.first("compile_predict", model=model, threads=1)
+    # with no supervised member the cut is the top 1% of the training rows: that share is above it
+    train_share = float((model.predict(datasets_train())["score"] > 0.5).mean())
+    assert 0.002 < train_share < 0.02, train_share
 
 
 @pytest.mark.parametrize(("options", "message"), [
