@@ -253,16 +253,25 @@ def isolation_forest_predict(forest: Any) -> FastPredict:
     levels = max(t.tree_.max_depth for t in trees)
     denominator = count * _average_path_length([forest._max_samples])
     offset = float(forest.offset_)
-    trees_at = np.arange(count)[None, :]
+    # Flat: node k of tree t is t * width + k, so each step is a few 1-D takes (children point into their tree).
+    base = (np.arange(count) * width)[:, None]
+    left, right = (left + base).ravel(), (right + base).ravel()
+    feature, threshold, missing_left, value = (a.ravel() for a in (feature, threshold, missing_left, value))
+    roots = base.ravel()
 
     def predict(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rows = np.arange(x.shape[0])[:, None]
-        node = np.zeros((x.shape[0], count), dtype=np.intp)
+        n = x.shape[0]
+        flat_x = np.ascontiguousarray(x).ravel()
+        offsets = (np.arange(n) * x.shape[1])[:, None]
+        node = np.broadcast_to(roots, (n, count))
         for _ in range(levels):
-            v = x[rows, feature[trees_at, node]]
-            go_left = np.where(np.isnan(v), missing_left[trees_at, node], v <= threshold[trees_at, node])
-            node = np.where(go_left, left[trees_at, node], right[trees_at, node])
-        depths = np.cumsum(value[trees_at, node], axis=1)[:, -1]
+            v = flat_x.take(offsets + feature.take(node))
+            go_left = v <= threshold.take(node)
+            nan = np.isnan(v)
+            if nan.any():
+                go_left = np.where(nan, missing_left.take(node), go_left)
+            node = np.where(go_left, left.take(node), right.take(node))
+        depths = np.cumsum(value.take(node), axis=1)[:, -1]
         score = 2 ** (-np.divide(depths, denominator, out=np.ones_like(depths), where=denominator != 0))
         return ((-score - offset) < 0).astype("int8"), score
 
