@@ -282,13 +282,11 @@ class SeriesHistory:
 
     def _start(self, times: np.ndarray, n: int) -> int:
         """The first of `n` rows (oldest first) that a row after the last can still reach."""
-        import numpy as np
-
         reach = self.reach
         start = max(n - reach.rows, 0)
         if reach.seconds and self.time is not None and n:
             # every row newer than t - seconds, and the newest at or before it, for any t after the last row
-            first = int(np.searchsorted(times[:n], times[n - 1] - self._span, side="right")) - 1
+            first = int(times[:n].searchsorted(times[n - 1] - self._span, side="right")) - 1
             start = min(start, max(first, 0))
         return start
 

@@ -16,6 +16,7 @@ Plain JSON: `{"instances": [{feature: value, ...}, ...]}` answered with
 from __future__ import annotations
 
 import json
+import math
 import struct
 from typing import TYPE_CHECKING, Any
 
@@ -45,8 +46,12 @@ def loads(body: bytes, what: str = "request body") -> Any:
         raise RequestError(400, f"malformed JSON in the {what}: {exc}") from None
 
 
+#: `json.dumps(obj, separators=(",", ":"))` builds an encoder per call; this one is built once.
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+    return _ENCODE(obj).encode()
 
 
 def request_id(value: Any, where: str) -> str | None:
@@ -109,6 +114,12 @@ def instances_response(predictions: list[Any], scores: list[float] | None, *, mo
                        request: str) -> bytes:
     if scores is None:
         rows = [{"prediction": p} for p in predictions]
+    elif len(predictions) == 1 == len(scores) and type(predictions[0]) is int and type(scores[0]) is float \
+            and math.isfinite(scores[0]):
+        # one row, the streaming client's request: the bytes `dumps` gives, written out (floats as repr, as json)
+        return (b'{"predictions":[{"prediction":%d,"score":%s}],"model_name":%s,"model_version":%s,"request_id":%s}'
+                % (predictions[0], repr(scores[0]).encode(), _ENCODE(model).encode(), _ENCODE(version).encode(),
+                   _ENCODE(request).encode()))
     else:
         rows = [{"prediction": p, "score": s} for p, s in zip(predictions, scores, strict=True)]
     return dumps({"predictions": rows, "model_name": model, "model_version": version, "request_id": request})

@@ -320,8 +320,7 @@ class InputSchema:
 
         if not matrix.size:
             return
-        with np.errstate(invalid="ignore"):
-            bad = np.abs(matrix) > self._limits
+        bad = np.abs(matrix) > self._limits  # NaN compares False, silently: a missing value is in range
         if bad.any():
             i, j = (int(x) for x in np.argwhere(bad)[0])
             c = self.numeric[j]
