@@ -251,6 +251,28 @@ def test_isolation_forest_bundle_stores_the_plain_forest(pm, dataset, run, tmp_p
     assert loaded.predict(dataset.frame.drop(columns=["label"])).equals(expected)
 
 
+@pytest.mark.parametrize("table", [{}, {"max_samples": 1000, "n_estimators": 40}], ids=["defaults", "deeper"])
+def test_isolation_forest_fast_path_gives_scikit_learns_scores_bit_for_bit(pm, dataset, run, table):
+    from sklearn.ensemble import IsolationForest
+
+    from opsloop.plugins._skops_flavor import AnomalyLabels, isolation_forest_predict
+
+    early, late = split(dataset)
+    x = late[list(early.feature_columns)].to_numpy(np.float32, copy=True)
+    x[::7, 3] = np.nan  # missing values go where each node sends them
+    x[::11, 0] = np.nan
+    forests = [train(pm, "isolation-forest", early, run, **table).estimator.estimator,
+               # a forest whose trees see a subset of the columns each (the columns are mapped back)
+               IsolationForest(max_features=0.5, random_state=0).fit(early.X.to_numpy(np.float32))]
+    for forest in forests:
+        fast = isolation_forest_predict(forest)
+        labels, score = fast(x)
+        assert np.array_equal(score, -forest.score_samples(x))
+        assert np.array_equal(labels, AnomalyLabels(forest).predict(x)) and 0 < labels.sum() < len(x)
+        one_by_one = np.concatenate([fast(x[i:i + 1])[1] for i in range(0, len(x), 97)])
+        assert np.array_equal(one_by_one, score[::97])
+
+
 # scikit-learn's own LocalOutlierFactor.fit(novelty=True) warns about its internal call.
 @pytest.mark.filterwarnings("ignore:X does not have valid feature names")
 def test_any_outlier_detector_through_the_sklearn_trainer(pm, dataset, run):
