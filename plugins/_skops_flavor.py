@@ -218,8 +218,10 @@ def compile_predict(model: LoadedModel, threads: int) -> FastPredict | None:
 
 
 def isolation_forest_predict(forest: Any) -> FastPredict:
-    """scikit-learn's `IsolationForest.score_samples` and `predict` on a float32 matrix, value for value, without
-    its per-call input checks and joblib dispatch: every tree walked at once, one level per step.
+    """scikit-learn's `IsolationForest.score_samples` and `predict` on a feature matrix, value for value, without
+    its per-call input checks and joblib dispatch: every tree walked at once, one level per step. Returns
+    `predict(x) -> (labels, score)`: 1 for an anomaly, and `-score_samples(x)` (higher = more abnormal). Public
+    as `opsloop.plugins.isolation_forest.compile_forest`, for other plugins holding a fitted forest.
 
     As scikit-learn computes them: a row goes left where its feature is <= the node's threshold (compared in
     float64), a missing value where the node says (`missing_go_to_left`); its depth in a tree is the leaf's
@@ -261,7 +263,7 @@ def isolation_forest_predict(forest: Any) -> FastPredict:
 
     def predict(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = x.shape[0]
-        flat_x = np.ascontiguousarray(x).ravel()
+        flat_x = np.ascontiguousarray(x, dtype=np.float32).ravel()  # what scikit-learn's input check makes
         offsets = (np.arange(n) * x.shape[1])[:, None]
         node = np.broadcast_to(roots, (n, count))
         for _ in range(levels):

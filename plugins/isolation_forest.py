@@ -23,6 +23,11 @@ Saved with the `sklearn` flavor: the plain `IsolationForest` goes into
 wrapper is rebuilt at load because the manifest's task is `"anomaly"`, so no
 class of opsloop's has to be trusted by skops.
 
+Served, the forest takes the fast path: `compile_forest(forest)` walks its
+trees in NumPy with scikit-learn's arithmetic (the same scores bit for bit);
+other plugins holding a fitted `IsolationForest` (opsloop-pyod's
+`pyod-iforest`) use it too.
+
 Options (`[train.isolation-forest]`): n_estimators, contamination,
 max_samples; see `Options`.
 """
@@ -36,11 +41,12 @@ import attrs
 from opsloop import TrainedModel, hookimpl
 from opsloop.plugins import sklearn_trainer as _sk
 from opsloop.plugins._skops_flavor import FLAVOR, compile_predict, load_model, save_model
+from opsloop.plugins._skops_flavor import isolation_forest_predict as compile_forest
 
 if TYPE_CHECKING:
     from opsloop.types import Dataset, RunContext
 
-__all__ = ["Options", "compile_predict", "load_model", "plugin_options", "save_model", "train"]
+__all__ = ["Options", "compile_forest", "compile_predict", "load_model", "plugin_options", "save_model", "train"]
 
 
 def _contamination(_: Any, attribute: attrs.Attribute, value: Any) -> None:

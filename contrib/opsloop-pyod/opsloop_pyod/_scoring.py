@@ -269,79 +269,28 @@ class ForestScorer:
     """PyOD's `IForest` score, minus scikit-learn's `IsolationForest.decision_function`, walked in NumPy.
 
     scikit-learn's `decision_function` costs milliseconds per call whatever the rows (input checks,
-    chunking, one `apply` per tree), which a one-row request pays in full. At load, the trees become
-    arrays (children, features, thresholds, and each node's path length: its depth plus the average
-    path length of the rows it holds, as scikit-learn computes them), and all trees are walked at
-    once, one level per step; depths are summed tree after tree and turned into the score with
-    scikit-learn's own arithmetic, so the numbers are `decision_function`'s, bit for bit (tested).
+    chunking, one `apply` per tree), which a one-row request pays in full. opsloop's own
+    `compile_forest` (opsloop.plugins.isolation_forest, what `isolation-forest` serves with) walks all
+    trees at once in NumPy with scikit-learn's arithmetic, so the numbers are `decision_function`'s,
+    bit for bit (tested).
 
     Attributes:
         forest: The fitted `sklearn.ensemble.IsolationForest` (PyOD's `detector_`): what is saved.
     """
 
     def __init__(self, forest: Any) -> None:
-        import numpy as np
+        from opsloop.plugins.isolation_forest import compile_forest
 
         self.forest = forest
-        trees = [e.tree_ for e in forest.estimators_]
-        width = max(t.node_count for t in trees)
-        count = len(trees)
-        self._left = np.full((count, width), -1, dtype=np.intp)
-        self._right = np.full((count, width), -1, dtype=np.intp)
-        self._feature = np.zeros((count, width), dtype=np.intp)
-        self._threshold = np.zeros((count, width))
-        self._path = np.zeros((count, width))
-        depth_max = 0
-        for i, (tree, features) in enumerate(zip(trees, forest.estimators_features_)):
-            n = tree.node_count
-            left, right = tree.children_left, tree.children_right
-            self._left[i, :n], self._right[i, :n] = left, right
-            # A tree sees its own subset of the features (max_features < 1): map to the forest's columns.
-            self._feature[i, :n] = np.asarray(features)[np.maximum(tree.feature, 0)]
-            self._threshold[i, :n] = tree.threshold
-            depth = np.ones(n)                      # scikit-learn's compute_node_depths: the root is 1
-            for node in range(n):                   # children come after their parent
-                if left[node] >= 0:
-                    depth[left[node]] = depth[right[node]] = depth[node] + 1
-            depth_max = max(depth_max, int(depth.max()))
-            self._path[i, :n] = depth + average_path_length(tree.n_node_samples) - 1.0
-        self._levels = depth_max - 1
-        self._denominator = count * average_path_length(np.array([forest.max_samples_]))[0]
-        self._trees = np.arange(count)
+        self._predict = compile_forest(forest)
 
     @property
     def n_features(self) -> int:
         return int(self.forest.n_features_in_)
 
     def anomaly_scores(self, X: Any) -> np.ndarray:
-        import numpy as np
-
-        x = as_matrix(X, self.n_features)
-        rows = np.arange(len(x))[:, None]
-        node = np.zeros((len(x), len(self._trees)), dtype=np.intp)
-        for _ in range(self._levels):
-            left = self._left[self._trees, node]
-            go_left = x[rows, self._feature[self._trees, node]] <= self._threshold[self._trees, node]
-            node = np.where(left < 0, node, np.where(go_left, left, self._right[self._trees, node]))
-        # Summed tree after tree, as scikit-learn adds them: cumsum is sequential (sum may pair them).
-        depths = np.cumsum(self._path[self._trees, node], axis=1)[:, -1]
-        if self._denominator != 0:
-            scores = 2 ** (-np.divide(depths, self._denominator))
-        else:
-            scores = 2 ** (-np.ones_like(depths))
-        return -1 * (-scores - self.forest.offset_)
-
-
-def average_path_length(n_samples: np.ndarray) -> np.ndarray:
-    """scikit-learn's `_average_path_length`: the expected depth of an unsuccessful search among n rows."""
-    import numpy as np
-
-    n = np.asarray(n_samples, dtype=np.float64)
-    out = np.zeros(n.shape)
-    out[n == 2] = 1.0
-    many = n > 2
-    out[many] = 2.0 * (np.log(n[many] - 1.0) + np.euler_gamma) - 2.0 * (n[many] - 1.0) / n[many]
-    return out
+        _, score = self._predict(as_matrix(X, self.n_features))  # score: -score_samples
+        return -1 * (-score - self.forest.offset_)
 
 
 class Detector:
