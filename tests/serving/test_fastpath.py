@@ -209,13 +209,15 @@ def test_the_flavor_compiles_its_own_predict_and_another_flavor_replays(bundles:
     model, _ = bundles["no-steps"]
     plugin, predict = model.plugins.first("compile_predict", model=model, threads=1)
     assert plugin == "xgboost" and callable(predict)
-    forest, monitor = _build(tmp_path, data[0], {"plugins": ["impute"]}, {"train": {"plugins": ["isolation-forest"]}})
-    schema = InputSchema.from_manifest(forest.manifest, max_rows=1000)
-    scorer = make_scorer(forest, schema)
+    # the sklearn flavor compiles Isolation Forests only (_skops_flavor); a random forest classifier replays
+    trees, monitor = _build(tmp_path, data[0], {"plugins": ["impute"]},
+                            {"train": {"plugins": ["sklearn"], "sklearn": {"params": {"n_estimators": 5}}}})
+    schema = InputSchema.from_manifest(trees.manifest, max_rows=1000)
+    scorer = make_scorer(trees, schema)
     assert isinstance(scorer, ReplayScorer)
     assert scorer.reason == "flavor 'sklearn' has no fast predict (no plugin implements compile_predict for it)"
     rows = monitor.drop(columns=["label", "level"], errors="ignore").head(20).reset_index(drop=True)
-    _assert_same(scorer.score(_batch(schema, rows)), forest.predict(rows))
+    _assert_same(scorer.score(_batch(schema, rows)), trees.predict(rows))
 
 
 def test_ops_get_the_rows_series_keys_and_times_and_may_refuse_rows(bundles: dict[str, Any]) -> None:
