@@ -18,6 +18,8 @@ fitting, so `[data] unlabelled = "keep"` lets the forest train on history
 nobody labelled while validation and the threshold judge the labelled rows
 (issue 13, item 6).
 
+Category columns are left out (with a warning): a forest splits on numbers.
+
 Saved with the `sklearn` flavor: the plain `IsolationForest` goes into
 `model.skops` (only scikit-learn and NumPy types, all trusted), and the 0/1
 wrapper is rebuilt at load because the manifest's task is `"anomaly"`, so no
@@ -39,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from opsloop import TrainedModel, hookimpl
+from opsloop.errors import DataError
 from opsloop.plugins import sklearn_trainer as _sk
 from opsloop.plugins._skops_flavor import FLAVOR, compile_predict, load_model, save_model
 from opsloop.plugins._skops_flavor import isolation_forest_predict as compile_forest
@@ -94,6 +97,14 @@ def train(dataset: Dataset, options: Options, run: RunContext) -> TrainedModel:
     options = options or Options()
     section = "train.isolation-forest"
     X = _sk.numeric_features(dataset, "isolation-forest")
+    categories = [str(c) for c in X.columns if X[c].dtype == "category"]
+    if categories:  # a forest splits on numbers; as an ensemble member it still takes the rest
+        if len(categories) == X.shape[1]:
+            raise DataError(f"isolation-forest: every feature column is a category ({', '.join(categories)}); a "
+                            "forest splits on numbers: encode them in a preprocess step")
+        run.log.warning("isolation-forest: left out category column(s) %s: a forest splits on numbers (encode "
+                        "them in a preprocess step to use them)", ", ".join(categories))
+        X = X.drop(columns=categories)
     forest = IsolationForest(n_estimators=options.n_estimators, contamination=options.contamination,
                              max_samples=options.max_samples, random_state=run.seed)
     detector = _sk.fit(forest, X, None, "anomaly", section=section, plugin="isolation-forest")

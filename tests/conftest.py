@@ -20,7 +20,8 @@ SMALL = {
         "train": "entity in ['omi-1', 'omi-9'] and timestamp < '2024-01-08 12:00'",
         "monitor": "entity in ['omi-1', 'omi-9', 'omi-10', 'omi-11'] and timestamp >= '2024-01-08 12:00'",
     },
-    "train": {"xgboost": {"n_estimators": 60}},
+    # XGBoost alone, small: fast, and what these tests are about (the default's ensemble: tests/cli/test_ensemble.py)
+    "train": {"plugins": ["xgboost"], "xgboost": {"n_estimators": 60}},
     "validate": {"kfold": {"folds": 3}},
 }
 

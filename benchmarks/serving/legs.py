@@ -61,8 +61,7 @@ plugins = ["local-store"]
 
 {preprocess}
 
-[train]
-plugins = ["xgboost"]
+{train}
 
 [validate]
 plugins = ["kfold"]
@@ -95,24 +94,40 @@ class Model:
 
     @property
     def describe(self) -> str:
-        booster = self.loaded.estimator.get_booster()
-        return (f"XGBoost {self.loaded.estimator.__class__.__name__}, {booster.num_boosted_rounds()} trees, "
+        steps = f"steps {', '.join(s['plugin'] for s in self.loaded.manifest['steps'])}"
+        estimator = self.loaded.estimator
+        if not hasattr(estimator, "get_booster"):  # the shipped default's ensemble
+            return f"{estimator!r}, {len(self.features)} features; {steps}"
+        return (f"XGBoost {estimator.__class__.__name__}, {estimator.get_booster().num_boosted_rounds()} trees, "
                 f"max_depth {self.loaded.manifest['params'].get('max_depth')}, {len(self.features)} features; "
-                f"steps {', '.join(s['plugin'] for s in self.loaded.manifest['steps'])}")
+                f"{steps}")
+
+
+def default_section(section: str) -> tuple[str, list[str]]:
+    """The shipped default's `[section]` and its plugins' tables, as TOML (values are lists of strings and
+    numbers: JSON is TOML), and the plugins it selects."""
+    from opsloop import config as config_mod
+
+    table = config_mod.default_table()[section]
+    lines = [f"[{section}]", f"plugins = {json.dumps(table['plugins'])}"]
+    for plugin, options in table.items():
+        if isinstance(options, dict):
+            lines += ["", f"[{section}.{plugin}]", *(f"{k} = {json.dumps(v)}" for k, v in options.items())]
+    return "\n".join(lines), list(table["plugins"])
 
 
 def preprocess_toml(shipped: bool) -> tuple[str, str]:
     """The `[preprocess]` tables of the config, and a note saying what they are."""
     if not shipped:
         return '[preprocess]\nplugins = ["schema-check", "impute"]', "schema-check, impute (raw metrics in)"
-    from opsloop import config as config_mod
+    toml, plugins = default_section("preprocess")
+    return toml, f"the shipped default's ({', '.join(plugins)})"
 
-    table = config_mod.default_table()["preprocess"]  # values are lists of strings and numbers: JSON is TOML
-    lines = ["[preprocess]", f"plugins = {json.dumps(table['plugins'])}"]
-    for plugin, options in table.items():
-        if isinstance(options, dict):
-            lines += ["", f"[preprocess.{plugin}]", *(f"{k} = {json.dumps(v)}" for k, v in options.items())]
-    return "\n".join(lines), f"the shipped default's ({', '.join(table['plugins'])})"
+
+def train_toml(shipped: bool) -> str:
+    """The `[train]` tables: XGBoost alone for the raw-metrics model (every leg serves it), the shipped default's
+    own (its ensemble) for the default's model."""
+    return default_section("train")[0] if shipped else '[train]\nplugins = ["xgboost"]'
 
 
 def trained_model(workdir: Path, name: str, *, shipped: bool = False) -> Model:
@@ -131,7 +146,8 @@ def trained_model(workdir: Path, name: str, *, shipped: bool = False) -> Model:
     toml = workdir / "opsloop.toml"
     if not toml.exists():
         preprocess, note = preprocess_toml(shipped)
-        toml.write_text(CONFIG.format(name=name, preprocess=preprocess, preprocess_note=note), encoding="utf-8")
+        toml.write_text(CONFIG.format(name=name, preprocess=preprocess, preprocess_note=note,
+                                      train=train_toml(shipped)), encoding="utf-8")
     with contextlib.chdir(workdir):
         cfg = config_mod.read(toml)
         try:

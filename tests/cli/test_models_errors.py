@@ -30,7 +30,7 @@ SMALL = {
         "train": "entity in ['omi-1', 'omi-9'] and timestamp < '2024-01-08 12:00'",
         "monitor": "entity in ['omi-1', 'omi-9', 'omi-10', 'omi-11'] and timestamp >= '2024-01-08 12:00'",
     },
-    "train": {"xgboost": {"n_estimators": 30}},
+    "train": {"plugins": ["xgboost"], "xgboost": {"n_estimators": 30}},
     "validate": {"kfold": {"folds": 2}},
     "retrain": {"act": False},
 }

@@ -20,14 +20,15 @@ def test_defaults_run_the_embedded_data(tmp_path):
     cfg = config_mod.read(workdir=tmp_path)
     assert cfg.path is None
     assert cfg.data.source == "embedded:asd"
-    assert cfg.selected("train") == ["xgboost"]
+    assert cfg.selected("train") == ["ensemble"]
+    assert cfg.options_table("train", "ensemble") == {"members": ["xgboost", "isolation-forest"]}
     assert cfg.project.name == "asd-anomaly"
 
 
 def test_file_overrides_key_by_key_but_data_whole(tmp_path):
     path = write(tmp_path, {"train": {"xgboost": {"max_depth": 3}}, "data": {"source": "x.csv", "target": "y"}})
     cfg = config_mod.read(path)
-    assert cfg.selected("train") == ["xgboost"]  # from the defaults
+    assert cfg.selected("train") == ["ensemble"]  # from the defaults
     assert cfg.options_table("train", "xgboost") == {"early_stopping_rounds": 0, "max_depth": 3}  # default's key kept
     assert cfg.data.train is None  # the embedded data's periods do not leak into the user's data
     assert cfg.project.name == "model"

@@ -90,7 +90,10 @@ def test_only_selected_plugins_are_loaded(tmp_path):
     loaded = {n for n in session.plugins.known if session.plugins.pm.has_plugin(n)}
     cfg = session.config
     expected = {*cfg.selected("store"), *(n for s in cfg.stages for n in cfg.selected(s))}
-    assert loaded == expected
+    # and the plugins a selected one says it calls: the default ensemble's members
+    members = set(session.options_for("train", "ensemble").members)
+    assert members == {"xgboost", "isolation-forest"}
+    assert loaded == expected | members
 
 
 def test_call_attributes_errors_and_passes_only_named_arguments():
