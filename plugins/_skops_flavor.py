@@ -136,7 +136,8 @@ def is_trusted(name: str) -> bool:
 
 
 def split_types(file: Path) -> tuple[list[str], list[str]]:
-    """The types skops does not trust by default in `file`: (ours to trust, refused)."""
+    """The types skops does not trust by default in `file`: (ours to trust, refused). Public as
+    `opsloop.plugins.sklearn_trainer.skops_types`, for other plugins that store scikit-learn objects with skops."""
     import skops.io
 
     names = skops.io.get_untrusted_types(file=file)
@@ -144,7 +145,8 @@ def split_types(file: Path) -> tuple[list[str], list[str]]:
     return trusted, [n for n in names if n not in trusted]
 
 
-def _refusal(refused: list[str]) -> str:
+def refusal(refused: list[str]) -> str:
+    """Why a skops file with the `refused` type names is not loaded (or saved), naming them."""
     return (f"carries type(s) opsloop does not trust: {', '.join(refused)}; only classes from "
             f"{' and '.join(TRUSTED_LIBRARIES)} load (trust another module with {TRUST_ENV})")
 
@@ -166,7 +168,7 @@ def save_model(model: TrainedModel, path: Path) -> list[str] | None:
     _, refused = split_types(target)
     if refused:
         target.unlink()
-        raise BundleError(f"refusing to save: the estimator {_refusal(refused)}", file=str(target))
+        raise BundleError(f"refusing to save: the estimator {refusal(refused)}", file=str(target))
     cls = type(estimator)
     meta = {
         "format": META_FORMAT,
@@ -196,7 +198,7 @@ def load_model(flavor: str, path: Path, manifest: dict[str, Any]) -> Any | None:
     except Exception as exc:  # noqa: BLE001 - zipfile, JSON and schema errors all mean "not a skops file"
         raise BundleError(f"not a valid skops file: {type(exc).__name__}: {exc}", file=str(target)) from None
     if refused:
-        raise BundleError(f"refusing to load: the file {_refusal(refused)}", file=str(target))
+        raise BundleError(f"refusing to load: the file {refusal(refused)}", file=str(target))
     _warn_versions(Path(path) / META_FILE, sklearn.__version__)
     try:
         estimator = skops.io.load(target, trusted=trusted)

@@ -34,13 +34,16 @@ import attrs
 from opsloop import TrainedModel, hookimpl
 from opsloop.errors import ConfigError, DataError, closest
 from opsloop.plugins._skops_flavor import FLAVOR, AnomalyLabels, compile_predict, load_model, save_model
+from opsloop.plugins._skops_flavor import refusal as skops_refusal
+from opsloop.plugins._skops_flavor import split_types as skops_types
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from opsloop.types import Dataset, RunContext
 
-__all__ = ["Options", "compile_predict", "load_model", "plugin_options", "save_model", "train"]
+__all__ = ["Options", "compile_predict", "load_model", "plugin_options", "save_model", "skops_refusal", "skops_types",
+           "train"]
 
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
 TASKS = ("classification", "regression", "anomaly")

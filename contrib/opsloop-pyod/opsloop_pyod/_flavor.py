@@ -10,10 +10,11 @@ Files a bundle holds:
   edges), read with `numpy.load(allow_pickle=False)`: an object array,
   the only kind that could carry code, is refused by NumPy itself;
 - `forest.skops` (Isolation Forest): scikit-learn's `IsolationForest`,
-  loaded by skops trusting only the types `is_trusted` accepts, a list made
-  here from the names skops finds in the file: classes (not functions)
-  under `sklearn.` and `numpy.`. Anything else is refused, naming it,
-  before it is imported.
+  loaded by skops trusting only the types opsloop's `sklearn` flavor trusts
+  (`opsloop.plugins.sklearn_trainer.skops_types`), a list made from the
+  names skops finds in the file: classes (not functions) under `sklearn.`
+  and `numpy.`, and modules the operator lists in `OPSLOOP_TRUSTED_MODULES`.
+  Anything else is refused, naming it, before it is imported.
 
 The detector object is rebuilt from these by this package's own code; the
 file chooses among `KINDS`, never a class or a function. A file that is
@@ -24,9 +25,7 @@ PyOD (which only fits).
 
 from __future__ import annotations
 
-import importlib
 import json
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,51 +44,23 @@ ARRAYS_FILE = "pyod.npz"
 FOREST_FILE = "forest.skops"
 FORMAT = "opsloop.pyod/1"
 KINDS = ("ecod", "copod", "hbos", "iforest")
-#: Libraries whose classes `forest.skops` may contain.
-TRUSTED_LIBRARIES = ("sklearn", "numpy")
 #: The arrays each kind stores, all numeric.
 ARRAYS = {"ecod": ("values", "counts", "offsets", "skew_sign"), "copod": ("values", "counts", "offsets", "skew_sign"),
           "hbos": ("hist", "edges", "offsets")}
-_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
-
-
-def _resolve(name: str) -> Any:
-    """The object a dotted name under a trusted library points at, or None."""
-    parts = name.split(".")
-    for cut in range(len(parts) - 1, 0, -1):
-        try:
-            obj: Any = importlib.import_module(".".join(parts[:cut]))
-        except ImportError:
-            continue
-        for attr in parts[cut:]:
-            obj = getattr(obj, attr, None)
-            if obj is None:
-                return None
-        return obj
-    return None
-
-
-def is_trusted(name: str) -> bool:
-    """Whether a type name skops reports may be loaded: a class under scikit-learn or NumPy."""
-    if not _DOTTED.match(name) or name.split(".")[0] not in TRUSTED_LIBRARIES:
-        return False
-    # Importing from scikit-learn or NumPy runs only their code; a class is data plus methods, a function
-    # (numpy.load, a dataset downloader) could be called on the data later.
-    return isinstance(_resolve(name), type)
 
 
 def _forest_types(file: Path) -> tuple[list[str], list[str]]:
-    """(trusted, refused) among the types skops does not trust by default in `file`."""
-    import skops.io
+    """(trusted, refused) among the types skops does not trust by default in `file`: opsloop's own `sklearn`
+    flavor's rule (`opsloop.plugins.sklearn_trainer.skops_types`)."""
+    from opsloop.plugins.sklearn_trainer import skops_types
 
-    names = skops.io.get_untrusted_types(file=file)
-    trusted = [n for n in names if is_trusted(n)]
-    return trusted, [n for n in names if n not in trusted]
+    return skops_types(file)
 
 
 def _refusal(refused: list[str]) -> str:
-    return (f"carries type(s) opsloop-pyod does not trust: {', '.join(refused)}; only classes from "
-            f"{' and '.join(TRUSTED_LIBRARIES)} load")
+    from opsloop.plugins.sklearn_trainer import skops_refusal
+
+    return skops_refusal(refused)
 
 
 def _versions() -> dict[str, str]:
