@@ -151,7 +151,7 @@ def test_a_bundle_carrying_a_foreign_object_is_refused(pm, dataset, foreign, tmp
     sys.modules.pop("foreign_thing")
     monkeypatch.syspath_prepend(str(tmp_path))  # importable, so only the trust list stands in the way
     with pytest.raises(BundleError, match=f"refusing to load.*{carried}"):
-        pm.pm.hook.load_model(flavor="sklearn", path=bundle, manifest={"task": "classification"})
+        pm.pm.hook.load_model(flavor="sklearn", path=bundle, manifest={"task": "classification"}, models=ModelFiles(pm))
     assert "foreign_thing" not in sys.modules
     assert (tmp_path / "imported.log").read_text().count("imported") == 1  # only when the test built it
     assert not (tmp_path / "called.log").exists()
@@ -164,11 +164,12 @@ def test_saving_a_foreign_object_is_refused_and_an_operator_can_trust_a_module(p
     carrier = FunctionTransformer(func=foreign.leak).fit(dataset.X.to_numpy()[:50])
     model = TrainedModel(estimator=carrier, flavor="sklearn", task="regression", features=("a",))
     with pytest.raises(BundleError, match="refusing to save.*foreign_thing.leak"):
-        pm.pm.hook.save_model(model=model, path=tmp_path)
+        pm.pm.hook.save_model(model=model, path=tmp_path, models=ModelFiles(pm))
     assert not (tmp_path / "model.skops").exists()
     monkeypatch.setenv("OPSLOOP_TRUSTED_MODULES", "other, foreign_thing")
-    pm.pm.hook.save_model(model=model, path=tmp_path)
-    loaded = pm.pm.hook.load_model(flavor="sklearn", path=tmp_path, manifest={"task": "regression"})
+    pm.pm.hook.save_model(model=model, path=tmp_path, models=ModelFiles(pm))
+    loaded = pm.pm.hook.load_model(flavor="sklearn", path=tmp_path, manifest={"task": "regression"},
+                                   models=ModelFiles(pm))
     assert loaded.func.__module__ == "foreign_thing"
 
 
@@ -177,13 +178,13 @@ def test_functions_from_trusted_libraries_are_not_trusted(pm, dataset, tmp_path)
 
     skops.io.dump(FunctionTransformer(func=np.load), tmp_path / "model.skops")
     with pytest.raises(BundleError, match="numpy.load"):
-        pm.pm.hook.load_model(flavor="sklearn", path=tmp_path, manifest={})
+        pm.pm.hook.load_model(flavor="sklearn", path=tmp_path, manifest={}, models=ModelFiles(pm))
 
 
 def test_garbage_skops_file_is_a_clear_error(pm, tmp_path):
     (tmp_path / "model.skops").write_bytes(b"PK not really a zip file")
     with pytest.raises(BundleError, match="not a valid skops file"):
-        pm.pm.hook.load_model(flavor="sklearn", path=tmp_path, manifest={})
+        pm.pm.hook.load_model(flavor="sklearn", path=tmp_path, manifest={}, models=ModelFiles(pm))
 
 
 def test_estimator_path_is_checked(pm):
@@ -251,6 +252,8 @@ def test_isolation_forest_bundle_stores_the_plain_forest(pm, dataset, run, tmp_p
     assert loaded.predict(dataset.frame.drop(columns=["label"])).equals(expected)
 
 
+# scikit-learn warns that the forest, fitted on a frame, scores a plain matrix: the fast path's input.
+@pytest.mark.filterwarnings("ignore:X does not have valid feature names")
 @pytest.mark.parametrize("table", [{}, {"max_samples": 1000, "n_estimators": 40}], ids=["defaults", "deeper"])
 def test_isolation_forest_fast_path_gives_scikit_learns_scores_bit_for_bit(pm, dataset, run, table):
     from sklearn.ensemble import IsolationForest

@@ -11,7 +11,7 @@ from sklearn.metrics import average_precision_score, r2_score
 
 import opsloop.config
 from opsloop import Dataset, RunContext, TrainedModel, datasets
-from opsloop.bundle import predictions_frame, read_bundle, write_bundle
+from opsloop.bundle import ModelFiles, predictions_frame, read_bundle, write_bundle
 from opsloop.config import structure
 from opsloop.errors import BundleError, ConfigError, DataError, PluginCallError
 from opsloop.manager import PluginManager
@@ -81,7 +81,7 @@ def test_same_seed_gives_the_same_model_byte_for_byte(pm, dataset, run, tmp_path
     digests = []
     for name, model in (("a", a), ("b", b)):
         (tmp_path / name).mkdir()
-        files = pm.pm.hook.save_model(model=model, path=tmp_path / name)
+        files = pm.pm.hook.save_model(model=model, path=tmp_path / name, models=ModelFiles(pm))
         assert files == ["model.ubj", "xgboost.json"]
         digests.append(hashlib.sha256((tmp_path / name / "model.ubj").read_bytes()).hexdigest())
     assert digests[0] == digests[1]
@@ -161,10 +161,11 @@ def test_scale_pos_weight_auto_is_negatives_over_positives(pm, dataset, run):
 
 def test_round_trip_predicts_exactly_the_same(pm, dataset, run, tmp_path):
     model = train(pm, dataset, run, n_estimators=60)
-    pm.pm.hook.save_model(model=model, path=tmp_path)
+    pm.pm.hook.save_model(model=model, path=tmp_path, models=ModelFiles(pm))
     assert json.loads((tmp_path / "xgboost.json").read_text())["best_iteration"] == model.params["best_iteration"]
-    assert pm.pm.hook.load_model(flavor="sklearn", path=tmp_path, manifest={}) is None
-    loaded = pm.pm.hook.load_model(flavor="xgboost", path=tmp_path, manifest={"task": "classification"})
+    assert pm.pm.hook.load_model(flavor="sklearn", path=tmp_path, manifest={}, models=ModelFiles(pm)) is None
+    loaded = pm.pm.hook.load_model(flavor="xgboost", path=tmp_path, manifest={"task": "classification"},
+                                   models=ModelFiles(pm))
     assert type(loaded).__name__ == "XGBClassifier"
     assert loaded.best_iteration == model.estimator.best_iteration
     assert np.array_equal(loaded.predict_proba(dataset.X), model.estimator.predict_proba(dataset.X))
@@ -181,13 +182,13 @@ def test_bundle_round_trip_through_the_core(pm, dataset, run, tmp_path):
 
 
 def test_garbage_model_file_is_a_clear_error(pm, dataset, run, tmp_path):
-    pm.pm.hook.save_model(model=train(pm, dataset, run, n_estimators=5), path=tmp_path)
+    pm.pm.hook.save_model(model=train(pm, dataset, run, n_estimators=5), path=tmp_path, models=ModelFiles(pm))
     (tmp_path / "model.ubj").write_bytes(b"this is not a model" * 20)
     with pytest.raises(BundleError, match="not a valid XGBoost model"):
-        pm.pm.hook.load_model(flavor="xgboost", path=tmp_path, manifest={})
+        pm.pm.hook.load_model(flavor="xgboost", path=tmp_path, manifest={}, models=ModelFiles(pm))
     (tmp_path / "xgboost.json").unlink()
     with pytest.raises(BundleError, match="xgboost.json"):
-        pm.pm.hook.load_model(flavor="xgboost", path=tmp_path, manifest={})
+        pm.pm.hook.load_model(flavor="xgboost", path=tmp_path, manifest={}, models=ModelFiles(pm))
 
 
 def test_regression(pm, dataset, run):
