@@ -49,7 +49,8 @@ from opsloop.plugins._skops_flavor import isolation_forest_predict as compile_fo
 if TYPE_CHECKING:
     from opsloop.types import Dataset, RunContext
 
-__all__ = ["Options", "compile_forest", "compile_predict", "load_model", "plugin_options", "save_model", "train"]
+__all__ = ["Options", "check_max_samples", "compile_forest", "compile_predict", "load_model", "plugin_options",
+           "save_model", "train"]
 
 
 def _contamination(_: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -58,7 +59,9 @@ def _contamination(_: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise ValueError(f'{attribute.name}: expected "auto" or a number in (0, 0.5], got {value!r}')
 
 
-def _max_samples(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+def check_max_samples(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """attrs validator of a forest's `max_samples`: `"auto"`, a row count >= 1, or a fraction in (0, 1]. Public
+    for other plugins that fit a scikit-learn forest (opsloop-pyod's `pyod-iforest`)."""
     ok = (value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
           or (isinstance(value, float) and 0 < value <= 1))
     if not ok:
@@ -81,7 +84,7 @@ class Options:
 
     n_estimators: int = attrs.field(default=100, validator=attrs.validators.ge(1))
     contamination: Any = attrs.field(default="auto", validator=_contamination)
-    max_samples: Any = attrs.field(default="auto", validator=_max_samples)
+    max_samples: Any = attrs.field(default="auto", validator=check_max_samples)
 
 
 @hookimpl

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from opsloop import hookimpl
+from opsloop.plugins.isolation_forest import check_max_samples
 
 from opsloop_pyod import _train
 from opsloop_pyod._flavor import compile_predict, load_model, save_model
@@ -35,14 +36,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Options", "compile_predict", "load_model", "plugin_options", "save_model", "train"]
 PLUGIN = "pyod-iforest"
-
-
-def _max_samples(_: Any, attribute: attrs.Attribute, value: Any) -> None:
-    ok = (value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
-          or (isinstance(value, float) and 0 < value <= 1))
-    if not ok:
-        raise ValueError(f'{attribute.name}: expected "auto", a row count >= 1 or a fraction in (0, 1], '
-                         f"got {value!r}")
 
 
 def _max_features(_: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -69,7 +62,7 @@ class Options:
     """
 
     n_estimators: int = attrs.field(default=100, validator=attrs.validators.ge(1))
-    max_samples: Any = attrs.field(default="auto", validator=_max_samples)
+    max_samples: Any = attrs.field(default="auto", validator=check_max_samples)
     max_features: Any = attrs.field(default=1.0, validator=_max_features)
     contamination: float = attrs.field(default=0.1, validator=_train.contamination)
     n_jobs: int = attrs.field(default=1, validator=attrs.validators.not_(attrs.validators.in_([0])))
