@@ -234,49 +234,33 @@ def isolation_forest_predict(forest: Any) -> FastPredict:
     import numpy as np
     from sklearn.ensemble._iforest import _average_path_length
 
+    from opsloop.plugins._trees import Forest
+
     trees = forest.estimators_
-    count, width = len(trees), max(t.tree_.node_count for t in trees)
-    feature = np.zeros((count, width), dtype=np.intp)
-    threshold = np.zeros((count, width))
-    left = np.zeros((count, width), dtype=np.intp)
-    right = np.zeros((count, width), dtype=np.intp)
-    missing_left = np.zeros((count, width), dtype=bool)
-    value = np.zeros((count, width))
     subsample = forest._max_features != forest.n_features_in_
+    features = []
     for i, estimator in enumerate(trees):
-        tree, n = estimator.tree_, estimator.tree_.node_count
-        leaf = tree.children_left == -1
-        own = np.arange(n)
-        f = np.where(leaf, 0, tree.feature)
-        feature[i, :n] = np.asarray(forest.estimators_features_[i])[f] if subsample else f
-        threshold[i, :n] = tree.threshold
-        left[i, :n] = np.where(leaf, own, tree.children_left)  # a leaf points at itself: walking stops there
-        right[i, :n] = np.where(leaf, own, tree.children_right)
-        missing_left[i, :n] = np.asarray(tree.missing_go_to_left, dtype=bool)
-        value[i, :n] = forest._decision_path_lengths[i] + forest._average_path_length_per_tree[i] - 1.0
-    levels = max(t.tree_.max_depth for t in trees)
-    denominator = count * _average_path_length([forest._max_samples])
+        f = np.maximum(estimator.tree_.feature, 0)  # a leaf's -2: any column, a leaf points at itself
+        features.append(np.asarray(forest.estimators_features_[i])[f] if subsample else f)
+    walk = Forest(
+        feature=np.concatenate(features),
+        threshold=np.concatenate([t.tree_.threshold for t in trees]),
+        left=np.concatenate([t.tree_.children_left for t in trees]),
+        right=np.concatenate([t.tree_.children_right for t in trees]),
+        missing_left=np.concatenate([np.asarray(t.tree_.missing_go_to_left, dtype=bool) for t in trees]),
+        value=np.concatenate([forest._decision_path_lengths[i] + forest._average_path_length_per_tree[i] - 1.0
+                              for i in range(len(trees))]),
+        sizes=np.array([t.tree_.node_count for t in trees]),
+        depth=max(t.tree_.max_depth for t in trees),
+        goes_right=np.greater,  # left where x <= threshold; float32 x against float64 thresholds, in float64
+    )
+    denominator = float(len(trees) * _average_path_length([forest._max_samples])[0])
     offset = float(forest.offset_)
-    # Flat: node k of tree t is t * width + k, so each step is a few 1-D takes (children point into their tree).
-    base = (np.arange(count) * width)[:, None]
-    left, right = (left + base).ravel(), (right + base).ravel()
-    feature, threshold, missing_left, value = (a.ravel() for a in (feature, threshold, missing_left, value))
-    roots = base.ravel()
 
     def predict(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        n = x.shape[0]
-        flat_x = np.ascontiguousarray(x, dtype=np.float32).ravel()  # what scikit-learn's input check makes
-        offsets = (np.arange(n) * x.shape[1])[:, None]
-        node = np.broadcast_to(roots, (n, count))
-        for _ in range(levels):
-            v = flat_x.take(offsets + feature.take(node))
-            go_left = v <= threshold.take(node)
-            nan = np.isnan(v)
-            if nan.any():
-                go_left = np.where(nan, missing_left.take(node), go_left)
-            node = np.where(go_left, left.take(node), right.take(node))
-        depths = np.cumsum(value.take(node), axis=1)[:, -1]
-        score = 2 ** (-np.divide(depths, denominator, out=np.ones_like(depths), where=denominator != 0))
+        x = np.ascontiguousarray(x, dtype=np.float32)  # what scikit-learn's input check makes
+        depths = np.cumsum(walk.leaves(x), axis=1)[:, -1]  # tree after tree, as scikit-learn adds them
+        score = 2 ** -(depths / denominator) if denominator else 2 ** -np.ones_like(depths)
         return ((-score - offset) < 0).astype("int8"), score
 
     return predict
