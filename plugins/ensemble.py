@@ -400,10 +400,12 @@ def compile_predict(model: LoadedModel, threads: int) -> FastPredict | None:
             raise NoFastPath(f"ensemble member {name} (flavor {flavor}) has no fast predict")
         compiled.append((fast, np.asarray([position[f] for f in features], dtype=np.intp)))
     classes = np.array([0, 1])
+    references = [{**ref, "levels": np.asarray(ref["levels"], dtype="float64"),
+                   "quantiles": np.asarray(ref["quantiles"], dtype="float64")} for ref in est.references]  # once
 
     def predict(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ranks = np.column_stack([rank(fast(x[:, columns])[1], ref)
-                                 for (fast, columns), ref in zip(compiled, est.references, strict=True)])
+                                 for (fast, columns), ref in zip(compiled, references, strict=True)])
         score = centre(est.combine_ranks(ranks), est.cut)
         above = score > 0.5
         return (classes[above.astype(np.intp)] if est.task == "classification" else above.astype("int8")), score

@@ -28,10 +28,12 @@ scikit-learn API, so the estimator has `predict`, `predict_proba` and
 
 Flavor `xgboost`: `model.ubj` in XGBoost's own UBJSON format (never pickle)
 plus `xgboost.json` (task, classes, features, best iteration) to rebuild the
-scikit-learn wrapper. `opsloop serve` scores it with `compile_predict`: the
-booster's `inplace_predict` on the request's float32 features (its C call
-made directly, `dense_predict`), giving the numbers `predict_proba`/`predict`
-give, value for value.
+scikit-learn wrapper. `opsloop serve` scores it with `compile_predict`: up to
+`WALK_ROWS` rows by walking the booster's trees in NumPy (`tree_predict`,
+used only once it gave the C predict's numbers bit for bit on probe rows),
+more rows with the booster's `inplace_predict` on the request's float32
+features (its C call made directly, `dense_predict`): the numbers
+`predict_proba`/`predict` give, value for value.
 
 Options (`[train.xgboost]`): task, n_estimators, learning_rate, max_depth,
 tree_method, early_stopping_rounds, validation_fraction, scale_pos_weight,
