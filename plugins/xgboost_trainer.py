@@ -420,11 +420,11 @@ def _libm() -> Any:
     import ctypes.util
 
     name = ctypes.util.find_library("m")
-    try:
-        libm = ctypes.CDLL(name) if name else None
-    except OSError:
+    if not name:
         return None
-    if libm is None:
+    try:
+        libm = ctypes.CDLL(name)
+    except OSError:
         return None
     for fn in (libm.expf, libm.logf):
         fn.restype, fn.argtypes = ctypes.c_float, [ctypes.c_float]
@@ -541,8 +541,9 @@ def walked_predict(booster: Any, rounds: tuple[int, int], missing: float,
 
 @hookimpl
 def compile_predict(model: LoadedModel, threads: int) -> FastPredict | None:
-    """What `predictions_frame` computes from `predict_proba`/`predict`, with the booster's `inplace_predict` on
-    the float32 feature matrix (no DMatrix, no frame): the same numbers with any thread count."""
+    """What `predictions_frame` computes from `predict_proba`/`predict`, on the float32 feature matrix (no
+    DMatrix, no frame): a few rows by `walked_predict`'s walk of the trees, more by the booster's
+    `inplace_predict`; the same numbers with any thread count."""
     if model.manifest.get("flavor") != FLAVOR:
         return None
     import numpy as np
