@@ -26,7 +26,7 @@ _EXPORTS = {
                      "PluginConflictError", "PluginLoadError", "RegistryDamaged", "StoreError", "UnknownPluginError"],
                    "opsloop.errors"),
     **dict.fromkeys(["Contender", "Dataset", "Deployment", "GateVerdict", "ModelVersion", "MonitorReport", "Preprocessed", "RetrainDecision",
-                     "RunContext", "TrainedModel", "ValidationReport"], "opsloop.types"),
+                     "RunContext", "SearchParam", "SearchSpace", "TrainedModel", "ValidationReport"], "opsloop.types"),
     **dict.fromkeys(["NoFastPath", "Reach", "RowContext", "RowLayout"], "opsloop.rowops"),
 }
 
@@ -55,6 +55,8 @@ if TYPE_CHECKING:
         Preprocessed,
         RetrainDecision,
         RunContext,
+        SearchParam,
+        SearchSpace,
         TrainedModel,
         ValidationReport,
     )

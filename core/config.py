@@ -182,6 +182,57 @@ class LoopSection:
     lock_ttl: str = attrs.field(default="6h", validator=_duration())
 
 
+def _trials(instance: Any, attribute: Any, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"'{attribute.name}' must be at least 1 (the number of trials the search may run), "
+                         f"got {value!r}", attribute)
+
+
+def _jobs(instance: Any, attribute: Any, value: int) -> None:
+    if value != -1 and value < 1:
+        raise ValueError(f"'{attribute.name}' must be a number of trials at once >= 1, or -1 for one per core, "
+                         f"got {value!r}", attribute)
+
+
+@attrs.frozen(kw_only=True)
+class TuneSection:
+    """`[tune]`: what `opsloop tune` searches, for how long, and by which figure (docs/tuning.md).
+
+    Attributes:
+        trials: Trials the study should hold when the search ends (those an
+            interrupted search already ran count). Default 20 when no
+            `timeout` is set.
+        timeout: A duration ("10m"): no trial starts after it.
+        metric: The validator's figure to optimize; default `pr_auc` for a
+            binary target, `f1` for several classes, `rmse` for a number.
+        sampler: `"tpe"` (Optuna's TPE, the default) or `"random"`.
+        pruner: `"median"` (end a trial whose running mean over its first
+            folds is below the median of earlier trials at that fold) or
+            `"none"`.
+        jobs: Trials run at once, in threads; -1 for one per core.
+        study: The study's name; default: the project's name and a digest of
+            the search (data, config, space, metric), so that the same search
+            resumes and a changed one starts afresh.
+        trainers: Search which trainer too, among these plugins (each
+            searched on its own space); default: the selected one alone.
+        params: The search space of the trainer (`max_depth = { low = 3,
+            high = 10 }`); with `trainers`, one table per trainer.
+        preprocess: Search spaces of preprocess steps' options, one table per
+            step (`[tune.preprocess.rolling-features]`).
+    """
+
+    trials: int | None = attrs.field(default=None, validator=_trials)
+    timeout: str | None = attrs.field(default=None, validator=attrs.validators.optional(_duration()))
+    metric: str | None = None
+    sampler: str = attrs.field(default="tpe", validator=attrs.validators.in_(("tpe", "random")))
+    pruner: str = attrs.field(default="median", validator=attrs.validators.in_(("median", "none")))
+    jobs: int = attrs.field(default=1, validator=_jobs)
+    study: str | None = None
+    trainers: list[str] = attrs.field(factory=list)
+    params: dict[str, Any] = attrs.field(factory=dict)
+    preprocess: dict[str, Any] = attrs.field(factory=dict)
+
+
 @attrs.frozen(kw_only=True)
 class PluginsSection:
     """`[plugins]`: plugins loaded for every command (observers, CLI commands)."""
@@ -202,6 +253,7 @@ SECTIONS: dict[str, type] = {
     "gate": StageSection,
     "loop": LoopSection,
     "alerting": AlertingSection,
+    "tune": TuneSection,
     "plugins": PluginsSection,
 }
 #: Sections whose sub-tables are plugin options, and the key listing the plugins.
@@ -407,6 +459,7 @@ class Config:
     stages: dict[str, StageSection | ValidateSection | RetrainSection]
     loop: LoopSection = attrs.field(factory=LoopSection)
     alerting: AlertingSection = attrs.field(factory=AlertingSection)
+    tune: TuneSection = attrs.field(factory=TuneSection)
 
     @classmethod
     def from_table(cls, table: dict[str, Any], *, path: Path | None = None,
@@ -431,7 +484,7 @@ class Config:
             table=table, path=path, workdir=Path(workdir or Path.cwd()),
             project=sections["project"], data=sections["data"], store=sections["store"],
             plugins=sections["plugins"], stages={s: sections[s] for s in STAGES}, loop=sections["loop"],
-            alerting=sections["alerting"],
+            alerting=sections["alerting"], tune=sections["tune"],
         )
 
     @property

@@ -23,6 +23,10 @@ One `opsloop run` calls them in this order:
    train, validate and register a candidate on the retraining window ->
    `gate` (champion against challenger on the same held-out rows) -> the
    `production` alias moves only when every gate names the challenger.
+6. `opsloop tune` asks the trainer (and the trainers it uses) for
+   `tune_space`, then runs `preprocess` and `validate` once per trial with
+   the trial's options; validators report each fold through
+   `RunContext.fold_scored`, so that a hopeless trial ends early.
 
 Stage hooks (`preprocess`, `train`, `validate`, `deploy`, `monitor`,
 `decide_retrain`) are called only on the plugins selected for the stage, in
@@ -56,6 +60,7 @@ if TYPE_CHECKING:
         Preprocessed,
         RetrainDecision,
         RunContext,
+        SearchSpace,
         TrainedModel,
         ValidationReport,
     )
@@ -214,6 +219,28 @@ def train(dataset: Dataset, options: Any, run: RunContext) -> TrainedModel:
 
     Returns:
         The fitted model, its flavor and task. Never None.
+    """
+
+
+@hookspec
+def tune_space(options: Any) -> SearchSpace | None:
+    """Declare what `opsloop tune` may search for this trainer, and its default ranges.
+
+    Called on a trainer plugin when `opsloop tune` starts. Optional: a
+    trainer without it is tuned on `[tune.params]` alone, over its options'
+    fields. A composite trainer's members (`uses_plugins`) offer their own
+    spaces, which tuning prefixes with the member's name
+    (`xgboost.max_depth`).
+
+    Args:
+        options: This plugin's options as configured (the base every trial
+            changes).
+
+    Returns:
+        `SearchSpace(params={...}, passthrough={...})`: default ranges by
+        option name (`SearchParam(low=3, high=10)`,
+        `SearchParam(choices=("depthwise", "lossguide"))`), and the names
+        the trainer also accepts inside its options' `params` table.
     """
 
 

@@ -405,6 +405,12 @@ class ModelStore(abc.ABC):
         raise StoreError(f"the model store {self.uri} cannot rebuild its index from its bundles; restore its "
                          "database from a backup instead")
 
+    def tuning_storage(self) -> str | None:
+        """Where `opsloop tune` keeps its Optuna studies beside this registry: an SQLAlchemy URL (Optuna's
+        `RDBStorage`), so that an interrupted search resumes; None when the store has no such place (the
+        search then lives in memory and starts over when interrupted)."""
+        return None
+
     # -- the loop's journal and lock (issue 12) -----------------------------------
     # Not abstract, so that a third-party store written before them still opens;
     # such a store cannot run `opsloop loop`, and says so.

@@ -327,6 +327,9 @@ class RunContext:
             counts in the history's time, not the machine's.
         trainers: What `fit_trainer` calls; set by the runner, None outside a
             run. Left out of `==` and `repr`.
+        folds: What `fold_scored` calls: set by `opsloop tune` to prune a
+            hopeless trial after its early folds, None otherwise. Left out of
+            `==` and `repr`.
     """
 
     run_id: str
@@ -338,6 +341,19 @@ class RunContext:
     reporter: Reporter = attrs.field(eq=False, repr=False, factory=Reporter)
     now: datetime | None = None
     trainers: Callable[[str, Dataset], TrainedModel] | None = attrs.field(default=None, eq=False, repr=False)
+    folds: Callable[[int, Mapping[str, float]], None] | None = attrs.field(default=None, eq=False, repr=False)
+
+    def fold_scored(self, index: int, figures: Mapping[str, float]) -> None:
+        """Tell the run that fold `index` (0-based, in the order folds are fitted) scored `figures`.
+
+        Validators call it after each fold (`kfold` and `holdout` do, through
+        `kfold.run_folds`). Outside `opsloop tune` it does nothing; under it,
+        it may raise `optuna.TrialPruned` to end a hopeless trial early: let
+        it propagate (docs/tuning.md). A validator that never calls it is
+        simply never pruned.
+        """
+        if self.folds is not None:
+            self.folds(index, figures)
 
     def fit_trainer(self, name: str, dataset: Dataset) -> TrainedModel:
         """Fit another trainer plugin on `dataset` with its own options (`[train.<name>]`).
@@ -406,3 +422,43 @@ class GateVerdict:
 
 
 FitFunction = Callable[[Dataset], TrainedModel]
+
+
+@attrs.frozen(kw_only=True)
+class SearchParam:
+    """One searchable parameter of `opsloop tune`: a numeric range or a list of choices.
+
+    Written in config as `[tune.params] max_depth = { low = 3, high = 10 }`,
+    or returned by a trainer's `tune_space` hook as its default range.
+
+    Attributes:
+        low: Lower end of a numeric range (inclusive).
+        high: Upper end (inclusive). Integers on both ends search integers;
+            a float on either end searches floats.
+        log: Search on a log scale (needs `low > 0`), as for a learning rate.
+        step: Spacing of the searched values (not with `log`).
+        choices: The values to choose from instead of a range: strings,
+            numbers, booleans, or any TOML value (a list of window lengths).
+    """
+
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: tuple[Any, ...] | None = attrs.field(default=None, converter=attrs.converters.optional(tuple))
+
+
+@attrs.frozen(kw_only=True)
+class SearchSpace:
+    """What a trainer plugin offers to `opsloop tune` (its `tune_space` hook).
+
+    Attributes:
+        params: The default search ranges, by option name: what is searched
+            when `[tune.params]` names nothing for this trainer.
+        passthrough: Names the trainer accepts besides its options' fields,
+            which tuning sets inside the options' `params` table (XGBoost's
+            `grow_policy` or `subsample`, an estimator's keyword arguments).
+    """
+
+    params: Mapping[str, SearchParam] = attrs.field(factory=dict, converter=_frozen_mapping)
+    passthrough: frozenset[str] = attrs.field(factory=frozenset, converter=frozenset)

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from opsloop import TrainedModel, hookimpl
+from opsloop import SearchParam, SearchSpace, TrainedModel, hookimpl
 from opsloop.errors import BundleError, DataError
 
 if TYPE_CHECKING:
@@ -117,6 +117,13 @@ class Options:
 @hookimpl
 def plugin_options() -> type:
     return Options
+
+
+@hookimpl
+def tune_space(options: Options) -> SearchSpace:
+    """How the members' ranks are combined; `opsloop tune` adds each member's own space, prefixed with its
+    name (`xgboost.max_depth`)."""
+    return SearchSpace(params={"combine": SearchParam(choices=COMBINES)})
 
 
 # -- ranks -----------------------------------------------------------------

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from opsloop import TrainedModel, hookimpl
+from opsloop import SearchParam, SearchSpace, TrainedModel, hookimpl
 from opsloop.errors import DataError
 from opsloop.plugins import sklearn_trainer as _sk
 from opsloop.plugins._skops_flavor import FLAVOR, compile_predict, load_model, save_model
@@ -90,6 +90,13 @@ class Options:
 @hookimpl
 def plugin_options() -> type:
     return Options
+
+
+@hookimpl
+def tune_space(options: Options) -> SearchSpace:
+    """What `opsloop tune` searches by default: the number of trees and the rows each one draws."""
+    return SearchSpace(params={"n_estimators": SearchParam(low=50, high=400, step=50),
+                               "max_samples": SearchParam(choices=("auto", 512, 1024, 0.5))})
 
 
 @hookimpl

@@ -222,7 +222,8 @@ def score_fold(dataset: Dataset, fit: FitFunction, train: np.ndarray, test: np.n
 def run_folds(dataset: Dataset, fit: FitFunction, splits: Sequence[Split], n_jobs: int, run: RunContext,
               description: str, *, keep: list[pd.DataFrame] | None = None) -> list[dict[str, float]]:
     """Score every split, in fold order, sequentially or in threads, with progress over folds; with
-    `keep`, collect the out-of-fold scores there (`score_fold`)."""
+    `keep`, collect the out-of-fold scores there (`score_fold`). Each fold's figures are reported
+    through `run.fold_scored` as they come, in fold order."""
     total = len(splits)
     labels = [f"fold {i + 1}/{total}" if total > 1 else "holdout" for i in range(total)]
     if n_jobs == 1 or total == 1:
@@ -235,7 +236,11 @@ def run_folds(dataset: Dataset, fit: FitFunction, splits: Sequence[Split], n_job
         work = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(
             delayed(score_fold)(dataset, fit, tr, te, lab, run, keep=keep, fold=i)
             for i, ((tr, te), lab) in enumerate(zip(splits, labels)))
-    return list(run.reporter.track(work, description, total=total))
+    folds = []
+    for i, figures in enumerate(run.reporter.track(work, description, total=total)):
+        folds.append(figures)
+        run.fold_scored(i, figures)  # `opsloop tune` may end a hopeless trial here
+    return folds
 
 
 def out_of_fold(task: str, test: np.ndarray, fold: int, y: np.ndarray, predictions: pd.DataFrame

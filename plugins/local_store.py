@@ -182,6 +182,11 @@ class LocalStore(SQLStore):
                 self.db, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
         self._open(con)
 
+    def tuning_storage(self) -> str:
+        """`tuning.db` beside `registry.db`: Optuna's tables in a file of their own, so that `opsloop models
+        reindex` (which rebuilds registry.db from the bundles) never touches a study."""
+        return f"sqlite:///{(self.root / 'tuning.db').resolve()}"
+
     # -- plumbing ------------------------------------------------------------
 
     def _damaged(self, problem: str) -> RegistryDamaged:

@@ -217,6 +217,19 @@ class PostgresStore(SQLStore):
     history = _reconnecting(SQLStore.history)
     cycles = _reconnecting(SQLStore.cycles)
 
+    def tuning_storage(self) -> str:
+        """The same database, Optuna's tables in schema `<schema>_tuning` (created here), through
+        SQLAlchemy's psycopg 3 driver; libpq's environment (PGPASSWORD...) applies as for the store."""
+        tuning = f"{self.schema}_tuning"
+        with self._errors():
+            con = self._connection()
+            con.execute(f'CREATE SCHEMA IF NOT EXISTS "{tuning}"')
+            con.commit()
+        head, sep, query = self.conninfo.partition("?")
+        url = "postgresql+psycopg://" + head.split("://", 1)[1]
+        options = urllib.parse.urlencode({"options": f"-csearch_path={tuning}"})
+        return f"{url}?{query}&{options}" if query else f"{url}?{options}"
+
     # -- plumbing ------------------------------------------------------------
 
     def _connect(self) -> psycopg.Connection:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from opsloop import TrainedModel, hookimpl
+from opsloop import SearchSpace, TrainedModel, hookimpl
 from opsloop.errors import ConfigError, DataError, closest
 from opsloop.plugins._skops_flavor import FLAVOR, AnomalyLabels, compile_predict, load_model, save_model
 from opsloop.plugins._skops_flavor import refusal as skops_refusal
@@ -86,6 +86,19 @@ class Options:
 @hookimpl
 def plugin_options() -> type:
     return Options
+
+
+@hookimpl
+def tune_space(options: Options) -> SearchSpace:
+    """The estimator's keyword arguments may be searched (set in `params`); no default range, since the
+    estimator is any class: name them in `[tune.params]`."""
+    options = options or Options()
+    cls = estimator_class(options.estimator, section="train.sklearn")
+    try:
+        names = set(cls().get_params()) if hasattr(cls, "get_params") else set(inspect.signature(cls).parameters)
+    except TypeError:
+        names = set(inspect.signature(cls).parameters)
+    return SearchSpace(passthrough=names)
 
 
 def numeric_features(dataset: Dataset, plugin: str) -> pd.DataFrame:

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from opsloop import NoFastPath, TrainedModel, hookimpl
+from opsloop import NoFastPath, SearchParam, SearchSpace, TrainedModel, hookimpl
 from opsloop.errors import BundleError, ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -115,6 +115,25 @@ class Options:
 @hookimpl
 def plugin_options() -> type:
     return Options
+
+
+@hookimpl
+def tune_space(options: Options) -> SearchSpace:
+    """What `opsloop tune` searches by default: depth, rate, rounds and the row and column sampling that
+    XGBoost's own tuning guides start with; every other XGBoost parameter may be named too (set in
+    `params`)."""
+    import xgboost as xgb
+
+    fields = {f.name for f in attrs.fields(Options)}
+    model = xgb.XGBClassifier if options is None or options.task == "classification" else xgb.XGBRegressor
+    return SearchSpace(
+        params={"max_depth": SearchParam(low=3, high=10),
+                "learning_rate": SearchParam(low=0.01, high=0.3, log=True),
+                "n_estimators": SearchParam(low=100, high=600, step=50),
+                "min_child_weight": SearchParam(low=1.0, high=20.0, log=True),
+                "subsample": SearchParam(low=0.5, high=1.0),
+                "colsample_bytree": SearchParam(low=0.5, high=1.0)},
+        passthrough=set(model().get_params()) - fields)
 
 
 # ---------------------------------------------------------------------------

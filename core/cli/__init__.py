@@ -64,7 +64,7 @@ def _defer_typer_adapters() -> None:
 #: Commands (module, function) and command groups (module, Typer app), by name, in help order.
 COMMANDS = {"run": ("run", "run"), "validate": ("run", "validate"), "init": ("run", "init"),
             "serve": ("serve", "serve"), "feedback": ("serve", "feedback"), "monitor": ("monitor_cmd", "monitor"),
-            "backtest": ("backtest_cmd", "backtest")}
+            "backtest": ("backtest_cmd", "backtest"), "tune": ("tune_cmd", "tune")}
 GROUPS = {"config": ("config_cmd", "config_app"), "plugins": ("plugins_cmd", "plugins_app"),
           "models": ("models", "models_app"), "loop": ("loop_cmd", "loop_app")}
 

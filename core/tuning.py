@@ -1,0 +1,774 @@
+"""`opsloop tune`: hyperparameter search with Optuna, scored by the configured validator (issue 14).
+
+A trial is the config with the trial's values written into the options of
+the trainer (`[train.<trainer>]`, or inside its `params` table for the
+names the trainer passes through to its library) and of preprocess steps
+(`[preprocess.<step>]`), checked as any config is, then preprocessed and
+validated exactly as `opsloop validate` does: time-ordered folds by default,
+never a random split on telemetry. The trial's value is the first
+validator's mean of `[tune] metric`. Validators report each fold as it is
+scored (`RunContext.fold_scored`); the running mean is reported to Optuna,
+whose pruner ends a trial that is already worse than the median of the
+earlier trials at the same fold.
+
+The study lives beside the registry (`ModelStore.tuning_storage`: a SQLite
+file next to the local store's registry.db, a schema of the PostgreSQL
+store's database), under a name derived from the search itself (data,
+config, space, metric), so that running the same search again resumes it and
+a changed search starts a new study. At the end the best configuration is
+fitted again (the "refit") and its figure compared with the best trial's;
+`register=True` registers it as a version whose lineage names the study and
+the trial.
+
+Optuna is imported here only (`pip install 'opsloop[tune]'`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from opsloop.config import Config
+from opsloop.errors import ConfigError, OpsloopError, PluginCallError, closest
+from opsloop.types import Reporter, SearchParam, SearchSpace
+
+if TYPE_CHECKING:
+    import optuna
+
+    from opsloop.runner import Runner
+    from opsloop.session import Session
+    from opsloop.types import Dataset, ModelVersion
+
+NEEDS_OPTUNA = "opsloop tune needs Optuna: pip install 'opsloop[tune]'"
+SPEC_KEYS = ("low", "high", "log", "step", "choices")
+#: Figures where lower is better; every other one is maximized.
+MINIMIZE = ("rmse", "mae")
+#: Validators whose figures are `opsloop.metrics`' (a third-party one's are known after its first trial).
+BUILT_IN_VALIDATORS = ("kfold", "holdout")
+#: Trials when neither `trials` nor `timeout` is set.
+DEFAULT_TRIALS = 20
+#: How close the refit's figure must be to the best trial's to count as reproduced.
+REFIT_TOLERANCE = 1e-9
+
+
+# ---------------------------------------------------------------------------
+# The search space
+# ---------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True, eq=False)  # keys of a trial's values: by identity (choices may be lists)
+class Dimension:
+    """One searched value and where it goes in the config.
+
+    Attributes:
+        name: Optuna's parameter name (`max_depth`, `xgboost.max_depth` for
+            an ensemble's member, `preprocess.rolling-features.windows`,
+            `xgboost/max_depth` when trainers are searched too).
+        section: `"train"` or `"preprocess"`.
+        plugin: Whose options it sets.
+        key: The option (a field of the plugin's options, or a key of its
+            `params` table when `in_params`).
+        in_params: Set inside the options' `params` table.
+        param: The range or choices.
+        trainer: The trainer this dimension belongs to (None: every trial).
+    """
+
+    name: str
+    section: str
+    plugin: str
+    key: str
+    in_params: bool
+    param: SearchParam
+    trainer: str | None = None
+
+    @property
+    def encoded(self) -> bool:
+        """Choices Optuna cannot store as they are (lists, tables): searched as their JSON text."""
+        choices = self.param.choices
+        return choices is not None and not all(c is None or isinstance(c, (bool, int, float, str)) for c in choices)
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        p = self.param
+        if p.choices is not None:
+            if self.encoded:
+                return json.loads(trial.suggest_categorical(self.name, [json.dumps(c) for c in p.choices]))
+            return trial.suggest_categorical(self.name, list(p.choices))
+        if isinstance(p.low, int) and isinstance(p.high, int) and (p.step is None or isinstance(p.step, int)):
+            return trial.suggest_int(self.name, p.low, p.high, step=p.step or 1, log=p.log)
+        return trial.suggest_float(self.name, float(p.low), float(p.high), step=p.step, log=p.log)
+
+    def decode(self, value: Any) -> Any:
+        """A stored trial's value as the config takes it."""
+        return json.loads(value) if self.encoded and isinstance(value, str) else value
+
+    def describe(self) -> str:
+        p = self.param
+        if p.choices is not None:
+            return "one of " + ", ".join(json.dumps(c) for c in p.choices)
+        text = f"{p.low} to {p.high}"
+        return text + (", log scale" if p.log else "") + (f", step {p.step}" if p.step else "")
+
+
+def parse_param(spec: Any, *, section: str, key: str, source: str | None) -> SearchParam:
+    """A search spec from config (`{ low = 3, high = 10 }`, `{ choices = [...] }`), checked: ConfigError for
+    an unknown key, an empty or inverted range, a log range through 0, an empty list of choices."""
+    def fail(message: str, suggestion: str | None = None) -> ConfigError:
+        return ConfigError(message, section=section, key=key, source=source, suggestion=suggestion)
+
+    if isinstance(spec, SearchParam):
+        spec = {k: v for k, v in attrs.asdict(spec).items() if v not in (None, False)}
+    if not isinstance(spec, Mapping):
+        raise fail(f"expected a range {{ low = ..., high = ... }} or {{ choices = [...] }}, got {spec!r}")
+    for name in spec:
+        if name not in SPEC_KEYS:
+            raise fail(f"unknown key {name!r} in the search spec (keys: {', '.join(SPEC_KEYS)})",
+                       closest(str(name), SPEC_KEYS))
+    if "choices" in spec:
+        choices = spec["choices"]
+        if set(spec) - {"choices"}:
+            raise fail("give either choices or a range (low, high), not both")
+        if not isinstance(choices, (list, tuple)) or not choices:
+            raise fail(f"choices must be a non-empty list, got {choices!r}")
+        return SearchParam(choices=tuple(choices))
+    low, high = spec.get("low"), spec.get("high")
+    numbers = [v for v in (low, high, spec.get("step")) if v is not None]
+    if low is None or high is None:
+        raise fail(f"a range needs both low and high, got {dict(spec)!r}")
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in numbers):
+        raise fail(f"low, high and step must be finite numbers, got {dict(spec)!r}")
+    if low > high:
+        raise fail(f"the range is inverted: low {low} is above high {high}")
+    if low == high:
+        raise fail(f"the range is empty: low and high are both {low}; write the value in the plugin's own "
+                   "table instead of searching it")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise fail(f"log must be true or false, got {log!r}")
+    if log and low <= 0:
+        raise fail(f"a log-scale range must be above 0, got low {low}")
+    step = spec.get("step")
+    if step is not None and (step <= 0 or log):
+        raise fail("step must be above 0 and cannot be combined with log" if step > 0 or log
+                   else f"step must be above 0, got {step}")
+    return SearchParam(low=low, high=high, log=log, step=step)
+
+
+def _fields(session: Session, plugin: str) -> list[str]:
+    cls = session.plugins.options_class(plugin)
+    return [f.name for f in attrs.fields(cls)] if cls is not None and attrs.has(cls) else []
+
+
+def _space(session: Session, plugin: str) -> SearchSpace:
+    """A trainer's `tune_space`, or an empty one when it has none."""
+    if not session.plugins.implements(plugin, "tune_space"):
+        return SearchSpace()
+    options = session.options.get(("train", plugin))
+    space = session.plugins.call(plugin, "tune_space", options=options)
+    if space is None:
+        return SearchSpace()
+    if not isinstance(space, SearchSpace):
+        raise PluginCallError(plugin, "tune_space", TypeError(f"returned {type(space).__name__}, expected "
+                                                              "SearchSpace"), dist=session.plugins.known[plugin].label)
+    return space
+
+
+def trainer_dimensions(session: Session, trainer: str, specs: Mapping[str, Any], *, prefix: str,
+                       where: str) -> list[Dimension]:
+    """The dimensions of one trainer: `specs` (from `[tune.params]`), or, when empty, the defaults its
+    `tune_space` (and its members', prefixed with their names) declares. ConfigError for a name the
+    trainer does not have, with the closest one."""
+    source = session.config.source
+    members = session.plugins_behind("train", trainer)
+    spaces = {name: _space(session, name) for name in members}
+    if not specs:
+        specs = {**spaces[trainer].params,
+                 **{f"{m}.{k}": v for m in members[1:] for k, v in spaces[m].params.items()}}
+        if not specs:
+            raise ConfigError(f'trainer "{trainer}" declares no default search space (no tune_space hook); '
+                              "name the options to search here, e.g. max_depth = { low = 3, high = 10 }",
+                              section=where, source=source)
+    dims = []
+    for name, spec in specs.items():
+        plugin, key = trainer, name
+        head, dot, rest = name.partition(".")
+        if dot and head in members[1:]:
+            plugin, key = head, rest
+        fields = [f for f in _fields(session, plugin) if f != "params"]
+        passthrough = spaces[plugin].passthrough
+        if key not in fields and key not in passthrough:
+            known = [*fields, *sorted(passthrough), *(f"{m}.{k}" for m in members[1:] for k in _fields(session, m))]
+            raise ConfigError(f'trainer "{plugin}" has no parameter {key!r} (its options: '
+                              f"{', '.join(fields) or 'none'}"
+                              + (f"; and {len(passthrough)} more it passes to its library" if passthrough else "")
+                              + ")", section=where, key=name, source=source, suggestion=closest(name, known))
+        param = parse_param(spec, section=where, key=name, source=source)
+        dims.append(Dimension(name=f"{prefix}{name}", section="train", plugin=plugin, key=key,
+                              in_params=key not in fields, param=param, trainer=trainer))
+    return dims
+
+
+def preprocess_dimensions(session: Session, specs: Mapping[str, Any]) -> list[Dimension]:
+    """`[tune.preprocess.<step>]` tables: the step must be selected, the keys must be its options."""
+    source = session.config.source
+    steps = session.config.selected("preprocess")
+    dims = []
+    for step, table in specs.items():
+        where = f"tune.preprocess.{step}"
+        if step not in steps:
+            raise ConfigError(f'preprocess step "{step}" is not selected in [preprocess] plugins '
+                              f"({', '.join(steps) or 'none'})", section="tune.preprocess", key=step,
+                              source=source, suggestion=closest(step, steps))
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"expected a table of search specs, got {table!r}", section=where, source=source)
+        fields = _fields(session, step)
+        for key, spec in table.items():
+            if key not in fields:
+                raise ConfigError(f'preprocess step "{step}" has no option {key!r} (its options: '
+                                  f"{', '.join(fields) or 'none'})", section=where, key=key, source=source,
+                                  suggestion=closest(key, fields))
+            dims.append(Dimension(name=f"preprocess.{step}.{key}", section="preprocess", plugin=step, key=key,
+                                  in_params=False, param=parse_param(spec, section=where, key=key, source=source)))
+    return dims
+
+
+def apply(table: Mapping[str, Any], trainer: str, values: Mapping[Dimension, Any]) -> dict[str, Any]:
+    """The config table of a trial: the trainer selected, each value written where its dimension says."""
+    out = copy.deepcopy(dict(table))
+    out.pop("tune", None)
+    out.setdefault("train", {})["plugins"] = [trainer]
+    for dim, value in values.items():
+        options = out.setdefault(dim.section, {}).setdefault(dim.plugin, {})
+        if dim.in_params:
+            options = options.setdefault("params", {})
+        options[dim.key] = value
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The search
+# ---------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Search:
+    """A checked search: what to vary, by which figure, how long, where the study is kept."""
+
+    config: Config
+    trainers: tuple[str, ...]
+    dimensions: tuple[Dimension, ...]
+    metric: str
+    direction: str
+    trials: int | None
+    timeout: float | None
+    jobs: int
+    study: str
+    storage: str | None
+
+    def dims_of(self, trainer: str) -> list[Dimension]:
+        return [d for d in self.dimensions if d.trainer in (None, trainer)]
+
+    @property
+    def space(self) -> dict[str, Any]:
+        """The space as JSON, stored with the study and hashed into its default name."""
+        return {"trainers": list(self.trainers), "metric": self.metric,
+                "dimensions": {d.name: {"plugin": d.plugin, "key": d.key, **{k: v for k, v in
+                               attrs.asdict(d.param).items() if v not in (None, False)}} for d in self.dimensions}}
+
+
+def default_metric(train: Dataset) -> str:
+    """The validator's primary figure for this target: PR AUC for a binary one (incidents are rare, and
+    ROC AUC flatters a detector on rare positives), macro F1 for several classes, RMSE for a number."""
+    from opsloop.errors import DataError
+
+    if not train.target or train.target not in train.frame.columns:
+        raise DataError("opsloop tune scores trials with the validator, which needs labels: set [data] target")
+    from sklearn.utils.multiclass import type_of_target
+
+    kind = type_of_target(train.frame[train.target].dropna().to_numpy())
+    return {"binary": "pr_auc", "multiclass": "f1"}.get(kind, "rmse")
+
+
+def plan(session: Session, train: Dataset, *, trials: int | None = None, timeout: str | None = None,
+         jobs: int | None = None, store_url: str | None = None) -> Search:
+    """Check `[tune]` (and command-line overrides) against the plugins and the data; nothing runs yet."""
+    from opsloop.monitoring import parse_duration
+    from opsloop.session import Session as _Session
+
+    config = session.config
+    section = config.tune
+    source = config.source
+    if not config.selected("validate"):
+        raise ConfigError("opsloop tune scores each trial with the validator: select one in [validate] plugins "
+                          "(kfold, time-ordered on telemetry)", section="validate", key="plugins", source=source)
+    selected = config.selected("train")[0]
+    trainers = tuple(section.trainers) or (selected,)
+    params = dict(section.params)
+    dims: list[Dimension] = []
+    for trainer in trainers:
+        if len(trainers) == 1:
+            specs, prefix, where = params, "", "tune.params"
+        else:
+            specs = params.get(trainer, {})
+            prefix, where = f"{trainer}/", f"tune.params.{trainer}"
+            if not isinstance(specs, Mapping):
+                raise ConfigError(f"with [tune] trainers, [tune.params] holds one table per trainer; {trainer!r} "
+                                  f"is {specs!r}", section="tune.params", key=trainer, source=source)
+        if trainer == selected:
+            trainer_session = session
+        else:
+            table = copy.deepcopy(config.table)
+            table.setdefault("train", {})["plugins"] = [trainer]
+            try:
+                trainer_session = _Session.open(Config.from_table(table, path=config.path, workdir=config.workdir),
+                                                session.plugins, sections=("train",))
+            except ConfigError as exc:
+                raise ConfigError(f"trainer {trainer!r}: {exc.message}", section="tune", key="trainers",
+                                  source=source, suggestion=exc.suggestion) from None
+        dims += trainer_dimensions(trainer_session, trainer, specs, prefix=prefix, where=where)
+    if len(trainers) > 1:
+        extra = [k for k in params if k not in trainers]
+        if extra:
+            raise ConfigError(f"with [tune] trainers, [tune.params] holds one table per trainer "
+                              f"({', '.join(trainers)}); {extra[0]!r} is none of them", section="tune.params",
+                              key=extra[0], source=source, suggestion=closest(extra[0], trainers))
+    dims += preprocess_dimensions(session, section.preprocess)
+    _check_values(session, trainers, dims)
+    metric = section.metric or default_metric(train)
+    if config.selected("validate")[0] in BUILT_IN_VALIDATORS:  # their figures are known: say it before any trial
+        from opsloop.metrics import CLASSIFICATION, REGRESSION
+
+        if metric not in (*CLASSIFICATION, *REGRESSION):
+            raise ConfigError(f"metric {metric!r} is not among the figures of validator "
+                              f"{config.selected('validate')[0]!r} ({', '.join((*CLASSIFICATION, *REGRESSION))})",
+                              section="tune", key="metric", source=source,
+                              suggestion=closest(metric, (*CLASSIFICATION, *REGRESSION)))
+    text = timeout or section.timeout
+    seconds = parse_duration(text, "[tune] timeout").total_seconds() if text else None
+    budget = trials if trials is not None else section.trials
+    if budget is None and seconds is None:
+        budget = DEFAULT_TRIALS
+    workers = jobs if jobs is not None else section.jobs
+    if workers == -1:
+        workers = os.cpu_count() or 1
+    if workers < 1:
+        raise ConfigError(f"jobs must be at least 1, or -1 for one per core, got {workers}", section="tune",
+                          key="jobs", source=source)
+    search = Search(config=config, trainers=trainers, dimensions=tuple(dims), metric=metric,
+                    direction="minimize" if metric in MINIMIZE else "maximize", trials=budget, timeout=seconds,
+                    jobs=workers, study="", storage=store_url)
+    name = section.study or f"{config.project.name}-{_digest(search, train)}"
+    return attrs.evolve(search, study=name)
+
+
+def _digest(search: Search, train: Dataset) -> str:
+    """What makes two searches the same study: the rows, the config that shapes a model, the space."""
+    from opsloop import lineage
+
+    table = {k: v for k, v in search.config.table.items() if k in lineage.TRAINING_SECTIONS}
+    blob = json.dumps({"data": train.fingerprint, "config": table, "space": search.space,
+                       "seed": search.config.project.seed}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def _check_values(session: Session, trainers: tuple[str, ...], dims: list[Dimension]) -> None:
+    """Every end of every range and every choice, written into its plugin's options and checked as the config
+    would be: a wrong type or a value the option refuses is found before the first trial."""
+    from opsloop.config import structure
+
+    config = session.config
+    for dim in dims:
+        if dim.in_params:
+            continue  # the library checks what it is passed through to it, at the first trial
+        p = dim.param
+        values = list(p.choices) if p.choices is not None else [p.low, p.high]
+        cls = session.plugins.options_class(dim.plugin)
+        if cls is None:
+            continue
+        for value in values:
+            table = {**config.options_table(dim.section, dim.plugin), dim.key: value}
+            try:
+                structure(table, cls, section=f"{dim.section}.{dim.plugin}", source=config.source)
+            except ConfigError as exc:
+                where = "tune.params" if dim.section == "train" else f"tune.preprocess.{dim.plugin}"
+                name = dim.name.split("/", 1)[-1] if dim.section == "train" else dim.key
+                raise ConfigError(f"the value {value!r} of this search is refused by [{dim.section}.{dim.plugin}] "
+                                  f"{dim.key}: {exc.message}", section=where, key=name,
+                                  source=config.source) from None
+
+
+# ---------------------------------------------------------------------------
+# Running it
+# ---------------------------------------------------------------------------
+
+
+def _optuna() -> Any:
+    try:
+        import optuna
+    except ImportError:
+        raise OpsloopError(NEEDS_OPTUNA) from None
+    import warnings
+
+    # heartbeats (stale trials of a killed search marked failed) and TPE's `group` are "experimental"
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    return optuna
+
+
+def open_study(search: Search, *, load_only: bool = False) -> optuna.Study:
+    """The study, created or loaded from the registry's tuning storage (in memory when there is none)."""
+    optuna = _optuna()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is reported by `tune` itself
+    storage: Any = None
+    if search.storage:
+        kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if search.storage.startswith("sqlite") else {}
+        try:
+            storage = optuna.storages.RDBStorage(search.storage, engine_kwargs=kwargs, heartbeat_interval=60,
+                                                 grace_period=180)
+        except Exception as exc:  # SQLAlchemy's errors, a refused connection: one line naming the place
+            raise OpsloopError(f"cannot open the tuning storage beside the registry ({_safe_url(search.storage)}): "
+                               f"{_one_line(exc)}") from None
+    config = search.config
+    if load_only:
+        try:
+            return optuna.load_study(study_name=search.study, storage=storage)
+        except KeyError:
+            raise OpsloopError(f"no study {search.study!r} is stored beside the registry: run `opsloop tune` "
+                               "first (with the same config, which names the study)") from None
+    sampler = (optuna.samplers.TPESampler(seed=config.project.seed, multivariate=True, group=True,
+                                          constant_liar=search.jobs > 1)
+               if config.tune.sampler == "tpe" else optuna.samplers.RandomSampler(seed=config.project.seed))
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+              if config.tune.pruner == "median" else optuna.pruners.NopPruner())
+    study = optuna.create_study(study_name=search.study, storage=storage, direction=search.direction,
+                                sampler=sampler, pruner=pruner, load_if_exists=True)
+    stored = study.user_attrs.get("space")
+    if stored is None:
+        study.set_user_attr("space", search.space)
+    elif stored != json.loads(json.dumps(search.space)):
+        raise ConfigError(f"study {search.study!r} holds trials of another search space; name a new study or "
+                          "remove [tune] study to let the search name its own", section="tune", key="study",
+                          source=config.source)
+    return study
+
+
+def _safe_url(url: str) -> str:
+    """A storage URL for messages: never a password."""
+    import re
+
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
+
+
+class Objective:
+    """One trial: the trial's config, preprocessed (cached per preprocess options) and validated."""
+
+    def __init__(self, search: Search, session: Session, train: Dataset) -> None:
+        self.search, self.session, self.train = search, session, train
+        self.features: dict[str, Any] = {}
+        self.lock = threading.Lock()
+        self.building: dict[str, threading.Lock] = {}
+        self.missing_metric: str | None = None
+
+    def config_for(self, trainer: str, values: Mapping[Dimension, Any]) -> Config:
+        base = self.search.config
+        table = apply(base.table, trainer, values)
+        return Config.from_table(table, path=base.path, workdir=base.workdir)
+
+    def runner_for(self, config: Config) -> Runner:
+        from opsloop.runner import Runner
+        from opsloop.session import Session
+
+        session = Session.open(config, self.session.plugins, sections=("preprocess", "train", "validate"))
+        return Runner(session, reporter=Reporter())
+
+    def preprocessed(self, runner: Runner, config: Config) -> Dataset:
+        """The trial's training features: computed once per distinct preprocess config, shared by trials."""
+        key = json.dumps(config.table.get("preprocess", {}), sort_keys=True, default=str)
+        with self.lock:
+            building = self.building.setdefault(key, threading.Lock())
+        with building:
+            if key not in self.features:
+                self.features[key] = runner.preprocess(self.train)[0]
+        return self.features[key]
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        optuna = _optuna()
+        search = self.search
+        trainer = (trial.suggest_categorical("trainer", list(search.trainers)) if len(search.trainers) > 1
+                   else search.trainers[0])
+        values = {d: d.suggest(trial) for d in search.dims_of(trainer)}
+        trial.set_user_attr("trainer", trainer)
+        try:
+            config = self.config_for(trainer, values)
+            runner = self.runner_for(config)
+            features = self.preprocessed(runner, config)
+            folds: list[float] = []
+
+            def scored(index: int, figures: Mapping[str, float]) -> None:
+                value = figures.get(search.metric, math.nan)
+                folds.append(value)
+                finite = [v for v in folds if v is not None and math.isfinite(v)]
+                if finite:
+                    trial.report(sum(finite) / len(finite), index)
+                    if trial.should_prune():
+                        raise optuna.TrialPruned(f"pruned after fold {index + 1}: running mean "
+                                                 f"{search.metric} {finite[-1]:.4f}")
+
+            runner.run = attrs.evolve(runner.run, folds=scored)
+            reports = runner.validate(features, enforce_gates=False)
+        except PluginCallError as exc:
+            if isinstance(exc.cause, optuna.TrialPruned):
+                raise exc.cause from None
+            trial.set_user_attr("error", str(exc))
+            raise
+        except OpsloopError as exc:
+            trial.set_user_attr("error", str(exc))
+            raise
+        mean = dict(reports[0].mean)
+        trial.set_user_attr("figures", {k: v for k, v in mean.items() if isinstance(v, float) and math.isfinite(v)})
+        value = mean.get(search.metric)
+        if value is None:
+            known = sorted(mean)
+            message = (f"[tune] metric {search.metric!r} is not among the validator's figures ("
+                       f"{', '.join(known)})" + (f' (did you mean "{closest(search.metric, known)}"?)'
+                                                  if closest(search.metric, known) else ""))
+            trial.set_user_attr("error", message)
+            self.missing_metric = message
+            trial.study.stop()
+            raise OpsloopError(message)
+        if not math.isfinite(value):
+            message = (f"{search.metric} is undefined (NaN) on every fold: the folds' test blocks hold one class; "
+                       "use fewer folds or another metric")
+            trial.set_user_attr("error", message)
+            raise OpsloopError(message)
+        return float(value)
+
+
+@attrs.frozen(kw_only=True)
+class TuneResult:
+    """What `opsloop tune` found, JSON-able through `to_json`."""
+
+    search: Search
+    study: Any = attrs.field(repr=False)
+    ran: int
+    refit: dict[str, Any] | None = None
+    version: ModelVersion | None = None
+    importances: dict[str, float] = attrs.field(factory=dict)
+    notes: tuple[str, ...] = ()
+
+    def best_params(self) -> dict[str, Any]:
+        """The best trial's values, decoded, by Optuna name (`trainer` first when it was searched)."""
+        best = self.study.best_trial
+        dims = {d.name: d for d in self.search.dimensions}
+        return {k: dims[k].decode(v) if k in dims else v for k, v in best.params.items()}
+
+    def best_config(self) -> Config:
+        """The config of the best trial."""
+        best = self.study.best_trial
+        trainer = best.params.get("trainer", self.search.trainers[0])
+        values = {d: d.decode(best.params[d.name]) for d in self.search.dims_of(trainer) if d.name in best.params}
+        base = self.search.config
+        return Config.from_table(apply(base.table, trainer, values), path=base.path, workdir=base.workdir)
+
+    def toml(self) -> str:
+        """The best configuration as TOML tables to paste into opsloop.toml."""
+        config = self.best_config()
+        trainer = config.selected("train")[0]
+        plugins = sorted({(d.section, d.plugin) for d in self.search.dims_of(trainer)})
+        lines = []
+        if len(self.search.trainers) > 1:
+            lines += ["[train]", f"plugins = [{json.dumps(trainer)}]", ""]
+        for section, plugin in plugins:
+            lines.append(f"[{section}.{plugin}]")
+            table = config.options_table(section, plugin)
+            for dim in (d for d in self.search.dims_of(trainer) if (d.section, d.plugin) == (section, plugin)):
+                value = table.get("params", {}).get(dim.key) if dim.in_params else table.get(dim.key)
+                key = f"params.{dim.key}" if dim.in_params else dim.key
+                lines.append(f"{key} = {_toml_value(value)}")
+            lines.append("")
+        return "\n".join(lines).rstrip() + "\n"
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every trial in order: number, state, value, the best value so far, params, seconds, error."""
+        best: float | None = None
+        out = []
+        better = (lambda a, b: a < b) if self.search.direction == "minimize" else (lambda a, b: a > b)
+        dims = {d.name: d for d in self.search.dimensions}
+        for t in self.study.get_trials(deepcopy=False):
+            value = t.value if t.state.name == "COMPLETE" else None
+            if value is not None and (best is None or better(value, best)):
+                best = value
+            seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and \
+                t.datetime_start else None
+            out.append({"number": t.number, "state": t.state.name.lower(), "value": value, "best": best,
+                        "params": {k: dims[k].decode(v) if k in dims else v for k, v in t.params.items()},
+                        "pruned_at": max(t.intermediate_values) + 1 if t.state.name == "PRUNED"
+                        and t.intermediate_values else None,
+                        "seconds": seconds, "error": t.user_attrs.get("error")})
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        trials = self.history()
+        counts = {s: sum(1 for t in trials if t["state"] == s) for s in ("complete", "pruned", "fail", "running")}
+        best = self.study.best_trial
+        return {
+            "study": self.search.study, "storage": _safe_url(self.search.storage) if self.search.storage else None,
+            "metric": self.search.metric, "direction": self.search.direction,
+            "best_value": best.value, "best_params": self.best_params(), "best_trial": best.number,
+            "best_figures": best.user_attrs.get("figures", {}), "trials": trials, "counts": counts,
+            "ran": self.ran, "refit": self.refit, "importances": self.importances,
+            "version": self.version.ref if self.version else None, "notes": list(self.notes),
+        }
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def finished(study: optuna.Study) -> int:
+    """Trials that count against the budget: complete and pruned ones (a failed trial does not)."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.state.name in ("COMPLETE", "PRUNED"))
+
+
+def tune(runner: Runner, *, trials: int | None = None, timeout: str | None = None, jobs: int | None = None,
+         register: bool = False, show_only: bool = False) -> TuneResult:
+    """Plan, run (or resume) the search, refit the best configuration, and with `register`, register it.
+
+    Raises:
+        ConfigError: A wrong `[tune]` (unknown parameter, empty or inverted range, wrong metric...).
+        OpsloopError: No trial finished (each failed trial's first error is named), or Optuna is missing.
+    """
+    from opsloop import data as data_mod
+
+    _optuna()
+    config = runner.config
+    raw = runner._stage("load", [config.data.source], lambda: data_mod.load(config),
+                        lambda d: f"{len(d):,} rows from {d.name}")
+    train, _ = data_mod.periods(raw, config)
+    store = runner.store
+    search = plan(runner.session, train, trials=trials, timeout=timeout, jobs=jobs, store_url=store.tuning_storage())
+    notes = [] if search.storage else [f"the store {store.uri} keeps no studies: this search lives in memory"]
+    study = open_study(search, load_only=show_only)
+    before = finished(study)
+    if not show_only:
+        objective = Objective(search, runner.session, train)
+        remaining = None if search.trials is None else max(0, search.trials - before)
+        if remaining == 0:
+            notes.append(f"study {search.study} already holds {before} finished trial(s) of the {search.trials} "
+                         "asked for: nothing to run (raise [tune] trials or --trials to search further)")
+        else:
+            if before:
+                notes.append(f"resumed study {search.study}: {before} trial(s) were already stored")
+
+            def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+                value = f" {search.metric} {trial.value:.4f}" if trial.value is not None else ""
+                why = trial.user_attrs.get("error") if trial.state.name == "FAIL" else None
+                runner.reporter.note(f"trial {trial.number}: {trial.state.name.lower()}{value}; best "
+                                     f"{_best_text(study)}" + (f"; {why}" if why else ""))
+
+            def work() -> int:
+                study.optimize(objective, n_trials=remaining, timeout=search.timeout, n_jobs=search.jobs,
+                               catch=(OpsloopError,), gc_after_trial=False, callbacks=[progress])
+                return finished(study) - before
+
+            runner._stage("tune", list(search.trainers), work,
+                          lambda n: f"{n} trial(s) of study {search.study}, best {search.metric} "
+                                    f"{_best_text(study)}")
+        if objective.missing_metric:
+            raise ConfigError(objective.missing_metric.split("] ", 1)[-1], section="tune", key="metric",
+                              source=config.source)
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if not complete:
+        errors = [t.user_attrs.get("error") for t in study.get_trials(deepcopy=False) if t.user_attrs.get("error")]
+        why = f": the first failed with {errors[0]}" if errors else ""
+        raise OpsloopError(f"no trial of study {search.study} finished within the budget "
+                           f"({_budget_text(search)}){why}")
+    ran = finished(study) - before
+    result = TuneResult(search=search, study=study, ran=ran, notes=tuple(notes),
+                        importances=_importances(study, search, notes))
+    if show_only:
+        return result
+    return _refit(runner, result, train, register=register)
+
+
+def _best_text(study: optuna.Study) -> str:
+    try:
+        return f"{study.best_value:.4f} (trial {study.best_trial.number})"
+    except ValueError:
+        return "- (no trial complete)"
+
+
+def _budget_text(search: Search) -> str:
+    parts = ([f"{search.trials} trial(s)"] if search.trials is not None else []) + (
+        [f"timeout {search.timeout:g} s"] if search.timeout is not None else [])
+    return ", ".join(parts)
+
+
+def _importances(study: optuna.Study, search: Search, notes: list[str]) -> dict[str, float]:
+    """fANOVA importances of the parameters (Optuna's default evaluator); empty with a note where it cannot
+    say (fewer than two complete trials, one parameter)."""
+    optuna = _optuna()
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if len(complete) < 2 or len({k for t in complete for k in t.params}) < 1:
+        notes.append("parameter importances need at least 2 complete trials")
+        return {}
+    try:
+        found = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=search.config.project.seed))
+    except (ValueError, RuntimeError) as exc:
+        notes.append(f"parameter importances could not be computed: {_one_line(exc)}")
+        return {}
+    return {k: float(v) for k, v in found.items()}
+
+
+def _refit(runner: Runner, result: TuneResult, train: Dataset, *, register: bool) -> TuneResult:
+    """Fit the best configuration again and compare its figure with the best trial's; register it if asked."""
+    from opsloop.runner import Runner as _Runner
+    from opsloop.session import Session
+
+    search, best = result.search, result.study.best_trial
+    config = result.best_config()
+    session = Session.open(config, runner.session.plugins)
+    refit_runner = _Runner(session, reporter=runner.reporter)
+    refit_runner._store = runner.store
+    version = None
+    if register:
+        tune_record = {"study": search.study, "trial": best.number, "metric": search.metric, "value": best.value,
+                       "storage": _safe_url(search.storage) if search.storage else None}
+        built = refit_runner.build(train, prefix="refit.", training={"tune": tune_record})
+        version = built.version
+        validation = built.validation
+        figures = dict(validation[0].mean) if validation else dict(version.metrics)
+        runner.result.versions.extend(refit_runner.result.versions)
+    else:
+        features, _, _ = refit_runner.preprocess(train, prefix="refit.")
+        figures = dict(refit_runner.validate(features, prefix="refit.", enforce_gates=False)[0].mean)
+    value = figures.get(search.metric)
+    same = value is not None and math.isfinite(value) and abs(value - best.value) <= REFIT_TOLERANCE * max(
+        1.0, abs(best.value))
+    notes = list(result.notes)
+    if not same:
+        notes.append(f"the refit gave {search.metric} {value} against the best trial's {best.value}: training is "
+                     "not deterministic here (threads in the trainer, or trials run at once with jobs > 1); the "
+                     "registered figure is the refit's")
+    refit = {"value": value, "best_trial_value": best.value, "reproduced": bool(same),
+             "tolerance": REFIT_TOLERANCE}
+    return attrs.evolve(result, refit=refit, version=version, notes=tuple(notes))
