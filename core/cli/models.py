@@ -392,3 +392,62 @@ def _cell(value: Any, fmt: Any) -> str:
         return "-"
     text = fmt(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+@models_app.command("reproduce")
+def reproduce(ref: Annotated[str, typer.Argument(metavar="NAME:N", help="The version to rebuild (NAME@ALIAS too).")],
+              tolerance: Annotated[float, typer.Option(
+                  "--tolerance", help="Largest absolute difference between two numbers (states, scores, "
+                                      "figures) that counts as the same.")] = 1e-9,
+              config: ConfigOption = None, set_: SetOption = None, json_: JsonOption = False) -> None:
+    """Rebuild a version from its lineage (config, seed, the same data by fingerprint) without registering it,
+    and compare states, predictions and validation figures; exit 1 when anything differs (docs/reproducibility.md).
+
+    --config/--set give the store and the config compared for information; the rebuild uses the recorded one."""
+    from opsloop import config as config_mod
+    from opsloop.cli._render import RichReporter, console, print_json
+    from opsloop.reproduce import reproduce as rebuild
+    from opsloop.session import Session
+
+    cfg = config_mod.read(config, overrides=set_ or ())
+    session = Session.open(cfg, sections=("store",))
+    with session.open_store() as store, RichReporter(quiet=json_) as reporter:
+        result = rebuild(store, ref, current=cfg, plugins=session.plugins, tolerance=tolerance, reporter=reporter)
+    if json_:
+        print_json(result.to_json())
+    else:
+        for renderable in render_reproduction(result):
+            console.print(renderable)
+    if not result.reproduced:
+        raise typer.Exit(1)
+
+
+def render_reproduction(result: Any) -> list[Any]:
+    """The checks as a table (check, recorded, now, ok), the details worth reading, the differences by kind
+    and the verdict."""
+    import re
+
+    from rich.markup import escape
+
+    from opsloop.cli._render import table
+
+    def cell(value: Any) -> str:
+        if isinstance(value, dict) and "python" in value:  # a lineage `versions` record
+            return (f"python {value.get('python')}, opsloop {value.get('opsloop')}, "
+                    f"{len(value.get('plugins') or {})} plugin(s), {len(value.get('libraries') or {})} libraries")
+        if isinstance(value, dict):
+            return "(see --json)"
+        text = re.sub(r"(sha256:[0-9a-f]{12})[0-9a-f]{52}", r"\1…", "-" if value is None else str(value))
+        return escape(_cell(text, str))
+
+    mark = {True: "yes", False: "[red]NO[/red]", None: "info"}
+    out: list[Any] = [table(escape(f"reproduce {result.ref} (tolerance {result.tolerance:g})"),
+                            ["check", "recorded", "now", "ok"],
+                            ([escape(c.name), cell(c.recorded), cell(c.now), mark[c.ok]] for c in result.checks))]
+    out += [f"[dim]{escape(c.name)}:[/dim] {escape(c.detail)}" for c in result.checks
+            if c.detail and c.ok is not True]
+    out += [f"[dim]note:[/dim] {escape(n)}" for n in result.notes]
+    out += [f"[yellow]{d.kind}[/yellow]: {escape(d.message)}" for d in result.differences]
+    out.append(("[green]" if result.reproduced else "[red]") + escape(result.verdict())
+               + ("[/green]" if result.reproduced else "[/red]"))
+    return out
