@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -234,14 +234,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def training_rows(config: Config, recorded: Mapping[str, Any], ref: str) -> tuple[Dataset, str]:
+def training_rows(config: Config, recorded: Mapping[str, Any], ref: str,
+                  logged: Callable[[], list[Dataset]] | None = None) -> tuple[Dataset, str]:
     """The rows the version trained on, read the way its run read them, and how they were chosen.
 
     - `opsloop run`: the `[data] train` period;
     - `opsloop run`'s retraining (`[train + monitor]` in the recorded source): that period and the
       monitored labelled rows;
-    - `opsloop loop` (lineage `training`): the labelled rows of the source between the window's first and
-      last time (rows the loop took from the prediction log are not in the source: the fingerprint tells).
+    - `opsloop loop` (lineage `training`): the labelled rows of the source, and those of the prediction log
+      when the loop took them (`logged`, read now: feedback that came later changes them, and the fingerprint
+      tells), between the window's first and last time.
 
     DataError in one line when the data cannot be read (a file gone): it cannot be rebuilt.
     """
@@ -256,7 +258,10 @@ def training_rows(config: Config, recorded: Mapping[str, Any], ref: str) -> tupl
                         f"{data.get('fingerprint', '?')})") from None
     window = recorded.get("training")
     if isinstance(window, Mapping) and window.get("start") and window.get("end"):
-        return _loop_rows(raw, config, window), f"the loop's training window {window['start']} to {window['end']}"
+        from_log = "+ prediction log" in str(data.get("source") or "") and logged is not None
+        rows = _loop_rows(raw, config, window, logged() if from_log else [])
+        return rows, (f"the loop's training window {window['start']} to {window['end']}"
+                      + (" (the source's and the prediction log's labelled rows)" if from_log else ""))
     train, monitor = data_mod.periods(raw, config)
     source = str(data.get("source") or "")
     if monitor is not None and "[train + " in source:
@@ -271,13 +276,14 @@ def training_rows(config: Config, recorded: Mapping[str, Any], ref: str) -> tupl
     return train, "the [data] train period"
 
 
-def _loop_rows(raw: Dataset, config: Config, window: Mapping[str, Any]) -> Dataset:
+def _loop_rows(raw: Dataset, config: Config, window: Mapping[str, Any], logged: list[Dataset]) -> Dataset:
+    """The loop's history (`opsloop.history`) cut to the recorded training window."""
     import pandas as pd
 
     from opsloop.history import _history, _periods
 
     source, periods = _periods(raw, config)
-    history = _history(source, periods, [], [])
+    history = _history(source, periods, logged, [])
     times = pd.to_datetime(history.frame[history.time], utc=True, errors="coerce")
     inside = ((times >= pd.Timestamp(window["start"])) & (times <= pd.Timestamp(window["end"]))).to_numpy()
     return history.derive(history.frame[inside].reset_index(drop=True), name=f"{raw.name} [loop window]")
@@ -317,7 +323,8 @@ def reproduce(store: ModelStore, ref: str, *, current: Config, plugins: PluginMa
     runner = Runner(session, reporter=reporter)
 
     _check_config(result, recorded, config, current)
-    raw, how = training_rows(config, recorded, version.ref)
+    raw, how = training_rows(config, recorded, version.ref,
+                             lambda: _logged_rows(store, recorded, current, session.plugins, version.ref))
     result.notes.append(f"training rows: {how}")
     _check_data(result, recorded, raw)
     _check_versions(result, recorded, runner)
@@ -330,6 +337,28 @@ def reproduce(store: ModelStore, ref: str, *, current: Config, plugins: PluginMa
     _check_validation(result, manifest, reports, threshold, tolerance)
     _explain(result, runner)
     return result
+
+
+def _logged_rows(store: ModelStore, recorded: Mapping[str, Any], current: Config, plugins: PluginManager,
+                 ref: str) -> list[Dataset]:
+    """The labelled rows of the prediction log, as the loop cycle that built the version read them (its parent
+    was production then); DataError when the log is gone."""
+    from opsloop.history import LogInputs
+    from opsloop.serving.settings import Settings
+    from opsloop.session import Session
+    from opsloop.store import Ref
+
+    log = Settings().resolve(Path(current.workdir).absolute()).log_path
+    if not log.exists():
+        raise DataError(f"cannot reproduce {ref}: the loop trained it on labelled rows of the prediction log, and "
+                        f"{log} is gone")
+    parent = recorded.get("parent")
+    if not parent:
+        raise OpsloopError(f"cannot reproduce {ref}: its lineage names no parent (the production version whose "
+                           "log rows the loop read)")
+    production = store.resolve(Ref.parse(str(parent)))
+    inputs = LogInputs(session=Session.open(current, plugins, sections=("store",)), log=log)
+    return inputs._logged(production, [])[3]
 
 
 def _rebuild(runner: Runner, raw: Dataset) -> tuple[TrainedModel, list[Any], list[Any], Any, Dataset]:
@@ -371,10 +400,14 @@ def _check_data(result: Reproduction, recorded: Mapping[str, Any], raw: Dataset)
     fingerprint, rows = data.get("fingerprint"), data.get("rows")
     same = fingerprint == raw.fingerprint
     detail = "the same rows" if same else (
-        f"data changed: fingerprint {fingerprint} ({rows if rows is not None else '?'} rows) -> "
-        f"{raw.fingerprint} ({len(raw)} rows) in {raw.name}")
-    result.add(Check(name="data fingerprint", ok=same, recorded=f"{fingerprint} ({rows} rows)",
-                     now=f"{raw.fingerprint} ({len(raw)} rows)", detail=detail), "data", detail)
+        f"data changed: fingerprint {fingerprint} ({_rows(rows)} rows) -> "
+        f"{raw.fingerprint} ({len(raw):,} rows) in {raw.name}")
+    result.add(Check(name="data fingerprint", ok=same, recorded=f"{fingerprint} ({_rows(rows)} rows)",
+                     now=f"{raw.fingerprint} ({len(raw):,} rows)", detail=detail), "data", detail)
+
+
+def _rows(rows: Any) -> str:
+    return f"{rows:,}" if isinstance(rows, int) else "?"
 
 
 def _check_versions(result: Reproduction, recorded: Mapping[str, Any], runner: Runner) -> None:
@@ -502,17 +535,28 @@ def _check_validation(result: Reproduction, manifest: Mapping[str, Any], reports
 
 
 def _explain(result: Reproduction, runner: Runner) -> None:
-    """A result that differs with the same data, versions and config is nondeterminism: name the threads."""
-    kinds = {d.kind for d in result.differences}
-    if not kinds & {"model", "validation"} or kinds & set(CAUSES):
-        return
     options = {f"[{section}.{name}]": _table(opts) for (section, name), opts in runner.session.options.items()}
-    hints = thread_hints(options)
-    result.differences.append(Difference(
+    result.differences = explain(result.differences, thread_hints(options))
+
+
+def explain(differences: list[Difference], hints: list[str]) -> list[Difference]:
+    """The differences with their cause said: result differences (`model`, `validation`) name the causes found
+    (`data`, `versions`, `config`); without any, the same data, config and versions gave another result, and
+    a `nondeterminism` difference names the thread settings (`hints`, from `thread_hints`)."""
+    causes = list(dict.fromkeys(d.kind for d in differences if d.kind in CAUSES))
+    results = [d for d in differences if d.kind in ("model", "validation")]
+    if not results:
+        return list(differences)
+    if causes:
+        why = {"data": "the data changed", "versions": "versions changed", "config": "the config as read changed"}
+        said = " and ".join(why[c] for c in causes)
+        return [attrs.evolve(d, message=f"{d.message} (explained by: {said})") if d in results else d
+                for d in differences]
+    return [*differences, Difference(
         kind="nondeterminism",
         message="the same data, config and versions gave a different result: the fit is not deterministic here; "
                 "thread counts change the order of floating-point sums (set them to 1 to check): "
-                + "; ".join(hints)))
+                + "; ".join(hints))]
 
 
 def _table(options: Any) -> dict[str, Any]:

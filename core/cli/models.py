@@ -444,8 +444,7 @@ def render_reproduction(result: Any) -> list[Any]:
     out: list[Any] = [table(escape(f"reproduce {result.ref} (tolerance {result.tolerance:g})"),
                             ["check", "recorded", "now", "ok"],
                             ([escape(c.name), cell(c.recorded), cell(c.now), mark[c.ok]] for c in result.checks))]
-    out += [f"[dim]{escape(c.name)}:[/dim] {escape(c.detail)}" for c in result.checks
-            if c.detail and c.ok is not True]
+    out += [f"[dim]{escape(c.name)}:[/dim] {escape(c.detail)}" for c in result.checks if c.detail and c.ok is None]
     out += [f"[dim]note:[/dim] {escape(n)}" for n in result.notes]
     out += [f"[yellow]{d.kind}[/yellow]: {escape(d.message)}" for d in result.differences]
     out.append(("[green]" if result.reproduced else "[red]") + escape(result.verdict())

@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 
-from opsloop.reproduce import json_differences, version_changes
+from opsloop.reproduce import Difference, explain, json_differences, version_changes
 
 DATA_FILE = "asd.parquet"
 
@@ -149,3 +149,52 @@ def test_json_differences_compare_floats_to_the_tolerance():
     assert json_differences(state, {"median": {"m01": 0.6, "m02": 1.0}, "windows": [12, 24], "name": "a"},
                             1e-9) == ["median.m01: 0.5 -> 0.6", "median.m02: nan -> 1.0",
                                       "windows: 1 items -> 2 items"]
+
+
+def test_result_differences_name_their_cause_or_nondeterminism():
+    model = Difference(kind="model", message="predictions: max |score difference| 0.01")
+    figures = Difference(kind="validation", message="validation figures: f1: 0.5 -> 0.6")
+    hints = ["[train.xgboost] n_jobs = 0", "OMP_NUM_THREADS unset (all cores: 8)"]
+    alone = explain([model, figures], hints)
+    assert [d.kind for d in alone] == ["model", "validation", "nondeterminism"]
+    assert "n_jobs = 0" in alone[-1].message and "OMP_NUM_THREADS" in alone[-1].message
+    library = Difference(kind="versions", message="library xgboost 2.0.3 -> 2.1.0")
+    caused = explain([library, model], hints)
+    assert [d.kind for d in caused] == ["versions", "model"]
+    assert caused[1].message.endswith("(explained by: versions changed)")
+    assert explain([library], hints) == [library]  # nothing else differs: nothing to explain
+
+
+#: `opsloop run` then `opsloop loop --once` (as tests/cli/test_loop.py): v1 by run, v2 retrained by run on
+#: train + monitor, v3 by the loop on the source's and the prediction log's labelled rows.
+LOOP = {
+    "project": {"name": "asd-loop"},
+    "data": {"source": "embedded:asd", "target": "label", "time": "timestamp", "series": "entity",
+             "train": "entity in ['omi-1', 'omi-9'] and timestamp < '2024-01-06'",
+             "monitor": "entity in ['omi-1', 'omi-9'] and timestamp >= '2024-01-10'"},
+    "preprocess": {"plugins": ["schema-check", "impute"]},
+    "train": {"plugins": ["xgboost"], "xgboost": {"n_estimators": 30, "n_jobs": 1, "early_stopping_rounds": 20}},
+    "validate": {"plugins": ["holdout"]},
+    "deploy": {"plugins": ["batch"]},
+    "monitor": {"plugins": ["quality-monitor"]},
+    "retrain": {"plugins": ["threshold-policy"],
+                "threshold-policy": {"min_f1": 0.99, "min_positives": 1, "cooldown": "0"}},
+    "gate": {"plugins": ["champion-challenger"]},
+    "loop": {"monitor_window": "3d", "holdout": "3d"},
+}
+
+
+def test_versions_retrained_by_run_and_by_the_loop_reproduce(opsloop_project):
+    from opsloop import config, data
+
+    project = opsloop_project(config=LOOP)
+    project.run("run").assert_ok()
+    frame = data.load(config.read(workdir=project.path)).frame.query(LOOP["data"]["monitor"])
+    labels = frame[["entity", "timestamp", "label"]].rename(columns={"entity": "series", "timestamp": "time"})
+    labels.to_csv(project.path / "labels.csv", index=False)
+    project.run("feedback", "--file", str(project.path / "labels.csv")).assert_ok()
+    project.run("loop", "--once", "--json", "--quiet").assert_ok()
+    for number, rows in ((2, "monitored labelled rows"), (3, "prediction log")):
+        result = project.run("models", "reproduce", f"asd-loop:{number}", "--json").assert_ok().json
+        assert result["reproduced"] is True
+        assert any(rows in note for note in result["notes"]), result["notes"]
