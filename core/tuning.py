@@ -491,9 +491,18 @@ class Objective:
         session = Session.open(config, self.session.plugins, sections=("preprocess", "train", "validate"))
         return Runner(session, reporter=Reporter())
 
+    @staticmethod
+    def preprocess_key(config: Config) -> str:
+        """Trials whose `[preprocess]` tables are equal share one preprocessed frame."""
+        return json.dumps(config.table.get("preprocess", {}), sort_keys=True, default=str)
+
+    def prime(self, config: Config, features: Dataset) -> None:
+        """Give the features of `config`'s preprocessing, already computed (a caller that has them)."""
+        self.features[self.preprocess_key(config)] = features
+
     def preprocessed(self, runner: Runner, config: Config) -> Dataset:
         """The trial's training features: computed once per distinct preprocess config, shared by trials."""
-        key = json.dumps(config.table.get("preprocess", {}), sort_keys=True, default=str)
+        key = self.preprocess_key(config)
         with self.lock:
             building = self.building.setdefault(key, threading.Lock())
         with building:

@@ -6,6 +6,9 @@ import json
 
 import pytest
 
+import attrs
+
+from opsloop import SearchParam, SearchSpace, TrainedModel, hookimpl
 from opsloop import config as config_mod
 from opsloop.session import Session
 
@@ -178,3 +181,45 @@ def test_searching_the_trainer_and_a_preprocess_option(opsloop_project, tune_con
         other = "isolation-forest" if params["trainer"] == "xgboost" else "xgboost"
         assert not any(k.startswith(f"{other}/") for k in params)  # a trainer's space only when it is chosen
     assert result["refit"]["reproduced"] is True
+
+
+@attrs.frozen(kw_only=True)
+class LogRegOptions:
+    C: float = 1.0
+    max_iter: int = 200
+
+
+class VendorTrainer:
+    """A third-party trainer that declares its own search space: tuned with no [tune.params] at all."""
+
+    def __init__(self):
+        self.seen = []
+
+    @hookimpl
+    def plugin_options(self):
+        return LogRegOptions
+
+    @hookimpl
+    def tune_space(self, options):
+        return SearchSpace(params={"C": SearchParam(low=0.01, high=10.0, log=True)})
+
+    @hookimpl
+    def train(self, dataset, options, run):
+        from sklearn.linear_model import LogisticRegression
+
+        self.seen.append(options.C)
+        est = LogisticRegression(C=options.C, max_iter=options.max_iter).fit(dataset.X.fillna(0), dataset.y)
+        return TrainedModel(estimator=est, flavor="sklearn", task="classification",
+                            features=tuple(dataset.feature_columns), params={"C": options.C})
+
+
+def test_a_third_party_trainer_is_tuned_on_its_declared_space(opsloop_project, tune_config):
+    trainer = VendorTrainer()
+    tune_config["train"] = {"plugins": ["logreg"]}
+    tune_config["tune"] = {"trials": 2}
+    result = opsloop_project(config=tune_config, plugins={"logreg": trainer}).run("tune", "--json").assert_ok().json
+    assert set(result["best_params"]) == {"C"}
+    trial_values = [t["params"]["C"] for t in result["trials"]]
+    assert all(0.01 <= c <= 10.0 for c in trial_values)
+    # each trial's C reached the trainer, through its options (3 folds per trial, then the refit's 3)
+    assert sorted(set(trainer.seen)) == sorted(set(trial_values))

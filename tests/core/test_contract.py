@@ -22,6 +22,7 @@ SIGNATURES = {
     "load_model": ["flavor", "path", "manifest", "models"],
     "preprocess": ["dataset", "state", "options", "run"],
     "train": ["dataset", "options", "run"],
+    "tune_space": ["options"],
     "validate": ["dataset", "fit", "options", "run"],
     "deploy": ["version", "model", "dataset", "options", "run"],
     "monitor": ["version", "current", "predictions", "reference", "options", "run"],
