@@ -254,7 +254,7 @@ def training_rows(config: Config, recorded: Mapping[str, Any], ref: str,
         raw = data_mod.load(config)
     except (DataError, ConfigError) as exc:
         raise DataError(f"cannot reproduce {ref}: its training data cannot be read: {exc} (it trained on "
-                        f"{data.get('rows', '?')} rows of {data.get('source', '?')}, fingerprint "
+                        f"{_rows(data.get('rows'))} rows of {data.get('source', '?')}, fingerprint "
                         f"{data.get('fingerprint', '?')})") from None
     window = recorded.get("training")
     if isinstance(window, Mapping) and window.get("start") and window.get("end"):
