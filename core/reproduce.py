@@ -200,7 +200,7 @@ def thread_hints(options: Mapping[str, Any]) -> list[str]:
 
 # -- the rebuild ---------------------------------------------------------------------------------------------------
 
-def rebuilt_config(recorded: Mapping[str, Any], current: Config) -> tuple[Config, str]:
+def rebuilt_config(recorded: Mapping[str, Any], current: Config, ref: str = "the version") -> tuple[Config, str]:
     """The config a version was built with, from its lineage, and a sentence saying where its relative paths
     are resolved: the recorded config file's directory when that file still exists, else the current
     config's working directory."""
@@ -208,7 +208,7 @@ def rebuilt_config(recorded: Mapping[str, Any], current: Config) -> tuple[Config
 
     table = recorded.get("config")
     if not isinstance(table, Mapping) or not table:
-        raise OpsloopError("its lineage records no config: it cannot be rebuilt (registered before lineage "
+        raise OpsloopError(f"cannot reproduce {ref}: its lineage records no config (registered before lineage "
                            "recorded the config, or not by opsloop run)")
     recorded_file = recorded.get("config_file")
     path = Path(recorded_file) if recorded_file else None
@@ -222,7 +222,7 @@ def rebuilt_config(recorded: Mapping[str, Any], current: Config) -> tuple[Config
     try:
         return Config.from_table(_plain(table), path=path, workdir=workdir), where
     except ConfigError as exc:
-        raise ConfigError(f"its recorded config is not valid for this opsloop: {exc}") from None
+        raise ConfigError(f"cannot reproduce {ref}: its recorded config is not valid for this opsloop: {exc}") from None
 
 
 def _plain(value: Any) -> Any:
@@ -313,7 +313,7 @@ def reproduce(store: ModelStore, ref: str, *, current: Config, plugins: PluginMa
     version = store.resolve(Ref.parse(ref))
     manifest = read_manifest(version.path, ref=version.ref, digest=version.digest)
     recorded = dict(manifest.get("lineage") or version.lineage or {})
-    config, where = rebuilt_config(recorded, current)
+    config, where = rebuilt_config(recorded, current, version.ref)
     result = Reproduction(ref=version.ref, tolerance=tolerance, workdir=str(config.workdir))
     result.notes.append(f"data paths resolved against {where}")
     try:
