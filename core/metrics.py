@@ -25,11 +25,14 @@ def classification(y_true: Any, y_pred: Any, y_score: Any | None = None, undefin
     labels = np.unique(np.concatenate([y_true, y_pred]))
     binary = set(labels.tolist()) <= {0, 1}
     average = "binary" if binary else "macro"
+    # one pass for the three (what precision_score, recall_score and f1_score each compute alone)
+    precision, recall, f1, _ = skm.precision_recall_fscore_support(y_true, y_pred, average=average,
+                                                                   zero_division=undefined)
     out = {
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "precision": float(skm.precision_score(y_true, y_pred, average=average, zero_division=undefined)),
-        "recall": float(skm.recall_score(y_true, y_pred, average=average, zero_division=undefined)),
-        "f1": float(skm.f1_score(y_true, y_pred, average=average, zero_division=undefined)),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
     }
     if y_score is not None and binary:
         both = len(np.unique(y_true)) == 2
