@@ -76,6 +76,8 @@ def test_tune_register_records_the_study_in_lineage(opsloop_project, tune_config
     assert table["max_depth"] == result["best_params"]["max_depth"]
     assert table["params"]["grow_policy"] == result["best_params"]["grow_policy"]
     assert "tune" not in shown["lineage"]["config"]  # the version's config is the tuned one, not the search
+    # and the tuned version can be rebuilt from its lineage
+    assert project.run("models", "reproduce", result["version"], "--json").assert_ok().json["reproduced"] is True
 
 
 def test_tune_text_output_shows_history_importances_and_the_toml(opsloop_project, tune_config):
