@@ -77,6 +77,32 @@ def _unlabelled(instance: Any, attribute: Any, value: str) -> None:
                          + (f' (did you mean "{hint}"?)' if hint else ""), attribute)
 
 
+#: `[data] snapshot`: what a registered version keeps of the rows it trained on (docs/data.md, issue 14 item 4).
+SNAPSHOT_MODES = ("none", "store", "reference")
+#: `[data] sensitive_mode`: what becomes of a sensitive column in snapshots and the prediction log.
+SENSITIVE_MODES = ("drop", "hash")
+
+
+def _one_of(choices: tuple[str, ...]) -> Any:
+    """A validator: one of `choices`, with the closest one when misspelt."""
+    def check(instance: Any, attribute: Any, value: str) -> None:
+        if value not in choices:
+            hint = closest(str(value), choices)
+            raise ValueError(f"'{attribute.name}' must be one of {', '.join(map(repr, choices))}, got {value!r}"
+                             + (f' (did you mean "{hint}"?)' if hint else ""), attribute)
+    return check
+
+
+def _sensitive(instance: Any, attribute: Any, value: list[str]) -> None:
+    # A key column cannot be hidden: feedback joins the log on series and time, and the target is the label.
+    for column in value:
+        for key in ("target", "time", "series"):
+            if column == getattr(instance, key):
+                raise ValueError(f"'{attribute.name}': {column!r} is the {key} column, which the prediction log, "
+                                 "feedback and training need as it is; only feature or other columns can be "
+                                 "sensitive", attribute)
+
+
 @attrs.frozen(kw_only=True)
 class DataSection:
     """`[data]`: where rows come from and which periods train and monitor.
@@ -88,6 +114,15 @@ class DataSection:
             refuse them), `"normal"` (label 0), `"drop"` (left out), or
             `"keep"` (an unsupervised trainer trains on them; validation
             and the alert threshold judge the labelled rows only).
+        snapshot: What a registered version keeps of its training rows
+            (docs/data.md): `"none"` (the default: the fingerprint alone),
+            `"store"` (the rows as Parquet in the store, content-addressed
+            and shared by versions on the same rows), or `"reference"` (the
+            source file's path, size and sha256, verified when read).
+        sensitive: Columns never written to snapshots or the prediction log.
+        sensitive_mode: `"drop"` (the default: left out) or `"hash"`
+            (replaced by a keyed HMAC-SHA256 of the value, so rows still
+            group and join by it).
     """
 
     source: str = "embedded:asd"
@@ -99,6 +134,9 @@ class DataSection:
     monitor: str | None = None
     monitor_fraction: float = attrs.field(default=0.3, validator=_fraction)
     unlabelled: str = attrs.field(default="error", validator=_unlabelled)
+    snapshot: str = attrs.field(default="none", validator=_one_of(SNAPSHOT_MODES))
+    sensitive: list[str] = attrs.field(factory=list, validator=_sensitive)
+    sensitive_mode: str = attrs.field(default="drop", validator=_one_of(SENSITIVE_MODES))
 
 
 @attrs.frozen(kw_only=True)

@@ -134,6 +134,10 @@ def load(config: Config) -> Dataset:
             raise ConfigError(f"column {column!r} is not in {spec.source} (columns: {', '.join(map(str, frame.columns))})",
                               section="data", key=key, source=config.source,
                               suggestion=closest(column, map(str, frame.columns)))
+    if spec.sensitive:  # a misspelt one would leave the real column in snapshots and the log (issue 14)
+        from opsloop.sensitive import check_columns
+
+        check_columns(config, list(frame.columns))
     if spec.features is not None:
         missing = [c for c in spec.features if c not in frame.columns]
         if missing:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 
 from opsloop import data as data_mod
-from opsloop import alerting, gates, lineage
+from opsloop import alerting, gates, lineage, snapshots
 from opsloop.bundle import LoadedModel, StepRecord, check_bundle, read_bundle, unstructure_options, write_bundle
 from opsloop.errors import BundleError, ConfigError, OpsloopError, PluginCallError, StoreError
 from opsloop.store import remove_tree
@@ -289,6 +289,9 @@ class Runner:
         def work() -> ModelVersion:
             record = lineage.record(config=self.config, plugins=self.plugins, used=self._used(), data=raw,
                                     run_id=self.run.run_id, parent=parent, training=training)
+            snapshot = snapshots.take(self.config, self.store, raw)  # `[data] snapshot` (issue 14, item 4)
+            if snapshot is not None:
+                record["data"]["snapshot"] = snapshot
             name = self.run.model_name
             staged = self.store.staging_dir()
             try:

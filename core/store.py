@@ -468,6 +468,13 @@ class ModelStore(abc.ABC):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def snapshot_dir(self) -> Path | None:
+        """Where `[data] snapshot = "store"` keeps training-data snapshots (`opsloop.snapshots`, issue 14 item 4):
+        `snapshots/` beside `bundles/` in a store that keeps its bundles as files (`BundleFiles`, as the local
+        and PostgreSQL stores do); None when the store has no such place."""
+        files = getattr(self, "files", None)
+        return files.root / "snapshots" if isinstance(files, BundleFiles) else None
+
 
 def unknown_model(name: str, known: Iterable[str]) -> StoreError:
     """The error for a model name the store does not have, with the closest one."""

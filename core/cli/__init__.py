@@ -66,7 +66,7 @@ COMMANDS = {"run": ("run", "run"), "validate": ("run", "validate"), "init": ("ru
             "serve": ("serve", "serve"), "feedback": ("serve", "feedback"), "monitor": ("monitor_cmd", "monitor"),
             "backtest": ("backtest_cmd", "backtest"), "tune": ("tune_cmd", "tune")}
 GROUPS = {"config": ("config_cmd", "config_app"), "plugins": ("plugins_cmd", "plugins_app"),
-          "models": ("models", "models_app"), "loop": ("loop_cmd", "loop_app")}
+          "models": ("models", "models_app"), "loop": ("loop_cmd", "loop_app"), "data": ("data_cmd", "data_app")}
 
 
 def build_app(argv: Sequence[str] | None = None) -> typer.Typer:
