@@ -131,7 +131,7 @@ class Sensitive:
             value = f"json_replace(NEW.inputs, {pairs})"
         con.execute("DROP TRIGGER IF EXISTS temp.opsloop_sensitive")
         con.execute("CREATE TEMP TRIGGER opsloop_sensitive AFTER INSERT ON main.predictions "
-                    f"WHEN NEW.inputs IS NOT NULL BEGIN UPDATE main.predictions SET inputs = {value} "
+                    f"WHEN NEW.inputs IS NOT NULL BEGIN UPDATE predictions SET inputs = {value} "
                     "WHERE id = NEW.id; END")
 
 

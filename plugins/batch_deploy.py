@@ -139,7 +139,7 @@ def deploy(version: ModelVersion, model: LoadedModel, dataset: Dataset | None, o
 
     output = _resolve(options.output, workdir) if options.output else \
         workdir / ".opsloop" / "predictions" / f"{version.name}-v{version.version}.parquet"
-    batch_log = _open_log(options, version, manifest, wanted, workdir)  # a bad log path fails before scoring
+    batch_log = _open_log(options, version, manifest, wanted, workdir, run.config)  # a bad log path fails before scoring
     scored = _score(model, chunks, carry=carry, carry_seconds=carry_seconds, series=manifest.get("series"),
                     time_col=manifest.get("time"), source=str(source))
     if batch_log is not None:
@@ -169,10 +169,12 @@ def deploy(version: ModelVersion, model: LoadedModel, dataset: Dataset | None, o
 
 
 def _open_log(options: Options, version: ModelVersion, manifest: Mapping[str, Any], columns: list[str],
-              workdir: Path) -> Any:
-    """The run's writer into the prediction log (None when logging is off)."""
+              workdir: Path, config: Any = None) -> Any:
+    """The run's writer into the prediction log (None when logging is off); `[data] sensitive` columns of
+    `config` are not logged as they are (docs/data.md)."""
     if not options.log_predictions:
         return None
+    from opsloop.sensitive import Sensitive
     from opsloop.serving.batchlog import BatchLog
     from opsloop.serving.settings import Settings
 
@@ -180,7 +182,8 @@ def _open_log(options: Options, version: ModelVersion, manifest: Mapping[str, An
         .resolve(workdir.absolute()).log_path
     return BatchLog(path, request_id=f"batch-{uuid.uuid4().hex[:16]}", model=version.name,  # type: ignore[arg-type]
                     version=version.version, columns=columns, series=manifest.get("series"),
-                    time=manifest.get("time"), retention=options.log_retention)
+                    time=manifest.get("time"), retention=options.log_retention,
+                    sensitive=Sensitive.from_config(config, workdir) if config is not None else None)
 
 
 def _logged(scored: Iterator[tuple[pd.DataFrame, pd.DataFrame]],

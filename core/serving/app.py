@@ -434,6 +434,7 @@ def create_app(settings: Settings | None = None, **fields: Any) -> ServingApp:
 
     from opsloop import config as config_mod
     from opsloop.serving.model import ModelWatcher
+    from opsloop.sensitive import Sensitive
     from opsloop.serving.predlog import PredictionLog
     from opsloop.serving.settings import Settings
     from opsloop.session import Session
@@ -447,7 +448,8 @@ def create_app(settings: Settings | None = None, **fields: Any) -> ServingApp:
     try:
         watcher = ModelWatcher(store, session.plugins, settings.model or cfg.project.name, settings, metrics)
         prediction_log = (PredictionLog(settings.log_path, max_pending=settings.log_max_pending,  # type: ignore[arg-type]
-                                        retention=settings.log_retention)
+                                        retention=settings.log_retention,
+                                        sensitive=Sensitive.from_config(cfg, settings.workdir))
                           if settings.log_predictions else None)
     except BaseException:
         store.close()

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
+    from opsloop.sensitive import Sensitive
+
 
 class BatchLog:
     """The predictions of one batch run, written into the prediction log chunk by chunk.
@@ -48,10 +50,13 @@ class BatchLog:
         columns: The input schema's columns, in order: what `inputs` holds.
         series, time: The bundle's series and time columns, or None.
         retention: Seconds to keep rows (0: everything), applied on `close`.
+        sensitive: `[data] sensitive` columns, dropped from or hashed in what is logged
+            (`opsloop.sensitive.Sensitive`; issue 14, item 4).
     """
 
     def __init__(self, path: Path, *, request_id: str, model: str, version: int, columns: list[str],
-                 series: str | None, time: str | None, retention: float = 0.0, at: float | None = None) -> None:
+                 series: str | None, time: str | None, retention: float = 0.0, at: float | None = None,
+                 sensitive: Sensitive | None = None) -> None:
         import queue
         import threading
 
@@ -59,6 +64,7 @@ class BatchLog:
         self.request_id, self.model, self.version = request_id, model, version
         self.columns, self.series, self.time = list(columns), series, time
         self.retention = retention
+        self.sensitive = sensitive
         self.at = iso(_now() if at is None else at)
         self.rows = 0  # written
         self.pruned = 0
@@ -125,8 +131,10 @@ class BatchLog:
             else segments.nulls(n)
         times = segments.time_array(frame[self.time], self._con) if self.time and self.time in frame \
             else segments.nulls(n)
-        data, low, high = segments.encode(frame, [c for c in self.columns if c in frame.columns], series, times,
-                                          predictions, scores)
+        inputs = frame[[c for c in self.columns if c in frame.columns]]
+        if self.sensitive:
+            inputs = self.sensitive.frame(inputs)
+        data, low, high = segments.encode(inputs, list(inputs.columns), series, times, predictions, scores)
         try:
             with self._con:
                 self._con.execute("BEGIN")

@@ -212,8 +212,11 @@ def prune(con: sqlite3.Connection, retention: float, now: float | None = None, *
 class PredictionLog:
     """A queue and the thread that writes it to SQLite."""
 
-    def __init__(self, path: Path, max_pending: int = 50_000, retention: float = 0.0) -> None:
+    def __init__(self, path: Path, max_pending: int = 50_000, retention: float = 0.0, sensitive: Any = None) -> None:
         self.path = Path(path)
+        # `[data] sensitive` columns (`opsloop.sensitive.Sensitive`): dropped from or hashed in every logged row's
+        # inputs by a trigger on the writer's connection, whichever insert path wrote the row (issue 14, item 4).
+        self.sensitive = sensitive
         self.max_pending = max_pending
         self.retention = retention
         self.pruned = 0  # rows deleted for being older than the retention
@@ -369,6 +372,8 @@ class PredictionLog:
                             "opsloop_prediction_log_reopened_total)", self.path)
         con = connect(self.path)
         con.execute(f"PRAGMA cache_size = -{CACHE_KB}")  # the two indexes' pages stay in memory between batches
+        if self.sensitive:
+            self.sensitive.install(con)
         self._con = con
         self._opened, self._size = look(self.path)
         return con
@@ -712,14 +717,13 @@ def _split(con: sqlite3.Connection, items: list[tuple[tuple[Any, ...], tuple[str
         expected += len(records)
         parts.append(f"[{encode_basestring_ascii(request_id)},{at!r},{version},{_numbers(predictions)},"
                      f"{'null' if scores is None else _numbers(scores)},{series_path},{time_path},{text}]")
-    before = con.total_changes
     try:
         con.execute(SPLIT, (items[0][0][2], "[" + ",".join(parts) + "]"))
     except sqlite3.OperationalError:  # "malformed JSON": NaN or Infinity literals, which only Python reads
         return False
-    if con.total_changes - before != expected:
-        raise sqlite3.DatabaseError(f"{con.total_changes - before} rows split from {len(items)} request bodies, "
-                                    f"{expected} predicted")
+    inserted = _inserted(con)
+    if inserted != expected:
+        raise sqlite3.DatabaseError(f"{inserted} rows split from {len(items)} request bodies, {expected} predicted")
     return True
 
 
@@ -728,17 +732,24 @@ def _split_large(con: sqlite3.Connection, item: tuple[Any, ...], split: tuple[st
     request_id, at, model, version, _, records, predictions, scores = item[:8]
     text, series_path, time_path = split
     n = len(records)
-    before = con.total_changes  # (a statement starting with WITH has no rowcount in sqlite3)
     try:
         con.execute(SPLIT_LARGE, (request_id, at, model, version, _numbers(predictions),
                                   json.dumps([None] * n) if scores is None else _numbers(scores), text,
                                   json.loads(series_path), json.loads(time_path)))
     except sqlite3.OperationalError:
         return False
-    if con.total_changes - before != n:
-        raise sqlite3.DatabaseError(f"request {request_id}: {con.total_changes - before} rows split from its "
+    inserted = _inserted(con)
+    if inserted != n:
+        raise sqlite3.DatabaseError(f"request {request_id}: {inserted} rows split from its "
                                     f"body, {n} predicted")
     return True
+
+
+def _inserted(con: sqlite3.Connection) -> int:
+    """Rows the last INSERT wrote itself: SQLite's changes(), which leaves out what triggers did (the
+    sensitive-column trigger, `opsloop.sensitive`), as `total_changes` does not; and a statement starting with
+    WITH has no rowcount in sqlite3."""
+    return int(con.execute("SELECT changes()").fetchone()[0])
 
 
 _CAST = {"int": int, "bool": bool}  # numbers back to the column's kind; floats stay floats
