@@ -219,7 +219,12 @@ def _write_profile(directory: Path, manifest: dict[str, Any], model: TrainedMode
     except Exception as exc:  # whatever the steps or the estimator raise: the profile notes it
         note = f"the model could not score its training rows: {exc!r}"[:300]
     calibration = profile.calibrate(oof, model.task, predictions, manifest.get("threshold"))
-    return profile.build(directory, raw, predictions=predictions, outputs_note=note, calibration=calibration)
+    # `[data] sensitive` columns stay out of the profile and its sample of training rows, in either mode
+    # (docs/data.md, issue 14 item 4): the prediction log has them dropped or hashed, so drift is not judged on them.
+    data_table = ((manifest.get("lineage") or {}).get("config") or {}).get("data") or {}
+    hidden = [c for c in data_table.get("sensitive") or () if c in raw.frame.columns]
+    shown = raw.derive(raw.frame.drop(columns=hidden)) if hidden else raw
+    return profile.build(directory, shown, predictions=predictions, outputs_note=note, calibration=calibration)
 
 
 def probe_rows(raw: Dataset) -> dict[str, Any]:

@@ -119,9 +119,9 @@ def prune(
         print_json(report)
         return
     verb = "would remove" if dry_run else "removed"
+    recent = f" and {len(report['kept_recent'])} unused but written in the last {older_than}" if seconds else ""
     console.print(f"{verb} {len(report['removed'])} unused snapshot(s), {_size(report['bytes'])}; kept "
-                  f"{len(report['kept_in_use'])} in use and {len(report['kept_recent'])} unused but written in the "
-                  f"last {older_than}")
+                  f"{len(report['kept_in_use'])} in use{recent}")
 
 
 def _seconds(text: str) -> float:

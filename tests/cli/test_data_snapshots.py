@@ -3,6 +3,7 @@ sensitive columns in snapshots, on the embedded ASD data through the real lifecy
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 
@@ -58,8 +59,14 @@ def test_versions_on_the_same_rows_share_one_snapshot_that_reads_back_as_the_tra
     expected = _training_rows(project).drop(columns=["m03", "m07"]).reset_index(drop=True)
     with _store(project) as store:
         got = snapshots.read(store, "asd-anomaly:1")
-        lineage = store.get("asd-anomaly", 2).lineage["data"]["snapshot"]
+        version = store.get("asd-anomaly", 2)
+        lineage = version.lineage["data"]["snapshot"]
     pd.testing.assert_frame_equal(got, expected)
+    # The bundle's reference profile and its sample of training rows leave them out too (docs/data.md).
+    sample = pd.read_parquet(version.path / "profile-sample.parquet")
+    profile = json.loads((version.path / "profile.json").read_text())
+    assert "m01" in sample.columns and not {"m03", "m07"} & set(sample.columns)
+    assert "m01" in profile["features"] and not {"m03", "m07"} & set(profile["features"])
     assert lineage["digest"] == entry["digest"] and lineage["rows"] == len(expected)
     assert lineage["sensitive"] == {"columns": ["m03", "m07"], "mode": "drop"}
 
