@@ -26,8 +26,10 @@ Parts (both by default):
   and its PR AUC is NaN, as `kfold` does. The
   trials' states and values are compared (they must be equal: same params,
   same fits, same pruning).
-  Repeats interleave the two (the order swapped every repeat); prints the
-  median ratio of wall and of CPU (process time, all threads).
+  The two searches advance in lockstep, one trial each in turn, the order
+  swapped every trial, so that the shared machine's drift falls on both;
+  prints per repeat the totals and the ratio, then the median ratio of wall
+  and of CPU (process time, all threads).
 - `value`: does tuning on time-ordered folds carry to the later period?
   For ASD (train on the first week of omi-1..6, monitor the second week of
   all 12 servers, the default config's periods) and SMD machine-1-6 (first
@@ -98,65 +100,63 @@ def overhead(trials: int, repeats: int) -> None:
             features = Runner(session).preprocess(train)[0]
             seed = cfg.project.seed
 
-            def opsloop_trials() -> list[float]:
-                search = plan(session, train, trials=trials,
-                              store_url=f"sqlite:///{Path(tmp) / 'tuning.db'}")
-                study = open_study(search)
-                objective = Objective(search, session, train)
-                objective.prime(cfg, features)  # preprocessed once, before the clock, as by hand
-                study.optimize(objective, n_trials=trials)
-                return [(t.state.name, t.value) for t in study.trials]
+            search = plan(session, train, trials=trials, store_url=f"sqlite:///{Path(tmp) / 'tuning.db'}")
+            ours = open_study(search)  # what `opsloop tune` opens: the study in tuning.db
+            objective = Objective(search, session, train)
+            objective.prime(cfg, features)  # preprocessed once, before the clock, as by hand
+            X, y = features.X, features.y.to_numpy()
+            codes = np.unique(features.frame[features.time].to_numpy(), return_inverse=True)[1].reshape(-1)
+            splits = [(np.flatnonzero(codes <= tr[-1]), np.flatnonzero((codes >= te[0]) & (codes <= te[-1])))
+                      for tr, te in TimeSeriesSplit(n_splits=5).split(range(codes.max() + 1))]
 
-            def by_hand() -> list[float]:
-                X, y = features.X, features.y.to_numpy()
-                codes = np.unique(features.frame[features.time].to_numpy(), return_inverse=True)[1].reshape(-1)
-                steps = codes.max() + 1
-                splits = [(np.flatnonzero(codes <= tr[-1]), np.flatnonzero((codes >= te[0]) & (codes <= te[-1])))
-                          for tr, te in TimeSeriesSplit(n_splits=5).split(range(steps))]
+            def by_hand(trial: optuna.Trial) -> float:
+                depth = trial.suggest_int("max_depth", 3, 10)
+                rate = trial.suggest_float("learning_rate", 0.01, 0.3, log=True)
+                grow = trial.suggest_categorical("grow_policy", ["depthwise", "lossguide"])
+                scores = []
+                for step, (tr, te) in enumerate(splits):
+                    if len(np.unique(y[tr])) < 2:  # the trainer refuses one class: no fit, NaN
+                        scores.append(math.nan)
+                        continue
+                    pos = int(y[tr].sum())
+                    model = xgb.XGBClassifier(n_estimators=300, learning_rate=rate, max_depth=depth,
+                                              grow_policy=grow, tree_method="hist", n_jobs=None,
+                                              random_state=seed, scale_pos_weight=(len(tr) - pos) / pos)
+                    model.fit(X.iloc[tr], y[tr], verbose=False)
+                    # a test block without an incident is fitted and scored (the other figures are
+                    # defined), its PR AUC is NaN, as kfold's
+                    scores.append(average_precision_score(y[te], model.predict_proba(X.iloc[te])[:, 1])
+                                  if len(np.unique(y[te])) == 2 else math.nan)
+                    finite = [s for s in scores if not math.isnan(s)]
+                    if finite:
+                        trial.report(float(np.mean(finite)), step)
+                        if trial.should_prune():
+                            raise optuna.TrialPruned()
+                return float(np.mean([s for s in scores if not math.isnan(s)]))
 
-                def objective(trial: optuna.Trial) -> float:
-                    depth = trial.suggest_int("max_depth", 3, 10)
-                    rate = trial.suggest_float("learning_rate", 0.01, 0.3, log=True)
-                    grow = trial.suggest_categorical("grow_policy", ["depthwise", "lossguide"])
-                    scores = []
-                    for step, (tr, te) in enumerate(splits):
-                        if len(np.unique(y[tr])) < 2:  # the trainer refuses one class: no fit, NaN
-                            scores.append(math.nan)
-                            continue
-                        pos = int(y[tr].sum())
-                        model = xgb.XGBClassifier(n_estimators=300, learning_rate=rate, max_depth=depth,
-                                                  grow_policy=grow, tree_method="hist", n_jobs=None,
-                                                  random_state=seed, scale_pos_weight=(len(tr) - pos) / pos)
-                        model.fit(X.iloc[tr], y[tr], verbose=False)
-                        # a test block without an incident is fitted and scored (the other figures are
-                        # defined), its PR AUC is NaN, as kfold's
-                        scores.append(average_precision_score(y[te], model.predict_proba(X.iloc[te])[:, 1])
-                                      if len(np.unique(y[te])) == 2 else math.nan)
-                        finite = [s for s in scores if not math.isnan(s)]
-                        if finite:
-                            trial.report(float(np.mean(finite)), step)
-                            if trial.should_prune():
-                                raise optuna.TrialPruned()
-                    return float(np.mean([s for s in scores if not math.isnan(s)]))
-
-                sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
-                pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
-                study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
-                study.optimize(objective, n_trials=trials)
-                return [(t.state.name, t.value) for t in study.trials]
-
-            legs = [("opsloop", opsloop_trials), ("by hand", by_hand)]
-            if repeat % 2:
-                legs.reverse()
-            got = {name: clock(work) for name, work in legs}
-            ours, hand = got["opsloop"], got["by hand"]
-            states = [a[0] for a in ours[0]] == [b[0] for b in hand[0]]
-            same = max(abs(a[1] - b[1]) for a, b in zip(ours[0], hand[0]) if a[1] is not None and b[1] is not None)
-            pruned = sum(a[0] == "PRUNED" for a in ours[0])
-            ratios_wall.append(ours[1] / hand[1])
-            ratios_cpu.append(ours[2] / hand[2])
-            print(f"  repeat {repeat + 1}: opsloop {ours[1]:6.1f} s wall {ours[2]:6.1f} s CPU | by hand {hand[1]:6.1f} s "
-                  f"wall {hand[2]:6.1f} s CPU | ratio x{ratios_wall[-1]:.3f} wall, x{ratios_cpu[-1]:.3f} CPU | "
+            hand = optuna.create_study(direction="maximize",
+                                       sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True),
+                                       pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1))
+            # The two searches advance in lockstep, one trial each in turn (the order swapped every trial), so
+            # that the shared machine's drift falls on both alike.
+            totals = {"opsloop": [0.0, 0.0], "by hand": [0.0, 0.0]}
+            legs = [("opsloop", lambda: ours.optimize(objective, n_trials=1)),
+                    ("by hand", lambda: hand.optimize(by_hand, n_trials=1))]
+            for number in range(trials):
+                for name, work in (legs if (number + repeat) % 2 == 0 else legs[::-1]):
+                    _, wall, cpu = clock(work)
+                    totals[name][0] += wall
+                    totals[name][1] += cpu
+            a = [(t.state.name, t.value) for t in ours.trials]
+            b = [(t.state.name, t.value) for t in hand.trials]
+            states = [x[0] for x in a] == [x[0] for x in b]
+            same = max(abs(x[1] - z[1]) for x, z in zip(a, b) if x[1] is not None and z[1] is not None)
+            pruned = sum(x[0] == "PRUNED" for x in a)
+            (ow, oc), (hw, hc) = totals["opsloop"], totals["by hand"]
+            ratios_wall.append(ow / hw)
+            ratios_cpu.append(oc / hc)
+            print(f"  repeat {repeat + 1}: opsloop {ow:6.1f} s wall {oc:6.1f} s CPU | by hand {hw:6.1f} s "
+                  f"wall {hc:6.1f} s CPU | ratio x{ratios_wall[-1]:.3f} wall, x{ratios_cpu[-1]:.3f} CPU | "
                   f"largest difference of the trials' values {same:.1e}, states {'equal' if states else 'DIFFER'} "
                   f"({pruned} pruned)", flush=True)
     wall, cpu = statistics.median(ratios_wall), statistics.median(ratios_cpu)
