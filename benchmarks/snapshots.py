@@ -30,13 +30,13 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -44,23 +44,8 @@ import pyarrow.parquet as pq
 from opsloop import datasets, snapshots
 from opsloop.sensitive import Sensitive
 
-
-def wide(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
-    """ASD rows as 40 float32 features, repeated with seeded noise to `rows` rows (as benchmarks/monitor.py)."""
-    metrics = [c for c in frame.columns if c.startswith("m") and c[1:].isdigit()]
-    base = frame[metrics].to_numpy(np.float32)
-    x = np.hstack([base, base[::-1], base[:, :2] ** 2])
-    reps = -(-rows // len(x))
-    rng = np.random.default_rng(seed)
-    values = np.tile(x, (reps, 1))[:rows]
-    values += rng.uniform(-0.005, 0.005, size=values.shape).astype(np.float32)
-    out = pd.DataFrame(values, columns=[f"f{i:02d}" for i in range(values.shape[1])])
-    out.insert(0, "entity", np.tile(frame["entity"].to_numpy(), reps)[:rows])
-    step = pd.Timedelta(minutes=5)
-    out.insert(1, "timestamp", np.tile(frame["timestamp"].to_numpy(), reps)[:rows]
-               + np.repeat(np.arange(reps) * step * 4320, len(x))[:rows])
-    out["label"] = np.tile(frame["label"].to_numpy(), reps)[:rows].astype("int8")
-    return out
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from monitor import wide  # noqa: E402 - the same 40-feature rows as benchmarks/monitor.py
 
 
 def timed(work: Callable[[], Path]) -> tuple[float, float, int]:

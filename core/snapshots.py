@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from opsloop.errors import OpsloopError, StoreError
+from opsloop.store import _fsync  # the store's own: one way to make a write durable
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -315,14 +316,6 @@ def _remove(path: Path) -> None:
         from opsloop.store import os_error
 
         raise os_error("remove a data snapshot", path, exc) from None
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _iso(epoch: float) -> str:
