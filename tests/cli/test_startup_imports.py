@@ -61,3 +61,12 @@ def test_plugins_list_json_imports_no_heavy_library_nor_rich_nor_pydantic(projec
     assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
     rows = {r["name"]: r for r in json.loads(out)}
     assert rows["xgboost"]["status"] == "ok" and "train" in rows["xgboost"]["hooks"]
+
+
+@pytest.mark.parametrize("args", [("tune", "--help"), ("models", "reproduce", "--help"), ("data", "list", "--help")])
+def test_help_of_the_issue_14_commands_imports_no_heavy_library(project, args):
+    """`opsloop tune --help` needs neither Optuna (nor SQLAlchemy) nor the data libraries; nor do reproduce's and
+    data's."""
+    modules, out = imports_of(args, project)
+    assert "Usage" in out
+    assert not modules & {"pandas", "numpy", "scipy", "sklearn", "xgboost", "pyarrow", "optuna", "sqlalchemy"}
