@@ -26,6 +26,28 @@ SMALL = {
 }
 
 
+#: The loop scenario on ASD (tests/cli/test_loop.py, tests/cli/test_reproduce.py): a small XGBoost, a policy that
+#: asks for a retrain every cycle, the gate, and 3-day monitor and holdout windows.
+LOOP = {
+    "project": {"name": "asd-loop"},
+    "data": {
+        "source": "embedded:asd", "target": "label", "time": "timestamp", "series": "entity",
+        "train": "entity in ['omi-1', 'omi-9'] and timestamp < '2024-01-06'",
+        "monitor": "entity in ['omi-1', 'omi-9'] and timestamp >= '2024-01-10'",
+    },
+    "preprocess": {"plugins": ["schema-check", "impute"]},
+    # early stopping on, as the scenario (a promotion, then a rejection) was built with it
+    "train": {"plugins": ["xgboost"], "xgboost": {"n_estimators": 30, "n_jobs": 1, "early_stopping_rounds": 20}},
+    "validate": {"plugins": ["holdout"]},
+    "deploy": {"plugins": ["batch"]},
+    "monitor": {"plugins": ["quality-monitor"]},
+    "retrain": {"plugins": ["threshold-policy"],
+                "threshold-policy": {"min_f1": 0.99, "min_positives": 1, "cooldown": "0"}},
+    "gate": {"plugins": ["champion-challenger"]},
+    "loop": {"monitor_window": "3d", "holdout": "3d"},
+}
+
+
 @pytest.fixture
 def small_config():
     """A fresh copy of SMALL to change per test."""

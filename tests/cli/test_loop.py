@@ -29,25 +29,10 @@ import tomli_w
 from opsloop import MonitorReport, hookimpl
 from opsloop.testing import invoke
 
-MODEL = "asd-loop"
-CONFIG: dict[str, Any] = {
-    "project": {"name": MODEL},
-    "data": {
-        "source": "embedded:asd", "target": "label", "time": "timestamp", "series": "entity",
-        "train": "entity in ['omi-1', 'omi-9'] and timestamp < '2024-01-06'",
-        "monitor": "entity in ['omi-1', 'omi-9'] and timestamp >= '2024-01-10'",
-    },
-    "preprocess": {"plugins": ["schema-check", "impute"]},
-    # early stopping on, as the scenario (a promotion, then a rejection) was built with it
-    "train": {"plugins": ["xgboost"], "xgboost": {"n_estimators": 30, "n_jobs": 1, "early_stopping_rounds": 20}},
-    "validate": {"plugins": ["holdout"]},
-    "deploy": {"plugins": ["batch"]},
-    "monitor": {"plugins": ["quality-monitor"]},
-    "retrain": {"plugins": ["threshold-policy"],
-                "threshold-policy": {"min_f1": 0.99, "min_positives": 1, "cooldown": "0"}},
-    "gate": {"plugins": ["champion-challenger"]},
-    "loop": {"monitor_window": "3d", "holdout": "3d"},
-}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conftest import LOOP as CONFIG  # noqa: E402 - the loop scenario, shared with test_reproduce.py
+
+MODEL = CONFIG["project"]["name"]
 
 
 def _store(path: Path) -> Any:

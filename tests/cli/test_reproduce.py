@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -167,21 +169,8 @@ def test_result_differences_name_their_cause_or_nondeterminism():
 
 #: `opsloop run` then `opsloop loop --once` (as tests/cli/test_loop.py): v1 by run, v2 retrained by run on
 #: train + monitor, v3 by the loop on the source's and the prediction log's labelled rows.
-LOOP = {
-    "project": {"name": "asd-loop"},
-    "data": {"source": "embedded:asd", "target": "label", "time": "timestamp", "series": "entity",
-             "train": "entity in ['omi-1', 'omi-9'] and timestamp < '2024-01-06'",
-             "monitor": "entity in ['omi-1', 'omi-9'] and timestamp >= '2024-01-10'"},
-    "preprocess": {"plugins": ["schema-check", "impute"]},
-    "train": {"plugins": ["xgboost"], "xgboost": {"n_estimators": 30, "n_jobs": 1, "early_stopping_rounds": 20}},
-    "validate": {"plugins": ["holdout"]},
-    "deploy": {"plugins": ["batch"]},
-    "monitor": {"plugins": ["quality-monitor"]},
-    "retrain": {"plugins": ["threshold-policy"],
-                "threshold-policy": {"min_f1": 0.99, "min_positives": 1, "cooldown": "0"}},
-    "gate": {"plugins": ["champion-challenger"]},
-    "loop": {"monitor_window": "3d", "holdout": "3d"},
-}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conftest import LOOP  # noqa: E402 - the loop scenario of test_loop.py
 
 
 def test_versions_retrained_by_run_and_by_the_loop_reproduce(opsloop_project):
