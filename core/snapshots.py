@@ -19,7 +19,6 @@ snapshot a version needs is refused, naming the versions.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import time
@@ -28,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from opsloop.bundle import sha256_file as file_digest  # `sha256:<hex>` of a file, as the bundle's files
 from opsloop.errors import OpsloopError, StoreError
 from opsloop.store import _fsync  # the store's own: one way to make a write durable
 
@@ -42,7 +42,6 @@ SUFFIX = ".parquet"
 #: Unreferenced snapshots younger than this are kept by `prune`: a registration may be about to record one.
 GRACE = 3600.0
 _DIGEST = re.compile(r"(?:sha256:)?([0-9a-f]{8,64})")
-_CHUNK = 1 << 22
 
 
 class SnapshotError(OpsloopError):
@@ -56,15 +55,6 @@ def directory(store: ModelStore) -> Path:
         raise StoreError(f'the model store {store.uri} keeps no files, so it cannot keep data snapshots: set [data] '
                          'snapshot = "reference" (a verified reference to where the data is) or "none"')
     return Path(where)
-
-
-def file_digest(path: Path) -> str:
-    """`sha256:<hex>` of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while block := stream.read(_CHUNK):
-            digest.update(block)
-    return "sha256:" + digest.hexdigest()
 
 
 def schema_of(frame: pd.DataFrame) -> list[dict[str, str]]:
