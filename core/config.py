@@ -262,8 +262,8 @@ class TuneSection:
     trials: int | None = attrs.field(default=None, validator=_trials)
     timeout: str | None = attrs.field(default=None, validator=attrs.validators.optional(_duration()))
     metric: str | None = None
-    sampler: str = attrs.field(default="tpe", validator=attrs.validators.in_(("tpe", "random")))
-    pruner: str = attrs.field(default="median", validator=attrs.validators.in_(("median", "none")))
+    sampler: str = attrs.field(default="tpe", validator=_one_of(("tpe", "random")))
+    pruner: str = attrs.field(default="median", validator=_one_of(("median", "none")))
     jobs: int = attrs.field(default=1, validator=_jobs)
     study: str | None = None
     trainers: list[str] = attrs.field(factory=list)
