@@ -34,4 +34,15 @@ if [ -f tests/services/postgres.sh ]; then
   fi
 fi
 
+# Prometheus (and its node exporter) for opsloop-prometheus's tests: installed
+# by tests/services/prometheus.sh (as root with apt-get), which prints the
+# binaries' paths; the tests start their own servers. Without it they skip.
+if [ -f tests/services/prometheus.sh ]; then
+  if env_lines=$(bash tests/services/prometheus.sh); then
+    while read -r env_line; do export "$env_line"; done <<<"$env_lines"
+  else
+    echo "Prometheus not available: opsloop-prometheus's tests will be skipped" >&2
+  fi
+fi
+
 python -m pytest "$@"
