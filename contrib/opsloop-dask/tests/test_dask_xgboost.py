@@ -1,0 +1,129 @@
+"""`dask-xgboost` through real `opsloop run`s on ASD, on a real two-worker Dask cluster."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("opsloop_dask", reason="opsloop-dask is not installed (pip install -e ./contrib/opsloop-dask)")
+
+from opsloop.testing import invoke, opsloop_project, register_plugin  # noqa: E402, F401 - the kit
+
+
+def _client_records(frame: Any) -> list[dict[str, Any]]:
+    """Rows as a client sends them: JSON types, times as ISO strings, NaN as null."""
+    import pandas as pd
+
+    out = []
+    for row in frame.to_dict("records"):
+        out.append({k: (v.isoformat() if isinstance(v, pd.Timestamp) else None if isinstance(v, float)
+                        and math.isnan(v) else v.item() if hasattr(v, "item") else v) for k, v in row.items()})
+    return out
+
+
+def test_a_run_registers_an_xgboost_version_that_opsloop_serve_scores_as_the_model_does(dask_run, asd_monitor,
+                                                                                         tmp_path):
+    import http.client
+
+    import numpy as np
+    import pandas as pd
+
+    from opsloop.bundle import read_bundle
+    from opsloop.manager import PluginManager
+    from opsloop.serving.app import create_app
+    from opsloop.serving.server import ServerThread
+
+    path, run = dask_run
+    assert [s["plugins"] for s in run["stages"] if s["stage"] == "train"] == [["dask-xgboost"]]
+    ref = run["versions"][0]["ref"]
+    listed = invoke(["models", "list", "--json"], path).assert_ok().json
+    assert [m["name"] for m in listed] == ["asd-anomaly"]
+    shown = invoke(["models", "show", ref, "--json"], path).assert_ok().json
+    # the built-in trainer's flavor, saved by the built-in plugin: the same bundle a `xgboost` run writes
+    assert shown["flavor"] == "xgboost" and shown["task"] == "classification"
+    assert shown["params"]["dask_workers"] == 2 and shown["params"]["rows_fit"] == 4320
+    manifest = json.loads((Path(shown["path"]) / "manifest.json").read_text())
+    assert manifest["trainer"] == "dask-xgboost" and manifest["flavor_plugin"] == "xgboost"
+
+    # The model's own predictions: the bundle loaded in a fresh plugin manager, preprocessing replayed.
+    rows = asd_monitor[asd_monitor["entity"] == "omi-10"].head(40).drop(columns=["label"]).reset_index(drop=True)
+    model = read_bundle(Path(shown["path"]), PluginManager(), ref=ref, digest=shown["digest"])
+    own = model.predict(rows)
+    features = model.transform(rows).frame[model.features]
+    assert np.array_equal(own["score"].to_numpy(), model.estimator.predict_proba(features)[:, 1])
+
+    # opsloop serve, on a real socket: the same scores, value for value (its fast path: float32 features).
+    app = create_app(model="asd-anomaly", workdir=path, port=0, log_path=tmp_path / "log.db")
+    with ServerThread(app) as server:
+        host, port = server.url.removeprefix("http://").rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        try:
+            conn.request("POST", "/predict", json.dumps({"instances": _client_records(rows)}))
+            response = conn.getresponse()
+            body = json.loads(response.read())
+        finally:
+            conn.close()
+    assert response.status == 200, body
+    served = pd.DataFrame(body["predictions"])
+    assert np.array_equal(served["score"].to_numpy(), own["score"].to_numpy())
+    assert np.array_equal(served["prediction"].to_numpy(), own["prediction"].to_numpy())
+    assert body["model_version"] == ref.split(":")[1]
+
+    # The run's own batch scoring of the monitoring period (the `batch` target) agrees on those rows too.
+    batch = pd.read_parquet(run["deployments"][0]["location"])
+    batch = batch[batch["entity"] == "omi-10"].head(40)
+    assert np.array_equal(batch["score"].to_numpy(), own["score"].to_numpy())
+
+
+#: PR AUC of the two trainers' validations on this slice (xgboost 3.1, dask 2026.8): 0.354 and 0.360; the
+#: histogram bins come from per-partition sketches merged on the cluster, so the trees differ a little.
+PR_AUC_TOLERANCE = 0.1
+#: The slice's share of anomalous rows is 0.064: both models must be well above what chance gives.
+PR_AUC_FLOOR = 0.2
+
+
+def test_dask_and_single_process_xgboost_validate_alike(dask_run, small_config, opsloop_project):
+    _, run = dask_run
+    project = opsloop_project(config=small_config("xgboost"))
+    single = project.run("validate", "--json", "--quiet").assert_ok().json
+    figures = single["reports"][0]["mean"]
+    on_dask = run["validation"][0]["mean"]
+    assert on_dask["pr_auc"] > PR_AUC_FLOOR and figures["pr_auc"] > PR_AUC_FLOOR
+    assert abs(on_dask["pr_auc"] - figures["pr_auc"]) < PR_AUC_TOLERANCE, (on_dask, figures)
+
+
+def test_an_unreachable_scheduler_is_one_line_naming_the_plugin_and_address(opsloop_project, small_config,
+                                                                              free_port):
+    address = f"tcp://127.0.0.1:{free_port}"
+    project = opsloop_project(config=small_config("dask-xgboost", scheduler=address, connect_timeout=2))
+    result = project.run("run", "--quiet")
+    result.assert_error('plugin "dask-xgboost"', f"cannot reach the Dask scheduler at {address}", "within 2 s")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert project.run("models", "list", "--json").assert_ok().json == []
+    assert not list((project.path / ".opsloop").glob("**/manifest.json"))
+
+
+def test_options_are_the_xgboost_trainers_and_checked(opsloop_project, small_config):
+    from opsloop.manager import PluginManager
+
+    plugins = PluginManager()
+    for name in ("xgboost", "dask-xgboost"):
+        plugins.load(name)
+    theirs = {f.name: f.default for f in __import__("attrs").fields(plugins.options_class("xgboost"))}
+    ours = {f.name: f.default for f in __import__("attrs").fields(plugins.options_class("dask-xgboost"))}
+    assert {k: ours[k] for k in theirs if not hasattr(theirs[k], "factory")} == \
+        {k: v for k, v in theirs.items() if not hasattr(v, "factory")}
+    # tune_space: the built-in's ranges, asked through the plugin system
+    space = plugins.call("dask-xgboost", "tune_space", options=plugins.options_class("dask-xgboost")())
+    builtin = plugins.call("xgboost", "tune_space", options=plugins.options_class("xgboost")())
+    assert dict(space.params) == dict(builtin.params) and "subsample" in space.passthrough
+    assert "scheduler" not in space.passthrough
+
+    project = opsloop_project(config=small_config("dask-xgboost", schedular="tcp://127.0.0.1:8786"))
+    project.run("config", "check").assert_error("[train.dask-xgboost.schedular]", 'did you mean "scheduler"')
+    project = opsloop_project(config=small_config("dask-xgboost", scheduler="tcp://no host:1"))
+    project.run("config", "check").assert_error("[train.dask-xgboost.scheduler]", "Dask scheduler address")
