@@ -183,7 +183,9 @@ def _bearer(workdir: Path, value: str | None) -> dict[str, str]:
 
 
 def _show(labels: dict[str, str]) -> str:
-    return "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+    """A series as PromQL writes it: `name{label="value", ...}`."""
+    pairs = ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items()) if k != "__name__")
+    return f"{labels.get('__name__', '')}{{{pairs}}}"
 
 
 def _iso(ms: int) -> str:
