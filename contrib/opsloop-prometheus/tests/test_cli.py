@@ -6,7 +6,11 @@ from __future__ import annotations
 import socket
 
 import pytest
-from opsloop.testing import opsloop_project, register_plugin  # noqa: F401 - the kit's fixtures
+
+pytest.importorskip("opsloop_prometheus",
+                    reason="opsloop-prometheus is not installed (pip install -e ./contrib/opsloop-prometheus)")
+
+from opsloop.testing import opsloop_project, register_plugin  # noqa: E402, F401 - the kit's fixtures
 
 METRICS = ["m01", "m05", "m10", "m14"]
 SPLIT = "2024-01-08 12:00"
@@ -98,7 +102,8 @@ def test_bad_input_is_one_line_a_non_zero_exit_and_nothing_registered(prometheus
     elif case == "missing label":
         queries = {"m01": "sum(asd_m01)"}
     elif case == "bad incidents":
-        files["incidents.csv"] = "series,start,end\nomi-1,2024-01-02T00:00:00,2024-01-02T01:00:00\nomi-9,2024-01-03,soon\n"
+        files["incidents.csv"] = ("series,start,end\nomi-1,2024-01-02T00:00:00,2024-01-02T01:00:00\n"
+                                  "omi-9,2024-01-03,soon\n")
     elif case == "incidents without end":
         files["incidents.csv"] = "series,start\nomi-1,2024-01-02T00:00:00\n"
     elif case == "end before start":

@@ -5,11 +5,15 @@ from __future__ import annotations
 import socket
 
 import pytest
-from opsloop.config import DataSection
-from opsloop.errors import ConfigError, DataError
 
-import opsloop_prometheus
-from opsloop_prometheus import Options
+pytest.importorskip("opsloop_prometheus",
+                    reason="opsloop-prometheus is not installed (pip install -e ./contrib/opsloop-prometheus)")
+
+from opsloop.config import DataSection  # noqa: E402
+from opsloop.errors import ConfigError, DataError  # noqa: E402
+
+import opsloop_prometheus  # noqa: E402
+from opsloop_prometheus import Options  # noqa: E402
 
 RANGE = {"start": "2024-01-03T00:00:00Z", "end": "2024-01-03T01:00:00Z", "step": "5m"}
 
@@ -38,8 +42,8 @@ def test_an_http_error_names_the_status(prometheus, tmp_path):
 
 
 def test_two_series_that_make_one_series_name(prometheus, tmp_path):
-    with pytest.raises(DataError, match=r"two series make the series 'asd' \(asd_m01\{instance=\"omi-1\", job=\"asd\"\} and .*\): "
-                                        r"aggregate them, e\.g\. sum by \(job\)"):
+    with pytest.raises(DataError, match=r"two series make the series 'asd' \(asd_m01\{instance=\"omi-1\", "
+                                        r"job=\"asd\"\} and .*\): aggregate them, e\.g\. sum by \(job\)"):
         read(prometheus["url"], tmp_path, series_labels=["job"])
 
 

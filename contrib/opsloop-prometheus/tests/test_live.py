@@ -8,10 +8,15 @@ import urllib.request
 from datetime import datetime, timezone
 from urllib.parse import urlencode
 
-from opsloop.config import DataSection
+import pytest
 
-import opsloop_prometheus
-from opsloop_prometheus import Options
+pytest.importorskip("opsloop_prometheus",
+                    reason="opsloop-prometheus is not installed (pip install -e ./contrib/opsloop-prometheus)")
+
+from opsloop.config import DataSection  # noqa: E402
+
+import opsloop_prometheus  # noqa: E402
+from opsloop_prometheus import Options  # noqa: E402
 
 #: promhttp counts the scrapes the node exporter answered: a real counter, back to 0 when it restarts.
 SCRAPES = 'promhttp_metric_handler_requests_total{job="node",code="200"}'

@@ -7,10 +7,14 @@ import urllib.request
 import numpy as np
 import pandas as pd
 import pytest
-from opsloop.config import DataSection
 
-import opsloop_prometheus
-from opsloop_prometheus import Options
+pytest.importorskip("opsloop_prometheus",
+                    reason="opsloop-prometheus is not installed (pip install -e ./contrib/opsloop-prometheus)")
+
+from opsloop.config import DataSection  # noqa: E402
+
+import opsloop_prometheus  # noqa: E402
+from opsloop_prometheus import Options  # noqa: E402
 
 #: The ASD slice conftest.py backfills (also in the `stand` fixture).
 SERVERS = ["omi-1", "omi-9", "omi-12"]
