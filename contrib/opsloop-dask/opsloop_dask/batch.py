@@ -41,7 +41,7 @@ import attrs
 from opsloop import Deployment, hookimpl
 from opsloop.errors import DataError
 
-from opsloop_dask.cluster import ClusterOptions, client_for, where
+from opsloop_dask.cluster import ClusterOptions, client_for, documented, where
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 PLUGIN = "dask-batch"
 
 
+@documented
 @attrs.frozen(kw_only=True)
 class Options(ClusterOptions):
     """Options of `dask-batch` (`[deploy.dask-batch]`), besides the cluster's.

@@ -9,6 +9,7 @@ final fit share one cluster instead of starting one each.
 from __future__ import annotations
 
 import atexit
+import logging
 import re
 import threading
 from typing import TYPE_CHECKING, Any
@@ -64,6 +65,15 @@ class ClusterOptions:
     threads_per_worker: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     memory_limit: Any = attrs.field(default="auto", validator=_memory_limit)
     processes: bool = True
+
+
+def documented(cls: type) -> type:
+    """`cls` with `ClusterOptions`' attribute descriptions appended to the `Attributes:` section that ends its
+    docstring, so that `opsloop plugins show` describes the cluster options too."""
+    own = (cls.__doc__ or "").rstrip()
+    shared = (ClusterOptions.__doc__ or "").split("Attributes:\n", 1)[1].rstrip()
+    cls.__doc__ = f"{own}\n{shared}\n    "
+    return cls
 
 
 _lock = threading.Lock()
@@ -123,6 +133,9 @@ def _connect(options: ClusterOptions, plugin: str) -> tuple[Client, Any]:
         return client, None
     from distributed import LocalCluster
 
+    # The scheduler of a local cluster runs in this process: its notes on every shuffle (XGBoost's Dask
+    # interface shuffles to find a classifier's classes) are not news to an operator.
+    logging.getLogger("distributed.shuffle._scheduler_plugin").setLevel(logging.ERROR)
     try:
         cluster = LocalCluster(n_workers=options.workers, threads_per_worker=options.threads_per_worker or None,
                                memory_limit=options.memory_limit, processes=options.processes,

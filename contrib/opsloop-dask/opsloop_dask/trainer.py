@@ -34,7 +34,7 @@ import attrs
 from opsloop import SearchSpace, TrainedModel, hookimpl
 from opsloop.errors import ConfigError, DataError
 
-from opsloop_dask.cluster import ClusterOptions, client_for, where
+from opsloop_dask.cluster import ClusterOptions, client_for, documented, where
 
 if TYPE_CHECKING:
     import numpy as np
@@ -56,6 +56,7 @@ def _scale_pos_weight(_: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise ValueError(f'{attribute.name}: expected "auto", "none" or a positive number, got {value!r}')
 
 
+@documented
 @attrs.frozen(kw_only=True)
 class Options(ClusterOptions):
     """Options of `dask-xgboost` (`[train.dask-xgboost]`): the `xgboost` trainer's, and the cluster's.

@@ -127,3 +127,18 @@ def test_options_are_the_xgboost_trainers_and_checked(opsloop_project, small_con
     project.run("config", "check").assert_error("[train.dask-xgboost.schedular]", 'did you mean "scheduler"')
     project = opsloop_project(config=small_config("dask-xgboost", scheduler="tcp://no host:1"))
     project.run("config", "check").assert_error("[train.dask-xgboost.scheduler]", "Dask scheduler address")
+
+
+@pytest.mark.slow  # starts two worker processes, each importing XGBoost and pandas (about 10 s on 2 cores)
+def test_without_a_scheduler_it_starts_its_own_local_cluster_of_worker_processes(opsloop_project, small_config):
+    from opsloop_dask.cluster import close_all
+
+    config = small_config("dask-xgboost", workers=2, threads_per_worker=1, memory_limit="1GiB")
+    config["validate"] = {"plugins": []}
+    project = opsloop_project(config=config)
+    try:
+        run = project.run("run").assert_ok().json
+    finally:
+        close_all()  # its cluster goes now, not when the session ends
+    shown = project.run("models", "show", run["versions"][0]["ref"], "--json").assert_ok().json
+    assert shown["flavor"] == "xgboost" and shown["params"]["dask_workers"] == 2
