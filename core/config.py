@@ -81,6 +81,8 @@ def _unlabelled(instance: Any, attribute: Any, value: str) -> None:
 SNAPSHOT_MODES = ("none", "store", "reference")
 #: `[data] sensitive_mode`: what becomes of a sensitive column in snapshots and the prediction log.
 SENSITIVE_MODES = ("drop", "hash")
+#: `[loop] monitor_rows`: where a cycle's monitored rows come from (docs/loop.md, docs/data-sources.md).
+MONITOR_ROWS = ("log", "source")
 
 
 def _one_of(choices: tuple[str, ...]) -> Any:
@@ -108,6 +110,13 @@ class DataSection:
     """`[data]`: where rows come from and which periods train and monitor.
 
     Attributes:
+        source: What to read: a CSV/TSV/Parquet file or a folder of Parquet
+            files (relative to the config file), `embedded:<name>`, or a URI
+            whose scheme names the source plugin that reads it
+            (`prometheus://host:9090`; docs/data-sources.md).
+        plugin: The source plugin, by name, when the scheme does not say it
+            (`source = "https://prom.example:9090"`, `plugin = "prometheus"`).
+            Its options are the table `[data.<plugin>]`.
         unlabelled: What the training period's rows without a label (a
             missing target) are (issue 13, item 6; opsloop.data.UNLABELLED):
             `"error"` (the default: validation and supervised trainers
@@ -126,6 +135,7 @@ class DataSection:
     """
 
     source: str = "embedded:asd"
+    plugin: str | None = None
     target: str | None = None
     time: str | None = None
     series: str | None = None
@@ -209,6 +219,11 @@ class LoopSection:
         monitor_window: How far back each cycle monitors the prediction log.
         use_log: Add the logged production rows that have labels (feedback)
             to the configured source's rows.
+        monitor_rows: Where each cycle's monitored rows come from: `"log"`
+            (what production served, from the prediction log; the default)
+            or `"source"` (the source's newest `monitor_window` of rows,
+            read afresh and scored by production in the cycle: a live
+            source such as Prometheus with nothing serving in front).
         lock_ttl: A lock older than this is taken over (a loop that died);
             longer than a cycle.
     """
@@ -217,6 +232,7 @@ class LoopSection:
     holdout: str = attrs.field(default="2d", validator=_duration())
     monitor_window: str = attrs.field(default="1d", validator=_duration())
     use_log: bool = True
+    monitor_rows: str = attrs.field(default="log", validator=_one_of(MONITOR_ROWS))
     lock_ttl: str = attrs.field(default="6h", validator=_duration())
 
 
@@ -295,7 +311,7 @@ SECTIONS: dict[str, type] = {
     "plugins": PluginsSection,
 }
 #: Sections whose sub-tables are plugin options, and the key listing the plugins.
-PLUGIN_LISTS = {**{s: "plugins" for s in STAGES}, "store": "plugins", "plugins": "enable"}
+PLUGIN_LISTS = {"data": "plugin", **{s: "plugins" for s in STAGES}, "store": "plugins", "plugins": "enable"}
 
 
 # ---------------------------------------------------------------------------
@@ -542,6 +558,10 @@ class Config:
             return list(self.store.plugins)
         if section == "plugins":
             return list(self.plugins.enable)
+        if section == "data":
+            from opsloop.data import source_plugin
+
+            return [source_plugin(self.data)]
         return list(self.stages[section].plugins)
 
     def plugin_tables(self, section: str) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,7 +13,8 @@ from opsloop.types import Dataset
 if TYPE_CHECKING:
     import pandas as pd
 
-    from opsloop.config import Config
+    from opsloop.config import Config, DataSection
+    from opsloop.session import Session
 
 EMBEDDED_PREFIX = "embedded:"
 
@@ -99,8 +101,29 @@ def unlabelled(train: Dataset, config: Config) -> Dataset:
                         name=f"{train.name} ({count:,} unlabelled rows as normal)")
 
 
+#: A URI scheme: two or more characters, so that a Windows drive (`C:\\data.csv`) stays a path.
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9.-]+)(?:\+[A-Za-z0-9.+-]*)?:")
+#: The built-in source plugins (plugins/file_source.py, plugins/embedded_source.py).
+FILES, EMBEDDED = "files", "embedded"
+
+
+def source_plugin(spec: DataSection) -> str:
+    """The source plugin that reads `[data] source`: `[data] plugin`, else the one the URI's scheme names.
+
+    `prometheus://host:9090` and `prometheus+https://host` are read by `prometheus`, `embedded:asd` by
+    `embedded`; a path or a `file:` URI by `files` (docs/data-sources.md).
+    """
+    if spec.plugin:
+        return spec.plugin
+    match = _SCHEME.match(spec.source)
+    if match is None:
+        return FILES
+    scheme = match.group(1).lower()
+    return FILES if scheme == "file" else scheme
+
+
 def read_table(path_text: str, config: Config | None = None) -> pd.DataFrame:
-    """Read an embedded dataset, a CSV or a Parquet file into a frame."""
+    """Read an embedded dataset, a CSV or Parquet file, or a folder of Parquet files into a frame."""
     import pandas as pd
 
     if path_text.startswith(EMBEDDED_PREFIX):
@@ -110,7 +133,18 @@ def read_table(path_text: str, config: Config | None = None) -> pd.DataFrame:
             return datasets.load(path_text.removeprefix(EMBEDDED_PREFIX))
         except KeyError as exc:
             raise ConfigError(exc.args[0], section="data", key="source") from None
+    if path_text.startswith("file:"):
+        from urllib.parse import unquote, urlparse
+
+        path_text = unquote(urlparse(path_text).path)
     path = config.resolve(path_text) if config else Path(path_text)
+    if path.is_dir():
+        if not any(path.rglob("*.parquet")):
+            raise DataError(f"data folder {path} holds no .parquet file (a folder source is a Parquet dataset)")
+        try:
+            return pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises many kinds; all mean "unreadable"
+            raise DataError(f"cannot read the Parquet dataset {path}: {exc}") from exc
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     suffix = "".join(path.suffixes[-2:]).lower()
@@ -121,13 +155,52 @@ def read_table(path_text: str, config: Config | None = None) -> pd.DataFrame:
             return pd.read_csv(path, sep="\t" if ".tsv" in suffix else ",")
     except Exception as exc:  # pandas/pyarrow raise many kinds; all mean "unreadable"
         raise DataError(f"cannot read {path}: {exc}") from exc
-    raise DataError(f"unsupported data file {path}: use .csv, .tsv or .parquet (optionally .gz)")
+    raise DataError(f"unsupported data file {path}: use .csv, .tsv or .parquet (optionally .gz), or a folder "
+                    "of Parquet files")
 
 
-def load(config: Config) -> Dataset:
-    """The whole `[data] source`, with its columns checked."""
+def read_source(config: Config, session: Session | None = None) -> pd.DataFrame:
+    """`[data] source` as the source plugin (`source_plugin`) reads it, through the `load_data` hook.
+
+    Raises:
+        ConfigError: No plugin reads this source, or its `[data.<plugin>]` options are wrong.
+        DataError: The source cannot be read; a built-in source's own words, a third-party one's behind
+            its plugin's name and distribution.
+    """
+    import pandas as pd
+
+    from opsloop.errors import PluginCallError
+
+    if session is None:
+        from opsloop.session import Session
+
+        session = Session.open(config, sections=("data",))
+    name = source_plugin(config.data)
+    if ("data", name) not in session.options:
+        session._check_section("data")
+    try:
+        frame = session.plugins.call(name, "load_data", source=config.data.source,
+                                     options=session.options_for("data", name), data=config.data,
+                                     workdir=Path(config.workdir))
+    except PluginCallError as exc:
+        if name in (FILES, EMBEDDED) and isinstance(exc.cause, (DataError, ConfigError)):
+            raise exc.cause from None  # a built-in source speaking about the file: its words alone
+        raise
+    if not isinstance(frame, pd.DataFrame):
+        info = session.plugins.known.get(name)
+        raise DataError(f'plugin "{name}"{f" ({info.label})" if info else ""} returned '
+                        f"{type(frame).__name__} from load_data, not a pandas DataFrame")
+    return frame
+
+
+def load(config: Config, session: Session | None = None) -> Dataset:
+    """The whole `[data] source`, read by its source plugin (`read_source`), with its columns checked.
+
+    `session` gives the plugins (and in-process ones registered for tests); without it, the installed
+    plugins are discovered.
+    """
     spec = config.data
-    frame = read_table(spec.source, config)
+    frame = read_source(config, session)
     for key in ("target", "time", "series"):
         column = getattr(spec, key)
         if column is not None and column not in frame.columns:

@@ -42,16 +42,24 @@ class LogInputs:
         current = predictions = None
         monitored = None
         logged = []
-        if self.log.exists():
-            current, predictions, monitored, logged = self._logged(production, notes)
-        else:
+        from_source = config.loop.monitor_rows == "source"
+        if self.log.exists() and (config.loop.use_log or not from_source):
+            current, predictions, monitored, logged = self._logged(production, notes, quiet=from_source)
+        elif not from_source:
             notes.append(f"no prediction log at {self.log}: nothing production scored is monitored")
-        source, periods = _periods(data_mod.load(config), config)
+        raw = data_mod.load(config, self.session)  # afresh each cycle: a live source brings its newest rows
+        source, periods = _periods(raw, config)
+        if from_source:  # within the configured periods, as history is
+            import pandas as pd
+
+            rows = raw.derive(pd.concat(periods, ignore_index=True) if len(periods) > 1 else periods[0])
+            current, predictions, monitored = _newest(rows, model, config, notes)
         history = _history(source, periods, logged if config.loop.use_log else [], notes)
         return Observed(current=current, predictions=predictions, history=history, monitored=monitored,
                         notes=tuple(notes))
 
-    def _logged(self, production: ModelVersion, notes: list[str]) -> tuple[Any, Any, Any, list[Dataset]]:
+    def _logged(self, production: ModelVersion, notes: list[str], *, quiet: bool = False
+                ) -> tuple[Any, Any, Any, list[Dataset]]:
         """Production's rows in the last monitor_window of its log (by the rows' time), and every version's
         labelled rows."""
         from opsloop import monitoring
@@ -90,9 +98,36 @@ class LogInputs:
                 monitored = (start, end)
         finally:
             con.close()
-        if current is None:
+        if current is None and not quiet:
             notes.append(f"the prediction log {self.log} has no rows of {production.ref}")
         return current, predictions, monitored, labelled
+
+
+def _newest(source: Dataset, model: LoadedModel, config: Any, notes: list[str]) -> tuple[Dataset, Any, Any]:
+    """`[loop] monitor_rows = "source"`: the newest `monitor_window` of the source's rows in the configured
+    periods (by their time, up to the next whole second after the newest), scored by production. The window before it is scored with them and
+    then left out, so that windowed features see each series' past as they would in serving."""
+    import pandas as pd
+
+    from opsloop.errors import ConfigError
+    from opsloop.runner import judge
+
+    if not source.time:
+        raise ConfigError('monitor_rows = "source" monitors the newest rows by their time: set [data] time',
+                          section="loop", key="monitor_rows", source=config.source)
+    times = pd.to_datetime(source.frame[source.time], utc=True)
+    end = times.max().to_pydatetime().replace(microsecond=0) + timedelta(seconds=1)
+    length = parse_duration(config.loop.monitor_window, "[loop] monitor_window")
+    start = end - length
+    lead = (times >= start - length).to_numpy()
+    frame = source.frame[lead].reset_index(drop=True)
+    inside = (times[lead] >= start).to_numpy()
+    judged, predictions = judge(model, source.derive(frame))
+    current = judged.derive(judged.frame[inside].reset_index(drop=True),
+                            name=f"{source.name} [{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M}]")
+    notes.append(f"monitored {len(current.frame):,} rows of {source.name} from {start:%Y-%m-%d %H:%M:%S} to "
+                 f"{end:%Y-%m-%d %H:%M:%S}, read from the source and scored by production")
+    return current, predictions[inside].reset_index(drop=True), (start, end)
 
 
 def _periods(source: Dataset, config: Any) -> tuple[Dataset, list[Any]]:

@@ -4,7 +4,8 @@ One `opsloop run` calls them in this order:
 
 1. `plugin_options` on each selected plugin, to check its table in
    `opsloop.toml`; `add_commands` on enabled plugins when the CLI starts.
-2. `open_store` to open the model registry named by `[store] uri`.
+2. `open_store` to open the model registry named by `[store] uri`, and
+   `load_data` on the source plugin to read `[data] source` into rows.
 3. `on_stage_start`, then the stage hook, then `on_stage_end` (or
    `on_stage_error`) around each stage:
    `preprocess` (each step, in order, fitting its state) ->
@@ -48,6 +49,7 @@ import pluggy
 if TYPE_CHECKING:
     import typer
 
+    from opsloop.config import DataSection
     from opsloop.store import AliasChange, ModelStore
     from opsloop.types import (
         Contender,
@@ -171,6 +173,43 @@ def load_model(flavor: str, path: Path, manifest: dict[str, Any], models: ModelF
     Returns:
         An estimator with scikit-learn's `predict` (and `predict_proba` for
         classifiers), or None. Never unpickle anything.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Data sources
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def load_data(source: str, options: Any, data: DataSection, workdir: Path) -> pd.DataFrame:
+    """Read `[data] source` into the rows the lifecycle works on.
+
+    Called on the one source plugin the config chooses, whenever a command
+    needs the configured rows (`run`, `validate`, `tune`, each `loop` cycle,
+    `backtest`, `models reproduce`): the plugin `[data] plugin` names, or
+    else the plugin named by the source's URI scheme (`prometheus://host:9090`
+    is read by the plugin `prometheus`, `embedded:asd` by `embedded`); a
+    path, or a `file:` URI, by the built-in `files`. Each call reads the
+    source afresh, so a live source (a monitoring system) feeds each loop
+    cycle its newest rows.
+
+    Args:
+        source: `[data] source`, as written in the config.
+        options: This plugin's options, already checked (its table is
+            `[data.<plugin>]`).
+        data: The checked `[data]` section: name the time, series and label
+            columns after `data.time`, `data.series` and `data.target` when
+            the source does not carry names of its own.
+        workdir: Directory relative paths are resolved against (the config
+            file's).
+
+    Returns:
+        One pandas DataFrame. opsloop then checks the columns `[data]`
+        names, keeps `[data] features`, parses the time column and splits
+        the training and monitoring periods. Raise `opsloop.errors.DataError`
+        (unreadable, unreachable, empty) or `ConfigError` with one line
+        naming the address or file; never return None.
     """
 
 
@@ -495,7 +534,7 @@ def window_reach(state: dict[str, Any], options: Any) -> Reach | None:
 
 
 @hookspec
-def on_stage_start(stage: str, plugins: list[str], run: RunContext) -> None:
+def on_stage_start(stage: str, plugins: list[str], run: RunContext, options: Any) -> None:
     """A stage is about to run.
 
     Called on every plugin the config enables, before each stage.
@@ -505,11 +544,14 @@ def on_stage_start(stage: str, plugins: list[str], run: RunContext) -> None:
             prefixed: `"retrain.train"`).
         plugins: The plugins that will run, in order.
         run: The run in progress.
+        options: This plugin's own options, checked, from its table
+            `[plugins.<name>]` (the attrs class its `plugin_options`
+            returns), or None when it declares none.
     """
 
 
 @hookspec
-def on_stage_end(stage: str, result: Any, seconds: float, run: RunContext) -> None:
+def on_stage_end(stage: str, result: Any, seconds: float, run: RunContext, options: Any) -> None:
     """A stage finished.
 
     Called on every plugin the config enables, after each stage that
@@ -522,11 +564,14 @@ def on_stage_end(stage: str, result: Any, seconds: float, run: RunContext) -> No
             `MonitorReport`, `RetrainDecision`).
         seconds: Wall time of the stage.
         run: The run in progress.
+        options: This plugin's own options, checked, from its table
+            `[plugins.<name>]` (the attrs class its `plugin_options`
+            returns), or None when it declares none.
     """
 
 
 @hookspec
-def on_stage_error(stage: str, error: BaseException, run: RunContext) -> None:
+def on_stage_error(stage: str, error: BaseException, run: RunContext, options: Any) -> None:
     """A stage failed; the run stops after this.
 
     Called on every plugin the config enables. Exceptions raised here are
@@ -536,11 +581,14 @@ def on_stage_error(stage: str, error: BaseException, run: RunContext) -> None:
         stage: The stage's name.
         error: What went wrong (usually an `opsloop.errors.PluginCallError`).
         run: The run in progress.
+        options: This plugin's own options, checked, from its table
+            `[plugins.<name>]` (the attrs class its `plugin_options`
+            returns), or None when it declares none.
     """
 
 
 @hookspec
-def on_model_registered(version: ModelVersion, run: RunContext) -> None:
+def on_model_registered(version: ModelVersion, run: RunContext, options: Any) -> None:
     """A new version was registered in the store.
 
     Called on every plugin the config enables.
@@ -548,11 +596,14 @@ def on_model_registered(version: ModelVersion, run: RunContext) -> None:
     Args:
         version: The new version, with its lineage.
         run: The run that registered it.
+        options: This plugin's own options, checked, from its table
+            `[plugins.<name>]` (the attrs class its `plugin_options`
+            returns), or None when it declares none.
     """
 
 
 @hookspec
-def on_alias_changed(change: AliasChange, run: RunContext | None) -> None:
+def on_alias_changed(change: AliasChange, run: RunContext | None, options: Any) -> None:
     """An alias of a model moved: deploy, promote or rollback.
 
     Called on every plugin the config enables, after the store recorded the
@@ -565,4 +616,7 @@ def on_alias_changed(change: AliasChange, run: RunContext | None) -> None:
             the version it already pointed at a new alert threshold), and
             the threshold the change gave the version (or None).
         run: The run that moved it, or None for a CLI command.
+        options: This plugin's own options, checked, from its table
+            `[plugins.<name>]` (the attrs class its `plugin_options`
+            returns), or None when it declares none.
     """

@@ -40,6 +40,7 @@ STAGE_HOOKS = {
     "retrain": "decide_retrain",
     "gate": "gate",
     "store": "open_store",
+    "data": "load_data",
 }
 
 
@@ -106,6 +107,9 @@ class PluginManager:
         self.broken: dict[str, BaseException] = {}
         #: Called as `record(hook, plugin, kwargs, result)` after every successful hook call.
         self.recorders: list[Callable[[str, str, dict[str, Any], Any], None]] = []
+        #: Each plugin's own checked options, passed to its observer hooks as `options` (filled by
+        #: `Session`: `[plugins.<name>]` for an enabled plugin, else its stage table).
+        self.observer_options: dict[str, Any] = {}
         for callback in ON_NEW_MANAGER:
             callback(self)
 
@@ -236,14 +240,15 @@ class PluginManager:
         return None, None
 
     def notify(self, hook: str, *, swallow: bool = False, **kwargs: Any) -> None:
-        """Call an observer hook on every loaded plugin, in registration (configured) order.
+        """Call an observer hook on every loaded plugin, in registration (configured) order, each with its
+        own options (`observer_options`).
 
         With `swallow`, errors are logged and ignored (used for `on_stage_error`,
         so that the original error is the one reported).
         """
         for impl in getattr(self.pm.hook, hook).get_hookimpls():
             try:
-                self._invoke(impl, hook, kwargs)
+                self._invoke(impl, hook, {**kwargs, "options": self.observer_options.get(impl.plugin_name)})
             except PluginCallError as exc:
                 if not swallow:
                     raise

@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from opsloop.errors import ConfigError, DataError, OpsloopError
+from opsloop.errors import ConfigError, DataError, OpsloopError, PluginCallError
 
 if TYPE_CHECKING:
     from opsloop.config import Config
     from opsloop.manager import PluginManager
     from opsloop.runner import Runner
+    from opsloop.session import Session
     from opsloop.store import ModelStore
     from opsloop.types import Dataset, ModelVersion, Reporter, TrainedModel
 
@@ -235,7 +236,8 @@ def _plain(value: Any) -> Any:
 
 
 def training_rows(config: Config, recorded: Mapping[str, Any], ref: str,
-                  logged: Callable[[], list[Dataset]] | None = None) -> tuple[Dataset, str]:
+                  logged: Callable[[], list[Dataset]] | None = None, session: Session | None = None
+                  ) -> tuple[Dataset, str]:
     """The rows the version trained on, read the way its run read them, and how they were chosen.
 
     - `opsloop run`: the `[data] train` period;
@@ -251,8 +253,8 @@ def training_rows(config: Config, recorded: Mapping[str, Any], ref: str,
 
     data = dict(recorded.get("data") or {})
     try:
-        raw = data_mod.load(config)
-    except (DataError, ConfigError) as exc:
+        raw = data_mod.load(config, session)
+    except (DataError, ConfigError, PluginCallError) as exc:
         raise DataError(f"cannot reproduce {ref}: its training data cannot be read: {exc} (it trained on "
                         f"{_rows(data.get('rows'))} rows of {data.get('source', '?')}, fingerprint "
                         f"{data.get('fingerprint', '?')})") from None
@@ -324,7 +326,8 @@ def reproduce(store: ModelStore, ref: str, *, current: Config, plugins: PluginMa
 
     _check_config(result, recorded, config, current)
     raw, how = training_rows(config, recorded, version.ref,
-                             lambda: _logged_rows(store, recorded, current, session.plugins, version.ref))
+                             lambda: _logged_rows(store, recorded, current, session.plugins, version.ref),
+                             session)
     result.notes.append(f"training rows: {how}")
     _check_data(result, recorded, raw)
     _check_versions(result, recorded, runner)

@@ -457,7 +457,7 @@ class Runner:
 
     def validate_only(self) -> tuple[list[ValidationReport], list[GateResult]]:
         """Load, preprocess and validate the training period; register nothing (`opsloop validate`)."""
-        raw = self._stage("load", [self.config.data.source], lambda: data_mod.load(self.config),
+        raw = self._stage("load", [self.config.data.source], lambda: data_mod.load(self.config, self.session),
                           lambda d: f"{len(d):,} rows from {d.name}")
         train_raw, _ = data_mod.periods(raw, self.config)
         features, _, issues = self.preprocess(train_raw)
@@ -473,7 +473,7 @@ class Runner:
         """One pass of the lifecycle on the configured data."""
         # Opened first: a damaged or read-only registry fails in a second, not after training.
         self.store.check_writable()
-        raw = self._stage("load", [self.config.data.source], lambda: data_mod.load(self.config),
+        raw = self._stage("load", [self.config.data.source], lambda: data_mod.load(self.config, self.session),
                           lambda d: f"{len(d):,} rows from {d.name}")
         train_raw, monitor_raw = data_mod.periods(raw, self.config)
         built = self.build(train_raw)

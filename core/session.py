@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from opsloop.types import RunContext
 
 #: How many plugins a section may select: (at least, at most).
-CARDINALITY = {"train": (1, 1), "store": (1, None), "preprocess": (0, None)}
+CARDINALITY = {"train": (1, 1), "store": (1, None), "preprocess": (0, None), "data": (1, 1)}
 STORE_ENV = "OPSLOOP_STORE"
 
 
@@ -72,6 +72,12 @@ class Session:
             try:
                 pm.load(name, where=where)
             except UnknownPluginError as exc:
+                if section == "data" and config.data.plugin is None:  # the name came from the source's scheme
+                    raise ConfigError(f'no data source plugin "{name}" is installed to read {config.data.source!r} '
+                                      f"(the plugin is named by the URI's scheme); install the package that "
+                                      f"provides it (opsloop-{name}?), or name one with [data] plugin "
+                                      "(docs/data-sources.md)", section="data", key="source", source=config.source,
+                                      suggestion=closest(name, pm.known)) from exc
                 raise ConfigError(str(exc), section=section, key=list_key, source=config.source) from exc
             hook = STAGE_HOOKS.get(section)
             if hook and not pm.implements(name, hook):
@@ -79,6 +85,8 @@ class Session:
                                   f"the {hook} hook (it implements: {', '.join(pm.hooks_of(name)) or 'nothing'})",
                                   section=section, key=list_key, source=config.source)
             self.options[(section, name)] = self._options(section, name)
+            if section == "plugins" or name not in pm.observer_options:  # what its observer hooks get
+                pm.observer_options[name] = self.options[(section, name)]
             self._check_against_config(section, name, self.options[(section, name)])
             self._check_uses(section, name, self.options[(section, name)], ((section, name),))
         for table in config.plugin_tables(section):

@@ -454,7 +454,7 @@ def tune(runner: Runner, *, trials: int | None = None, timeout: str | None = Non
 
     _optuna()
     config = runner.config
-    raw = runner._stage("load", [config.data.source], lambda: data_mod.load(config),
+    raw = runner._stage("load", [config.data.source], lambda: data_mod.load(config, runner.session),
                         lambda d: f"{len(d):,} rows from {d.name}")
     train, _ = data_mod.periods(raw, config)
     store = runner.store

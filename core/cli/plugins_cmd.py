@@ -44,10 +44,13 @@ def list_(json_: JsonOption = False) -> None:
     if json_:
         print_json(rows)
         return
+    from rich.markup import escape  # a docstring's "[data] source" is text, not a style
+
     console.print(table(None, ["plugin", "distribution", "status", "hooks", "summary"],
                         ([r["name"], f"{r['dist']} {r['version']}".strip(),
-                          r["status"] if r["status"] == "ok" else f"[red]{r['status']}[/red]: {r['error'] or ''}",
-                          ", ".join(h for h in r["hooks"] if h != "plugin_options"), r["summary"]] for r in rows)))
+                          r["status"] if r["status"] == "ok" else f"[red]{r['status']}[/red]: {escape(r['error'] or '')}",
+                          ", ".join(h for h in r["hooks"] if h != "plugin_options"), escape(r["summary"])]
+                         for r in rows)))
 
 
 def _not_installed() -> Exception:
@@ -116,12 +119,15 @@ def show(name: Annotated[str, typer.Argument(help="The plugin's name, as in `plu
     if json_:
         print_json(data)
         return
+    from rich.markup import escape
+
     console.print(f"[bold]{name}[/bold]  {info.dist} {info.version}  ({info.value})")
     if data["summary"]:
-        console.print(data["summary"])
+        console.print(escape(data["summary"]))
     console.print(f"hooks: {', '.join(data['hooks']) or 'none'}")
     if fields:
         console.print(table("options", ["option", "type", "default", "description"],
-                            ([f["name"], f["type"], repr(f["default"]), f["help"]] for f in fields)))
+                            ([f["name"], escape(f["type"]), escape(repr(f["default"])), escape(f["help"])]
+                             for f in fields)))
     else:
         console.print("options: none")

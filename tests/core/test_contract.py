@@ -20,6 +20,7 @@ SIGNATURES = {
     "open_store": ["uri", "workdir"],
     "save_model": ["model", "path", "models"],
     "load_model": ["flavor", "path", "manifest", "models"],
+    "load_data": ["source", "options", "data", "workdir"],
     "preprocess": ["dataset", "state", "options", "run"],
     "train": ["dataset", "options", "run"],
     "tune_space": ["options"],
@@ -31,11 +32,11 @@ SIGNATURES = {
     "compile_rows": ["state", "options", "layout"],
     "compile_predict": ["model", "threads"],
     "window_reach": ["state", "options"],
-    "on_stage_start": ["stage", "plugins", "run"],
-    "on_stage_end": ["stage", "result", "seconds", "run"],
-    "on_stage_error": ["stage", "error", "run"],
-    "on_model_registered": ["version", "run"],
-    "on_alias_changed": ["change", "run"],
+    "on_stage_start": ["stage", "plugins", "run", "options"],
+    "on_stage_end": ["stage", "result", "seconds", "run", "options"],
+    "on_stage_error": ["stage", "error", "run", "options"],
+    "on_model_registered": ["version", "run", "options"],
+    "on_alias_changed": ["change", "run", "options"],
 }
 FIRSTRESULT = {"open_store", "save_model", "load_model", "compile_predict"}
 

@@ -89,7 +89,7 @@ def test_only_selected_plugins_are_loaded(tmp_path):
     session = Session.open(read(workdir=tmp_path))
     loaded = {n for n in session.plugins.known if session.plugins.pm.has_plugin(n)}
     cfg = session.config
-    expected = {*cfg.selected("store"), *(n for s in cfg.stages for n in cfg.selected(s))}
+    expected = {*cfg.selected("store"), *cfg.selected("data"), *(n for s in cfg.stages for n in cfg.selected(s))}
     # and the plugins a selected one says it calls: the default ensemble's members
     members = set(session.options_for("train", "ensemble").members)
     assert members == {"xgboost", "isolation-forest"}
