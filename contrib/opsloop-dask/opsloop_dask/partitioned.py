@@ -3,7 +3,7 @@
 opsloop's runner hands a preprocess step one pandas frame. For rows beyond
 one process's memory, a step's state must be fitted from partial results
 computed partition by partition on the workers and combined on the client.
-These functions do that for `impute` and `scale`, and return the very
+These functions do that for `impute`, `scale` and `clip`, and return the very
 states the built-in steps return on the same rows as one frame (the tests
 compare them key for key), so a bundle fitted this way replays in `opsloop
 serve` unchanged:
@@ -307,3 +307,23 @@ def fit_scale(frame: Any, columns: Sequence[str], method: str = "standard") -> d
 
     return {"method": method, "center": {c: clean(center[c], 0.0) for c in columns},
             "scale": {c: clean(scale[c], 1.0, zero_ok=False) for c in columns}}
+
+
+def fit_clip(frame: Any, columns: Sequence[str], *, lower_quantile: float = 0.001,
+             upper_quantile: float = 0.999) -> dict[str, Any]:
+    """The `clip` step's state, from the partitions of `frame`: exact quantiles, integer columns' bounds
+    rounded outwards, no bound for a column without a value."""
+    from pandas.api import types as pt
+
+    if not columns:
+        return {"lower": {}, "upper": {}}
+    counts = {c: n for c, n in frame[list(columns)].count().compute().items()}
+    q = quantiles(frame, columns, [lower_quantile, upper_quantile], counts)
+    dtypes = frame.dtypes
+
+    def bound(value: float, integer: bool, rounding: Any) -> float | int | None:
+        return None if not math.isfinite(value) else int(rounding(value)) if integer else float(value)
+
+    ints = {c: pt.is_integer_dtype(dtypes[c]) for c in columns}
+    return {"lower": {c: bound(q[c][lower_quantile], ints[c], math.floor) for c in columns},
+            "upper": {c: bound(q[c][upper_quantile], ints[c], math.ceil) for c in columns}}

@@ -50,7 +50,7 @@ def _builtin(name: str, frame: Any, **options: Any) -> tuple[dict[str, Any], lis
 
 #: Small histograms make `order_statistics` narrow over several passes instead of fetching at once (set here,
 #: seen by the workers: the session's workers are threads of this process).
-NARROW = {"BUCKETS": 16, "FETCH": 4}
+NARROW = {"BUCKETS": 256, "FETCH": 4}
 
 
 @pytest.mark.parametrize("passes", ["one", "several"])
@@ -91,3 +91,19 @@ def test_scale_states_are_the_builtin_steps(rows, on_cluster, method, passes, mo
             assert got[key] == pytest.approx(want[key], rel=1e-12, abs=1e-15)
     else:  # minimum, maximum and order statistics: exact
         assert got == want
+
+
+@pytest.mark.parametrize("passes", ["one", "several"])
+def test_clip_states_are_the_builtin_steps(rows, on_cluster, passes, monkeypatch):
+    import dask.dataframe as dd
+
+    from opsloop_dask import partitioned
+
+    if passes == "several":
+        for name, value in NARROW.items():
+            monkeypatch.setattr(partitioned, name, value)
+    frame = rows.drop(columns=["zone"])
+    want, _ = _builtin("clip", frame, lower_quantile=0.01, upper_quantile=0.995)
+    got = partitioned.fit_clip(dd.from_pandas(frame, npartitions=7, sort=False), list(want["lower"]),
+                               lower_quantile=0.01, upper_quantile=0.995)
+    assert got == want and got["lower"]["empty"] is None and isinstance(got["upper"]["level"], int)
