@@ -218,26 +218,37 @@ def _first_line(exc: BaseException) -> str:
 # On the workers
 # ---------------------------------------------------------------------------
 
-_models: dict[str, Any] = {}
+#: Versions a worker keeps loaded (the newest used): a long-lived cluster scores one version after another.
+KEEP_MODELS = 4
+_models: dict[str, tuple[Any, Path]] = {}
 _models_lock = threading.Lock()
 
 
 def _worker_model(files: Mapping[str, bytes], ref: str, digest: str) -> Any:
     """The version, loaded once per worker process from its files (checked against `digest`)."""
+    key = digest or ref
     with _models_lock:
-        model = _models.get(digest)
-        if model is None:
+        known = _models.pop(key, None)
+        if known is None:
             from opsloop.bundle import read_bundle
             from opsloop.manager import PluginManager
 
             root = Path(tempfile.mkdtemp(prefix="opsloop-dask-bundle-"))
-            for name, content in files.items():
-                target = root / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(content)
-            model = read_bundle(root, PluginManager(), ref=ref, digest=digest or None)
-            _models[digest] = model
-        return model
+            try:
+                for name, content in files.items():
+                    target = root / name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(content)
+                known = (read_bundle(root, PluginManager(), ref=ref, digest=digest or None), root)
+            except BaseException:
+                shutil.rmtree(root, ignore_errors=True)
+                raise
+        _models[key] = known  # the newest last
+        while len(_models) > KEEP_MODELS:
+            oldest = next(iter(_models))
+            _, directory = _models.pop(oldest)
+            shutil.rmtree(directory, ignore_errors=True)
+        return known[0]
 
 
 def _conform(frame: pd.DataFrame, schema: Mapping[str, str], source: str) -> pd.DataFrame:

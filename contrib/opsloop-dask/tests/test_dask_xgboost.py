@@ -142,3 +142,39 @@ def test_without_a_scheduler_it_starts_its_own_local_cluster_of_worker_processes
         close_all()  # its cluster goes now, not when the session ends
     shown = project.run("models", "show", run["versions"][0]["ref"], "--json").assert_ok().json
     assert shown["flavor"] == "xgboost" and shown["params"]["dask_workers"] == 2
+
+
+def test_early_stopping_holds_out_the_same_rows_and_its_best_iteration_survives_the_flavor(asd, scheduler,
+                                                                                          tmp_path):
+    """Direct calls of both trainers on rows whose last tenth of time steps holds incidents, so that early
+    stopping runs; the Dask model goes through the built-in flavor (save, load) unchanged."""
+    import numpy as np
+
+    from opsloop import Dataset
+    from opsloop.bundle import ModelFiles
+    from opsloop.config import read
+    from opsloop.manager import PluginManager
+    from opsloop.types import RunContext
+
+    rows = asd[asd["entity"].isin(["omi-1", "omi-9"]) & (asd["timestamp"] < "2024-01-12")].reset_index(drop=True)
+    dataset = Dataset.from_frame(rows.drop(columns=["entity"]), target="label", time="timestamp", name="asd")
+    run = RunContext(run_id="t", workdir=tmp_path, model_name="m", seed=3, config=read(workdir=tmp_path))
+    plugins = PluginManager()
+    fitted = {}
+    for name, extra in (("xgboost", {}), ("dask-xgboost", {"scheduler": scheduler})):
+        plugins.load(name)
+        options = plugins.options_class(name)(n_estimators=300, early_stopping_rounds=10, **extra)
+        fitted[name] = plugins.call(name, "train", dataset=dataset, options=options, run=run)
+    single, on_dask = fitted["xgboost"], fitted["dask-xgboost"]
+    for key in ("rows_fit", "rows_early_stopping", "validation_fraction", "early_stopping_rounds"):
+        assert on_dask.params[key] == single.params[key], key
+    assert 0 < on_dask.params["best_iteration"] < 300 and on_dask.flavor == "xgboost"
+
+    files = ModelFiles(plugins)
+    saver, _ = files.save(on_dask, tmp_path / "bundle")
+    assert saver == "xgboost"
+    manifest = {"task": "classification", "features": list(on_dask.features)}
+    loaded = files.load("xgboost", saver, tmp_path / "bundle", manifest)
+    assert loaded.best_iteration == on_dask.params["best_iteration"]
+    X = dataset.X
+    assert np.array_equal(loaded.predict_proba(X), on_dask.estimator.predict_proba(X))
