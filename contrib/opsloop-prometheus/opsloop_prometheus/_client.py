@@ -34,7 +34,20 @@ def base_url(source: str) -> str:
     if parts.query or parts.fragment:
         raise ConfigError(f"{source!r}: the address takes no ?query or #fragment (queries go in "
                           "[data.prometheus] queries)", section="data", key="source")
-    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+    return urlunsplit((scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/"), "", ""))
+
+
+def basic_auth(source: str) -> dict[str, str]:
+    """`Authorization: Basic ...` from a `user:password@` in the address (Prometheus behind a proxy that
+    asks for it); no header without one."""
+    import base64
+    from urllib.parse import unquote
+
+    parts = urlsplit(source)
+    if parts.username is None:
+        return {}
+    pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    return {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
 
 
 def display(url: str) -> str:

@@ -97,7 +97,7 @@ def load(source: str, options: Options, data: DataSection, workdir: Path, now: d
             raise ConfigError(f"the query name {query.name!r} is also the time, series or label column",
                               section=SECTION, key="queries")
     windows = _incidents.read(_resolve(workdir, options.incidents)) if options.incidents else None
-    headers = {**options.headers, **_bearer(workdir, options.bearer_token_file)}
+    headers = {**_client.basic_auth(source), **options.headers, **_bearer(workdir, options.bearer_token_file)}
     first, last, step = grid(options, now or datetime.now(timezone.utc))
 
     columns: dict[str, dict[str, dict[int, float]]] = {}

@@ -179,6 +179,49 @@ def prometheus(tmp_path_factory, asd_slice):
         stop(proc)
 
 
+#: bcrypt (cost 4) of the password "opsloop-test", for Prometheus's --web.config.file basic_auth_users.
+PASSWORD, PASSWORD_HASH = "opsloop-test", "$2b$04$H49mRoTqUZ7iOgY9ppRr9.8d/ExaO3J7HLMfRdQANgEb.fPipP4hS"
+
+
+@pytest.fixture(scope="session")
+def guarded_prometheus(tmp_path_factory, prometheus):
+    """A second Prometheus that asks for HTTP basic authentication (user `opsloop`, password PASSWORD),
+    scraping the first one's own /metrics every second: a dict with url and port."""
+    server = binary("OPSLOOP_TEST_PROMETHEUS", "prometheus")
+    root = tmp_path_factory.mktemp("guarded")
+    port = free_port()
+    (root / "web.yml").write_text(f"basic_auth_users:\n  opsloop: {PASSWORD_HASH}\n", encoding="utf-8")
+    (root / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1s\n"
+        f"scrape_configs:\n  - job_name: prometheus\n    static_configs:\n"
+        f"      - targets: ['127.0.0.1:{prometheus['port']}']\n", encoding="utf-8")
+    log = root / "prometheus.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [server, f"--config.file={root / 'prometheus.yml'}", f"--web.config.file={root / 'web.yml'}",
+             f"--storage.tsdb.path={root / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+            stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    auth = urllib.request.Request(f"{url}/api/v1/query?query=count_over_time(up[1m])",
+                                  headers=_basic("opsloop", PASSWORD))
+
+    def scraped() -> bool:  # ready, and three scrapes stored
+        result = json.loads(urllib.request.urlopen(auth, timeout=5).read())["data"]["result"]
+        return bool(result) and float(result[0]["value"][1]) >= 3
+
+    try:
+        wait_for(scraped, f"guarded prometheus on {url} scraping", proc=proc, log=log)
+        yield {"url": url, "port": port}
+    finally:
+        stop(proc)
+
+
+def _basic(user: str, password: str) -> dict[str, str]:
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
 @pytest.fixture
 def node_exporter(prometheus, tmp_path):
     """Start/stop `prometheus-node-exporter` on the port Prometheus scrapes; stopped at the end."""
@@ -217,4 +260,4 @@ def stand():
 
     return types.SimpleNamespace(SERVERS=SERVERS, METRICS=METRICS, GAPS=GAPS, COUNTER=COUNTER, RESET_AT=RESET_AT,
                                  counter_values=counter_values, gap_mask=gap_mask, get_json=get_json,
-                                 wait_for=wait_for, DEADLINE=DEADLINE)
+                                 wait_for=wait_for, DEADLINE=DEADLINE, PASSWORD=PASSWORD, basic=_basic)

@@ -74,10 +74,26 @@ def test_a_missing_incidents_file_and_token_file(prometheus, tmp_path):
         read(prometheus["url"], tmp_path, bearer_token_file="token")
 
 
-def test_headers_and_bearer_token_are_sent(prometheus, tmp_path):
-    # Prometheus ignores both; the request still succeeds with them (a proxy in front would read them).
+def test_basic_authentication_from_the_address_or_headers(prometheus, guarded_prometheus, tmp_path, stand):
+    port, password = guarded_prometheus["port"], stand.PASSWORD
+    options = {"queries": {"up": 'up{job="prometheus"}'}, "start": "-30s", "end": "now", "step": "1s"}
+    frame = read(f"prometheus://opsloop:{password}@127.0.0.1:{port}", tmp_path, **options)
+    # It scrapes the first server: one series, named after that target's instance label.
+    assert frame["series"].unique().tolist() == [f"127.0.0.1:{prometheus['port']}"]
+    assert (frame["up"].dropna() == 1).all() and frame["up"].notna().sum() >= 2
+    read(f"prometheus://127.0.0.1:{port}", tmp_path, headers=stand.basic("opsloop", password), **options)
+    with pytest.raises(DataError) as caught:
+        read(f"prometheus://opsloop:wrong@127.0.0.1:{port}", tmp_path, **options)
+    # The password stays out of the message.
+    assert str(caught.value).startswith(f"http://127.0.0.1:{port}: query up (up{{job=\"prometheus\"}}): HTTP 401 ")
+    with pytest.raises(DataError, match=r": HTTP 401 "):
+        read(f"prometheus://127.0.0.1:{port}", tmp_path, **options)
+
+
+def test_a_bearer_token_file_is_read(prometheus, tmp_path):
+    # Prometheus itself does not check bearer tokens (a proxy in front would): the request still succeeds.
     (tmp_path / "token").write_text("s3cret\n", encoding="utf-8")
-    frame = read(prometheus["url"], tmp_path, bearer_token_file="token", headers={"X-Scope-OrgID": "ops"})
+    frame = read(prometheus["url"], tmp_path, bearer_token_file="token")
     assert len(frame) == 3 * 13
 
 
