@@ -130,7 +130,7 @@ def openmetrics(frame) -> str:
     for metric in METRICS:
         lines += [f"# HELP asd_{metric} ASD metric {metric}.", f"# TYPE asd_{metric} gauge"]
         for entity, value, stamp in zip(frame["entity"], frame[metric], seconds):
-            # float32 as the CSV writes it (0.56, not 0.5600000023841858).
+            # The float32's exact value as a double (0.5600000023841858 for 0.56): what the frame holds.
             lines.append(f'asd_{metric}{{instance="{entity}",job="asd"}} {np.float32(value)} {stamp}')
     server = frame[frame["entity"] == SERVERS[0]]
     lines += [f"# HELP {COUNTER.removesuffix('_total')} A counter that resets.",
