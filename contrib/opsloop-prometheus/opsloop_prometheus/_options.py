@@ -135,6 +135,24 @@ def _check_duration(instance: Any, attribute: Any, value: str) -> None:
         raise ValueError(f"{attribute.name}: {exc}") from None
 
 
+def _time_text(name: str) -> Any:
+    """A converter for `start`/`end`: a string as written, or a TOML date-time (`start =
+    2024-06-01T00:00:00Z`, unquoted) as ISO-8601 text; a TOML local date-time, without offset, is UTC."""
+    from datetime import date
+
+    def convert(value: Any) -> str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, datetime):
+            return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).isoformat()
+        if isinstance(value, date):
+            return f"{value.isoformat()}T00:00:00+00:00"
+        raise ValueError(f"{name}: expected a time such as \"-7d\", \"now\" or 2024-06-01T00:00:00Z, got "
+                         f"{type(value).__name__} {value!r}")
+
+    return convert
+
+
 def _check_time(instance: Any, attribute: Any, value: str) -> None:
     try:
         parse_time(value, datetime.now(timezone.utc))
@@ -164,8 +182,8 @@ class Options:
     Attributes:
         queries: The feature columns: a table `name = "PromQL"`, or a list of
             tables `{name, query, rate, increase}` (see `Query`).
-        start: First step: ISO-8601 (UTC when no offset), a Unix timestamp,
-            `now`, or `-7d` / `now-7d`.
+        start: First step: ISO-8601 (UTC when no offset; a quoted string or a
+            TOML date-time), a Unix timestamp, `now`, or `-7d` / `now-7d`.
         end: Last step, in the same forms.
         step: Query resolution, a Prometheus duration (`30s`, `5m`).
         series_labels: Labels whose values, joined by `separator`, make the
@@ -187,8 +205,9 @@ class Options:
 
     # Any: cattrs hands the table or list as written to `to_queries`, which checks and normalises it.
     queries: Any = attrs.field(default=(), converter=to_queries, validator=_check_queries)
-    start: str = attrs.field(default="-7d", validator=_check_time)
-    end: str = attrs.field(default="now", validator=_check_time)
+    # Any: a string, or a TOML date-time that `_time_text` writes as ISO-8601 text.
+    start: Any = attrs.field(default="-7d", converter=_time_text("start"), validator=_check_time)
+    end: Any = attrs.field(default="now", converter=_time_text("end"), validator=_check_time)
     step: str = attrs.field(default="1m", validator=_check_duration)
     series_labels: list[str] = attrs.field(factory=lambda: ["instance"], validator=_check_labels)
     separator: str = "/"

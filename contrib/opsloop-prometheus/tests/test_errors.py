@@ -105,6 +105,7 @@ def test_a_bearer_token_file_is_read(prometheus, tmp_path):
     ({"step": "5 minutes"}, "step", "is not a duration"),
     ({"start": "last tuesday"}, "start", "is not a time"),
     ({"max_points": 20000}, "max_points", "at most 11000"),
+    ({"start": 3}, "start", "expected a time such as"),
     ({"fill_limit": -1}, "fill_limit", "0 or more"),
     ({"series_labels": []}, "series_labels", "at least one label"),
 ])
@@ -115,3 +116,13 @@ def test_options_are_checked(options, key, says):
     with pytest.raises(ConfigError) as caught:
         structure(table, Options, section="data.prometheus", source="opsloop.toml")
     assert f"[data.prometheus.{key}]" in str(caught.value) and says in str(caught.value)
+
+
+def test_toml_date_times_are_times():
+    import tomllib
+
+    from opsloop.config import structure
+
+    table = tomllib.loads('queries = {m01 = "asd_m01"}\nstart = 2024-01-03T01:00:00+01:00\nend = 2024-01-03T01:00:00\n')
+    options = structure(table, Options, section="data.prometheus", source="opsloop.toml")
+    assert (options.start, options.end) == ("2024-01-03T01:00:00+01:00", "2024-01-03T01:00:00+00:00")
