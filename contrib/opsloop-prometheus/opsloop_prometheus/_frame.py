@@ -127,7 +127,8 @@ def _column(values: dict[str, dict[int, float]], names: list[str], stamps: Any, 
     out = np.full(len(names) * len(stamps), np.nan)
     for i, name in enumerate(names):
         points = values.get(name, {})
-        # Index -1 is the step before the grid (read for an increase); other off-grid times are dropped.
+        # `padded[0]` is the step before the grid (read for an increase), `padded[1:]` the grid; a time off
+        # the grid (none, from query_range) is dropped.
         offset = np.fromiter(points.keys(), dtype=np.int64, count=len(points)) - int(stamps[0])
         at = offset // step + 1
         found = np.fromiter(points.values(), dtype=float, count=len(points))
