@@ -11,10 +11,14 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from opsloop.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    import ssl
 
 #: `[data] source` schemes and the HTTP scheme each one means.
 SCHEMES = {"prometheus": "http", "prometheus+http": "http", "prometheus+https": "https", "http": "http",
@@ -59,8 +63,23 @@ def display(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+def tls_context(ca_file: Path | None) -> ssl.SSLContext | None:
+    """Certificates signed by `ca_file` (a PEM bundle) trusted besides the system's; None: the system's only."""
+    import ssl
+
+    if ca_file is None:
+        return None
+    try:
+        context = ssl.create_default_context()
+        context.load_verify_locations(cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot read the CA file {ca_file}: {_reason(exc)}", section="data.prometheus",
+                          key="ca_file") from None
+    return context
+
+
 def query_range(base: str, promql: str, *, start: float, end: float, step: float, timeout: float,
-                headers: Mapping[str, str], what: str) -> list[dict[str, Any]]:
+                headers: Mapping[str, str], what: str, context: ssl.SSLContext | None = None) -> list[dict[str, Any]]:
     """The `result` of one range query: a list of `{"metric": {labels}, "values": [[t, "v"], ...]}`.
 
     `what` names the query in errors (`query cpu (rate(...))`). POST, form-encoded, as Prometheus
@@ -76,7 +95,7 @@ def query_range(base: str, promql: str, *, start: float, end: float, step: float
         headers={"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json",
                  "User-Agent": "opsloop-prometheus", **headers})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             raw = response.read()
     except urllib.error.HTTPError as exc:
         raise DataError(f"{address}: {what}: {_http_error(exc)}") from None
@@ -104,6 +123,13 @@ def query_range(base: str, promql: str, *, start: float, end: float, step: float
 
 
 def _reason(reason: object) -> str:
+    import ssl
+
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        return (f"the server's TLS certificate is not trusted ({reason.verify_message}): name the CA that signed "
+                "it in [data.prometheus] ca_file")
+    if isinstance(reason, ssl.SSLError):
+        return f"TLS error: {reason.reason or reason}"
     if isinstance(reason, ConnectionRefusedError):
         return "connection refused"
     if isinstance(reason, socket.gaierror):

@@ -52,14 +52,14 @@ def chunks(first: int, last: int, step: int, max_points: int) -> list[tuple[int,
 
 
 def read_query(base: str, query: Query, options: Options, first: int, last: int, step: int,
-               headers: dict[str, str]) -> dict[str, dict[int, float]]:
+               headers: dict[str, str], context: Any = None) -> dict[str, dict[int, float]]:
     """One query's values: series name -> {step time in ms: value}, over every chunk of the range."""
     what = f"query {query.name} ({query.promql})"
     values: dict[str, dict[int, float]] = {}
     for start, end in chunks(first, last, step, options.max_points):
         seen: dict[str, dict[str, str]] = {}
         result = _client.query_range(base, query.promql, start=start / 1000, end=end / 1000, step=step / 1000,
-                                     timeout=options.timeout, headers=headers, what=what)
+                                     timeout=options.timeout, headers=headers, what=what, context=context)
         for item in result:
             labels = item.get("metric") or {}
             missing = [name for name in options.series_labels if name not in labels]
@@ -98,13 +98,14 @@ def load(source: str, options: Options, data: DataSection, workdir: Path, now: d
                               section=SECTION, key="queries")
     windows = _incidents.read(_resolve(workdir, options.incidents)) if options.incidents else None
     headers = {**_client.basic_auth(source), **options.headers, **_bearer(workdir, options.bearer_token_file)}
+    context = _client.tls_context(_resolve(workdir, options.ca_file) if options.ca_file else None)
     first, last, step = grid(options, now or datetime.now(timezone.utc))
 
     columns: dict[str, dict[str, dict[int, float]]] = {}
     for query in options.queries:
         # An increase needs the step before the first: read one more step, dropped below.
         begin = first - step if query.increase else first
-        columns[query.name] = read_query(base, query, options, begin, last, step, headers)
+        columns[query.name] = read_query(base, query, options, begin, last, step, headers, context)
 
     names = sorted(set().union(*columns.values()))
     stamps = np.arange(first, last + step, step, dtype=np.int64)

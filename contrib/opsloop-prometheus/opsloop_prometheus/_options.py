@@ -201,6 +201,9 @@ class Options:
             `X-Scope-OrgID`).
         bearer_token_file: A file whose content is sent as
             `Authorization: Bearer ...`; relative to the config file.
+        ca_file: A PEM file of the CA(s) that signed an HTTPS server's
+            certificate, trusted besides the system's; relative to the config
+            file.
     """
 
     # Any: cattrs hands the table or list as written to `to_queries`, which checks and normalises it.
@@ -217,6 +220,7 @@ class Options:
     max_points: int = attrs.field(default=11_000, validator=_positive)
     headers: dict[str, str] = attrs.field(factory=dict)
     bearer_token_file: str | None = None
+    ca_file: str | None = None
 
     @max_points.validator
     def _max_points(self, attribute: Any, value: int) -> None:

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -185,12 +186,22 @@ PASSWORD, PASSWORD_HASH = "opsloop-test", "$2b$04$H49mRoTqUZ7iOgY9ppRr9.8d/ExaO3
 
 @pytest.fixture(scope="session")
 def guarded_prometheus(tmp_path_factory, prometheus):
-    """A second Prometheus that asks for HTTP basic authentication (user `opsloop`, password PASSWORD),
-    scraping the first one's own /metrics every second: a dict with url and port."""
+    """A second Prometheus behind HTTPS (a self-signed certificate for 127.0.0.1, made here with openssl) and
+    HTTP basic authentication (user `opsloop`, password PASSWORD), scraping the first one's own /metrics
+    every second: a dict with url, port and cert (the certificate, its own CA)."""
     server = binary("OPSLOOP_TEST_PROMETHEUS", "prometheus")
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed: no certificate for the HTTPS server")
     root = tmp_path_factory.mktemp("guarded")
     port = free_port()
-    (root / "web.yml").write_text(f"basic_auth_users:\n  opsloop: {PASSWORD_HASH}\n", encoding="utf-8")
+    cert, key = root / "cert.pem", root / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
+    (root / "web.yml").write_text(
+        f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n"
+        f"basic_auth_users:\n  opsloop: {PASSWORD_HASH}\n", encoding="utf-8")
     (root / "prometheus.yml").write_text(
         "global:\n  scrape_interval: 1s\n"
         f"scrape_configs:\n  - job_name: prometheus\n    static_configs:\n"
@@ -201,17 +212,19 @@ def guarded_prometheus(tmp_path_factory, prometheus):
             [server, f"--config.file={root / 'prometheus.yml'}", f"--web.config.file={root / 'web.yml'}",
              f"--storage.tsdb.path={root / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
             stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    url = f"https://127.0.0.1:{port}"
     auth = urllib.request.Request(f"{url}/api/v1/query?query=count_over_time(up[1m])",
                                   headers=_basic("opsloop", PASSWORD))
+    context = ssl.create_default_context(cafile=str(cert))
 
     def scraped() -> bool:  # ready, and three scrapes stored
-        result = json.loads(urllib.request.urlopen(auth, timeout=5).read())["data"]["result"]
+        answer = urllib.request.urlopen(auth, timeout=5, context=context).read()
+        result = json.loads(answer)["data"]["result"]
         return bool(result) and float(result[0]["value"][1]) >= 3
 
     try:
         wait_for(scraped, f"guarded prometheus on {url} scraping", proc=proc, log=log)
-        yield {"url": url, "port": port}
+        yield {"url": url, "port": port, "cert": cert}
     finally:
         stop(proc)
 

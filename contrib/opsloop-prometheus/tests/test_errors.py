@@ -74,20 +74,31 @@ def test_a_missing_incidents_file_and_token_file(prometheus, tmp_path):
         read(prometheus["url"], tmp_path, bearer_token_file="token")
 
 
-def test_basic_authentication_from_the_address_or_headers(prometheus, guarded_prometheus, tmp_path, stand):
-    port, password = guarded_prometheus["port"], stand.PASSWORD
-    options = {"queries": {"up": 'up{job="prometheus"}'}, "start": "-30s", "end": "now", "step": "1s"}
-    frame = read(f"prometheus://opsloop:{password}@127.0.0.1:{port}", tmp_path, **options)
+def test_https_and_basic_authentication(prometheus, guarded_prometheus, tmp_path, stand):
+    port, password, cert = guarded_prometheus["port"], stand.PASSWORD, guarded_prometheus["cert"]
+    options = {"queries": {"up": 'up{job="prometheus"}'}, "start": "-30s", "end": "now", "step": "1s",
+               "ca_file": str(cert)}
+    frame = read(f"prometheus+https://opsloop:{password}@127.0.0.1:{port}", tmp_path, **options)
     # It scrapes the first server: one series, named after that target's instance label.
     assert frame["series"].unique().tolist() == [f"127.0.0.1:{prometheus['port']}"]
     assert (frame["up"].dropna() == 1).all() and frame["up"].notna().sum() >= 2
-    read(f"prometheus://127.0.0.1:{port}", tmp_path, headers=stand.basic("opsloop", password), **options)
+    read(f"https://127.0.0.1:{port}", tmp_path, headers=stand.basic("opsloop", password), **options)
+
     with pytest.raises(DataError) as caught:
-        read(f"prometheus://opsloop:wrong@127.0.0.1:{port}", tmp_path, **options)
+        read(f"prometheus+https://opsloop:wrong@127.0.0.1:{port}", tmp_path, **options)
     # The password stays out of the message.
-    assert str(caught.value).startswith(f"http://127.0.0.1:{port}: query up (up{{job=\"prometheus\"}}): HTTP 401 ")
+    assert str(caught.value).startswith(f"https://127.0.0.1:{port}: query up (up{{job=\"prometheus\"}}): HTTP 401 ")
     with pytest.raises(DataError, match=r": HTTP 401 "):
-        read(f"prometheus://127.0.0.1:{port}", tmp_path, **options)
+        read(f"prometheus+https://127.0.0.1:{port}", tmp_path, **options)
+    # Without the CA the certificate is not trusted; over plain HTTP the server says it speaks HTTPS.
+    with pytest.raises(DataError, match=r"^https://127.0.0.1:\d+: query up .*: cannot connect: the server's TLS "
+                                        r"certificate is not trusted \(self.signed certificate\): name the CA"):
+        read(f"prometheus+https://opsloop:{password}@127.0.0.1:{port}", tmp_path,
+             **{**options, "ca_file": None})
+    with pytest.raises(DataError, match=r"^http://127.0.0.1:\d+: query up .*: HTTP 400 Bad Request"):
+        read(f"prometheus://opsloop:{password}@127.0.0.1:{port}", tmp_path, **options)
+    with pytest.raises(ConfigError, match=r"\[data.prometheus.ca_file\] cannot read the CA file"):
+        read(f"prometheus+https://127.0.0.1:{port}", tmp_path, **{**options, "ca_file": "no-such.pem"})
 
 
 def test_a_bearer_token_file_is_read(prometheus, tmp_path):
