@@ -123,3 +123,14 @@ def test_config_check_names_a_wrong_option(prometheus, opsloop_project):
     project.run("config", "check").assert_error("[data.prometheus.step]", "'5 minutes' is not a duration")
     project = opsloop_project(config=config(prometheus["port"], stepp="5m"))
     project.run("config", "check").assert_error("[data.prometheus.stepp] unknown key", 'did you mean "step"?')
+
+
+def test_a_plain_http_address_with_data_plugin(prometheus, opsloop_project):
+    # The scheme `http` names no plugin; `[data] plugin` does. The read reaches this plugin (its own error).
+    table = config(prometheus["port"], queries={"m01": 'asd_m01{job="nothing"}'})
+    del table["data"]["prometheus"]["incidents"]  # no file in this project
+    table["data"].update(source=prometheus["url"], plugin="prometheus")
+    project = opsloop_project(config=table)
+    project.run("config", "check").assert_ok()
+    project.run("run").assert_error('plugin "prometheus" (opsloop-prometheus 0.1.0) failed in load_data: '
+                                    f'{prometheus["url"]}: query m01 (asd_m01{{job="nothing"}}) returned no series')
