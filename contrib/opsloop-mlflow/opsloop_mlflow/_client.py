@@ -91,11 +91,14 @@ def bounded(timeout: int | None, retries: int | None) -> Iterator[None]:
             os.environ[name] = str(value)
         elif saved[name] is None:
             os.environ[name] = str(defaults[name])
-    # MLflow logs at INFO (and alembic while it creates a SQLite store's tables): opsloop's output stays its own.
-    loggers = [logging.getLogger(name) for name in ("mlflow", "alembic")]
+    # MLflow logs at INFO, and a database error with its traceback at ERROR before raising it (alembic logs
+    # while it creates a SQLite store's tables): opsloop's output stays its own, and the error that MLflow
+    # raises becomes this plugin's one line (`Connection.talking`; OPSLOOP_DEBUG=1 shows the traceback).
+    quiet = {"mlflow": logging.CRITICAL, "alembic": logging.WARNING}
+    loggers = [logging.getLogger(name) for name in quiet]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
-        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+        logger.setLevel(max(logger.getEffectiveLevel(), quiet[logger.name]))
     try:
         yield
     finally:
@@ -126,11 +129,13 @@ class Connection:
             self.client = MlflowClient(tracking_uri=tracking, registry_uri=registry_uri or tracking)
 
     @contextlib.contextmanager
-    def talking(self, doing: str, *, registry: bool = False) -> Iterator[MlflowClient]:
+    def talking(self, doing: str, *, registry: bool = False, retry: bool = False) -> Iterator[MlflowClient]:
         """`with connection.talking("creating the run") as client:` the client, HTTP bounded; any failure is
-        one StoreError naming the address and what was being done."""
+        one StoreError naming the address and what was being done. `retry`: at least one retry, even with
+        `retries = 0` (after a refused upload the server may close the connection the next call reuses)."""
         address = self.registry_address if registry else self.address
-        with bounded(self.timeout, self.retries):
+        retries = max(self.retries, 1) if retry and self.retries is not None else self.retries
+        with bounded(self.timeout, retries):
             try:
                 yield getattr(self, "client", None)  # type: ignore[misc] - None only while the client is built
             except OpsloopError:

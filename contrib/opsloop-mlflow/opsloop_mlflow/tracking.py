@@ -58,8 +58,14 @@ AWAIT_VERSION = 60
 
 
 def _positive_or_none(instance: Any, attribute: attrs.Attribute, value: int | None) -> None:
-    if value is not None and value < (0 if attribute.name == "retries" else 1):
-        raise ValueError(f"expected a whole number >= {0 if attribute.name == 'retries' else 1}, got {value}")
+    least = 0 if attribute.name == "retries" else 1
+    if value is not None and value < least:
+        raise ValueError(f"expected a whole number >= {least}, got {value}", attribute)  # the key, for the error
+
+
+def _string_table(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValueError(f'expected a table of strings (tags = {{ team = "sre" }}), got {value!r}', attribute)
 
 
 @attrs.frozen(kw_only=True)
@@ -81,7 +87,8 @@ class Options:
             (the MLflow version's source); off, the source is the version's
             lineage artifact folder, and the bundle stays in opsloop's store.
         run_name: The MLflow run's name; None: `<model>-<run id>`.
-        tags: Extra tags on every run and model version (team, cost centre...).
+        tags: Extra tags on every run and model version (team, cost centre...):
+            a table of strings.
         timeout: Seconds to wait for one HTTP answer; None:
             MLFLOW_HTTP_REQUEST_TIMEOUT, else 10.
         retries: Retries of a failed HTTP request; None:
@@ -95,7 +102,8 @@ class Options:
     registered_model: str | None = None
     log_bundle: bool = True
     run_name: str | None = None
-    tags: dict[str, str] = attrs.field(factory=dict)
+    # `Any` for cattrs, so that a wrong value reaches the validator, which says what is expected.
+    tags: Any = attrs.field(factory=dict, validator=_string_table)
     timeout: int | None = attrs.field(default=None, validator=_positive_or_none)
     retries: int | None = attrs.field(default=None, validator=_positive_or_none)
 
@@ -125,9 +133,11 @@ class Tracked:
     windows: int = 0
     #: opsloop's store (its address, no password), from the `register` stage's announcement.
     store: str = ""
+    #: Saying why the run failed: retried at least once (`Connection.talking`).
+    failing: bool = False
 
     def call(self, doing: str, *, registry: bool = False) -> Any:
-        return self.connection.talking(doing, registry=registry)
+        return self.connection.talking(doing, registry=registry, retry=self.failing)
 
     def log_params(self, params: dict[str, str], run: RunContext) -> None:
         """New parameters only: MLflow refuses to change one, so a value seen before is not sent again."""
@@ -182,6 +192,7 @@ class Tracked:
     def fail(self, status: str = "FAILED", error: object = None) -> None:
         """Mark the run failed (and why, in the tag `opsloop.error`), as far as the server lets us: the error
         being reported matters more."""
+        self.failing = True
         try:
             if error is not None:
                 self.set_tags({"opsloop.error": str(error)})

@@ -57,11 +57,14 @@ class Server:
         pytest.fail(f"mlflow server did not answer {self.url}/health in {deadline:.0f} s:\n"
                     f"{self.log.read_text()[-3000:]}")
 
+    def terminate(self) -> None:
+        """SIGTERM to the server's process group (it runs uvicorn as a child)."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+
     def stop(self) -> None:
-        """SIGTERM to the server's process group (it runs uvicorn as a child), SIGKILL if it lingers."""
-        if self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
+        """Terminate, and SIGKILL the group if it lingers."""
+        self.terminate()
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -69,29 +72,46 @@ class Server:
             self.process.wait(timeout=30)
 
 
-def launch(folder: Path, *, artifacts: Path | None = None, registry_store: str | None = None) -> Server:
+def launch(folder: Path, *, artifacts: Path | None = None) -> Server:
     """Start `mlflow server` with a SQLite backend in `folder` (not waiting for it: `.wait()`)."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     args = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
             "--artifacts-destination", str(artifacts or folder / "artifacts"), "--host", "127.0.0.1",
             "--port", str(port), "--workers", "1"]
-    if registry_store:
-        args += ["--registry-store-uri", registry_store]
     log = folder / "server.log"
+    # MLflow 3 also starts a job runner (for GenAI evaluation jobs) that opsloop never uses: off, to start faster.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with log.open("wb") as out:
         process = subprocess.Popen(args, cwd=folder, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
+                                   start_new_session=True, env=env)
     return Server(url=f"http://127.0.0.1:{port}", folder=folder, process=process, log=log)
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real MLflow tracking server with a SQLite backend and proxied artifacts, for the whole session."""
+def mlflow_servers(tmp_path_factory):
+    """Two real `mlflow server`s, started at once (each takes seconds to come up; together they take about as
+    long as one), stopped when the session ends; `.wait()` for the one a test needs:
+
+    - `"main"`: SQLite backend (`folder / "mlflow.db"`), proxied artifacts: what a team runs;
+    - `"artifacts"`: refuses every artifact write (its artifact folder would be under a regular file).
+    """
     pytest.importorskip("mlflow", reason="MLflow is not installed (pip install -e ./contrib/opsloop-mlflow)")
-    server = launch(tmp_path_factory.mktemp("mlflow-server")).wait()
-    yield server
-    server.stop()
+    root = tmp_path_factory.mktemp("mlflow")
+    (root / "a-file").write_text("not a folder")
+    servers = {"main": launch(root / "main"),
+               "artifacts": launch(root / "artifacts", artifacts=root / "a-file" / "artifacts")}
+    yield servers
+    for server in servers.values():
+        server.terminate()
+    for server in servers.values():
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(mlflow_servers):
+    """The real MLflow tracking server with a SQLite backend and proxied artifacts."""
+    return mlflow_servers["main"].wait()
 
 
 def _lifecycle(tracking_uri: str, **options) -> dict:
@@ -145,3 +165,4 @@ def mlflow_client():
 def find_run():
     """`find_run(uri, opsloop_run_id)`: the MLflow run that logs an opsloop run."""
     return _mlflow_run
+
