@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
@@ -82,6 +83,17 @@ def bounded(timeout: int | None, retries: int | None) -> Iterator[None]:
         "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": None,
         "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": None,
     }
+    # One call at a time changes the environment and the loggers (Optuna may run trials in threads).
+    with _BOUNDED, _environment(wanted):
+        yield
+
+
+#: Serialises `bounded`: what it changes (the environment, logger levels) belongs to the whole process.
+_BOUNDED = threading.RLock()
+
+
+@contextlib.contextmanager
+def _environment(wanted: dict[str, object]) -> Iterator[None]:
     defaults = {"MLFLOW_HTTP_REQUEST_TIMEOUT": DEFAULT_TIMEOUT, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": DEFAULT_RETRIES,
                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": 1, "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": 0,
                 "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
@@ -116,8 +128,12 @@ class Connection:
 
     def __init__(self, tracking_uri: str | None, registry_uri: str | None, *, timeout: int | None = None,
                  retries: int | None = None) -> None:
-        import mlflow
-        from mlflow import MlflowClient
+        try:
+            import mlflow
+            from mlflow import MlflowClient
+        except ImportError as exc:
+            raise OpsloopError(f"MLflow cannot be imported ({exc}): install it with the plugin's package, "
+                               "pip install opsloop-mlflow (or ./contrib/opsloop-mlflow)") from exc
 
         self.timeout, self.retries = timeout, retries
         tracking = tracking_uri or mlflow.get_tracking_uri()  # MLFLOW_TRACKING_URI, or MLflow's default

@@ -204,8 +204,10 @@ class Tracked:
             log.warning("%s", exc)
 
 
-#: The MLflow run of each opsloop run in progress in this process, by opsloop run id.
+#: The MLflow run of each opsloop run in progress in this process, by opsloop run id; the oldest are
+#: forgotten past `KEEP_RUNS` (a long `opsloop loop --every` makes a run per cycle).
 _RUNS: dict[str, Tracked] = {}
+KEEP_RUNS = 64
 
 
 def _options(options: Options | None) -> Options:
@@ -248,6 +250,8 @@ def _tracked(run: RunContext | None, options: Options | None) -> Tracked | None:
     tracked = _RUNS.get(run.run_id)
     if tracked is None:
         tracked = _RUNS[run.run_id] = _begin(run, _options(options))
+        while len(_RUNS) > KEEP_RUNS:
+            del _RUNS[next(iter(_RUNS))]
     return tracked
 
 

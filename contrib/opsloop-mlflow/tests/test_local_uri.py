@@ -61,3 +61,45 @@ def test_registry_off_logs_the_run_and_leaves_the_registry_alone(opsloop_project
     # Alias moves say nothing to MLflow either.
     project.run("models", "promote", "no-registry", "2", "--reason", "test").assert_ok()
     assert "no-registry" not in mirrored()
+
+
+def test_gate_verdicts_decisions_and_an_interrupted_stage(sqlite_uri, mlflow_client, tmp_path):
+    """The loop's gate, a retrain decision and Ctrl-C, through the hooks as `opsloop loop` calls them."""
+    from opsloop import GateVerdict, RetrainDecision, RunContext
+    from opsloop.config import read
+
+    from opsloop_mlflow import tracking
+
+    run = RunContext(run_id="cycle-1", workdir=tmp_path, model_name="looped", config=read(workdir=tmp_path))
+    options = tracking.Options(tracking_uri=sqlite_uri)
+    tracking.on_stage_start(stage="decide_retrain", plugins=["threshold-policy"], run=run, options=options)
+    tracking.on_stage_end(stage="decide_retrain", result=RetrainDecision(retrain=True, reasons=("f1 fell",)),
+                          seconds=0.1, run=run, options=options)
+    verdict = GateVerdict(winner="challenger", metric="pr_auc", champion=0.41, challenger=0.47, margin=0.06,
+                          ci=(0.01, 0.11), reasons=("better",), gate="champion-challenger",
+                          figures={"champion.f1": 0.3})
+    tracking.on_stage_start(stage="gate", plugins=["champion-challenger"], run=run, options=options)
+    tracking.on_stage_end(stage="gate", result=[verdict], seconds=0.2, run=run, options=options)
+    tracking.on_stage_start(stage="retrain.train", plugins=["xgboost"], run=run, options=options)
+    tracking.on_stage_error(stage="retrain.train", error=KeyboardInterrupt(), run=run, options=options)
+
+    mlflow = mlflow_client(sqlite_uri)
+    (logged,) = mlflow.search_runs([mlflow.get_experiment_by_name("looped").experiment_id])
+    metrics = logged.data.metrics
+    assert metrics["decide_retrain.retrain"] == 1.0
+    assert logged.data.tags["opsloop.decision"] == "retrain: f1 fell"
+    assert metrics["gate.champion-challenger.margin"] == pytest.approx(0.06)
+    assert metrics["gate.champion-challenger.ci_low"] == pytest.approx(0.01)
+    assert metrics["gate.champion-challenger.promote"] == 1.0
+    assert metrics["gate.champion-challenger.figures.champion.f1"] == pytest.approx(0.3)
+    assert logged.info.status == "KILLED" and logged.data.tags["opsloop.error"].startswith("retrain.train")
+
+
+def test_without_mlflow_the_run_says_what_to_install(opsloop_project, lifecycle, monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # what `import mlflow` meets where it is not installed
+    project = opsloop_project(config=lifecycle(f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    result = project.run("run")
+    result.assert_error('plugin "mlflow-tracking"', "MLflow cannot be imported", "pip install opsloop-mlflow")
+    assert project.run("models", "list", "--json").assert_ok().json == []
