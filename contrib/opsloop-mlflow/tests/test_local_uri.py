@@ -103,3 +103,24 @@ def test_without_mlflow_the_run_says_what_to_install(opsloop_project, lifecycle,
     result = project.run("run")
     result.assert_error('plugin "mlflow-tracking"', "MLflow cannot be imported", "pip install opsloop-mlflow")
     assert project.run("models", "list", "--json").assert_ok().json == []
+
+
+@pytest.mark.slow
+def test_an_alias_moved_to_a_version_mlflow_never_saw_is_removed_there(opsloop_project, lifecycle, mlflow_client,
+                                                                      sqlite_uri):
+    config = lifecycle(sqlite_uri, experiment=MODEL)
+    config["project"]["name"] = "late-mirror"
+    project = opsloop_project(config=config)
+    project.run("run").assert_ok()  # versions 1 and 2, mirrored; production on 1
+    mlflow = mlflow_client(sqlite_uri)
+    assert "production" in mlflow.get_registered_model("late-mirror").aliases
+
+    # Versions 3 and 4 registered while the mirror was off: MLflow has no copy of them.
+    project.run("run", "--set", "plugins.mlflow-tracking.registry=false", "--set",
+                "train.xgboost.n_estimators=25").assert_ok()
+    project.run("models", "promote", "late-mirror", "3", "--reason", "test").assert_ok()
+    aliases = mlflow.get_registered_model("late-mirror").aliases
+    assert "production" not in aliases  # not left on version 1, which production no longer is
+    project.run("models", "rollback", "late-mirror").assert_ok()
+    (first,) = mlflow.search_model_versions("name = 'late-mirror' and tags.`opsloop.version` = '1'")
+    assert mlflow.get_registered_model("late-mirror").aliases["production"] == first.version
