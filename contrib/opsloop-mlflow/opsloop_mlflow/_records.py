@@ -29,8 +29,8 @@ from opsloop_mlflow._client import redact
 MAX_KEY = 250
 MAX_PARAM = 6000
 MAX_TAG = 8000
-#: Config sections logged as parameters; `[plugins]` (this plugin's own table) is left out, `[store] uri`
-#: is logged without its password.
+#: Config sections logged as parameters; `[plugins]` (this plugin's own table) is left out. No URI keeps its
+#: password (`scrub`).
 PARAM_SECTIONS = ("project", "data", "store", "preprocess", "train", "validate", "alerting", "deploy", "monitor",
                   "retrain", "gate", "loop", "tune")
 
@@ -61,8 +61,21 @@ def flatten(prefix: str, table: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+def scrub(value: Any) -> Any:
+    """A config (or lineage) with every URI's password shown as `***` (`[store] uri =
+    "postgresql://user:password@db/models"`): what opsloop keeps in its own store is not copied to MLflow's."""
+    if isinstance(value, str):
+        return redact(value) if "@" in value and "://" in value else value
+    if isinstance(value, Mapping):
+        return {k: scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub(v) for v in value]
+    return value
+
+
 def config_params(table: Mapping[str, Any]) -> dict[str, str]:
-    """The run's config as parameters (preprocess steps' own tables come later, as they ran)."""
+    """The run's config as parameters, passwords hidden (preprocess steps' own tables come later, as they
+    ran)."""
     out: dict[str, str] = {}
     for section in PARAM_SECTIONS:
         body = table.get(section)
@@ -70,9 +83,7 @@ def config_params(table: Mapping[str, Any]) -> dict[str, str]:
             continue
         if section == "preprocess":
             body = {k: v for k, v in body.items() if not isinstance(v, Mapping)}
-        if section == "store" and isinstance(body.get("uri"), str):
-            body = {**body, "uri": redact(body["uri"])}
-        out.update(flatten(section, body))
+        out.update(flatten(section, scrub(body)))
     return out
 
 
@@ -172,7 +183,7 @@ def lineage_document(version: Any) -> dict[str, Any]:
     return {"ref": version.ref, "name": version.name, "version": version.version, "created_at": version.created_at,
             "created_by": version.created_by, "flavor": version.flavor, "task": version.task,
             "digest": version.digest, "metrics": _json_safe(dict(version.metrics)),
-            "params": dict(version.params), "threshold": version.threshold, "lineage": dict(version.lineage)}
+            "params": dict(version.params), "threshold": version.threshold, "lineage": scrub(dict(version.lineage))}
 
 
 def _json_safe(values: Mapping[str, Any]) -> dict[str, Any]:

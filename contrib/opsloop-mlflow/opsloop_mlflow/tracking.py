@@ -236,7 +236,7 @@ def _begin(run: RunContext, options: Options) -> Tracked:
     try:
         tracked.log_params(records.config_params(run.config.table), run)
         # An artifact written now, before anything is trained: a server that stores no artifacts says so here.
-        tracked.log_json(run.config.table, "opsloop/config.json")
+        tracked.log_json(records.scrub(run.config.table), "opsloop/config.json")
     except StoreError as exc:
         tracked.fail(error=exc)
         raise

@@ -14,6 +14,7 @@ pytest.importorskip("opsloop_mlflow", reason="opsloop-mlflow is not installed (p
 from opsloop.testing import opsloop_project, register_plugin  # noqa: E402, F401 - the kit's fixtures
 
 from opsloop_mlflow._client import reason, redact  # noqa: E402
+from opsloop_mlflow._records import config_params, scrub  # noqa: E402
 
 MODEL = "asd-mlflow"
 PLUGIN = 'plugin "mlflow-tracking"'
@@ -81,6 +82,12 @@ def test_bad_options_are_config_errors_naming_the_key(key, value, says, opsloop_
 def test_messages_hide_passwords_and_keep_to_one_line():
     assert redact("https://ops:s3cret@mlflow.example:443/x") == "https://ops:***@mlflow.example:443/x"
     assert redact("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+    # The config copied to MLflow (parameters, opsloop/config.json, lineage.json) keeps no password.
+    table = {"store": {"uri": "postgresql://ops:s3cret@db.internal/models", "plugins": ["postgres-store"]},
+             "data": {"source": "prometheus://ops:s3cret@prom:9090", "features": ["a@b"]}}
+    assert "s3cret" not in repr(scrub(table)) and "s3cret" not in repr(config_params(table))
+    assert config_params(table)["store.uri"] == "postgresql://ops:***@db.internal/models"
+    assert scrub(table)["data"]["features"] == ["a@b"]
     said = reason(RuntimeError("line one\nline two " + "x" * 1000))
     assert "\n" not in said and len(said) <= 300
 
