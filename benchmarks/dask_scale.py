@@ -15,12 +15,12 @@ the Dask ones), so each peak is its own. Three ways to train the same XGBoost mo
   each worker.
 - partitioned: the workers read the Parquet files themselves (`dask.dataframe.read_parquet`) and XGBoost's
   Dask interface trains from a `DaskQuantileDMatrix`; no process ever holds all rows. This is the path the
-  core changes in docs/contrib/dask.md would open to `opsloop run`; it is measured here with XGBoost and Dask
-  directly. Peaks: each worker, against its memory limit.
+  core changes in docs/contrib/dask.md would open to `opsloop run`; it is measured here with XGBoost and
+  Dask directly. Peaks: each worker, against its memory limit.
 
 Throughput is rows x rounds per second of wall time, reading and fitting; starting a cluster (and importing
-XGBoost on its workers) is shown apart, as `start s`: a real cluster is already running. The worker memory limit is Dask's
-(`memory_limit`): a worker above 95% of it is restarted, and then the run fails and says so.
+XGBoost on its workers) is shown apart, as `start s`: a real cluster is already running. The worker memory
+limit is Dask's (`memory_limit`): a worker above 95% of it is restarted, and then the run fails and says so.
 """
 
 from __future__ import annotations

@@ -216,7 +216,6 @@ def train(dataset: Dataset, options: Options | None, run: RunContext) -> Trained
     """Fit XGBoost on the cluster; return the model as the built-in `xgboost` trainer would."""
     import dask.dataframe as dd
     import numpy as np
-    import xgboost as xgb
     import xgboost.dask as dxgb
 
     options = options or Options()

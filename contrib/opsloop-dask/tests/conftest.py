@@ -84,7 +84,8 @@ def asd_monitor(asd):
 
 
 @pytest.fixture(scope="session")
-def dask_run(tmp_path_factory: pytest.TempPathFactory, scheduler: str, small_config: Any) -> tuple[Path, dict[str, Any]]:
+def dask_run(tmp_path_factory: pytest.TempPathFactory, scheduler: str,
+             small_config: Any) -> tuple[Path, dict[str, Any]]:
     """One `opsloop run` with `[train] plugins = ["dask-xgboost"]` on the cluster, deployed by both the
     built-in `batch` target and `dask-batch` (the monitoring period in partitions of 1,000 rows):
     (project directory, the run's JSON)."""

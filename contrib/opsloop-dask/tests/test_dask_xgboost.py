@@ -108,15 +108,18 @@ def test_an_unreachable_scheduler_is_one_line_naming_the_plugin_and_address(opsl
 
 
 def test_options_are_the_xgboost_trainers_and_checked(opsloop_project, small_config):
+    import attrs
+
     from opsloop.manager import PluginManager
 
     plugins = PluginManager()
     for name in ("xgboost", "dask-xgboost"):
         plugins.load(name)
-    theirs = {f.name: f.default for f in __import__("attrs").fields(plugins.options_class("xgboost"))}
-    ours = {f.name: f.default for f in __import__("attrs").fields(plugins.options_class("dask-xgboost"))}
-    assert {k: ours[k] for k in theirs if not hasattr(theirs[k], "factory")} == \
-        {k: v for k, v in theirs.items() if not hasattr(v, "factory")}
+    theirs = {f.name: f.default for f in attrs.fields(plugins.options_class("xgboost"))}
+    ours = {f.name: f.default for f in attrs.fields(plugins.options_class("dask-xgboost"))}
+    assert set(theirs) <= set(ours)  # every option of the built-in trainer, with its default
+    assert {k: ours[k] for k in theirs if k != "params"} == {k: v for k, v in theirs.items() if k != "params"}
+    assert ours["params"].factory() == theirs["params"].factory() == {}
     # tune_space: the built-in's ranges, asked through the plugin system
     space = plugins.call("dask-xgboost", "tune_space", options=plugins.options_class("dask-xgboost")())
     builtin = plugins.call("xgboost", "tune_space", options=plugins.options_class("xgboost")())
