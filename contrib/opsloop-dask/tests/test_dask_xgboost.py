@@ -132,12 +132,19 @@ def test_options_are_the_xgboost_trainers_and_checked(opsloop_project, small_con
     project.run("config", "check").assert_error("[train.dask-xgboost.scheduler]", "Dask scheduler address")
 
 
-@pytest.mark.slow  # starts two worker processes, each importing XGBoost and pandas (about 10 s on 2 cores)
+@pytest.mark.slow  # starts two worker processes, each importing XGBoost and pandas (about 5-10 s on 2 cores)
 def test_without_a_scheduler_it_starts_its_own_local_cluster_of_worker_processes(opsloop_project, small_config):
+    """Training and dask-batch on the plugins' own cluster of two processes (one cluster: same options): the
+    bundle files reach worker processes that load it with their own plugin managers."""
+    import numpy as np
+    import pandas as pd
+
     from opsloop_dask.cluster import close_all
 
-    config = small_config("dask-xgboost", workers=2, threads_per_worker=1, memory_limit="1GiB")
+    cluster = {"workers": 2, "threads_per_worker": 1, "memory_limit": "1GiB"}
+    config = small_config("dask-xgboost", **cluster)
     config["validate"] = {"plugins": []}
+    config["deploy"] = {"plugins": ["batch", "dask-batch"], "dask-batch": {"partition_rows": 2000, **cluster}}
     project = opsloop_project(config=config)
     try:
         run = project.run("run").assert_ok().json
@@ -145,6 +152,10 @@ def test_without_a_scheduler_it_starts_its_own_local_cluster_of_worker_processes
         close_all()  # its cluster goes now, not when the session ends
     shown = project.run("models", "show", run["versions"][0]["ref"], "--json").assert_ok().json
     assert shown["flavor"] == "xgboost" and shown["params"]["dask_workers"] == 2
+    batch, on_dask = (pd.read_parquet(d["location"]).sort_values(["entity", "timestamp"], ignore_index=True)
+                      for d in run["deployments"])
+    assert run["deployments"][1]["details"]["partitions"] == 5
+    assert np.array_equal(batch["score"].to_numpy(), on_dask["score"].to_numpy())
 
 
 def test_early_stopping_holds_out_the_same_rows_and_its_best_iteration_survives_the_flavor(asd, scheduler,
