@@ -97,6 +97,24 @@ def asd_slice(asd):
     return frame.sort_values(["entity", "timestamp"]).reset_index(drop=True)
 
 
+@pytest.fixture(scope="session")
+def incidents(asd_slice) -> str:
+    """ASD's labelled windows of the backfilled servers as an incidents file: one row per run of consecutive
+    label-1 rows, from its first step to its last."""
+    import numpy as np
+    import pandas as pd
+
+    rows = ["series,start,end"]
+    for entity, rows_of in asd_slice.groupby("entity"):
+        label = rows_of["label"].to_numpy()
+        stamps = rows_of["timestamp"].to_numpy()
+        starts = np.flatnonzero(np.diff(np.concatenate(([0], label))) == 1)
+        ends = np.flatnonzero(np.diff(np.concatenate((label, [0]))) == -1)
+        for s, e in zip(starts, ends):
+            rows.append(f"{entity},{pd.Timestamp(stamps[s]).isoformat()}Z,{pd.Timestamp(stamps[e]).isoformat()}Z")
+    return "\n".join(rows) + "\n"
+
+
 def gap_mask(frame):
     """True for the rows GAPS removes."""
     import pandas as pd

@@ -35,22 +35,6 @@ def config(port: int, **prometheus) -> dict:
     }
 
 
-@pytest.fixture
-def incidents(asd_slice) -> str:
-    """ASD's labelled windows of the backfilled servers as an incidents file."""
-    import numpy as np
-    import pandas as pd
-
-    rows = ["series,start,end"]
-    for entity, rows_of in asd_slice.groupby("entity"):
-        label = rows_of["label"].to_numpy()
-        stamps = rows_of["timestamp"].to_numpy()
-        starts = np.flatnonzero(np.diff(np.concatenate(([0], label))) == 1)
-        ends = np.flatnonzero(np.diff(np.concatenate((label, [0]))) == -1)
-        rows += [f"{entity},{pd.Timestamp(stamps[s])},{pd.Timestamp(stamps[e])}" for s, e in zip(starts, ends)]
-    return "\n".join(rows) + "\n"
-
-
 def registered(project) -> list:
     listed = project.run("models", "list", "--json")
     if listed.exit_code != 0:  # no registry was ever created: nothing registered

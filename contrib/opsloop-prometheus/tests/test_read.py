@@ -33,19 +33,6 @@ def read(prometheus, tmp_path, data=DATA, **options):
     return opsloop_prometheus.load_data(source=source(prometheus), options=options, data=data, workdir=tmp_path)
 
 
-def incidents_csv(asd_slice) -> str:
-    """ASD's labelled windows as incident windows: one row per run of consecutive label-1 rows."""
-    rows = ["series,start,end"]
-    for entity, rows_of in asd_slice.groupby("entity"):
-        label = rows_of["label"].to_numpy()
-        stamps = rows_of["timestamp"].to_numpy()
-        starts = np.flatnonzero(np.diff(np.concatenate(([0], label))) == 1)
-        ends = np.flatnonzero(np.diff(np.concatenate((label, [0]))) == -1)
-        for s, e in zip(starts, ends):
-            rows.append(f"{entity},{pd.Timestamp(stamps[s]).isoformat()}Z,{pd.Timestamp(stamps[e]).isoformat()}Z")
-    return "\n".join(rows) + "\n"
-
-
 def test_values_grid_and_gaps_equal_the_asd_csv(prometheus, tmp_path, asd_slice, stand):
     frame = read(prometheus, tmp_path)
     assert list(frame.columns) == ["timestamp", "entity", *METRICS]
@@ -85,8 +72,8 @@ def test_a_long_range_is_split_into_requests_of_at_most_max_points(prometheus, t
     pd.testing.assert_frame_equal(whole, split)
 
 
-def test_labels_from_incident_windows_equal_asd_labels(prometheus, tmp_path, asd_slice):
-    (tmp_path / "incidents.csv").write_text(incidents_csv(asd_slice), encoding="utf-8")
+def test_labels_from_incident_windows_equal_asd_labels(prometheus, tmp_path, asd_slice, incidents):
+    (tmp_path / "incidents.csv").write_text(incidents, encoding="utf-8")
     frame = read(prometheus, tmp_path, incidents="incidents.csv")
     assert frame["label"].dtype == np.int64 and set(frame["label"].unique()) == {0, 1}
     merged = asd_slice.merge(frame, on=["entity", "timestamp"], suffixes=("_csv", ""), validate="1:1")
