@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import attrs
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
     from opsloop.config import Config
@@ -104,6 +105,35 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.frame)
+
+    def held_out(self, fraction: float, seed: int, stratify: pd.Series | None = None) -> np.ndarray:
+        """Boolean mask of the rows to hold out (early stopping, a quick check): the last `fraction` of the
+        time steps when there is a time column, else a random sample (stratified by `stratify` when given).
+
+        In time order every row of one time step stays on one side, so that no series sees the future of
+        another through the split. The built-in `xgboost` trainer holds out these rows; a trainer in a
+        package (opsloop-dask's `dask-xgboost`) calls this to hold out the same ones.
+        """
+        import numpy as np
+
+        n = len(self.frame)
+        if self.time and self.time in self.frame.columns:
+            times = self.frame[self.time].to_numpy()
+            steps = np.unique(times)
+            if len(steps) < 2:
+                return np.zeros(n, dtype=bool)
+            cut = min(max(round(len(steps) * (1 - fraction)), 1), len(steps) - 1)
+            return times >= steps[cut]
+        from sklearn.model_selection import train_test_split
+
+        rows = np.arange(n)
+        try:
+            _, held = train_test_split(rows, test_size=fraction, random_state=seed, stratify=stratify)
+        except ValueError:  # a class too small to stratify: a plain random sample is the best we can do
+            _, held = train_test_split(rows, test_size=fraction, random_state=seed)
+        mask = np.zeros(n, dtype=bool)
+        mask[held] = True
+        return mask
 
 
 def fingerprint_frame(frame: pd.DataFrame) -> str:

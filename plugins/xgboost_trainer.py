@@ -191,31 +191,8 @@ def target_of(dataset: Dataset, task: str, plugin: str = "xgboost", unlabelled: 
 
 
 def holdout_mask(dataset: Dataset, fraction: float, seed: int, stratify: pd.Series | None) -> np.ndarray:
-    """Boolean mask of the rows held out: the last `fraction` in time, else a (stratified) random sample.
-
-    In time order every row of one time step stays on one side, so that no
-    series sees the future of another through the split.
-    """
-    import numpy as np
-
-    n = len(dataset.frame)
-    if dataset.time and dataset.time in dataset.frame.columns:
-        times = dataset.frame[dataset.time].to_numpy()
-        steps = np.unique(times)
-        if len(steps) < 2:
-            return np.zeros(n, dtype=bool)
-        cut = min(max(round(len(steps) * (1 - fraction)), 1), len(steps) - 1)
-        return times >= steps[cut]
-    from sklearn.model_selection import train_test_split
-
-    rows = np.arange(n)
-    try:
-        _, held = train_test_split(rows, test_size=fraction, random_state=seed, stratify=stratify)
-    except ValueError:  # a class too small to stratify: a plain random sample is the best we can do
-        _, held = train_test_split(rows, test_size=fraction, random_state=seed)
-    mask = np.zeros(n, dtype=bool)
-    mask[held] = True
-    return mask
+    """Boolean mask of the rows held out for early stopping (`Dataset.held_out`)."""
+    return dataset.held_out(fraction, seed, stratify)
 
 
 def build_params(options: Options, seed: int) -> dict[str, Any]:

@@ -37,7 +37,6 @@ from opsloop.errors import ConfigError, DataError
 from opsloop_dask.cluster import ClusterOptions, client_for, documented, where
 
 if TYPE_CHECKING:
-    import numpy as np
     import pandas as pd
 
     from opsloop.types import Dataset, RunContext
@@ -162,31 +161,6 @@ def _target(dataset: Dataset, task: str, run: RunContext) -> pd.Series:
     return y
 
 
-def _held_out(dataset: Dataset, fraction: float, seed: int, stratify: pd.Series | None) -> np.ndarray:
-    """The rows held out for early stopping: every row of the last `fraction` of the time steps (no series
-    sees another's future through the split); without a time column, a (stratified) random sample."""
-    import numpy as np
-
-    n = len(dataset.frame)
-    if dataset.time and dataset.time in dataset.frame.columns:
-        times = dataset.frame[dataset.time].to_numpy()
-        steps = np.unique(times)
-        if len(steps) < 2:
-            return np.zeros(n, dtype=bool)
-        cut = min(max(round(len(steps) * (1 - fraction)), 1), len(steps) - 1)
-        return times >= steps[cut]
-    from sklearn.model_selection import train_test_split
-
-    rows = np.arange(n)
-    try:
-        _, held = train_test_split(rows, test_size=fraction, random_state=seed, stratify=stratify)
-    except ValueError:  # a class too small to stratify
-        _, held = train_test_split(rows, test_size=fraction, random_state=seed)
-    mask = np.zeros(n, dtype=bool)
-    mask[held] = True
-    return mask
-
-
 def _params(options: Options, seed: int) -> dict[str, Any]:
     merged: dict[str, Any] = {
         "n_estimators": options.n_estimators, "learning_rate": options.learning_rate,
@@ -226,7 +200,7 @@ def train(dataset: Dataset, options: Options | None, run: RunContext) -> Trained
     rounds = kwargs.get("early_stopping_rounds") or 0
     held = np.zeros(len(X), dtype=bool)
     if rounds:
-        held = _held_out(dataset, options.validation_fraction, run.seed,
+        held = dataset.held_out(options.validation_fraction, run.seed,
                          y if options.task == "classification" else None)
         if held.all() or not held.any():
             held[:] = False
