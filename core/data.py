@@ -187,6 +187,10 @@ def read_source(config: Config, session: Session | None = None) -> pd.DataFrame:
             raise exc.cause from None  # a built-in source speaking about the file: its words alone
         raise
     if not isinstance(frame, pd.DataFrame):
+        from opsloop import partitions
+
+        if partitions.engine_for(frame, session.plugins) is not None:  # rows in partitions (docs/scale.md)
+            return frame
         info = session.plugins.known.get(name)
         raise DataError(f'plugin "{name}"{f" ({info.label})" if info else ""} returned '
                         f"{type(frame).__name__} from load_data, not a pandas DataFrame")
@@ -197,10 +201,21 @@ def load(config: Config, session: Session | None = None) -> Dataset:
     """The whole `[data] source`, read by its source plugin (`read_source`), with its columns checked.
 
     `session` gives the plugins (and in-process ones registered for tests); without it, the installed
-    plugins are discovered.
+    plugins are discovered. A source that returns partitions an engine takes gives an
+    `opsloop.partitions.PartitionedDataset` instead (docs/scale.md).
     """
+    import pandas as pd
+
+    if session is None:
+        from opsloop.session import Session
+
+        session = Session.open(config, sections=("data",))
     spec = config.data
     frame = read_source(config, session)
+    if not isinstance(frame, pd.DataFrame):
+        from opsloop import partitions
+
+        return partitions.wrap(frame, config, session.plugins, spec.source)  # type: ignore[return-value]
     for key in ("target", "time", "series"):
         column = getattr(spec, key)
         if column is not None and column not in frame.columns:
@@ -247,6 +262,10 @@ def periods(dataset: Dataset, config: Config) -> tuple[Dataset, Dataset | None]:
     With neither query set, the last `monitor_fraction` of the rows (by time
     when there is a time column) are the monitoring period.
     """
+    from opsloop import partitions
+
+    if partitions.is_partitioned(dataset):  # the queries run per partition (docs/scale.md)
+        return partitions.periods(dataset, config)  # type: ignore[arg-type]
     spec = config.data
     if spec.train is None and spec.monitor is None:
         if spec.monitor_fraction <= 0:
