@@ -817,6 +817,20 @@ def _score(part: pd.DataFrame, job: tuple[Any, str, list[str], str, str | None, 
     return out
 
 
+def _counts(part: pd.DataFrame, target: str) -> tuple[int, int, set[Any]]:
+    y = part[target]
+    labels = set(y.dropna().unique().tolist())
+    return len(part), int(y.sum()) if labels <= {0, 1} else 0, labels
+
+
+def _label_counts(data: PartitionedDataset) -> tuple[int, int, set[Any]]:
+    """Rows, positives (0/1 labels) and the labels seen, over the partitions."""
+    rows, positives, labels = 0, 0, set()
+    for n, p, seen in data.collect(_counts, data.target):
+        rows, positives, labels = rows + n, positives + p, labels | seen
+    return rows, positives, labels
+
+
 def _labels(part: pd.DataFrame, target: str) -> set[Any]:
     return set(part[target].dropna().unique().tolist())
 
@@ -847,7 +861,10 @@ def validate_partitioned(data: PartitionedDataset, fit: Callable[[Any], Any], sp
     total = len(splits)
     for i, (train, test) in enumerate(splits):
         label = f"fold {i + 1}/{total}" if total > 1 else "holdout"
-        counts = {"rows_train": float(train.rows or 0)}
+        seen_train, seen_test = _label_counts(train), _label_counts(test)
+        counts = {"rows_train": seen_train[0], "rows_test": seen_test[0]}
+        if seen_train[2] | seen_test[2] <= {0, 1}:  # "positives" means something
+            counts.update(positives_train=seen_train[1], positives_test=seen_test[1])
         try:
             model = fit(train)
         except Exception as exc:
@@ -862,7 +879,6 @@ def validate_partitioned(data: PartitionedDataset, fit: Callable[[Any], Any], sp
             continue
         features = list(model.features) or train.feature_columns
         rows = score_rows(model, test, features)
-        counts["rows_test"] = float(len(rows))
         if not len(rows):
             run.reporter.note(f"{label}: no labelled test row; metrics are NaN")
             folds.append({**dict.fromkeys(CLASSIFICATION, math.nan), **counts})
@@ -870,8 +886,6 @@ def validate_partitioned(data: PartitionedDataset, fit: Callable[[Any], Any], sp
         y = rows["label"].to_numpy()
         predictions = rows[[c for c in ("prediction", "score") if c in rows.columns]]
         figures = {**for_task(model.task, y, predictions, undefined=math.nan), **counts}
-        if set(np.unique(y).tolist()) <= {0, 1}:
-            figures["positives_test"] = float(y.sum())
         positions = np.arange(offset, offset + len(rows))
         piece = out_of_fold(model.task, positions, i, y, predictions)
         if piece is not None:  # with the series and time the threshold counts by (`split_oof`)

@@ -73,6 +73,7 @@ def _path(source: str, workdir: Path) -> str:
 def load_data(source: str, options: Options | None, data: DataSection, workdir: Path) -> Any:
     """The Parquet files as a Dask DataFrame on the cluster (nothing is read here but their schema)."""
     import dask.dataframe as dd
+    import pandas as pd
 
     options = options or Options()
     path = _path(source, workdir)
@@ -91,4 +92,8 @@ def load_data(source: str, options: Options | None, data: DataSection, workdir: 
     except Exception as exc:  # pyarrow raises many kinds; all mean "unreadable"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{PLUGIN}: cannot read the Parquet files at {path}: {first}") from None
-    return frame
+    # Dask reads text as pandas' "string" (missing: NA); pandas reads the same files as "str" (missing: NaN).
+    # Text columns get pandas' own dtype, so that the input schema, the states and the scores are a single
+    # process's.
+    text = {c: "str" for c, t in frame.dtypes.items() if isinstance(t, pd.StringDtype) and t.na_value is pd.NA}
+    return frame.astype(text) if text else frame
