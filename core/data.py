@@ -197,12 +197,13 @@ def read_source(config: Config, session: Session | None = None) -> pd.DataFrame:
     return frame
 
 
-def load(config: Config, session: Session | None = None) -> Dataset:
+def load(config: Config, session: Session | None = None, *, partitioned: bool = False) -> Dataset:
     """The whole `[data] source`, read by its source plugin (`read_source`), with its columns checked.
 
     `session` gives the plugins (and in-process ones registered for tests); without it, the installed
     plugins are discovered. A source that returns partitions an engine takes gives an
-    `opsloop.partitions.PartitionedDataset` instead (docs/scale.md).
+    `opsloop.partitions.PartitionedDataset` instead (docs/scale.md) when the caller takes one
+    (`partitioned`: `opsloop run` and `validate`), else a ConfigError saying so.
     """
     import pandas as pd
 
@@ -215,6 +216,11 @@ def load(config: Config, session: Session | None = None) -> Dataset:
     if not isinstance(frame, pd.DataFrame):
         from opsloop import partitions
 
+        if not partitioned:
+            raise ConfigError(f"{spec.source} is read in partitions (rows beyond one machine's memory), and only "
+                              "opsloop run and opsloop validate work on partitions; the loop, tune, backtest and "
+                              "reproduce read one frame (docs/scale.md)", section="data", key="source",
+                              source=config.source)
         return partitions.wrap(frame, config, session.plugins, spec.source)  # type: ignore[return-value]
     for key in ("target", "time", "series"):
         column = getattr(spec, key)

@@ -492,8 +492,8 @@ class Runner:
 
     def validate_only(self) -> tuple[list[ValidationReport], list[GateResult]]:
         """Load, preprocess and validate the training period; register nothing (`opsloop validate`)."""
-        raw = self._stage("load", [self.config.data.source], lambda: data_mod.load(self.config, self.session),
-                          lambda d: f"{len(d):,} rows from {d.name}")
+        raw = self._stage("load", [self.config.data.source],
+                          lambda: data_mod.load(self.config, self.session, partitioned=True), _loaded)
         if partitions.is_partitioned(raw):
             self.check_partitioned()
         train_raw, _ = data_mod.periods(raw, self.config)
@@ -510,9 +510,8 @@ class Runner:
         """One pass of the lifecycle on the configured data."""
         # Opened first: a damaged or read-only registry fails in a second, not after training.
         self.store.check_writable()
-        raw = self._stage("load", [self.config.data.source], lambda: data_mod.load(self.config, self.session),
-                          lambda d: f"{len(d):,} rows from {d.name}" if not partitions.is_partitioned(d)
-                          else f"partitioned rows from {d.name} ({d.engine})")
+        raw = self._stage("load", [self.config.data.source],
+                          lambda: data_mod.load(self.config, self.session, partitioned=True), _loaded)
         if partitions.is_partitioned(raw):
             return self._run_partitioned(raw)
         train_raw, monitor_raw = data_mod.periods(raw, self.config)
@@ -593,6 +592,12 @@ def _concat(a: Dataset, b: Dataset) -> Any:
     if a.time:
         frame = frame.sort_values([c for c in (a.series, a.time) if c], kind="stable", ignore_index=True)
     return frame
+
+
+def _loaded(data: Any) -> str:
+    if partitions.is_partitioned(data):
+        return f"partitioned rows from {data.name} (engine: {data.engine})"
+    return f"{len(data):,} rows from {data.name}"
 
 
 def _threshold_summary(threshold: dict[str, Any] | None) -> str:

@@ -207,3 +207,8 @@ def test_a_source_returning_what_no_engine_takes_is_one_line(opsloop_project):
     config["data"]["plugin"] = "odd"
     project = opsloop_project(config=config, plugins={"odd": Odd()})
     project.run("run").assert_error('"odd"', "dict", "not a pandas DataFrame")
+
+
+def test_commands_that_read_one_frame_refuse_a_partitioned_source_in_one_line(opsloop_project):
+    project = opsloop_project(config=partitioned_config(), plugins={"days": DaySource()})
+    project.run("tune", "--quiet").assert_error("read in partitions", "only opsloop run and opsloop validate")
