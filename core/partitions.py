@@ -84,9 +84,28 @@ class Carry:
 
         from opsloop.plugins.batch_deploy import _carried
 
+        self.check_order(before, part, index)
         frame = part.reset_index(drop=True) if before is None or not len(before) else \
             pd.concat([before, part], ignore_index=True)
         return _carried(frame, self.rows, self.seconds, self.series, self.time)
+
+    def check_order(self, before: pd.DataFrame | None, part: pd.DataFrame, index: int) -> None:
+        """DataError when partition `index` goes back in time within a series behind the rows carried to it:
+        windows need each series' rows in time order across partitions."""
+        time, series = self.time, self.series
+        if before is None or not len(before) or not len(part) or not time or time not in part.columns:
+            return
+        if series and series in part.columns:
+            last = before.groupby(series, sort=False, dropna=False)[time].max()
+            first = part.groupby(series, sort=False, dropna=False)[time].min()
+            both = first.index.intersection(last.index)
+            late = [str(s) for s in both if first[s] < last[s]]
+        else:
+            late = ["(all rows)"] if part[time].min() < before[time].max() else []
+        if late:
+            raise DataError(f"partition {index} goes back in time within series {', '.join(late[:5])}: windowed "
+                            f"features need each series' rows in time order across partitions; order the files "
+                            f"(they are read in name order) or the rows by {time}")
 
     def after(self, part: pd.DataFrame, after: pd.DataFrame | None) -> pd.DataFrame | None:
         """The rows partition i - 1 is handed from after it: the first `ahead` rows of each series of `part`

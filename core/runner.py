@@ -184,14 +184,14 @@ class Runner:
 
     def _fit_partitioned(self, dataset: Any, names: list[str]) -> tuple[Any, list[StepRecord], list[str]]:
         """Each step fitted over the partitions (`fit_partitions`), then replayed on every partition with its
-        windows carried across their boundaries; the last step's output is held by the workers."""
+        windows carried across their boundaries. Lazily: every later pass recomputes the features from the
+        source's partitions (compute traded for memory: no worker holds more than the partitions it works on)."""
         steps, issues, current = [], [], dataset
-        for i, name in enumerate(names):
+        for name in names:
             options = self.session.options_for("preprocess", name)
             state, found = partitions.fit_step(name, current, options, self.plugins, self.run)
             issues.extend(f"{name}: {issue}" for issue in found)
-            current = partitions.replay_step(name, state, current, options, self.plugins,
-                                             keep="persist" if i == len(names) - 1 else "lazy")
+            current = partitions.replay_step(name, state, current, options, self.plugins, keep="lazy")
             current = attrs.evolve(current, rows=dataset.rows, partitions=dataset.partitions,
                                    fingerprint=dataset.fingerprint, spans=dataset.spans)
             steps.append(StepRecord(plugin=name, options=unstructure_options(options), state=state,
@@ -318,6 +318,9 @@ class Runner:
         whole = raw
         if partitions.is_partitioned(raw):  # schema, probe rows and drift profile from a bounded sample
             raw = raw.sample(partitions.SAMPLE_ROWS, self.run.seed)
+            if self.config.data.snapshot != "none":
+                self.reporter.note(f'[data] snapshot = "{self.config.data.snapshot}" is not taken of partitioned '
+                                   "rows: the lineage records their fingerprint over the partitions (docs/scale.md)")
 
         def work() -> ModelVersion:
             record = lineage.record(config=self.config, plugins=self.plugins, used=self._used(), data=raw,

@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+import attrs
 import numpy as np
 import pandas as pd
 import pytest
@@ -212,3 +213,16 @@ def test_a_source_returning_what_no_engine_takes_is_one_line(opsloop_project):
 def test_commands_that_read_one_frame_refuse_a_partitioned_source_in_one_line(opsloop_project):
     project = opsloop_project(config=partitioned_config(), plugins={"days": DaySource()})
     project.run("tune", "--quiet").assert_error("read in partitions", "only opsloop run and opsloop validate")
+
+
+def test_a_partition_that_goes_back_in_time_within_a_series_is_a_data_error(rows, pm):
+    from opsloop.errors import DataError
+
+    frame = rows.drop(columns=["zone"])
+    options = options_of(pm, "rolling-features", windows=["1h"], stats=["mean"])
+    state, _, _ = whole_state(pm, "rolling-features", frame, options)
+    data = partitioned(frame, pm)
+    swapped = attrs.evolve(data, frame=P.FrameList([data.frame[1], data.frame[0], *data.frame[2:]]))
+    with pytest.raises(Exception, match="partition 1 goes back in time within series omi-1") as caught:
+        P.replay_step("rolling-features", state, swapped, options, pm).collect(P._head, 5)
+    assert isinstance(getattr(caught.value, "cause", caught.value), DataError)

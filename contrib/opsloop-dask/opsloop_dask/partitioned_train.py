@@ -23,6 +23,39 @@ def _classes(part: Any, target: str) -> dict[Any, int]:
     return {(None if k != k else k): int(v) for k, v in counts.items()}
 
 
+def _pick(part: Any, columns: Any) -> Any:
+    return part[columns]
+
+
+def _features32(part: Any, columns: Any) -> Any:
+    return part[columns].astype("float32")
+
+
+def _xy(frame: Any, features: list[str], target: str) -> tuple[Any, Any]:
+    """X and y from whole partitions (a column projection pushed into the Parquet reader could otherwise fuse
+    the label's partitions differently from the features', which XGBoost refuses); X as float32, which is
+    what XGBoost turns every value into anyway, so that a worker holds half the bytes while it builds its
+    matrix (the same model: XGBoost's own float64 -> float32 conversion)."""
+    return (frame.map_partitions(_features32, features, meta=frame._meta[features].astype("float32")),
+            frame.map_partitions(_pick, target, meta=frame._meta[target]))
+
+
+def _balanced(client: Any, X: Any, y: Any) -> tuple[Any, Any]:
+    """X and y computed on the workers in turn, partition i preferably on worker i mod n: XGBoost builds each worker's
+    matrix from the partitions that worker holds, and the carried windows tie neighbouring partitions
+    together, which would otherwise draw most of them to one worker."""
+    import dask.dataframe as dd
+
+    workers = sorted(client.scheduler_info()["workers"])
+    xs, ys = [], []
+    for i, (px, py) in enumerate(zip(X.to_delayed(), y.to_delayed(), strict=True)):
+        fx, fy = client.compute([px, py], workers=[workers[i % len(workers)]], allow_other_workers=True)
+        xs.append(fx)
+        ys.append(fy)
+    return (dd.from_delayed(xs, meta=X._meta, verify_meta=False),
+            dd.from_delayed(ys, meta=y._meta, verify_meta=False))
+
+
 def train(dataset: Any, options: Any, run: Any) -> TrainedModel:
     import numpy as np
     import pandas as pd
@@ -91,8 +124,8 @@ def train(dataset: Any, options: Any, run: Any) -> TrainedModel:
         with client.as_current():
             estimator = cls(**kwargs)
             estimator.client = client
-            eval_set = [(held_frame[features], held_frame[target])] if held_frame is not None else None
-            estimator.fit(fit_frame[features], fit_frame[target], eval_set=eval_set, verbose=False)
+            eval_set = [_balanced(client, *_xy(held_frame, features, target))] if held_frame is not None else None
+            estimator.fit(*_balanced(client, *_xy(fit_frame, features, target)), eval_set=eval_set, verbose=False)
     except TypeError as exc:
         raise ConfigError(f"XGBoost rejected a parameter: {exc}", section=f"train.{PLUGIN}", key="params") from exc
     model = _local(estimator, options.task)
