@@ -207,3 +207,28 @@ def test_a_missing_folder_is_one_line_naming_it(opsloop_project, scheduler, smal
     config = partitioned_config(small_config, scheduler, tmp_path / "nowhere")
     result = opsloop_project(config=copy.deepcopy(config)).run("run", "--quiet")
     result.assert_error("dask-parquet", str(tmp_path / "nowhere"), "not found")
+
+
+def test_holdout_validation_over_partitions_is_the_single_process_holdout(opsloop_project, scheduler, small_config,
+                                                                          days):
+    """`opsloop validate` with `holdout`: the same held-out time steps, selected per partition."""
+    config = partitioned_config(small_config, scheduler, days)
+    config["validate"] = {"plugins": ["holdout"], "holdout": {"fraction": 0.4}}
+    got = opsloop_project(config=copy.deepcopy(config)).run("validate", "--json", "--quiet").assert_ok().json
+    single = copy.deepcopy(config)
+    single["data"]["source"] = "embedded:asd"
+    del single["data"]["dask-parquet"]
+    want = invoke(["validate", "--json", "--quiet"], _project(single)).assert_ok().json
+    fold, reference = got["reports"][0]["folds"][0], want["reports"][0]["folds"][0]
+    assert got["reports"][0]["method"] == want["reports"][0]["method"]
+    for key in ("rows_train", "rows_test", "positives_train", "positives_test"):
+        assert fold[key] == reference[key], key
+    assert math.isfinite(fold["pr_auc"]) and abs(fold["pr_auc"] - reference["pr_auc"]) < 0.1, (fold, reference)
+
+
+def _project(config: dict) -> Path:
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="holdout-single-"))
+    (path / "opsloop.toml").write_text(to_toml(config), encoding="utf-8")
+    return path
