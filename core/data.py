@@ -187,20 +187,41 @@ def read_source(config: Config, session: Session | None = None) -> pd.DataFrame:
             raise exc.cause from None  # a built-in source speaking about the file: its words alone
         raise
     if not isinstance(frame, pd.DataFrame):
+        from opsloop import partitions
+
+        if partitions.engine_for(frame, session.plugins) is not None:  # rows in partitions (docs/scale.md)
+            return frame
         info = session.plugins.known.get(name)
         raise DataError(f'plugin "{name}"{f" ({info.label})" if info else ""} returned '
                         f"{type(frame).__name__} from load_data, not a pandas DataFrame")
     return frame
 
 
-def load(config: Config, session: Session | None = None) -> Dataset:
+def load(config: Config, session: Session | None = None, *, partitioned: bool = False) -> Dataset:
     """The whole `[data] source`, read by its source plugin (`read_source`), with its columns checked.
 
     `session` gives the plugins (and in-process ones registered for tests); without it, the installed
-    plugins are discovered.
+    plugins are discovered. A source that returns partitions an engine takes gives an
+    `opsloop.partitions.PartitionedDataset` instead (docs/scale.md) when the caller takes one
+    (`partitioned`: `opsloop run` and `validate`), else a ConfigError saying so.
     """
+    import pandas as pd
+
+    if session is None:
+        from opsloop.session import Session
+
+        session = Session.open(config, sections=("data",))
     spec = config.data
     frame = read_source(config, session)
+    if not isinstance(frame, pd.DataFrame):
+        from opsloop import partitions
+
+        if not partitioned:
+            raise ConfigError(f"{spec.source} is read in partitions (rows beyond one machine's memory), and only "
+                              "opsloop run and opsloop validate work on partitions; the loop, tune, backtest and "
+                              "reproduce read one frame (docs/scale.md)", section="data", key="source",
+                              source=config.source)
+        return partitions.wrap(frame, config, session.plugins, spec.source)  # type: ignore[return-value]
     for key in ("target", "time", "series"):
         column = getattr(spec, key)
         if column is not None and column not in frame.columns:
@@ -247,6 +268,10 @@ def periods(dataset: Dataset, config: Config) -> tuple[Dataset, Dataset | None]:
     With neither query set, the last `monitor_fraction` of the rows (by time
     when there is a time column) are the monitoring period.
     """
+    from opsloop import partitions
+
+    if partitions.is_partitioned(dataset):  # the queries run per partition (docs/scale.md)
+        return partitions.periods(dataset, config)  # type: ignore[arg-type]
     spec = config.data
     if spec.train is None and spec.monitor is None:
         if spec.monitor_fraction <= 0:

@@ -529,6 +529,74 @@ def window_reach(state: dict[str, Any], options: Any) -> Reach | None:
 
 
 # ---------------------------------------------------------------------------
+# Partitioned data (rows beyond one machine's memory; docs/scale.md)
+# ---------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def map_partitions(frame: Any, function: Any, argument: Any, carry: Any, keep: str | None, meta: Any) -> Any:
+    """Run a function on every partition of a partitioned frame, where the engine keeps the partitions.
+
+    The engine hook: the core never imports an engine. Called when a
+    source's `load_data` returns something other than a pandas DataFrame (a
+    Dask DataFrame): the core first asks every loaded plugin, with `function=None`, whether it
+    takes that frame, and from then on runs every piece of work on the
+    partitions through the plugin that said yes (opsloop-dask's
+    `dask-engine`). `opsloop.partitions.InProcessEngine` is a complete
+    implementation over a list of pandas frames.
+
+    Args:
+        frame: The engine's partitioned frame. Return None if it is not yours.
+        function: `function(partition, argument, before, after)`, a pure
+            function of pandas frames that can be shipped to workers; None
+            asks only whether the frame is yours (return True).
+        argument: Passed to every call (small: a state, a query, a model).
+        carry: None (`before` and `after` are None), or an
+            `opsloop.partitions.Carry`: partition i gets `before_i =
+            carry.behind(before_{i-1}, partition_{i-1})` (the rows of every
+            series its windows reach from the partitions before it) and
+            `after_i = carry.after(partition_{i+1}, after_{i+1})` (the rows a
+            look-ahead label reads); both chains are small.
+        keep: None: return the results, in partition order, to the caller
+            (they are small); "lazy" or "persist": the results are pandas
+            frames, return them as a new partitioned frame of your kind,
+            computed when read or held by the workers; "meta": return the
+            zero-row pandas frame of `frame`'s columns and dtypes.
+        meta: With `keep`, the zero-row frame of the results.
+
+    Returns:
+        What `keep` asks for; None when the frame is not yours.
+    """
+
+
+@hookspec
+def fit_partitions(data: Any, options: Any, run: RunContext) -> tuple[dict[str, Any], list[str]]:
+    """Fit a preprocess step's state over partitions, without the rows ever coming whole to one process.
+
+    Called on the step's own plugin instead of `preprocess(state=None)`
+    when `[data] source` is partitioned; `preprocess` with the state is then replayed on every
+    partition (behind the rows its `window_reach` names). A step without
+    this hook cannot be fitted over partitions: the run stops with a
+    ConfigError naming it, before any work.
+
+    Args:
+        data: An `opsloop.partitions.PartitionedDataset`: `data.meta` (zero
+            rows: the columns and dtypes), `data.empty` (a zero-row Dataset
+            to resolve columns on), `data.rows`, `data.collect(function,
+            argument)` (a function per partition, results back in order), and
+            the statistics of `opsloop.partitions` over it (`moments`,
+            `median`, `quantiles`, `value_counts`, `column_facts`), which give
+            pandas' numbers on one frame.
+        options: This step's options, already checked.
+        run: Run id, working directory, logger.
+
+    Returns:
+        `(state, issues)`: the state `preprocess(state=None)` would return on
+        the same rows as one frame (same keys and values), and the issues.
+    """
+
+
+# ---------------------------------------------------------------------------
 # Observers
 # ---------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 
 from opsloop import data as data_mod
-from opsloop import alerting, gates, lineage, snapshots
+from opsloop import alerting, gates, lineage, partitions, snapshots
 from opsloop.bundle import LoadedModel, StepRecord, check_bundle, read_bundle, unstructure_options, write_bundle
 from opsloop.errors import BundleError, ConfigError, OpsloopError, PluginCallError, StoreError
 from opsloop.store import remove_tree
@@ -161,6 +161,10 @@ class Runner:
     def preprocess(self, dataset: Dataset, prefix: str = "") -> tuple[Dataset, list[StepRecord], list[str]]:
         """Fit every selected step in order; the states come back JSON-round-tripped."""
         names = self.config.selected("preprocess")
+        if partitions.is_partitioned(dataset):
+            return self._stage(f"{prefix}preprocess", names, lambda: self._fit_partitioned(dataset, names),
+                               lambda r: f"{len(r[0]):,} rows x {len(r[0].feature_columns)} features in "
+                               f"{r[0].partitions} partitions" + (f", {len(r[2])} data-quality issue(s)" if r[2] else ""))
 
         def work() -> tuple[Dataset, list[StepRecord], list[str]]:
             steps, issues, current = [], [], dataset
@@ -177,6 +181,29 @@ class Runner:
         return self._stage(f"{prefix}preprocess", names, work,
                            lambda r: f"{len(r[0]):,} rows x {len(r[0].feature_columns)} features"
                            + (f", {len(r[2])} data-quality issue(s)" if r[2] else ""))
+
+    def _fit_partitioned(self, dataset: Any, names: list[str]) -> tuple[Any, list[StepRecord], list[str]]:
+        """Each step fitted over the partitions (`fit_partitions`), then replayed on every partition with its
+        windows carried across their boundaries. Lazily: every later pass recomputes the features from the
+        source's partitions (compute traded for memory: no worker holds more than the partitions it works on)."""
+        steps, issues, current = [], [], dataset
+        for name in names:
+            options = self.session.options_for("preprocess", name)
+            state, found = partitions.fit_step(name, current, options, self.plugins, self.run)
+            issues.extend(f"{name}: {issue}" for issue in found)
+            current = partitions.replay_step(name, state, current, options, self.plugins, keep="lazy")
+            current = attrs.evolve(current, rows=dataset.rows, partitions=dataset.partitions,
+                                   fingerprint=dataset.fingerprint, spans=dataset.spans)
+            steps.append(StepRecord(plugin=name, options=unstructure_options(options), state=state,
+                                    dist=self.plugins.known[name].label))
+        return current, steps, issues
+
+    def check_partitioned(self) -> None:
+        """Before any work on partitioned rows: every step can be fitted over partitions, the trainer takes
+        them (ConfigError naming the step or the trainer otherwise)."""
+        partitions.check_steps(self.config.selected("preprocess"), self.plugins)
+        trainer = self.config.selected("train")[0]
+        partitions.check_trainer(trainer, self.session.options_for("train", trainer))
 
     def fit(self, dataset: Dataset) -> TrainedModel:
         """Fit the selected trainer on `dataset` (what `validate` gets as `fit`)."""
@@ -214,6 +241,8 @@ class Runner:
                   ) -> tuple[dict[str, Any] | None, Any]:
         """The alert threshold `[alerting]` chooses on the first report's out-of-fold scores, and those rows
         (opsloop.alerting); (None, None) when there is nothing to calibrate (a regressor, no scores)."""
+        if reports and partitions.is_partitioned(features):  # the scored rows' series and time came with them
+            reports[0], features = partitions.split_oof(reports[0], features)
         rows = alerting.oof_frame(reports[0].oof, features) if reports else None
         if rows is None:
             return None, None
@@ -286,10 +315,19 @@ class Runner:
                  threshold: dict[str, Any] | None = None, oof_rows: Any = None) -> ModelVersion:
         trainer = self.config.selected("train")[0]
 
+        whole = raw
+        if partitions.is_partitioned(raw):  # schema, probe rows and drift profile from a bounded sample
+            raw = raw.sample(partitions.SAMPLE_ROWS, self.run.seed)
+            if self.config.data.snapshot != "none":
+                self.reporter.note(f'[data] snapshot = "{self.config.data.snapshot}" is not taken of partitioned '
+                                   "rows: the lineage records their fingerprint over the partitions (docs/scale.md)")
+
         def work() -> ModelVersion:
             record = lineage.record(config=self.config, plugins=self.plugins, used=self._used(), data=raw,
                                     run_id=self.run.run_id, parent=parent, training=training)
-            snapshot = snapshots.take(self.config, self.store, raw)  # `[data] snapshot` (issue 14, item 4)
+            if whole is not raw:
+                record["data"].update(partitions.lineage_data(whole, len(raw)))
+            snapshot = snapshots.take(self.config, self.store, raw) if whole is raw else None  # `[data] snapshot`
             if snapshot is not None:
                 record["data"]["snapshot"] = snapshot
             name = self.run.model_name
@@ -457,13 +495,15 @@ class Runner:
 
     def validate_only(self) -> tuple[list[ValidationReport], list[GateResult]]:
         """Load, preprocess and validate the training period; register nothing (`opsloop validate`)."""
-        raw = self._stage("load", [self.config.data.source], lambda: data_mod.load(self.config, self.session),
-                          lambda d: f"{len(d):,} rows from {d.name}")
+        raw = self._stage("load", [self.config.data.source],
+                          lambda: data_mod.load(self.config, self.session, partitioned=True), _loaded)
+        if partitions.is_partitioned(raw):
+            self.check_partitioned()
         train_raw, _ = data_mod.periods(raw, self.config)
         features, _, issues = self.preprocess(train_raw)
         self.result.issues.extend(issues)
         reports = self.validate(features, enforce_gates=False)
-        self.calibrate(reports, features)  # the threshold a run would register, and what it achieves
+        self.calibrate(reports, features)  # (partitioned: reports[0] loses the oof rows' series and time there)  # the threshold a run would register, and what it achieves
         # nothing is registered: the out-of-fold rows go (they are as long as the data)
         reports = [attrs.evolve(r, oof=None) for r in reports]
         self.result.validation.extend(reports)
@@ -473,8 +513,10 @@ class Runner:
         """One pass of the lifecycle on the configured data."""
         # Opened first: a damaged or read-only registry fails in a second, not after training.
         self.store.check_writable()
-        raw = self._stage("load", [self.config.data.source], lambda: data_mod.load(self.config, self.session),
-                          lambda d: f"{len(d):,} rows from {d.name}")
+        raw = self._stage("load", [self.config.data.source],
+                          lambda: data_mod.load(self.config, self.session, partitioned=True), _loaded)
+        if partitions.is_partitioned(raw):
+            return self._run_partitioned(raw)
         train_raw, monitor_raw = data_mod.periods(raw, self.config)
         built = self.build(train_raw)
         version = self.place(built.version)  # what production serves: deployed and monitored below
@@ -501,6 +543,36 @@ class Runner:
             self.build(newer, prefix="retrain.", parent=version.ref, alias="candidate")
         return self.result
 
+    def _run_partitioned(self, raw: Any) -> RunResult:
+        """`run_once` on partitioned rows (docs/scale.md): preprocessing, training and validation over the
+        partitions; deploy and monitor on a bounded sample of the monitoring period scored by production."""
+        self.check_partitioned()  # before any work
+        train_raw, monitor_raw = data_mod.periods(raw, self.config)
+        built = self.build(train_raw)
+        version = self.place(built.version)
+        if not self.config.selected("deploy") and monitor_raw is None:
+            return self.result
+        model = self.load(version)
+        sample = None
+        if monitor_raw is not None:
+            sample = monitor_raw.sample(partitions.SAMPLE_ROWS, self.run.seed)
+            if len(sample) < (monitor_raw.rows or 0):
+                self.reporter.note(f"deploy and monitor: a sample of {len(sample):,} of the {monitor_raw.rows:,} "
+                                   "rows of the partitioned monitoring period (docs/scale.md); score all of them "
+                                   "on the cluster with the dask-batch target")
+        self.deploy(version, model, sample)
+        if sample is None or not self.config.selected("monitor"):
+            self.reporter.note("no monitoring period or monitor selected: stopping after deploy")
+            return self.result
+        reference = train_raw.sample(partitions.SAMPLE_ROWS, self.run.seed)
+        reports = self.monitor(version, model, sample, reference)
+        decision = self.decide(version, reports)
+        if decision.retrain and self.config.stages["retrain"].act:
+            self.reporter.note("retrain: not acted on with a partitioned source (the training and monitoring "
+                               "periods are not joined in one process); run again with [data] train covering "
+                               "the newer rows")
+        return self.result
+
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
@@ -523,6 +595,12 @@ def _concat(a: Dataset, b: Dataset) -> Any:
     if a.time:
         frame = frame.sort_values([c for c in (a.series, a.time) if c], kind="stable", ignore_index=True)
     return frame
+
+
+def _loaded(data: Any) -> str:
+    if partitions.is_partitioned(data):
+        return f"partitioned rows from {data.name} (engine: {data.engine})"
+    return f"{len(data):,} rows from {data.name}"
 
 
 def _threshold_summary(threshold: dict[str, Any] | None) -> str:

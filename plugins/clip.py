@@ -146,3 +146,11 @@ def compile_rows(state: dict[str, Any], options: Options | None, layout: RowLayo
         if round_:
             round_(work, rows)
     return clip
+
+
+@hookimpl
+def fit_partitions(data: Any, options: Options | None, run: RunContext) -> tuple[dict[str, Any], list[str]]:
+    """The state over partitions (a partitioned `[data] source`; plugins/_partial.py, docs/scale.md)."""
+    from opsloop.plugins import _partial
+
+    return _partial.clip(data, options)

@@ -226,3 +226,11 @@ def compile_rows(state: dict[str, Any], options: Options | None, layout: RowLayo
         if gaps.any():
             work[:, idx] = np.where(gaps, values, block)
     return impute
+
+
+@hookimpl
+def fit_partitions(data: Any, options: Options | None, run: RunContext) -> tuple[dict[str, Any], list[str]]:
+    """The state over partitions (a partitioned `[data] source`; plugins/_partial.py, docs/scale.md)."""
+    from opsloop.plugins import _partial
+
+    return _partial.impute(data, options)

@@ -131,3 +131,11 @@ def preprocess(dataset: Dataset, state: dict[str, Any] | None, options: Options 
 def compile_rows(state: dict[str, Any], options: Options | None, layout: RowLayout) -> None:
     """No row operation for the server's fast path: requests carry no target, the only column this step changes."""
     return None
+
+
+@hookimpl
+def fit_partitions(data: Any, options: Options | None, run: RunContext) -> tuple[dict[str, Any], list[str]]:
+    """The state over partitions (a partitioned `[data] source`; plugins/_partial.py, docs/scale.md)."""
+    from opsloop.plugins import _partial
+
+    return _partial.label_horizon(data, options)

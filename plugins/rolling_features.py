@@ -664,3 +664,11 @@ def compile_rows(state: dict[str, Any], options: Options | None, layout: Any) ->
         else:
             work[np.ix_(targets, dst_idx)] = values
     return rolling
+
+
+@hookimpl
+def fit_partitions(data: Any, options: Options | None, run: RunContext) -> tuple[dict[str, Any], list[str]]:
+    """The state over partitions (a partitioned `[data] source`; plugins/_partial.py, docs/scale.md)."""
+    from opsloop.plugins import _partial
+
+    return _partial.rolling_features(data, options)

@@ -451,3 +451,11 @@ def compile_row_check(state: Mapping[str, Any], options: Mapping[str, Any] | Non
                 out.append(("unseen_category", c))
         return out
     return check_rows
+
+
+@hookimpl
+def fit_partitions(data: Any, options: Options | None, run: RunContext) -> tuple[dict[str, Any], list[str]]:
+    """The state over partitions (a partitioned `[data] source`; plugins/_partial.py, docs/scale.md)."""
+    from opsloop.plugins import _partial
+
+    return _partial.schema_check(data, options)

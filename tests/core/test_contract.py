@@ -32,13 +32,15 @@ SIGNATURES = {
     "compile_rows": ["state", "options", "layout"],
     "compile_predict": ["model", "threads"],
     "window_reach": ["state", "options"],
+    "map_partitions": ["frame", "function", "argument", "carry", "keep", "meta"],
+    "fit_partitions": ["data", "options", "run"],
     "on_stage_start": ["stage", "plugins", "run", "options"],
     "on_stage_end": ["stage", "result", "seconds", "run", "options"],
     "on_stage_error": ["stage", "error", "run", "options"],
     "on_model_registered": ["version", "run", "options"],
     "on_alias_changed": ["change", "run", "options"],
 }
-FIRSTRESULT = {"open_store", "save_model", "load_model", "compile_predict"}
+FIRSTRESULT = {"open_store", "save_model", "load_model", "compile_predict", "map_partitions"}
 
 
 def specs() -> dict[str, object]:

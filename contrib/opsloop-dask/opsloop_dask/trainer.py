@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
@@ -87,6 +87,8 @@ class Options(ClusterOptions):
     n_jobs: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     params: dict[str, Any] = attrs.field(factory=dict)
     partitions: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    #: Takes partitioned training rows (a `[data] source` read by `dask-parquet`; opsloop_dask.partitioned_train).
+    partitioned: ClassVar[bool] = True
 
 
 @hookimpl
@@ -193,6 +195,10 @@ def train(dataset: Dataset, options: Options | None, run: RunContext) -> Trained
     import xgboost.dask as dxgb
 
     options = options or Options()
+    if not isinstance(dataset.frame, pd_frame_type()):  # partitioned rows, kept on the workers
+        from opsloop_dask import partitioned_train
+
+        return partitioned_train.train(dataset, options, run)
     client = client_for(options, PLUGIN)  # first: an unreachable scheduler fails before any work
     X = _features(dataset)
     y = _target(dataset, options.task, run)
@@ -247,6 +253,12 @@ def train(dataset: Dataset, options: Options | None, run: RunContext) -> Trained
                  f", best iteration {effective['best_iteration']}" if rounds else "")
     return TrainedModel(estimator=model, flavor=FLAVOR, task=options.task, params=effective,
                         features=tuple(map(str, X.columns)))
+
+
+def pd_frame_type() -> type:
+    import pandas as pd
+
+    return pd.DataFrame
 
 
 def _local(estimator: Any, task: str) -> Any:

@@ -1,0 +1,998 @@
+"""Rows in partitions, for data beyond one process's memory (issue 10, item 3).
+
+A source plugin's `load_data` may return a partitioned frame (opsloop-dask's
+`dask-parquet` returns a Dask DataFrame) instead of a pandas one. The core
+never imports the engine that holds it: it wraps the frame in a
+`PartitionedDataset` and runs every piece of work on the partitions through
+the `map_partitions` hook, which the engine's plugin implements. What runs
+per partition is plain pandas, in functions of this module:
+
+- the `[data]` queries (`periods`), per partition;
+- the fingerprint: sha256 over the partitions' own fingerprints, in order;
+- the statistics preprocess steps fit their states from (`moments`,
+  `order_statistics`, `quantiles`, `median`, `value_counts`, `column_facts`),
+  partial results per partition combined here, in as many rounds as the
+  statistic needs, into the very numbers pandas gives on one frame;
+- replaying a step (`replay`): its own `preprocess` hook with the state, on
+  each partition behind the rows of every series its windows reach
+  (`window_reach`) from the partitions before it, and ahead of the rows a
+  look-ahead label (`label-horizon`) reads from the ones after it;
+- scoring a fold's held-out rows, bringing back label, score, series, time.
+
+`InProcessEngine` implements the hook over a list of pandas frames in this
+process: the engine the core's tests use, and a reference for engine authors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from opsloop.errors import ConfigError, DataError
+from opsloop.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+    from opsloop.config import Config
+    from opsloop.manager import PluginManager
+    from opsloop.types import Dataset
+
+#: Rows of the bounded sample registration and monitoring bring to the client (docs/scale.md).
+SAMPLE_ROWS = 20_000
+#: Buckets of the histogram each pass of `order_statistics` narrows.
+BUCKETS = 4096
+#: Below this many candidate values, a pass fetches them and selects exactly.
+FETCH = 65_536
+_SIGN = 1 << 63
+_ALL = (1 << 64) - 1
+#: The message that ends every refusal of a built-in trainer given partitions.
+TRAINER_HINT = 'select a trainer that takes partitions, such as "dask-xgboost" (pip install opsloop-dask)'
+
+
+@attrs.frozen(kw_only=True)
+class Carry:
+    """What each partition is handed from its neighbours when a function runs on it.
+
+    Attributes:
+        rows: Previous rows of each series (the newest `rows`) from the partitions before.
+        seconds: And every row of each series newer than its newest time minus `seconds`, plus one.
+        ahead: Following rows of each series from the partitions after (a look-ahead label).
+        series: The series column (None: all rows are one series).
+        time: The time column.
+    """
+
+    rows: int = 0
+    seconds: float = 0.0
+    ahead: int = 0
+    series: str | None = None
+    time: str | None = None
+
+    def behind(self, before: pd.DataFrame | None, part: pd.DataFrame, index: int = 0) -> pd.DataFrame | None:
+        """The rows partition `index + 1` is handed from before it: from `part` (partition `index`) behind
+        what `part` itself was handed. None when this carry reaches nothing behind."""
+        if not (self.rows or self.seconds):
+            return None
+        import pandas as pd
+
+        from opsloop.plugins.batch_deploy import _carried
+
+        self.check_order(before, part, index)
+        frame = part.reset_index(drop=True) if before is None or not len(before) else \
+            pd.concat([before, part], ignore_index=True)
+        return _carried(frame, self.rows, self.seconds, self.series, self.time)
+
+    def check_order(self, before: pd.DataFrame | None, part: pd.DataFrame, index: int) -> None:
+        """DataError when partition `index` goes back in time within a series behind the rows carried to it:
+        windows need each series' rows in time order across partitions."""
+        time, series = self.time, self.series
+        if before is None or not len(before) or not len(part) or not time or time not in part.columns:
+            return
+        if series and series in part.columns:
+            last = before.groupby(series, sort=False, dropna=False)[time].max()
+            first = part.groupby(series, sort=False, dropna=False)[time].min()
+            both = first.index.intersection(last.index)
+            late = [str(s) for s in both if first[s] < last[s]]
+        else:
+            late = ["(all rows)"] if part[time].min() < before[time].max() else []
+        if late:
+            raise DataError(f"partition {index} goes back in time within series {', '.join(late[:5])}: windowed "
+                            f"features need each series' rows in time order across partitions; order the files "
+                            f"(they are read in name order) or the rows by {time}")
+
+    def after(self, part: pd.DataFrame, after: pd.DataFrame | None) -> pd.DataFrame | None:
+        """The rows partition i - 1 is handed from after it: the first `ahead` rows of each series of `part`
+        (partition i) and of what follows it. None when this carry reaches nothing ahead."""
+        if not self.ahead:
+            return None
+        import pandas as pd
+
+        frame = part.reset_index(drop=True) if after is None or not len(after) else \
+            pd.concat([part, after], ignore_index=True)
+        keyed = bool(self.series and self.series in frame.columns)
+        head = frame.groupby(self.series, sort=False, dropna=False).head(self.ahead) if keyed \
+            else frame.head(self.ahead)
+        return head.reset_index(drop=True)
+
+    def __bool__(self) -> bool:
+        return bool(self.rows or self.seconds or self.ahead)
+
+
+@attrs.frozen(kw_only=True)
+class PartitionedDataset:
+    """Rows in partitions that stay where the engine keeps them; the same columns and meaning as `Dataset`.
+
+    Attributes:
+        frame: The engine's partitioned frame (a Dask DataFrame), opaque to the core.
+        meta: A zero-row pandas frame: the columns and their dtypes.
+        engine: The plugin whose `map_partitions` runs work on `frame`.
+        mapper: Calls that plugin's `map_partitions` (set by `wrap`).
+        rows: Number of rows, once counted (`describe`); None before.
+        partitions: Number of partitions, once counted.
+        fingerprint: sha256 over the partitions' fingerprints, in order ("" before `describe`).
+    """
+
+    frame: Any = attrs.field(eq=False, repr=False)
+    meta: pd.DataFrame = attrs.field(eq=False, repr=False)
+    engine: str
+    mapper: Callable[..., Any] = attrs.field(eq=False, repr=False)
+    target: str | None = None
+    time: str | None = None
+    series: str | None = None
+    fingerprint: str = ""
+    name: str = ""
+    rows: int | None = None
+    partitions: int | None = None
+    #: Per partition: rows, and (with a time column) the first and last time, from `describe`.
+    spans: tuple[Any, ...] = attrs.field(default=(), eq=False, repr=False)
+
+    @property
+    def meta_columns(self) -> list[str]:
+        return [c for c in (self.target, self.time, self.series) if c and c in self.meta.columns]
+
+    @property
+    def feature_columns(self) -> list[str]:
+        meta = set(self.meta_columns)
+        return [c for c in self.meta.columns if c not in meta]
+
+    @property
+    def empty(self) -> Dataset:
+        """A zero-row `Dataset` of the same columns: what steps resolve their columns on."""
+        from opsloop.types import Dataset
+
+        return Dataset(frame=self.meta, target=self.target, time=self.time, series=self.series,
+                       fingerprint="", name=self.name)
+
+    def __len__(self) -> int:
+        if self.rows is None:
+            raise TypeError("the rows of a PartitionedDataset are counted by describe()")
+        return self.rows
+
+    def collect(self, function: Callable[[pd.DataFrame, Any], Any], argument: Any = None,
+                carry: Carry | None = None) -> list[Any]:
+        """`function(partition, argument)` on every partition, on the engine's workers: the results, in
+        partition order, in this process (keep them small). With `carry`, the function is called as
+        `function(partition, argument, before, after)`."""
+        wrapped = _Call(function, bool(carry))
+        return list(self.mapper(self.frame, wrapped, argument, carry, None, None))
+
+    def transform(self, function: Callable[..., pd.DataFrame], argument: Any, meta: pd.DataFrame, *,
+                  carry: Carry | None = None, keep: str = "lazy", name: str | None = None,
+                  **changes: Any) -> PartitionedDataset:
+        """A new partitioned dataset of `function(partition, argument[, before, after])` per partition, kept
+        by the engine (`keep`: "lazy", recomputed when read, or "persist", held by the workers)."""
+        frame = self.mapper(self.frame, _Call(function, bool(carry)), argument, carry, keep, meta)
+        return attrs.evolve(self, frame=frame, meta=meta, fingerprint="", rows=None, spans=(),
+                            name=self.name if name is None else name, **changes)
+
+    def describe(self) -> PartitionedDataset:
+        """Rows, partitions, spans and the fingerprint, counted in one pass."""
+        facts = self.collect(_describe, self.time)
+        digest = hashlib.sha256()
+        digest.update(repr([(str(c), str(t)) for c, t in self.meta.dtypes.items()]).encode())
+        for fact in facts:
+            digest.update(fact["fingerprint"].encode())
+        rows = sum(f["rows"] for f in facts)
+        return attrs.evolve(self, rows=rows, partitions=len(facts), fingerprint="sha256:" + digest.hexdigest(),
+                            spans=tuple((f["rows"], f["first"], f["last"]) for f in facts))
+
+    def sample(self, rows: int = SAMPLE_ROWS, seed: int = 0) -> Dataset:
+        """A bounded sample as a pandas `Dataset`: about `rows` rows drawn evenly from every partition,
+        whole series-time order kept; its fingerprint is this dataset's (it stands for it in lineage)."""
+        import pandas as pd
+
+        from opsloop.types import Dataset
+
+        data = self if self.rows is not None else self.describe()
+        fraction = min(1.0, rows / max(data.rows or 1, 1))
+        parts = data.collect(_sample, (fraction, seed, [c for c in (self.series, self.time) if c]))
+        frame = pd.concat(parts, ignore_index=True) if parts else self.meta
+        if self.time:
+            frame = frame.sort_values([c for c in (self.series, self.time) if c], kind="stable", ignore_index=True)
+        return Dataset(frame=frame, target=self.target, time=self.time, series=self.series,
+                       fingerprint=data.fingerprint, name=f"{self.name} (sample of {len(frame):,} rows)")
+
+    def head(self, rows: int = 64) -> pd.DataFrame:
+        """The first rows of the first partition that has any."""
+        for part in self.collect(_head, rows):
+            if len(part):
+                return part
+        return self.meta
+
+
+@attrs.frozen
+class _Call:
+    """What the engine calls: the function, with or without the neighbours a carry hands it."""
+
+    function: Callable[..., Any]
+    carried: bool
+
+    def __call__(self, part: pd.DataFrame, argument: Any, before: Any = None, after: Any = None) -> Any:
+        if self.carried:
+            return self.function(part, argument, before, after)
+        return self.function(part, argument)
+
+
+def _describe(part: pd.DataFrame, time: str | None) -> dict[str, Any]:
+    from opsloop.types import fingerprint_frame
+
+    frame = part.reset_index(drop=True)
+    has = bool(time and time in frame.columns and len(frame))
+    return {"rows": len(frame), "fingerprint": fingerprint_frame(frame),
+            "first": frame[time].min() if has else None, "last": frame[time].max() if has else None}
+
+
+def _head(part: pd.DataFrame, rows: int) -> pd.DataFrame:
+    return part.head(rows).reset_index(drop=True)
+
+
+def _sample(part: pd.DataFrame, job: tuple[float, int, list[str]]) -> pd.DataFrame:
+    fraction, seed, _ = job
+    if fraction >= 1.0:
+        return part.reset_index(drop=True)
+    return part.sample(frac=fraction, random_state=seed).sort_index(kind="stable").reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------
+# Wrapping what a source returned, and the [data] periods
+# ---------------------------------------------------------------------------
+
+def is_partitioned(data: Any) -> bool:
+    return isinstance(data, PartitionedDataset)
+
+
+def engine_for(frame: Any, plugins: PluginManager) -> str | None:
+    """The plugin whose `map_partitions` takes `frame` (asked with a no-op that computes nothing)."""
+    name, _ = plugins.first("map_partitions", frame=frame, function=None, argument=None, carry=None,
+                            keep=None, meta=None)
+    return name
+
+
+def wrap(frame: Any, config: Config, plugins: PluginManager, source: str) -> PartitionedDataset:
+    """`frame`, which a source returned and which is not a pandas DataFrame, as a `PartitionedDataset`;
+    a DataError when no installed engine takes it. Its columns are checked against `[data]`."""
+    from opsloop.errors import closest
+
+    engine = engine_for(frame, plugins)
+    if engine is None:
+        raise DataError(f"{source}: the source returned a {type(frame).__module__}.{type(frame).__name__}, which is "
+                        "neither a pandas DataFrame nor a partitioned frame an installed engine takes "
+                        "(map_partitions); install the engine's package (opsloop-dask for a Dask DataFrame)")
+
+    def mapper(frame: Any, function: Any, argument: Any, carry: Carry | None, keep: str | None,
+               meta: Any) -> Any:
+        return plugins.call(engine, "map_partitions", frame=frame, function=function, argument=argument,
+                            carry=carry, keep=keep, meta=meta)
+
+    meta = plugins.call(engine, "map_partitions", frame=frame, function=None, argument=None, carry=None,
+                        keep="meta", meta=None)
+    spec = config.data
+    for key in ("target", "time", "series"):
+        column = getattr(spec, key)
+        if column is not None and column not in meta.columns:
+            raise ConfigError(f"column {column!r} is not in {spec.source} (columns: {', '.join(map(str, meta.columns))})",
+                              section="data", key=key, source=config.source,
+                              suggestion=closest(column, map(str, meta.columns)))
+    data = PartitionedDataset(frame=frame, meta=meta, engine=engine, mapper=mapper, target=spec.target,
+                              time=spec.time, series=spec.series, name=spec.source)
+    if spec.features is not None:
+        missing = [c for c in spec.features if c not in meta.columns]
+        if missing:
+            raise ConfigError(f"feature column(s) not in {spec.source}: {', '.join(missing)}",
+                              section="data", key="features", source=config.source)
+        keep = [*spec.features, *[c for c in (spec.target, spec.time, spec.series) if c]]
+        data = data.transform(_columns, keep, meta[keep])
+    return data
+
+
+def _columns(part: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    return part[columns]
+
+
+def _query(part: pd.DataFrame, query: str) -> pd.DataFrame:
+    return part.query(query)
+
+
+def _unlabelled(part: pd.DataFrame, job: tuple[str, str]) -> pd.DataFrame:
+    import numpy as np
+
+    mode, target = job
+    missing = part[target].isna().to_numpy()
+    if not missing.any():
+        return part
+    if mode == "drop":
+        return part[~missing]
+    return part.assign(**{target: part[target].fillna(0).to_numpy().astype(np.int8)})
+
+
+def _count_missing(part: pd.DataFrame, target: str) -> int:
+    return int(part[target].isna().sum())
+
+
+def period(data: PartitionedDataset, query: str, key: str, config: Config) -> PartitionedDataset:
+    """The rows a `[data]` query selects, partition by partition; never empty."""
+    try:
+        data.meta.query(query)  # the column names and the syntax, before any work
+    except Exception as exc:  # pandas raises SyntaxError, UndefinedVariableError, TypeError...
+        raise ConfigError(f"query {query!r} failed: {exc}", section="data", key=key, source=config.source) from None
+    selected = data.transform(_query, query, data.meta, name=f"{data.name} [{key}: {query}]").describe()
+    if not selected.rows:
+        raise ConfigError(f"query {query!r} selects no rows of {data.name}", section="data", key=key,
+                          source=config.source)
+    return selected
+
+
+def periods(data: PartitionedDataset, config: Config) -> tuple[PartitionedDataset, PartitionedDataset | None]:
+    """The training and monitoring periods of partitioned rows (`opsloop.data.periods`): the `[data]`
+    queries run per partition; `[data] unlabelled` applied to the training rows."""
+    spec = config.data
+    if spec.train is None and spec.monitor is None:
+        if spec.monitor_fraction > 0:
+            raise ConfigError("a partitioned source needs [data] train and monitor queries to split off a "
+                              "monitoring period (monitor_fraction would sort every row by time in one process); "
+                              "set them, or monitor_fraction = 0", section="data", key="monitor_fraction",
+                              source=config.source)
+        train = data.describe()
+        monitor = None
+    else:
+        train = period(data, spec.train, "train", config) if spec.train else data.describe()
+        monitor = period(data, spec.monitor, "monitor", config) if spec.monitor else None
+    mode, target = spec.unlabelled, train.target
+    if target and target in train.meta.columns:
+        missing = sum(train.collect(_count_missing, target))
+        if missing and mode in ("normal", "drop"):
+            train = train.transform(_unlabelled, (mode, target), train.meta,
+                                    name=f"{train.name} ({missing:,} unlabelled rows {mode})").describe()
+        elif missing and mode == "error":
+            raise DataError(f"{train.name}: {missing:,} of {train.rows:,} rows have no label (target column "
+                            f"{target!r} is missing there); set [data] unlabelled to \"normal\" (they are label "
+                            "0) or \"drop\" (leave them out)")
+    return train, monitor
+
+
+# ---------------------------------------------------------------------------
+# Statistics over partitions, the same numbers pandas gives on one frame
+# ---------------------------------------------------------------------------
+
+def _keys(values: np.ndarray) -> np.ndarray:
+    """float64 values as uint64 keys in the same order (NaN left out by the caller)."""
+    import numpy as np
+
+    bits = np.ascontiguousarray(values, dtype=np.float64).view(np.uint64)
+    negative = (bits >> np.uint64(63)).astype(bool)
+    return np.where(negative, ~bits, bits | np.uint64(_SIGN))
+
+
+def _value(key: int) -> float:
+    import numpy as np
+
+    bits = (key ^ _SIGN) if key & _SIGN else (~key & _ALL)
+    return float(np.array([bits], dtype=np.uint64).view(np.float64)[0])
+
+
+def _numbers(part: pd.DataFrame, column: str) -> np.ndarray:
+    import numpy as np
+
+    values = part[column].to_numpy(dtype=np.float64, na_value=np.nan)
+    return values[~np.isnan(values)]
+
+
+def _histograms(part: pd.DataFrame, jobs: Sequence[tuple[str, int, int, int, int]]) -> list[tuple[int, np.ndarray]]:
+    """Per job (column, lo, hi, width, buckets): the values below `lo`, and a histogram of the keys in [lo, hi]."""
+    import numpy as np
+
+    out = []
+    for column, lo, hi, width, buckets in jobs:
+        keys = _keys(_numbers(part, column))
+        below = int((keys < np.uint64(lo)).sum())
+        inside = keys[(keys >= np.uint64(lo)) & (keys <= np.uint64(hi))]
+        index = ((inside - np.uint64(lo)) // np.uint64(width)).astype(np.int64)
+        out.append((below, np.bincount(index, minlength=buckets)[:buckets]))
+    return out
+
+
+def _fetch(part: pd.DataFrame, jobs: Sequence[tuple[str, int, int]]) -> list[np.ndarray]:
+    """Per job (column, lo, hi): the keys in [lo, hi]."""
+    import numpy as np
+
+    out = []
+    for column, lo, hi in jobs:
+        keys = _keys(_numbers(part, column))
+        out.append(keys[(keys >= np.uint64(lo)) & (keys <= np.uint64(hi))])
+    return out
+
+
+def order_statistics(data: PartitionedDataset, wanted: dict[str, Sequence[int]], *, buckets: int | None = None,
+                     fetch: int | None = None) -> dict[str, dict[int, float]]:
+    """The exact `rank`-th smallest non-missing value (0-based) of each column, for every rank asked.
+
+    Each round computes, on every partition, a histogram of the values' order-preserving bit patterns within
+    the interval still in question, and narrows each interval to the bucket that holds its rank; once an
+    interval holds at most `FETCH` values they are fetched and the rank selected. No rank takes more than
+    ceil(64 / log2(BUCKETS)) + 1 rounds (7 with 4,096 buckets); no partition is ever sorted whole.
+    """
+    import numpy as np
+
+    buckets = buckets or BUCKETS
+    fetch_limit = FETCH if fetch is None else fetch
+    todo = {(c, r): (0, _ALL) for c, ranks in wanted.items() for r in ranks}
+    found: dict[str, dict[int, float]] = {c: {} for c in wanted}
+    while todo:
+        pending = list(todo.items())
+        jobs = [(c, lo, hi, (hi - lo) // buckets + 1, buckets) for (c, _), (lo, hi) in pending]
+        counts = data.collect(_histograms, jobs)
+        fetching: dict[tuple[str, int], tuple[int, int, int]] = {}
+        for j, ((column, rank), (lo, hi)) in enumerate(pending):
+            width = jobs[j][3]
+            below = sum(p[j][0] for p in counts)
+            cumulative = np.cumsum(np.sum([p[j][1] for p in counts], axis=0))
+            bucket = int(np.searchsorted(cumulative, rank - below, side="right"))
+            before = below + (int(cumulative[bucket - 1]) if bucket else 0)
+            new_lo = lo + bucket * width
+            new_hi = min(hi, new_lo + width - 1)
+            todo[(column, rank)] = (new_lo, new_hi)
+            if int(cumulative[bucket]) + below - before <= fetch_limit or new_lo == new_hi:
+                fetching[(column, rank)] = (new_lo, new_hi, rank - before)
+        if fetching:
+            pairs = list(fetching.items())
+            parts = data.collect(_fetch, [(c, lo, hi) for (c, _), (lo, hi, _) in pairs])
+            for j, ((column, rank), (_, _, position)) in enumerate(pairs):
+                keys = np.sort(np.concatenate([p[j] for p in parts]))
+                found[column][rank] = _value(int(keys[position]))
+                del todo[(column, rank)]
+    return found
+
+
+def _lerp(a: float, b: float, t: float) -> float:
+    """numpy's linear interpolation, as `quantile` does it."""
+    import numpy as np
+
+    a64, b64, t64 = np.float64(a), np.float64(b), np.float64(t)
+    diff = b64 - a64
+    return float(b64 - diff * (1 - t64)) if t64 >= 0.5 else float(a64 + diff * t64)
+
+
+def quantiles(data: PartitionedDataset, columns: Sequence[str], probabilities: Sequence[float],
+              counts: dict[str, int], **narrowing: Any) -> dict[str, dict[float, float]]:
+    """Exact linear-interpolation quantiles (numpy's and pandas' default) of the non-missing values."""
+    import numpy as np
+
+    wanted: dict[str, set[int]] = {}
+    plan: dict[tuple[str, float], tuple[int, int, float]] = {}
+    for c in columns:
+        n = counts[c]
+        if not n:
+            continue
+        for p in probabilities:
+            index = np.float64(n - 1) * np.float64(p)
+            below = int(np.floor(index))
+            above = min(below + 1, n - 1)
+            plan[(c, p)] = (below, above, float(index - below))
+            wanted.setdefault(c, set()).update((below, above))
+    found = order_statistics(data, {c: sorted(r) for c, r in wanted.items()}, **narrowing)
+    out: dict[str, dict[float, float]] = {c: {} for c in columns}
+    for (c, p), (below, above, t) in plan.items():
+        out[c][p] = _lerp(found[c][below], found[c][above], t)
+    for c in columns:
+        if not counts[c]:
+            out[c] = dict.fromkeys(probabilities, math.nan)
+    return out
+
+
+def median(data: PartitionedDataset, columns: Sequence[str], counts: dict[str, int],
+           **narrowing: Any) -> dict[str, float]:
+    """Exact medians as pandas' `median` gives them: the middle value, or (a + b) / 2 of the two middle."""
+    ranks = {c: sorted({(counts[c] - 1) // 2, counts[c] // 2}) for c in columns if counts[c]}
+    found = order_statistics(data, ranks, **narrowing)
+    out = {}
+    for c in columns:
+        n = counts[c]
+        out[c] = math.nan if not n else found[c][n // 2] if n % 2 else (found[c][n // 2 - 1] + found[c][n // 2]) / 2
+    return out
+
+
+def _moments(part: pd.DataFrame, columns: Sequence[str]) -> dict[str, tuple[int, float, float, float, float, int]]:
+    import numpy as np
+
+    out = {}
+    for c in columns:
+        values = part[c].to_numpy(dtype=np.float64, na_value=np.nan)
+        present = values[~np.isnan(values)]
+        n = len(present)
+        mean = float(present.mean()) if n else 0.0
+        out[c] = (n, mean, float(((present - mean) ** 2).sum()) if n else 0.0,
+                  float(present.min()) if n else math.inf, float(present.max()) if n else -math.inf,
+                  int(len(values) - n))
+    return out
+
+
+def moments(data: PartitionedDataset, columns: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Count, mean, population variance, min, max and missing count per numeric column, merged over
+    partitions with Chan et al.'s pairwise update of (count, mean, M2): the same numbers as pandas up to
+    the last bits of float64 for mean and variance (summation order), exactly for the rest."""
+    merged: dict[str, list[Any]] = {c: [0, 0.0, 0.0, math.inf, -math.inf, 0] for c in columns}
+    for part in data.collect(_moments, list(columns)) if columns else []:
+        for c, (n, mean, m2, low, high, gaps) in part.items():
+            total = merged[c]
+            if n:
+                count = total[0] + n
+                delta = mean - total[1]
+                total[1] += delta * n / count
+                total[2] += m2 + delta * delta * total[0] * n / count
+                total[0] = count
+            total[3], total[4] = min(total[3], low), max(total[4], high)
+            total[5] += gaps
+    return {c: {"count": n, "mean": mean if n else math.nan, "var": m2 / n if n else math.nan,
+                "min": low if n else math.nan, "max": high if n else math.nan, "missing": gaps}
+            for c, (n, mean, m2, low, high, gaps) in merged.items()}
+
+
+def _value_counts(part: pd.DataFrame, columns: Sequence[str]) -> dict[str, pd.Series]:
+    return {c: part[c].value_counts(dropna=True) for c in columns}
+
+
+def value_counts(data: PartitionedDataset, columns: Sequence[str]) -> dict[str, pd.Series]:
+    """Each column's value counts (missing values left out), summed over partitions."""
+    totals: dict[str, pd.Series] = {}
+    for part in data.collect(_value_counts, list(columns)) if columns else []:
+        for c, counts in part.items():
+            totals[c] = counts if c not in totals else totals[c].add(counts, fill_value=0)
+    return totals
+
+
+def mode(counts: pd.Series | None) -> Any:
+    """pandas' `mode(dropna=True).iloc[0]` from summed value counts: the most frequent, the smallest of ties;
+    None when there is no value."""
+    import pandas as pd
+
+    if counts is None or not len(counts):
+        return None
+    top = counts[counts == counts.max()].index
+    return pd.Series(top).sort_values(kind="stable").iloc[0]
+
+
+def _facts(part: pd.DataFrame, columns: Sequence[str]) -> dict[str, Any]:
+    """Rows, and per column: missing count, min and max (numbers), distinct values (others)."""
+    from pandas.api import types as pt
+
+    out: dict[str, Any] = {"rows": len(part), "columns": {}}
+    for c in columns:
+        column = part[c]
+        fact: dict[str, Any] = {"missing": int(column.isna().sum())}
+        if pt.is_numeric_dtype(column.dtype) and not pt.is_bool_dtype(column.dtype):
+            fact["min"], fact["max"] = column.min(), column.max()
+        else:
+            fact["values"] = column.dropna().unique()
+        out["columns"][c] = fact
+    return out
+
+
+def column_facts(data: PartitionedDataset, columns: Sequence[str]) -> dict[str, Any]:
+    """Rows; per column: missing count, min and max of numbers (NaN when none), distinct non-missing values of
+    the others (a list, in first-seen order), combined over partitions."""
+    import numpy as np
+    import pandas as pd
+
+    rows = 0
+    merged: dict[str, dict[str, Any]] = {}
+    for part in data.collect(_facts, list(columns)):
+        rows += part["rows"]
+        for c, fact in part["columns"].items():
+            into = merged.setdefault(c, {"missing": 0})
+            into["missing"] += fact["missing"]
+            if "values" in fact:
+                into["values"] = pd.unique(np.concatenate([into.get("values", np.array([], dtype=object)),
+                                                           np.asarray(fact["values"], dtype=object)]))
+            else:
+                for key, pick in (("min", min), ("max", max)):
+                    value = fact[key]
+                    if value is None or pd.isna(value):
+                        continue
+                    into[key] = value if key not in into else pick(into[key], value)
+    for c in columns:
+        into = merged.setdefault(c, {"missing": 0})
+        if "values" not in into:
+            into.setdefault("min", math.nan)
+            into.setdefault("max", math.nan)
+    return {"rows": rows, "columns": merged}
+
+
+# ---------------------------------------------------------------------------
+# Preprocessing: fit over partitions, replay per partition
+# ---------------------------------------------------------------------------
+
+def check_steps(names: Sequence[str], plugins: PluginManager) -> None:
+    """ConfigError naming the first step that cannot be fitted over partitions (no `fit_partitions`)."""
+    for name in names:
+        if not plugins.implements(name, "fit_partitions"):
+            info = plugins.known.get(name)
+            raise ConfigError(f'preprocess step "{name}"{f" ({info.label})" if info else ""} cannot be fitted over '
+                              "partitions (it does not implement the fit_partitions hook), and [data] source is "
+                              "partitioned; remove the step, or ask its author for fit_partitions "
+                              "(docs/hooks.md)", section="preprocess", key="plugins")
+
+
+def check_trainer(name: str, options: Any) -> None:
+    """ConfigError when trainer `name` does not take partitions (`partitioned = True` on its options)."""
+    if not getattr(type(options), "partitioned", False) and not getattr(options, "partitioned", False):
+        raise ConfigError(f'trainer "{name}" trains on one pandas frame in this process, and [data] source is '
+                          f"partitioned (rows beyond one machine's memory); {TRAINER_HINT}",
+                          section="train", key="plugins")
+
+
+def step_reach(name: str, state: dict[str, Any], options: Any, plugins: PluginManager,
+               series: str | None, time: str | None) -> Carry | None:
+    """What a step's replay needs from neighbouring partitions: its `window_reach` behind (previous rows
+    plus one, as batch scoring carries), and `horizon` rows ahead for `label-horizon`."""
+    rows, seconds, ahead = 0, 0.0, 0
+    if plugins.implements(name, "window_reach"):
+        reach = plugins.call(name, "window_reach", state=state, options=options)
+        if reach:
+            rows, seconds = (reach.rows + 1 if reach.rows else 0), reach.seconds
+    if name == "label-horizon" and "horizon" in state:
+        ahead = int(state["horizon"])
+    carry = Carry(rows=rows, seconds=seconds, ahead=ahead, series=series, time=time)
+    return carry if carry else None
+
+
+@attrs.frozen
+class Step:
+    """One step's replay, shipped to the workers: its plugin object (a module pickles by name), state, options."""
+
+    name: str
+    plugin: Any
+    state: dict[str, Any]
+    options: Any
+    target: str | None
+    time: str | None
+    series: str | None
+
+
+def call_hook(plugin: Any, hook: str, **kwargs: Any) -> Any:
+    """A plugin object's hook implementation, called with the arguments it names (as pluggy does)."""
+    function = getattr(plugin, hook)
+    names = inspect.signature(function).parameters
+    return function(**{k: v for k, v in kwargs.items() if k in names})
+
+
+def _worker_run() -> Any:
+    from pathlib import Path
+
+    from opsloop.types import RunContext
+
+    return RunContext(run_id="partition", workdir=Path("."), model_name="", config=None)
+
+
+def replay_frame(frame: pd.DataFrame, step: Step) -> pd.DataFrame:
+    """One step replayed with its state on one frame (its own `preprocess` hook)."""
+    from opsloop.types import Dataset
+
+    dataset = Dataset.from_frame(frame, target=step.target, time=step.time, series=step.series, name=step.name)
+    out = call_hook(step.plugin, "preprocess", dataset=dataset, state=step.state, options=step.options,
+                    run=_worker_run())
+    return out.dataset.frame
+
+
+def _replay(part: pd.DataFrame, step: Step, before: pd.DataFrame | None = None,
+            after: pd.DataFrame | None = None) -> pd.DataFrame:
+    """`part` replayed behind `before` and ahead of `after`; only `part`'s own rows come back."""
+    import pandas as pd
+
+    own = part.reset_index(drop=True)
+    pieces = [p for p in (before, own, after) if p is not None and len(p)]
+    if len(pieces) == 1 or not len(own):
+        return replay_frame(own, step).reset_index(drop=True)
+    start = len(before) if before is not None else 0
+    out = replay_frame(pd.concat(pieces, ignore_index=True), step)
+    return out.iloc[start:start + len(own)].reset_index(drop=True)
+
+
+def _json_state(state: Any, name: str) -> dict[str, Any]:
+    from opsloop.errors import PluginCallError
+
+    try:
+        return json.loads(json.dumps(dict(state), allow_nan=True))
+    except (TypeError, ValueError) as exc:
+        raise PluginCallError(name, "fit_partitions", TypeError(f"state is not JSON-able: {exc}")) from exc
+
+
+def fit_step(name: str, data: PartitionedDataset, options: Any, plugins: PluginManager, run: Any
+             ) -> tuple[dict[str, Any], list[str]]:
+    """Step `name`'s state and issues, fitted over the partitions of `data` (its `fit_partitions` hook)."""
+    from opsloop.errors import PluginCallError
+
+    result = plugins.call(name, "fit_partitions", data=data, options=options, run=run)
+    if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], dict)):
+        raise PluginCallError(name, "fit_partitions", TypeError("expected (state, issues)"))
+    return _json_state(result[0], name), [str(i) for i in result[1]]
+
+
+def replay_step(name: str, state: dict[str, Any], data: PartitionedDataset, options: Any,
+                plugins: PluginManager, *, keep: str = "lazy") -> PartitionedDataset:
+    """`data` with step `name` replayed on every partition, windows carried across partition boundaries."""
+    step = Step(name=name, plugin=plugins.load(name), state=state, options=options, target=data.target,
+                time=data.time, series=data.series)
+    carry = step_reach(name, state, options, plugins, data.series, data.time)
+    meta = replay_frame(data.head(), step).iloc[:0]
+    return data.transform(_replay, step, meta, carry=carry, keep=keep)
+
+
+# ---------------------------------------------------------------------------
+# Validation: time-ordered folds over partitions, scored on the workers
+# ---------------------------------------------------------------------------
+
+def _between(part: pd.DataFrame, job: tuple[str, Any, Any]) -> pd.DataFrame:
+    time, low, high = job
+    times = part[time]
+    keep = times.notna()
+    if low is not None:
+        keep &= times >= low
+    if high is not None:
+        keep &= times <= high
+    return part[keep]
+
+
+def _times(part: pd.DataFrame, time: str) -> np.ndarray:
+    return part[time].dropna().unique()
+
+
+def check_time_order(data: PartitionedDataset, method: str, plugin: str) -> None:
+    """DataError unless partitioned rows can be validated in time order (the only order over partitions)."""
+    if method not in ("auto", "time") or not data.time or data.time not in data.meta.columns:
+        raise DataError(f'{plugin}: partitioned rows are validated in time order only (method "auto" or "time", '
+                        f"with [data] time set); method is {method!r}, time column {data.time!r}")
+    if not data.target or data.target not in data.meta.columns:
+        raise DataError(f"{plugin}: validation needs labels to score against, and {data.name} has no target "
+                        f"column ({data.target!r}); set [data] target, or select no validator")
+
+
+def time_folds(data: PartitionedDataset, folds: int, gap: int, plugin: str
+               ) -> list[tuple[PartitionedDataset, PartitionedDataset]]:
+    """`kfold`'s time-ordered forward chaining, over the distinct time steps of all partitions: fold i
+    trains on blocks 0..i and tests on block i+1 (scikit-learn's `TimeSeriesSplit`); each fold's rows are
+    selected per partition by time, never gathered. (The distinct time steps come to the client: one value
+    per step, not per row.)"""
+    import numpy as np
+    from sklearn.model_selection import TimeSeriesSplit
+
+    steps = np.unique(np.concatenate([np.asarray(t) for t in data.collect(_times, data.time)] or [np.array([])]))
+    if len(steps) < folds + 1 + gap:
+        raise DataError(f"{plugin}: {len(steps)} distinct time step(s) are too few for {folds} time-ordered "
+                        f"folds with gap {gap}")
+    out = []
+    for i, (train_steps, test_steps) in enumerate(TimeSeriesSplit(n_splits=folds, gap=gap).split(range(len(steps)))):
+        train = data.transform(_between, (data.time, None, steps[train_steps[-1]]), data.meta,
+                               name=f"{data.name} [fold {i + 1}/{folds} train]").describe()
+        test = data.transform(_between, (data.time, steps[test_steps[0]], steps[test_steps[-1]]), data.meta,
+                              name=f"{data.name} [fold {i + 1}/{folds} test]")
+        out.append((train, test))
+    return out
+
+
+def holdout_split(data: PartitionedDataset, fraction: float, plugin: str
+                  ) -> tuple[PartitionedDataset, PartitionedDataset]:
+    """`holdout`'s time-ordered split: the last `fraction` of the distinct time steps are held out."""
+    import numpy as np
+
+    steps = np.unique(np.concatenate([np.asarray(t) for t in data.collect(_times, data.time)] or [np.array([])]))
+    cut = int(round(len(steps) * (1 - fraction)))
+    if cut < 1 or cut >= len(steps):
+        raise DataError(f"{plugin}: {len(steps)} distinct time step(s) are too few to hold out {fraction:g} of them")
+    train = data.transform(_between, (data.time, None, steps[cut - 1]), data.meta,
+                           name=f"{data.name} [holdout train]").describe()
+    test = data.transform(_between, (data.time, steps[cut], None), data.meta, name=f"{data.name} [holdout test]")
+    return train, test
+
+
+def _score(part: pd.DataFrame, job: tuple[Any, str, list[str], str, str | None, str | None]) -> pd.DataFrame:
+    """Label, score, prediction, series and time of a partition's labelled rows, scored by the fold model."""
+    import numpy as np
+    import pandas as pd
+
+    from opsloop.bundle import predictions_frame
+
+    estimator, task, features, target, series, time = job
+    part = part[part[target].notna()]
+    out = pd.DataFrame({"label": part[target].to_numpy()})
+    if len(part):
+        predictions = predictions_frame(estimator, task, part[features])
+        out["prediction"] = pd.to_numeric(predictions["prediction"], errors="coerce").to_numpy(dtype=float)
+        if "score" in predictions.columns:
+            out["score"] = predictions["score"].to_numpy(dtype=float)
+    else:
+        out["prediction"] = np.array([], dtype=float)
+        out["score"] = np.array([], dtype=float)
+    if series:
+        out["series"] = part[series].to_numpy()
+    if time:
+        out["time"] = part[time].to_numpy()
+    return out
+
+
+def _counts(part: pd.DataFrame, target: str) -> tuple[int, int, set[Any]]:
+    y = part[target]
+    labels = set(y.dropna().unique().tolist())
+    return len(part), int(y.sum()) if labels <= {0, 1} else 0, labels
+
+
+def _label_counts(data: PartitionedDataset) -> tuple[int, int, set[Any]]:
+    """Rows, positives (0/1 labels) and the labels seen, over the partitions."""
+    rows, positives, labels = 0, 0, set()
+    for n, p, seen in data.collect(_counts, data.target):
+        rows, positives, labels = rows + n, positives + p, labels | seen
+    return rows, positives, labels
+
+
+def _labels(part: pd.DataFrame, target: str) -> set[Any]:
+    return set(part[target].dropna().unique().tolist())
+
+
+def score_rows(model: Any, test: PartitionedDataset, features: Sequence[str]) -> pd.DataFrame:
+    """`model` scored on the held-out partitions, on the workers; only label, score, prediction, series and
+    time come back (in partition order)."""
+    import pandas as pd
+
+    parts = test.collect(_score, (model.estimator, model.task, list(features), test.target, test.series, test.time))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def validate_partitioned(data: PartitionedDataset, fit: Callable[[Any], Any], splits: list[tuple[Any, Any]],
+                         method: str, run: Any) -> Any:
+    """Fit each split's training partitions (`fit`: the trainer, on the cluster) and score its held-out rows
+    on the workers: a `ValidationReport` (per-fold metrics; the out-of-fold scores numbered in the order they
+    come, with their series and time as `_series` and `_time`, which `split_oof` takes off)."""
+    import math
+
+    import numpy as np
+
+    from opsloop.metrics import CLASSIFICATION, for_task
+    from opsloop.plugins.kfold import make_report, out_of_fold
+
+    folds, oof = [], []
+    offset = 0
+    total = len(splits)
+    for i, (train, test) in enumerate(splits):
+        label = f"fold {i + 1}/{total}" if total > 1 else "holdout"
+        seen_train, seen_test = _label_counts(train), _label_counts(test)
+        counts = {"rows_train": seen_train[0], "rows_test": seen_test[0]}
+        if seen_train[2] | seen_test[2] <= {0, 1}:  # "positives" means something
+            counts.update(positives_train=seen_train[1], positives_test=seen_test[1])
+        try:
+            model = fit(train)
+        except Exception as exc:
+            classes = set().union(*train.collect(_labels, train.target))
+            if len(classes) > 1:
+                raise
+            message = (f"{label}: the trainer cannot fit a training block of one class only ({exc}); metrics are "
+                       "NaN")
+            run.log.warning(message)
+            run.reporter.note(message)
+            folds.append({**dict.fromkeys(CLASSIFICATION, math.nan), **counts})
+            continue
+        features = list(model.features) or train.feature_columns
+        rows = score_rows(model, test, features)
+        if not len(rows):
+            run.reporter.note(f"{label}: no labelled test row; metrics are NaN")
+            folds.append({**dict.fromkeys(CLASSIFICATION, math.nan), **counts})
+            continue
+        y = rows["label"].to_numpy()
+        predictions = rows[[c for c in ("prediction", "score") if c in rows.columns]]
+        figures = {**for_task(model.task, y, predictions, undefined=math.nan), **counts}
+        positions = np.arange(offset, offset + len(rows))
+        piece = out_of_fold(model.task, positions, i, y, predictions)
+        if piece is not None:  # with the series and time the threshold counts by (`split_oof`)
+            oof.append(piece.assign(**{f"_{c}": rows[c].to_numpy() for c in ("series", "time") if c in rows}))
+        offset += len(rows)
+        folds.append(figures)
+        run.fold_scored(i, figures)
+    return make_report(method, folds, oof)
+
+
+def split_oof(report: Any, data: PartitionedDataset) -> tuple[Any, Dataset]:
+    """A partitioned validation's report without the series and time of its out-of-fold rows, and those rows
+    as the small pandas `Dataset` the alert threshold reads (`opsloop.alerting.oof_frame`)."""
+    import attrs as _attrs
+    import pandas as pd
+
+    from opsloop.types import Dataset
+
+    oof = report.oof
+    extra = [c for c in ("_series", "_time") if oof is not None and c in oof.columns]
+    if oof is None:
+        return report, Dataset(frame=pd.DataFrame(), target=data.target, fingerprint=data.fingerprint)
+    frame = pd.DataFrame(index=range(int(oof["row"].max()) + 1 if len(oof) else 0))
+    names = {"_series": data.series, "_time": data.time}
+    for c in extra:
+        column = pd.Series(oof[c].to_numpy(), index=oof["row"].to_numpy())
+        frame[names[c]] = column.reindex(frame.index).to_numpy()
+    frame[data.target] = pd.Series(oof["label"].to_numpy(), index=oof["row"].to_numpy()).reindex(frame.index).to_numpy()
+    validated = Dataset(frame=frame, target=data.target, time=data.time if "_time" in extra else None,
+                        series=data.series if "_series" in extra else None, fingerprint=data.fingerprint,
+                        name=f"{data.name} (out-of-fold rows)")
+    return _attrs.evolve(report, oof=oof.drop(columns=extra)), validated
+
+
+# ---------------------------------------------------------------------------
+# The engine the core's tests use: a list of pandas frames in this process
+# ---------------------------------------------------------------------------
+
+class FrameList(list):
+    """Partitions as a list of pandas frames, for `InProcessEngine`."""
+
+
+def run_partitions(parts: Sequence[Any], function: Callable[..., Any], argument: Any,
+                   carry: Carry | None) -> list[Any]:
+    """The engine contract, sequentially: `function(part_i, argument, before_i, after_i)`, where `before_i`
+    comes from partition i - 1 behind what it was handed (`Carry.behind`) and `after_i` from partition
+    i + 1 ahead of what it was handed (`Carry.after`). Engines may run the calls in parallel; the chains of
+    carried rows are small."""
+    n = len(parts)
+    befores: list[Any] = [None] * n
+    afters: list[Any] = [None] * n
+    if carry:
+        for i in range(1, n):
+            befores[i] = carry.behind(befores[i - 1], parts[i - 1], i - 1)
+        for i in range(n - 2, -1, -1):
+            afters[i] = carry.after(parts[i + 1], afters[i + 1])
+    return [function(p, argument, befores[i], afters[i]) for i, p in enumerate(parts)]
+
+
+class InProcessEngine:
+    """`map_partitions` over a `FrameList`, in this process (register it as a plugin)."""
+
+    @hookimpl
+    def map_partitions(self, frame: Any, function: Any, argument: Any, carry: Carry | None, keep: str | None,
+                       meta: Any) -> Any:
+        if not isinstance(frame, FrameList):
+            return None
+        if keep == "meta":
+            return frame[0].iloc[:0] if frame else None
+        if function is None:
+            return True
+        results = run_partitions(list(frame), function, argument, carry)
+        return FrameList(results) if keep else results
+
+
+def lineage_data(data: PartitionedDataset, sampled: int) -> dict[str, Any]:
+    """What lineage records of partitioned training rows: all rows counted, their time span, the partitions,
+    and how many rows the schema, probe rows and drift profile were taken from."""
+    import numpy as np
+    import pandas as pd
+
+    firsts = [s[1] for s in data.spans if s[1] is not None]
+    lasts = [s[2] for s in data.spans if s[2] is not None]
+    out: dict[str, Any] = {"source": data.name, "fingerprint": data.fingerprint, "rows": data.rows,
+                           "partitions": data.partitions, "engine": data.engine, "profile_sample_rows": sampled}
+    if firsts and lasts and all(isinstance(t, (pd.Timestamp, np.datetime64)) for t in (*firsts, *lasts)):
+        first = pd.to_datetime(min(firsts), utc=True)
+        last = pd.to_datetime(max(lasts), utc=True)
+        out["start"] = first.isoformat().replace("+00:00", "Z")
+        out["end"] = last.isoformat().replace("+00:00", "Z")
+    return out
