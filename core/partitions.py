@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -36,9 +35,13 @@ import attrs
 
 from opsloop.errors import ConfigError, DataError
 from opsloop.hookspecs import hookimpl
+# The statistics steps' fit_partitions hooks use, where the hook's docs name them (opsloop.partitions.moments...).
+from opsloop.partition_stats import column_facts, median, mode, moments, order_statistics, quantiles, value_counts
+
+__all__ = ["Carry", "InProcessEngine", "PartitionedDataset", "column_facts", "is_partitioned", "median", "mode",
+           "moments", "order_statistics", "quantiles", "value_counts"]
 
 if TYPE_CHECKING:
-    import numpy as np
     import pandas as pd
 
     from opsloop.config import Config
@@ -47,12 +50,6 @@ if TYPE_CHECKING:
 
 #: Rows of the bounded sample registration and monitoring bring to the client (docs/scale.md).
 SAMPLE_ROWS = 20_000
-#: Buckets of the histogram each pass of `order_statistics` narrows.
-BUCKETS = 4096
-#: Below this many candidate values, a pass fetches them and selects exactly.
-FETCH = 65_536
-_SIGN = 1 << 63
-_ALL = (1 << 64) - 1
 #: The message that ends every refusal of a built-in trainer given partitions.
 TRAINER_HINT = 'select a trainer that takes partitions, such as "dask-xgboost" (pip install opsloop-dask)'
 
@@ -323,11 +320,11 @@ def _query(part: pd.DataFrame, query: str) -> pd.DataFrame:
 def _unlabelled(part: pd.DataFrame, job: tuple[str, str]) -> pd.DataFrame:
     import numpy as np
 
-    mode, target = job
+    unlabelled, target = job
     missing = part[target].isna().to_numpy()
     if not missing.any():
         return part
-    if mode == "drop":
+    if unlabelled == "drop":
         return part[~missing]
     return part.assign(**{target: part[target].fillna(0).to_numpy().astype(np.int8)})
 
@@ -364,264 +361,17 @@ def periods(data: PartitionedDataset, config: Config) -> tuple[PartitionedDatase
     else:
         train = period(data, spec.train, "train", config) if spec.train else data.describe()
         monitor = period(data, spec.monitor, "monitor", config) if spec.monitor else None
-    mode, target = spec.unlabelled, train.target
+    unlabelled, target = spec.unlabelled, train.target
     if target and target in train.meta.columns:
         missing = sum(train.collect(_count_missing, target))
-        if missing and mode in ("normal", "drop"):
-            train = train.transform(_unlabelled, (mode, target), train.meta,
-                                    name=f"{train.name} ({missing:,} unlabelled rows {mode})").describe()
-        elif missing and mode == "error":
+        if missing and unlabelled in ("normal", "drop"):
+            train = train.transform(_unlabelled, (unlabelled, target), train.meta,
+                                    name=f"{train.name} ({missing:,} unlabelled rows {unlabelled})").describe()
+        elif missing and unlabelled == "error":
             raise DataError(f"{train.name}: {missing:,} of {train.rows:,} rows have no label (target column "
                             f"{target!r} is missing there); set [data] unlabelled to \"normal\" (they are label "
                             "0) or \"drop\" (leave them out)")
     return train, monitor
-
-
-# ---------------------------------------------------------------------------
-# Statistics over partitions, the same numbers pandas gives on one frame
-# ---------------------------------------------------------------------------
-
-def _keys(values: np.ndarray) -> np.ndarray:
-    """float64 values as uint64 keys in the same order (NaN left out by the caller)."""
-    import numpy as np
-
-    bits = np.ascontiguousarray(values, dtype=np.float64).view(np.uint64)
-    negative = (bits >> np.uint64(63)).astype(bool)
-    return np.where(negative, ~bits, bits | np.uint64(_SIGN))
-
-
-def _value(key: int) -> float:
-    import numpy as np
-
-    bits = (key ^ _SIGN) if key & _SIGN else (~key & _ALL)
-    return float(np.array([bits], dtype=np.uint64).view(np.float64)[0])
-
-
-def _numbers(part: pd.DataFrame, column: str) -> np.ndarray:
-    import numpy as np
-
-    values = part[column].to_numpy(dtype=np.float64, na_value=np.nan)
-    return values[~np.isnan(values)]
-
-
-def _histograms(part: pd.DataFrame, jobs: Sequence[tuple[str, int, int, int, int]]) -> list[tuple[int, np.ndarray]]:
-    """Per job (column, lo, hi, width, buckets): the values below `lo`, and a histogram of the keys in [lo, hi]."""
-    import numpy as np
-
-    out = []
-    for column, lo, hi, width, buckets in jobs:
-        keys = _keys(_numbers(part, column))
-        below = int((keys < np.uint64(lo)).sum())
-        inside = keys[(keys >= np.uint64(lo)) & (keys <= np.uint64(hi))]
-        index = ((inside - np.uint64(lo)) // np.uint64(width)).astype(np.int64)
-        out.append((below, np.bincount(index, minlength=buckets)[:buckets]))
-    return out
-
-
-def _fetch(part: pd.DataFrame, jobs: Sequence[tuple[str, int, int]]) -> list[np.ndarray]:
-    """Per job (column, lo, hi): the keys in [lo, hi]."""
-    import numpy as np
-
-    out = []
-    for column, lo, hi in jobs:
-        keys = _keys(_numbers(part, column))
-        out.append(keys[(keys >= np.uint64(lo)) & (keys <= np.uint64(hi))])
-    return out
-
-
-def order_statistics(data: PartitionedDataset, wanted: dict[str, Sequence[int]], *, buckets: int | None = None,
-                     fetch: int | None = None) -> dict[str, dict[int, float]]:
-    """The exact `rank`-th smallest non-missing value (0-based) of each column, for every rank asked.
-
-    Each round computes, on every partition, a histogram of the values' order-preserving bit patterns within
-    the interval still in question, and narrows each interval to the bucket that holds its rank; once an
-    interval holds at most `FETCH` values they are fetched and the rank selected. No rank takes more than
-    ceil(64 / log2(BUCKETS)) + 1 rounds (7 with 4,096 buckets); no partition is ever sorted whole.
-    """
-    import numpy as np
-
-    buckets = buckets or BUCKETS
-    fetch_limit = FETCH if fetch is None else fetch
-    todo = {(c, r): (0, _ALL) for c, ranks in wanted.items() for r in ranks}
-    found: dict[str, dict[int, float]] = {c: {} for c in wanted}
-    while todo:
-        pending = list(todo.items())
-        jobs = [(c, lo, hi, (hi - lo) // buckets + 1, buckets) for (c, _), (lo, hi) in pending]
-        counts = data.collect(_histograms, jobs)
-        fetching: dict[tuple[str, int], tuple[int, int, int]] = {}
-        for j, ((column, rank), (lo, hi)) in enumerate(pending):
-            width = jobs[j][3]
-            below = sum(p[j][0] for p in counts)
-            cumulative = np.cumsum(np.sum([p[j][1] for p in counts], axis=0))
-            bucket = int(np.searchsorted(cumulative, rank - below, side="right"))
-            before = below + (int(cumulative[bucket - 1]) if bucket else 0)
-            new_lo = lo + bucket * width
-            new_hi = min(hi, new_lo + width - 1)
-            todo[(column, rank)] = (new_lo, new_hi)
-            if int(cumulative[bucket]) + below - before <= fetch_limit or new_lo == new_hi:
-                fetching[(column, rank)] = (new_lo, new_hi, rank - before)
-        if fetching:
-            pairs = list(fetching.items())
-            parts = data.collect(_fetch, [(c, lo, hi) for (c, _), (lo, hi, _) in pairs])
-            for j, ((column, rank), (_, _, position)) in enumerate(pairs):
-                keys = np.sort(np.concatenate([p[j] for p in parts]))
-                found[column][rank] = _value(int(keys[position]))
-                del todo[(column, rank)]
-    return found
-
-
-def _lerp(a: float, b: float, t: float) -> float:
-    """numpy's linear interpolation, as `quantile` does it."""
-    import numpy as np
-
-    a64, b64, t64 = np.float64(a), np.float64(b), np.float64(t)
-    diff = b64 - a64
-    return float(b64 - diff * (1 - t64)) if t64 >= 0.5 else float(a64 + diff * t64)
-
-
-def quantiles(data: PartitionedDataset, columns: Sequence[str], probabilities: Sequence[float],
-              counts: dict[str, int], **narrowing: Any) -> dict[str, dict[float, float]]:
-    """Exact linear-interpolation quantiles (numpy's and pandas' default) of the non-missing values."""
-    import numpy as np
-
-    wanted: dict[str, set[int]] = {}
-    plan: dict[tuple[str, float], tuple[int, int, float]] = {}
-    for c in columns:
-        n = counts[c]
-        if not n:
-            continue
-        for p in probabilities:
-            index = np.float64(n - 1) * np.float64(p)
-            below = int(np.floor(index))
-            above = min(below + 1, n - 1)
-            plan[(c, p)] = (below, above, float(index - below))
-            wanted.setdefault(c, set()).update((below, above))
-    found = order_statistics(data, {c: sorted(r) for c, r in wanted.items()}, **narrowing)
-    out: dict[str, dict[float, float]] = {c: {} for c in columns}
-    for (c, p), (below, above, t) in plan.items():
-        out[c][p] = _lerp(found[c][below], found[c][above], t)
-    for c in columns:
-        if not counts[c]:
-            out[c] = dict.fromkeys(probabilities, math.nan)
-    return out
-
-
-def median(data: PartitionedDataset, columns: Sequence[str], counts: dict[str, int],
-           **narrowing: Any) -> dict[str, float]:
-    """Exact medians as pandas' `median` gives them: the middle value, or (a + b) / 2 of the two middle."""
-    ranks = {c: sorted({(counts[c] - 1) // 2, counts[c] // 2}) for c in columns if counts[c]}
-    found = order_statistics(data, ranks, **narrowing)
-    out = {}
-    for c in columns:
-        n = counts[c]
-        out[c] = math.nan if not n else found[c][n // 2] if n % 2 else (found[c][n // 2 - 1] + found[c][n // 2]) / 2
-    return out
-
-
-def _moments(part: pd.DataFrame, columns: Sequence[str]) -> dict[str, tuple[int, float, float, float, float, int]]:
-    import numpy as np
-
-    out = {}
-    for c in columns:
-        values = part[c].to_numpy(dtype=np.float64, na_value=np.nan)
-        present = values[~np.isnan(values)]
-        n = len(present)
-        mean = float(present.mean()) if n else 0.0
-        out[c] = (n, mean, float(((present - mean) ** 2).sum()) if n else 0.0,
-                  float(present.min()) if n else math.inf, float(present.max()) if n else -math.inf,
-                  int(len(values) - n))
-    return out
-
-
-def moments(data: PartitionedDataset, columns: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Count, mean, population variance, min, max and missing count per numeric column, merged over
-    partitions with Chan et al.'s pairwise update of (count, mean, M2): the same numbers as pandas up to
-    the last bits of float64 for mean and variance (summation order), exactly for the rest."""
-    merged: dict[str, list[Any]] = {c: [0, 0.0, 0.0, math.inf, -math.inf, 0] for c in columns}
-    for part in data.collect(_moments, list(columns)) if columns else []:
-        for c, (n, mean, m2, low, high, gaps) in part.items():
-            total = merged[c]
-            if n:
-                count = total[0] + n
-                delta = mean - total[1]
-                total[1] += delta * n / count
-                total[2] += m2 + delta * delta * total[0] * n / count
-                total[0] = count
-            total[3], total[4] = min(total[3], low), max(total[4], high)
-            total[5] += gaps
-    return {c: {"count": n, "mean": mean if n else math.nan, "var": m2 / n if n else math.nan,
-                "min": low if n else math.nan, "max": high if n else math.nan, "missing": gaps}
-            for c, (n, mean, m2, low, high, gaps) in merged.items()}
-
-
-def _value_counts(part: pd.DataFrame, columns: Sequence[str]) -> dict[str, pd.Series]:
-    return {c: part[c].value_counts(dropna=True) for c in columns}
-
-
-def value_counts(data: PartitionedDataset, columns: Sequence[str]) -> dict[str, pd.Series]:
-    """Each column's value counts (missing values left out), summed over partitions."""
-    totals: dict[str, pd.Series] = {}
-    for part in data.collect(_value_counts, list(columns)) if columns else []:
-        for c, counts in part.items():
-            totals[c] = counts if c not in totals else totals[c].add(counts, fill_value=0)
-    return totals
-
-
-def mode(counts: pd.Series | None) -> Any:
-    """pandas' `mode(dropna=True).iloc[0]` from summed value counts: the most frequent, the smallest of ties;
-    None when there is no value."""
-    import pandas as pd
-
-    if counts is None or not len(counts):
-        return None
-    top = counts[counts == counts.max()].index
-    return pd.Series(top).sort_values(kind="stable").iloc[0]
-
-
-def _facts(part: pd.DataFrame, columns: Sequence[str]) -> dict[str, Any]:
-    """Rows, and per column: missing count, min and max (numbers), distinct values (others)."""
-    from pandas.api import types as pt
-
-    out: dict[str, Any] = {"rows": len(part), "columns": {}}
-    for c in columns:
-        column = part[c]
-        fact: dict[str, Any] = {"missing": int(column.isna().sum())}
-        if pt.is_numeric_dtype(column.dtype) and not pt.is_bool_dtype(column.dtype):
-            fact["min"], fact["max"] = column.min(), column.max()
-        else:
-            fact["values"] = column.dropna().unique()
-        out["columns"][c] = fact
-    return out
-
-
-def column_facts(data: PartitionedDataset, columns: Sequence[str]) -> dict[str, Any]:
-    """Rows; per column: missing count, min and max of numbers (NaN when none), distinct non-missing values of
-    the others (a list, in first-seen order), combined over partitions."""
-    import numpy as np
-    import pandas as pd
-
-    rows = 0
-    merged: dict[str, dict[str, Any]] = {}
-    for part in data.collect(_facts, list(columns)):
-        rows += part["rows"]
-        for c, fact in part["columns"].items():
-            into = merged.setdefault(c, {"missing": 0})
-            into["missing"] += fact["missing"]
-            if "values" in fact:
-                into["values"] = pd.unique(np.concatenate([into.get("values", np.array([], dtype=object)),
-                                                           np.asarray(fact["values"], dtype=object)]))
-            else:
-                for key, pick in (("min", min), ("max", max)):
-                    value = fact[key]
-                    if value is None or pd.isna(value):
-                        continue
-                    into[key] = value if key not in into else pick(into[key], value)
-    for c in columns:
-        into = merged.setdefault(c, {"missing": 0})
-        if "values" not in into:
-            into.setdefault("min", math.nan)
-            into.setdefault("max", math.nan)
-    return {"rows": rows, "columns": merged}
 
 
 # ---------------------------------------------------------------------------
@@ -742,201 +492,6 @@ def replay_step(name: str, state: dict[str, Any], data: PartitionedDataset, opti
     carry = step_reach(name, state, options, plugins, data.series, data.time)
     meta = replay_frame(data.head(), step).iloc[:0]
     return data.transform(_replay, step, meta, carry=carry, keep=keep)
-
-
-# ---------------------------------------------------------------------------
-# Validation: time-ordered folds over partitions, scored on the workers
-# ---------------------------------------------------------------------------
-
-def _between(part: pd.DataFrame, job: tuple[str, Any, Any]) -> pd.DataFrame:
-    time, low, high = job
-    times = part[time]
-    keep = times.notna()
-    if low is not None:
-        keep &= times >= low
-    if high is not None:
-        keep &= times <= high
-    return part[keep]
-
-
-def _times(part: pd.DataFrame, time: str) -> np.ndarray:
-    return part[time].dropna().unique()
-
-
-def check_time_order(data: PartitionedDataset, method: str, plugin: str) -> None:
-    """DataError unless partitioned rows can be validated in time order (the only order over partitions)."""
-    if method not in ("auto", "time") or not data.time or data.time not in data.meta.columns:
-        raise DataError(f'{plugin}: partitioned rows are validated in time order only (method "auto" or "time", '
-                        f"with [data] time set); method is {method!r}, time column {data.time!r}")
-    if not data.target or data.target not in data.meta.columns:
-        raise DataError(f"{plugin}: validation needs labels to score against, and {data.name} has no target "
-                        f"column ({data.target!r}); set [data] target, or select no validator")
-
-
-def time_folds(data: PartitionedDataset, folds: int, gap: int, plugin: str
-               ) -> list[tuple[PartitionedDataset, PartitionedDataset]]:
-    """`kfold`'s time-ordered forward chaining, over the distinct time steps of all partitions: fold i
-    trains on blocks 0..i and tests on block i+1 (scikit-learn's `TimeSeriesSplit`); each fold's rows are
-    selected per partition by time, never gathered. (The distinct time steps come to the client: one value
-    per step, not per row.)"""
-    import numpy as np
-    from sklearn.model_selection import TimeSeriesSplit
-
-    steps = np.unique(np.concatenate([np.asarray(t) for t in data.collect(_times, data.time)] or [np.array([])]))
-    if len(steps) < folds + 1 + gap:
-        raise DataError(f"{plugin}: {len(steps)} distinct time step(s) are too few for {folds} time-ordered "
-                        f"folds with gap {gap}")
-    out = []
-    for i, (train_steps, test_steps) in enumerate(TimeSeriesSplit(n_splits=folds, gap=gap).split(range(len(steps)))):
-        train = data.transform(_between, (data.time, None, steps[train_steps[-1]]), data.meta,
-                               name=f"{data.name} [fold {i + 1}/{folds} train]").describe()
-        test = data.transform(_between, (data.time, steps[test_steps[0]], steps[test_steps[-1]]), data.meta,
-                              name=f"{data.name} [fold {i + 1}/{folds} test]")
-        out.append((train, test))
-    return out
-
-
-def holdout_split(data: PartitionedDataset, fraction: float, plugin: str
-                  ) -> tuple[PartitionedDataset, PartitionedDataset]:
-    """`holdout`'s time-ordered split: the last `fraction` of the distinct time steps are held out."""
-    import numpy as np
-
-    steps = np.unique(np.concatenate([np.asarray(t) for t in data.collect(_times, data.time)] or [np.array([])]))
-    cut = int(round(len(steps) * (1 - fraction)))
-    if cut < 1 or cut >= len(steps):
-        raise DataError(f"{plugin}: {len(steps)} distinct time step(s) are too few to hold out {fraction:g} of them")
-    train = data.transform(_between, (data.time, None, steps[cut - 1]), data.meta,
-                           name=f"{data.name} [holdout train]").describe()
-    test = data.transform(_between, (data.time, steps[cut], None), data.meta, name=f"{data.name} [holdout test]")
-    return train, test
-
-
-def _score(part: pd.DataFrame, job: tuple[Any, str, list[str], str, str | None, str | None]) -> pd.DataFrame:
-    """Label, score, prediction, series and time of a partition's labelled rows, scored by the fold model."""
-    import numpy as np
-    import pandas as pd
-
-    from opsloop.bundle import predictions_frame
-
-    estimator, task, features, target, series, time = job
-    part = part[part[target].notna()]
-    out = pd.DataFrame({"label": part[target].to_numpy()})
-    if len(part):
-        predictions = predictions_frame(estimator, task, part[features])
-        out["prediction"] = pd.to_numeric(predictions["prediction"], errors="coerce").to_numpy(dtype=float)
-        if "score" in predictions.columns:
-            out["score"] = predictions["score"].to_numpy(dtype=float)
-    else:
-        out["prediction"] = np.array([], dtype=float)
-        out["score"] = np.array([], dtype=float)
-    if series:
-        out["series"] = part[series].to_numpy()
-    if time:
-        out["time"] = part[time].to_numpy()
-    return out
-
-
-def _counts(part: pd.DataFrame, target: str) -> tuple[int, int, set[Any]]:
-    y = part[target]
-    labels = set(y.dropna().unique().tolist())
-    return len(part), int(y.sum()) if labels <= {0, 1} else 0, labels
-
-
-def _label_counts(data: PartitionedDataset) -> tuple[int, int, set[Any]]:
-    """Rows, positives (0/1 labels) and the labels seen, over the partitions."""
-    rows, positives, labels = 0, 0, set()
-    for n, p, seen in data.collect(_counts, data.target):
-        rows, positives, labels = rows + n, positives + p, labels | seen
-    return rows, positives, labels
-
-
-def _labels(part: pd.DataFrame, target: str) -> set[Any]:
-    return set(part[target].dropna().unique().tolist())
-
-
-def score_rows(model: Any, test: PartitionedDataset, features: Sequence[str]) -> pd.DataFrame:
-    """`model` scored on the held-out partitions, on the workers; only label, score, prediction, series and
-    time come back (in partition order)."""
-    import pandas as pd
-
-    parts = test.collect(_score, (model.estimator, model.task, list(features), test.target, test.series, test.time))
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-
-
-def validate_partitioned(data: PartitionedDataset, fit: Callable[[Any], Any], splits: list[tuple[Any, Any]],
-                         method: str, run: Any) -> Any:
-    """Fit each split's training partitions (`fit`: the trainer, on the cluster) and score its held-out rows
-    on the workers: a `ValidationReport` (per-fold metrics; the out-of-fold scores numbered in the order they
-    come, with their series and time as `_series` and `_time`, which `split_oof` takes off)."""
-    import math
-
-    import numpy as np
-
-    from opsloop.metrics import CLASSIFICATION, for_task
-    from opsloop.plugins.kfold import make_report, out_of_fold
-
-    folds, oof = [], []
-    offset = 0
-    total = len(splits)
-    for i, (train, test) in enumerate(splits):
-        label = f"fold {i + 1}/{total}" if total > 1 else "holdout"
-        seen_train, seen_test = _label_counts(train), _label_counts(test)
-        counts = {"rows_train": seen_train[0], "rows_test": seen_test[0]}
-        if seen_train[2] | seen_test[2] <= {0, 1}:  # "positives" means something
-            counts.update(positives_train=seen_train[1], positives_test=seen_test[1])
-        try:
-            model = fit(train)
-        except Exception as exc:
-            classes = set().union(*train.collect(_labels, train.target))
-            if len(classes) > 1:
-                raise
-            message = (f"{label}: the trainer cannot fit a training block of one class only ({exc}); metrics are "
-                       "NaN")
-            run.log.warning(message)
-            run.reporter.note(message)
-            folds.append({**dict.fromkeys(CLASSIFICATION, math.nan), **counts})
-            continue
-        features = list(model.features) or train.feature_columns
-        rows = score_rows(model, test, features)
-        if not len(rows):
-            run.reporter.note(f"{label}: no labelled test row; metrics are NaN")
-            folds.append({**dict.fromkeys(CLASSIFICATION, math.nan), **counts})
-            continue
-        y = rows["label"].to_numpy()
-        predictions = rows[[c for c in ("prediction", "score") if c in rows.columns]]
-        figures = {**for_task(model.task, y, predictions, undefined=math.nan), **counts}
-        positions = np.arange(offset, offset + len(rows))
-        piece = out_of_fold(model.task, positions, i, y, predictions)
-        if piece is not None:  # with the series and time the threshold counts by (`split_oof`)
-            oof.append(piece.assign(**{f"_{c}": rows[c].to_numpy() for c in ("series", "time") if c in rows}))
-        offset += len(rows)
-        folds.append(figures)
-        run.fold_scored(i, figures)
-    return make_report(method, folds, oof)
-
-
-def split_oof(report: Any, data: PartitionedDataset) -> tuple[Any, Dataset]:
-    """A partitioned validation's report without the series and time of its out-of-fold rows, and those rows
-    as the small pandas `Dataset` the alert threshold reads (`opsloop.alerting.oof_frame`)."""
-    import attrs as _attrs
-    import pandas as pd
-
-    from opsloop.types import Dataset
-
-    oof = report.oof
-    extra = [c for c in ("_series", "_time") if oof is not None and c in oof.columns]
-    if oof is None:
-        return report, Dataset(frame=pd.DataFrame(), target=data.target, fingerprint=data.fingerprint)
-    frame = pd.DataFrame(index=range(int(oof["row"].max()) + 1 if len(oof) else 0))
-    names = {"_series": data.series, "_time": data.time}
-    for c in extra:
-        column = pd.Series(oof[c].to_numpy(), index=oof["row"].to_numpy())
-        frame[names[c]] = column.reindex(frame.index).to_numpy()
-    frame[data.target] = pd.Series(oof["label"].to_numpy(), index=oof["row"].to_numpy()).reindex(frame.index).to_numpy()
-    validated = Dataset(frame=frame, target=data.target, time=data.time if "_time" in extra else None,
-                        series=data.series if "_series" in extra else None, fingerprint=data.fingerprint,
-                        name=f"{data.name} (out-of-fold rows)")
-    return _attrs.evolve(report, oof=oof.drop(columns=extra)), validated
 
 
 # ---------------------------------------------------------------------------

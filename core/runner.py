@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 
 from opsloop import data as data_mod
-from opsloop import alerting, gates, lineage, partitions, snapshots
+from opsloop import alerting, gates, lineage, partition_folds, partitions, snapshots
 from opsloop.bundle import LoadedModel, StepRecord, check_bundle, read_bundle, unstructure_options, write_bundle
 from opsloop.errors import BundleError, ConfigError, OpsloopError, PluginCallError, StoreError
 from opsloop.store import remove_tree
@@ -242,7 +242,7 @@ class Runner:
         """The alert threshold `[alerting]` chooses on the first report's out-of-fold scores, and those rows
         (opsloop.alerting); (None, None) when there is nothing to calibrate (a regressor, no scores)."""
         if reports and partitions.is_partitioned(features):  # the scored rows' series and time came with them
-            reports[0], features = partitions.split_oof(reports[0], features)
+            reports[0], features = partition_folds.split_oof(reports[0], features)
         rows = alerting.oof_frame(reports[0].oof, features) if reports else None
         if rows is None:
             return None, None

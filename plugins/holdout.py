@@ -83,13 +83,13 @@ def sample_split(y: Any, fraction: float, stratified: bool, seed: int) -> _kfold
 def validate(dataset: Dataset, fit: Callable[[Dataset], Any], options: Options, run: RunContext) -> ValidationReport:
     """Fit on all but the held-out rows and score those."""
     options = options or Options()
-    from opsloop import partitions
+    from opsloop import partition_folds, partitions
 
     if partitions.is_partitioned(dataset):  # the held-out time steps selected per partition (docs/scale.md)
-        partitions.check_time_order(dataset, options.method, "holdout")
-        split = partitions.holdout_split(dataset, options.fraction, "holdout")
-        return partitions.validate_partitioned(dataset, fit, [split], f"holdout {options.fraction:.0%} time-ordered",
-                                               run)
+        partition_folds.check_time_order(dataset, options.method, "holdout")
+        split = partition_folds.holdout_split(dataset, options.fraction, "holdout")
+        return partition_folds.validate_partitioned(dataset, fit, [split],
+                                                    f"holdout {options.fraction:.0%} time-ordered", run)
     y = _kfold.labels_for_validation(dataset, "holdout", run)
     method = _kfold.resolve_method(options.method, dataset, _kfold.target_type(y), "holdout")
     if method == "time":

@@ -315,13 +315,13 @@ def shuffled_splits(y: pd.Series, folds: int, method: str, shuffle: bool, seed: 
 def validate(dataset: Dataset, fit: Callable[[Dataset], Any], options: Options, run: RunContext) -> ValidationReport:
     """Fit and score the trainer on each fold."""
     options = options or Options()
-    from opsloop import partitions
+    from opsloop import partition_folds, partitions
 
     if partitions.is_partitioned(dataset):  # folds selected per partition, fitted on the cluster (docs/scale.md)
-        partitions.check_time_order(dataset, options.method, "kfold")
-        splits = partitions.time_folds(dataset, options.folds, options.gap, "kfold")
+        partition_folds.check_time_order(dataset, options.method, "kfold")
+        splits = partition_folds.time_folds(dataset, options.folds, options.gap, "kfold")
         name = f"{options.folds}-fold time-ordered" + (f", gap {options.gap}" if options.gap else "")
-        return partitions.validate_partitioned(dataset, fit, splits, name, run)
+        return partition_folds.validate_partitioned(dataset, fit, splits, name, run)
     y = labels_for_validation(dataset, "kfold", run)
     method = resolve_method(options.method, dataset, target_type(y), "kfold")
     if method == "time":

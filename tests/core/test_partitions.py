@@ -92,8 +92,10 @@ CASES = [
 @pytest.mark.parametrize(("name", "values"), CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
 def test_states_over_partitions_are_the_single_frame_states(rows, pm, name, values, rounds, monkeypatch):
     if rounds == "several":  # histograms narrow enough that every order statistic takes several rounds
-        monkeypatch.setattr(P, "BUCKETS", 8)
-        monkeypatch.setattr(P, "FETCH", 16)
+        from opsloop import partition_stats
+
+        monkeypatch.setattr(partition_stats, "BUCKETS", 8)
+        monkeypatch.setattr(partition_stats, "FETCH", 16)
     frame = rows.drop(columns=["zone"]) if name in ("scale", "clip", "rolling-features") else rows
     options = options_of(pm, name, **values)
     data = partitioned(frame, pm)
