@@ -97,3 +97,45 @@ def dask_run(tmp_path_factory: pytest.TempPathFactory, scheduler: str,
                         "dask-batch": {"scheduler": scheduler, "partition_rows": 1000}}
     (path / "opsloop.toml").write_text(to_toml(config), encoding="utf-8")
     return path, invoke(["run", "--json", "--quiet"], path).assert_ok().json
+
+
+@pytest.fixture
+def serve_and_score(tmp_path):
+    """`serve_and_score(path, ref, shown, rows) -> (own, body)`: version `ref` (`shown`: its `models show --json`) loaded
+    from its bundle, its own predictions on raw `rows` (preprocessing replayed; checked against its
+    estimator's `predict_proba`), and the body `opsloop serve` answers for the same rows on a real socket."""
+    import http.client
+    import json
+    import math
+
+    import numpy as np
+    import pandas as pd
+    from opsloop.bundle import read_bundle
+    from opsloop.manager import PluginManager
+    from opsloop.serving.app import create_app
+    from opsloop.serving.server import ServerThread
+
+    def records(frame: pd.DataFrame) -> list[dict[str, Any]]:  # as a client sends them: JSON types, NaN as null
+        return [{k: (v.isoformat() if isinstance(v, pd.Timestamp) else None if isinstance(v, float)
+                     and math.isnan(v) else v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+                for row in frame.to_dict("records")]
+
+    def check(path: Path, ref: str, shown: dict[str, Any], rows: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+        model = read_bundle(Path(shown["path"]), PluginManager(), ref=ref, digest=shown["digest"])
+        own = model.predict(rows)
+        features = model.transform(rows).frame[model.features]
+        assert np.array_equal(own["score"].to_numpy(), model.estimator.predict_proba(features)[:, 1])
+        app = create_app(model=ref.split(":")[0], workdir=path, port=0, log_path=tmp_path / "log.db")
+        with ServerThread(app) as server:
+            host, port = server.url.removeprefix("http://").rsplit(":", 1)
+            conn = http.client.HTTPConnection(host, int(port), timeout=60)
+            try:
+                conn.request("POST", "/predict", json.dumps({"instances": records(rows)}))
+                response = conn.getresponse()
+                body = json.loads(response.read())
+            finally:
+                conn.close()
+        assert response.status == 200, body
+        return own, body
+
+    return check

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -14,28 +12,10 @@ pytest.importorskip("opsloop_dask", reason="opsloop-dask is not installed (pip i
 from opsloop.testing import invoke, opsloop_project, register_plugin  # noqa: E402, F401 - the kit
 
 
-def _client_records(frame: Any) -> list[dict[str, Any]]:
-    """Rows as a client sends them: JSON types, times as ISO strings, NaN as null."""
-    import pandas as pd
-
-    out = []
-    for row in frame.to_dict("records"):
-        out.append({k: (v.isoformat() if isinstance(v, pd.Timestamp) else None if isinstance(v, float)
-                        and math.isnan(v) else v.item() if hasattr(v, "item") else v) for k, v in row.items()})
-    return out
-
-
 def test_a_run_registers_an_xgboost_version_that_opsloop_serve_scores_as_the_model_does(dask_run, asd_monitor,
-                                                                                         tmp_path):
-    import http.client
-
+                                                                                         serve_and_score):
     import numpy as np
     import pandas as pd
-
-    from opsloop.bundle import read_bundle
-    from opsloop.manager import PluginManager
-    from opsloop.serving.app import create_app
-    from opsloop.serving.server import ServerThread
 
     path, run = dask_run
     assert [s["plugins"] for s in run["stages"] if s["stage"] == "train"] == [["dask-xgboost"]]
@@ -49,25 +29,10 @@ def test_a_run_registers_an_xgboost_version_that_opsloop_serve_scores_as_the_mod
     manifest = json.loads((Path(shown["path"]) / "manifest.json").read_text())
     assert manifest["trainer"] == "dask-xgboost" and manifest["flavor_plugin"] == "xgboost"
 
-    # The model's own predictions: the bundle loaded in a fresh plugin manager, preprocessing replayed.
+    # The model's own predictions (the bundle loaded in a fresh plugin manager, preprocessing replayed), and
+    # opsloop serve's on a real socket (its fast path: float32 features): the same scores, value for value.
     rows = asd_monitor[asd_monitor["entity"] == "omi-10"].head(40).drop(columns=["label"]).reset_index(drop=True)
-    model = read_bundle(Path(shown["path"]), PluginManager(), ref=ref, digest=shown["digest"])
-    own = model.predict(rows)
-    features = model.transform(rows).frame[model.features]
-    assert np.array_equal(own["score"].to_numpy(), model.estimator.predict_proba(features)[:, 1])
-
-    # opsloop serve, on a real socket: the same scores, value for value (its fast path: float32 features).
-    app = create_app(model="asd-anomaly", workdir=path, port=0, log_path=tmp_path / "log.db")
-    with ServerThread(app) as server:
-        host, port = server.url.removeprefix("http://").rsplit(":", 1)
-        conn = http.client.HTTPConnection(host, int(port), timeout=60)
-        try:
-            conn.request("POST", "/predict", json.dumps({"instances": _client_records(rows)}))
-            response = conn.getresponse()
-            body = json.loads(response.read())
-        finally:
-            conn.close()
-    assert response.status == 200, body
+    own, body = serve_and_score(path, ref, shown, rows)
     served = pd.DataFrame(body["predictions"])
     assert np.array_equal(served["score"].to_numpy(), own["score"].to_numpy())
     assert np.array_equal(served["prediction"].to_numpy(), own["prediction"].to_numpy())

@@ -79,16 +79,9 @@ def test_validation_over_partitions_is_the_single_process_validation(partitioned
     assert run["thresholds"] and run["thresholds"][0]["rows"] == single["thresholds"][0]["rows"]
 
 
-def test_the_version_serves_unchanged_and_scores_as_the_model_does(partitioned_run, asd_monitor, tmp_path):
-    import http.client
-
+def test_the_version_serves_unchanged_and_scores_as_the_model_does(partitioned_run, asd_monitor, serve_and_score):
     import numpy as np
     import pandas as pd
-
-    from opsloop.bundle import read_bundle
-    from opsloop.manager import PluginManager
-    from opsloop.serving.app import create_app
-    from opsloop.serving.server import ServerThread
 
     path, run = partitioned_run
     ref = run["versions"][0]["ref"]
@@ -96,25 +89,7 @@ def test_the_version_serves_unchanged_and_scores_as_the_model_does(partitioned_r
     assert shown["flavor"] == "xgboost" and manifest["trainer"] == "dask-xgboost"
     assert shown["params"]["partitioned"] is True and shown["params"]["rows_fit"] == 4320
     rows = asd_monitor[asd_monitor["entity"] == "omi-10"].head(40).drop(columns=["label"]).reset_index(drop=True)
-    model = read_bundle(Path(shown["path"]), PluginManager(), ref=ref, digest=shown["digest"])
-    own = model.predict(rows)
-    features = model.transform(rows).frame[model.features]
-    assert np.array_equal(own["score"].to_numpy(), model.estimator.predict_proba(features)[:, 1])
-
-    app = create_app(model="asd-anomaly", workdir=path, port=0, log_path=tmp_path / "log.db")
-    with ServerThread(app) as server:
-        host, port = server.url.removeprefix("http://").rsplit(":", 1)
-        conn = http.client.HTTPConnection(host, int(port), timeout=60)
-        try:
-            instances = [{k: (v.isoformat() if isinstance(v, pd.Timestamp) else None if isinstance(v, float)
-                              and math.isnan(v) else v.item() if hasattr(v, "item") else v) for k, v in r.items()}
-                         for r in rows.to_dict("records")]
-            conn.request("POST", "/predict", json.dumps({"instances": instances}))
-            response = conn.getresponse()
-            body = json.loads(response.read())
-        finally:
-            conn.close()
-    assert response.status == 200, body
+    own, body = serve_and_score(path, ref, shown, rows)
     served = pd.DataFrame(body["predictions"])
     assert np.array_equal(served["score"].to_numpy(), own["score"].to_numpy())
 
