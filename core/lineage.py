@@ -8,9 +8,11 @@ import importlib.metadata as im
 import json
 import platform
 import subprocess
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import attrs
 
 if TYPE_CHECKING:
     from opsloop.config import Config
@@ -60,18 +62,48 @@ def versions(plugins: PluginManager, used: list[str]) -> dict[str, Any]:
             "libraries": libs}
 
 
-def training_key(table: Mapping[str, Any], fingerprint: str, versions: Mapping[str, Any]) -> str:
+#: An options field with `metadata={SHAPES_MODEL: False}` does not shape the model (where a cluster or a server
+#: is, a timeout, credentials): changing it neither trains a new version nor counts as a difference.
+SHAPES_MODEL = "shapes_model"
+
+
+def not_shaping(plugins: PluginManager | None, name: str) -> set[str]:
+    """The option names plugin `name` (when loaded) marks `metadata={SHAPES_MODEL: False}`."""
+    if plugins is None or not plugins.pm.has_plugin(name):
+        return set()
+    cls = plugins.options_class(name)
+    if cls is None or not attrs.has(cls):
+        return set()
+    return {f.name for f in attrs.fields(cls) if f.metadata.get(SHAPES_MODEL) is False}
+
+
+def shaping(table: Mapping[str, Any], plugins: PluginManager | None = None) -> dict[str, Any]:
+    """The part of a config table that shapes a model: `TRAINING_SECTIONS` without `[data] monitor`, and
+    `[project] seed`; with `plugins`, without the options loaded plugins mark as not shaping it."""
+    out: dict[str, Any] = {}
+    for section in TRAINING_SECTIONS:
+        kept = {}
+        for key, value in dict(table.get(section, {})).items():
+            if section == "data" and key == "monitor":
+                continue
+            ignored = not_shaping(plugins, key) if isinstance(value, Mapping) else set()
+            kept[key] = {k: v for k, v in value.items() if k not in ignored} if ignored else value
+        out[section] = kept
+    out["seed"] = dict(table.get("project", {})).get("seed")
+    return out
+
+
+def training_key(table: Mapping[str, Any], fingerprint: str, versions: Mapping[str, Any],
+                 plugins: PluginManager | None = None) -> str:
     """What makes two trainings the same: the training rows, the config that shapes the model
-    (`TRAINING_SECTIONS` and `[project] seed`), and the versions of opsloop, the plugins used and
-    the libraries. `opsloop run` reuses a version whose key matches instead of registering a twin.
+    (`shaping`: `TRAINING_SECTIONS` and `[project] seed`, less the options plugins mark as not shaping
+    it), and the versions of opsloop, the plugins used and the libraries. `opsloop run` reuses a version
+    whose key matches instead of registering a twin.
 
     Computed from a version's recorded lineage too, so versions registered before the key
     existed are matched alike.
     """
-    shaping = {section: table.get(section, {}) for section in TRAINING_SECTIONS}
-    shaping["data"] = {k: v for k, v in dict(shaping["data"]).items() if k != "monitor"}
-    shaping["seed"] = dict(table.get("project", {})).get("seed")
-    blob = json.dumps({"config": shaping, "data": fingerprint, "opsloop": versions.get("opsloop"),
+    blob = json.dumps({"config": shaping(table, plugins), "data": fingerprint, "opsloop": versions.get("opsloop"),
                        "plugins": versions.get("plugins", {}), "libraries": versions.get("libraries", {})},
                       sort_keys=True, default=str)
     return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
@@ -123,7 +155,7 @@ def record(*, config: Config, plugins: PluginManager, used: list[str], data: Dat
         "config_file": str(config.path) if config.path else None,
         "git": git_state(config.workdir),
         "versions": used_versions,
-        "training_key": training_key(config.table, data.fingerprint, used_versions),
+        "training_key": training_key(config.table, data.fingerprint, used_versions, plugins),
         "parent": parent,
         **({"training": dict(training)} if training else {}),
     }

@@ -303,7 +303,8 @@ class Runner:
         name = self.run.model_name
         if name not in {m.name for m in self.store.models()}:
             return None
-        key = lineage.training_key(self.config.table, raw.fingerprint, lineage.versions(self.plugins, self._used()))
+        key = lineage.training_key(self.config.table, raw.fingerprint, lineage.versions(self.plugins, self._used()),
+                                   self.plugins)
         for version in sorted(self.store.versions(name), key=lambda v: v.version, reverse=True):
             if lineage.key_of(version.lineage) == key:
                 return version

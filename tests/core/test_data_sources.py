@@ -202,3 +202,32 @@ def test_observers_get_their_own_options_through_every_hook_call(opsloop_project
     assert "train" in kinds and "registered" in kinds and "alias staging by cli" in kinds
     assert "validate" not in kinds  # its options said train only
     assert all(options == expected for _, options in seen)
+
+
+@attrs.frozen(kw_only=True)
+class TrackerOptions:
+    url: str = attrs.field(default="http://127.0.0.1:5000", metadata={"shapes_model": False})
+    label: str = "a"  # no mark: part of the training key, as any option is
+
+
+def test_options_marked_as_not_shaping_the_model_reuse_the_version(opsloop_project):
+    @hookimpl
+    def plugin_options():
+        return TrackerOptions
+
+    @hookimpl
+    def on_model_registered(version, options):
+        pass
+
+    tracker = SimpleNamespace(plugin_options=plugin_options, on_model_registered=on_model_registered)
+    config = {**SMALL, "plugins": {"enable": ["tracker"], "tracker": {"url": "http://127.0.0.1:5000"}}}
+    project = opsloop_project(config=config, plugins={"tracker": tracker})
+    first = project.run("run").assert_ok().json
+    assert first["versions"][0]["ref"] == "asd-anomaly:1"
+    config["plugins"]["tracker"]["url"] = "http://tracking.example:5000"  # where it reports: the same model
+    project.write_config(config)
+    assert project.run("run").assert_ok().json["unchanged"] == ["asd-anomaly:1"]
+    config["plugins"]["tracker"]["label"] = "b"  # an unmarked option counts
+    project.write_config(config)
+    third = project.run("run").assert_ok().json
+    assert third["unchanged"] == [] and third["versions"][0]["ref"] == "asd-anomaly:2"

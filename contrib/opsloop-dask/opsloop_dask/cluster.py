@@ -39,6 +39,10 @@ def _memory_limit(_: Any, attribute: attrs.Attribute, value: Any) -> None:
                          f"got {value!r}")
 
 
+#: An option that does not shape the model (docs/writing-plugins.md, "Options that do not shape the model").
+NOT_SHAPING = {"shapes_model": False}
+
+
 @attrs.frozen(kw_only=True)
 class ClusterOptions:
     """Where the work runs (shared by `dask-xgboost` and `dask-batch`).
@@ -58,13 +62,16 @@ class ClusterOptions:
             cluster: the memory limit is enforced) or threads of this process.
     """
 
-    scheduler: str | None = attrs.field(default=None, validator=_address)
+    # Where the cluster is and how it is run do not shape the model: changing them reuses a version trained
+    # on the same rows and config (opsloop's lineage leaves them out of the training key). The number of
+    # workers and threads stays in: XGBoost's sketches depend on how the rows are spread.
+    scheduler: str | None = attrs.field(default=None, validator=_address, metadata=NOT_SHAPING)
     connect_timeout: float = attrs.field(default=10.0, validator=[attrs.validators.gt(0),
-                                                                   attrs.validators.le(600)])
+                                                                   attrs.validators.le(600)], metadata=NOT_SHAPING)
     workers: int = attrs.field(default=2, validator=attrs.validators.ge(1))
     threads_per_worker: int = attrs.field(default=0, validator=attrs.validators.ge(0))
-    memory_limit: Any = attrs.field(default="auto", validator=_memory_limit)
-    processes: bool = True
+    memory_limit: Any = attrs.field(default="auto", validator=_memory_limit, metadata=NOT_SHAPING)
+    processes: bool = attrs.field(default=True, metadata=NOT_SHAPING)
 
 
 def documented(cls: type) -> type:

@@ -68,6 +68,10 @@ def _string_table(instance: Any, attribute: attrs.Attribute, value: Any) -> None
         raise ValueError(f'expected a table of strings (tags = {{ team = "sre" }}), got {value!r}', attribute)
 
 
+#: An option that does not shape the model (docs/writing-plugins.md, "Options that do not shape the model").
+NOT_SHAPING = {"shapes_model": False}
+
+
 @attrs.frozen(kw_only=True)
 class Options:
     """`[plugins.mlflow-tracking]`.
@@ -95,17 +99,19 @@ class Options:
             MLFLOW_HTTP_REQUEST_MAX_RETRIES, else 2.
     """
 
-    tracking_uri: str | None = None
-    registry_uri: str | None = None
-    experiment: str | None = None
-    registry: bool = True
-    registered_model: str | None = None
-    log_bundle: bool = True
-    run_name: str | None = None
+    # None of these shapes a model: opsloop's lineage leaves them out of the training key, so pointing the
+    # observer elsewhere reuses a version trained on the same rows and config.
+    tracking_uri: str | None = attrs.field(default=None, metadata=NOT_SHAPING)
+    registry_uri: str | None = attrs.field(default=None, metadata=NOT_SHAPING)
+    experiment: str | None = attrs.field(default=None, metadata=NOT_SHAPING)
+    registry: bool = attrs.field(default=True, metadata=NOT_SHAPING)
+    registered_model: str | None = attrs.field(default=None, metadata=NOT_SHAPING)
+    log_bundle: bool = attrs.field(default=True, metadata=NOT_SHAPING)
+    run_name: str | None = attrs.field(default=None, metadata=NOT_SHAPING)
     # `Any` for cattrs, so that a wrong value reaches the validator, which says what is expected.
-    tags: Any = attrs.field(factory=dict, validator=_string_table)
-    timeout: int | None = attrs.field(default=None, validator=_positive_or_none)
-    retries: int | None = attrs.field(default=None, validator=_positive_or_none)
+    tags: Any = attrs.field(factory=dict, validator=_string_table, metadata=NOT_SHAPING)
+    timeout: int | None = attrs.field(default=None, validator=_positive_or_none, metadata=NOT_SHAPING)
+    retries: int | None = attrs.field(default=None, validator=_positive_or_none, metadata=NOT_SHAPING)
 
 
 @hookimpl

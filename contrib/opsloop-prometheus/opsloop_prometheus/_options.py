@@ -48,6 +48,11 @@ def parse_time(text: str, now: datetime) -> datetime:
     return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
+#: How the server is reached, not what rows come back: left out of a version's training key (the rows' own
+#: fingerprint is in it), so a new token or timeout reuses the version trained on the same rows.
+NOT_SHAPING = {"shapes_model": False}
+
+
 @attrs.frozen(kw_only=True)
 class Query:
     """One feature column: a PromQL expression and how to turn it into per-step values.
@@ -216,11 +221,11 @@ class Options:
     separator: str = "/"
     fill_limit: int = attrs.field(default=0, validator=_not_negative)
     incidents: str | None = None
-    timeout: float = attrs.field(default=30.0, validator=_positive)
-    max_points: int = attrs.field(default=11_000, validator=_positive)
-    headers: dict[str, str] = attrs.field(factory=dict)
-    bearer_token_file: str | None = None
-    ca_file: str | None = None
+    timeout: float = attrs.field(default=30.0, validator=_positive, metadata=NOT_SHAPING)
+    max_points: int = attrs.field(default=11_000, validator=_positive, metadata=NOT_SHAPING)
+    headers: dict[str, str] = attrs.field(factory=dict, metadata=NOT_SHAPING)
+    bearer_token_file: str | None = attrs.field(default=None, metadata=NOT_SHAPING)
+    ca_file: str | None = attrs.field(default=None, metadata=NOT_SHAPING)
 
     @max_points.validator
     def _max_points(self, attribute: Any, value: int) -> None:
