@@ -122,22 +122,20 @@ def source_plugin(spec: DataSection) -> str:
     return FILES if scheme == "file" else scheme
 
 
-def read_table(path_text: str, config: Config | None = None) -> pd.DataFrame:
-    """Read an embedded dataset, a CSV or Parquet file, or a folder of Parquet files into a frame."""
+def read_table(path_text: str, workdir: Path | None = None) -> pd.DataFrame:
+    """Read a CSV or Parquet file, or a folder of Parquet files, into a frame (the built-in `files` source).
+
+    `path_text` is a path or a `file:` URI; a relative path resolves against `workdir` (the config file's folder).
+    """
     import pandas as pd
 
-    if path_text.startswith(EMBEDDED_PREFIX):
-        from opsloop import datasets
-
-        try:
-            return datasets.load(path_text.removeprefix(EMBEDDED_PREFIX))
-        except KeyError as exc:
-            raise ConfigError(exc.args[0], section="data", key="source") from None
     if path_text.startswith("file:"):
         from urllib.parse import unquote, urlparse
 
         path_text = unquote(urlparse(path_text).path)
-    path = config.resolve(path_text) if config else Path(path_text)
+    path = Path(path_text).expanduser()
+    if not path.is_absolute() and workdir is not None:
+        path = Path(workdir) / path
     if path.is_dir():
         if not any(path.rglob("*.parquet")):
             raise DataError(f"data folder {path} holds no .parquet file (a folder source is a Parquet dataset)")
@@ -197,6 +195,28 @@ def read_source(config: Config, session: Session | None = None) -> pd.DataFrame:
     return frame
 
 
+def kept_columns(config: Config, columns: list[str]) -> list[str] | None:
+    """The columns `[data] features` keeps (with the target, time and series columns), None for all of them.
+
+    Raises:
+        ConfigError: A column `[data]` names (target, time, series, a feature) is not among `columns`.
+    """
+    spec = config.data
+    for key in ("target", "time", "series"):
+        column = getattr(spec, key)
+        if column is not None and column not in columns:
+            raise ConfigError(f"column {column!r} is not in {spec.source} (columns: {', '.join(map(str, columns))})",
+                              section="data", key=key, source=config.source,
+                              suggestion=closest(column, map(str, columns)))
+    if spec.features is None:
+        return None
+    missing = [c for c in spec.features if c not in columns]
+    if missing:
+        raise ConfigError(f"feature column(s) not in {spec.source}: {', '.join(missing)}",
+                          section="data", key="features", source=config.source)
+    return [*spec.features, *[c for c in (spec.target, spec.time, spec.series) if c]]
+
+
 def load(config: Config, session: Session | None = None, *, partitioned: bool = False) -> Dataset:
     """The whole `[data] source`, read by its source plugin (`read_source`), with its columns checked.
 
@@ -222,22 +242,12 @@ def load(config: Config, session: Session | None = None, *, partitioned: bool = 
                               "reproduce read one frame (docs/scale.md)", section="data", key="source",
                               source=config.source)
         return partitions.wrap(frame, config, session.plugins, spec.source)  # type: ignore[return-value]
-    for key in ("target", "time", "series"):
-        column = getattr(spec, key)
-        if column is not None and column not in frame.columns:
-            raise ConfigError(f"column {column!r} is not in {spec.source} (columns: {', '.join(map(str, frame.columns))})",
-                              section="data", key=key, source=config.source,
-                              suggestion=closest(column, map(str, frame.columns)))
+    keep = kept_columns(config, list(frame.columns))
     if spec.sensitive:  # a misspelt one would leave the real column in snapshots and the log (issue 14)
         from opsloop.sensitive import check_columns
 
         check_columns(config, list(frame.columns))
-    if spec.features is not None:
-        missing = [c for c in spec.features if c not in frame.columns]
-        if missing:
-            raise ConfigError(f"feature column(s) not in {spec.source}: {', '.join(missing)}",
-                              section="data", key="features", source=config.source)
-        keep = [*spec.features, *[c for c in (spec.target, spec.time, spec.series) if c]]
+    if keep is not None:
         frame = frame[keep]
     if spec.time is not None:
         import pandas as pd

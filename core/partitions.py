@@ -275,8 +275,6 @@ def engine_for(frame: Any, plugins: PluginManager) -> str | None:
 def wrap(frame: Any, config: Config, plugins: PluginManager, source: str) -> PartitionedDataset:
     """`frame`, which a source returned and which is not a pandas DataFrame, as a `PartitionedDataset`;
     a DataError when no installed engine takes it. Its columns are checked against `[data]`."""
-    from opsloop.errors import closest
-
     engine = engine_for(frame, plugins)
     if engine is None:
         raise DataError(f"{source}: the source returned a {type(frame).__module__}.{type(frame).__name__}, which is "
@@ -290,23 +288,13 @@ def wrap(frame: Any, config: Config, plugins: PluginManager, source: str) -> Par
 
     meta = plugins.call(engine, "map_partitions", frame=frame, function=None, argument=None, carry=None,
                         keep="meta", meta=None)
+    from opsloop.data import kept_columns
+
     spec = config.data
-    for key in ("target", "time", "series"):
-        column = getattr(spec, key)
-        if column is not None and column not in meta.columns:
-            raise ConfigError(f"column {column!r} is not in {spec.source} (columns: {', '.join(map(str, meta.columns))})",
-                              section="data", key=key, source=config.source,
-                              suggestion=closest(column, map(str, meta.columns)))
+    keep = kept_columns(config, list(meta.columns))
     data = PartitionedDataset(frame=frame, meta=meta, engine=engine, mapper=mapper, target=spec.target,
                               time=spec.time, series=spec.series, name=spec.source)
-    if spec.features is not None:
-        missing = [c for c in spec.features if c not in meta.columns]
-        if missing:
-            raise ConfigError(f"feature column(s) not in {spec.source}: {', '.join(missing)}",
-                              section="data", key="features", source=config.source)
-        keep = [*spec.features, *[c for c in (spec.target, spec.time, spec.series) if c]]
-        data = data.transform(_columns, keep, meta[keep])
-    return data
+    return data if keep is None else data.transform(_columns, keep, meta[keep])
 
 
 def _columns(part: pd.DataFrame, columns: list[str]) -> pd.DataFrame:

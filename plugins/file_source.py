@@ -25,15 +25,5 @@ def load_data(source: str, workdir: Path) -> pd.DataFrame:
     if source.startswith("embedded:"):  # `[data] plugin = "files"` on an embedded source
         raise ConfigError(f"{source!r} is an embedded dataset, not a file: leave [data] plugin unset (the "
                           "embedded source reads it)", section="data", key="plugin")
-    return read_table(source, _Resolver(workdir))
+    return read_table(source, Path(workdir))
 
-
-class _Resolver:
-    """What `read_table` needs of a config: relative paths resolved against the config file's directory."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-
-    def resolve(self, value: str | Path) -> Path:
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else self.workdir / path

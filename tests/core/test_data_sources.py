@@ -125,6 +125,9 @@ def test_a_failing_or_wrong_source_names_its_plugin_and_registers_nothing(opsloo
 def test_a_plugin_that_reads_no_data_cannot_be_the_source(opsloop_project):
     project = opsloop_project(config={**SMALL, "data": {**SMALL["data"], "plugin": "kfold"}})
     project.run("config", "check").assert_error("kfold", "load_data")
+    # files named for an embedded set: said, not a "file not found" on a path named "embedded:asd"
+    project.write_config({**SMALL, "data": {**SMALL["data"], "plugin": "files"}})
+    project.run("run").assert_error("embedded:asd", "embedded dataset, not a file", "[data] plugin")
 
 
 def test_files_reads_a_folder_of_parquet_and_a_file_uri_like_the_single_file(tmp_path):
