@@ -105,8 +105,9 @@ class LogInputs:
 
 def _newest(source: Dataset, model: LoadedModel, config: Any, notes: list[str]) -> tuple[Dataset, Any, Any]:
     """`[loop] monitor_rows = "source"`: the newest `monitor_window` of the source's rows in the configured
-    periods (by their time, up to the next whole second after the newest), scored by production. The window before it is scored with them and
-    then left out, so that windowed features see each series' past as they would in serving."""
+    periods (by their time, up to the next whole second after the newest), scored by production. The window
+    before it is scored with them and then left out, so that windowed features see each series' past as they
+    would in serving."""
     import pandas as pd
 
     from opsloop.errors import ConfigError

@@ -43,7 +43,7 @@ def test_a_cycle_monitors_the_sources_newest_rows_when_nothing_is_logged(tmp_pat
     assert "monitored 1,728 rows of embedded:asd from 2024-01-12 23:55:01 to 2024-01-15 23:55:01" in notes
 
 
-def test_source_rows_need_a_time_column(tmp_path: Path) -> None:
+def test_a_misspelt_monitor_rows_is_one_line_naming_the_choices(tmp_path: Path) -> None:
     config = copy.deepcopy(LOOP)
     config["loop"] = {**config["loop"], "monitor_rows": "sources"}
     tmp_path.joinpath("opsloop.toml").write_text(tomli_w.dumps(config), encoding="utf-8")
