@@ -64,9 +64,12 @@ def _defer_typer_adapters() -> None:
 #: Commands (module, function) and command groups (module, Typer app), by name, in help order.
 COMMANDS = {"run": ("run", "run"), "validate": ("run", "validate"), "init": ("run", "init"),
             "serve": ("serve", "serve"), "feedback": ("serve", "feedback"), "monitor": ("monitor_cmd", "monitor"),
-            "backtest": ("backtest_cmd", "backtest"), "tune": ("tune_cmd", "tune")}
+            "backtest": ("backtest_cmd", "backtest"), "tune": ("tune_cmd", "tune"),
+            "report": ("report_cmd", "report"),
+            "new-plugin": ("new_plugin_cmd", "new_plugin")}
 GROUPS = {"config": ("config_cmd", "config_app"), "plugins": ("plugins_cmd", "plugins_app"),
-          "models": ("models", "models_app"), "loop": ("loop_cmd", "loop_app"), "data": ("data_cmd", "data_app")}
+          "models": ("models", "models_app"), "loop": ("loop_cmd", "loop_app"), "data": ("data_cmd", "data_app"),
+          "deploy": ("deploy_cmd", "deploy_app")}
 
 
 def build_app(argv: Sequence[str] | None = None) -> typer.Typer:
