@@ -1,0 +1,20 @@
+"""Conformance suites: one line runs every check of a plugin kind on your plugin.
+
+    from opsloop.testing.conformance import TrainerSuite
+
+    class TestMyTrainer(TrainerSuite, plugin="my-trainer"): pass
+
+The plugin is found as installed (its entry point) or as registered in-process with the kit's
+`register_plugin`. docs/conformance.md lists what each suite checks and its keywords.
+"""
+
+from opsloop.testing.conformance._base import Suite
+from opsloop.testing.conformance.trainer import TrainerSuite
+from opsloop.testing.conformance.preprocess import PreprocessSuite
+from opsloop.testing.conformance.monitor import MonitorSuite
+from opsloop.testing.conformance.policy import PolicySuite
+from opsloop.testing.conformance.deploy import DeploySuite
+from opsloop.testing.conformance.store import StoreSuite
+from opsloop.testing.conformance.source import SourceSuite
+
+__all__ = ['TrainerSuite', 'PreprocessSuite', 'MonitorSuite', 'PolicySuite', 'DeploySuite', 'StoreSuite', 'SourceSuite', "Suite"]
