@@ -55,6 +55,7 @@ if TYPE_CHECKING:
         Contender,
         Dataset,
         Deployment,
+        DeploymentStatus,
         FitFunction,
         GateVerdict,
         ModelVersion,
@@ -325,6 +326,57 @@ def deploy(version: ModelVersion, model: LoadedModel, dataset: Dataset | None, o
 
     Returns:
         Where the version now runs. Never None.
+    """
+
+
+@hookspec
+def deploy_status(model_name: str, options: Any, run: RunContext) -> DeploymentStatus:
+    """Say what this deploy target has out for a model, without changing anything.
+
+    Called by `opsloop deploy status`, only on the plugins selected for the
+    deploy stage (`[deploy] plugins`), in the configured order, each for its
+    own row. Optional: a target without it is shown as "does not report
+    status". Never moves an alias.
+
+    Args:
+        model_name: The model asked about (`--model`, else `[model] name`).
+        options: This plugin's options, already checked (its table
+            `[deploy.<name>]`), as `deploy` got them.
+        run: Working directory, config, logger (`run.run_id` is the command's
+            own; no stage runs).
+
+    Returns:
+        `DeploymentStatus(target=..., model=model_name, deployed=...)`, with
+        the version a live deployment serves (`"name:version"`, asked of the
+        deployment itself where it can answer) and its location. Never None.
+        Raise `opsloop.errors.OpsloopError` (one line naming the address or
+        file) only when the state cannot be read; "nothing deployed" is
+        `deployed=False`, not an error.
+    """
+
+
+@hookspec
+def undeploy(model_name: str, options: Any, run: RunContext) -> DeploymentStatus:
+    """Take down what this deploy target put out for a model.
+
+    Called by `opsloop deploy remove`, only on the plugins selected for the
+    deploy stage (`[deploy] plugins`, or the one `--target` names), in the
+    configured order. Optional: a target without it is named as unable to
+    remove. Never moves an alias: the registry is unchanged, and the next
+    `deploy` puts the version out again.
+
+    Args:
+        model_name: The model to take down (`--model`, else `[model] name`).
+        options: This plugin's options, already checked, as `deploy` got them.
+        run: Working directory, config, logger.
+
+    Returns:
+        The status after removal (`deployed=False`), with `version` and
+        `location` of what was taken down (None when nothing was out) and
+        `details["removed"]` listing what was stopped or deleted. Remove only
+        what this target itself wrote or started; refuse with
+        `opsloop.errors.OpsloopError` (one line) anything else. Nothing
+        deployed is not an error: return `deployed=False` with nothing removed.
     """
 
 

@@ -285,6 +285,30 @@ class Deployment:
 
 
 @attrs.frozen(kw_only=True)
+class DeploymentStatus:
+    """What a deploy target has out for a model (`opsloop deploy status`), or what it took down (`remove`).
+
+    Attributes:
+        target: The deploy plugin's name.
+        model: The model's name.
+        deployed: Whether the target has the model out: a server that answers,
+            a predictions file that exists. After `undeploy`: whether anything
+            is still out (False once taken down).
+        version: `name:version` deployed (for example `"asd-anomaly:3"`), or
+            None when nothing is, or the target cannot tell.
+        location: A file, URL or endpoint an operator can use, or None.
+        details: Anything else worth showing (pid, rows, what was removed).
+    """
+
+    target: str
+    model: str
+    deployed: bool
+    version: str | None = None
+    location: str | None = None
+    details: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping)
+
+
+@attrs.frozen(kw_only=True)
 class MonitorReport:
     """What a monitor saw on a period of live or later data.
 

@@ -26,6 +26,8 @@ SIGNATURES = {
     "tune_space": ["options"],
     "validate": ["dataset", "fit", "options", "run"],
     "deploy": ["version", "model", "dataset", "options", "run"],
+    "deploy_status": ["model_name", "options", "run"],
+    "undeploy": ["model_name", "options", "run"],
     "monitor": ["version", "current", "predictions", "reference", "options", "run"],
     "decide_retrain": ["version", "reports", "options", "run"],
     "gate": ["champion", "challenger", "window", "options", "run"],
