@@ -22,6 +22,7 @@ __all__ = [
     "StoreError",
     "UnknownPluginError",
     "closest",
+    "one_line",
 ]
 
 
@@ -29,6 +30,23 @@ def closest(word: str, choices: Iterable[str]) -> str | None:
     """The valid name closest to a misspelt one, or None when nothing is close."""
     matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return matches[0] if matches else None
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: an opsloop error's own words, else `Type('message')` with line breaks folded."""
+    if isinstance(exc, OpsloopError):
+        return " ".join(str(exc).split())
+    text = str(exc)
+    if "\n" not in text:
+        return repr(exc)
+    return f"{type(exc).__name__}: {'; '.join(line.strip() for line in text.splitlines() if line.strip())}"
+
+
+def _wrap(dist: str | None) -> str:
+    """` (dist version)` for a message; an in-process plugin's label already has its parentheses."""
+    if not dist:
+        return ""
+    return f" {dist}" if dist.startswith("(") else f" ({dist})"
 
 
 class OpsloopError(Exception):
@@ -95,16 +113,21 @@ class PluginConflictError(OpsloopError):
 
 
 class PluginLoadError(OpsloopError):
-    """A plugin's module could not be imported or registered."""
+    """A plugin's module could not be imported or registered.
 
-    def __init__(self, plugin: str, dist: str, cause: BaseException) -> None:
+    `problem`, when given, replaces "failed to load: <cause>" (a misspelt hook, a hook argument that the hook
+    does not pass: the manager's own words, with "did you mean").
+    """
+
+    def __init__(self, plugin: str, dist: str, cause: BaseException, *, problem: str | None = None) -> None:
         self.plugin = plugin
         self.dist = dist
         self.cause = cause
+        self.problem = problem
         super().__init__(plugin)
 
     def __str__(self) -> str:
-        return f'plugin "{self.plugin}" ({self.dist}) failed to load: {self.cause!r}'
+        return f'plugin "{self.plugin}"{_wrap(self.dist)} {self.problem or "failed to load: " + one_line(self.cause)}'
 
 
 class PluginCallError(OpsloopError):
@@ -114,13 +137,15 @@ class PluginCallError(OpsloopError):
         self.plugin = plugin
         self.hook = hook
         self.cause = cause
+        if dist is None:  # raised outside the manager (a wrong return type): the label of the plugin's last load
+            from opsloop.manager import label_of
+
+            dist = label_of(plugin)
         self.dist = dist
         super().__init__(plugin)
 
     def __str__(self) -> str:
-        dist = f" ({self.dist})" if self.dist else ""
-        cause = str(self.cause) if isinstance(self.cause, OpsloopError) else repr(self.cause)
-        return f'plugin "{self.plugin}"{dist} failed in {self.hook}: {cause}'
+        return f'plugin "{self.plugin}"{_wrap(self.dist)} failed in {self.hook}: {one_line(self.cause)}'
 
 
 class DataError(OpsloopError):

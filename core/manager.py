@@ -25,6 +25,7 @@ from opsloop.errors import (
     PluginConflictError,
     PluginLoadError,
     UnknownPluginError,
+    closest,
 )
 
 GROUP = "opsloop"
@@ -88,6 +89,45 @@ def discover(group: str = GROUP) -> tuple[dict[str, PluginInfo], dict[str, list[
     return known, conflicts
 
 
+#: `dist version` of every plugin loaded in this process, by name: errors raised outside a manager call (a hook
+#: that returned the wrong type, found by the runner) carry it too.
+_LABELS: dict[str, str] = {}
+
+
+def label_of(plugin: str) -> str | None:
+    """`dist version` of a loaded plugin, for messages; None when no manager loaded it."""
+    return _LABELS.get(plugin)
+
+
+def check_hooks(pm: pluggy.PluginManager, plugin: object, name: str) -> str | None:
+    """What is wrong with a plugin's hook implementations, in one line with "did you mean", or None.
+
+    pluggy's own errors name the module, not the plugin, span lines, and
+    suggest nothing: a misspelt hook and an argument the hook does not pass
+    are the two mistakes a plugin author makes.
+    """
+    for attr in dir(plugin):
+        opts = pm.parse_hookimpl_opts(plugin, attr)
+        if opts is None:
+            continue
+        hook = opts.get("specname") or attr
+        caller = getattr(pm.hook, hook, None)
+        spec = caller.spec if caller is not None else None
+        if spec is None:
+            hint = closest(hook, [h for h in dir(hookspecs) if getattr(getattr(hookspecs, h), "opsloop_spec", None)])
+            hint = f' (did you mean "{hint}"?)' if hint else ""
+            return f'implements "{hook}", which is not an opsloop hook{hint}; the hooks are listed in docs/hooks.md'
+        params = inspect.signature(getattr(plugin, attr)).parameters.values()
+        unknown = [p.name for p in params if p.default is p.empty and p.name not in spec.argnames
+                   and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if unknown:
+            hints = [f'"{a}" (did you mean "{closest(a, spec.argnames)}"?)' if closest(a, spec.argnames) else f'"{a}"'
+                     for a in unknown]
+            return (f"has {hook}() take {', '.join(hints)}, which {hook} does not pass; "
+                    f"{hook} passes {', '.join(spec.argnames)}")
+    return None
+
+
 #: Called with every new PluginManager: `opsloop.testing` uses it to add in-process
 #: plugins and hook recorders to the managers that commands build for themselves.
 ON_NEW_MANAGER: list[Callable[[PluginManager], None]] = []
@@ -107,6 +147,8 @@ class PluginManager:
         self.broken: dict[str, BaseException] = {}
         #: Called as `record(hook, plugin, kwargs, result)` after every successful hook call.
         self.recorders: list[Callable[[str, str, dict[str, Any], Any], None]] = []
+        #: What observers raised and the run went on after (one line each, `plugin "x" (dist v) failed in on_...`).
+        self.warnings: list[str] = []
         #: Each plugin's own checked options, passed to its observer hooks as `options` (filled by
         #: `Session`: `[plugins.<name>]` for an enabled plugin, else its stage table).
         self.observer_options: dict[str, Any] = {}
@@ -132,15 +174,20 @@ class PluginManager:
         info = self.info(name, where=where)
         if name in self.broken:
             raise PluginLoadError(name, info.label, self.broken[name])
+        problem = None
         try:
             plugin = info.obj if info.obj is not None else info.entry_point.load()  # type: ignore[union-attr]
+            problem = check_hooks(self.pm, plugin, name)
+            if problem is not None:
+                raise pluggy.PluginValidationError(plugin, problem)
             self.pm.register(plugin, name=name)
-            self.pm.check_pending()  # a misspelt hook name fails here, naming its plugin
+            self.pm.check_pending()  # what check_hooks does not foresee still fails here, naming its plugin
         except Exception as exc:
             if self.pm.has_plugin(name):
                 self.pm.unregister(name=name)
             self.broken[name] = exc
-            raise PluginLoadError(name, info.label, exc) from exc
+            raise PluginLoadError(name, info.label, exc, problem=problem) from exc
+        _LABELS[name] = info.label
         return plugin
 
     def load_all(self, names: Iterable[str], *, where: str | None = None) -> None:
@@ -243,16 +290,22 @@ class PluginManager:
         """Call an observer hook on every loaded plugin, in registration (configured) order, each with its
         own options (`observer_options`).
 
-        With `swallow`, errors are logged and ignored (used for `on_stage_error`,
-        so that the original error is the one reported).
+        An observer that raises is a warning (logged, and kept in `warnings`
+        for the run's summary) and the others still hear the event, unless its
+        options say `critical = true`: then its error ends the command, as a
+        stage plugin's does. With `swallow` (`on_stage_error`, so that the
+        original error is the one reported) even a critical one is a warning.
         """
         for impl in getattr(self.pm.hook, hook).get_hookimpls():
+            options = self.observer_options.get(impl.plugin_name)
             try:
-                self._invoke(impl, hook, {**kwargs, "options": self.observer_options.get(impl.plugin_name)})
+                self._invoke(impl, hook, {**kwargs, "options": options})
             except PluginCallError as exc:
-                if not swallow:
+                if getattr(options, "critical", False) is True and not swallow:
                     raise
-                logging.getLogger("opsloop").warning("%s", exc)
+                self.warnings.append(str(exc))
+                logging.getLogger("opsloop").warning("warning: %s (the run goes on: an observer's error does not "
+                                                     "stop it unless its options say critical = true)", exc)
 
     def _label(self, name: str) -> str | None:
         info = self.known.get(name)

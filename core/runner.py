@@ -83,6 +83,8 @@ class RunResult:
     promoted: bool = False
     #: The alert thresholds chosen at validation (opsloop.alerting), one per version built.
     thresholds: list[dict[str, Any]] = attrs.field(factory=list)
+    #: Observers' errors that did not stop the run (PluginManager.warnings), one line each.
+    warnings: list[str] = attrs.field(factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able summary (for `opsloop run --json`)."""
@@ -99,6 +101,7 @@ class RunResult:
             "unchanged": list(self.unchanged),
             "production": {"ref": self.production, "moved": self.promoted} if self.production else None,
             "thresholds": list(self.thresholds),
+            "warnings": list(self.warnings),
         }
 
 
@@ -129,7 +132,7 @@ class Runner:
             run_id=uuid.uuid4().hex[:12], workdir=Path(self.config.workdir), model_name=self.config.project.name,
             seed=self.config.project.seed, config=self.config, reporter=self.reporter, trainers=self.fit_trainer,
         )
-        self.result = RunResult(run_id=self.run.run_id)
+        self.result = RunResult(run_id=self.run.run_id, warnings=self.plugins.warnings)
         self._store: ModelStore | None = None
         self.gate_results: list[GateResult] = []
 

@@ -87,6 +87,7 @@ def run_summary(result: RunResult, config: Config) -> list[Any]:
         verdict = "[bold red]retrain[/bold red]" if result.decision.retrain else "[bold green]keep[/bold green]"
         out.append(f"Decision: {verdict}")
         out.extend(f"  - {escape(reason)}" for reason in result.decision.reasons)
+    out.extend(f"[yellow]warning[/yellow] {escape(warning)}" for warning in result.warnings)
     if result.issues:
         out.append(f"[yellow]{len(result.issues)} data-quality issue(s)[/yellow]")
         out.extend(f"  - {escape(issue)}" for issue in result.issues[:10])

@@ -1,14 +1,23 @@
 """`opsloop.testing`: the pytest kit for plugin authors (and opsloop's own tests).
 
-Opt in from a `conftest.py`:
+Install it with `pip install "opsloop[testing]"` (pytest and tomli-w, nothing
+else), then opt in from the `conftest.py` at your tests' root:
 
     pytest_plugins = ["opsloop.testing"]
 
+or on the command line (`pytest -p opsloop.testing`, or `addopts` in your
+pytest config). Docs: docs/testing-plugins.md.
+
 Fixtures:
     opsloop_project: a project in a temp dir (config, data, in-process plugins);
-        `project.run("run")` runs a command in-process and returns a `Result`.
+        `project.run("run")` runs a command in-process and returns a `Result`;
+        `opsloop_project(small=True)` writes the small real telemetry set and its config.
+    small_telemetry: that set as a frame (opsloop.testing.data: 3 ASD servers, 10 days, 8,640 rows).
+    opsloop_console: run the installed `opsloop` console script in a subprocess; `Result.lines()` is
+        pytest's `LineMatcher` over its output.
     register_plugin: make an in-process plugin known to every PluginManager
         built during the test, as if it were installed; forgotten on exit.
+    override_plugin: replace an installed plugin by a test double for one test.
     hook_recorder: records every hook call (stage, observer and firstresult
         hooks) of every PluginManager built during the test.
     make_plugin_dist: write a plugin module and a `*.dist-info` with an
@@ -20,6 +29,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import shutil
+import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterator, Mapping
@@ -64,6 +76,11 @@ class Result:
             assert fragment in self.stderr, f"{fragment!r} not in stderr:\n{self.stderr}"
         return self
 
+    def lines(self, stream: str = "stdout") -> pytest.LineMatcher:
+        """pytest's `LineMatcher` over stdout (or "stderr"): `.fnmatch_lines([...])`, `.re_match_lines([...])`,
+        `.no_fnmatch_line(...)`, as pytester's results offer."""
+        return pytest.LineMatcher(getattr(self, stream).splitlines())
+
 
 def invoke(args: list[str], cwd: Path) -> Result:
     """Run `opsloop ARGS` in-process in `cwd` (the CLI's own error boundary included)."""
@@ -73,6 +90,34 @@ def invoke(args: list[str], cwd: Path) -> Result:
     with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = cli_invoke(args)
     return Result(args=args, exit_code=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
+#: sys.path as it was when the kit loaded: what a test adds later (make_plugin_dist) is passed to subprocesses.
+_BASE_PATH = list(sys.path)
+
+
+def console_script() -> list[str]:
+    """The installed `opsloop` console script beside this Python (a virtualenv's bin/), else the one on PATH."""
+    here = Path(sys.executable).parent / ("opsloop.exe" if os.name == "nt" else "opsloop")
+    found = str(here) if here.exists() else shutil.which("opsloop")
+    if found is None:
+        pytest.fail("the `opsloop` console script is not installed beside this Python nor on PATH: pip install opsloop")
+    return [found]
+
+
+def console(args: list[str], cwd: Path, *, env: Mapping[str, str] | None = None, timeout: float = 600) -> Result:
+    """Run the real `opsloop ARGS` console script in a subprocess in `cwd`.
+
+    It sees installed plugins and those of `make_plugin_dist` (their folder
+    goes on PYTHONPATH), not `register_plugin`'s in-process ones.
+    """
+    extra = [p for p in sys.path if p not in _BASE_PATH and p]
+    full = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **(env or {})}
+    if extra:
+        full["PYTHONPATH"] = os.pathsep.join([*extra, *filter(None, [full.get("PYTHONPATH")])])
+    done = subprocess.run([*console_script(), *args], cwd=cwd, env=full, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    return Result(args=list(args), exit_code=done.returncode, stdout=done.stdout, stderr=done.stderr)
 
 
 def to_toml(table: Mapping[str, Any]) -> str:
@@ -104,6 +149,10 @@ class Project:
             argv += ["--json", "--quiet"]
         return invoke(argv, self.path)
 
+    def console(self, *args: str, env: Mapping[str, str] | None = None, timeout: float = 600) -> Result:
+        """Run the real console script in the project, in a subprocess (as `console`)."""
+        return console(list(args), self.path, env=env, timeout=timeout)
+
 
 @pytest.fixture
 def register_plugin() -> Iterator[Callable[..., None]]:
@@ -121,6 +170,29 @@ def register_plugin() -> Iterator[Callable[..., None]]:
 
     yield register
     manager.ON_NEW_MANAGER.remove(add_to)
+
+
+@pytest.fixture
+def override_plugin() -> Iterator[Callable[..., None]]:
+    """`override_plugin("xgboost", double)`: every PluginManager of this test loads `double` for that name instead
+    of the installed plugin (which `register_plugin` refuses, as two distributions of one name are refused)."""
+    doubles: dict[str, object] = {}
+
+    def swap(pm: manager.PluginManager) -> None:
+        for name, obj in doubles.items():
+            seen = pm.known.get(name)
+            label = f"(test double of {seen.label})" if seen is not None else "(test double)"
+            pm.conflicts.pop(name, None)
+            pm.known[name] = manager.PluginInfo(name=name, dist=label, version="",
+                                                value=getattr(obj, "__name__", type(obj).__name__), obj=obj)
+
+    manager.ON_NEW_MANAGER.append(swap)
+
+    def override(name: str, double: object) -> None:
+        doubles[name] = double
+
+    yield override
+    manager.ON_NEW_MANAGER.remove(swap)
 
 
 @attrs.define
@@ -160,12 +232,42 @@ def hook_recorder() -> Iterator[HookRecorder]:
 
 
 @pytest.fixture
+def small_telemetry() -> Any:
+    """The small real telemetry set (opsloop.testing.data.small_telemetry), a fresh frame per test."""
+    from opsloop.testing.data import small_telemetry as load
+
+    return load()
+
+
+@pytest.fixture
+def opsloop_console(tmp_path: Path) -> Callable[..., Result]:
+    """`opsloop_console("plugins", "list", cwd=None, env=None)`: the real console script in a subprocess
+    (in the test's tmp_path unless `cwd`); `result.lines().fnmatch_lines([...])` matches its output."""
+
+    def run(*args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None,
+            timeout: float = 600) -> Result:
+        return console(list(args), cwd or tmp_path, env=env, timeout=timeout)
+
+    return run
+
+
+@pytest.fixture
 def opsloop_project(tmp_path: Path, register_plugin: Callable[..., None]) -> Callable[..., Project]:
-    """`opsloop_project(config={...}, plugins={"name": module}, files={"data.csv": text})`."""
+    """`opsloop_project(config={...}, plugins={"name": module}, files={"data.csv": text}, small=False)`.
+
+    With `small=True` the project holds `telemetry.csv` (the small real set) and its config
+    (opsloop.testing.data.SMALL_CONFIG), each table of `config` merged over it: trains in seconds.
+    """
 
     def make(config: Mapping[str, Any] | None = None, plugins: Mapping[str, object] | None = None,
-             files: Mapping[str, str | bytes] | None = None) -> Project:
+             files: Mapping[str, str | bytes] | None = None, small: bool = False) -> Project:
         project = Project(path=tmp_path)
+        if small:
+            from opsloop.testing.data import small_config
+            from opsloop.testing.data import small_telemetry as load
+
+            load().to_csv(tmp_path / "telemetry.csv", index=False)
+            config = small_config(**(config or {}))
         for name, obj in (plugins or {}).items():
             register_plugin(obj, name)
         for rel, content in (files or {}).items():

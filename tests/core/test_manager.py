@@ -106,7 +106,7 @@ def test_call_attributes_errors_and_passes_only_named_arguments():
     pm.register(Plugin(), "exploding")
     with pytest.raises(PluginCallError) as info:
         pm.call("exploding", "decide_retrain", version=None, reports=[1, 2], options=None, run=None)
-    assert str(info.value) == "plugin \"exploding\" ((registered in-process)) failed in decide_retrain: " \
+    assert str(info.value) == "plugin \"exploding\" (registered in-process) failed in decide_retrain: " \
                               "RuntimeError('boom with 2 reports')"
     assert info.value.plugin == "exploding" and info.value.hook == "decide_retrain"
 
