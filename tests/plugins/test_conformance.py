@@ -1,6 +1,6 @@
 """opsloop's own built-ins pass the conformance suites a vendor runs on its plugin (docs/conformance.md)."""
 
-from opsloop.testing.conformance import PreprocessSuite, TrainerSuite
+from opsloop.testing.conformance import MonitorSuite, PreprocessSuite, TrainerSuite
 
 
 class TestXGBoost(TrainerSuite, plugin="xgboost", options={"n_estimators": 30, "n_jobs": 1}): pass
@@ -12,3 +12,9 @@ class TestScale(PreprocessSuite, plugin="scale", options={"method": "robust"}): 
 class TestClip(PreprocessSuite, plugin="clip"): pass
 class TestRollingFeatures(PreprocessSuite, plugin="rolling-features", before=["impute"]): pass
 class TestLabelHorizon(PreprocessSuite, plugin="label-horizon", options={"horizon": 6}): pass
+
+
+class TestQualityMonitor(MonitorSuite, plugin="quality-monitor"): pass
+class TestDriftMonitor(MonitorSuite, plugin="drift-monitor"): pass
+class TestEstimateMonitor(MonitorSuite, plugin="estimate-monitor"): pass
+class TestSchemaCheckMonitor(MonitorSuite, plugin="schema-check"): pass
