@@ -19,6 +19,14 @@ of the longest duration plus the one before them, read from the bundle's
 steps; or `carry_rows`), so the features, and the predictions, equal those of
 scoring the whole file at once, provided each series' rows come in time order.
 
+Each deploy records the file it wrote in `.opsloop/deploy/batch/<name>.json`
+(version, rows, time): `deploy_status` (`opsloop deploy status`) reports the
+newest and whether it is still there; `undeploy` (`opsloop deploy remove`)
+deletes the files recorded there and the record, and nothing else: it refuses,
+deleting nothing, when a recorded file is outside where this target writes
+(the default `.opsloop/predictions/` or the configured `output`). The rows it
+logged to the prediction log stay: they are the monitoring history.
+
 Options (`[deploy.batch]`):
     input: File to score (.csv, .tsv, .parquet; relative to the working
         directory). Default: the rows the run is about to monitor.
@@ -51,7 +59,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 from opsloop import Deployment, hookimpl
-from opsloop.errors import DataError
+from opsloop.errors import DataError, OpsloopError
+from opsloop.types import DeploymentStatus
 from opsloop.serving.settings import bounded, retention
 
 if TYPE_CHECKING:
@@ -64,6 +73,10 @@ CSV_SUFFIXES = (".csv",)
 INPUT_SUFFIXES = (*PARQUET_SUFFIXES, *CSV_SUFFIXES, ".tsv", ".csv.gz", ".tsv.gz")
 #: Preprocess steps known to look at previous rows of a series.
 WINDOWED_STEPS = ("rolling-features",)
+#: Where the files of each deploy are recorded, per model (`<name>.json`), relative to the working directory.
+RECORD_DIR = Path(".opsloop") / "deploy" / "batch"
+#: Where predictions go unless `output` says otherwise, relative to the working directory.
+DEFAULT_DIR = Path(".opsloop") / "predictions"
 
 
 def _output_suffix(_: Any, attribute: attrs.Attribute, value: str | None) -> None:
@@ -138,7 +151,7 @@ def deploy(version: ModelVersion, model: LoadedModel, dataset: Dataset | None, o
                         "(the run has no monitoring period to score instead)")
 
     output = _resolve(options.output, workdir) if options.output else \
-        workdir / ".opsloop" / "predictions" / f"{version.name}-v{version.version}.parquet"
+        workdir / DEFAULT_DIR / f"{version.name}-v{version.version}.parquet"
     batch_log = _open_log(options, version, manifest, wanted, workdir, run.config)  # a bad log path fails before scoring
     scored = _score(model, chunks, carry=carry, carry_seconds=carry_seconds, series=manifest.get("series"),
                     time_col=manifest.get("time"), source=str(source))
@@ -165,7 +178,120 @@ def deploy(version: ModelVersion, model: LoadedModel, dataset: Dataset | None, o
             details["log_pruned"] = batch_log.pruned
         run.log.info("batch: logged %d predictions as request %s in %s", batch_log.rows, batch_log.request_id,
                      batch_log.path)
+    _record(workdir, version, os.path.abspath(output), rows, details.get("request_id"), run)
     return Deployment(target="batch", model=version.ref, location=os.path.abspath(output), details=details)
+
+
+# ---------------------------------------------------------------------------
+# What was written: status and undeploy
+# ---------------------------------------------------------------------------
+
+
+def _record_path(workdir: Path, model_name: str) -> Path:
+    from opsloop.store import check_name
+
+    check_name(model_name, "model")  # a name never reaches outside the record directory
+    return Path(workdir) / RECORD_DIR / f"{model_name}.json"
+
+
+def _read_record(path: Path) -> list[dict[str, Any]]:
+    """The files recorded for a model, oldest first ([] when none); an unreadable record is an error."""
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        raise OpsloopError(f"batch: cannot read the deploy record {path}: {exc}") from None
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, list) or not all(isinstance(f, dict) and isinstance(f.get("path"), str) for f in files):
+        raise OpsloopError(f"batch: the deploy record {path} is not one this target wrote (no list of files)")
+    return files
+
+
+def _record(workdir: Path, version: ModelVersion, output: str, rows: int, request_id: str | None,
+            run: RunContext) -> None:
+    """Add the file this deploy wrote to the model's record (once per path: a rewrite moves it last)."""
+    import json
+    from datetime import UTC, datetime
+
+    path = _record_path(workdir, version.name)
+    try:
+        files = [f for f in _read_record(path) if f["path"] != output]
+    except OpsloopError as exc:
+        run.log.warning("%s; starting a new one", exc)
+        files = []
+    entry: dict[str, Any] = {"path": output, "version": version.ref, "rows": rows, "run_id": run.run_id,
+                             "written_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    if request_id:
+        entry["request_id"] = request_id
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp.write_text(json.dumps({"model": version.name, "target": "batch", "files": [*files, entry]}, indent=2)
+                       + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:  # the predictions are written; only `opsloop deploy status|remove` will not know them
+        run.log.warning("batch: cannot record %s in %s (%s): `opsloop deploy status` and `remove` will not see it",
+                        output, path, exc.strerror or exc)
+
+
+@hookimpl
+def deploy_status(model_name: str, options: Options | None, run: RunContext) -> DeploymentStatus:
+    """The newest predictions file a batch deploy wrote for `model_name`, and whether it is still there."""
+    workdir = Path(run.workdir)
+    path = _record_path(workdir, model_name)
+    files = _read_record(path)
+    if not files:
+        return DeploymentStatus(target="batch", model=model_name, deployed=False)
+    last = files[-1]
+    present = [f["path"] for f in files if os.path.isfile(f["path"])]
+    details = {k: last[k] for k in ("rows", "written_at", "run_id", "request_id") if k in last}
+    details.update(files=present, record=str(path))
+    if last["path"] not in present:
+        details["missing"] = last["path"]
+    return DeploymentStatus(target="batch", model=model_name, deployed=last["path"] in present,
+                            version=last.get("version"), location=last["path"], details=details)
+
+
+@hookimpl
+def undeploy(model_name: str, options: Options | None, run: RunContext) -> DeploymentStatus:
+    """Delete the predictions files recorded for `model_name`, then the record; refuse any file outside
+    where this target writes (deleting nothing)."""
+    options = options or Options()
+    workdir = Path(run.workdir)
+    path = _record_path(workdir, model_name)
+    files = _read_record(path)
+    if not files:
+        return DeploymentStatus(target="batch", model=model_name, deployed=False, details={"removed": []})
+    allowed_dir = (workdir / DEFAULT_DIR).resolve()
+    configured = _resolve(options.output, workdir).resolve() if options.output else None
+    for entry in files:
+        real = Path(entry["path"]).resolve()  # symlinks followed: a link to elsewhere is refused too
+        if not (real.is_relative_to(allowed_dir) or real == configured):
+            raise OpsloopError(f"batch: refusing to remove {entry['path']} recorded in {path}: it is outside "
+                               f"where this target writes ({allowed_dir}"
+                               f"{' or ' + str(configured) if configured else ''}); nothing was removed")
+        if os.path.lexists(entry["path"]) and not os.path.isfile(entry["path"]):
+            raise OpsloopError(f"batch: refusing to remove {entry['path']} recorded in {path}: it is not a file; "
+                               "nothing was removed")
+    removed, missing = [], []
+    for entry in files:
+        target = Path(entry["path"])
+        if target.is_file():
+            target.unlink()
+            removed.append(entry["path"])
+        else:
+            missing.append(entry["path"])
+    path.unlink()
+    last = files[-1]
+    run.log.info("batch: removed %d predictions file(s) of %s", len(removed), model_name)
+    details: dict[str, Any] = {"removed": [*removed, str(path)]}
+    if missing:
+        details["already_gone"] = missing
+    return DeploymentStatus(target="batch", model=model_name, deployed=False, version=last.get("version"),
+                            location=last["path"], details=details)
 
 
 def _open_log(options: Options, version: ModelVersion, manifest: Mapping[str, Any], columns: list[str],

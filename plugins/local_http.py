@@ -18,6 +18,13 @@ whose process is gone, or that does not answer, is stale: a new server is
 started. `opsloop serve --stop --model NAME --alias ALIAS` stops it (SIGTERM:
 logged predictions are written before it exits).
 
+`deploy_status` (`opsloop deploy status`) reads that file: deployed when its
+process is a live opsloop server, and the version is the one the server says
+it serves (its model metadata), not what the alias says. `undeploy`
+(`opsloop deploy remove`) stops that server with SIGTERM, as `--stop` does,
+waits up to a minute for it to exit, and removes the state file (a stale one
+too). Neither moves the alias; the server's log file is kept.
+
 Options (`[deploy.local-http]`):
     alias: Alias served and moved (default "production").
     host: Interface (default "127.0.0.1").
@@ -57,7 +64,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from opsloop import Deployment, hookimpl
 from opsloop.errors import OpsloopError
-from opsloop.serving.server import is_server, read_state, state_path
+from opsloop.serving.server import alive, is_server, read_state, state_path
+from opsloop.types import DeploymentStatus
 from opsloop.serving.settings import TOKEN_ENV, bounded, default, read_token, retention, within
 from opsloop.store import check_name
 
@@ -166,6 +174,79 @@ def deploy(version: ModelVersion, model: LoadedModel, dataset: Dataset | None, o
                  state["url"], proc.pid)
     return Deployment(target="local-http", model=version.ref, location=_endpoint(state["url"], version.name),
                       details={"action": "started", "pid": proc.pid, "url": state["url"], "log": str(log)})
+
+
+#: Seconds `undeploy` waits for a server to drain its log and exit after SIGTERM.
+STOP_TIMEOUT = 60.0
+
+
+def _served(name: str, state: dict[str, Any], token: str | None) -> str | None:
+    """`name:version` the server of `state` says it serves, or None when it does not answer."""
+    meta = _metadata(state["url"], name, token)
+    served = (meta or {}).get("versions") or [None]
+    return f"{name}:{served[0]}" if served[0] is not None else None
+
+
+@hookimpl
+def deploy_status(model_name: str, options: Options | None, run: RunContext) -> DeploymentStatus:
+    """Whether a server for `model_name@alias` runs from this working directory, and what it serves (asked)."""
+    options = options or Options()
+    path = state_path(Path(run.workdir).absolute(), model_name, options.alias)
+    state = read_state(path)
+    details: dict[str, Any] = {"alias": options.alias}
+    if state is None:
+        if path.exists():
+            details["state_file"] = f"{path} (unreadable)"
+        return DeploymentStatus(target="local-http", model=model_name, deployed=False, details=details)
+    if not is_server(state):
+        details.update(state_file=str(path), stale=f"process {state.get('pid')} is gone")
+        return DeploymentStatus(target="local-http", model=model_name, deployed=False, details=details)
+    version = _served(model_name, state, read_token(options.token_env, options.token_for))
+    details.update(pid=state["pid"], url=state.get("url"), answering=version is not None, state_file=str(path))
+    return DeploymentStatus(target="local-http", model=model_name, deployed=True, version=version,
+                            location=_endpoint(state["url"], model_name), details=details)
+
+
+@hookimpl
+def undeploy(model_name: str, options: Options | None, run: RunContext) -> DeploymentStatus:
+    """Stop the server for `model_name@alias` (SIGTERM, then wait for it to exit) and remove its state file."""
+    import signal
+
+    options = options or Options()
+    path = state_path(Path(run.workdir).absolute(), model_name, options.alias)
+    state = read_state(path)
+    removed: list[str] = []
+    if state is None:
+        if path.exists():  # unreadable: no process to stop, and nothing else reads it
+            path.unlink()
+            removed.append(f"unreadable state file {path}")
+        return DeploymentStatus(target="local-http", model=model_name, deployed=False,
+                                details={"alias": options.alias, "removed": removed})
+    version = location = None
+    if is_server(state):
+        pid = int(state["pid"])
+        with contextlib.suppress(OpsloopError):  # an empty token variable: the version is only for the report
+            version = _served(model_name, state, read_token(options.token_env, options.token_for))
+        location = _endpoint(state["url"], model_name)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while alive(pid):
+            if time.monotonic() > deadline:
+                raise OpsloopError(f"local-http: the server for {model_name}@{options.alias} (pid {pid}, "
+                                   f"{state.get('url')}) did not stop within {STOP_TIMEOUT:.0f} s of SIGTERM; "
+                                   f"see its log {path.with_suffix('.log')}")
+            time.sleep(0.05)
+        with contextlib.suppress(ChildProcessError, OSError):  # our own child (deployed by this process): reap it
+            os.waitpid(pid, os.WNOHANG)
+        removed.append(f"server pid {pid} at {state.get('url')}")
+        run.log.info("local-http: stopped the server for %s@%s (pid %d)", model_name, options.alias, pid)
+    if (read_state(path) or {}).get("pid") == state.get("pid"):  # a clean stop removes it; a stale one is left
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    removed.append(f"state file {path}")
+    return DeploymentStatus(target="local-http", model=model_name, deployed=False, version=version,
+                            location=location, details={"alias": options.alias, "removed": removed})
 
 
 def _move_alias(version: ModelVersion, alias: str, run: RunContext) -> None:

@@ -1,15 +1,241 @@
 """`opsloop deploy status` and `opsloop deploy remove`: the deploy_status and undeploy hooks of the built-in
-deploy targets (batch, local-http), on real runs of the small telemetry set."""
+deploy targets (batch, local-http), on real runs of the small telemetry set (opsloop.testing.data), and what
+the commands do with a target that lacks the hooks or breaks them."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import socket
+import time
 import types
+import urllib.request
+from pathlib import Path
+from typing import Any
 
 import pytest
 from opsloop import hookimpl
 from opsloop.errors import PluginLoadError
 from opsloop.manager import PluginManager
-from opsloop.types import DeploymentStatus
+from opsloop.serving.server import alive, read_state, state_path
+from opsloop.testing.data import small_config, small_telemetry
+from opsloop.types import Deployment, DeploymentStatus
+
+MODEL = "small-telemetry"  # small_config's [project] name
+
+
+@pytest.fixture(scope="module")
+def telemetry_csv(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    path = tmp_path_factory.mktemp("data") / "telemetry.csv"
+    small_telemetry().to_csv(path, index=False)
+    return path.read_bytes()
+
+
+def _project(opsloop_project: Any, telemetry_csv: bytes, deploy: dict[str, Any], plugins: dict | None = None) -> Any:
+    return opsloop_project(config=small_config(deploy=deploy), files={"telemetry.csv": telemetry_csv},
+                           plugins=plugins)
+
+
+def _stop(pid: int) -> None:
+    """Cleanup after a failed test: the server must not outlive it."""
+    if alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def _production(project: Any) -> int:
+    (model,) = project.run("models", "list", "--json").assert_ok().json
+    return model["aliases"]["production"]
+
+
+# ---------------------------------------------------------------------------
+# local-http: a real server, started by `opsloop run`'s deploy stage
+# ---------------------------------------------------------------------------
+
+
+def test_local_http_status_asks_the_server_then_remove_stops_it(opsloop_project: Any, telemetry_csv: bytes) -> None:
+    project = _project(opsloop_project, telemetry_csv,
+                       {"plugins": ["local-http"], "local-http": {"port": 0, "poll_interval": 0.1}})
+    project.run("run").assert_ok()
+    state_file = state_path(project.path, MODEL, "production")
+    state = read_state(state_file)
+    assert state is not None, "the deploy stage started no server"
+    pid = state["pid"]
+    try:
+        project.run("run", "--promote", "--set", "train.xgboost.n_estimators=20").assert_ok()  # version 2, hot-swapped
+
+        (row,) = project.run("deploy", "status", "--json").assert_ok().json["targets"]
+        assert row["target"] == "local-http" and row["deployed"] is True and row["version"] == f"{MODEL}:2"
+        assert row["details"]["pid"] == pid and alive(pid)
+        assert row["location"] == f"{state['url']}/v2/models/{MODEL}"
+        with urllib.request.urlopen(row["location"], timeout=10) as answer:  # it answers HTTP, as reported
+            assert json.loads(answer.read())["versions"] == ["2"]
+
+        removed = project.run("deploy", "remove", "--json").assert_ok().json["targets"]
+        assert [(r["target"], r["deployed"], r["version"]) for r in removed] == [("local-http", False, f"{MODEL}:2")]
+        assert any(str(pid) in item for item in removed[0]["removed"])
+        assert not alive(pid)
+        with pytest.raises(OSError), socket.create_connection((state["host"], state["port"]), timeout=5):
+            pass
+        assert not state_file.exists()
+        assert state_file.with_suffix(".log").exists()  # the server's log is kept
+
+        (after,) = project.run("deploy", "status", "--json").assert_ok().json["targets"]
+        assert after["deployed"] is False and after["version"] is None and after["location"] is None
+        assert _production(project) == 2  # the alias did not move
+        again = project.run("deploy", "remove")
+        assert again.assert_ok().stdout.strip() == f"nothing deployed for {MODEL}"
+    finally:
+        _stop(pid)
+
+
+def test_local_http_remove_clears_a_stale_state_file(opsloop_project: Any, telemetry_csv: bytes) -> None:
+    project = _project(opsloop_project, telemetry_csv, {"plugins": ["local-http"]})
+    state_file = state_path(project.path, MODEL, "production")
+    state_file.parent.mkdir(parents=True)
+    state_file.write_text(json.dumps({"pid": 999999, "url": "http://127.0.0.1:9", "port": 9}), encoding="utf-8")
+
+    (row,) = project.run("deploy", "status", "--json").assert_ok().json["targets"]
+    assert row["deployed"] is False and "999999" in row["details"]["stale"]
+    (gone,) = project.run("deploy", "remove", "--json").assert_ok().json["targets"]
+    assert gone["removed"] == [f"state file {state_file}"] and not state_file.exists()
+
+
+# ---------------------------------------------------------------------------
+# batch: the predictions files it wrote, and nothing else
+# ---------------------------------------------------------------------------
+
+
+def test_batch_status_lists_its_files_and_remove_deletes_exactly_them(opsloop_project: Any,
+                                                                      telemetry_csv: bytes) -> None:
+    project = _project(opsloop_project, telemetry_csv, {"plugins": ["batch"]})
+    predictions = project.path / ".opsloop" / "predictions"
+    predictions.mkdir(parents=True)
+    (predictions / "mine.csv").write_text("a,b\n1,2\n", encoding="utf-8")  # an operator's file beside batch's
+    project.run("run").assert_ok()
+    project.run("run", "--promote", "--set", "train.xgboost.n_estimators=20").assert_ok()
+    first, second = predictions / f"{MODEL}-v1.parquet", predictions / f"{MODEL}-v2.parquet"
+    assert first.is_file() and second.is_file()
+
+    (row,) = project.run("deploy", "status", "--json").assert_ok().json["targets"]
+    assert row["deployed"] is True and row["version"] == f"{MODEL}:2" and row["location"] == str(second)
+    assert row["details"]["files"] == [str(first), str(second)] and row["details"]["rows"] > 0
+    table = project.run("deploy", "status").assert_ok().stdout
+    assert "batch" in table and f"{MODEL}:2" in table
+
+    before = sorted(p for p in project.path.rglob("*") if p.is_file())
+    done = project.run("deploy", "remove").assert_ok().stdout
+    assert done.startswith(f"batch: removed {MODEL}:2: ") and str(first) in done and str(second) in done
+    after = sorted(p for p in project.path.rglob("*") if p.is_file())
+    record = project.path / ".opsloop" / "deploy" / "batch" / f"{MODEL}.json"
+    assert set(before) - set(after) == {first, second, record}
+    assert (predictions / "mine.csv").read_text(encoding="utf-8") == "a,b\n1,2\n"
+    assert (project.path / ".opsloop" / "serving" / "predictions.db").exists()  # the monitoring history stays
+
+    (gone,) = project.run("deploy", "status", "--json").assert_ok().json["targets"]
+    assert gone["deployed"] is False and gone["version"] is None
+    assert _production(project) == 2
+
+
+def test_batch_refuses_to_remove_a_recorded_file_outside_where_it_writes(opsloop_project: Any, telemetry_csv: bytes,
+                                                                         tmp_path_factory: pytest.TempPathFactory
+                                                                         ) -> None:
+    project = _project(opsloop_project, telemetry_csv, {"plugins": ["batch"]})
+    project.run("run").assert_ok()
+    record = project.path / ".opsloop" / "deploy" / "batch" / f"{MODEL}.json"
+    content = json.loads(record.read_text(encoding="utf-8"))
+    outside = tmp_path_factory.mktemp("elsewhere") / "precious.parquet"
+    outside.write_bytes(b"not batch's")
+    content["files"].append({"path": str(outside), "version": f"{MODEL}:9"})
+    record.write_text(json.dumps(content), encoding="utf-8")
+
+    project.run("deploy", "remove").assert_error('plugin "batch"', "failed in undeploy", str(outside),
+                                                 "nothing was removed")
+    assert outside.read_bytes() == b"not batch's"
+    assert Path(content["files"][0]["path"]).is_file() and record.is_file()
+
+
+def test_batch_removes_its_configured_output_outside_the_default_directory(opsloop_project: Any,
+                                                                          telemetry_csv: bytes) -> None:
+    project = _project(opsloop_project, telemetry_csv, {"plugins": ["batch"], "batch": {"output": "out/scores.csv"}})
+    project.run("run").assert_ok()
+    output = project.path / "out" / "scores.csv"
+    (row,) = project.run("deploy", "status", "--json").assert_ok().json["targets"]
+    assert row["deployed"] is True and row["location"] == str(output)
+    (gone,) = project.run("deploy", "remove", "--json").assert_ok().json["targets"]
+    assert str(output) in gone["removed"] and not output.exists()
+
+
+# ---------------------------------------------------------------------------
+# Targets without the hooks, or breaking them; nothing deployed
+# ---------------------------------------------------------------------------
+
+
+def _deploy_only() -> types.SimpleNamespace:
+    def deploy(version: Any) -> Deployment:
+        return Deployment(target="bare", model=version.ref, location="nowhere")
+
+    return types.SimpleNamespace(deploy=hookimpl(deploy))
+
+
+def test_a_target_without_the_hooks_is_named_not_a_crash(opsloop_project: Any, telemetry_csv: bytes) -> None:
+    project = _project(opsloop_project, telemetry_csv, {"plugins": ["bare", "batch"]}, plugins={"bare": _deploy_only()})
+
+    rows = project.run("deploy", "status", "--json").assert_ok().json["targets"]
+    assert [(r["target"], r["deployed"], r.get("note")) for r in rows] == [("bare", None, "does not report status"),
+                                                                           ("batch", False, None)]
+    assert "does not report status" in project.run("deploy", "status").assert_ok().stdout
+
+    out = project.run("deploy", "remove").assert_ok().stdout.splitlines()
+    assert out == ["batch: nothing deployed",
+                   'deploy target "bare" cannot remove what it deployed: it does not implement the undeploy hook '
+                   "(take it down by hand)"]
+    project.run("deploy", "remove", "--target", "bare").assert_error('deploy target "bare"', "undeploy")
+
+
+def test_nothing_deployed_exits_0_and_says_so(opsloop_project: Any, telemetry_csv: bytes) -> None:
+    project = _project(opsloop_project, telemetry_csv, {"plugins": ["batch"]})
+    assert project.run("deploy", "remove").assert_ok().stdout.strip() == f"nothing deployed for {MODEL}"
+    # --target reaches a target the config no longer selects (no server: nothing to stop)
+    assert project.run("deploy", "remove", "--target", "local-http").assert_ok().stdout.strip() == \
+        f"nothing deployed for {MODEL}"
+    project.run("deploy", "remove", "--target", "local-htp").assert_error("local-htp", "local-http")
+    assert project.run("deploy", "status", "--model", "other", "--json").assert_ok().json["model"] == "other"
+
+
+def test_a_broken_target_is_one_line_naming_it_and_the_others_still_answer(opsloop_project: Any,
+                                                                           telemetry_csv: bytes,
+                                                                           register_plugin: Any) -> None:
+    def deploy_status(model_name: str) -> dict:
+        return {"deployed": True}  # not a DeploymentStatus
+
+    def undeploy(model_name: str) -> DeploymentStatus:
+        raise RuntimeError("the cluster said no\nsecond line")
+
+    broken = types.SimpleNamespace(deploy=_deploy_only().deploy, deploy_status=hookimpl(deploy_status),
+                                   undeploy=hookimpl(undeploy))
+    register_plugin(broken, "broken", dist="opsloop-broken", version="0.3")
+    project = _project(opsloop_project, telemetry_csv, {"plugins": ["broken", "batch"]})
+
+    status = project.run("deploy", "status", "--json")
+    assert status.exit_code == 1
+    rows = status.json["targets"]
+    assert rows[0]["error"].startswith('plugin "broken" (opsloop-broken 0.3) failed in deploy_status: ')
+    assert "returned dict, not a DeploymentStatus" in rows[0]["error"]
+    assert rows[1]["target"] == "batch" and rows[1]["deployed"] is False
+
+    removed = project.run("deploy", "remove")
+    removed.assert_error('plugin "broken" (opsloop-broken 0.3) failed in undeploy', "the cluster said no")
+    assert len(removed.stderr.strip().splitlines()) == 1
+    assert "batch: nothing deployed" in removed.stdout
+
+
+# ---------------------------------------------------------------------------
+# The hooks themselves
+# ---------------------------------------------------------------------------
 
 
 def test_a_target_implementing_deploy_status_and_undeploy_loads_and_is_called():
@@ -30,3 +256,4 @@ def test_a_misspelt_undeploy_is_refused_when_the_plugin_loads():
     plugin = types.SimpleNamespace(undeploy_model=hookimpl(lambda model_name: None))
     with pytest.raises(PluginLoadError, match="undeploy_model"):
         PluginManager(known={}, conflicts={}).register(plugin, "t")
+
