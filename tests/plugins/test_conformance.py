@@ -1,6 +1,6 @@
 """opsloop's own built-ins pass the conformance suites a vendor runs on its plugin (docs/conformance.md)."""
 
-from opsloop.testing.conformance import MonitorSuite, PreprocessSuite, TrainerSuite
+from opsloop.testing.conformance import MonitorSuite, PolicySuite, PreprocessSuite, TrainerSuite
 
 
 class TestXGBoost(TrainerSuite, plugin="xgboost", options={"n_estimators": 30, "n_jobs": 1}): pass
@@ -18,3 +18,6 @@ class TestQualityMonitor(MonitorSuite, plugin="quality-monitor"): pass
 class TestDriftMonitor(MonitorSuite, plugin="drift-monitor"): pass
 class TestEstimateMonitor(MonitorSuite, plugin="estimate-monitor"): pass
 class TestSchemaCheckMonitor(MonitorSuite, plugin="schema-check"): pass
+
+
+class TestThresholdPolicy(PolicySuite, plugin="threshold-policy"): pass
