@@ -621,7 +621,10 @@ def _threshold_summary(threshold: dict[str, Any] | None) -> str:
 
 
 def _figures(metrics: Any) -> str:
+    """The headline figures of a report for a stage's one-line summary: the well-known ones, else the report's
+    own first plain figures (a third-party monitor names its figures as it likes)."""
     names = ("accuracy", "precision", "recall", "f1", "roc_auc", "rmse", "drift_max_psi", "estimated_f1")
-    keys = [k for k in names if k in metrics]
+    keys = [k for k in names if k in metrics] or [k for k, v in metrics.items()
+                                                  if "[" not in k and k != "rows" and isinstance(v, (int, float))]
     return ", ".join(f"{k} {metrics[k]:.3f}" for k in keys[:5]) or "-"
 

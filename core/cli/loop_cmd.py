@@ -126,6 +126,9 @@ def render_cycle(result: CycleResult) -> list[Any]:
                    f"champion {_num(gate['champion'])}, margin {_signed(gate['margin'])}{interval}: "
                    f"{gate['winner']} wins")
     out.extend(f"[dim]note:[/dim] {escape(note)}" for note in result.notes)
+    from opsloop.cli.summary import monitor_tables
+
+    out.extend(monitor_tables(result.reports))
     return out
 
 

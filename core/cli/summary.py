@@ -34,6 +34,9 @@ def figure_rows(report: MonitorReport, per_family: int = FAMILY_ROWS) -> Iterato
     """
     from rich.markup import escape  # `psi[m02]` is not a style: brackets shown as they are
 
+    if not report.metrics:  # a row that says so, not an empty table
+        yield "(this monitor reported no figures)", "-", "-"
+        return
     nan = float("nan")
     families: dict[str, list[tuple[str, float]]] = {}
     for name, value in report.metrics.items():
@@ -67,6 +70,18 @@ def _order(value: Any, higher_better: bool) -> tuple[int, float]:
     return (0, float(value) if higher_better else -float(value))
 
 
+def monitor_tables(reports: list[MonitorReport]) -> list[Any]:
+    """Per report, a table of that monitor's own figures (whatever it names them), then its alerts."""
+    from rich.markup import escape
+
+    out: list[Any] = []
+    for report in reports:
+        out.append(table(f"Monitor {escape(report.monitor)} on {report.model} ({report.rows:,} rows)",
+                         ["figure", "monitored", "at validation"], figure_rows(report)))
+        out.extend(f"[yellow]alert[/yellow] {escape(alert)}" for alert in report.alerts)
+    return out
+
+
 def run_summary(result: RunResult, config: Config) -> list[Any]:
     """Renderables: stages, versions with metrics, monitor figures, the decision."""
     out: list[Any] = [table(f"Run {result.run_id} ({config.source})", ["stage", "plugins", "seconds", "result"],
@@ -78,11 +93,7 @@ def run_summary(result: RunResult, config: Config) -> list[Any]:
                           for v in result.versions)))
     from rich.markup import escape
 
-    for report in result.reports:
-        out.append(table(f"Monitor {report.monitor} on {report.model} ({report.rows:,} rows)",
-                         ["figure", "monitored", "at validation"], figure_rows(report)))
-        for alert in report.alerts:
-            out.append(f"[yellow]alert[/yellow] {escape(alert)}")
+    out.extend(monitor_tables(result.reports))
     if result.decision is not None:
         verdict = "[bold red]retrain[/bold red]" if result.decision.retrain else "[bold green]keep[/bold green]"
         out.append(f"Decision: {verdict}")
