@@ -154,6 +154,11 @@ class Session:
             names.extend(n for n in self.plugins_behind(used_section, used) if n not in names)
         return names
 
+    def plugin_options(self, name: str) -> Any:
+        """Plugin `name`'s own checked options, as its observer hooks get them: `[plugins.<name>]` when
+        `[plugins] enable` lists it, else its table in the first stage that selects it; None without options."""
+        return self.plugins.observer_options.get(name)
+
     def options_for(self, section: str, name: str) -> Any:
         """The checked options of a selected plugin."""
         return self.options[(section, name)]
@@ -195,3 +200,25 @@ class Session:
                              "check [store] uri and plugins")
         return store
 
+
+def plugin_options(name: str, config: Config | Path | str | None = None) -> Any:
+    """A plugin's own options, read and checked from a config, for code that no hook hands them to (a command a
+    plugin adds with `add_commands`, a script): `[plugins.<name>]` if `[plugins] enable` lists the plugin, else
+    its table in the stage that selects it; an instance of the class its `plugin_options` hook returns, or None.
+
+    Args:
+        name: The plugin's name.
+        config: A Config, a path to a config file, or None for `opsloop.toml` in the current directory.
+
+    Raises:
+        ConfigError: the table is misspelt or its values are wrong (the same one-line errors `config check` gives).
+    """
+    from opsloop.config import read
+
+    cfg = config if isinstance(config, Config) else read(Path(config) if config is not None else None)
+    session = Session.open(cfg)
+    if name not in session.plugins.observer_options:
+        raise ConfigError(f'plugin "{name}" is neither in [plugins] enable nor selected by a stage, so it has no '
+                          "options in this config", section="plugins", key="enable", source=cfg.source,
+                          suggestion=closest(name, session.plugins.observer_options))
+    return session.plugin_options(name)
