@@ -1,6 +1,13 @@
-"""opsloop's own built-ins pass the conformance suites a vendor runs on its plugin (docs/conformance.md)."""
+"""opsloop's own built-ins pass the conformance suites a vendor runs on its plugin (docs/conformance.md).
 
-from opsloop.testing.conformance import MonitorSuite, PolicySuite, PreprocessSuite, TrainerSuite
+One line per built-in; postgres-store runs on the test server of store_contract.py (OPSLOOP_TEST_PG, or
+tests/services/postgres.sh), skipped with the reason when there is none.
+"""
+
+import pytest
+import store_contract  # registered by conftest.py: the PostgreSQL test server, shared with the store tests
+
+from opsloop.testing.conformance import MonitorSuite, PolicySuite, PreprocessSuite, StoreSuite, TrainerSuite
 
 
 class TestXGBoost(TrainerSuite, plugin="xgboost", options={"n_estimators": 30, "n_jobs": 1}): pass
@@ -21,3 +28,14 @@ class TestSchemaCheckMonitor(MonitorSuite, plugin="schema-check"): pass
 
 
 class TestThresholdPolicy(PolicySuite, plugin="threshold-policy"): pass
+
+
+class TestLocalStore(StoreSuite, plugin="local-store"): pass
+
+
+class TestPostgresStore(StoreSuite, plugin="postgres-store", foreign_uri=".opsloop"):
+    @pytest.fixture
+    def store_uri(self, tmp_path):
+        backend = store_contract.PostgresBackend(store_contract.require_pg())
+        yield backend.uri(tmp_path / "bundles")
+        backend.cleanup()
