@@ -28,6 +28,9 @@ One `opsloop run` calls them in this order:
    `tune_space`, then runs `preprocess` and `validate` once per trial with
    the trial's options; validators report each fold through
    `RunContext.fold_scored`, so that a hopeless trial ends early.
+7. `opsloop deploy status` asks each deploy plugin what it has out
+   (`deploy_status`); `opsloop deploy remove` takes it down (`undeploy`).
+   Neither moves an alias.
 
 Stage hooks (`preprocess`, `train`, `validate`, `deploy`, `monitor`,
 `decide_retrain`) are called only on the plugins selected for the stage, in

@@ -190,7 +190,7 @@ def deploy(version: ModelVersion, model: LoadedModel, dataset: Dataset | None, o
 def _record_path(workdir: Path, model_name: str) -> Path:
     from opsloop.store import check_name
 
-    check_name(model_name, "model")  # a name never reaches outside the record directory
+    check_name(model_name, "model name")  # a name never reaches outside the record directory
     return Path(workdir) / RECORD_DIR / f"{model_name}.json"
 
 
@@ -247,7 +247,7 @@ def deploy_status(model_name: str, options: Options | None, run: RunContext) -> 
         return DeploymentStatus(target="batch", model=model_name, deployed=False)
     last = files[-1]
     present = [f["path"] for f in files if os.path.isfile(f["path"])]
-    details = {k: last[k] for k in ("rows", "written_at", "run_id", "request_id") if k in last}
+    details: dict[str, Any] = {k: last[k] for k in ("rows", "written_at", "run_id", "request_id") if k in last}
     details.update(files=present, record=str(path))
     if last["path"] not in present:
         details["missing"] = last["path"]

@@ -191,7 +191,7 @@ def _served(name: str, state: dict[str, Any], token: str | None) -> str | None:
 def deploy_status(model_name: str, options: Options | None, run: RunContext) -> DeploymentStatus:
     """Whether a server for `model_name@alias` runs from this working directory, and what it serves (asked)."""
     options = options or Options()
-    path = state_path(Path(run.workdir).absolute(), model_name, options.alias)
+    path = state_path(Path(run.workdir).absolute(), check_name(model_name, "model name"), options.alias)
     state = read_state(path)
     details: dict[str, Any] = {"alias": options.alias}
     if state is None:
@@ -213,7 +213,7 @@ def undeploy(model_name: str, options: Options | None, run: RunContext) -> Deplo
     import signal
 
     options = options or Options()
-    path = state_path(Path(run.workdir).absolute(), model_name, options.alias)
+    path = state_path(Path(run.workdir).absolute(), check_name(model_name, "model name"), options.alias)
     state = read_state(path)
     removed: list[str] = []
     if state is None:

@@ -33,6 +33,7 @@ def _open(config: Any, set_: list[str] | None, model: str | None,
     from opsloop import config as config_mod
     from opsloop.errors import OpsloopError
     from opsloop.session import Session
+    from opsloop.store import check_name
     from opsloop.types import RunContext
 
     overrides = list(set_ or ())
@@ -43,8 +44,8 @@ def _open(config: Any, set_: list[str] | None, model: str | None,
     if not names:
         raise OpsloopError(f"no deploy target selected: set [deploy] plugins in {cfg.source} "
                            '(for example ["batch"]) or name one with --target')
+    name = check_name(model or cfg.project.name, "model name")  # targets build paths from it
     session = Session.open(cfg, sections=("deploy",))
-    name = model or cfg.project.name
     run = RunContext(run_id=uuid.uuid4().hex[:12], workdir=Path(cfg.workdir), model_name=name,
                      seed=cfg.project.seed, config=cfg)
     return session, run, names
@@ -62,6 +63,15 @@ def _call(session: Session, target: str, hook: str, run: RunContext) -> Deployme
         raise PluginCallError(target, hook, TypeError(f"returned {type(result).__name__}, not a DeploymentStatus"),
                               dist=info.label if info else None)
     return result
+
+
+def _fail_on_errors(rows: list[dict[str, Any]]) -> None:
+    """Each target's error as one line on stderr (JSON stays on stdout), then exit 1; nothing when none failed."""
+    errors = [r["error"] for r in rows if "error" in r]
+    if errors:
+        for line in errors:
+            typer.echo(f"error: {line}", err=True)
+        raise typer.Exit(1)
 
 
 def _row(status: DeploymentStatus) -> dict[str, Any]:
@@ -111,12 +121,7 @@ def status(model: ModelOption = None, json_: JsonOption = False, config: ConfigO
         console.print(table(f"deployments of {run.model_name}", ["target", "deployed", "version", "location", "note"],
                             ([r["target"], deployed(r), r["version"] or "-", r["location"] or "-", note(r)]
                              for r in rows)))
-    errors = [r["error"] for r in rows if "error" in r]
-    if errors:
-        if not json_:
-            for line in errors:
-                typer.echo(f"error: {line}", err=True)
-        raise typer.Exit(1)
+    _fail_on_errors(rows)
 
 
 @deploy_app.command("remove")
@@ -174,8 +179,4 @@ def remove(model: ModelOption = None,
         for row in rows:
             if "note" in row:
                 console.print(escape(row["note"]), soft_wrap=True)
-    errors = [r["error"] for r in rows if "error" in r]
-    if errors:
-        for line in errors:
-            typer.echo(f"error: {line}", err=True)
-        raise typer.Exit(1)
+    _fail_on_errors(rows)

@@ -204,6 +204,7 @@ def test_nothing_deployed_exits_0_and_says_so(opsloop_project: Any, telemetry_cs
         f"nothing deployed for {MODEL}"
     project.run("deploy", "remove", "--target", "local-htp").assert_error("local-htp", "local-http")
     assert project.run("deploy", "status", "--model", "other", "--json").assert_ok().json["model"] == "other"
+    project.run("deploy", "remove", "--model", "../../x").assert_error("invalid model name '../../x'")
 
 
 def test_a_broken_target_is_one_line_naming_it_and_the_others_still_answer(opsloop_project: Any,
@@ -226,6 +227,7 @@ def test_a_broken_target_is_one_line_naming_it_and_the_others_still_answer(opslo
     assert rows[0]["error"].startswith('plugin "broken" (opsloop-broken 0.3) failed in deploy_status: ')
     assert "returned dict, not a DeploymentStatus" in rows[0]["error"]
     assert rows[1]["target"] == "batch" and rows[1]["deployed"] is False
+    assert status.stderr.startswith('error: plugin "broken"') and len(status.stderr.strip().splitlines()) == 1
 
     removed = project.run("deploy", "remove")
     removed.assert_error('plugin "broken" (opsloop-broken 0.3) failed in undeploy', "the cluster said no")
