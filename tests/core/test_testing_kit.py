@@ -104,3 +104,17 @@ def test_the_testing_extra_holds_exactly_what_the_kit_imports():
     needed = {dist_of.get(m, m) for m in third_party}
     assert needed - base - extra == set(), "imported by opsloop.testing but in neither the dependencies nor [testing]"
     assert extra <= needed | {"pytest"}, "in [testing] but not imported by opsloop.testing"
+
+
+def test_a_failing_double_registers_nothing(opsloop_project, override_plugin):
+    """The example of docs/testing-plugins.md, as written there."""
+    from opsloop.plugins import xgboost_trainer
+
+    @hookimpl
+    def train(dataset, options, run):
+        raise MemoryError("no room")
+
+    override_plugin("xgboost", SimpleNamespace(train=train, plugin_options=xgboost_trainer.plugin_options))
+    project = opsloop_project(small=True)
+    project.run("run").assert_error('plugin "xgboost" (test double of opsloop', "MemoryError")
+    assert project.run("models", "list", "--json").json == []
