@@ -7,7 +7,7 @@ tests/services/postgres.sh), skipped with the reason when there is none.
 import pytest
 import store_contract  # registered by conftest.py: the PostgreSQL test server, shared with the store tests
 
-from opsloop.testing.conformance import MonitorSuite, PolicySuite, PreprocessSuite, StoreSuite, TrainerSuite
+from opsloop.testing.conformance import MonitorSuite, PolicySuite, PreprocessSuite, SourceSuite, StoreSuite, TrainerSuite
 
 
 class TestXGBoost(TrainerSuite, plugin="xgboost", options={"n_estimators": 30, "n_jobs": 1}): pass
@@ -39,3 +39,16 @@ class TestPostgresStore(StoreSuite, plugin="postgres-store", foreign_uri=".opslo
         backend = store_contract.PostgresBackend(store_contract.require_pg())
         yield backend.uri(tmp_path / "bundles")
         backend.cleanup()
+
+
+class TestFilesSource(SourceSuite, plugin="files", source="telemetry.csv"): pass
+
+
+#: The embedded ASD set cut to the small set's servers and days, so that its run takes seconds.
+SMALL_ASD = "entity in ['omi-1', 'omi-9', 'omi-10'] and timestamp >= '2024-01-03'"
+
+
+class TestEmbeddedSource(SourceSuite, plugin="embedded", source="embedded:asd",
+                         data={"train": f"{SMALL_ASD} and timestamp < '2024-01-09'",
+                               "monitor": f"{SMALL_ASD} and timestamp >= '2024-01-09' and timestamp < '2024-01-13'"}):
+    pass
