@@ -45,4 +45,14 @@ if [ -f tests/services/prometheus.sh ]; then
   fi
 fi
 
+# Headless Chromium (Debian's package) opens `opsloop report`'s page in tests/cli/test_report.py: installed
+# by tests/services/chromium.sh (as root with apt-get), which prints its path. Without it that test skips.
+if [ -f tests/services/chromium.sh ]; then
+  if env_line=$(bash tests/services/chromium.sh); then
+    export "$env_line"
+  else
+    echo "Chromium not available: the report's browser test will be skipped" >&2
+  fi
+fi
+
 python -m pytest "$@"
