@@ -10,6 +10,7 @@ import signal
 import socket
 import time
 import types
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from opsloop.testing.data import small_config, small_telemetry
 from opsloop.types import Deployment, DeploymentStatus
 
 MODEL = "small-telemetry"  # small_config's [project] name
+TOKEN = "deploy-status-test-token-0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +58,11 @@ def _production(project: Any) -> int:
 # ---------------------------------------------------------------------------
 
 
-def test_local_http_status_asks_the_server_then_remove_stops_it(opsloop_project: Any, telemetry_csv: bytes) -> None:
-    project = _project(opsloop_project, telemetry_csv,
-                       {"plugins": ["local-http"], "local-http": {"port": 0, "poll_interval": 0.1}})
+def test_local_http_status_asks_the_server_then_remove_stops_it(opsloop_project: Any, telemetry_csv: bytes,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPSLOOP_SERVE_TOKEN", TOKEN)  # every endpoint guarded: status must send the token
+    project = _project(opsloop_project, telemetry_csv, {"plugins": ["local-http"], "local-http": {
+        "port": 0, "poll_interval": 0.1, "token_for": "all"}})
     project.run("run").assert_ok()
     state_file = state_path(project.path, MODEL, "production")
     state = read_state(state_file)
@@ -71,7 +75,10 @@ def test_local_http_status_asks_the_server_then_remove_stops_it(opsloop_project:
         assert row["target"] == "local-http" and row["deployed"] is True and row["version"] == f"{MODEL}:2"
         assert row["details"]["pid"] == pid and alive(pid)
         assert row["location"] == f"{state['url']}/v2/models/{MODEL}"
-        with urllib.request.urlopen(row["location"], timeout=10) as answer:  # it answers HTTP, as reported
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(row["location"], timeout=10)
+        request = urllib.request.Request(row["location"], headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(request, timeout=10) as answer:  # it answers HTTP, as reported
             assert json.loads(answer.read())["versions"] == ["2"]
 
         removed = project.run("deploy", "remove", "--json").assert_ok().json["targets"]
