@@ -7,7 +7,7 @@ tests/services/postgres.sh), skipped with the reason when there is none.
 import pytest
 import store_contract  # registered by conftest.py: the PostgreSQL test server, shared with the store tests
 
-from opsloop.testing.conformance import MonitorSuite, PolicySuite, PreprocessSuite, SourceSuite, StoreSuite, TrainerSuite
+from opsloop.testing.conformance import DeploySuite, MonitorSuite, PolicySuite, PreprocessSuite, SourceSuite, StoreSuite, TrainerSuite
 
 
 class TestXGBoost(TrainerSuite, plugin="xgboost", options={"n_estimators": 30, "n_jobs": 1}): pass
@@ -52,3 +52,7 @@ class TestEmbeddedSource(SourceSuite, plugin="embedded", source="embedded:asd",
                          data={"train": f"{SMALL_ASD} and timestamp < '2024-01-09'",
                                "monitor": f"{SMALL_ASD} and timestamp >= '2024-01-09' and timestamp < '2024-01-13'"}):
     pass
+
+
+class TestBatchDeploy(DeploySuite, plugin="batch"): pass
+class TestLocalHttp(DeploySuite, plugin="local-http", options={"port": 0}): pass
