@@ -25,8 +25,8 @@ _EXPORTS = {
     **dict.fromkeys(["BundleError", "ConfigError", "DataError", "OpsloopError", "PluginCallError",
                      "PluginConflictError", "PluginLoadError", "RegistryDamaged", "StoreError", "UnknownPluginError"],
                    "opsloop.errors"),
-    **dict.fromkeys(["Contender", "Dataset", "Deployment", "GateVerdict", "ModelVersion", "MonitorReport", "Preprocessed", "RetrainDecision",
-                     "RunContext", "SearchParam", "SearchSpace", "TrainedModel", "ValidationReport"], "opsloop.types"),
+    **dict.fromkeys(["Contender", "Dataset", "Deployment", "DeploymentStatus", "GateVerdict", "ModelVersion",
+                     "MonitorReport", "Preprocessed", "RetrainDecision", "RunContext", "SearchParam", "SearchSpace", "TrainedModel", "ValidationReport"], "opsloop.types"),
     **dict.fromkeys(["NoFastPath", "Reach", "RowContext", "RowLayout"], "opsloop.rowops"),
 }
 
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
         Contender,
         Dataset,
         Deployment,
+        DeploymentStatus,
         GateVerdict,
         ModelVersion,
         MonitorReport,
