@@ -219,3 +219,85 @@ def test_typed_plugins_run_a_whole_cycle_on_real_data(opsloop_project):
     events = (project.path / "events.log").read_text().splitlines()
     assert "start train typed-trainer" in events and "registered small-telemetry:1" in events
     assert invoke(["typed-command", "hello", "kinds"], project.path).assert_ok().stdout.strip() == "hello kinds"
+
+
+# -- docs/hooks.md, "Types a plugin receives and builds", against the code ---------------------------------------
+
+#: Classes from other modules that hooks pass to plugins, documented beside opsloop.types'.
+OTHER_TYPES = {"LoadedModel": "opsloop.bundle", "ModelFiles": "opsloop.bundle", "AliasChange": "opsloop.store"}
+FIELD = re.compile(r"^- `(\w+)`:\s+`([^`]+)`,\s+(required|default\s+`([^`]*)`)\.", re.MULTILINE)
+
+
+def documented_classes() -> dict[str, type]:
+    import opsloop.types
+
+    found = {n: c for n, c in vars(opsloop.types).items()
+             if isinstance(c, type) and attrs.has(c) and c.__module__ == "opsloop.types" and not n.startswith("_")}
+    for name, module in OTHER_TYPES.items():
+        found[name] = getattr(importlib.import_module(module), name)
+    return found
+
+
+def types_sections() -> dict[str, str]:
+    text = (ROOT / "docs" / "hooks.md").read_text(encoding="utf-8")
+    start = text.index("\n## Types a plugin receives and builds\n")
+    end = text.find("\n## ", start + 1)
+    part = text[start:] if end < 0 else text[start:end]
+    return {chunk.split("\n", 1)[0].strip(): chunk for chunk in part.split("\n### ")[1:]}
+
+
+def default_text(field: attrs.Attribute) -> str | None:
+    """How the docs write a field's default: None for a factory the docs may describe in words."""
+    default = field.default
+    if default is attrs.NOTHING:
+        return "required"
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+        factory = default.factory
+        known = {dict: "{}", list: "[]", tuple: "()", frozenset: "frozenset()"}
+        if factory in known:
+            return known[factory]
+        return f"{factory.__name__}()" if isinstance(factory, type) else None
+    return '""' if default == "" and isinstance(default, str) else (
+        f'"{default}"' if isinstance(default, str) else repr(default))
+
+
+def test_every_type_a_plugin_meets_has_a_section_in_docs_hooks_md():
+    sections = types_sections()
+    assert set(sections) == set(documented_classes()), "docs/hooks.md: a class without a section, or a section " \
+                                                        "for a class that no longer exists"
+
+
+@pytest.mark.parametrize("name", sorted(documented_classes()))
+def test_each_documented_field_has_the_name_type_and_default_of_the_code(name):
+    cls = documented_classes()[name]
+    section = types_sections().get(name, "")
+    module = OTHER_TYPES.get(name, "opsloop.types")
+    assert f"`{module}.{name}`" in section, f"### {name}: say its full name, `{module}.{name}`"
+    documented = {m.group(1): m for m in FIELD.finditer(section)}
+    fields = {f.name: f for f in attrs.fields(cls)}
+    assert list(documented) == list(fields), f"### {name}: fields (in the code's order) differ"
+    for field_name, field in fields.items():
+        match = documented[field_name]
+        assert " ".join(match.group(2).split()) == field.type, f"{name}.{field_name}: type is `{field.type}` in the code"
+        expected = default_text(field)
+        if expected == "required":
+            assert match.group(3) == "required", f"{name}.{field_name} has no default"
+        elif expected is None:
+            assert match.group(3) != "required", f"{name}.{field_name} has a default"
+        else:
+            assert match.group(4) == expected, f"{name}.{field_name}: default is `{expected}` in the code"
+
+
+@pytest.mark.parametrize("name", sorted(documented_classes()))
+def test_each_documented_type_names_its_public_methods(name):
+    cls = documented_classes()[name]
+    section = types_sections().get(name, "")
+    public = [n for n, v in vars(cls).items() if not n.startswith("_")
+              and (inspect.isfunction(v) or isinstance(v, (property, classmethod, staticmethod)))]
+    for method in public:
+        assert re.search(rf"`{method}[`(]", section), f"### {name}: `{method}` is not mentioned"
+
+
+def test_trained_model_params_are_documented_as_what_the_version_registers():
+    section = types_sections()["TrainedModel"]
+    assert "registered version's `params`" in section and "shows `{}`" in section
