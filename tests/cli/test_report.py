@@ -54,6 +54,11 @@ def titled(page: str, start: str) -> dict[str, Any]:
     return found[0]
 
 
+def numbers(values: list[Any]) -> list[Any]:
+    """Figures as a page draws them: NaN (a fold without incidents) and None both as None."""
+    return [None if v is None or v != v else v for v in values]
+
+
 def store(path: Path) -> Any:
     from opsloop import config
     from opsloop.session import Session
@@ -72,7 +77,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("report-trained")
     small_telemetry().to_csv(path / "telemetry.csv", index=False)
     (path / "opsloop.toml").write_text(to_toml(CONFIG), encoding="utf-8")
-    invoke(["run", "--json", "--quiet"], path).assert_ok()
+    run = invoke(["run", "--json", "--quiet"], path).assert_ok()
+    (path / "run.json").write_text(run.stdout, encoding="utf-8")  # its validation reports, with every fold
     return path
 
 
@@ -110,7 +116,7 @@ def test_every_section_is_drawn_from_the_real_figures(looped: Path, page: tuple[
     for trace in fig["data"]:
         metric = trace["meta"]["metric"]
         assert trace["x"] == [1, 2, 3]
-        assert trace["y"] == pytest.approx([v.metrics[metric] for v in versions])
+        assert trace["y"] == pytest.approx(numbers([v.metrics[metric] for v in versions]))
     assert [shape["x0"] for shape in fig["layout"]["shapes"]] == [2]
     # Loop journal: the gate's figures of the one cycle.
     fig = titled(text, "Loop cycles")
@@ -172,18 +178,30 @@ def test_drift_per_feature_and_series_is_what_opsloop_monitor_reports(
 
 
 def test_per_fold_figures_are_the_registered_ones(looped: Path, page: tuple[dict[str, Any], str]) -> None:
+    from opsloop.report import figures as figs
+
     summary, text = page
     with store(looped) as s:
-        kept = {v.version: v.lineage.get("validation") for v in s.versions(MODEL)}
-    if not any(kept.values()):
-        assert summary["sections"]["validation"] == "no per-fold figures"
-        assert "No per-fold figures" in text
-        pytest.skip("this registry keeps no per-fold figures (the runner does not record validation reports in "
-                    "the lineage yet): the page says so, checked above")
-    fig = titled(text, "Validation per fold")
+        versions = {v.version: v for v in s.versions(MODEL)}
+    kept = {n: v.lineage.get("validation") for n, v in versions.items()}
+    if any(kept.values()):
+        fig = titled(text, "Validation per fold")
+        drawn = {(t["meta"]["version"], t["meta"]["metric"]) for t in fig["data"]}
+        assert {n for n, _ in drawn} == {n for n, v in kept.items() if v}
+        for trace in fig["data"]:
+            folds = kept[trace["meta"]["version"]][0]["folds"]
+            assert trace["y"] == pytest.approx(numbers([f.get(trace["meta"]["metric"]) for f in folds]))
+        return
+    # A registry that keeps only the means (the runner records no per-fold figures): the page says so in one line,
+    # and the plot it would draw is the one of the folds `opsloop run --json` printed for version 1.
+    assert summary["sections"]["validation"] == "no per-fold figures" and "No per-fold figures" in text
+    report = json.loads((looped / "run.json").read_text(encoding="utf-8"))["validation"][0]
+    assert len(report["folds"]) == CONFIG["validate"]["kfold"]["folds"]
+    fig = json.loads(figs.folds([(versions[1], report)]).to_json())
+    assert {t["meta"]["metric"] for t in fig["data"]} >= {"f1", "precision", "recall", "roc_auc"}
     for trace in fig["data"]:
-        folds = kept[trace["meta"]["version"]][0]["folds"]
-        assert trace["y"] == pytest.approx([f.get(trace["meta"]["metric"]) for f in folds])
+        assert trace["x"] == [1, 2, 3]
+        assert trace["y"] == pytest.approx(numbers([f[trace["meta"]["metric"]] for f in report["folds"]]))
 
 
 def test_sections_without_data_say_so_in_one_line(trained: Path, tmp_path: Path) -> None:
