@@ -250,6 +250,3 @@ def frames_equal(left: pd.DataFrame, right: pd.DataFrame, what: str) -> None:
         pd.testing.assert_frame_equal(left.reset_index(drop=True), right.reset_index(drop=True), check_exact=True)
     except AssertionError as exc:
         raise AssertionError(f"{what}: {exc}") from None
-
-
-Check = Callable[..., Any]
