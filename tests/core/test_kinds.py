@@ -129,22 +129,62 @@ def mypy_search_path(tmp: Path) -> Path:
     return tree.parent
 
 
+def builtin_kinds() -> list[tuple[str, str]]:
+    """(module, Protocol) for every built-in plugin and every Protocol whose hooks it implements with every
+    argument of the spec (an implementation that takes fewer, as pluggy allows, does not match a Protocol).
+
+    A hook left out of a module's `__all__` is private to mypy, so the module does not match: such pairs are
+    left out here (pluggy finds the hook all the same).
+    """
+    import importlib.metadata as im
+
+    found = []
+    for ep in im.entry_points(group=manager.GROUP):
+        if ep.dist is None or ep.dist.metadata["Name"] != "opsloop":
+            continue
+        module = ep.load()
+        for name, cls in sorted(protocols().items()):
+            impls = [getattr(module, hook, None) for hook in kinds.hook_names(cls)]
+            exported = getattr(module, "__all__", None)
+            if exported is not None and not set(kinds.hook_names(cls)) <= set(exported):
+                continue
+            if all(impl is not None and hasattr(impl, f"{hookspecs.PROJECT}_impl")
+                   and set(inspect.signature(impl).parameters) == set(specs()[hook].parameters)
+                   for impl, hook in zip(impls, kinds.hook_names(cls), strict=True)):
+                found.append((module.__name__, name))
+    return sorted(set(found))
+
+
 @pytest.fixture(scope="module")
 def mypy_findings(tmp_path_factory) -> dict[str, list[str]]:
-    """One mypy run over every example module: its output lines, by file."""
+    """One mypy run over every example module and over the built-ins assigned to their kinds: output lines,
+    by file."""
     tmp = tmp_path_factory.mktemp("mypy")
+    checks = ["from opsloop import kinds"]
+    for i, (module, kind) in enumerate(builtin_kinds()):
+        checks += [f"import {module}", f"_{i}: kinds.{kind} = {module}"]
+    (tmp / "builtin_kinds.py").write_text("\n".join(checks) + "\n")
     env = {"MYPYPATH": str(mypy_search_path(tmp)), "PATH": "/usr/bin:/bin"}
-    files = sorted(p.name for p in EXAMPLES.glob("*.py"))
+    files = [*sorted(p.name for p in EXAMPLES.glob("*.py")), str(tmp / "builtin_kinds.py")]
     out = subprocess.run([sys.executable, "-m", "mypy", "--config-file", "mypy.ini", "--cache-dir", str(tmp / "cache"),
                           "--no-error-summary", "--hide-error-context", *files],
                          cwd=EXAMPLES, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode in (0, 1), out.stdout + out.stderr  # 2: mypy itself failed (a crash, bad config)
-    findings: dict[str, list[str]] = {name: [] for name in files}
+    findings: dict[str, list[str]] = {Path(name).name: [] for name in files}
     for line in out.stdout.splitlines():
         file, _, rest = line.partition(":")
-        assert file in findings, f"mypy reported on a module that is not an example: {line}"
-        findings[file].append(rest)
+        assert Path(file).name in findings, f"mypy reported on a module it was not asked about: {line}"
+        findings[Path(file).name].append(rest)
     return findings
+
+
+def test_the_builtin_plugins_match_their_kinds_under_mypy(mypy_findings):
+    """The Protocols describe real plugins: every built-in whose hooks take every argument matches them."""
+    checked = {kind for _, kind in builtin_kinds()}
+    assert {"Trainer", "Tunable", "Flavor", "PredictCompiler", "PreprocessStep", "RowCompiler", "Windowed",
+            "PartitionFitter", "Validator", "DeployTarget", "RetrainPolicy", "Gate", "StoreFactory",
+            "Configurable"} <= checked
+    assert mypy_findings["builtin_kinds.py"] == []
 
 
 @pytest.mark.parametrize("name", sorted(KIND_OF))
@@ -278,7 +318,8 @@ def test_each_documented_field_has_the_name_type_and_default_of_the_code(name):
     assert list(documented) == list(fields), f"### {name}: fields (in the code's order) differ"
     for field_name, field in fields.items():
         match = documented[field_name]
-        assert " ".join(match.group(2).split()) == field.type, f"{name}.{field_name}: type is `{field.type}` in the code"
+        written = " ".join(match.group(2).split())  # a type may wrap onto the next line
+        assert written == field.type, f"{name}.{field_name}: type is `{field.type}` in the code"
         expected = default_text(field)
         if expected == "required":
             assert match.group(3) == "required", f"{name}.{field_name} has no default"
