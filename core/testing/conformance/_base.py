@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import math
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -250,3 +251,66 @@ def frames_equal(left: pd.DataFrame, right: pd.DataFrame, what: str) -> None:
         pd.testing.assert_frame_equal(left.reset_index(drop=True), right.reset_index(drop=True), check_exact=True)
     except AssertionError as exc:
         raise AssertionError(f"{what}: {exc}") from None
+
+
+def later_rows(bench: Bench, per_series: int) -> Any:
+    """The first rows of each series in the monitoring period, as raw rows (the label dropped)."""
+    import pandas as pd
+
+    from opsloop.testing.data import SPLIT
+
+    frame = pd.read_csv(bench.path / "telemetry.csv", parse_dates=["timestamp"])
+    later = frame[frame["timestamp"] >= SPLIT]
+    return later.groupby("entity", sort=False).head(per_series).drop(columns=["label"]).reset_index(drop=True)
+
+
+def records(frame: Any) -> list[dict[str, Any]]:
+    """Rows as a client sends them: JSON types, times as ISO strings, NaN as null."""
+    import pandas as pd
+
+    out = []
+    for row in frame.to_dict("records"):
+        out.append({k: (v.isoformat() if isinstance(v, pd.Timestamp) else None if isinstance(v, float)
+                        and math.isnan(v) else v.item() if hasattr(v, "item") else v) for k, v in row.items()})
+    return out
+
+
+def post(url: str, path: str, body: Any) -> tuple[int, Any]:
+    """POST a JSON body to a server on 127.0.0.1: its status and decoded answer."""
+    import http.client
+
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=120)
+    try:
+        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def check_serving(bench: Bench, version: Mapping[str, Any], log: Path, per_series: int = 200) -> None:
+    """`opsloop serve` (a real server on 127.0.0.1, in this process) on the project's `production` answers the
+    first rows of each series of the later period with the predictions and scores `LoadedModel.predict` gives
+    for the same rows (`version`: one of `opsloop run --json`'s versions)."""
+    import numpy as np
+
+    from opsloop.bundle import read_bundle
+    from opsloop.manager import PluginManager
+    from opsloop.serving.app import create_app
+    from opsloop.serving.server import ServerThread
+
+    rows = later_rows(bench, per_series)
+    loaded = read_bundle(Path(version["path"]), PluginManager(), ref=version["ref"], threshold=version["threshold"])
+    expected = loaded.predict(rows)
+    app = create_app(model=MODEL, workdir=bench.path, port=0, log_path=log)
+    with ServerThread(app) as server:
+        status, body = post(server.url, "/predict", {"instances": records(rows)})
+    assert status == 200, f"the server answered {status}: {body}"
+    answered = body["predictions"]
+    assert len(answered) == len(rows), f"{len(answered)} answers for {len(rows)} rows"
+    assert [p["prediction"] for p in answered] == expected["prediction"].tolist(), (
+        "served predictions differ from LoadedModel.predict's")
+    if "score" in expected:
+        np.testing.assert_allclose([p["score"] for p in answered], expected["score"].to_numpy(dtype=float),
+                                   rtol=1e-9, atol=0, err_msg="served scores differ from LoadedModel.predict's")

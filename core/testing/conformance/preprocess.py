@@ -10,12 +10,13 @@ when it scores. `before=["impute"]` fits those steps first (in order) when the s
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 import pytest
 
-from opsloop.testing.conformance._base import Bench, Suite, frames_equal
+from opsloop.testing.conformance._base import Bench, Suite, check_serving, frames_equal
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -66,16 +67,21 @@ class PreprocessSuite(Suite):
     keywords: ClassVar[dict[str, Any]] = {"before": []}
     before: ClassVar[list[str]] = []
 
+    @classmethod
+    def steps_table(cls) -> dict[str, Any]:
+        """`[preprocess]`: the `before` steps, then this one with its options."""
+        table: dict[str, Any] = {"plugins": [*cls.before, cls.plugin]}
+        if cls.options:
+            table[cls.plugin] = cls.options
+        return table
+
     @pytest.fixture(scope="class")
     @classmethod
     def step(cls, tmp_path_factory: pytest.TempPathFactory, _conformance_plugin: None) -> Step:
         """The step's options checked as `opsloop run` checks them; the rows after the `before` steps."""
         from opsloop.runner import Runner
 
-        table: dict[str, Any] = {"plugins": [*cls.before, cls.plugin]}
-        if cls.options:
-            table[cls.plugin] = cls.options
-        bench = Bench.create(tmp_path_factory.mktemp("step"), cls.table(preprocess=table))
+        bench = Bench.create(tmp_path_factory.mktemp("step"), cls.table(preprocess=cls.steps_table()))
         runner = Runner(bench.session())
         train, later = bench.periods(runner)
         plugins = runner.plugins
@@ -173,6 +179,16 @@ class PreprocessSuite(Suite):
         tail = scored.iloc[[i for i, kept in enumerate(cut[piece.index]) if kept]]
         frames_equal(tail, whole.loc[cut.to_numpy()], "the piece's rows replayed with the rows its reach names"
                      if reach else "the piece's rows replayed alone (the step declares no window_reach)")
+
+
+    def test_a_version_with_it_serves_as_it_replays(self, tmp_path_factory: pytest.TempPathFactory,
+                                                    tmp_path: Path) -> None:
+        """A version trained with the step (`opsloop run`, XGBoost after it) is served by `opsloop serve` (a
+        real server on 127.0.0.1) with the scores `LoadedModel.predict` gives for the same rows: the step's
+        `compile_rows` fast path, when it has one, computes what its `preprocess` replay computes."""
+        bench = Bench.create(tmp_path_factory.mktemp("served-step"), self.table(preprocess=self.steps_table()))
+        result = bench.invoke("run").assert_ok().json
+        check_serving(bench, result["versions"][0], tmp_path / "log.db")
 
 
 def _cut(dataset: Dataset) -> pd.Series:

@@ -10,16 +10,14 @@ scoring, quality-monitor); `options` is its `[train.my-trainer]` table, and `con
 
 from __future__ import annotations
 
-import http.client
 import json
-import math
 import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
-from opsloop.testing.conformance._base import MODEL, Bench, NoUnpickling, Suite, one_line, pickled_files
+from opsloop.testing.conformance._base import MODEL, Bench, NoUnpickling, Suite, check_serving, one_line, pickled_files
 
 #: Tasks a TrainedModel may declare (opsloop.types.TrainedModel.task).
 TASKS = ("classification", "regression", "anomaly")
@@ -181,59 +179,5 @@ class TrainerSuite(Suite):
     def test_serves_the_scores_it_predicts(self, trainer_bench: Bench, lifecycle: dict[str, Any],
                                            tmp_path: Path) -> None:
         """`opsloop serve` (a real server on 127.0.0.1) loads the registered version and answers POSTed rows
-        with the predictions and scores `LoadedModel.predict` gives for the same rows."""
-        import numpy as np
-
-        from opsloop.bundle import read_bundle
-        from opsloop.manager import PluginManager
-        from opsloop.serving.app import create_app
-        from opsloop.serving.server import ServerThread
-
-        version = lifecycle["versions"][0]
-        rows = _later_rows(trainer_bench, 200)
-        loaded = read_bundle(Path(version["path"]), PluginManager(), ref=version["ref"],
-                             threshold=version["threshold"])
-        expected = loaded.predict(rows)
-        app = create_app(model=MODEL, workdir=trainer_bench.path, port=0, log_path=tmp_path / "log.db")
-        with ServerThread(app) as server:
-            status, body = _post(server.url, "/predict", {"instances": _records(rows)})
-        assert status == 200, f"the server answered {status}: {body}"
-        answered = body["predictions"]
-        assert len(answered) == len(rows)
-        assert [p["prediction"] for p in answered] == expected["prediction"].tolist()
-        if "score" in expected:
-            np.testing.assert_allclose([p["score"] for p in answered], expected["score"].to_numpy(dtype=float),
-                                       rtol=RTOL, atol=0, err_msg="served scores differ from predict's")
-
-
-def _later_rows(bench: Bench, per_series: int) -> Any:
-    """The first rows of each series in the monitoring period, as raw rows (the label dropped)."""
-    import pandas as pd
-
-    from opsloop.testing.data import SPLIT
-
-    frame = pd.read_csv(bench.path / "telemetry.csv", parse_dates=["timestamp"])
-    later = frame[frame["timestamp"] >= SPLIT]
-    return later.groupby("entity", sort=False).head(per_series).drop(columns=["label"]).reset_index(drop=True)
-
-
-def _records(frame: Any) -> list[dict[str, Any]]:
-    """Rows as a client sends them: JSON types, times as ISO strings, NaN as null."""
-    import pandas as pd
-
-    out = []
-    for row in frame.to_dict("records"):
-        out.append({k: (v.isoformat() if isinstance(v, pd.Timestamp) else None if isinstance(v, float)
-                        and math.isnan(v) else v.item() if hasattr(v, "item") else v) for k, v in row.items()})
-    return out
-
-
-def _post(url: str, path: str, body: Any) -> tuple[int, Any]:
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=120)
-    try:
-        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
-        response = conn.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        conn.close()
+        with the predictions and scores `LoadedModel.predict` gives for the same rows (1e-9 relative)."""
+        check_serving(trainer_bench, lifecycle["versions"][0], tmp_path / "log.db")
