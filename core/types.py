@@ -182,7 +182,10 @@ class TrainedModel:
         flavor: Storage format, handled by a `save_model`/`load_model` plugin
             (`"xgboost"`, `"sklearn"`).
         task: `"classification"`, `"regression"` or `"anomaly"`.
-        params: Hyper-parameters, for lineage and `models show`.
+        params: The hyper-parameters the estimator was fitted with, JSON-able:
+            they become the registered version's `params` (its manifest,
+            `opsloop models show` and `models diff`); left empty, the version
+            shows `{}` (issue 11).
         features: Columns the estimator was fitted on, in order.
     """
 
