@@ -1,7 +1,8 @@
 """Typed plugin kinds (issue 11, item 5): opsloop.kinds' Protocols against the hookspecs, mypy and the docs.
 
 mypy runs once over tests/core/typed_plugins/ (a typed plugin of every kind, which must pass, and three bad
-ones, each of which must fail with its own message); the Protocols are compared with the hookspecs by
+ones, each of which must fail with its own message) and over the built-in plugins assigned to the kinds they
+implement, which must pass; the typed examples also run a whole cycle; the Protocols are compared with the hookspecs by
 signature, so the two cannot drift; docs/hooks.md's "Types a plugin receives and builds" is compared with
 the attrs classes it documents, field by field.
 """
@@ -106,26 +107,24 @@ def test_importing_kinds_imports_no_heavy_library():
 # -- mypy on typed plugin modules ---------------------------------------------------------------------------
 
 
+def package_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    assert spec is not None and spec.submodule_search_locations
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def mypy_search_path(tmp: Path) -> Path:
     """A directory where mypy finds `opsloop` (and `opsloop.plugins`) as the interpreter does.
 
-    An editable install maps `opsloop` to core/ through an import hook, which mypy cannot follow; a
-    tree of links to the package's files works for editable and regular installs alike.
+    An editable install maps `opsloop` to core/ (and `opsloop.plugins` to plugins/) through an import hook,
+    which mypy cannot follow; a tree of links to the package's files works for editable and regular installs.
     """
     tree = tmp / "mypy_path" / "opsloop"
     tree.mkdir(parents=True)
-    for package in ("opsloop", "opsloop.plugins"):
-        spec = importlib.util.find_spec(package)
-        assert spec is not None and spec.submodule_search_locations
-        source = Path(next(iter(spec.submodule_search_locations)))
-        target = tree if package == "opsloop" else tree / "plugins"
-        if package != "opsloop":
-            if target.is_symlink() or target.exists():
-                continue  # a regular install: opsloop/plugins is inside opsloop
-            target.symlink_to(source, target_is_directory=True)
-            continue
-        for entry in source.iterdir():
-            (target / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
+    for entry in package_dir("opsloop").iterdir():
+        (tree / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
+    if not (tree / "plugins").exists():  # editable: the built-ins live apart, in plugins/
+        (tree / "plugins").symlink_to(package_dir("opsloop.plugins"), target_is_directory=True)
     return tree.parent
 
 
