@@ -32,34 +32,37 @@ _EXPORTS = {
 
 if TYPE_CHECKING:
     from opsloop.errors import (
-        BundleError,
-        ConfigError,
-        DataError,
-        OpsloopError,
-        PluginCallError,
-        PluginConflictError,
-        PluginLoadError,
-        RegistryDamaged,
-        StoreError,
-        UnknownPluginError,
+        BundleError as BundleError,
+        ConfigError as ConfigError,
+        DataError as DataError,
+        OpsloopError as OpsloopError,
+        PluginCallError as PluginCallError,
+        PluginConflictError as PluginConflictError,
+        PluginLoadError as PluginLoadError,
+        RegistryDamaged as RegistryDamaged,
+        StoreError as StoreError,
+        UnknownPluginError as UnknownPluginError,
     )
-    from opsloop.hookspecs import hookimpl
-    from opsloop.rowops import NoFastPath, Reach, RowContext, RowLayout
+    from opsloop.hookspecs import hookimpl as hookimpl
+    from opsloop.rowops import NoFastPath as NoFastPath
+    from opsloop.rowops import Reach as Reach
+    from opsloop.rowops import RowContext as RowContext
+    from opsloop.rowops import RowLayout as RowLayout
     from opsloop.types import (
-        Contender,
-        Dataset,
-        Deployment,
-        DeploymentStatus,
-        GateVerdict,
-        ModelVersion,
-        MonitorReport,
-        Preprocessed,
-        RetrainDecision,
-        RunContext,
-        SearchParam,
-        SearchSpace,
-        TrainedModel,
-        ValidationReport,
+        Contender as Contender,
+        Dataset as Dataset,
+        Deployment as Deployment,
+        DeploymentStatus as DeploymentStatus,
+        GateVerdict as GateVerdict,
+        ModelVersion as ModelVersion,
+        MonitorReport as MonitorReport,
+        Preprocessed as Preprocessed,
+        RetrainDecision as RetrainDecision,
+        RunContext as RunContext,
+        SearchParam as SearchParam,
+        SearchSpace as SearchSpace,
+        TrainedModel as TrainedModel,
+        ValidationReport as ValidationReport,
     )
 
 __all__ = sorted(_EXPORTS)

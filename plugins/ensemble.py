@@ -55,7 +55,8 @@ if TYPE_CHECKING:
     from opsloop.rowops import FastPredict
     from opsloop.types import Dataset, RunContext
 
-__all__ = ["EnsembleEstimator", "Options", "compile_predict", "load_model", "plugin_options", "save_model", "train"]
+__all__ = ["EnsembleEstimator", "Options", "compile_predict", "load_model", "plugin_options", "save_model", "train",
+           "tune_space"]
 
 FLAVOR = "ensemble"
 META_FILE = "ensemble.json"

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from opsloop.types import Dataset, RunContext
 
 __all__ = ["Options", "check_max_samples", "compile_forest", "compile_predict", "load_model", "plugin_options",
-           "save_model", "train"]
+           "save_model", "train", "tune_space"]
 
 
 def _contamination(_: Any, attribute: attrs.Attribute, value: Any) -> None:

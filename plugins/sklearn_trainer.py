@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from opsloop.types import Dataset, RunContext
 
 __all__ = ["Options", "compile_predict", "load_model", "plugin_options", "save_model", "skops_refusal", "skops_types",
-           "train"]
+           "train", "tune_space"]
 
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
 TASKS = ("classification", "regression", "anomaly")

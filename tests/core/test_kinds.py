@@ -132,8 +132,8 @@ def builtin_kinds() -> list[tuple[str, str]]:
     """(module, Protocol) for every built-in plugin and every Protocol whose hooks it implements with every
     argument of the spec (an implementation that takes fewer, as pluggy allows, does not match a Protocol).
 
-    A hook left out of a module's `__all__` is private to mypy, so the module does not match: such pairs are
-    left out here (pluggy finds the hook all the same).
+    A hook left out of a module's `__all__` is private to mypy, so the module would not match: mypy's run below
+    fails on such a pair, so every built-in exports its hooks (pluggy would find them all the same).
     """
     import importlib.metadata as im
 
@@ -144,9 +144,6 @@ def builtin_kinds() -> list[tuple[str, str]]:
         module = ep.load()
         for name, cls in sorted(protocols().items()):
             impls = [getattr(module, hook, None) for hook in kinds.hook_names(cls)]
-            exported = getattr(module, "__all__", None)
-            if exported is not None and not set(kinds.hook_names(cls)) <= set(exported):
-                continue
             if all(impl is not None and hasattr(impl, f"{hookspecs.PROJECT}_impl")
                    and set(inspect.signature(impl).parameters) == set(specs()[hook].parameters)
                    for impl, hook in zip(impls, kinds.hook_names(cls), strict=True)):
