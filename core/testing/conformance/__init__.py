@@ -4,17 +4,19 @@
 
     class TestMyTrainer(TrainerSuite, plugin="my-trainer"): pass
 
-The plugin is found as installed (its entry point) or as registered in-process with the kit's
-`register_plugin`. docs/conformance.md lists what each suite checks and its keywords.
+The plugin is found as installed (its entry point), or given with `register=` (an in-process plugin object,
+registered for the suite as the kit's `register_plugin` does for one test). docs/conformance.md lists what
+each suite checks and its keywords.
 """
 
 from opsloop.testing.conformance._base import Suite
-from opsloop.testing.conformance.trainer import TrainerSuite
-from opsloop.testing.conformance.preprocess import PreprocessSuite
-from opsloop.testing.conformance.monitor import MonitorSuite
-from opsloop.testing.conformance.policy import PolicySuite
 from opsloop.testing.conformance.deploy import DeploySuite
-from opsloop.testing.conformance.store import StoreSuite
+from opsloop.testing.conformance.monitor import MonitorSuite
+from opsloop.testing.conformance.policy import PolicySuite, degraded_reports, healthy_reports
+from opsloop.testing.conformance.preprocess import PreprocessSuite
 from opsloop.testing.conformance.source import SourceSuite
+from opsloop.testing.conformance.store import StoreSuite
+from opsloop.testing.conformance.trainer import TrainerSuite
 
-__all__ = ['TrainerSuite', 'PreprocessSuite', 'MonitorSuite', 'PolicySuite', 'DeploySuite', 'StoreSuite', 'SourceSuite', "Suite"]
+__all__ = ["DeploySuite", "MonitorSuite", "PolicySuite", "PreprocessSuite", "SourceSuite", "StoreSuite", "Suite",
+           "TrainerSuite", "degraded_reports", "healthy_reports"]

@@ -74,15 +74,18 @@ class Suite:
     @pytest.fixture(autouse=True, scope="class")
     @classmethod
     def _conformance_plugin(cls) -> Iterator[None]:
-        """Registers the `register=` object under the plugin's name in every PluginManager built meanwhile."""
+        """Registers the `register=` object under the plugin's name in every PluginManager built meanwhile,
+        in place of an installed plugin of that name (a double, or the version of it being developed)."""
         obj = cls.register
         if obj is None:
             yield
             return
         name = cls.plugin
 
-        def add(pm: manager.PluginManager) -> None:
-            pm.add(obj, name)
+        def add(pm: manager.PluginManager) -> None:  # in place of an installed plugin of that name, if any
+            pm.conflicts.pop(name, None)
+            pm.known[name] = manager.PluginInfo(name=name, dist=manager.IN_PROCESS, version="",
+                                                value=getattr(obj, "__name__", type(obj).__name__), obj=obj)
 
         manager.ON_NEW_MANAGER.append(add)
         try:
