@@ -1,0 +1,45 @@
+"""Tests of the `$name` observer: it hears every stage of a real run (the kit's hook_recorder) and writes each
+event; a failure to write is a warning unless its options say critical."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from opsloop.testing import HookRecorder, Project
+from opsloop.testing.data import small_config, small_telemetry
+
+
+def project_with(opsloop_project: Callable[..., Project], **options: Any) -> Project:
+    plugins: dict[str, Any] = {"enable": ["$name"]}
+    if options:
+        plugins["$name"] = options
+    project = opsloop_project(config=small_config(plugins=plugins))
+    small_telemetry().to_csv(project.path / "telemetry.csv", index=False)
+    return project
+
+
+def test_it_hears_every_stage_and_writes_each_event(opsloop_project: Callable[..., Project],
+                                                    hook_recorder: HookRecorder) -> None:
+    project = project_with(opsloop_project)
+    result = project.run("run").assert_ok()
+    heard = [c.kwargs["stage"] for c in hook_recorder.named("on_stage_start") if c.plugin == "$name"]
+    assert heard and "train" in heard
+    events = [json.loads(line) for line in
+              (project.path / "opsloop-events.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [e["stage"] for e in events if e["event"] == "stage_start"] == heard
+    assert [e["stage"] for e in events if e["event"] == "stage_end"] == heard  # every stage succeeded
+    assert [e["version"] for e in events if e["event"] == "model_registered"] == ["small-telemetry:1"]
+    assert {e["run_id"] for e in events} == {result.json["run_id"]}
+
+
+def test_a_failing_observer_warns_and_the_run_goes_on(opsloop_project: Callable[..., Project]) -> None:
+    project = project_with(opsloop_project, path="no/such/dir/events.jsonl")
+    result = project.run("run").assert_ok()
+    assert "$name" in json.dumps(result.json["warnings"])
+
+
+def test_a_critical_observer_stops_the_run(opsloop_project: Callable[..., Project]) -> None:
+    project = project_with(opsloop_project, path="no/such/dir/events.jsonl", critical=True)
+    project.run("run").assert_error("$name", "cannot write the events file")
