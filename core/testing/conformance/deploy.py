@@ -53,6 +53,10 @@ class Target:
     def _ask(self, hook: str, model_name: str) -> DeploymentStatus:
         from opsloop.types import DeploymentStatus
 
+        if not self.session.plugins.implements(self.name, hook):
+            pytest.fail(f'plugin "{self.name}" does not implement {hook}: `opsloop deploy '
+                        f'{"status" if hook == "deploy_status" else "remove"}` cannot '
+                        f'{"say what it has out" if hook == "deploy_status" else "take it down"} (docs/hooks.md)')
         out = self.session.plugins.call(self.name, hook, model_name=model_name, options=self.options, run=self.run)
         assert isinstance(out, DeploymentStatus), f"{hook} returned {type(out).__name__}, not DeploymentStatus"
         assert out.model == model_name, f"{hook} answered about model {out.model!r}, asked about {model_name!r}"
@@ -106,17 +110,22 @@ class DeploySuite(Suite):
         assert status.deployed is False
         assert not status.details.get("removed"), f"removed something it never deployed: {status.details}"
 
-    def test_deploy_status_undeploy_status(self, target: Target) -> None:
-        """`deploy` returns where the version went (`Deployment`: this target, `name:version`, a location);
-        then `deploy_status` reports it deployed with that version; `undeploy` takes it down (`deployed=False`,
-        naming the version and what it removed); `deploy_status` then reports it not deployed; a second
-        `undeploy` finds nothing and is not an error; a new `deploy` puts it out again."""
+    def test_deploy_says_where_the_version_went(self, target: Target) -> None:
+        """`deploy` returns a `Deployment` naming this target, the version (`name:version`) and a location an
+        operator can use; deploying the same version again (a rerun) is not an error."""
         ref = target.version.ref
-        deployment = target.deploy()
-        assert deployment.target == target.name, f"Deployment.target is {deployment.target!r}"
-        assert deployment.model == ref, f"Deployment.model is {deployment.model!r}, not {ref!r}"
-        assert isinstance(deployment.location, str) and deployment.location, "Deployment.location is empty"
+        for _ in range(2):
+            deployment = target.deploy()
+            assert deployment.target == target.name, f"Deployment.target is {deployment.target!r}"
+            assert deployment.model == ref, f"Deployment.model is {deployment.model!r}, not {ref!r}"
+            assert isinstance(deployment.location, str) and deployment.location, "Deployment.location is empty"
 
+    def test_deploy_status_undeploy_status(self, target: Target) -> None:
+        """After `deploy`, `deploy_status` reports the model deployed with that version; `undeploy` takes it
+        down (`deployed=False`, naming the version and what it removed); `deploy_status` then reports it not
+        deployed; a second `undeploy` finds nothing and is not an error; a new `deploy` puts it out again."""
+        ref = target.version.ref
+        target.deploy()
         status = target.status()
         assert status.deployed is True, f"deploy_status after deploy: {status}"
         assert status.version == ref, f"deploy_status says {status.version!r} is deployed, not {ref!r}"
