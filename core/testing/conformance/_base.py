@@ -206,8 +206,8 @@ def is_figure(value: Any) -> bool:
 
 
 class NoUnpickling:
-    """`with NoUnpickling():` any unpickling of a class in this thread raises (Python's `pickle.find_class`
-    audit event, raised by every unpickler, C or Python, joblib's included)."""
+    """`with NoUnpickling():` any unpickling of a class while the block runs raises (Python's
+    `pickle.find_class` audit event, raised by every unpickler, C or Python, joblib's included)."""
 
     active: ClassVar[int] = 0
     installed: ClassVar[bool] = False
