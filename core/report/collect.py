@@ -227,6 +227,10 @@ def _read_scores(got: Gathered, log: Path) -> list[Scores]:
     rows["score"] = pd.to_numeric(rows["score"], errors="coerce")
     rows["label"] = pd.to_numeric(rows["label"], errors="coerce")
     rows = rows.dropna(subset=["time"])
+    if rows.empty:
+        got.note("scores", f"the logged rows of {got.model} have no time (a model without a time column): there is "
+                           "nothing to draw over time")
+        return []
     if rows["score"].isna().all():
         got.note("scores", f"the logged rows of {got.model} have no scores (a model without scores): only "
                            "predictions were logged")

@@ -124,6 +124,7 @@ def scores(parts: Sequence[Scores], thresholds: Mapping[int, float | None]) -> t
         0.08, 0.3 / len(shown)))
     go = _go()
     palette = ("#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#e377c2", "#7f7f7f")
+    shapes: list[dict[str, Any]] = []
     for row, series in enumerate(shown, start=1):
         mine = rows[rows["series"] == series]
         for i, (version, part) in enumerate(mine.groupby("version", sort=True)):
@@ -139,9 +140,10 @@ def scores(parts: Sequence[Scores], thresholds: Mapping[int, float | None]) -> t
                                          legendgroup=str(version), line={"color": colour, "dash": "dash", "width": 1},
                                          showlegend=row == 1, hoverinfo="name+y"), row=row, col=1)
         axis = "" if row == 1 else str(row)
-        for span in spans[spans["series"] == series].head(MAX_SPANS).itertuples():
-            fig.add_shape(type="rect", xref=f"x{axis}", yref=f"y{axis} domain", x0=span.start.isoformat(),
-                          x1=span.end.isoformat(), y0=0, y1=1, fillcolor=INCIDENT, line={"width": 0}, layer="below")
+        shapes.extend({"type": "rect", "xref": f"x{axis}", "yref": f"y{axis} domain", "x0": span.start.isoformat(),
+                       "x1": span.end.isoformat(), "y0": 0, "y1": 1, "fillcolor": INCIDENT, "line": {"width": 0},
+                       "layer": "below"} for span in spans[spans["series"] == series].head(MAX_SPANS).itertuples())
+    fig.update_layout(shapes=shapes)  # at once: `add_shape` copies every shape so far, quadratic in spans
     fig.update_yaxes(title_text="score")
     return _layout(fig, "Scores against incidents (shaded: rows labelled 1 by feedback)",
                    max(300, 170 * len(shown) + 80)), left_out

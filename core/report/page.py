@@ -89,7 +89,9 @@ class Page:
         if fig is None:
             return False
         ident = f"figure-{len(self.figures) + 1}"
-        data = fig.to_json().replace("</", "<\\/")  # JSON text stays inside its <script>
+        # "<" only occurs inside JSON strings, where \u003c means the same: no "</script>" or "<!--" can end or
+        # confuse the <script> element, whatever a reason or a series name holds
+        data = fig.to_json().replace("<", "\\u003c")
         self.figures.append(ident)
         self.add(f'<div class="figure" id="{ident}"></div>'
                  f'<script type="application/json" data-figure="{ident}">{data}</script>')
@@ -149,14 +151,26 @@ def render(got: Gathered, plotly_js: str) -> tuple[str, dict[str, Any]]:
                   "figures": len(page.figures), "sections": page.sections}
 
 
+#: Versions whose folds are drawn (the newest, and production); rows of the alias history's table (the newest).
+MAX_FOLDED = 8
+MAX_CHANGES = 200
+
+
 def _validation(page: Page, got: Gathered) -> None:
     with_folds = [(v, fold_reports(v)[0]) for v in got.versions if fold_reports(v)]
+    if len(with_folds) > MAX_FOLDED:
+        newest = {v.version for v, _ in with_folds[-MAX_FOLDED:]} | {got.production}
+        with_folds = [(v, r) for v, r in with_folds if v.version in newest]
     if not with_folds:
         page.section("validation", "no per-fold figures")
         page.none("No per-fold figures: the registry keeps only each version's validation means (shown under "
                   "Metrics across versions).")
         return page.end()
     page.section("validation", "shown")
+    folded = len([v for v in got.versions if fold_reports(v)])
+    if folded > len(with_folds):
+        page.add(f'<p class="muted">The folds of the {len(with_folds)} newest versions and production; '
+                 f"{folded - len(with_folds)} older version(s) left out.</p>")
     page.figure(figs.folds(with_folds))
     for v, report in with_folds:
         metrics = figs.chosen_metrics(report.get("folds") or [])
@@ -273,8 +287,10 @@ def _aliases(page: Page, got: Gathered) -> None:
     now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     page.figure(figs.alias_history(got.history, now))
     rows = [[c.at[:19].replace("T", " "), c.alias, "-" if c.from_version is None else c.from_version, c.to_version,
-             c.action, c.actor, c.reason] for c in reversed(got.history)]
-    page.add("<p class=\"muted\">Newest first.</p>" + table(["at (UTC)", "alias", "from", "to", "action", "who", "why"],
+             c.action, c.actor, c.reason] for c in reversed(got.history[-MAX_CHANGES:])]
+    older = len(got.history) - len(rows)
+    page.add("<p class=\"muted\">Newest first" + (f"; {older:,} older change(s) in opsloop models history" if older
+                                                   else "") + ".</p>" + table(["at (UTC)", "alias", "from", "to", "action", "who", "why"],
                                                             rows))
     page.end()
 

@@ -14,6 +14,7 @@ opened in headless Chromium.
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import os
 import re
@@ -35,7 +36,8 @@ CONFIG = small_config(
     gate={"plugins": ["champion-challenger"]},
     loop={"monitor_window": "2d", "holdout": "2d"},
 )
-REASON = "manager demo: the version trained on every labelled row"
+#: A reason with markup in it: the page must show it as text, in its table and in a plot's hover text.
+REASON = "manager demo: the version trained on every labelled row </script><b>bold?</b>"
 FIGURE = re.compile(r'<script type="application/json" data-figure="(figure-\d+)">(.*?)</script>', re.S)
 
 
@@ -128,7 +130,8 @@ def test_every_section_is_drawn_from_the_real_figures(looped: Path, page: tuple[
     fig = titled(text, "Alias history")
     production = next(t for t in fig["data"] if t["name"] == "production")
     assert production["y"] == [1, 3, 2, 2]  # the last point: where it points now
-    assert REASON in text and "won the gate" in text
+    assert html.escape(REASON) in text and "won the gate" in text
+    assert production["text"][-2].endswith(REASON)
 
 
 def test_scores_per_series_are_the_batch_scores_with_the_labelled_incidents_shaded(
