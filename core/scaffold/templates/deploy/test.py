@@ -9,7 +9,6 @@ from pathlib import Path
 
 from opsloop.testing import Project
 from opsloop.testing.conformance import DeploySuite
-from opsloop.testing.data import small_config, small_telemetry
 
 
 class TestConformance(DeploySuite, plugin="$name"):
@@ -17,8 +16,7 @@ class TestConformance(DeploySuite, plugin="$name"):
 
 
 def test_deploy_status_and_remove(opsloop_project: Callable[..., Project]) -> None:
-    project = opsloop_project(config=small_config(deploy={"plugins": ["$name"]}))
-    small_telemetry().to_csv(project.path / "telemetry.csv", index=False)
+    project = opsloop_project(small=True, config={"deploy": {"plugins": ["$name"]}})
     run = project.run("run").assert_ok().json
     export = project.path / "exported" / "small-telemetry"
     assert [d["location"] for d in run["deployments"]] == [str(export)]
@@ -38,7 +36,7 @@ def test_deploy_status_and_remove(opsloop_project: Callable[..., Project]) -> No
 
 
 def test_remove_refuses_a_directory_it_did_not_write(opsloop_project: Callable[..., Project]) -> None:
-    project = opsloop_project(config=small_config(deploy={"plugins": ["$name"]}))
+    project = opsloop_project(small=True, config={"deploy": {"plugins": ["$name"]}})
     stranger = project.path / "exported" / "small-telemetry"
     stranger.mkdir(parents=True)
     (stranger / "notes.txt").write_text("not an export\n", encoding="utf-8")

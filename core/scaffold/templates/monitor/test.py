@@ -9,7 +9,6 @@ import pandas as pd
 
 from opsloop.testing import Project
 from opsloop.testing.conformance import MonitorSuite
-from opsloop.testing.data import small_config, small_telemetry
 
 
 class TestConformance(MonitorSuite, plugin="$name"):
@@ -17,13 +16,12 @@ class TestConformance(MonitorSuite, plugin="$name"):
 
 
 def report_of(project: Project) -> dict[str, Any]:
-    small_telemetry().to_csv(project.path / "telemetry.csv", index=False)
     result = project.run("run").assert_ok()
     return next(r for r in result.json["monitor"] if r["monitor"] == "$name")
 
 
 def test_the_figures_are_those_of_the_predictions_file(opsloop_project: Callable[..., Project]) -> None:
-    project = opsloop_project(config=small_config(monitor={"plugins": ["$name"]}))
+    project = opsloop_project(small=True, config={"monitor": {"plugins": ["$name"]}})
     report = report_of(project)
     predictions = pd.read_parquet(project.path / ".opsloop" / "predictions" / "small-telemetry-v1.parquet")
     assert report["metrics"]["rows"] == len(predictions)
@@ -34,7 +32,7 @@ def test_the_figures_are_those_of_the_predictions_file(opsloop_project: Callable
 
 
 def test_it_alerts_above_max_rate(opsloop_project: Callable[..., Project]) -> None:
-    project = opsloop_project(config=small_config(monitor={"plugins": ["$name"], "$name": {"max_rate": 0.0}}))
+    project = opsloop_project(small=True, config={"monitor": {"plugins": ["$name"], "$name": {"max_rate": 0.0}}})
     report = report_of(project)
     assert report["metrics"]["alert_rate"] > 0
     assert len(report["alerts"]) == 1 and "max_rate" in report["alerts"][0]

@@ -8,16 +8,13 @@ from collections.abc import Callable
 from typing import Any
 
 from opsloop.testing import HookRecorder, Project
-from opsloop.testing.data import small_config, small_telemetry
 
 
 def project_with(opsloop_project: Callable[..., Project], **options: Any) -> Project:
     plugins: dict[str, Any] = {"enable": ["$name"]}
     if options:
         plugins["$name"] = options
-    project = opsloop_project(config=small_config(plugins=plugins))
-    small_telemetry().to_csv(project.path / "telemetry.csv", index=False)
-    return project
+    return opsloop_project(small=True, config={"plugins": plugins})
 
 
 def test_it_hears_every_stage_and_writes_each_event(opsloop_project: Callable[..., Project],

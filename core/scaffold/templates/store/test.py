@@ -11,7 +11,6 @@ import pytest
 
 from opsloop.testing import Project
 from opsloop.testing.conformance import StoreSuite
-from opsloop.testing.data import small_config, small_telemetry
 
 
 class TestConformance(StoreSuite, plugin="$name"):
@@ -24,8 +23,7 @@ class TestConformance(StoreSuite, plugin="$name"):
 
 def test_a_run_registers_into_it_and_models_commands_read_it(opsloop_project: Callable[..., Project]) -> None:
     store = {"plugins": ["$name", "local-store"], "uri": "$name:registry"}
-    project = opsloop_project(config=small_config(store=store))
-    small_telemetry().to_csv(project.path / "telemetry.csv", index=False)
+    project = opsloop_project(small=True, config={"store": store})
     project.run("run").assert_ok()
     project.run("run", "--set", "train.xgboost.n_estimators=20").assert_ok()
     index = json.loads((project.path / "registry" / "index.json").read_text(encoding="utf-8"))
@@ -40,5 +38,5 @@ def test_a_run_registers_into_it_and_models_commands_read_it(opsloop_project: Ca
 
 
 def test_a_uri_without_a_directory_is_refused_in_one_line(opsloop_project: Callable[..., Project]) -> None:
-    project = opsloop_project(config=small_config(store={"plugins": ["$name"], "uri": "$name:"}))
+    project = opsloop_project(small=True, config={"store": {"plugins": ["$name"], "uri": "$name:"}})
     project.run("models", "list").assert_error("$name", "names no directory")
