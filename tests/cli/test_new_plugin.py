@@ -45,7 +45,10 @@ def test_the_skeleton_installs_lists_passes_its_tests_and_type_checks(kind: str,
 
     pip = run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                "--disable-pip-version-check", "--target", str(site), str(package)], tmp_path)
+    # without isolation pip builds with the environment's setuptools: it needs bdist_wheel (setuptools >= 70.1)
     assert pip.returncode == 0, pip.stderr
+    module = "opsloop_" + name.replace("-", "_")
+    assert (site / module / "py.typed").is_file(), "the wheel carries py.typed, so users' mypy reads the hooks"
 
     listed = run([str(OPSLOOP), "plugins", "list", "--json"], tmp_path, PYTHONPATH=str(site))
     assert listed.returncode == 0, listed.stderr
