@@ -43,7 +43,8 @@ def _go() -> Any:
 
 def _layout(fig: go.Figure, title: str, height: int = 360) -> go.Figure:
     fig.update_layout(title={"text": title, "x": 0}, height=height, template="plotly_white",
-                      margin={"l": 60, "r": 20, "t": 60, "b": 40}, legend={"orientation": "h", "y": -0.15})
+                      margin={"l": 60, "r": 20, "t": 90, "b": 40},
+                      legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.06, "yanchor": "bottom"})
     return fig
 
 
@@ -197,7 +198,7 @@ def scalars(monitor: str, windows: Sequence[Window]) -> go.Figure | None:
         base = number(reports[-1][1].baseline.get(name))
         if base is not None:
             fig.add_trace(go.Scatter(x=[x[0], x[-1]], y=[base, base], mode="lines", name="at validation",
-                                     line={"dash": "dash", "color": "#7f7f7f"}, showlegend=col == 1), row=1, col=col)
+                                     line={"dash": "dash", "color": "#7f7f7f"}, showlegend=False), row=1, col=col)
     return _layout(fig, f"{monitor} per window (dashed: at validation)", 320)
 
 

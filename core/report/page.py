@@ -24,7 +24,8 @@ CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1200px; padding: 0 24px 48px; color: #222; }
 h1 { margin: 24px 0 4px; } h2 { margin-top: 40px; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
-h3 { margin: 24px 0 8px; } nav a { margin-right: 14px; } .muted { color: #666; } .none { color: #666; font-style: italic; }
+h3 { margin: 24px 0 8px; } nav a { margin-right: 14px; } .muted { color: #666; }
+.none { color: #666; font-style: italic; }
 table { border-collapse: collapse; margin: 8px 0 16px; font-size: 13px; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; } th { background: #f5f5f5; }
@@ -289,9 +290,9 @@ def _aliases(page: Page, got: Gathered) -> None:
     rows = [[c.at[:19].replace("T", " "), c.alias, "-" if c.from_version is None else c.from_version, c.to_version,
              c.action, c.actor, c.reason] for c in reversed(got.history[-MAX_CHANGES:])]
     older = len(got.history) - len(rows)
-    page.add("<p class=\"muted\">Newest first" + (f"; {older:,} older change(s) in opsloop models history" if older
-                                                   else "") + ".</p>" + table(["at (UTC)", "alias", "from", "to", "action", "who", "why"],
-                                                            rows))
+    more = f"; {older:,} older change(s) in opsloop models history" if older else ""
+    page.add(f'<p class="muted">Newest first{more}.</p>'
+             + table(["at (UTC)", "alias", "from", "to", "action", "who", "why"], rows))
     page.end()
 
 
