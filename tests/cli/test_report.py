@@ -251,6 +251,48 @@ def test_long_logs_are_thinned_per_series_keeping_the_peaks(looped: Path, tmp_pa
         assert min(trace["y"]) == pytest.approx(scores.min(), abs=1e-6)
 
 
+def test_served_rows_and_their_feedback_are_drawn_beside_the_batch(trained: Path, tmp_path: Path) -> None:
+    """Rows a real `opsloop serve` (on 127.0.0.1) logged one by one, labelled by request id: the report draws
+    them with the scores the server answered, and shades their incidents."""
+    import http.client
+    import time
+
+    from opsloop.serving.app import create_app
+    from opsloop.serving.server import ServerThread
+
+    path = tmp_path / "project"
+    shutil.copytree(trained, path)
+    frame = small_telemetry()
+    day = frame[(frame["timestamp"] < SPLIT) & (frame["timestamp"] >= "2024-01-08")]  # not in the batch log
+    series = next(s for s, g in day.groupby("entity") if g["label"].sum() > 0)
+    rows = day[day["entity"] == series].reset_index(drop=True)
+    instances = json.loads(rows.drop(columns=["label"]).to_json(orient="records", date_format="iso"))
+    app = create_app(workdir=path)  # the project's log, where the batch went
+    with ServerThread(app) as server:
+        conn = http.client.HTTPConnection(server.host, server.port, timeout=60)
+        conn.request("POST", "/predict", json.dumps({"instances": instances}), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        answer = json.loads(response.read())
+        assert response.status == 200, answer
+        deadline = time.monotonic() + 60
+        while app.log.written < len(rows):
+            assert time.monotonic() < deadline, "the server did not log the rows"
+            time.sleep(0.05)
+    for row in rows.index[rows["label"] == 1]:
+        invoke(["feedback", answer["request_id"], "1", "--row", str(row)], path).assert_ok()
+    _, text = report(path)
+    fig = titled(text, "Scores against incidents")
+    trace = next(t for t in fig["data"] if t.get("meta", {}).get("series") == series)
+    served = {pd.Timestamp(t).tz_convert(None): y for t, y in zip(trace["x"], trace["y"], strict=True)
+              if pd.Timestamp(t).tz_convert(None) < pd.Timestamp(SPLIT)}
+    assert len(served) == len(rows)
+    assert [served[t] for t in rows["timestamp"]] == pytest.approx([p["score"] for p in answer["predictions"]],
+                                                                   abs=1e-6)
+    day_spans = [s for s in fig["layout"]["shapes"] if s["x0"] < SPLIT and s["xref"] == trace["xaxis"]]
+    runs = int(((rows["label"] == 1) & (rows["label"].shift(fill_value=0) != 1)).sum())
+    assert len(day_spans) == runs > 0
+
+
 def chromium() -> str | None:
     found = os.environ.get("OPSLOOP_TEST_CHROMIUM") or shutil.which("chromium")
     return found if found and Path(found).exists() else None
