@@ -29,6 +29,11 @@ def test_wheel_installs_and_works_outside_the_repo(tmp_path):
     assert "opsloop/datasets/asd.parquet" in names
     assert "opsloop/default.toml" in names and "opsloop/starter.toml" in names
     assert not any(n.startswith(("core/", "plugins/", "tests/")) for n in names)
+    # every subpackage (pyproject lists them one by one) and every scaffold template
+    missing = [str(f) for f in (ROOT / "core").rglob("*") if f.is_file() and "__pycache__" not in f.parts
+               and (f.suffix == ".py" or "templates" in f.parts)
+               and f"opsloop/{f.relative_to(ROOT / 'core').as_posix()}" not in names]
+    assert not missing, f"left out of the wheel: {missing}"
     # A venv with the wheel installed into it that sees the dependencies of the environment running
     # this test. Not `system_site_packages=True`: that shows the base interpreter's packages, which a
     # newcomer's virtualenv does not have (issue 8: "No module named 'typer'"). A .pth line adds our
@@ -60,6 +65,10 @@ def test_wheel_installs_and_works_outside_the_repo(tmp_path):
     assert listed.returncode == 0, listed.stderr
     rows = {r["name"]: r for r in json.loads(listed.stdout)}
     assert rows["xgboost"]["status"] == "ok" and rows["xgboost"]["dist"] == "opsloop"
+    made = subprocess.run([str(env / "bin" / "opsloop"), "new-plugin", "disk-forecast", "--kind", "trainer"],
+                          cwd=elsewhere, capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr  # the templates come from the installed wheel
+    assert (elsewhere / "opsloop-disk-forecast" / "opsloop_disk_forecast" / "__init__.py").is_file()
 
 
 def test_editable_install_maps_core_and_plugins():
