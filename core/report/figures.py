@@ -32,6 +32,8 @@ MAX_KEYS = 40
 MAX_SPANS = 300  # incident spans shaded per series
 FAMILY = re.compile(r"(?P<family>[^\[\]]+)\[(?P<key>.+)\]")
 PRODUCTION = "#d62728"
+#: One colour per version where a figure has a line per version in several panels (red is production's mark).
+PALETTE = ("#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#e377c2", "#7f7f7f")
 INCIDENT = "rgba(214, 39, 40, 0.18)"
 
 
@@ -78,12 +80,13 @@ def folds(versions: Sequence[tuple[ModelVersion, Mapping[str, Any]]]) -> go.Figu
     if not metrics:
         return None
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=metrics, horizontal_spacing=0.04)
-    for v, report in folded:
+    for i, (v, report) in enumerate(folded):
         for col, metric in enumerate(metrics, start=1):
             fig.add_trace(_go().Scatter(
                 x=[i + 1 for i in range(len(report["folds"]))], y=[number(f.get(metric)) for f in report["folds"]],
                 mode="lines+markers", name=f"version {v.version}", legendgroup=str(v.version),
-                showlegend=col == 1, meta={"version": v.version, "metric": metric}), row=1, col=col)
+                line={"color": PALETTE[i % len(PALETTE)]}, showlegend=col == 1,
+                meta={"version": v.version, "metric": metric}), row=1, col=col)
     fig.update_xaxes(title_text="fold", dtick=1)
     return _layout(fig, "Validation per fold (each version's folds, in time order)", 380)
 
@@ -124,22 +127,25 @@ def scores(parts: Sequence[Scores], thresholds: Mapping[int, float | None]) -> t
     fig = make_subplots(rows=len(shown), cols=1, shared_xaxes=True, subplot_titles=shown, vertical_spacing=min(
         0.08, 0.3 / len(shown)))
     go = _go()
-    palette = ("#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#e377c2", "#7f7f7f")
     shapes: list[dict[str, Any]] = []
+    logged = sorted(rows["version"].unique().tolist())
+    legend: set[int] = set()  # versions in the legend already: each once, at its first panel
     for row, series in enumerate(shown, start=1):
         mine = rows[rows["series"] == series]
-        for i, (version, part) in enumerate(mine.groupby("version", sort=True)):
-            colour = palette[i % len(palette)]
+        for version, part in mine.groupby("version", sort=True):
+            colour = PALETTE[logged.index(version) % len(PALETTE)]  # a version's colour in every panel
+            first = int(version) not in legend
+            legend.add(int(version))
             fig.add_trace(go.Scatter(x=[t.isoformat() for t in part["time"]], y=part["score"].round(6).tolist(),
                                      mode="lines", name=f"version {version}", legendgroup=str(version),
-                                     line={"color": colour, "width": 1}, showlegend=row == 1,
+                                     line={"color": colour, "width": 1}, showlegend=first,
                                      meta={"series": series, "version": int(version)}), row=row, col=1)
             cut = thresholds.get(int(version))
             if cut is not None:
                 fig.add_trace(go.Scatter(x=[part["time"].min().isoformat(), part["time"].max().isoformat()],
                                          y=[cut, cut], mode="lines", name=f"threshold of version {version}",
                                          legendgroup=str(version), line={"color": colour, "dash": "dash", "width": 1},
-                                         showlegend=row == 1, hoverinfo="name+y"), row=row, col=1)
+                                         showlegend=first, hoverinfo="name+y"), row=row, col=1)
         axis = "" if row == 1 else str(row)
         shapes.extend({"type": "rect", "xref": f"x{axis}", "yref": f"y{axis} domain", "x0": span.start.isoformat(),
                        "x1": span.end.isoformat(), "y0": 0, "y1": 1, "fillcolor": INCIDENT, "line": {"width": 0},
