@@ -156,9 +156,10 @@ def scores(parts: Sequence[Scores], thresholds: Mapping[int, float | None]) -> t
                    max(300, 170 * len(shown) + 80)), left_out
 
 
-def family(monitor: str, name: str, windows: Sequence[Window]) -> go.Figure | None:
+def family(monitor: str, name: str, windows: Sequence[Window], per: str = "window",
+           whole: str = "over the logged period") -> go.Figure | None:
     """One family of figures (`psi[m01]`, `f1[omi-3]`: one per feature or series) of one monitor over the windows:
-    a heatmap (keys by their highest value), or bars with one window."""
+    a heatmap (keys by their highest value), or bars with one window. `per` and `whole` end the title."""
     go = _go()
     columns = [w for w in windows if any(r.monitor == monitor for r in w.reports)]
     values: dict[str, list[float | None]] = {}
@@ -176,14 +177,14 @@ def family(monitor: str, name: str, windows: Sequence[Window]) -> go.Figure | No
                                                           else "") + ")"
     if len(columns) == 1:
         fig = go.Figure(go.Bar(x=keys, y=[values[k][0] for k in keys], meta={"monitor": monitor, "family": name}))
-        return _layout(fig, title + " over the logged period", 340)
+        return _layout(fig, f"{title} {whole}", 340)
     fig = go.Figure(go.Heatmap(
         z=[values[k] for k in reversed(keys)], y=list(reversed(keys)), x=[w.start.isoformat() for w in columns],
         colorscale="YlOrRd", hoverongaps=False, meta={"monitor": monitor, "family": name}))
-    return _layout(fig, title + " per window", max(300, 18 * len(keys) + 120))
+    return _layout(fig, f"{title} per {per}", max(300, 18 * len(keys) + 120))
 
 
-def scalars(monitor: str, windows: Sequence[Window]) -> go.Figure | None:
+def scalars(monitor: str, windows: Sequence[Window], per: str = "window") -> go.Figure | None:
     """A monitor's single figures (no `[...]`) over the windows, a panel each, with the validation baseline
     dashed; None with fewer than two windows (the table has them)."""
     from plotly.subplots import make_subplots
@@ -205,7 +206,7 @@ def scalars(monitor: str, windows: Sequence[Window]) -> go.Figure | None:
         if base is not None:
             fig.add_trace(go.Scatter(x=[x[0], x[-1]], y=[base, base], mode="lines", name="at validation",
                                      line={"dash": "dash", "color": "#7f7f7f"}, showlegend=False), row=1, col=col)
-    return _layout(fig, f"{monitor} per window (dashed: at validation)", 320)
+    return _layout(fig, f"{monitor} per {per} (dashed: at validation)", 320)
 
 
 def alias_history(changes: Sequence[AliasChange], now: str) -> go.Figure | None:

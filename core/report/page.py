@@ -320,4 +320,35 @@ def _loop(page: Page, got: Gathered) -> None:
     page.add("<p class=\"muted\">Newest first, as opsloop loop history shows it.</p>"
              + table(["#", "cycle at (UTC)", "status", "decision", "production", "candidate", "gate", "promoted",
                       "why"], rows))
+    _loop_monitors(page, got)
     page.end()
+
+
+def _loop_monitors(page: Page, got: Gathered) -> None:
+    """What the loop's monitors saw on production, cycle by cycle (the journal keeps their figures): drift and
+    quality over time even where the prediction log is not at hand (a registry shared through PostgreSQL)."""
+    from opsloop.monitoring import Window
+    from opsloop.types import MonitorReport
+
+    windows = []
+    for c in sorted(got.cycles or [], key=lambda c: c.id):
+        reports = tuple(MonitorReport(monitor=str(r.get("monitor", "")), rows=int(r.get("rows") or 0),
+                                      metrics={k: v for k, v in (r.get("metrics") or {}).items()
+                                               if figs.number(v) is not None},
+                                      alerts=tuple(r.get("alerts") or ()))
+                        for r in dict(c.body).get("monitor") or [] if isinstance(r, Mapping))
+        if reports:
+            at = datetime.fromisoformat(str(dict(c.body).get("at") or c.at).replace("Z", "+00:00"))
+            windows.append(Window(start=at, end=at, rows=max(r.rows for r in reports), reports=reports))
+    if not windows:
+        return
+    page.add(f"<h3>What the loop's monitors saw, cycle by cycle ({len(windows)} cycle(s))</h3>")
+    for monitor in dict.fromkeys(r.monitor for w in windows for r in w.reports):
+        page.figure(figs.scalars(monitor, windows, per="cycle"))
+        families = dict.fromkeys(match["family"] for w in windows for r in w.reports if r.monitor == monitor
+                                 for match in map(figs.FAMILY.fullmatch, r.metrics) if match)
+        for name in families:
+            page.figure(figs.family(monitor, name, windows, per="cycle", whole="in the loop's cycle"))
+        latest = next(r for w in reversed(windows) for r in w.reports if r.monitor == monitor)
+        page.add(report_table(f"{monitor} in the latest cycle ({latest.rows:,} rows)", latest.metrics, {},
+                              latest.alerts))

@@ -50,9 +50,9 @@ def figures(page: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def titled(page: str, start: str) -> dict[str, Any]:
-    found = [fig for title, fig in figures(page).items() if title.startswith(start)]
-    assert len(found) == 1, f"{len(found)} figures titled {start!r}: {list(figures(page))}"
+def titled(page: str, start: str, end: str = "") -> dict[str, Any]:
+    found = [fig for title, fig in figures(page).items() if title.startswith(start) and title.endswith(end)]
+    assert len(found) == 1, f"{len(found)} figures titled {start!r}...{end!r}: {list(figures(page))}"
     return found[0]
 
 
@@ -126,6 +126,11 @@ def test_every_section_is_drawn_from_the_real_figures(looped: Path, page: tuple[
     challenger = next(t for t in fig["data"] if t["name"] == "gate: challenger")
     assert challenger["y"] == pytest.approx([gate["challenger"]])
     assert "promoted" in next(t for t in fig["data"] if t["name"] == "status")["text"]
+    # What the cycle's monitors saw on production, as the journal keeps it: drift per feature.
+    seen = {r["monitor"]: r["metrics"] for r in dict(cycles[0].body)["monitor"]}
+    bars = titled(text, "drift-monitor: psi[…]", "in the loop's cycle")["data"][0]
+    assert len(bars["x"]) == len([k for k in seen["drift-monitor"] if k.startswith("psi[")]) > 0
+    assert bars["y"] == pytest.approx([seen["drift-monitor"][f"psi[{k}]"] for k in bars["x"]])
     # Alias history: production went 1 -> 3 (the loop) -> 2 (the promotion), and the table says why.
     fig = titled(text, "Alias history")
     production = next(t for t in fig["data"] if t["name"] == "production")
@@ -166,14 +171,15 @@ def test_drift_per_feature_and_series_is_what_opsloop_monitor_reports(
     windows = [w for w in monitored["windows"] if w["reports"]]
     drift = [next(r for r in w["reports"] if r["monitor"] == "drift-monitor")["metrics"] for w in windows]
     for family in ("psi", "series_ks"):
-        fig = titled(text, f"drift-monitor: {family}[…]")
+        fig = titled(text, f"drift-monitor: {family}[…]", "per window")
         heat = fig["data"][0]
         assert heat["type"] == "heatmap" and len(heat["x"]) == len(windows)
         for key, row in zip(heat["y"], heat["z"], strict=True):
             assert row == pytest.approx([figures_of[f"{family}[{key}]"] for figures_of in drift])
-    assert set(titled(text, "drift-monitor: series_ks[…]")["data"][0]["y"]) == {"omi-1", "omi-9", "omi-10"}
+    assert set(titled(text, "drift-monitor: series_ks[…]", "per window")["data"][0]["y"]) == {"omi-1", "omi-9",
+                                                                                            "omi-10"}
     # Quality per series (quality-monitor's f1[omi-1]...) too, and every monitor's own figures in a table.
-    assert titled(text, "quality-monitor: f1[…]")["data"][0]["type"] == "heatmap"
+    assert titled(text, "quality-monitor: f1[…]", "per window")["data"][0]["type"] == "heatmap"
     whole = invoke(["monitor", "--version", "1", "--json"], looped).assert_ok().json["windows"][0]["reports"]
     psi = next(r for r in whole if r["monitor"] == "drift-monitor")["metrics"]["drift_max_psi"]
     assert f"<td>drift_max_psi</td><td class=\"n\">{psi:.4g}</td>" in text
