@@ -23,7 +23,7 @@ from opsloop import data as data_mod
 from opsloop import alerting, gates, lineage, partition_folds, partitions, snapshots
 from opsloop.bundle import LoadedModel, StepRecord, check_bundle, read_bundle, unstructure_options, write_bundle
 from opsloop.errors import BundleError, ConfigError, OpsloopError, PluginCallError, StoreError
-from opsloop.store import remove_tree
+from opsloop.store import remove_tree, strict_json
 from opsloop.types import (
     Dataset,
     Deployment,
@@ -329,6 +329,9 @@ class Runner:
         def work() -> ModelVersion:
             record = lineage.record(config=self.config, plugins=self.plugins, used=self._used(), data=raw,
                                     run_id=self.run.run_id, parent=parent, training=training)
+            # every validator's report, fold by fold (the registry's metrics are the first one's means): after the
+            # training key, which it must not enter; `opsloop report` draws the folds from it
+            record["validation"] = strict_json([r.summary() for r in validation])
             if whole is not raw:
                 record["data"].update(partitions.lineage_data(whole, len(raw)))
             snapshot = snapshots.take(self.config, self.store, raw) if whole is raw else None  # `[data] snapshot`
