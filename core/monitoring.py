@@ -234,7 +234,7 @@ def _nothing_logged(con: sqlite3.Connection, path: Path, version: ModelVersion, 
 #: and row, its whole request, or its model, series and time. One pass over `predictions` in log order (NOT INDEXED:
 #: a table scan, never a sort of the whole log), each kind of feedback reduced to its latest label per key first
 #: (SQLite indexes those small tables itself), whatever indexes the log has.
-ROWS = """
+LABELLED = """
 WITH
 byrow AS MATERIALIZED (SELECT request_id, row, label, max(id) AS fid FROM feedback
                        WHERE request_id IS NOT NULL AND row IS NOT NULL GROUP BY request_id, row),
@@ -242,17 +242,18 @@ byrequest AS MATERIALIZED (SELECT request_id, label, max(id) AS fid FROM feedbac
                            WHERE request_id IS NOT NULL AND row IS NULL GROUP BY request_id),
 bykey AS MATERIALIZED (SELECT series, time, label, max(id) AS fid FROM feedback
                        WHERE request_id IS NULL AND model = :model GROUP BY series, time)
-SELECT p.id, p.{key}, p.prediction, p.score,
+SELECT {columns},
     CASE max(coalesce(a.fid, -1), coalesce(b.fid, -1), coalesce(k.fid, -1))
-        WHEN -1 THEN NULL WHEN a.fid THEN a.label WHEN b.fid THEN b.label ELSE k.label END,
-    p.inputs
+        WHEN -1 THEN NULL WHEN a.fid THEN a.label WHEN b.fid THEN b.label ELSE k.label END{more}
 FROM predictions p NOT INDEXED
 LEFT JOIN byrow a ON a.request_id = p.request_id AND a.row = p.row
 LEFT JOIN byrequest b ON b.request_id = p.request_id
 LEFT JOIN bykey k ON k.series IS p.series AND k.time = p.time
-WHERE p.model = :model AND p.version = :version AND p.{key} IS NOT NULL AND p.{key} >= :since AND p.{key} < :until
-ORDER BY p.id
+WHERE p.model = :model AND {where}
 """
+ROWS = LABELLED.format(columns="p.id, p.{key}, p.prediction, p.score", more=",\n    p.inputs",
+                       where="p.version = :version AND p.{key} IS NOT NULL AND p.{key} >= :since AND p.{key} < :until"
+                       ) + "ORDER BY p.id\n"
 
 
 @attrs.frozen(kw_only=True)

@@ -164,23 +164,10 @@ def _last_run(cfg: Config, name: str) -> list[dict[str, Any]]:
 
 #: Each served row of a model with its latest label (as `opsloop.monitoring.ROWS` joins them), without its inputs:
 #: the plots need the series, time and score alone, and a log's inputs are most of its bytes.
-SERVED = """
-WITH
-byrow AS MATERIALIZED (SELECT request_id, row, label, max(id) AS fid FROM feedback
-                       WHERE request_id IS NOT NULL AND row IS NOT NULL GROUP BY request_id, row),
-byrequest AS MATERIALIZED (SELECT request_id, label, max(id) AS fid FROM feedback
-                           WHERE request_id IS NOT NULL AND row IS NULL GROUP BY request_id),
-bykey AS MATERIALIZED (SELECT series, time, label, max(id) AS fid FROM feedback
-                       WHERE request_id IS NULL AND model = :model GROUP BY series, time)
-SELECT p.version, p.series, p.time, p.score,
-    CASE max(coalesce(a.fid, -1), coalesce(b.fid, -1), coalesce(k.fid, -1))
-        WHEN -1 THEN NULL WHEN a.fid THEN a.label WHEN b.fid THEN b.label ELSE k.label END
-FROM predictions p NOT INDEXED
-LEFT JOIN byrow a ON a.request_id = p.request_id AND a.row = p.row
-LEFT JOIN byrequest b ON b.request_id = p.request_id
-LEFT JOIN bykey k ON k.series IS p.series AND k.time = p.time
-WHERE p.model = :model AND p.time IS NOT NULL
-"""
+def _served_query() -> str:
+    from opsloop.monitoring import LABELLED
+
+    return LABELLED.format(columns="p.version, p.series, p.time, p.score", more="", where="p.time IS NOT NULL")
 
 
 def _read_scores(got: Gathered, log: Path) -> list[Scores]:
@@ -201,7 +188,7 @@ def _read_scores(got: Gathered, log: Path) -> list[Scores]:
         return []
     parts: list[pd.DataFrame] = []
     try:
-        cursor = con.execute(SERVED, {"model": got.model})
+        cursor = con.execute(_served_query(), {"model": got.model})
         while chunk := cursor.fetchmany(100_000):
             parts.append(pd.DataFrame(chunk, columns=["version", "series", "time", "score", "label"]))
         fb = None
