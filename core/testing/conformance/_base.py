@@ -94,6 +94,14 @@ class Suite:
             manager.ON_NEW_MANAGER.remove(add)
 
     @classmethod
+    def stage(cls) -> dict[str, Any]:
+        """A stage table that selects the plugin under test alone, with its `options`."""
+        table: dict[str, Any] = {"plugins": [cls.plugin]}
+        if cls.options:
+            table[cls.plugin] = cls.options
+        return table
+
+    @classmethod
     def table(cls, **sections: Any) -> dict[str, Any]:
         """The small config with the suite's `config` tables and then `sections` merged in."""
         table = small.small_config()

@@ -77,9 +77,7 @@ class DeploySuite(Suite):
     @classmethod
     def target(cls, tmp_path_factory: pytest.TempPathFactory, _conformance_plugin: None) -> Iterator[Target]:
         """A registered version in production, loaded; the target with its options; taken down at the end."""
-        table: dict[str, Any] = {"plugins": [cls.plugin]}
-        if cls.options:
-            table[cls.plugin] = cls.options
+        table = cls.stage()
         bench = Bench.create(tmp_path_factory.mktemp("deploy"), cls.table(deploy=table))
         runner = bench.runner()
         try:

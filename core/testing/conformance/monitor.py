@@ -74,9 +74,7 @@ class MonitorSuite(Suite):
         scored by it, as the run's monitor stage has them."""
         from opsloop.runner import judge
 
-        table: dict[str, Any] = {"plugins": [cls.plugin]}
-        if cls.options:
-            table[cls.plugin] = cls.options
+        table = cls.stage()
         bench = Bench.create(tmp_path_factory.mktemp("monitor"), cls.table(monitor=table))
         lifecycle = bench.invoke("run").assert_ok().json
         runner = bench.runner()

@@ -89,9 +89,7 @@ class PolicySuite(Suite):
     @classmethod
     def judge(cls, tmp_path_factory: pytest.TempPathFactory, _conformance_plugin: None) -> Judge:
         """`opsloop run` with the policy selected; the version it registered."""
-        table: dict[str, Any] = {"plugins": [cls.plugin]}
-        if cls.options:
-            table[cls.plugin] = cls.options
+        table = cls.stage()
         bench = Bench.create(tmp_path_factory.mktemp("policy"), cls.table(retrain=table))
         lifecycle = bench.invoke("run").assert_ok().json
         session = bench.session()

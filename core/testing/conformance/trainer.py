@@ -40,9 +40,7 @@ class TrainerSuite(Suite):
     @classmethod
     def trainer_bench(cls, tmp_path_factory: pytest.TempPathFactory, _conformance_plugin: None) -> Bench:
         """A project whose config selects the trainer (with its options) on the small set."""
-        train = {"plugins": [cls.plugin]}
-        if cls.options:
-            train[cls.plugin] = cls.options
+        train = cls.stage()
         return Bench.create(tmp_path_factory.mktemp("trainer"), cls.table(train=train))
 
     @pytest.fixture(scope="class")
