@@ -97,6 +97,11 @@ class Options:
             MLFLOW_HTTP_REQUEST_TIMEOUT, else 10.
         retries: Retries of a failed HTTP request; None:
             MLFLOW_HTTP_REQUEST_MAX_RETRIES, else 2.
+        critical: An MLflow failure ends the command (opsloop ends an
+            observer's run only when its options say critical), so that no
+            run and no version is in opsloop without its MLflow record.
+            False: the failure is a warning and the run goes on, without
+            MLflow's record of it.
     """
 
     # None of these shapes a model: opsloop's lineage leaves them out of the training key, so pointing the
@@ -112,6 +117,7 @@ class Options:
     tags: Any = attrs.field(factory=dict, validator=_string_table, metadata=NOT_SHAPING)
     timeout: int | None = attrs.field(default=None, validator=_positive_or_none, metadata=NOT_SHAPING)
     retries: int | None = attrs.field(default=None, validator=_positive_or_none, metadata=NOT_SHAPING)
+    critical: bool = attrs.field(default=True, metadata=NOT_SHAPING)
 
 
 @hookimpl

@@ -54,6 +54,17 @@ def test_an_unreachable_server_stops_the_run_before_training(opsloop_project, li
     nothing_registered(project)
 
 
+def test_not_critical_an_unreachable_server_is_a_warning_and_the_run_goes_on(opsloop_project, lifecycle):
+    port = closed_port()
+    config = lifecycle(f"http://127.0.0.1:{port}")
+    config["plugins"]["mlflow-tracking"]["critical"] = False
+    project = opsloop_project(config=config)
+    data = project.run("run").assert_ok().json
+    assert data["versions"], "the run registered nothing"
+    assert data["warnings"] and all(w.startswith(f'{PLUGIN}') and "connection refused" in w
+                                    for w in data["warnings"]), data["warnings"]
+
+
 def test_a_server_that_never_answers_fails_within_the_configured_timeout(opsloop_project, lifecycle):
     # A socket that listens but never accepts: the connection is made (the kernel's backlog), no answer comes.
     with socket.socket() as silent:
