@@ -141,7 +141,7 @@ def gather(cfg: Config, *, model: str | None, log: Path, window: str | None) -> 
         shown = store.uri
     got = Gathered(model=name, store=str(shown), versions=versions, aliases=aliases, history=history, cycles=cycles,
                    log=log, last_run=_last_run(cfg, name), max_points=MAX_POINTS)
-    got.scores = _read_scores(got, log)
+    got.scores = _read_scores(got, log, cfg)
     if got.scores:
         _monitor(got, cfg, window)
     return got
@@ -170,8 +170,34 @@ def _served_query() -> str:
     return LABELLED.format(columns="p.version, p.series, p.time, p.score", more="", where="p.time IS NOT NULL")
 
 
-def _read_scores(got: Gathered, log: Path) -> list[Scores]:
-    """Every version's logged rows (served and batch), thinned per series; a note when there is no log."""
+def source_labels(cfg: Config) -> tuple[pd.DataFrame | None, str]:
+    """The labels `[data] source` holds (`series`, `time`, `label`; None when it has no target, no time, or cannot
+    be read), and a note of where they came from or why not: rows scored by `opsloop run` are labelled in the
+    source itself, and their incidents are drawn before any feedback arrives."""
+    import pandas as pd
+
+    from opsloop import data as data_mod
+
+    spec = cfg.data
+    if not spec.target or not spec.time:
+        return None, "the source has no target or no time column"
+    try:
+        frame = data_mod.load(cfg).frame
+    except OpsloopError as exc:
+        return None, f"the labels of {spec.source} cannot be read ({exc})"
+    if spec.target not in frame or spec.time not in frame:
+        return None, f"{spec.source} has no {spec.target!r} or {spec.time!r} column"
+    series = frame[spec.series].astype(str) if spec.series and spec.series in frame else "(no series)"
+    labels = pd.DataFrame({"series": series, "time": pd.to_datetime(frame[spec.time], utc=True, errors="coerce"),
+                           "source_label": pd.to_numeric(frame[spec.target], errors="coerce")})
+    return labels.dropna().drop_duplicates(["series", "time"], keep="last"), f"the labels in {spec.source}"
+
+
+def _read_scores(got: Gathered, log: Path, cfg: Config | None = None) -> list[Scores]:
+    """Every version's logged rows (served and batch), thinned per series; a note when there is no log.
+
+    A row's label is its feedback when it has some, else the label `[data] source` holds for its series and time
+    (with `cfg`), so the incidents of rows `opsloop run` scored from labelled data are drawn too."""
     import pandas as pd
 
     from opsloop import monitoring
@@ -222,6 +248,13 @@ def _read_scores(got: Gathered, log: Path) -> list[Scores]:
         got.note("scores", f"the logged rows of {got.model} have no scores (a model without scores): only "
                            "predictions were logged")
         return []
+    if cfg is not None and rows["label"].isna().any():
+        labels, where = source_labels(cfg)
+        if labels is not None:
+            rows = rows.merge(labels, on=["series", "time"], how="left")
+            rows["label"] = rows["label"].fillna(rows.pop("source_label"))
+        got.note("labels", f"incidents: feedback labels, then {where}" if labels is not None else
+                 f"incidents: feedback labels only ({where})")
     out = []
     per_series = rows.groupby("series")["version"].nunique()
     for version, part in rows.groupby("version", sort=True):

@@ -112,7 +112,7 @@ def versions(rows: Sequence[ModelVersion], production: int | None) -> go.Figure 
 
 def scores(parts: Sequence[Scores], thresholds: Mapping[int, float | None]) -> tuple[go.Figure | None, list[str]]:
     """Scores against incidents over time: a panel per series, a line per version, its threshold dashed, incident
-    spans (rows labelled 1 by feedback) shaded. Also the series left out (beyond `MAX_SERIES`)."""
+    spans (rows labelled 1, by feedback or in the source) shaded. Also the series left out (beyond `MAX_SERIES`)."""
     import pandas as pd
     from plotly.subplots import make_subplots
 
@@ -152,7 +152,7 @@ def scores(parts: Sequence[Scores], thresholds: Mapping[int, float | None]) -> t
                        "layer": "below"} for span in spans[spans["series"] == series].head(MAX_SPANS).itertuples())
     fig.update_layout(shapes=shapes)  # at once: `add_shape` copies every shape so far, quadratic in spans
     fig.update_yaxes(title_text="score")
-    return _layout(fig, "Scores against incidents (shaded: rows labelled 1 by feedback)",
+    return _layout(fig, "Scores against incidents (shaded: rows labelled 1)",
                    max(300, 170 * len(shown) + 80)), left_out
 
 

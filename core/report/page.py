@@ -209,8 +209,9 @@ def _scores(page: Page, got: Gathered) -> None:
     drawn = sum(len(s.frame) for s in got.scores)
     labelled = sum(int(s.frame["label"].notna().sum()) for s in got.scores)
     spans = sum(len(s.incidents) for s in got.scores)
-    text = (f"{total:,} logged rows of {len(got.scores)} version(s); {spans:,} incident span(s) from feedback "
-            f"labels." + ("" if labelled else " No feedback labels yet: no incidents to shade."))
+    where = " ".join(got.notes.get("labels") or ["incidents: feedback labels"])
+    text = (f"{total:,} logged rows of {len(got.scores)} version(s); {spans:,} incident span(s) ({where})."
+            + ("" if labelled else " No labels yet: no incidents to shade."))
     if drawn < total:
         text += (f" Drawn: {drawn:,} points, at most {got.max_points:,} per series (per time bucket the highest "
                  "and lowest score are kept, so peaks survive).")

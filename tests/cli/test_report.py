@@ -357,3 +357,20 @@ def test_bad_input_is_one_line(looped: Path, tmp_path: Path, monkeypatch: pytest
         "opsloop report needs plotly: pip install 'opsloop[report]'")
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r.html").exists()
+
+
+def test_without_feedback_the_incidents_come_from_the_labels_in_the_source(opsloop_project, tmp_path: Path) -> None:
+    """`opsloop run` on labelled data, then the report: the batch-scored rows' incidents are the source's own."""
+    project = opsloop_project(small=True)
+    project.run("run").assert_ok()
+    out = tmp_path / "page.html"
+    invoke(["report", "-o", str(out)], project.path).assert_ok()
+    text = out.read_text(encoding="utf-8")
+    fig = titled(text, "Scores against incidents")
+    frame = small_telemetry()
+    frame = frame[frame["timestamp"] >= SPLIT]
+    runs = sum(int(((g["label"] == 1) & (g["label"].shift(fill_value=0) != 1)).sum())
+               for _, g in frame.groupby("entity"))
+    assert runs > 0
+    assert len([s for s in fig["layout"]["shapes"] if s["type"] == "rect"]) == runs
+    assert f"{runs:,} incident span(s) (incidents: feedback labels, then the labels in telemetry.csv)" in text
