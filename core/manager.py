@@ -149,6 +149,8 @@ class PluginManager:
         self.recorders: list[Callable[[str, str, dict[str, Any], Any], None]] = []
         #: What observers raised and the run went on after (one line each, `plugin "x" (dist v) failed in on_...`).
         self.warnings: list[str] = []
+        #: Observers that raised: not called again by this manager (`notify`).
+        self.muted: set[str] = set()
         #: Each plugin's own checked options, passed to its observer hooks as `options` (filled by
         #: `Session`: `[plugins.<name>]` for an enabled plugin, else its stage table).
         self.observer_options: dict[str, Any] = {}
@@ -291,21 +293,26 @@ class PluginManager:
         own options (`observer_options`).
 
         An observer that raises is a warning (logged, and kept in `warnings`
-        for the run's summary) and the others still hear the event, unless its
+        for the run's summary), the others still hear the event, and the
+        command goes on without it: it is not called again, so that a tracking
+        server that is down costs one timeout, not one per event. Unless its
         options say `critical = true`: then its error ends the command, as a
         stage plugin's does. With `swallow` (`on_stage_error`, so that the
         original error is the one reported) even a critical one is a warning.
         """
         for impl in getattr(self.pm.hook, hook).get_hookimpls():
+            if impl.plugin_name in self.muted:
+                continue
             options = self.observer_options.get(impl.plugin_name)
             try:
                 self._invoke(impl, hook, {**kwargs, "options": options})
             except PluginCallError as exc:
                 if getattr(options, "critical", False) is True and not swallow:
                     raise
+                self.muted.add(impl.plugin_name)
                 self.warnings.append(str(exc))
-                logging.getLogger("opsloop").warning("warning: %s (the run goes on: an observer's error does not "
-                                                     "stop it unless its options say critical = true)", exc)
+                logging.getLogger("opsloop").warning("warning: %s (the run goes on without it: an observer's error "
+                                                     "does not stop it unless its options say critical = true)", exc)
 
     def _label(self, name: str) -> str | None:
         info = self.known.get(name)

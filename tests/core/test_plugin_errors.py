@@ -30,15 +30,32 @@ def _audit(make_plugin_dist):
 def test_an_observer_that_raises_is_a_warning_and_the_run_goes_on(opsloop_project, make_plugin_dist, hook_recorder,
                                                                    opsloop_console):
     _audit(make_plugin_dist)
-    project = opsloop_project(small=True, config={"plugins": {"enable": ["audit"]}})
+    from types import SimpleNamespace
+
+    from opsloop import hookimpl
+
+    heard = []
+
+    @hookimpl
+    def on_stage_end(stage):
+        heard.append(stage)
+
+    project = opsloop_project(small=True, config={"plugins": {"enable": ["audit", "listener"]}},
+                              plugins={"listener": SimpleNamespace(on_stage_end=on_stage_end)})
     data = project.run("run").assert_ok().json
     assert data["versions"][0]["ref"] == "small-telemetry:1"  # registered, deployed, monitored all the same
-    assert [s["stage"] for s in data["stages"]][-1] == "decide_retrain"
+    stages = [s["stage"] for s in data["stages"]]
+    assert stages[-1] == "decide_retrain"
     assert data["warnings"] == ['plugin "audit" (opsloop-audit 2.3) failed in on_stage_end: '
                                 "OSError: disk full; while writing /var/audit/run.log"]
-    # it went on hearing the later stages
-    assert [c.kwargs["stage"] for c in hook_recorder.named("on_stage_end")][-1] == "decide_retrain"
-    # the real console script, as an operator sees it: the warning on stderr, the stages all done
+    # the other observer heard every stage, the failing one is not called again after its error
+    assert heard == stages
+    audit = [c.kwargs["stage"] for c in hook_recorder.named("on_stage_end") if c.plugin == "audit"]
+    assert audit == stages[:stages.index("validate")]
+    # the real console script, as an operator sees it (installed plugins only): the warning on stderr
+    from opsloop.testing.data import small_config
+
+    project.write_config(small_config(plugins={"enable": ["audit"]}))
     shown = opsloop_console("validate").assert_ok()
     shown.lines("stderr").fnmatch_lines(['warning: plugin "audit" (opsloop-audit 2.3) failed in on_stage_end: '
                                          "OSError: disk full; while writing /var/audit/run.log (the run goes on*"])
