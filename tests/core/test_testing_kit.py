@@ -10,7 +10,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from opsloop import hookimpl
-from opsloop.testing.data import SERIES, SPLIT, small_telemetry
+from opsloop.testing.data import SERIES, SPLIT
+from opsloop.testing.data import small_telemetry as load_small
 from opsloop.types import TrainedModel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +28,7 @@ def test_the_small_set_is_real_asd_with_incidents_on_both_sides_of_the_split(sma
     full = datasets.load("asd").set_index(["entity", "timestamp"])
     assert full.loc[frame.set_index(["entity", "timestamp"]).index].reset_index().equals(frame)  # a slice, unchanged
     frame.loc[:, "m01"] = -1.0  # the fixture hands each test its own frame: the set itself is unchanged
-    assert (globals()["small_telemetry"]()["m01"] >= 0).all()
+    assert (load_small()["m01"] >= 0).all()
 
 
 def test_a_small_project_runs_the_whole_lifecycle(opsloop_project):
