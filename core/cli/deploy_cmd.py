@@ -58,10 +58,8 @@ def _call(session: Session, target: str, hook: str, run: RunContext) -> Deployme
 
     result = session.plugins.call(target, hook, model_name=run.model_name,
                                   options=session.options_for("deploy", target), run=run)
-    if not isinstance(result, DeploymentStatus):
-        info = session.plugins.known.get(target)
-        raise PluginCallError(target, hook, TypeError(f"returned {type(result).__name__}, not a DeploymentStatus"),
-                              dist=info.label if info else None)
+    if not isinstance(result, DeploymentStatus):  # PluginCallError adds the plugin's (dist version)
+        raise PluginCallError(target, hook, TypeError(f"returned {type(result).__name__}, not a DeploymentStatus"))
     return result
 
 

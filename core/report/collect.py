@@ -10,9 +10,7 @@ note for its section instead of ending the report.
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
-import urllib.parse
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,7 +36,6 @@ MAX_CYCLES = 200
 #: Window lengths chosen from when `--window` is not given: the shortest giving at most `MAX_WINDOWS` windows.
 WINDOW_CHOICES = ("1h", "6h", "1d", "7d", "28d")
 MAX_WINDOWS = 40
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 @attrs.frozen(kw_only=True)
@@ -98,30 +95,16 @@ class Gathered:
         self.notes.setdefault(section, []).append(text)
 
 
-def local_root(uri: str, workdir: Path) -> Path | None:
-    """The directory of a registry given as a path (`.opsloop`, `file:///srv/reg`), None for other URIs."""
-    text = uri.strip()
-    if text.lower().startswith("file://"):
-        text = urllib.parse.unquote(urllib.parse.urlparse(text).path)
-    elif text.lower().startswith(("file:", "local:")):
-        text = text.partition(":")[2]
-    elif _SCHEME.match(text):
-        return None
-    if not text:
-        return None
-    root = Path(text).expanduser()
-    return root if root.is_absolute() else Path(workdir) / root
-
-
 def gather(cfg: Config, *, model: str | None, log: Path, window: str | None) -> Gathered:
     """Read the registry (StoreError when there is none, or no such model), then the log and the monitors."""
     import os
 
+    from opsloop.plugins.local_store import store_root
     from opsloop.session import Session
     from opsloop.store import unknown_model
 
     uri = os.environ.get("OPSLOOP_STORE") or cfg.store.uri
-    root = local_root(uri, Path(cfg.workdir))
+    root = store_root(uri, Path(cfg.workdir))  # a local registry: never created by reading it
     if root is not None and not root.is_dir():
         raise StoreError(f"no model registry at {root}: nothing is registered yet (opsloop run registers a "
                          "version), or give the project's config with -c")

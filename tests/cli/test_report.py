@@ -139,6 +139,14 @@ def test_every_section_is_drawn_from_the_real_figures(looped: Path, page: tuple[
     assert production["text"][-2].endswith(REASON)
 
 
+def monitored_incidents() -> int:
+    """Incidents (runs of rows labelled 1, per series) of the small set's monitored days, from its own labels."""
+    frame = small_telemetry()
+    frame = frame[frame["timestamp"] >= SPLIT]
+    return sum(int(((g["label"] == 1) & (g["label"].shift(fill_value=0) != 1)).sum())
+               for _, g in frame.groupby("entity"))
+
+
 def test_scores_per_series_are_the_batch_scores_with_the_labelled_incidents_shaded(
         looped: Path, page: tuple[dict[str, Any], str]) -> None:
     _, text = page
@@ -155,10 +163,7 @@ def test_scores_per_series_are_the_batch_scores_with_the_labelled_incidents_shad
         cut = s.get(MODEL, 1).threshold["value"]
     assert {tuple(t["y"]) for t in fig["data"] if t["name"] == "threshold of version 1"} == {(cut, cut)}
     # One shaded span per incident (a run of rows labelled 1) of each series in the monitored days.
-    frame = small_telemetry()
-    frame = frame[frame["timestamp"] >= SPLIT]
-    runs = sum(int(((g["label"] == 1) & (g["label"].shift(fill_value=0) != 1)).sum())
-               for _, g in frame.groupby("entity"))
+    runs = monitored_incidents()
     assert runs > 0
     assert len([s for s in fig["layout"]["shapes"] if s["type"] == "rect"]) == runs
     assert f"{runs:,} incident span(s)" in text
@@ -367,10 +372,7 @@ def test_without_feedback_the_incidents_come_from_the_labels_in_the_source(opslo
     invoke(["report", "-o", str(out)], project.path).assert_ok()
     text = out.read_text(encoding="utf-8")
     fig = titled(text, "Scores against incidents")
-    frame = small_telemetry()
-    frame = frame[frame["timestamp"] >= SPLIT]
-    runs = sum(int(((g["label"] == 1) & (g["label"].shift(fill_value=0) != 1)).sum())
-               for _, g in frame.groupby("entity"))
+    runs = monitored_incidents()
     assert runs > 0
     assert len([s for s in fig["layout"]["shapes"] if s["type"] == "rect"]) == runs
     assert f"{runs:,} incident span(s) (incidents: feedback labels, then the labels in telemetry.csv)" in text

@@ -94,12 +94,13 @@ class Suite:
             manager.ON_NEW_MANAGER.remove(add)
 
     @classmethod
-    def stage(cls) -> dict[str, Any]:
-        """A stage table that selects the plugin under test alone, with its `options`."""
-        table: dict[str, Any] = {"plugins": [cls.plugin]}
+    def stage(cls, **table: Any) -> dict[str, Any]:
+        """A table that selects the plugin under test (`plugins = [plugin]` unless `table` is given), with its
+        `options` as its own sub-table."""
+        out: dict[str, Any] = table or {"plugins": [cls.plugin]}
         if cls.options:
-            table[cls.plugin] = cls.options
-        return table
+            out[cls.plugin] = cls.options
+        return out
 
     @classmethod
     def table(cls, **sections: Any) -> dict[str, Any]:

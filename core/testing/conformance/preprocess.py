@@ -70,10 +70,7 @@ class PreprocessSuite(Suite):
     @classmethod
     def steps_table(cls) -> dict[str, Any]:
         """`[preprocess]`: the `before` steps, then this one with its options."""
-        table: dict[str, Any] = {"plugins": [*cls.before, cls.plugin]}
-        if cls.options:
-            table[cls.plugin] = cls.options
-        return table
+        return cls.stage(plugins=[*cls.before, cls.plugin])
 
     @pytest.fixture(scope="class")
     @classmethod

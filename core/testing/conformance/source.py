@@ -45,10 +45,7 @@ class SourceSuite(Suite):
 
     @classmethod
     def data_table(cls, source: str) -> dict[str, Any]:
-        table: dict[str, Any] = {**cls.data, "source": source, "plugin": cls.plugin}
-        if cls.options:
-            table[cls.plugin] = cls.options
-        return table
+        return cls.stage(**{**cls.data, "source": source, "plugin": cls.plugin})
 
     @pytest.fixture(scope="class")
     @classmethod
