@@ -7,6 +7,7 @@ never pays its ~60 ms of imports (issue 8, item 14).
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -47,9 +48,22 @@ console = LazyConsole(width=_WIDTH)
 err_console = LazyConsole(stderr=True)
 
 
+def strict(data: Any) -> Any:
+    """`data` with every NaN or infinite float (NumPy's too) as None: standard JSON has no NaN, and `jq` refuses it."""
+    if isinstance(data, float):  # numpy.float64 is a float
+        return data if math.isfinite(data) else None
+    if isinstance(data, Mapping):
+        return {k: strict(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [strict(v) for v in data]
+    if type(data).__module__ == "numpy" and hasattr(data, "item"):  # numpy.float32 and scalars of other kinds
+        return strict(data.item())
+    return data
+
+
 def print_json(data: Any) -> None:
-    """JSON on stdout, plain (no colour codes), for scripts."""
-    sys.stdout.write(json.dumps(data, indent=2, default=str, allow_nan=True) + "\n")
+    """Strict JSON on stdout (NaN as null), plain (no colour codes), for scripts."""
+    sys.stdout.write(json.dumps(strict(data), indent=2, default=str, allow_nan=False) + "\n")
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
