@@ -88,6 +88,8 @@ class LogInputs:
                         labelled.append(rows.current.derive(frame[mask].reset_index(drop=True)))
                 if version.version != production.version:
                     continue
+                if rows.repeats:
+                    notes.append(monitoring.repeats_note(rows.repeats, version.ref))
                 keys = rows.keys
                 # Up to the newest row's time, [from, until): the next whole second after it.
                 end = keys.max().to_pydatetime().replace(microsecond=0) + timedelta(seconds=1)

@@ -263,6 +263,8 @@ class Logged:
     current: Dataset
     predictions: pd.DataFrame = attrs.field(eq=False, repr=False)
     keys: pd.Series = attrs.field(eq=False, repr=False)
+    #: Rows left out as repeats of a (series, time) this version had already scored (`_once_each`).
+    repeats: int = 0
 
 
 def read_rows(con: sqlite3.Connection, path: Path, version: ModelVersion, manifest: dict[str, Any], *, by: str,
@@ -296,6 +298,12 @@ def read_rows(con: sqlite3.Connection, path: Path, version: ModelVersion, manife
     frame = _frame(parts, sinks)
     del parts, sinks, batch
     frame = _typed(frame, schema)
+    codes, uniques = _key_codes(keys)
+    keep = _once_each(frame, manifest.get("series"), manifest.get("time"), label_array)
+    repeats = 0 if keep is None else int(len(keep) - keep.sum())
+    if repeats:
+        frame = frame[keep].reset_index(drop=True)
+        label_array, prediction, score, codes = label_array[keep], prediction[keep], score[keep], codes[keep]
     target = manifest.get("target")
     if target:
         frame[target] = label_array
@@ -309,12 +317,42 @@ def read_rows(con: sqlite3.Connection, path: Path, version: ModelVersion, manife
                       target=target or None, time=manifest.get("time"), series=manifest.get("series"),
                       name=f"{path} ({version.ref})")
     # Keys repeat (one time per step across series, one `at` per batch): each distinct one is parsed once.
-    codes, uniques = _key_codes(keys)
     fmt = KEY_FORMATS[by]
     when = pd.to_datetime(pd.Series(uniques), format="ISO8601" if by == "at" else fmt, errors="coerce", utc=True)
     if by == "time" and when.isna().any():  # a time SQLite could not normalize is kept as sent
         when = when.fillna(pd.to_datetime(pd.Series(uniques), format="mixed", errors="coerce", utc=True))
-    return Logged(current=current, predictions=predictions, keys=when.take(codes).reset_index(drop=True))
+    return Logged(current=current, predictions=predictions, keys=when.take(codes).reset_index(drop=True),
+                  repeats=repeats)
+
+
+def _once_each(frame: pd.DataFrame, series: str | None, time: str | None, labels: Any) -> Any:
+    """Which rows to keep so that each (series, time) counts once, or None when none repeats (or the model has
+    no time column: then rows have no identity beyond their request).
+
+    A row scored again by the same version (a second `opsloop run` reusing the version batch-scores its
+    period again; a client retrying a request) is one observation, not two. Of the repeats the one kept is
+    the last labelled one, or else the last read (served rows are read before batch runs' segments).
+    """
+    import numpy as np
+    import pandas as pd
+
+    columns = [c for c in (series, time) if c and c in frame]
+    if not time or time not in columns:
+        return None
+    timed = frame[time].notna().to_numpy()  # a row without a time is not a repeat of another
+    repeated = frame.duplicated(columns, keep=False).to_numpy() & timed
+    if not repeated.any():
+        return None
+    groups = frame[columns].groupby(columns, sort=False, dropna=False).ngroup().to_numpy()
+    rank = (~pd.isna(labels)).astype(np.int64) * len(frame) + np.arange(len(frame))
+    best = np.full(groups.max() + 1, -1, dtype=np.int64)
+    np.maximum.at(best, groups, rank)
+    return (best[groups] == rank) | ~timed
+
+
+def repeats_note(repeats: int, ref: str) -> str:
+    return (f"{repeats:,} logged row(s) repeat a series and time {ref} had already scored (a rerun, a retried "
+            "request): each was counted once")
 
 
 def _key_codes(keys: list[Any]) -> tuple[Any, list[str]]:
@@ -693,6 +731,8 @@ def monitor(session: Session, *, model: str, alias: str | None, version: int | N
         raise DataError(f"no predictions of {target.ref} in {log} have a {by} that is a date and time "
                         f"({dropped:,} rows); try --by at")
     notes = [f"{dropped:,} row(s) with a {by} that is not a date and time were left out"] if dropped else []
+    if rows.repeats:
+        notes.append(repeats_note(rows.repeats, target.ref))
     run = run or RunContext(run_id=uuid.uuid4().hex[:12], workdir=Path(session.config.workdir),
                             model_name=target.name, seed=session.config.project.seed, config=session.config)
     reference, note = reference_for(target, rows.current)
