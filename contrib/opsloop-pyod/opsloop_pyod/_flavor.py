@@ -174,8 +174,9 @@ def _load_forest(file: Path) -> Any:
     return forest
 
 
-def load(path: Path) -> Detector:
-    """The detector stored in bundle directory `path`; BundleError for anything but a sound pyod model."""
+def load(path: Path, features: Any = ()) -> Detector:
+    """The detector stored in bundle directory `path` (`features`: the manifest's names, for messages);
+    BundleError for anything but a sound pyod model."""
     path = Path(path)
     meta = _read_meta(path / META_FILE)
     kind = meta["kind"]
@@ -194,7 +195,8 @@ def load(path: Path) -> Detector:
         raise BundleError(f"the stored state has {scorer.n_features} features, {META_FILE} says "
                           f"{meta['n_features']}", file=str(path))
     params = meta.get("params") if isinstance(meta.get("params"), dict) else {}
-    return Detector(kind, scorer, float(meta["threshold"]), params)
+    names = features if isinstance(features, (list, tuple)) and len(features) == scorer.n_features else ()
+    return Detector(kind, scorer, float(meta["threshold"]), params, names)
 
 
 @hookimpl
@@ -202,12 +204,14 @@ def load_model(flavor: str, path: Path, manifest: dict[str, Any]) -> Detector | 
     """Rebuild the detector from `pyod.json` and its arrays (or trusted skops types); BundleError otherwise."""
     if flavor != FLAVOR:
         return None
-    return load(path)
+    return load(path, (manifest or {}).get("features", ()))
 
 
 @hookimpl
 def compile_predict(model: LoadedModel, threads: int) -> FastPredict | None:
-    """The detector's own scoring on the server's float32 rows: the same numbers as batch scoring, row by row."""
+    """The detector's own scoring on the server's float32 rows: the same numbers as batch scoring, row by row.
+    A missing value is the detector's DataError naming the row and the feature, which the server answers
+    with 422 (a version whose preprocessing imputes never gets here with one)."""
     if model.manifest.get("flavor") != FLAVOR:
         return None
     detector = model.estimator

@@ -37,20 +37,49 @@ if TYPE_CHECKING:
     import numpy as np
 
 
-def as_matrix(X: Any, n_features: int | None = None) -> np.ndarray:
-    """X as a float64 matrix of float32-rounded values; ValueError for NaN, infinities or a wrong width."""
+def as_matrix(X: Any, n_features: int | None = None, *, infinite: bool = False) -> np.ndarray:
+    """X as a float64 matrix of float32-rounded values; ValueError for NaN, for a wrong width, and for
+    infinities unless `infinite` (scoring: an infinite value is the most extreme there is, and every scorer
+    ranks it so; fitting: PyOD refuses it)."""
     import numpy as np
 
-    x = np.asarray(X, dtype=np.float32)
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes infinite, as pandas casts it
+        x = np.asarray(X, dtype=np.float32)
     if x.ndim == 1:
         x = x.reshape(1, -1)
     if x.ndim != 2:
         raise ValueError(f"expected a 2-d feature matrix, got {x.ndim} dimensions")
     if n_features is not None and x.shape[1] != n_features:
         raise ValueError(f"expected {n_features} feature columns, got {x.shape[1]}")
-    if not np.isfinite(x).all():
-        raise ValueError("the features hold NaN or infinite values (impute them in a preprocess step)")
+    bad = np.isnan(x) if infinite else ~np.isfinite(x)
+    if bad.any():
+        raise ValueError(f"the features hold {'NaN' if infinite else 'NaN or infinite'} values (impute them in a "
+                         "preprocess step)")
     return np.ascontiguousarray(x, dtype=np.float64)
+
+
+def missing_values(plugin: str, X: Any, names: Any = None) -> str | None:
+    """None when no value of X is missing (NaN); else one line saying where: the first row (counted from 0
+    among the rows scored) and its first missing feature (named by X's columns, else by `names`), and how
+    many values are missing when more than one."""
+    import numpy as np
+
+    with np.errstate(over="ignore"):
+        gaps = np.isnan(np.asarray(X, dtype=np.float32))
+    if not gaps.any():
+        return None
+    if gaps.ndim == 1:
+        gaps = gaps.reshape(1, -1)
+    row, column = (int(v) for v in np.argwhere(gaps)[0])
+    columns = getattr(X, "columns", None)
+    names = list(columns) if columns is not None else list(names) if names is not None else []
+    name = repr(str(names[column])) if column < len(names) else f"number {column}"
+    count, rows = int(gaps.sum()), int(gaps.any(axis=1).sum())
+    more = f"; {count:,} values missing in {rows:,} row{'s' if rows > 1 else ''}" if count > 1 else ""
+    n = len(gaps)
+    return (f"{plugin}: row {row} of the {n:,} row{'s' if n > 1 else ''} scored: feature {name} is missing "
+            f"(null or NaN{more}); PyOD's detectors score complete rows only, and no preprocess step of this "
+            "version fills gaps: send a value, or train a new version with \"impute\" in [preprocess] plugins")
 
 
 def order_keys(x: np.ndarray, first: int = 0) -> np.ndarray:
@@ -125,7 +154,7 @@ class EcdfScorer:
         probabilities of each value among the training rows, counting the value itself."""
         import numpy as np
 
-        x = as_matrix(X, self.n_features)
+        x = as_matrix(X, self.n_features, infinite=True)
         keys = order_keys(x)
         start = np.arange(x.shape[1], dtype=np.int64) * self.n
         le = self._cum[np.searchsorted(self._keys, keys, side="right")] - start   # training rows <= x
@@ -226,7 +255,7 @@ class HbosScorer:
         """PyOD's HBOS score of each row: minus the sum of log2(density + alpha); higher = more abnormal."""
         import numpy as np
 
-        x = as_matrix(X, self.n_features)
+        x = as_matrix(X, self.n_features, infinite=True)
         out = np.empty_like(x)
         for start in range(0, len(x), 4096):   # bounds the rows x edges x features comparison
             out[start:start + 4096] = self._per_feature(x[start:start + 4096])
@@ -289,7 +318,7 @@ class ForestScorer:
         return int(self.forest.n_features_in_)
 
     def anomaly_scores(self, X: Any) -> np.ndarray:
-        _, score = self._predict(as_matrix(X, self.n_features))  # score: -score_samples
+        _, score = self._predict(as_matrix(X, self.n_features, infinite=True))  # score: -score_samples
         return -1 * (-score - self.forest.offset_)
 
 
@@ -302,25 +331,45 @@ class Detector:
     `-score_samples` (what `opsloop.bundle.predictions_frame` reports as the
     score) is PyOD's anomaly score: higher = more abnormal.
 
+    A missing value (NaN) in a row to score is an `opsloop.DataError` naming
+    the row and the feature (the server answers it with HTTP 422, batch
+    scoring stops with it): PyOD's detectors have no rule for a missing
+    value, and guessing one here would hide the gap. A version trained with
+    the `impute` step never gets here with one: its bundle fills the gap
+    first. An infinite value is scored (the most extreme value there is).
+
     Attributes:
         kind: The plugin's detector: `"ecod"`, `"copod"`, `"hbos"` or `"iforest"`.
         scorer: An `EcdfScorer`, `HbosScorer` or `ForestScorer`.
         threshold: Anomaly scores above it are predicted 1.
         params: What the detector was built with (contamination, bins, ...).
+        features: The feature names, in order, for messages (the manifest's); empty when unknown.
     """
 
-    def __init__(self, kind: str, scorer: Any, threshold: float, params: dict[str, Any]) -> None:
+    def __init__(self, kind: str, scorer: Any, threshold: float, params: dict[str, Any],
+                 features: Any = ()) -> None:
         self.kind = kind
         self.scorer = scorer
         self.threshold = float(threshold)
         self.params = dict(params)
+        self.features = tuple(map(str, features or ()))
 
     @property
     def n_features_in_(self) -> int:
         return self.scorer.n_features
 
+    @property
+    def plugin(self) -> str:
+        return f"pyod-{self.kind}"
+
     def anomaly_scores(self, X: Any) -> np.ndarray:
-        """PyOD's anomaly score per row (higher = more abnormal), independent of the other rows."""
+        """PyOD's anomaly score per row (higher = more abnormal), independent of the other rows; DataError
+        naming the row and the feature when a value is missing."""
+        from opsloop import DataError
+
+        problem = missing_values(self.plugin, X, self.features)
+        if problem is not None:
+            raise DataError(problem)
         return self.scorer.anomaly_scores(X)
 
     def predict(self, X: Any) -> np.ndarray:

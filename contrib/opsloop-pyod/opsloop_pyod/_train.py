@@ -78,6 +78,6 @@ def fit(plugin: str, dataset: Dataset, run: RunContext, *, estimator: str, optio
     threshold = float(np.percentile(scorer.anomaly_scores(X), 100 * (1 - options.contamination)))
     params: dict[str, Any] = {"estimator": estimator, **attrs.asdict(options), "rows_fit": len(X),
                               "pyod": version("pyod")}
-    detector = Detector(plugin.removeprefix("pyod-"), scorer, threshold, params)
+    detector = Detector(plugin.removeprefix("pyod-"), scorer, threshold, params, features)
     run.log.info("%s: %s on %d rows x %d features", plugin, estimator.rpartition(".")[2], len(X), X.shape[1])
     return TrainedModel(estimator=detector, flavor=FLAVOR, task="anomaly", params=params, features=features)

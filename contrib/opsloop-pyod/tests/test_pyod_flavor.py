@@ -212,3 +212,59 @@ def test_arrays_that_do_not_fit_together_are_a_bundle_error(ecod_bundle):
 
 def test_other_flavors_are_not_ours(ecod_bundle):
     assert ecod.load_model(flavor="sklearn", path=ecod_bundle, manifest={}) is None
+
+
+@pytest.mark.parametrize("name", TRAINERS)
+def test_a_missing_value_is_a_data_error_naming_row_and_feature(name, models, asd_slices, tmp_path):
+    from opsloop import DataError
+
+    test = asd_slices[1].drop(columns="label").iloc[:6].reset_index(drop=True)
+    module, plugin = TRAINERS[name][0], f"pyod-{name.split('-')[0]}"
+    gap = test.copy()
+    gap.loc[4, "m11"] = np.nan
+    # Loaded from its bundle with the manifest's feature names, as serving and batch scoring load it; on the
+    # frame batch scoring hands it and on the bare matrix the server's fast path does.
+    bundle = saved(models[name], tmp_path, module)
+    loaded = module.load_model(flavor="pyod", path=bundle, manifest={"task": "anomaly", "features": list(test.columns)})
+    for detector in (models[name].estimator, loaded):
+        for X in (gap, gap.to_numpy(dtype=np.float32)):
+            for method in (detector.anomaly_scores, detector.predict, detector.score_samples):
+                with pytest.raises(DataError) as caught:
+                    method(X)
+                message = str(caught.value)
+                assert message.startswith(f"{plugin}: row 4 of the 6 rows scored: feature 'm11' is missing (null or "
+                                          "NaN); PyOD's detectors score complete rows only"), message
+    more = gap.copy()
+    more.loc[[0, 4], "m02"] = np.nan
+    with pytest.raises(DataError, match=r"row 0 of the 6 rows scored: feature 'm02' is missing \(null or NaN; "
+                                        r"3 values missing in 2 rows\)"):
+        loaded.predict(more)
+    # The complete rows still score as before.
+    assert np.array_equal(loaded.anomaly_scores(test), models[name].estimator.anomaly_scores(test))
+
+
+@pytest.mark.parametrize("name", TRAINERS)
+def test_an_infinite_value_scores_as_the_most_extreme_value(name, models, asd_slices):
+    """Scored, not refused: beyond every training value (and float32's range: `as_matrix` rounds to float32)."""
+    detector = models[name].estimator
+    X = asd_slices[1].drop(columns="label").to_numpy(dtype=np.float64)[:20]
+    for j in (0, 7, 18):
+        for sign in (1, -1):
+            infinite, huge, beyond = X.copy(), X.copy(), X.copy()
+            infinite[:, j], huge[:, j], beyond[:, j] = sign * np.inf, sign * 1e38, sign * 1e300
+            scores = detector.anomaly_scores(infinite)
+            assert np.isfinite(scores).all()
+            assert np.array_equal(scores, detector.anomaly_scores(huge))
+            assert np.array_equal(scores, detector.anomaly_scores(beyond))
+
+
+def test_training_rows_must_be_complete_and_finite(asd_slices, run_context):
+    from opsloop import DataError
+
+    train = asd_slices[0].copy()
+    train.loc[3, "m05"] = np.nan
+    with pytest.raises(DataError, match=r"pyod-ecod: feature column\(s\) with missing values: m05; .*impute"):
+        fit("ecod", train, run_context)
+    train.loc[3, "m05"] = np.inf
+    with pytest.raises(DataError, match="pyod-ecod: .*NaN or infinite"):
+        fit("ecod", train, run_context)
