@@ -83,6 +83,7 @@ SNAPSHOT_MODES = ("none", "store", "reference")
 SENSITIVE_MODES = ("drop", "hash")
 #: `[loop] monitor_rows`: where a cycle's monitored rows come from (docs/loop.md, docs/data-sources.md).
 MONITOR_ROWS = ("log", "source")
+PROMOTE = ("auto", "manual")
 
 
 def _one_of(choices: tuple[str, ...]) -> Any:
@@ -226,6 +227,12 @@ class LoopSection:
             source such as Prometheus with nothing serving in front).
         lock_ttl: A lock older than this is taken over (a loop that died);
             longer than a cycle.
+        promote: `"auto"`: the gate's winner becomes production; `"manual"`:
+            it waits as `candidate` for a person (`opsloop models promote`).
+        probation: Once this much labelled time has come after a promotion
+            by the loop, the promoted version is judged against the one it
+            replaced on those rows by the same gate; production rolls back
+            if the replaced one wins (opsloop.probation). `"off"`: never.
     """
 
     window: str = attrs.field(default="expanding", validator=_duration(allow=("expanding",)))
@@ -234,6 +241,8 @@ class LoopSection:
     use_log: bool = True
     monitor_rows: str = attrs.field(default="log", validator=_one_of(MONITOR_ROWS))
     lock_ttl: str = attrs.field(default="6h", validator=_duration())
+    promote: str = attrs.field(default="auto", validator=_one_of(PROMOTE))
+    probation: str = attrs.field(default="1d", validator=_duration(allow=("off",)))
 
 
 def _trials(instance: Any, attribute: Any, value: int | None) -> None:

@@ -100,7 +100,7 @@ class CycleResult:
 
     model: str
     now: datetime
-    status: str = "keep"  # keep, promoted, rejected, error, stopped, skipped
+    status: str = "keep"  # keep, promoted, waiting, rejected, rolled back, error, stopped, skipped
     decision: str = "keep"
     reasons: list[str] = attrs.field(factory=list)
     production: str | None = None
@@ -108,6 +108,8 @@ class CycleResult:
     gate: dict[str, Any] | None = None
     gates: list[dict[str, Any]] = attrs.field(factory=list)
     promoted: bool = False
+    #: The probation of a version the loop promoted (opsloop.probation): what was compared, on which rows, outcome.
+    probation: dict[str, Any] | None = None
     monitor: list[dict[str, Any]] = attrs.field(factory=list)
     window: dict[str, Any] = attrs.field(factory=dict)
     error: str | None = None
@@ -122,7 +124,8 @@ class CycleResult:
         return strict_json({
             "model": self.model, "at": _iso(self.now), "status": self.status, "decision": self.decision,
             "reasons": list(self.reasons), "production": self.production, "candidate": self.candidate,
-            "gate": self.gate, "gates": list(self.gates), "promoted": self.promoted, "monitor": list(self.monitor),
+            "gate": self.gate, "gates": list(self.gates), "promoted": self.promoted, "probation": self.probation,
+            "monitor": list(self.monitor),
             "window": dict(self.window), "error": self.error, "notes": list(self.notes),
             "steps": list(self.steps), "seconds": round(self.seconds, 3), "journal_id": self.journal_id,
         })
@@ -235,6 +238,8 @@ class Cycle:
         self._step("observe")
         observed = self.inputs.observe(runner, production, model, self.now)
         result.notes.extend(observed.notes)
+        if self._probation(production, model, observed.history):
+            return  # rolled back: the version monitored here is no longer production
         self._step("monitor")
         reports = self._monitor(production, observed)
         self._step("decide")
@@ -271,6 +276,60 @@ class Cycle:
             raise OpsloopError(f"no version of {self.name} is in production: promote one first (opsloop models "
                                f"promote {self.name} N); the loop retrains only against a production version") \
                 from None
+
+    def _probation(self, production: ModelVersion, model: LoadedModel, history: Dataset) -> bool:
+        """Judge production against the version it replaced once `[loop] probation` of new labelled rows has
+        arrived (opsloop.probation); roll back if that version wins. True when production was rolled back."""
+        from opsloop import probation
+
+        length = self.config.loop.probation
+        if length == "off" or not self.config.selected("gate"):
+            return False
+        watch, note = probation.watch(self.store, production)
+        if note:
+            self.result.notes.append(note)
+        if watch is None:
+            return False
+        record = self.result.probation = watch.record(length)
+        times = _utc_times(history.frame[history.time]) if history.time in history.frame.columns else None
+        fresh = (times > watch.since).to_numpy() if times is not None else None
+        newest = times[fresh].max().to_pydatetime() if fresh is not None and fresh.any() else None
+        record["rows"] = 0 if fresh is None else int(fresh.sum())
+        what = f"probation of {production.ref} (promoted by the loop over {watch.previous.ref})"
+        if newest is None or newest - watch.since < parse_duration(length, "[loop] probation"):
+            have = "none yet" if newest is None else f"{record['rows']:,} rows up to {_iso(newest)}"
+            self.result.notes.append(f"{what}: waiting for {length} of labelled rows after {_iso(watch.since)} "
+                                     f"({have})")
+            return False
+        self._step("probation")
+        rows = history.derive(history.frame[fresh].reset_index(drop=True))
+        record["until"] = _iso(newest)
+        try:
+            verdicts = self.judge(production, model, watch.previous, self.runner.load(watch.previous), rows)
+        except DataError as exc:  # one class only, say: wait for rows that can decide
+            self.result.notes.append(f"{what}: the {record['rows']:,} rows after {_iso(watch.since)} cannot decide "
+                                     f"yet: {_one_line(exc)}")
+            return False
+        record["gates"] = [verdict_json(v) for v in verdicts]
+        said = "; ".join(f"{v.gate}: {' '.join(v.reasons)}" for v in verdicts)
+        if not all(v.winner == "challenger" for v in verdicts):
+            record["outcome"] = "passed"
+            self.result.notes.append(f"{what}: passed on {record['rows']:,} rows after {_iso(watch.since)}: "
+                                     f"{watch.previous.ref} did not beat it ({said})")
+            return False
+        self._step("rollback")
+        reason = (f"loop cycle {self.runner.run.run_id}: probation: {watch.previous.ref} (challenger) beat "
+                  f"{production.ref} (champion), which the loop promoted over it, on {record['rows']:,} labelled "
+                  f"rows after {_iso(watch.since)}: {said}")
+        if self.store.alias(self.name, PRODUCTION) != production.version:  # a person moved it meanwhile
+            raise OpsloopError(f"{what}: production moved during the cycle; not rolling back")
+        change = self.session.rollback(self.store, self.name, PRODUCTION, reason=reason, run=self.runner.run)
+        record["outcome"] = "rolled back"
+        self.result.status = "rolled back"
+        self.result.production = f"{self.name}:{change.to_version}"
+        self.result.reasons = [f"rolled production back from {production.ref} to {self.name}:{change.to_version}: "
+                               f"{reason.split(': ', 1)[1]}"]
+        return True
 
     def _monitor(self, production: ModelVersion, observed: Observed) -> list[MonitorReport]:
         from opsloop.monitoring import reference_for
@@ -354,15 +413,23 @@ class Cycle:
 
     def _gate(self, production: ModelVersion, model: LoadedModel, candidate: ModelVersion,
               holdout: Dataset) -> list[GateVerdict]:
+        verdicts = self.judge(production, model, candidate, self.runner.load(candidate), holdout)
+        self.result.gates = [verdict_json(v) for v in verdicts]
+        self.result.gate = self.result.gates[0]
+        return verdicts
+
+    def judge(self, champion_version: ModelVersion, champion_model: LoadedModel, challenger_version: ModelVersion,
+              challenger_model: LoadedModel, rows: Dataset) -> list[GateVerdict]:
+        """Both versions scored on `rows`, judged by every `[gate]` plugin (a `gate` stage); DataError naming the
+        gate when the rows cannot decide (one class, no labels)."""
         from opsloop.errors import PluginCallError
         from opsloop.runner import judge
 
         names = self.config.selected("gate")
-        challenger_model = self.runner.load(candidate)
-        window, challenger_preds = judge(challenger_model, holdout)
-        _, champion_preds = judge(model, holdout)
-        champion = Contender(role="champion", version=production, predictions=champion_preds)
-        challenger = Contender(role="challenger", version=candidate, predictions=challenger_preds)
+        window, challenger_preds = judge(challenger_model, rows)
+        _, champion_preds = judge(champion_model, rows)
+        champion = Contender(role="champion", version=champion_version, predictions=champion_preds)
+        challenger = Contender(role="challenger", version=challenger_version, predictions=challenger_preds)
 
         def work() -> list[GateVerdict]:
             verdicts = []
@@ -384,11 +451,8 @@ class Cycle:
                 verdicts.append(attrs.evolve(verdict, gate=verdict.gate or name))
             return verdicts
 
-        verdicts = self.runner._stage("gate", names, work, lambda vs: "; ".join(
+        return self.runner._stage("gate", names, work, lambda vs: "; ".join(
             f"{v.gate}: {v.winner} ({v.metric} {v.challenger:.3f} vs {v.champion:.3f})" for v in vs))
-        self.result.gates = [verdict_json(v) for v in verdicts]
-        self.result.gate = self.result.gates[0]
-        return verdicts
 
     def _promote(self, production: ModelVersion, candidate: ModelVersion, verdicts: list[GateVerdict],
                  holdout: Dataset) -> None:
@@ -399,6 +463,13 @@ class Cycle:
             result.status = "rejected"
             result.reasons.append(f"{candidate.ref} did not win the gate ({', '.join(v.gate for v in lost)}); "
                                   f"production stays on {production.ref}: {said}")
+            return
+        if self.config.loop.promote == "manual":
+            result.status = "waiting"
+            result.reasons.append(f"{candidate.ref} won the gate against {production.ref} on {len(holdout):,} "
+                                  f"held-out rows ({said}); it waits as @{CANDIDATE} for a person to promote it "
+                                  f"([loop] promote = \"manual\"): opsloop models promote {self.name} "
+                                  f"{candidate.version}")
             return
         reason = (f"loop cycle {self.runner.run.run_id}: {candidate.ref} won the gate against {production.ref} on "
                   f"{len(holdout):,} held-out rows: {said}")

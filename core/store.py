@@ -203,7 +203,8 @@ class CycleRecord:
         id: Increasing with every entry of the store.
         name: Model name.
         at: ISO 8601 UTC time the entry was written (the store's clock).
-        status: `"keep"`, `"promoted"`, `"rejected"` (a candidate lost the
+        status: `"keep"`, `"promoted"`, `"waiting"` (a winner awaits a person), `"rolled back"` (probation),
+            `"rejected"` (a candidate lost the
             gate), `"error"` or `"stopped"`.
         body: The cycle as `opsloop loop --once --json` prints it (decision,
             reasons, candidate, gate, promoted, window, monitor, error...).
@@ -420,7 +421,7 @@ class ModelStore(abc.ABC):
 
         Args:
             name: Model name.
-            status: `"keep"`, `"promoted"`, `"rejected"`, `"error"` or `"stopped"`.
+            status: `"keep"`, `"promoted"`, `"waiting"`, `"rejected"`, `"rolled back"`, `"error"` or `"stopped"`.
             body: JSON-able (NaN and infinities are stored as null).
 
         Returns:

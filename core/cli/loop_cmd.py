@@ -109,7 +109,8 @@ def render_cycle(result: CycleResult) -> list[Any]:
     """A line for the outcome, the reasons, the gate's figures and the notes."""
     from rich.markup import escape
 
-    colour = {"promoted": "green", "error": "red", "rejected": "yellow", "stopped": "yellow"}.get(result.status, "")
+    colour = {"promoted": "green", "error": "red", "rejected": "yellow", "stopped": "yellow", "rolled back": "magenta",
+              "waiting": "cyan"}.get(result.status, "")
     status = f"[{colour}]{result.status}[/{colour}]" if colour else result.status
     journal = f" (journal #{result.journal_id})" if result.journal_id is not None else ""
     out: list[Any] = [f"[bold]{escape(result.model)}[/bold] loop cycle at {_when(result)}: {status}, decision "
@@ -119,11 +120,14 @@ def render_cycle(result: CycleResult) -> list[Any]:
     if result.error:
         out.append(f"[red]error:[/red] {escape(result.error)}")
     out.extend(f"  - {escape(reason)}" for reason in result.reasons)
+    probation = result.probation or {}
+    for gate in probation.get("gates") or []:  # the version it replaced is the challenger
+        out.append(f"  probation of {escape(probation['version'])}, gate {escape(gate['gate'])}: {gate['metric']} "
+                   f"{escape(probation['against'])} {_num(gate['challenger'])} vs {_num(gate['champion'])}, margin "
+                   f"{_signed(gate['margin'])}{_interval(gate)}: {probation['outcome']}")
     for gate in result.gates:
-        ci = gate.get("ci")
-        interval = f", CI [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""
         out.append(f"  gate {escape(gate['gate'])}: {gate['metric']} challenger {_num(gate['challenger'])} vs "
-                   f"champion {_num(gate['champion'])}, margin {_signed(gate['margin'])}{interval}: "
+                   f"champion {_num(gate['champion'])}, margin {_signed(gate['margin'])}{_interval(gate)}: "
                    f"{gate['winner']} wins")
     out.extend(f"[dim]note:[/dim] {escape(note)}" for note in result.notes)
     from opsloop.cli.summary import monitor_tables
@@ -134,6 +138,11 @@ def render_cycle(result: CycleResult) -> list[Any]:
 
 def _when(result: CycleResult) -> str:
     return result.now.strftime("%Y-%m-%d %H:%M:%S") + " UTC"
+
+
+def _interval(gate: dict[str, Any]) -> str:
+    ci = gate.get("ci")
+    return f", CI [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""
 
 
 def _num(value: Any) -> str:
