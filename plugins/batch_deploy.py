@@ -27,6 +27,17 @@ deleting nothing, when a recorded file is outside where this target writes
 (the default `.opsloop/predictions/` or the configured `output`). The rows it
 logged to the prediction log stay: they are the monitoring history.
 
+The records change under one lock (`flock` on `.opsloop/deploy/batch/.lock`,
+released by the kernel when a process dies), so concurrent deploys and removes
+(two runs, a loop and a run) never lose an entry, and each record is replaced
+atomically, so a reader never sees half of one. A deploy records its file
+before moving it into place, naming the temporary file as `pending`, and
+clears `pending` after the move: a crash in between leaves an entry that
+status reports as unfinished and remove cleans up, never a file the record
+does not name. A file that another model's record names (a shared `output`)
+is taken over: it now holds this model's predictions, so only this model's
+remove deletes it.
+
 Options (`[deploy.batch]`):
     input: File to score (.csv, .tsv, .parquet; relative to the working
         directory). Default: the rows the run is about to monitor.
@@ -45,11 +56,13 @@ Options (`[deploy.batch]`):
     log_path: The prediction log. Default: the server's for this working
         directory, `.opsloop/serving/predictions.db`.
     log_retention: Delete logged predictions and labels older than this
-        when the run's rows are written ("30d", "12h"; default "0": keep all).
+        when the run's rows are written ("30d", "12h" or seconds; default "0":
+        keep all).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -75,11 +88,13 @@ INPUT_SUFFIXES = (*PARQUET_SUFFIXES, *CSV_SUFFIXES, ".tsv", ".csv.gz", ".tsv.gz"
 WINDOWED_STEPS = ("rolling-features",)
 #: Where the files of each deploy are recorded, per model (`<name>.json`), relative to the working directory.
 RECORD_DIR = Path(".opsloop") / "deploy" / "batch"
+#: The lock file in RECORD_DIR that every change of a record holds (flock).
+LOCK_FILE = ".lock"
 #: Where predictions go unless `output` says otherwise, relative to the working directory.
 DEFAULT_DIR = Path(".opsloop") / "predictions"
 
 
-def _output_suffix(_: Any, attribute: attrs.Attribute, value: str | None) -> None:
+def _output_suffix(_: Any, attribute: attrs.Attribute[str | None], value: str | None) -> None:
     if value is not None and not value.lower().endswith((*PARQUET_SUFFIXES, *CSV_SUFFIXES)):
         raise ValueError(f"{attribute.name} {value!r} must end in .parquet, .pq or .csv")
 
@@ -118,7 +133,8 @@ class Options:
     keep: list[str] = attrs.field(factory=list)
     log_predictions: bool = True
     log_path: str | None = None
-    log_retention: str = attrs.field(default="0", converter=retention, validator=bounded("log_retention"))
+    # A duration ("30d") or seconds as written in TOML; seconds (a number) once converted.
+    log_retention: str | float = attrs.field(default="0", converter=retention, validator=bounded("log_retention"))
 
 
 @hookimpl
@@ -139,6 +155,7 @@ def deploy(version: ModelVersion, model: LoadedModel, dataset: Dataset | None, o
     carry, carry_seconds = ((options.carry_rows, 0.0) if options.carry_rows is not None
                             else window_reach(manifest, model.plugins))
 
+    source: Path | str
     if options.input is not None:
         source = _resolve(options.input, workdir)
         chunks, total = _file_chunks(source, model, [*wanted, *options.keep], options.chunk_rows)
@@ -158,13 +175,20 @@ def deploy(version: ModelVersion, model: LoadedModel, dataset: Dataset | None, o
     if batch_log is not None:
         scored = _logged(scored, batch_log)
     columns = list(dict.fromkeys([*keys, *options.keep]))
+    tmp: Path | None = None
     try:
-        rows, count = _write(output, (_output_frame(frame, preds, columns, version.ref)
-                                      for frame, preds in run.reporter.track(scored, "batch scoring", total=total)),
-                             empty=_empty_output(columns, model.task))
+        tmp, rows, count = _write(output, (_output_frame(frame, preds, columns, version.ref)
+                                           for frame, preds in run.reporter.track(scored, "batch scoring",
+                                                                                  total=total)),
+                                  empty=_empty_output(columns, model.task))
     finally:
-        if batch_log is not None:
-            batch_log.close()
+        try:
+            if batch_log is not None:
+                batch_log.close()
+        except BaseException:  # the rows may not all be logged: no predictions file then
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+            raise
     seconds = time.perf_counter() - start
     run.log.info("batch: scored %d rows of %s in %d chunk(s), %.2f s -> %s", rows, source, count, seconds, output)
     details: dict[str, Any] = {"rows": rows, "seconds": round(seconds, 3), "chunks": count}
@@ -178,7 +202,7 @@ def deploy(version: ModelVersion, model: LoadedModel, dataset: Dataset | None, o
             details["log_pruned"] = batch_log.pruned
         run.log.info("batch: logged %d predictions as request %s in %s", batch_log.rows, batch_log.request_id,
                      batch_log.path)
-    _record(workdir, version, os.path.abspath(output), rows, details.get("request_id"), run)
+    _commit(workdir, version, tmp, output, rows, details.get("request_id"), run)
     return Deployment(target="batch", model=version.ref, location=os.path.abspath(output), details=details)
 
 
@@ -194,47 +218,138 @@ def _record_path(workdir: Path, model_name: str) -> Path:
     return Path(workdir) / RECORD_DIR / f"{model_name}.json"
 
 
-def _read_record(path: Path) -> list[dict[str, Any]]:
-    """The files recorded for a model, oldest first ([] when none); an unreadable record is an error."""
+@contextlib.contextmanager
+def _locked(workdir: Path) -> Iterator[None]:
+    """Hold the lock of every batch record in `workdir`: one deploy or remove changes them at a time, across
+    processes. One lock for all models, as a deploy may take a shared `output` over from another model's
+    record; it is held for milliseconds (never while scoring). flock, as the local store's reindex does: the
+    kernel releases it when the file closes or the process dies, so a crash leaves no stale lock."""
+    import fcntl
+
+    directory = Path(workdir) / RECORD_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / LOCK_FILE, "a", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _write_record(path: Path, model_name: str, files: list[dict[str, Any]]) -> None:
+    """Replace the record atomically (a reader sees the old one or the new one, whole)."""
+    import json
+
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(json.dumps({"model": model_name, "target": "batch", "files": files}, indent=2) + "\n",
+                       encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _place(tmp: Path, output: Path) -> None:
+    """Move the finished predictions file into place (on failure, remove it: no stray temporary file)."""
+    try:
+        os.replace(tmp, output)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _commit(workdir: Path, version: ModelVersion, tmp: Path, output: Path, rows: int, request_id: str | None,
+            run: RunContext) -> None:
+    """Move the predictions file into place and record it, under the records' lock.
+
+    The entry is written first, naming the temporary file as `pending`; then the file is moved into place;
+    then the entry is written again without `pending`. A crash in between leaves an entry naming both the
+    file and the temporary one, which `deploy_status` reports as unfinished (while the temporary file is
+    there) and `undeploy` deletes: the record always names every file a deploy put in place. A rewrite of
+    the same path moves its entry last; another model's entry for the path is dropped (the file is now
+    this model's). Without a record (a read-only directory), the file is placed all the same, with a warning.
+    """
+    from datetime import UTC, datetime
+
+    path = _record_path(workdir, version.name)
+    target = os.path.abspath(output)
+    entry: dict[str, Any] = {"path": target, "version": version.ref, "rows": rows, "run_id": run.run_id,
+                             "written_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    if request_id:
+        entry["request_id"] = request_id
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(_locked(workdir))
+            files = [f for f in _read_record(path, run) if f["path"] != target]
+            _write_record(path, version.name, [*files, {**entry, "pending": os.path.abspath(tmp)}])
+        except OSError as exc:  # the predictions are fine; only `opsloop deploy status|remove` will not know them
+            run.log.warning("batch: cannot record %s in %s (%s): `opsloop deploy status` and `remove` will not "
+                            "see it", target, path, exc.strerror or exc)
+            _place(tmp, output)
+            return
+        try:
+            _place(tmp, output)
+        except BaseException:
+            with contextlib.suppress(OSError):  # the file is not there: neither is its entry
+                _write_record(path, version.name, files)
+            raise
+        try:
+            _write_record(path, version.name, [*files, entry])
+        except OSError as exc:  # the entry keeps `pending`, whose file is gone: status reads it as finished
+            run.log.warning("batch: cannot finish the entry of %s in %s (%s)", target, path, exc.strerror or exc)
+        _take_over(workdir, version.name, target, run)
+
+
+def _take_over(workdir: Path, model_name: str, target: str, run: RunContext) -> None:
+    """Drop `target` from other models' records (under the lock): it holds `model_name`'s predictions now, and
+    another model's `deploy remove` must not delete them."""
+    for other in sorted((Path(workdir) / RECORD_DIR).glob("*.json")):
+        if other.stem == model_name:
+            continue
+        try:
+            files = _read_record(other)
+        except OpsloopError:
+            continue
+        kept = [f for f in files if f["path"] != target]
+        if len(kept) < len(files):
+            try:
+                _write_record(other, other.stem, kept)
+            except OSError as exc:
+                run.log.warning("batch: %s now holds %s's predictions but %s still names it (%s)", target,
+                                model_name, other, exc.strerror or exc)
+            else:
+                run.log.warning("batch: %s held predictions of %s and now holds %s's: it was dropped from %s",
+                                target, other.stem, model_name, other)
+
+
+def _read_record(path: Path, run: RunContext | None = None) -> list[dict[str, Any]]:
+    """The files recorded for a model, oldest first ([] when none).
+
+    An unreadable record is an error; with `run` (a deploy, under the lock), it is moved aside to
+    `<name>.json.unreadable` instead, with a warning, and the deploy starts a new one.
+    """
     import json
 
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+        files = data.get("files") if isinstance(data, dict) else None
+        if not isinstance(files, list) or not all(isinstance(f, dict) and isinstance(f.get("path"), str)
+                                                  for f in files):
+            raise ValueError("not one this target wrote (no list of files)")
+        return files
     except FileNotFoundError:
         return []
     except (OSError, ValueError) as exc:
-        raise OpsloopError(f"batch: cannot read the deploy record {path}: {exc}") from None
-    files = data.get("files") if isinstance(data, dict) else None
-    if not isinstance(files, list) or not all(isinstance(f, dict) and isinstance(f.get("path"), str) for f in files):
-        raise OpsloopError(f"batch: the deploy record {path} is not one this target wrote (no list of files)")
-    return files
+        if run is None:
+            raise OpsloopError(f"batch: cannot read the deploy record {path}: {exc}") from None
+        aside = path.with_name(f"{path.name}.unreadable")
+        os.replace(path, aside)
+        run.log.warning("batch: cannot read the deploy record %s (%s); moved it to %s and started a new one",
+                        path, exc, aside)
+        return []
 
 
-def _record(workdir: Path, version: ModelVersion, output: str, rows: int, request_id: str | None,
-            run: RunContext) -> None:
-    """Add the file this deploy wrote to the model's record (once per path: a rewrite moves it last)."""
-    import json
-    from datetime import UTC, datetime
-
-    path = _record_path(workdir, version.name)
-    try:
-        files = [f for f in _read_record(path) if f["path"] != output]
-    except OpsloopError as exc:
-        run.log.warning("%s; starting a new one", exc)
-        files = []
-    entry: dict[str, Any] = {"path": output, "version": version.ref, "rows": rows, "run_id": run.run_id,
-                             "written_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    if request_id:
-        entry["request_id"] = request_id
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp.write_text(json.dumps({"model": version.name, "target": "batch", "files": [*files, entry]}, indent=2)
-                       + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:  # the predictions are written; only `opsloop deploy status|remove` will not know them
-        run.log.warning("batch: cannot record %s in %s (%s): `opsloop deploy status` and `remove` will not see it",
-                        output, path, exc.strerror or exc)
+def _unfinished(entry: Mapping[str, Any]) -> bool:
+    """Whether an entry's deploy stopped (or is) between recording and placing its file."""
+    return isinstance(entry.get("pending"), str) and os.path.lexists(entry["pending"])
 
 
 @hookimpl
@@ -242,14 +357,17 @@ def deploy_status(model_name: str, options: Options | None, run: RunContext) -> 
     """The newest predictions file a batch deploy wrote for `model_name`, and whether it is still there."""
     workdir = Path(run.workdir)
     path = _record_path(workdir, model_name)
-    files = _read_record(path)
+    files = _read_record(path)  # no lock: records are replaced whole
     if not files:
         return DeploymentStatus(target="batch", model=model_name, deployed=False)
     last = files[-1]
-    present = [f["path"] for f in files if os.path.isfile(f["path"])]
+    present = [f["path"] for f in files if os.path.isfile(f["path"]) and not _unfinished(f)]
     details: dict[str, Any] = {k: last[k] for k in ("rows", "written_at", "run_id", "request_id") if k in last}
     details.update(files=present, record=str(path))
-    if last["path"] not in present:
+    if _unfinished(last):
+        details["unfinished"] = (f"the deploy of {last.get('version')} by run {last.get('run_id')} has not put "
+                                 f"{last['path']} in place (still running, or it stopped: {last['pending']})")
+    elif last["path"] not in present:
         details["missing"] = last["path"]
     return DeploymentStatus(target="batch", model=model_name, deployed=last["path"] in present,
                             version=last.get("version"), location=last["path"], details=details)
@@ -257,16 +375,29 @@ def deploy_status(model_name: str, options: Options | None, run: RunContext) -> 
 
 @hookimpl
 def undeploy(model_name: str, options: Options | None, run: RunContext) -> DeploymentStatus:
-    """Delete the predictions files recorded for `model_name`, then the record; refuse any file outside
-    where this target writes (deleting nothing)."""
+    """Delete the predictions files recorded for `model_name`, then the record, under the records' lock;
+    refuse any file outside where this target writes (deleting nothing)."""
     options = options or Options()
     workdir = Path(run.workdir)
     path = _record_path(workdir, model_name)
+    if not path.exists():
+        return DeploymentStatus(target="batch", model=model_name, deployed=False, details={"removed": []})
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(_locked(workdir))
+        except OSError as exc:
+            raise OpsloopError(f"batch: cannot lock the deploy records in {workdir / RECORD_DIR}: "
+                               f"{exc.strerror or exc}; nothing was removed") from None
+        return _remove(model_name, path, options, workdir, run)
+
+
+def _remove(model_name: str, path: Path, options: Options, workdir: Path, run: RunContext) -> DeploymentStatus:
     files = _read_record(path)
     if not files:
         return DeploymentStatus(target="batch", model=model_name, deployed=False, details={"removed": []})
     allowed_dir = (workdir / DEFAULT_DIR).resolve()
     configured = _resolve(options.output, workdir).resolve() if options.output else None
+    doomed: list[str] = []
     for entry in files:
         real = Path(entry["path"]).resolve()  # symlinks followed: a link to elsewhere is refused too
         if not (real.is_relative_to(allowed_dir) or real == configured):
@@ -276,14 +407,24 @@ def undeploy(model_name: str, options: Options | None, run: RunContext) -> Deplo
         if os.path.lexists(entry["path"]) and not os.path.isfile(entry["path"]):
             raise OpsloopError(f"batch: refusing to remove {entry['path']} recorded in {path}: it is not a file; "
                                "nothing was removed")
+        doomed.append(entry["path"])
+        pending = entry.get("pending")
+        if isinstance(pending, str):  # a deploy that stopped half-way: its temporary file, beside the output
+            written = Path(entry["path"])
+            if not (Path(pending).parent == written.parent and Path(pending).name.startswith(f".{written.name}.")
+                    and pending.endswith(".tmp")):
+                raise OpsloopError(f"batch: refusing to remove {pending} recorded in {path}: it is not a "
+                                   f"temporary file of {written}; nothing was removed")
+            if os.path.isfile(pending):
+                doomed.append(pending)
     removed, missing = [], []
-    for entry in files:
-        target = Path(entry["path"])
+    for name in doomed:
+        target = Path(name)
         if target.is_file():
             target.unlink()
-            removed.append(entry["path"])
+            removed.append(name)
         else:
-            missing.append(entry["path"])
+            missing.append(name)
     path.unlink()
     last = files[-1]
     run.log.info("batch: removed %d predictions file(s) of %s", len(removed), model_name)
@@ -308,7 +449,7 @@ def _open_log(options: Options, version: ModelVersion, manifest: Mapping[str, An
         .resolve(workdir.absolute()).log_path
     return BatchLog(path, request_id=f"batch-{uuid.uuid4().hex[:16]}", model=version.name,  # type: ignore[arg-type]
                     version=version.version, columns=columns, series=manifest.get("series"),
-                    time=manifest.get("time"), retention=options.log_retention,
+                    time=manifest.get("time"), retention=float(options.log_retention),
                     sensitive=Sensitive.from_config(config, workdir) if config is not None else None)
 
 
@@ -548,8 +689,10 @@ def _empty_output(columns: list[str], task: str) -> pd.DataFrame:
                          for c in names})
 
 
-def _write(output: Path, frames: Iterator[pd.DataFrame], *, empty: pd.DataFrame) -> tuple[int, int]:
-    """Write frames one after another into `output`, atomically; (rows, chunks)."""
+def _write(output: Path, frames: Iterator[pd.DataFrame], *, empty: pd.DataFrame) -> tuple[Path, int, int]:
+    """Write frames one after another into a temporary file beside `output`; (that file, rows, chunks).
+
+    `_commit` moves it into place (atomically) once it is recorded; on failure here it is deleted."""
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.tmp")
     rows = count = 0
@@ -579,8 +722,7 @@ def _write(output: Path, frames: Iterator[pd.DataFrame], *, empty: pd.DataFrame)
             finally:
                 if writer is not None:
                     writer.close()
-        os.replace(tmp, output)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return rows, count
+    return tmp, rows, count

@@ -14,8 +14,9 @@ docs/serving.md) serves it:
 Tracking: a running server keeps `.opsloop/serving/<model>@<alias>.json`
 (pid, host, port, URL) in the working directory and removes it when it stops
 cleanly; its output goes to `.opsloop/serving/<model>@<alias>.log`. A file
-whose process is gone, or that does not answer, is stale: a new server is
-started. `opsloop serve --stop --model NAME --alias ALIAS` stops it (SIGTERM:
+whose process is gone is stale: a new server is started. A live server that
+does not answer within `swap_timeout` is an error naming it (its file kept, no
+second server started: one beside it would be invisible to every command). `opsloop serve --stop --model NAME --alias ALIAS` stops it (SIGTERM:
 logged predictions are written before it exits).
 
 `deploy_status` (`opsloop deploy status`) reads that file: deployed when its
@@ -35,7 +36,7 @@ Options (`[deploy.local-http]`):
         features (default 100000; least recently seen evicted).
     poll_interval: Seconds between the server's looks at the alias (default 0.5).
     log_predictions: Log predictions for monitoring and feedback (default true).
-    log_retention: Delete logged rows older than this, e.g. "30d" (default "0": keep all).
+    log_retention: Delete logged rows older than this, e.g. "30d" or seconds (default "0": keep all).
     threads: XGBoost threads per prediction (default 1; 0: all cores).
     read_timeout, idle_timeout, max_connections, max_feedback: As `opsloop serve`'s
         options of those names (defaults 30 s, 5 s, 1000, 10000).
@@ -59,7 +60,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 from opsloop import Deployment, hookimpl
@@ -74,7 +75,7 @@ if TYPE_CHECKING:
     from opsloop.types import Dataset, ModelVersion, RunContext
 
 
-def _alias(_: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _alias(_: Any, attribute: attrs.Attribute[str], value: Any) -> None:
     check_name(value, "alias")
 
 
@@ -124,7 +125,8 @@ class Options:
     poll_interval: float = attrs.field(default=default("poll_interval"), validator=bounded("poll_interval"))
     log_predictions: bool = default("log_predictions")
     log_max_pending: int = attrs.field(default=default("log_max_pending"), validator=bounded("log_max_pending"))
-    log_retention: str = attrs.field(default="0", converter=retention, validator=bounded("log_retention"))
+    # A duration ("30d") or seconds as written in TOML; seconds (a number) once converted.
+    log_retention: str | float = attrs.field(default="0", converter=retention, validator=bounded("log_retention"))
     threads: int = attrs.field(default=default("threads"), validator=bounded("threads"))
     read_timeout: float = attrs.field(default=default("read_timeout"), validator=bounded("read_timeout"))
     idle_timeout: float = attrs.field(default=default("idle_timeout"), validator=bounded("idle_timeout"))
@@ -151,29 +153,35 @@ def deploy(version: ModelVersion, model: LoadedModel, dataset: Dataset | None, o
     _move_alias(version, options.alias, run)
     path = state_path(workdir, version.name, options.alias)
     state = read_state(path)
-    if is_server(state) and _metadata(state["url"], version.name, token) is not None:
-        served = _wait_for(state["url"], version, options.swap_timeout, None, token)
-        run.log.info("local-http: %s@%s on %s now serves %s", version.name, options.alias, state["url"], version.ref)
-        return Deployment(target="local-http", model=version.ref, location=_endpoint(state["url"], version.name),
-                          details={"action": "hot-swap", "pid": state["pid"], "url": state["url"],
+    if state is not None and state.get("pid") != os.getpid() and is_server(state):
+        # A live server follows the alias: wait for it to swap. One that does not answer (hung, busy, or
+        # wanting a token this run lacks) is not stale: removing its state file and starting another would
+        # leave it running where `deploy status`, `deploy remove` and `serve --stop` cannot see it.
+        url = str(state.get("url"))
+        served = _wait_for(url, version, options.swap_timeout, None, token, state=(int(state["pid"]), path))
+        run.log.info("local-http: %s@%s on %s now serves %s", version.name, options.alias, url, version.ref)
+        return Deployment(target="local-http", model=version.ref, location=_endpoint(url, version.name),
+                          details={"action": "hot-swap", "pid": state["pid"], "url": url,
                                    "previous_version": served})
-    if state is not None:  # its process is gone or does not answer: stale
+    if state is not None:  # its process is gone (or its pid is now this run's): stale
         with contextlib.suppress(OSError):
             path.unlink()
     proc, log = _start(version, options, run, workdir)
     deadline = time.monotonic() + options.start_timeout
-    while True:
+    started: dict[str, Any] | None = None
+    while started is None:
         state = read_state(path)
         if state is not None and state.get("pid") == proc.pid:
-            break
-        if proc.poll() is not None or time.monotonic() > deadline:
+            started = state
+        elif proc.poll() is not None or time.monotonic() > deadline:
             _fail(proc, log, "did not start")
-        time.sleep(0.1)
-    _wait_for(state["url"], version, max(deadline - time.monotonic(), 1.0), (proc, log), token)
+        else:
+            time.sleep(0.1)
+    _wait_for(started["url"], version, max(deadline - time.monotonic(), 1.0), (proc, log), token)
     run.log.info("local-http: started a server for %s@%s on %s (pid %d)", version.name, options.alias,
-                 state["url"], proc.pid)
-    return Deployment(target="local-http", model=version.ref, location=_endpoint(state["url"], version.name),
-                      details={"action": "started", "pid": proc.pid, "url": state["url"], "log": str(log)})
+                 started["url"], proc.pid)
+    return Deployment(target="local-http", model=version.ref, location=_endpoint(started["url"], version.name),
+                      details={"action": "started", "pid": proc.pid, "url": started["url"], "log": str(log)})
 
 
 #: Seconds `undeploy` waits for a server to drain its log and exit after SIGTERM.
@@ -182,9 +190,14 @@ STOP_TIMEOUT = 60.0
 
 def _served(name: str, state: dict[str, Any], token: str | None) -> str | None:
     """`name:version` the server of `state` says it serves, or None when it does not answer."""
-    meta = _metadata(state["url"], name, token)
-    served = (meta or {}).get("versions") or [None]
-    return f"{name}:{served[0]}" if served[0] is not None else None
+    served = _version_of(_metadata(state["url"], name, token))
+    return f"{name}:{served}" if served is not None else None
+
+
+def _version_of(meta: dict[str, Any] | None) -> str | None:
+    """The version a model metadata answer names first (the Open Inference Protocol's `versions`), or None."""
+    versions = (meta or {}).get("versions")
+    return str(versions[0]) if isinstance(versions, list) and versions and versions[0] is not None else None
 
 
 @hookimpl
@@ -259,7 +272,8 @@ def _move_alias(version: ModelVersion, alias: str, run: RunContext) -> None:
                           reason=f"deployed by run {run.run_id} to local-http", run=run)
 
 
-def _start(version: ModelVersion, options: Options, run: RunContext, workdir: Path) -> tuple[subprocess.Popen, Path]:
+def _start(version: ModelVersion, options: Options, run: RunContext,
+           workdir: Path) -> tuple[subprocess.Popen[bytes], Path]:
     from opsloop.session import STORE_ENV
 
     cmd = [sys.executable, "-m", "opsloop.serving", "--model", version.name, "--alias", options.alias,
@@ -298,24 +312,31 @@ def _metadata(url: str, name: str, token: str | None) -> dict[str, Any] | None:
     try:
         with urllib.request.urlopen(urllib.request.Request(_endpoint(url, name), headers=headers),
                                     timeout=2) as response:
-            return json.loads(response.read())
+            answer = json.loads(response.read())
     except (OSError, ValueError):  # URLError is an OSError
         return None
+    return answer if isinstance(answer, dict) else None
 
 
-def _wait_for(url: str, version: ModelVersion, timeout: float, started: tuple[subprocess.Popen, Path] | None,
-              token: str | None) -> str | None:
-    """Wait until the server serves `version`; the first version seen on the way."""
+def _wait_for(url: str, version: ModelVersion, timeout: float,
+              started: tuple[subprocess.Popen[bytes], Path] | None, token: str | None,
+              state: tuple[int, Path] | None = None) -> str | None:
+    """Wait until the server serves `version`; the first version seen on the way. `state`: the pid and state
+    file of a server that was running already, named in the error when it never answers."""
     deadline = time.monotonic() + timeout
     first = None
     while True:
-        meta = _metadata(url, version.name, token)
-        served = (meta or {}).get("versions", [None])[0]
+        served = _version_of(_metadata(url, version.name, token))
         first = first or served
         if served == str(version.version):
             return first
         if started is not None and started[0].poll() is not None:
             _fail(*started, "stopped")
+        if time.monotonic() > deadline and served is None and state is not None:
+            raise OpsloopError(f"local-http: the server for {version.name} (pid {state[0]}, {url}) runs but did "
+                               f"not answer within {timeout:.0f} s (hung, overloaded, or it wants a token this "
+                               f"run lacks); its state file {state[1]} is kept and no second server was started: "
+                               "stop it with `opsloop deploy remove` or `opsloop serve --stop`, then deploy again")
         if time.monotonic() > deadline:
             raise OpsloopError(f"local-http: the server at {url} still serves version {served} of {version.name} "
                                f"{timeout:.0f} s after the alias moved to {version.version} "
@@ -323,7 +344,7 @@ def _wait_for(url: str, version: ModelVersion, timeout: float, started: tuple[su
         time.sleep(0.1)
 
 
-def _fail(proc: subprocess.Popen, log: Path, what: str) -> None:
+def _fail(proc: subprocess.Popen[bytes], log: Path, what: str) -> NoReturn:
     if proc.poll() is None:
         proc.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):

@@ -4,6 +4,7 @@ the commands do with a target that lacks the hooks or breaks them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -46,6 +47,17 @@ def _stop(pid: int) -> None:
         deadline = time.monotonic() + 60
         while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+def _servers(workdir: Path) -> list[int]:
+    """The pids of the prediction servers running from `workdir` (Linux: read from /proc)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if proc.name.isdigit() and b"opsloop.serving" in (proc / "cmdline").read_bytes() \
+                    and Path(os.readlink(proc / "cwd")) == workdir.resolve():
+                found.append(int(proc.name))
+    return sorted(found)
 
 
 def _production(project: Any) -> int:
@@ -109,6 +121,34 @@ def test_local_http_remove_clears_a_stale_state_file(opsloop_project: Any, telem
     assert row["deployed"] is False and "999999" in row["details"]["stale"]
     (gone,) = project.run("deploy", "remove", "--json").assert_ok().json["targets"]
     assert gone["removed"] == [f"state file {state_file}"] and not state_file.exists()
+
+
+def test_local_http_does_not_orphan_a_live_server_that_does_not_answer(opsloop_project: Any,
+                                                                      telemetry_csv: bytes) -> None:
+    """A server that runs but does not answer (here: stopped with SIGSTOP, as a hung one) is not stale: the
+    deploy fails naming it, keeps its state file and starts no second server (which, on port 0, would
+    serve beside it where no command sees the first)."""
+    project = _project(opsloop_project, telemetry_csv, {"plugins": ["local-http"], "local-http": {
+        "port": 0, "poll_interval": 0.1, "swap_timeout": 3}})
+    project.run("run").assert_ok()
+    state_file = state_path(project.path, MODEL, "production")
+    state = read_state(state_file)
+    assert state is not None, "the deploy stage started no server"
+    pid = state["pid"]
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        project.run("run", "--promote", "--set", "train.xgboost.n_estimators=20").assert_error(
+            'plugin "local-http"', f"(pid {pid}, {state['url']}) runs but did not answer", "no second server")
+        assert read_state(state_file) == state  # still the one server, still findable
+        assert _servers(project.path) == [pid]
+        os.kill(pid, signal.SIGCONT)
+        (row,) = project.run("deploy", "remove", "--json").assert_ok().json["targets"]
+        assert any(str(pid) in item for item in row["removed"]) and not alive(pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+        for server in {pid, *_servers(project.path)}:  # a second one too, when the test fails
+            _stop(server)
 
 
 # ---------------------------------------------------------------------------
