@@ -64,8 +64,10 @@ def missing_values(plugin: str, X: Any, names: Any = None) -> str | None:
     many values are missing when more than one."""
     import numpy as np
 
-    with np.errstate(over="ignore"):
-        gaps = np.isnan(np.asarray(X, dtype=np.float32))
+    values = np.asarray(X)
+    if values.dtype.kind in "iub":   # integers and booleans are never missing
+        return None
+    gaps = np.isnan(values if values.dtype.kind == "f" else values.astype(np.float64))
     if not gaps.any():
         return None
     if gaps.ndim == 1:
