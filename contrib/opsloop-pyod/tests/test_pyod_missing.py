@@ -207,7 +207,7 @@ def test_without_impute_batch_scoring_stops_naming_row_and_feature(plugin, opslo
     config["data"]["source"] = str(source)
     project = opsloop_project(config=config)
     result = project.run("run").assert_error(
-        f'plugin "batch"', "failed in deploy",
+        'plugin "batch"', "failed in deploy",
         f"{plugin}: row 5 of the 2,160 rows scored: feature 'm03' is missing (null or NaN; 4 values missing "
         "in 4 rows)", "impute")
     assert "Traceback" not in result.stdout + result.stderr and "internal error" not in result.stdout + result.stderr
