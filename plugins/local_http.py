@@ -16,7 +16,10 @@ Tracking: a running server keeps `.opsloop/serving/<model>@<alias>.json`
 cleanly; its output goes to `.opsloop/serving/<model>@<alias>.log`. A file
 whose process is gone is stale: a new server is started. A live server that
 does not answer within `swap_timeout` is an error naming it (its file kept, no
-second server started: one beside it would be invisible to every command). `opsloop serve --stop --model NAME --alias ALIAS` stops it (SIGTERM:
+second server started: one beside it would be invisible to every command).
+Deploys of one model@alias take turns (flock on `<model>@<alias>.lock` beside
+the state file, from the alias move until the server answers), so two runs
+deploying at once start one server, not two. `opsloop serve --stop --model NAME --alias ALIAS` stops it (SIGTERM:
 logged predictions are written before it exits).
 
 `deploy_status` (`opsloop deploy status`) reads that file: deployed when its
@@ -59,6 +62,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -150,8 +154,34 @@ def deploy(version: ModelVersion, model: LoadedModel, dataset: Dataset | None, o
     options = options or Options()
     workdir = Path(run.workdir).absolute()
     token = read_token(options.token_env, options.token_for)  # what the server reads: refused before the alias moves
-    _move_alias(version, options.alias, run)
     path = state_path(workdir, version.name, options.alias)
+    with _deploying(path):
+        _move_alias(version, options.alias, run)
+        return _serve(version, options, run, workdir, path, token)
+
+
+@contextlib.contextmanager
+def _deploying(path: Path) -> Iterator[None]:
+    """One deploy of a model@alias at a time in a working directory (flock on `<model>@<alias>.lock` beside the
+    state file; the kernel releases it when the process ends). Two runs deploying at once would each find no
+    server and start one, and the second's state file would hide the first; or each wait for its own version
+    while the other moves the alias on."""
+    import fcntl
+
+    lock_path = path.with_suffix(".lock")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(lock_path, "a", encoding="utf-8")  # noqa: SIM115 - held for the whole deploy
+    except OSError as exc:
+        raise OpsloopError(f"local-http: cannot lock {lock_path}: {exc.strerror or exc}") from None
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _serve(version: ModelVersion, options: Options, run: RunContext, workdir: Path, path: Path,
+           token: str | None) -> Deployment:
+    """Hot-swap the running server of the state file `path`, or start one (the alias has moved)."""
     state = read_state(path)
     if state is not None and state.get("pid") != os.getpid() and is_server(state):
         # A live server follows the alias: wait for it to swap. One that does not answer (hung, busy, or

@@ -9,6 +9,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 import types
 import urllib.error
@@ -148,6 +150,33 @@ def test_local_http_does_not_orphan_a_live_server_that_does_not_answer(opsloop_p
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
         for server in {pid, *_servers(project.path)}:  # a second one too, when the test fails
+            _stop(server)
+
+
+def test_two_runs_deploying_at_once_start_one_server(opsloop_project: Any, telemetry_csv: bytes) -> None:
+    """Two `opsloop run` processes deploy to local-http at once (port 0): the deploys take turns, so one
+    starts the server and the other hot-swaps it, and `deploy remove` stops every server there is."""
+    project = _project(opsloop_project, telemetry_csv, {"plugins": ["local-http"], "local-http": {
+        "port": 0, "poll_interval": 0.1}})
+    opsloop = Path(sys.executable).with_name("opsloop")
+    cmd = [str(opsloop), "run", "--json", "--quiet"]
+    runs = [subprocess.Popen(cmd, cwd=project.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    try:
+        answers = [run.communicate(timeout=600) for run in runs]
+        assert [run.returncode for run in runs] == [0, 0], answers
+        actions = sorted(d["details"]["action"] for out, _ in answers for d in json.loads(out)["deployments"])
+        assert actions == ["hot-swap", "started"]
+        state = read_state(state_path(project.path, MODEL, "production"))
+        assert state is not None and _servers(project.path) == [state["pid"]]
+        (row,) = project.run("deploy", "remove", "--json").assert_ok().json["targets"]
+        assert not alive(state["pid"]) and _servers(project.path) == []
+    finally:
+        for run in runs:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+        for server in _servers(project.path):
             _stop(server)
 
 
