@@ -264,8 +264,10 @@ def _commit(workdir: Path, version: ModelVersion, tmp: Path, output: Path, rows:
     then the entry is written again without `pending`. A crash in between leaves an entry naming both the
     file and the temporary one, which `deploy_status` reports as unfinished (while the temporary file is
     there) and `undeploy` deletes: the record always names every file a deploy put in place. A rewrite of
-    the same path moves its entry last; another model's entry for the path is dropped (the file is now
-    this model's). Without a record (a read-only directory), the file is placed all the same, with a warning.
+    the same path moves its entry last (the temporary file of an earlier, killed deploy there is deleted:
+    under the lock, every `pending` entry is a dead deploy's); another model's entry for the path is dropped
+    (the file is now this model's). Without a record (a read-only directory), the file is placed all the
+    same, with a warning.
     """
     from datetime import UTC, datetime
 
@@ -278,7 +280,8 @@ def _commit(workdir: Path, version: ModelVersion, tmp: Path, output: Path, rows:
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(_locked(workdir))
-            files = [f for f in _read_record(path, run) if f["path"] != target]
+            before = _read_record(path, run)
+            files = [f for f in before if f["path"] != target]
             _write_record(path, version.name, [*files, {**entry, "pending": os.path.abspath(tmp)}])
         except OSError as exc:  # the predictions are fine; only `opsloop deploy status|remove` will not know them
             run.log.warning("batch: cannot record %s in %s (%s): `opsloop deploy status` and `remove` will not "
@@ -288,14 +291,29 @@ def _commit(workdir: Path, version: ModelVersion, tmp: Path, output: Path, rows:
         try:
             _place(tmp, output)
         except BaseException:
-            with contextlib.suppress(OSError):  # the file is not there: neither is its entry
-                _write_record(path, version.name, files)
+            with contextlib.suppress(OSError):  # the file is not there: the record is as it was
+                _write_record(path, version.name, before)
             raise
         try:
             _write_record(path, version.name, [*files, entry])
         except OSError as exc:  # the entry keeps `pending`, whose file is gone: status reads it as finished
             run.log.warning("batch: cannot finish the entry of %s in %s (%s)", target, path, exc.strerror or exc)
+        _clear_pending([f for f in before if f["path"] == target])
         _take_over(workdir, version.name, target, run)
+
+
+def _clear_pending(entries: list[dict[str, Any]]) -> None:
+    """Delete the temporary files of killed deploys whose entries were just replaced (under the lock)."""
+    for entry in entries:
+        if _unfinished(entry) and _is_temporary_of(entry["pending"], entry["path"]):
+            with contextlib.suppress(OSError):
+                os.unlink(entry["pending"])
+
+
+def _is_temporary_of(pending: str, written: str) -> bool:
+    """Whether `pending` is a name `_write` gives the temporary file of `written` (beside it, hidden)."""
+    return (Path(pending).parent == Path(written).parent and Path(pending).name.startswith(f".{Path(written).name}.")
+            and pending.endswith(".tmp"))
 
 
 def _take_over(workdir: Path, model_name: str, target: str, run: RunContext) -> None:
@@ -310,6 +328,7 @@ def _take_over(workdir: Path, model_name: str, target: str, run: RunContext) -> 
             continue
         kept = [f for f in files if f["path"] != target]
         if len(kept) < len(files):
+            _clear_pending([f for f in files if f["path"] == target])
             try:
                 _write_record(other, other.stem, kept)
             except OSError as exc:
@@ -410,11 +429,9 @@ def _remove(model_name: str, path: Path, options: Options, workdir: Path, run: R
         doomed.append(entry["path"])
         pending = entry.get("pending")
         if isinstance(pending, str):  # a deploy that stopped half-way: its temporary file, beside the output
-            written = Path(entry["path"])
-            if not (Path(pending).parent == written.parent and Path(pending).name.startswith(f".{written.name}.")
-                    and pending.endswith(".tmp")):
+            if not _is_temporary_of(pending, entry["path"]):
                 raise OpsloopError(f"batch: refusing to remove {pending} recorded in {path}: it is not a "
-                                   f"temporary file of {written}; nothing was removed")
+                                   f"temporary file of {entry['path']}; nothing was removed")
             if os.path.isfile(pending):
                 doomed.append(pending)
     removed, missing = [], []

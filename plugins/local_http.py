@@ -253,10 +253,18 @@ def deploy_status(model_name: str, options: Options | None, run: RunContext) -> 
 @hookimpl
 def undeploy(model_name: str, options: Options | None, run: RunContext) -> DeploymentStatus:
     """Stop the server for `model_name@alias` (SIGTERM, then wait for it to exit) and remove its state file."""
-    import signal
-
     options = options or Options()
     path = state_path(Path(run.workdir).absolute(), check_name(model_name, "model name"), options.alias)
+    if not path.exists():
+        return DeploymentStatus(target="local-http", model=model_name, deployed=False,
+                                details={"alias": options.alias, "removed": []})
+    with _deploying(path):  # not while a deploy starts or swaps a server
+        return _stop_server(model_name, options, path, run)
+
+
+def _stop_server(model_name: str, options: Options, path: Path, run: RunContext) -> DeploymentStatus:
+    import signal
+
     state = read_state(path)
     removed: list[str] = []
     if state is None:

@@ -205,6 +205,28 @@ def test_a_deploy_killed_next_to_placing_its_file_leaves_nothing_remove_does_not
     assert list(predictions.iterdir()) == []
 
 
+def test_a_redeploy_over_a_killed_one_deletes_its_temporary_file(tmp_path: Path, rows_csv: Path,
+                                                                 pm: PluginManager) -> None:
+    """Version 2's deploy killed before its file was in place, then version 2 deployed again: the new entry
+    replaces the unfinished one, and the dead deploy's temporary file goes with it (nothing names it else)."""
+    proc = _start(tmp_path, rows_csv, 1, 3, 0, 2, "before")
+    try:
+        _ready([proc])
+        proc.communicate("go\n", timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    predictions = tmp_path / ".opsloop" / "predictions"
+    assert len(list(predictions.glob(".m-v2.parquet.*.tmp"))) == 1
+    run = _run(tmp_path)
+    _deploy(pm, _model(pm, rows_csv, run), run, "m", 2, input=str(rows_csv))
+    assert sorted(p.name for p in predictions.iterdir()) == ["m-v1.parquet", "m-v2.parquet"]
+    assert [(f["version"], "pending" in f) for f in _record(tmp_path)["files"]] == [("m:1", False), ("m:2", False)]
+    assert pm.call("batch", "deploy_status", model_name="m", options=None, run=run).deployed is True
+
+
 def _model(pm: PluginManager, rows_csv: Path, run: RunContext) -> Any:
     from opsloop import Dataset
     from opsloop.bundle import LoadedModel, input_schema
