@@ -14,7 +14,8 @@ docs/serving.md) serves it:
 Tracking: a running server keeps `.opsloop/serving/<model>@<alias>.json`
 (pid, host, port, URL) in the working directory and removes it when it stops
 cleanly; its output goes to `.opsloop/serving/<model>@<alias>.log`. A file
-whose process is gone is stale: a new server is started. A live server that
+whose process is gone, or started after the file was written (a reused pid),
+is stale: a new server is started, and `undeploy` signals nothing. A live server that
 does not answer within `swap_timeout` is an error naming it (its file kept, no
 second server started: one beside it would be invisible to every command).
 Deploys of one model@alias take turns (flock on `<model>@<alias>.lock` beside
@@ -64,7 +65,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeGuard
 
 import attrs
 from opsloop import Deployment, hookimpl
@@ -183,7 +184,7 @@ def _serve(version: ModelVersion, options: Options, run: RunContext, workdir: Pa
            token: str | None) -> Deployment:
     """Hot-swap the running server of the state file `path`, or start one (the alias has moved)."""
     state = read_state(path)
-    if state is not None and state.get("pid") != os.getpid() and is_server(state):
+    if _is_its_server(state):
         # A live server follows the alias: wait for it to swap. One that does not answer (hung, busy, or
         # wanting a token this run lacks) is not stale: removing its state file and starting another would
         # leave it running where `deploy status`, `deploy remove` and `serve --stop` cannot see it.
@@ -193,7 +194,7 @@ def _serve(version: ModelVersion, options: Options, run: RunContext, workdir: Pa
         return Deployment(target="local-http", model=version.ref, location=_endpoint(url, version.name),
                           details={"action": "hot-swap", "pid": state["pid"], "url": url,
                                    "previous_version": served})
-    if state is not None:  # its process is gone (or its pid is now this run's): stale
+    if state is not None:  # its process is gone (its pid may be another process's now): stale
         with contextlib.suppress(OSError):
             path.unlink()
     proc, log = _start(version, options, run, workdir)
@@ -212,6 +213,32 @@ def _serve(version: ModelVersion, options: Options, run: RunContext, workdir: Pa
                  started["url"], proc.pid)
     return Deployment(target="local-http", model=version.ref, location=_endpoint(started["url"], version.name),
                       details={"action": "started", "pid": proc.pid, "url": started["url"], "log": str(log)})
+
+
+#: Seconds a state file's `started_at` may precede its process's start (clock steps); beyond, the pid is reused.
+START_SLACK = 60.0
+
+
+def _is_its_server(state: dict[str, Any] | None) -> TypeGuard[dict[str, Any]]:
+    """Whether the process of a state file is the server that wrote it: a live opsloop process (`is_server`),
+    not this one, and not started after the file was (the server died uncleanly and another opsloop process,
+    a `loop --every` say, got its pid: SIGTERM must not reach that one). Without /proc, `is_server` decides."""
+    if state is None or state.get("pid") == os.getpid() or not is_server(state):
+        return False
+    started = _process_start(int(state["pid"]))
+    written = state.get("started_at")
+    return started is None or not isinstance(written, (int, float)) or started <= written + START_SLACK
+
+
+def _process_start(pid: int) -> float | None:
+    """When a process started (epoch seconds, from /proc), or None where /proc cannot tell."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, in clock ticks
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 #: Seconds `undeploy` waits for a server to drain its log and exit after SIGTERM.
@@ -241,8 +268,9 @@ def deploy_status(model_name: str, options: Options | None, run: RunContext) -> 
         if path.exists():
             details["state_file"] = f"{path} (unreadable)"
         return DeploymentStatus(target="local-http", model=model_name, deployed=False, details=details)
-    if not is_server(state):
-        details.update(state_file=str(path), stale=f"process {state.get('pid')} is gone")
+    if not _is_its_server(state):
+        details.update(state_file=str(path), stale=f"process {state.get('pid')} is gone (or is no longer the "
+                                                    "server: its pid was reused)")
         return DeploymentStatus(target="local-http", model=model_name, deployed=False, details=details)
     version = _served(model_name, state, read_token(options.token_env, options.token_for))
     details.update(pid=state["pid"], url=state.get("url"), answering=version is not None, state_file=str(path))
@@ -274,7 +302,7 @@ def _stop_server(model_name: str, options: Options, path: Path, run: RunContext)
         return DeploymentStatus(target="local-http", model=model_name, deployed=False,
                                 details={"alias": options.alias, "removed": removed})
     version = location = None
-    if is_server(state):
+    if _is_its_server(state):
         pid = int(state["pid"])
         with contextlib.suppress(OpsloopError):  # an empty token variable: the version is only for the report
             version = _served(model_name, state, read_token(options.token_env, options.token_for))

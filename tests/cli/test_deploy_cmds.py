@@ -180,6 +180,29 @@ def test_two_runs_deploying_at_once_start_one_server(opsloop_project: Any, telem
             _stop(server)
 
 
+def test_a_state_file_whose_pid_another_opsloop_process_reuses_is_stale(opsloop_project: Any,
+                                                                       telemetry_csv: bytes) -> None:
+    """The server died without removing its file (SIGKILL, OOM) and its pid went to another opsloop process
+    (here one whose command line says opsloop, started after the file was written): status calls the file
+    stale and remove deletes it without signalling that process."""
+    project = _project(opsloop_project, telemetry_csv, {"plugins": ["local-http"]})
+    other = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", "opsloop", "loop", "--every",
+                              "1h"], stdin=subprocess.PIPE)
+    try:
+        state_file = state_path(project.path, MODEL, "production")
+        state_file.parent.mkdir(parents=True)
+        state_file.write_text(json.dumps({"pid": other.pid, "url": "http://127.0.0.1:9", "port": 9,
+                                          "started_at": time.time() - 86400}), encoding="utf-8")
+        (row,) = project.run("deploy", "status", "--json").assert_ok().json["targets"]
+        assert row["deployed"] is False and f"process {other.pid}" in row["details"]["stale"]
+        (gone,) = project.run("deploy", "remove", "--json").assert_ok().json["targets"]
+        assert gone["removed"] == [f"state file {state_file}"] and not state_file.exists()
+        assert other.poll() is None  # not signalled
+    finally:
+        other.kill()
+        other.wait()
+
+
 # ---------------------------------------------------------------------------
 # batch: the predictions files it wrote, and nothing else
 # ---------------------------------------------------------------------------
