@@ -153,6 +153,7 @@ def test_local_http_does_not_orphan_a_live_server_that_does_not_answer(opsloop_p
             _stop(server)
 
 
+@pytest.mark.slow  # two whole runs at once
 def test_two_runs_deploying_at_once_start_one_server(opsloop_project: Any, telemetry_csv: bytes) -> None:
     """Two `opsloop run` processes deploy to local-http at once (port 0): the deploys take turns, so one
     starts the server and the other hot-swaps it, and `deploy remove` stops every server there is."""
