@@ -20,6 +20,11 @@ input at once, provided the partitions come in time order within each series
 (one file per day, in name order, for example); a partition that goes back in
 time within a series is a DataError naming it.
 
+Each deploy records the files it wrote (opsloop_dask.record): `deploy_status` (`opsloop deploy status`)
+reports the newest directory and whether all its files are there; `undeploy` (`opsloop deploy remove`)
+deletes exactly those files, a directory they leave empty and the record, nothing else, and refuses (deleting
+nothing) a recorded directory outside where this target writes.
+
 Options (`[deploy.dask-batch]`): the cluster's (`scheduler`, ...), and
 input, output, carry_rows, keep, partition_rows; see `Options`.
 """
@@ -41,13 +46,14 @@ import attrs
 from opsloop import Deployment, hookimpl
 from opsloop.errors import DataError
 
+from opsloop_dask import record
 from opsloop_dask.cluster import ClusterOptions, client_for, documented, where
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from opsloop.bundle import LoadedModel
-    from opsloop.types import Dataset, ModelVersion, RunContext
+    from opsloop.types import Dataset, DeploymentStatus, ModelVersion, RunContext
 
 PLUGIN = "dask-batch"
 
@@ -98,7 +104,7 @@ def deploy(version: ModelVersion, model: LoadedModel, dataset: Dataset | None, o
     needed = list(dict.fromkeys([*schema, *options.keep]))
     rows, seconds = (options.carry_rows, 0.0) if options.carry_rows is not None else reach(model)
     output = _resolve(options.output, workdir) if options.output else \
-        workdir / ".opsloop" / "predictions" / f"{version.name}-v{version.version}"
+        workdir / record.DEFAULT_DIR / f"{version.name}-v{version.version}"
 
     client = client_for(options, PLUGIN)
     frame = _read(options, dataset, needed, workdir)
@@ -120,7 +126,12 @@ def deploy(version: ModelVersion, model: LoadedModel, dataset: Dataset | None, o
                 past = carry_task(past, part, job, index)
         with client.as_current():
             counts = dask.compute(*tasks)
-        _replace(staged, output)
+        written = [f"part-{i:05d}.parquet" for i, count in enumerate(counts) if count]
+        # Into place and into the record under one lock: a concurrent deploy of the model keeps its entry.
+        record.commit(workdir, version.name, {"path": os.path.abspath(output), "files": written,
+                                              "version": version.ref, "rows": int(sum(counts)),
+                                              "partitions": len(parts)},
+                      run, staged, put=lambda: _replace(staged, output))
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
@@ -135,6 +146,21 @@ def deploy(version: ModelVersion, model: LoadedModel, dataset: Dataset | None, o
     if seconds:
         details["carry_seconds"] = seconds
     return Deployment(target=PLUGIN, model=version.ref, location=os.path.abspath(output), details=details)
+
+
+@hookimpl
+def deploy_status(model_name: str, options: Options | None, run: RunContext) -> DeploymentStatus:
+    """The newest directory a deploy wrote for `model_name`, and whether every file of it is still there."""
+    return record.status(Path(run.workdir), model_name)
+
+
+@hookimpl
+def undeploy(model_name: str, options: Options | None, run: RunContext) -> DeploymentStatus:
+    """Delete the files the deploys of `model_name` wrote (nothing else), then the record; refuse, deleting
+    nothing, a recorded directory outside where this target writes."""
+    options = options or Options()
+    workdir = Path(run.workdir)
+    return record.remove(workdir, model_name, _resolve(options.output, workdir) if options.output else None, run)
 
 
 def reach(model: LoadedModel) -> tuple[int, float]:

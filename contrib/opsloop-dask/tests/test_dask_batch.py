@@ -13,8 +13,9 @@ from opsloop.testing import invoke  # noqa: E402 - the kit
 
 
 @pytest.fixture(scope="module")
-def version(dask_run: tuple[Path, dict[str, Any]]) -> Any:
-    """The run's registered version, loaded from its bundle, with a RunContext to deploy it in."""
+def version(dask_run: tuple[Path, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The run's registered version, loaded from its bundle, with a RunContext to deploy it in (a working
+    directory of its own: the deploys here are not recorded in the run's project)."""
     from opsloop.bundle import read_bundle
     from opsloop.config import read
     from opsloop.manager import PluginManager
@@ -26,7 +27,8 @@ def version(dask_run: tuple[Path, dict[str, Any]]) -> Any:
     mv = ModelVersion(name=shown["name"], version=shown["version"], created_at=shown["created_at"],
                       path=Path(shown["path"]), digest=shown["digest"])
     model = read_bundle(mv.path, PluginManager(), ref=ref, digest=mv.digest)
-    context = RunContext(run_id="t", workdir=path, model_name=mv.name, seed=0, config=read(workdir=path))
+    context = RunContext(run_id="t", workdir=tmp_path_factory.mktemp("deploys"), model_name=mv.name, seed=0,
+                         config=read(workdir=path))
     return mv, model, context
 
 
@@ -123,3 +125,176 @@ def test_missing_columns_and_inputs_are_one_line_errors(version, by_day, schedul
     with pytest.raises(DataError, match=r"dask-batch: .*thin.parquet lacks column\(s\) m05"):
         batch.deploy(version=mv, model=model, dataset=None, run=context,
                      options=Options(scheduler=scheduler, input=str(thin)))
+
+
+# -- what it wrote: opsloop deploy status / deploy remove ------------------------------------------------------------
+
+
+@pytest.fixture
+def project(scheduler: str, tmp_path: Path) -> Path:
+    """A working directory whose config deploys with `dask-batch` on the test cluster (nothing deployed yet)."""
+    from opsloop.testing import to_toml
+
+    path = tmp_path / "project"
+    path.mkdir()
+    config = {"project": {"name": "asd-anomaly"},
+              "deploy": {"plugins": ["dask-batch"], "dask-batch": {"scheduler": scheduler}}}
+    (path / "opsloop.toml").write_text(to_toml(config), encoding="utf-8")
+    return path
+
+
+def _deploy(version: Any, workdir: Path, by_day: Path, scheduler: str, **options: Any) -> Any:
+    """The run's version scored by `dask-batch` from `by_day` in `workdir`, as a deploy of `opsloop run` there."""
+    import uuid
+
+    from opsloop.config import read
+    from opsloop.types import RunContext
+    from opsloop_dask import batch
+    from opsloop_dask.batch import Options
+
+    mv, model, _ = version
+    run = RunContext(run_id=uuid.uuid4().hex[:12], workdir=workdir, model_name=mv.name,
+                     config=read(workdir=workdir))
+    return batch.deploy(version=mv, model=model, dataset=None, run=run,
+                        options=Options(scheduler=scheduler, input=str(by_day), **options))
+
+
+def _target(result: Any) -> dict[str, Any]:
+    (row,) = [r for r in result.assert_ok().json["targets"] if r["target"] == "dask-batch"]
+    return row
+
+
+def test_deploy_status_reports_the_runs_dask_batch_directory(dask_run):
+    path, run = dask_run
+    on_dask = run["deployments"][1]
+    row = _target(invoke(["deploy", "status", "--json"], path))
+    assert row["deployed"] is True and row["version"] == on_dask["model"] == run["versions"][0]["ref"]
+    assert row["location"] == on_dask["location"]
+    assert row["details"]["files"] == on_dask["details"]["files"] == len(list(Path(on_dask["location"]).iterdir()))
+    assert row["details"]["rows"] == 8640 and row["details"]["partitions"] == 9
+    table = invoke(["deploy", "status"], path).assert_ok().stdout
+    assert "dask-batch" in table and "does not report status" not in table
+
+
+def test_deploy_remove_deletes_exactly_what_it_wrote(version, by_day, scheduler, project):
+    """Two deploys (two directories); status names the newer, then a missing file; remove deletes the recorded
+    files, the directory they leave empty and the record, and leaves a file it did not write, with its folder."""
+    import os
+
+    first = _deploy(version, project, by_day, scheduler)
+    second = _deploy(version, project, by_day, scheduler, output=".opsloop/predictions/again")
+    assert first.location == str(project / ".opsloop" / "predictions" / "asd-anomaly-v1")
+    ours = sorted(str(p) for p in Path(first.location).iterdir()) + sorted(
+        str(p) for p in Path(second.location).iterdir())
+    assert len(ours) == 2 * first.details["files"] == 16
+    (Path(first.location) / "notes.txt").write_text("not dask-batch's", encoding="utf-8")
+
+    row = _target(invoke(["deploy", "status", "--json"], project))
+    assert (row["deployed"], row["version"], row["location"]) == (True, version[0].ref, second.location)
+    assert sorted(row["details"]["outputs"]) == sorted([first.location, second.location])
+    gone = Path(second.location) / "part-00003.parquet"
+    gone.unlink()
+    row = _target(invoke(["deploy", "status", "--json"], project))
+    assert row["deployed"] is False and row["details"]["missing"] == "1 of 8 files (part-00003.parquet)"
+    assert "missing 1 of 8 files" in invoke(["deploy", "status"], project).assert_ok().stdout
+
+    row = _target(invoke(["deploy", "remove", "--json"], project))
+    record = project / ".opsloop" / "deploy" / "dask-batch" / "asd-anomaly.json"
+    assert sorted(row["removed"]) == sorted([*(p for p in ours if p != str(gone)), second.location, str(record)])
+    assert row["details"]["already_gone"] == [str(gone)] and row["version"] == version[0].ref
+    assert os.listdir(first.location) == ["notes.txt"] and not Path(second.location).exists()
+    assert not record.exists()
+
+    row = _target(invoke(["deploy", "status", "--json"], project))
+    assert row["deployed"] is False and row["version"] is None
+    assert "nothing deployed for asd-anomaly" in invoke(["deploy", "remove"], project).assert_ok().stdout
+
+
+def test_deploy_remove_refuses_a_recorded_path_outside_where_it_writes(version, by_day, scheduler, project,
+                                                                       tmp_path):
+    """A record edited to name a directory elsewhere, a path out of the directory, or a link to elsewhere: one
+    line naming the plugin and the path, exit 1, and nothing deleted (not even what it did write)."""
+    import json
+    import os
+
+    deployed = _deploy(version, project, by_day, scheduler)
+    ours = sorted(Path(deployed.location).iterdir())
+    record = project / ".opsloop" / "deploy" / "dask-batch" / "asd-anomaly.json"
+    honest = json.loads(record.read_text(encoding="utf-8"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "part-00000.parquet").write_bytes(ours[0].read_bytes())
+    link = project / ".opsloop" / "predictions" / "link"
+    link.symlink_to(elsewhere)
+    for path, files, says in [(str(elsewhere), ["part-00000.parquet"], "it is outside where this target writes"),
+                              (deployed.location, ["../../../opsloop.toml"], "not a file name in that directory"),
+                              (str(link), ["part-00000.parquet"], "it is outside where this target writes")]:
+        forged = {**honest, "outputs": [{"path": path, "files": files, "version": "asd-anomaly:1"},
+                                        *honest["outputs"]]}
+        record.write_text(json.dumps(forged), encoding="utf-8")
+        result = invoke(["deploy", "remove"], project)
+        result.assert_error('"dask-batch"', "refusing to remove", says, "nothing was removed")
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert sorted(Path(deployed.location).iterdir()) == ours and record.exists()
+        assert (elsewhere / "part-00000.parquet").exists() and (project / "opsloop.toml").exists()
+    record.write_text(json.dumps(honest), encoding="utf-8")
+    assert _target(invoke(["deploy", "remove", "--json"], project))["removed"]
+    assert not os.path.exists(deployed.location)
+
+
+def test_two_deploys_of_one_model_at_once_keep_both_entries(version, by_day, scheduler, project):
+    """Two deploys of the model on the cluster at the same time, into two directories: both end in the record."""
+    import threading
+
+    start = threading.Barrier(2)
+    done: dict[str, Any] = {}
+
+    def deploy(name: str) -> None:
+        start.wait()
+        done[name] = _deploy(version, project, by_day, scheduler, output=f".opsloop/predictions/{name}")
+
+    threads = [threading.Thread(target=deploy, args=(name,)) for name in ("one", "two")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert sorted(done) == ["one", "two"]
+    row = _target(invoke(["deploy", "status", "--json"], project))
+    assert row["deployed"] is True
+    assert sorted(row["details"]["outputs"]) == sorted(d.location for d in done.values())
+
+
+#: Each process commits this many entries of its own to one model's record, all at once with the others.
+COMMITS = 40
+WRITER = """
+import sys
+from pathlib import Path
+from opsloop.types import RunContext
+from opsloop_dask import record
+
+workdir, tag = Path(sys.argv[1]), sys.argv[2]
+run = RunContext(run_id=tag, workdir=workdir, model_name="m", config=None)
+for i in range(int(sys.argv[3])):
+    out = workdir / ".opsloop" / "predictions" / f"{tag}-{i}"
+    staged = out.with_name(f".{out.name}.0.tmp")
+    staged.mkdir(parents=True)
+    record.commit(workdir, "m", {"path": str(out), "files": [], "version": "m:1"}, run, staged,
+                  put=lambda: staged.rename(out))
+"""
+
+
+def test_records_written_by_processes_at_once_lose_no_entry(tmp_path):
+    """Three processes each committing deploys to one model's record at the same time: every entry is there
+    (without the lock, read-modify-write loses some)."""
+    import subprocess
+    import sys
+
+    from opsloop_dask import record
+
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), tag, str(COMMITS)],
+                              stderr=subprocess.PIPE, text=True) for tag in ("a", "b", "c")]
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    entries = record.read(tmp_path / record.RECORD_DIR / "m.json")
+    assert len(entries) == 3 * COMMITS and not any("pending" in e for e in entries)
+    assert {Path(e["path"]).name for e in entries} == {f"{t}-{i}" for t in "abc" for i in range(COMMITS)}
