@@ -298,3 +298,60 @@ def test_records_written_by_processes_at_once_lose_no_entry(tmp_path):
     entries = record.read(tmp_path / record.RECORD_DIR / "m.json")
     assert len(entries) == 3 * COMMITS and not any("pending" in e for e in entries)
     assert {Path(e["path"]).name for e in entries} == {f"{t}-{i}" for t in "abc" for i in range(COMMITS)}
+
+
+KILLED = """
+import os, sys
+from pathlib import Path
+from opsloop.types import RunContext
+from opsloop_dask import record
+
+workdir, part = Path(sys.argv[1]), Path(sys.argv[2])
+out = workdir / ".opsloop" / "predictions" / "asd-anomaly-v1"
+staged = out.with_name(f".{out.name}.dead.tmp")
+staged.mkdir(parents=True)
+(staged / "part-00000.parquet").write_bytes(part.read_bytes())
+run = RunContext(run_id="killed", workdir=workdir, model_name="asd-anomaly", config=None)
+record.commit(workdir, "asd-anomaly", {"path": str(out), "files": ["part-00000.parquet"], "version": "asd-anomaly:1"},
+              run, staged, put=lambda: os._exit(9))
+"""
+
+
+def test_a_deploy_killed_before_placing_its_directory_is_unfinished_and_removed(by_day, project):
+    """A process killed between recording its entry and putting its directory in place: status says unfinished
+    (not deployed), remove deletes its staged files; nothing is left that the record does not name."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", KILLED, str(project), str(sorted(by_day.iterdir())[0])],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 9, proc.stderr
+    staged = project / ".opsloop" / "predictions" / ".asd-anomaly-v1.dead.tmp"
+    row = _target(invoke(["deploy", "status", "--json"], project))
+    assert row["deployed"] is False and "has not put" in row["details"]["unfinished"] and str(staged) in \
+        row["details"]["unfinished"]
+    row = _target(invoke(["deploy", "remove", "--json"], project))
+    assert str(staged / "part-00000.parquet") in row["removed"] and str(staged) in row["removed"]
+    assert not staged.exists() and not list((project / ".opsloop" / "predictions").iterdir())
+
+
+def test_a_directory_another_model_wrote_last_is_taken_over(version, by_day, scheduler, project):
+    """Another model's record names the directory this deploy replaces: the entry moves to this model, so the
+    other model's remove deletes nothing of it."""
+    from opsloop.types import RunContext
+    from opsloop_dask import record
+
+    shared = project / ".opsloop" / "predictions" / "shared"
+    staged = shared.with_name(".shared.x.tmp")
+    staged.mkdir(parents=True)
+    (staged / "part-00000.parquet").write_bytes(sorted(by_day.iterdir())[0].read_bytes())
+    other = RunContext(run_id="other", workdir=project, model_name="other", config=None)
+    record.commit(project, "other", {"path": str(shared), "files": ["part-00000.parquet"], "version": "other:1"},
+                  other, staged, put=lambda: staged.rename(shared))
+    assert record.status(project, "other").deployed is True
+
+    _deploy(version, project, by_day, scheduler, output=".opsloop/predictions/shared")
+    assert record.status(project, "other").deployed is False
+    assert record.remove(project, "other", None, other).details["removed"] == []
+    assert len(list(shared.iterdir())) == 8
+    assert _target(invoke(["deploy", "status", "--json"], project))["location"] == str(shared)
