@@ -48,6 +48,25 @@ LOOP = {
 }
 
 
+def labelled_loop_project(path: Path, config: dict[str, Any] | None = None) -> Path:
+    """The loop scenario in `path`: version 1 in production (`opsloop run`, which logs the batch it scored),
+    then the true labels of those rows sent with `opsloop feedback --file`."""
+    import tomli_w
+    from opsloop import config as config_mod
+    from opsloop import data
+    from opsloop.testing import invoke
+
+    config = config or LOOP
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "opsloop.toml").write_text(tomli_w.dumps(config), encoding="utf-8")
+    invoke(["run", "--json", "--quiet"], path).assert_ok()
+    frame = data.load(config_mod.read(workdir=path)).frame.query(config["data"]["monitor"])
+    labels = frame[["entity", "timestamp", "label"]].rename(columns={"entity": "series", "timestamp": "time"})
+    labels.to_csv(path / "labels.csv", index=False)
+    invoke(["feedback", "--file", str(path / "labels.csv")], path).assert_ok()
+    return path
+
+
 @pytest.fixture
 def small_config():
     """A fresh copy of SMALL to change per test."""

@@ -72,16 +72,22 @@ def _production(project: Any) -> int:
 # ---------------------------------------------------------------------------
 
 
+
+def _started(project) -> tuple[Path, dict, int]:
+    """`opsloop run` in the project: its local-http state file, the state, and the server's pid."""
+    project.run("run").assert_ok()
+    state_file = state_path(project.path, MODEL, "production")
+    state = read_state(state_file)
+    assert state is not None, "the deploy stage started no server"
+    return state_file, state, state["pid"]
+
+
 def test_local_http_status_asks_the_server_then_remove_stops_it(opsloop_project: Any, telemetry_csv: bytes,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPSLOOP_SERVE_TOKEN", TOKEN)  # every endpoint guarded: status must send the token
     project = _project(opsloop_project, telemetry_csv, {"plugins": ["local-http"], "local-http": {
         "port": 0, "poll_interval": 0.1, "token_for": "all"}})
-    project.run("run").assert_ok()
-    state_file = state_path(project.path, MODEL, "production")
-    state = read_state(state_file)
-    assert state is not None, "the deploy stage started no server"
-    pid = state["pid"]
+    state_file, state, pid = _started(project)
     try:
         project.run("run", "--promote", "--set", "train.xgboost.n_estimators=20").assert_ok()  # version 2, hot-swapped
 
@@ -132,11 +138,7 @@ def test_local_http_does_not_orphan_a_live_server_that_does_not_answer(opsloop_p
     serve beside it where no command sees the first)."""
     project = _project(opsloop_project, telemetry_csv, {"plugins": ["local-http"], "local-http": {
         "port": 0, "poll_interval": 0.1, "swap_timeout": 3}})
-    project.run("run").assert_ok()
-    state_file = state_path(project.path, MODEL, "production")
-    state = read_state(state_file)
-    assert state is not None, "the deploy stage started no server"
-    pid = state["pid"]
+    state_file, state, pid = _started(project)
     try:
         os.kill(pid, signal.SIGSTOP)
         project.run("run", "--promote", "--set", "train.xgboost.n_estimators=20").assert_error(

@@ -31,6 +31,7 @@ from opsloop.testing import invoke
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import LOOP as CONFIG  # noqa: E402 - the loop scenario, shared with test_reproduce.py
+from conftest import labelled_loop_project  # noqa: E402
 
 MODEL = CONFIG["project"]["name"]
 
@@ -45,16 +46,7 @@ def _store(path: Path) -> Any:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project with version 1 in production, its batch in the log, and the batch's true labels sent."""
-    path = tmp_path_factory.mktemp("loop-project")
-    (path / "opsloop.toml").write_text(tomli_w.dumps(CONFIG), encoding="utf-8")
-    invoke(["run", "--json", "--quiet"], path).assert_ok()
-    from opsloop import config, data
-
-    frame = data.load(config.read(workdir=path)).frame.query(CONFIG["data"]["monitor"])
-    labels = frame[["entity", "timestamp", "label"]].rename(columns={"entity": "series", "timestamp": "time"})
-    labels.to_csv(path / "labels.csv", index=False)
-    invoke(["feedback", "--file", str(path / "labels.csv")], path).assert_ok()
-    return path
+    return labelled_loop_project(tmp_path_factory.mktemp("loop-project"))
 
 
 @pytest.fixture

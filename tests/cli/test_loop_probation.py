@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tomli_w
 from opsloop import GateVerdict, hookimpl
 from opsloop.testing import invoke
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import LOOP as CONFIG  # noqa: E402
+from conftest import labelled_loop_project  # noqa: E402
 
 MODEL = CONFIG["project"]["name"]
 BEFORE_14 = ('data.monitor="entity in [\'omi-1\', \'omi-9\'] and timestamp >= \'2024-01-10\' and '
@@ -38,24 +38,10 @@ def loop_once(path: Path, *args: str) -> Any:
     return invoke(["loop", "--once", "--json", "--quiet", *args], path)
 
 
-def labelled(path: Path, cfg: dict[str, Any]) -> Path:
-    """Version 1 in production (`opsloop run`), its batch logged, and the batch's true labels sent."""
-    from opsloop import config, data
-
-    path.mkdir(exist_ok=True)
-    (path / "opsloop.toml").write_text(tomli_w.dumps(cfg), encoding="utf-8")
-    invoke(["run", "--json", "--quiet"], path).assert_ok()
-    frame = data.load(config.read(workdir=path)).frame.query(CONFIG["data"]["monitor"])
-    labels = frame[["entity", "timestamp", "label"]].rename(columns={"entity": "series", "timestamp": "time"})
-    labels.to_csv(path / "labels.csv", index=False)
-    invoke(["feedback", "--file", str(path / "labels.csv")], path).assert_ok()
-    return path
-
-
 @pytest.fixture(scope="module")
 def promoted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`labelled`, then a cycle on rows up to 01-13 that promoted version 3."""
-    path = labelled(tmp_path_factory.mktemp("probation"), CONFIG)
+    """`labelled_loop_project`, then a cycle on rows up to 01-13 that promoted version 3."""
+    path = labelled_loop_project(tmp_path_factory.mktemp("probation"))
     out = loop_once(path, "--set", BEFORE_14, "--set", "loop.use_log=false").assert_ok().json
     assert out["status"] == "promoted" and out["candidate"] == 3, out["reasons"]
     assert out["window"]["holdout"]["end"] == "2024-01-13T23:55:00Z"
@@ -149,7 +135,7 @@ def test_probation_off_and_a_promotion_by_hand_are_not_judged(project: Path) -> 
 
 
 def test_manual_promotion_leaves_the_winner_waiting_for_a_person(tmp_path: Path) -> None:
-    path = labelled(tmp_path / "manual", {**CONFIG, "loop": {**CONFIG["loop"], "promote": "manual"}})
+    path = labelled_loop_project(tmp_path / "manual", {**CONFIG, "loop": {**CONFIG["loop"], "promote": "manual"}})
     out = loop_once(path, "--set", BEFORE_14, "--set", "loop.use_log=false").assert_ok().json
     assert out["status"] == "waiting" and out["promoted"] is False and out["candidate"] == 3
     assert out["gate"]["winner"] == "challenger"
