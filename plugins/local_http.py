@@ -215,30 +215,10 @@ def _serve(version: ModelVersion, options: Options, run: RunContext, workdir: Pa
                       details={"action": "started", "pid": proc.pid, "url": started["url"], "log": str(log)})
 
 
-#: Seconds a state file's `started_at` may precede its process's start (clock steps); beyond, the pid is reused.
-START_SLACK = 60.0
-
-
 def _is_its_server(state: dict[str, Any] | None) -> TypeGuard[dict[str, Any]]:
-    """Whether the process of a state file is the server that wrote it: a live opsloop process (`is_server`),
-    not this one, and not started after the file was (the server died uncleanly and another opsloop process,
-    a `loop --every` say, got its pid: SIGTERM must not reach that one). Without /proc, `is_server` decides."""
-    if state is None or state.get("pid") == os.getpid() or not is_server(state):
-        return False
-    started = _process_start(int(state["pid"]))
-    written = state.get("started_at")
-    return started is None or not isinstance(written, (int, float)) or started <= written + START_SLACK
-
-
-def _process_start(pid: int) -> float | None:
-    """When a process started (epoch seconds, from /proc), or None where /proc cannot tell."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
-        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, in clock ticks
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None
+    """Whether the process of a state file is the server that wrote it (`is_server`: alive, opsloop, not a
+    reused pid), and not this process."""
+    return state is not None and state.get("pid") != os.getpid() and is_server(state)
 
 
 #: Seconds `undeploy` waits for a server to drain its log and exit after SIGTERM.

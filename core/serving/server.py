@@ -96,16 +96,37 @@ def alive(pid: int) -> bool:
     return True
 
 
+#: Seconds a state file's `started_at` may precede its process's start (clock steps); beyond, the pid is reused.
+START_SLACK = 60.0
+
+
 def is_server(state: dict[str, Any] | None) -> bool:
-    """Whether a state file's process still runs and is an opsloop server (not a reused pid)."""
+    """Whether a state file's process still runs and is the opsloop server that wrote the file: not a pid the
+    system gave to another process after the server died uncleanly (SIGKILL, OOM), even another opsloop one
+    (a `loop --every`, say: SIGTERM must not reach it). A process started after the file was written is not
+    its server. Without /proc (macOS) a live pid is trusted."""
     pid = (state or {}).get("pid")
     if not isinstance(pid, int) or not alive(pid):
         return False
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return True  # no /proc (macOS): trust the pid
-    return b"opsloop" in command
+        return True
+    if b"opsloop" not in command:
+        return False
+    started, written = process_start(pid), (state or {}).get("started_at")
+    return started is None or not isinstance(written, (int, float)) or started <= written + START_SLACK
+
+
+def process_start(pid: int) -> float | None:
+    """When a process started (epoch seconds, from /proc), or None where /proc cannot tell."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, in clock ticks
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def run(app: ServingApp, *, host: str | None = None, port: int | None = None, state: bool = True,

@@ -62,3 +62,22 @@ def test_an_overwritten_state_file_is_written_again_and_stop_finds_the_server(pr
     output = proc.stdout.read().decode()  # type: ignore[union-attr]
     assert "was overwritten; written again" in output, output
     assert not state_file.exists() and not alive(proc.pid)
+
+
+def test_stop_does_not_signal_another_opsloop_process_that_got_a_dead_servers_pid(project: Any) -> None:
+    """The server died without removing its file (SIGKILL, OOM) and the system gave its pid to another opsloop
+    process (here one whose command line says opsloop, started after the file was written): `serve --stop`
+    finds no server and leaves that process alone (it sent it SIGTERM before)."""
+    state_file = state_path(project.path, MODEL, ALIAS)
+    other = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", "opsloop", "loop", "--every",
+                              "1h"], stdin=subprocess.PIPE)
+    try:
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        state_file.write_text(json.dumps({"pid": other.pid, "url": "http://127.0.0.1:9", "port": 9,
+                                          "started_at": time.time() - 86400}), encoding="utf-8")
+        result = invoke(["serve", "--stop", "--alias", ALIAS], cwd=project.path)
+        assert result.exit_code == 1 and "no server is running" in result.stderr, result.stderr
+        assert other.poll() is None  # not signalled
+    finally:
+        other.kill()
+        other.wait()
