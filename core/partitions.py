@@ -79,12 +79,12 @@ class Carry:
             return None
         import pandas as pd
 
-        from opsloop.plugins.batch_deploy import _carried
+        from opsloop.rowops import carried
 
         self.check_order(before, part, index)
         frame = part.reset_index(drop=True) if before is None or not len(before) else \
             pd.concat([before, part], ignore_index=True)
-        return _carried(frame, self.rows, self.seconds, self.series, self.time)
+        return carried(frame, self.rows, self.seconds, self.series, self.time)
 
     def check_order(self, before: pd.DataFrame | None, part: pd.DataFrame, index: int) -> None:
         """DataError when partition `index` goes back in time within a series behind the rows carried to it:

@@ -35,8 +35,9 @@ from opsloop.errors import DataError, OpsloopError
 
 if TYPE_CHECKING:
     import numpy as np
+    import pandas as pd
 
-__all__ = ["FastPredict", "NoFastPath", "Reach", "RowContext", "RowLayout", "RowOp", "index"]
+__all__ = ["FastPredict", "NoFastPath", "Reach", "RowContext", "RowLayout", "RowOp", "carried", "index"]
 
 #: A compiled step: `op(work, rows)` edits the float64 work matrix in place (rows x `layout.width`) and
 #: returns nothing. `rows` is the request's `RowContext`.
@@ -266,3 +267,27 @@ def _parse_times(text: Any, dtype: str) -> np.ndarray:
     if getattr(parsed.dtype, "tz", None) is not None:
         parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
     return parsed.to_numpy(dtype="datetime64[ns]")
+
+
+def carried(frame: pd.DataFrame, rows: int, seconds: float, series: str | None,
+            time_col: str | None) -> pd.DataFrame:
+    """The rows of each series the next chunk's windows reach (what batch scoring and partitioned replay carry
+    from one chunk or partition to the next, so that windowed steps see each series' past): the last `rows`,
+    and every row of the last `seconds` before the series' newest time plus the one row before them (a
+    duration's `rate` looks there)."""
+    import pandas as pd
+
+    keyed = bool(series and series in frame)
+    groups = frame.groupby(series, sort=False, dropna=False) if keyed else None
+    keep = pd.Series(False, index=frame.index)
+    if rows:
+        tail = groups.tail(rows) if groups is not None else frame.tail(rows)
+        keep[tail.index] = True
+    if seconds and time_col and time_col in frame:
+        times = frame[time_col]
+        newest = groups[time_col].transform("max") if groups is not None else times.max()
+        inside = times > newest - pd.Timedelta(seconds=seconds)
+        before = (inside.groupby(frame[series], sort=False, dropna=False).shift(-1, fill_value=False)
+                  if keyed else inside.shift(-1, fill_value=False))
+        keep |= inside | before.astype(bool)
+    return frame[keep].reset_index(drop=True)

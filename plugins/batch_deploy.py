@@ -73,6 +73,7 @@ import attrs
 from opsloop import Deployment, hookimpl
 from opsloop.errors import DataError
 from opsloop.plugins import _batch_record
+from opsloop.rowops import carried
 from opsloop.types import DeploymentStatus
 from opsloop.serving.settings import bounded, retention
 
@@ -391,28 +392,6 @@ def _window_sizes(table: Any) -> list[int | float]:
     return sizes
 
 
-def _carried(frame: pd.DataFrame, rows: int, seconds: float, series: str | None,
-             time_col: str | None) -> pd.DataFrame:
-    """The rows of each series the next chunk's windows reach: the last `rows`, and every row of the last
-    `seconds` before the series' newest time plus the one row before them (a duration's `rate` looks there)."""
-    import pandas as pd
-
-    keyed = bool(series and series in frame)
-    groups = frame.groupby(series, sort=False, dropna=False) if keyed else None
-    keep = pd.Series(False, index=frame.index)
-    if rows:
-        tail = groups.tail(rows) if groups is not None else frame.tail(rows)
-        keep[tail.index] = True
-    if seconds and time_col and time_col in frame:
-        times = frame[time_col]
-        newest = groups[time_col].transform("max") if groups is not None else times.max()
-        inside = times > newest - pd.Timedelta(seconds=seconds)
-        before = (inside.groupby(frame[series], sort=False, dropna=False).shift(-1, fill_value=False)
-                  if keyed else inside.shift(-1, fill_value=False))
-        keep |= inside | before.astype(bool)
-    return frame[keep].reset_index(drop=True)
-
-
 def _score(model: LoadedModel, chunks: Iterator[pd.DataFrame], *, carry: int, series: str | None,
            time_col: str | None, source: str, carry_seconds: float = 0.0) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
     """(chunk, predictions) per chunk; with `carry`, each chunk is scored behind the previous rows."""
@@ -431,7 +410,7 @@ def _score(model: LoadedModel, chunks: Iterator[pd.DataFrame], *, carry: int, se
         preds = model.predict(frame)
         preds = preds.iloc[len(frame) - len(chunk):].reset_index(drop=True)
         if carry or carry_seconds:
-            past = _carried(frame, carry, carry_seconds, series, time_col)
+            past = carried(frame, carry, carry_seconds, series, time_col)
         yield chunk, preds
 
 
