@@ -1,6 +1,14 @@
 """Rows that never come whole to one process (issue 10, item 3): `[data] source = "dask-parquet:<folder>"` and
-`[train] plugins = ["dask-xgboost"]`, on a real two-worker cluster, ASD written as one Parquet file per day
-(so every partition boundary cuts every series)."""
+`[train] plugins = ["dask-xgboost"]`, on a real two-worker cluster, ASD written as one Parquet file per five
+days (so every partition boundary cuts every series; the training period spans two partitions and leaves
+the third empty).
+
+Every pass over partitioned data reads the files again and replays the preprocessing on them (opsloop keeps
+no features on the workers), in tasks per partition, so the time goes with the number of partitions: with
+one file per day (15 partitions) the module's run took 70-90 s, with three files 25-30 s. One run serves
+every test of the module; it validates with `kfold` and `holdout` both, each compared with its single-process
+counterpart.
+"""
 
 from __future__ import annotations
 
@@ -17,16 +25,27 @@ pytest.importorskip("opsloop_dask", reason="opsloop-dask is not installed (pip i
 from opsloop.testing import invoke, opsloop_project, register_plugin, to_toml  # noqa: E402, F401 - the kit
 
 SERVERS = ["omi-1", "omi-9", "omi-10", "omi-11"]
+#: Days of ASD per Parquet file: its 15 days in 3 partitions.
+DAYS_PER_FILE = 5
+PARTITIONS = 3
 
 
 @pytest.fixture(scope="module")
-def days(tmp_path_factory: pytest.TempPathFactory, asd: Any) -> Path:
-    """SMALL's four servers, one Parquet file per day in time order."""
+def rows(asd: Any) -> Any:
+    """SMALL's four servers, every day, in the order the files hold them (time, then server)."""
+    picked = asd[asd["entity"].isin(SERVERS)].sort_values(["timestamp", "entity"], kind="stable")
+    return picked.reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def days(tmp_path_factory: pytest.TempPathFactory, rows: Any) -> Path:
+    """`rows` as one Parquet file per five days, named in time order."""
     folder = tmp_path_factory.mktemp("asd-days") / "data"
     folder.mkdir()
-    rows = asd[asd["entity"].isin(SERVERS)].sort_values(["timestamp", "entity"], kind="stable")
-    for day, group in rows.groupby(rows["timestamp"].dt.date, sort=True):
-        group.reset_index(drop=True).to_parquet(folder / f"{day}.parquet", index=False)
+    day = rows["timestamp"].dt.floor("D")
+    for first, group in rows.groupby((day - day.min()).dt.days // DAYS_PER_FILE, sort=True):
+        group.reset_index(drop=True).to_parquet(folder / f"{first:02d}.parquet", index=False)
+    assert len(list(folder.iterdir())) == PARTITIONS
     return folder
 
 
@@ -37,11 +56,19 @@ def partitioned_config(small_config: Any, scheduler: str, days: Path, trainer: s
     return config
 
 
+#: The module run's validators: SMALL's three time-ordered folds first (the alert threshold and the version's
+#: figures come from the first), then a holdout of the last 40% of the time steps.
+VALIDATE = {"plugins": ["kfold", "holdout"], "kfold": {"folds": 3}, "holdout": {"fraction": 0.4}}
+
+
 @pytest.fixture(scope="module")
 def partitioned_run(tmp_path_factory: pytest.TempPathFactory, scheduler: str, small_config: Any, days: Path
                     ) -> tuple[Path, dict[str, Any]]:
+    """One `opsloop run` on the Parquet files (`dask-parquet`, `dask-xgboost`), validated by `VALIDATE`."""
     path = tmp_path_factory.mktemp("partitioned-run")
-    (path / "opsloop.toml").write_text(to_toml(partitioned_config(small_config, scheduler, days)), encoding="utf-8")
+    config = partitioned_config(small_config, scheduler, days)
+    config["validate"] = VALIDATE
+    (path / "opsloop.toml").write_text(to_toml(config), encoding="utf-8")
     return path, invoke(["run", "--json", "--quiet"], path).assert_ok().json
 
 
@@ -62,7 +89,7 @@ def test_states_fitted_over_partitions_are_the_single_process_runs(partitioned_r
         assert got["state"] == want["state"], got["plugin"]
     assert manifest["input_schema"] == reference["input_schema"]
     lineage = manifest["lineage"]["data"]
-    assert lineage["rows"] == 4320 and lineage["partitions"] == 15 and lineage["engine"] == "dask-parquet"
+    assert lineage["rows"] == 4320 and lineage["partitions"] == PARTITIONS and lineage["engine"] == "dask-parquet"
     assert lineage["start"] == "2024-01-01T00:00:00Z" and lineage["end"] == "2024-01-08T11:55:00Z"
     assert lineage["fingerprint"].startswith("sha256:")
 
@@ -106,10 +133,10 @@ def test_deploy_and_monitor_work_on_a_bounded_sample_of_the_monitoring_period(pa
     assert got["rows"] == want["rows"] == 8640
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def engine_data(scheduler: str, days: Path):
     """The raw partitions as the core sees them: read by `dask-parquet` on the cluster, wrapped as `opsloop run`
-    wraps them."""
+    wraps them (one plugin manager for the module's steps)."""
     from opsloop import partitions
     from opsloop.config import read
     from opsloop.manager import PluginManager
@@ -132,14 +159,13 @@ def attrs_evolve(data: Any, **changes: Any) -> Any:
 
 @pytest.mark.parametrize(("name", "options"), [("impute", {"add_indicator": True}), ("clip", {}),
                                                ("scale", {"method": "robust"}), ("schema-check", {})])
-def test_states_over_dask_partitions_are_the_builtin_states(engine_data, asd, name, options):
+def test_states_over_dask_partitions_are_the_builtin_states(engine_data, rows, name, options):
     from opsloop import partitions
     from opsloop.types import Dataset, RunContext
 
     data, plugins = engine_data
     plugins.load(name)
     opts = plugins.options_class(name)(**options)
-    rows = asd[asd["entity"].isin(SERVERS)].sort_values(["timestamp", "entity"], kind="stable").reset_index(drop=True)
     run = RunContext(run_id="t", workdir=Path("."), model_name="m", config=None)
     want = plugins.call(name, "preprocess", dataset=Dataset.from_frame(rows, target="label", time="timestamp",
                                                                           series="entity"),
@@ -149,7 +175,7 @@ def test_states_over_dask_partitions_are_the_builtin_states(engine_data, asd, na
     assert issues == list(want.issues)
 
 
-def test_rolling_features_across_dask_partitions_equal_one_frame(engine_data, asd):
+def test_rolling_features_across_dask_partitions_equal_one_frame(engine_data, rows):
     import pandas as pd
 
     from opsloop import partitions
@@ -158,7 +184,6 @@ def test_rolling_features_across_dask_partitions_equal_one_frame(engine_data, as
     data, plugins = engine_data
     plugins.load("rolling-features")
     options = plugins.options_class("rolling-features")(windows=["1h"], stats=["mean", "std"])
-    rows = asd[asd["entity"].isin(SERVERS)].sort_values(["timestamp", "entity"], kind="stable").reset_index(drop=True)
     run = RunContext(run_id="t", workdir=Path("."), model_name="m", config=None)
     want = plugins.call("rolling-features", "preprocess", dataset=Dataset.from_frame(
         rows, target="label", time="timestamp", series="entity"), state=None, options=options, run=run)
@@ -166,7 +191,7 @@ def test_rolling_features_across_dask_partitions_equal_one_frame(engine_data, as
     replayed = partitions.replay_step("rolling-features", state, data, options, plugins, keep="persist")
     got = pd.concat(replayed.collect(partitions._head, 10**9), ignore_index=True)
     pd.testing.assert_frame_equal(got, want.dataset.frame.reset_index(drop=True))
-    assert data.partitions == 15
+    assert data.partitions == PARTITIONS
 
 
 def test_a_builtin_trainer_given_partitions_is_one_line_naming_it_and_dask_xgboost(opsloop_project, scheduler,
@@ -184,26 +209,18 @@ def test_a_missing_folder_is_one_line_naming_it(opsloop_project, scheduler, smal
     result.assert_error("dask-parquet", str(tmp_path / "nowhere"), "not found")
 
 
-def test_holdout_validation_over_partitions_is_the_single_process_holdout(opsloop_project, scheduler, small_config,
-                                                                          days):
-    """`opsloop validate` with `holdout`: the same held-out time steps, selected per partition."""
-    config = partitioned_config(small_config, scheduler, days)
-    config["validate"] = {"plugins": ["holdout"], "holdout": {"fraction": 0.4}}
-    got = opsloop_project(config=copy.deepcopy(config)).run("validate", "--json", "--quiet").assert_ok().json
-    single = copy.deepcopy(config)
-    single["data"]["source"] = "embedded:asd"
-    del single["data"]["dask-parquet"]
-    want = invoke(["validate", "--json", "--quiet"], _project(single)).assert_ok().json
-    fold, reference = got["reports"][0]["folds"][0], want["reports"][0]["folds"][0]
-    assert got["reports"][0]["method"] == want["reports"][0]["method"]
+def test_holdout_validation_over_partitions_is_the_single_process_holdout(partitioned_run, small_config, scheduler,
+                                                                          tmp_path):
+    """The run's `holdout` report: the same held-out time steps as `opsloop validate` with `holdout` on the
+    same rows as one frame (`embedded:asd`, `dask-xgboost` on the same cluster), selected per partition."""
+    _, run = partitioned_run
+    single = small_config("dask-xgboost", scheduler=scheduler)
+    single["validate"] = {"plugins": ["holdout"], "holdout": VALIDATE["holdout"]}
+    (tmp_path / "opsloop.toml").write_text(to_toml(single), encoding="utf-8")
+    want = invoke(["validate", "--json", "--quiet"], tmp_path).assert_ok().json
+    got = run["validation"][1]
+    fold, reference = got["folds"][0], want["reports"][0]["folds"][0]
+    assert got["method"] == want["reports"][0]["method"]
     for key in ("rows_train", "rows_test", "positives_train", "positives_test"):
         assert fold[key] == reference[key], key
     assert math.isfinite(fold["pr_auc"]) and abs(fold["pr_auc"] - reference["pr_auc"]) < 0.1, (fold, reference)
-
-
-def _project(config: dict) -> Path:
-    import tempfile
-
-    path = Path(tempfile.mkdtemp(prefix="holdout-single-"))
-    (path / "opsloop.toml").write_text(to_toml(config), encoding="utf-8")
-    return path
