@@ -76,7 +76,7 @@ class Chunk:
                         "models": dict(self.models),
                         "cycle": {"status": c.status, "decision": c.decision, "reasons": list(c.reasons),
                                   "candidate": c.candidate, "gate": c.gate, "promoted": c.promoted,
-                                  "error": c.error}})
+                                  "probation": c.probation, "error": c.error}})
 
 
 @attrs.frozen(kw_only=True)
@@ -96,6 +96,11 @@ class BacktestResult:
     @property
     def promotions(self) -> int:
         return sum(1 for c in self.chunks if c.cycle.promoted)
+
+    @property
+    def rollbacks(self) -> int:
+        """Promotions the loop undid on probation."""
+        return sum(1 for c in self.chunks if c.cycle.status == "rolled back")
 
     def means(self) -> dict[str, dict[str, float]]:
         """Each strategy's mean of each figure over the chunks that have it; not of the incident figures,
@@ -117,6 +122,7 @@ class BacktestResult:
                         "chunks": [c.to_json() for c in self.chunks],
                         "summary": {"chunks": len(self.chunks), "retrain_decisions": decisions.count("retrain"),
                                     "retrains": self.retrains, "promotions": self.promotions,
+                                    "rollbacks": self.rollbacks,
                                     "errors": sum(1 for c in self.chunks if c.cycle.status == "error"),
                                     "mean": self.means(),
                                     **({"incidents": self.incidents} if self.incidents else {})}})

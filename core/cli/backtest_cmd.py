@@ -65,13 +65,16 @@ def render(result: BacktestResult) -> list[Any]:
     out: list[Any] = [f"[bold]{escape(result.model)}[/bold] backtest: first version {result.train['version']} on "
                       f"{result.train['rows']:,} rows ({result.train['start']} to {result.train['end']}), then "
                       f"{len(result.chunks)} chunk(s): {result.retrains} retrain(s), {result.promotions} "
-                      "promotion(s)"]
+                      "promotion(s)" + (f", {result.rollbacks} rolled back on probation" if result.rollbacks else "")]
     rows = []
     for c in result.chunks:
         cycle = c.cycle
         did = cycle.status if cycle.status != "keep" else "keep"
         if cycle.gate:
             did += f" ({cycle.gate['metric']} {_num(cycle.gate['challenger'])} vs {_num(cycle.gate['champion'])})"
+        probation = cycle.probation or {}
+        if probation.get("gates"):
+            did += f"; probation of {probation['version']}: {probation['outcome']}"
         rows.append([c.start.strftime("%Y-%m-%d %H:%M"), f"{c.rows:,}", str(c.positives),
                      *[_num(c.figures[s].get(metric)) if metric else "-" for s in STRATEGIES],
                      c.models["loop"], did])

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
 from opsloop import GateVerdict, hookimpl
 from opsloop.testing import invoke
 
@@ -96,7 +97,11 @@ class PreferPrevious:
     def gate(self, champion: Any, challenger: Any, window: Any) -> GateVerdict:
         from sklearn.metrics import average_precision_score
 
+        from opsloop.errors import DataError
+
         labels = window.frame[window.target].to_numpy()
+        if len(set(labels.tolist())) < 2:  # as the built-in gate: PR AUC needs both classes
+            raise DataError(f"the window holds one class only ({len(labels):,} rows)")
         ours, theirs = (average_precision_score(labels, c.predictions["score"]) for c in (challenger, champion))
         winner = "challenger" if ours >= theirs - 0.5 else "champion"
         return GateVerdict(winner=winner, metric="pr_auc", champion=theirs, challenger=ours, margin=ours - theirs,
@@ -154,3 +159,31 @@ def test_a_wrong_promote_or_probation_is_one_line(project: Path, key: str, value
     assert result.exit_code == 1
     line = result.stderr.strip()
     assert "\n" not in line and f"[loop.{key}]" in line and all(w in line for w in words), line
+
+
+def test_a_backtest_replays_probation_and_scores_with_the_version_rolled_back_to(tmp_path: Path,
+                                                                                register_plugin: Any) -> None:
+    """The backtest runs the loop's own cycles, probation included: with a gate that lets the challenger win
+    unless it is far worse, every candidate is promoted and, a day of rows later, rolled back (the replaced
+    version is then the challenger); the chunk after a rollback is scored by the version rolled back to."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_backtest import CONFIG as BACKTEST
+
+    register_plugin(PreferPrevious(), "prefer-previous")
+    path = tmp_path / "bt"
+    path.mkdir()
+    config = {**BACKTEST, "gate": {"plugins": ["prefer-previous"]}, "loop": {"holdout": "1d", "probation": "1d"}}
+    (path / "opsloop.toml").write_text(tomli_w.dumps(config), encoding="utf-8")
+    out = invoke(["backtest", "--chunks", "3", "--json"], path).assert_ok().json
+    chunks, summary = out["chunks"], out["summary"]
+    statuses = [c["cycle"]["status"] for c in chunks]
+    assert "promoted" in statuses and "rolled back" in statuses, statuses
+    assert summary["rollbacks"] == statuses.count("rolled back") >= 1
+    for before, after in zip(chunks, chunks[1:], strict=False):
+        cycle = before["cycle"]
+        if cycle["status"] == "rolled back":
+            probation = cycle["probation"]
+            assert probation["outcome"] == "rolled back" and probation["gates"][0]["winner"] == "challenger"
+            assert after["models"]["loop"] == probation["against"] != probation["version"]
+        elif cycle["promoted"]:
+            assert after["models"]["loop"] == f"{BACKTEST['project']['name']}:{cycle['candidate']}"
