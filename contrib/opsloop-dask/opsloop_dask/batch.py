@@ -8,7 +8,8 @@ checked against the version's digest there, so workers need opsloop and the
 bundle's plugins installed, not the registry), replays its preprocessing and
 predicts. Each partition's predictions are written as one Parquet file into
 `output`, a directory that replaces the previous one only when every
-partition is written.
+partition is written (what the previous one held besides its part files is
+moved into the new one).
 
 Windowed features (`rolling-features`) read the previous rows of each series.
 A partition is scored behind the rows its windows reach from the partitions
@@ -32,6 +33,7 @@ input, output, carry_rows, keep, partition_rows; see `Options`.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -224,14 +226,22 @@ def _check_columns(present: list[str], wanted: list[str], source: object) -> Non
                         f"(it has: {', '.join(map(str, present))})")
 
 
+#: The files a deploy writes into its directory; anything else there is not its own.
+PART = re.compile(r"part-\d{5}\.parquet")
+
+
 def _replace(staged: Path, output: Path) -> None:
-    """Put the written directory in place of `output` (a previous run's predictions go only then)."""
+    """Put the written directory in place of `output` (a previous run's predictions go only then); what else the
+    old directory held (not `part-NNNNN.parquet`) is moved into the new one, as `undeploy` would leave it."""
     old = None
     if output.exists():
         old = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.old")
         os.replace(output, old)
     os.replace(staged, output)
     if old is not None:
+        for child in old.iterdir():
+            if not PART.fullmatch(child.name) and not os.path.lexists(output / child.name):
+                os.replace(child, output / child.name)
         shutil.rmtree(old, ignore_errors=True)
 
 

@@ -177,17 +177,20 @@ def test_deploy_status_reports_the_runs_dask_batch_directory(dask_run):
 
 
 def test_deploy_remove_deletes_exactly_what_it_wrote(version, by_day, scheduler, project):
-    """Two deploys (two directories); status names the newer, then a missing file; remove deletes the recorded
-    files, the directory they leave empty and the record, and leaves a file it did not write, with its folder."""
+    """Deploys into two directories (the first twice); status names the newer, then a missing file; remove
+    deletes the recorded files, the directory they leave empty and the record, and leaves a file it did not
+    write, with its folder (which a redeploy keeps too)."""
     import os
 
     first = _deploy(version, project, by_day, scheduler)
-    second = _deploy(version, project, by_day, scheduler, output=".opsloop/predictions/again")
     assert first.location == str(project / ".opsloop" / "predictions" / "asd-anomaly-v1")
-    ours = sorted(str(p) for p in Path(first.location).iterdir()) + sorted(
+    (Path(first.location) / "notes.txt").write_text("not dask-batch's", encoding="utf-8")
+    first = _deploy(version, project, by_day, scheduler)  # a redeploy replaces its files, keeps the notes
+    assert (Path(first.location) / "notes.txt").read_text(encoding="utf-8") == "not dask-batch's"
+    second = _deploy(version, project, by_day, scheduler, output=".opsloop/predictions/again")
+    ours = sorted(str(p) for p in Path(first.location).glob("part-*")) + sorted(
         str(p) for p in Path(second.location).iterdir())
     assert len(ours) == 2 * first.details["files"] == 16
-    (Path(first.location) / "notes.txt").write_text("not dask-batch's", encoding="utf-8")
 
     row = _target(invoke(["deploy", "status", "--json"], project))
     assert (row["deployed"], row["version"], row["location"]) == (True, version[0].ref, second.location)
