@@ -226,6 +226,8 @@ def remove(workdir: Path, model_name: str, configured: Path | None, run: RunCont
     """Delete the files recorded for the model, each directory they leave empty, then the record; refuse any
     entry outside where this target writes (the default directory or `configured`), deleting nothing."""
     path = record_path(workdir, model_name)
+    if not path.exists():  # nothing recorded: no lock taken, nothing created
+        return DeploymentStatus(target=PLUGIN, model=model_name, deployed=False, details={"removed": []})
     with locked(workdir):
         outputs = read(path)
         if not outputs:

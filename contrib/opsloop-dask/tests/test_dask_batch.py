@@ -182,6 +182,8 @@ def test_deploy_remove_deletes_exactly_what_it_wrote(version, by_day, scheduler,
     write, with its folder (which a redeploy keeps too)."""
     import os
 
+    assert "nothing deployed for asd-anomaly" in invoke(["deploy", "remove"], project).assert_ok().stdout
+    assert not (project / ".opsloop").exists()  # asking created nothing (no record, no lock)
     first = _deploy(version, project, by_day, scheduler)
     assert first.location == str(project / ".opsloop" / "predictions" / "asd-anomaly-v1")
     (Path(first.location) / "notes.txt").write_text("not dask-batch's", encoding="utf-8")
