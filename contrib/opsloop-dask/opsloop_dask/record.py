@@ -105,8 +105,10 @@ def commit(workdir: Path, model_name: str, entry: dict[str, Any], run: RunContex
     with locked(workdir):
         try:
             before = read(path)
-        except OpsloopError as exc:
-            run.log.warning("%s; starting a new one", exc)
+        except OpsloopError as exc:  # kept aside, not overwritten: it may name files only its remove would find
+            aside = path.with_name(f"{path.name}.unreadable")
+            os.replace(path, aside)
+            run.log.warning("%s; moved it to %s and started a new one", exc, aside)
             before = []
         kept = [o for o in before if o["path"] != entry["path"]]
         try:
@@ -174,6 +176,9 @@ def _take_over(workdir: Path, model_name: str, directory: str, run: RunContext) 
             continue
         kept = [o for o in outputs if o["path"] != directory]
         if len(kept) < len(outputs):
+            for dropped in outputs:
+                if dropped["path"] == directory:
+                    _drop_staged(dropped)
             try:
                 _write(other, other.stem, kept)
             except OSError as exc:

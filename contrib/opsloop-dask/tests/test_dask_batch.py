@@ -269,6 +269,19 @@ def test_two_deploys_of_one_model_at_once_keep_both_entries(version, by_day, sch
     assert sorted(row["details"]["outputs"]) == sorted(d.location for d in done.values())
 
 
+def test_an_unreadable_record_is_kept_aside_by_the_next_deploy(version, by_day, scheduler, project):
+    """Status and remove refuse a record they cannot read in one line; the next deploy moves it aside (it may
+    name files only it knows) and starts a new one."""
+    record = project / ".opsloop" / "deploy" / "dask-batch" / "asd-anomaly.json"
+    record.parent.mkdir(parents=True)
+    record.write_text("{not json", encoding="utf-8")
+    for command in (["deploy", "status"], ["deploy", "remove"]):
+        invoke(command, project).assert_error('"dask-batch"', "cannot read the deploy record", str(record))
+    _deploy(version, project, by_day, scheduler)
+    assert record.with_name("asd-anomaly.json.unreadable").read_text(encoding="utf-8") == "{not json"
+    assert _target(invoke(["deploy", "status", "--json"], project))["deployed"] is True
+
+
 #: Each process commits this many entries of its own to one model's record, all at once with the others.
 COMMITS = 40
 WRITER = """
