@@ -306,25 +306,11 @@ def _conform(frame: pd.DataFrame, schema: Mapping[str, str], source: str) -> pd.
 
 def _carry(past: pd.DataFrame | None, part: pd.DataFrame, job: Mapping[str, Any], index: int) -> pd.DataFrame:
     """The rows of each series that the next partition's windows reach: the last `rows` of each series and
-    every row of the last `seconds` before its newest time, plus the one row before them."""
-    import pandas as pd
+    every row of the last `seconds` before its newest time, plus the one row before them (opsloop.rowops)."""
+    from opsloop.rowops import carried
 
     frame = _behind(past, _conform(part.reset_index(drop=True), job["schema"], job["source"]), job, index)
-    series, time_col, rows, seconds = job["series"], job["time_col"], job["rows"], job["seconds"]
-    keyed = bool(series and series in frame)
-    groups = frame.groupby(series, sort=False, dropna=False) if keyed else None
-    keep = pd.Series(False, index=frame.index)
-    if rows:
-        tail = groups.tail(rows) if groups is not None else frame.tail(rows)
-        keep[tail.index] = True
-    if seconds and time_col and time_col in frame:
-        times = frame[time_col]
-        newest = groups[time_col].transform("max") if groups is not None else times.max()
-        inside = times > newest - pd.Timedelta(seconds=seconds)
-        before = (inside.groupby(frame[series], sort=False, dropna=False).shift(-1, fill_value=False)
-                  if keyed else inside.shift(-1, fill_value=False))
-        keep |= inside | before.astype(bool)
-    return frame[keep].reset_index(drop=True)
+    return carried(frame, job["rows"], job["seconds"], job["series"], job["time_col"])
 
 
 def _behind(past: pd.DataFrame | None, part: pd.DataFrame, job: Mapping[str, Any], index: int) -> pd.DataFrame:
