@@ -21,8 +21,12 @@ Parts (all by default; `--part` runs some):
   `chunk.models` (the backtest keeps no per-row scores), loaded from the
   backtest's kept registry with the public API, each chunk scored alone as
   the backtest scores it; the script checks that the re-scored chunks give
-  the backtest's own per-chunk PR AUC. `--smd-alt` also replays it with
-  the option changes listed in SMD_ALTERNATIVES (not the defaults).
+  the backtest's own per-chunk PR AUC. Each version the loop promoted is
+  also scored alone on the tail and compared with the stale one by
+  `champion-challenger`'s own bootstrap (margin and 90% interval). Then the
+  same replay with SMD_CHOSEN, a policy chosen by backtest (a 7-day window,
+  the gate on F1; not the defaults). `--smd-alt` also replays it with the
+  option changes listed in SMD_ALTERNATIVES (not the defaults).
 - `asd`: the embedded ASD data with core/default.toml's periods (train on
   the first week of omi-1..6, replay the second week of all 12 servers) and
   the same additions. Prints each cycle's time, decision and first reason,
