@@ -41,8 +41,11 @@ def logged(mlflow_server, lifecycle, mlflow_client, tmp_path_factory):
     return Logged(project=project, run=run, shown=shown, aliases=aliases)
 
 
-def same(a: float, b: float) -> bool:
-    return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-9, abs=1e-12)
+def same(a: float, b: float | None) -> bool:
+    """MLflow's figure `a` is opsloop's `b` (`run --json` gives a figure that is not a number as null)."""
+    if b is None or math.isnan(b):
+        return math.isnan(a)
+    return a == pytest.approx(b, rel=1e-9, abs=1e-12)
 
 
 @pytest.mark.slow
