@@ -111,6 +111,10 @@ SMD_ALTERNATIVES: list[tuple[str, str]] = [
 SMD_CHOSEN = ("NOT DEFAULT, chosen by backtest: [loop] window = 7d, gate metric f1 (at each version's alert threshold)",
               '\n[loop]\nwindow = "7d"\n\n[gate.champion-challenger]\nmetric = "f1"\n')
 
+#: Replayed in the `smd` and `asd` parts: the defaults plus `[loop] recalibrate` (off by default).
+RECALIBRATE = ("NOT DEFAULT: [loop] recalibrate = true (a rejected cycle chooses production's threshold again)",
+               '\n[loop]\nrecalibrate = true\n')
+
 ASD_FORCED = '\n[retrain.threshold-policy]\nmin_f1 = 0.99\nmin_positives = 1\n'
 #: With `--asd-forced`, also: a retrain wish every chunk and no guards, so that only the gate decides.
 ASD_UNGUARDED = ('\n[retrain.threshold-policy]\nmin_f1 = 0.99\nmin_positives = 1\ncooldown = "0"\n'
@@ -189,6 +193,10 @@ def show_chunks(result: Any) -> None:
             ci = g.get("ci") or [None, None]
             did += (f" (gate {g['metric']} {num(g['challenger'])} vs {num(g['champion'])}, margin "
                     f"{num(g['margin'], '+.3f')}, CI [{num(ci[0], '+.3f')}, {num(ci[1], '+.3f')}])")
+        recalibrated = cyc.recalibrated or {}
+        if recalibrated.get("applied"):
+            did += (f"; threshold {recalibrated['old']['value']:.4g} -> {recalibrated['new']['value']:.4g} "
+                    f"(F1 {recalibrated['old']['f1']:.3f} -> {recalibrated['new']['f1']:.3f} on the gate window)")
         probation = cyc.probation or {}
         if probation.get("gates"):  # the version the loop promoted, judged against the one it replaced
             g = probation["gates"][0]
@@ -341,7 +349,7 @@ def smd_part(args: argparse.Namespace, tmp: Path) -> None:
     frame.to_parquet(source, index=False)
     print(f"\n== SMD machine-1-6: {len(frame):,} rows, train before row 11,844 (2024-01-09 05:24), "
           f"replay {len(frame) - 11_844:,} rows in daily chunks ==")
-    variants = [("defaults (+ drift-monitor, gate champion-challenger)", ""), SMD_CHOSEN]
+    variants = [("defaults (+ drift-monitor, gate champion-challenger)", ""), RECALIBRATE, SMD_CHOSEN]
     if args.smd_alt:
         variants += SMD_ALTERNATIVES
     for i, (label, extra) in enumerate(variants):
@@ -367,8 +375,8 @@ def asd_part(args: argparse.Namespace, tmp: Path) -> None:
     defaults = Options()
     cooldown = parse_duration(defaults.cooldown)
     period = parse_duration(defaults.retrain_period)
-    variants = [("defaults (+ drift-monitor, gate champion-challenger)", "")]
-    guarded = 2  # the first two variants keep the guards at their defaults: checked
+    variants = [("defaults (+ drift-monitor, gate champion-challenger)", ""), RECALIBRATE]
+    guarded = 3  # the first three variants keep the guards at their defaults: checked
     if args.asd_forced:
         variants.append(("NOT DEFAULT: min_f1 0.99, min_positives 1 (a retrain wish every chunk; guards at their "
                          "defaults)", ASD_FORCED))

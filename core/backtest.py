@@ -76,7 +76,8 @@ class Chunk:
                         "models": dict(self.models),
                         "cycle": {"status": c.status, "decision": c.decision, "reasons": list(c.reasons),
                                   "candidate": c.candidate, "gate": c.gate, "promoted": c.promoted,
-                                  "probation": c.probation, "error": c.error}})
+                                  "probation": c.probation, "recalibrated": c.recalibrated,
+                                  "error": c.error}})
 
 
 @attrs.frozen(kw_only=True)
@@ -249,7 +250,7 @@ def _replay(config: Config, workdir: Path, train_raw: Dataset, replay: Dataset,
         labels = judged.frame[judged.target] if judged.target in judged.frame else pd.Series([], dtype=float)
         chunks.append(Chunk(start=start, end=end, rows=len(rows), positives=int((labels == 1).sum()),
                             figures=figures, models=models, cycle=cycle))
-        if cycle.promoted or cycle.status == "rolled back":
+        if cycle.promoted or cycle.status == "rolled back" or (cycle.recalibrated or {}).get("applied"):
             loop_version, loop_model = _production(session, loop_version.name)
         if i + 1 < len(spans):  # the last chunk's would score nothing
             always_version, always_model = _always(session, history, end, reporter)

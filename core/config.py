@@ -233,6 +233,10 @@ class LoopSection:
             by the loop, the promoted version is judged against the one it
             replaced on those rows by the same gate; production rolls back
             if the replaced one wins (opsloop.probation). `"off"`: never.
+        recalibrate: When a candidate loses the gate, choose production's
+            alert threshold again by the `[alerting]` rule on the gate
+            window, and apply it when it raises F1 there
+            (opsloop.recalibrate). Off by default.
     """
 
     window: str = attrs.field(default="expanding", validator=_duration(allow=("expanding",)))
@@ -243,6 +247,7 @@ class LoopSection:
     lock_ttl: str = attrs.field(default="6h", validator=_duration())
     promote: str = attrs.field(default="auto", validator=_one_of(PROMOTE))
     probation: str = attrs.field(default="1d", validator=_duration(allow=("off",)))
+    recalibrate: bool = False
 
 
 def _trials(instance: Any, attribute: Any, value: int | None) -> None:

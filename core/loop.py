@@ -110,6 +110,8 @@ class CycleResult:
     promoted: bool = False
     #: The probation of a version the loop promoted (opsloop.probation): what was compared, on which rows, outcome.
     probation: dict[str, Any] | None = None
+    #: `[loop] recalibrate`: production's threshold chosen again (opsloop.recalibrate): old, new, applied, why.
+    recalibrated: dict[str, Any] | None = None
     monitor: list[dict[str, Any]] = attrs.field(factory=list)
     window: dict[str, Any] = attrs.field(factory=dict)
     error: str | None = None
@@ -125,7 +127,7 @@ class CycleResult:
             "model": self.model, "at": _iso(self.now), "status": self.status, "decision": self.decision,
             "reasons": list(self.reasons), "production": self.production, "candidate": self.candidate,
             "gate": self.gate, "gates": list(self.gates), "promoted": self.promoted, "probation": self.probation,
-            "monitor": list(self.monitor),
+            "recalibrated": self.recalibrated, "monitor": list(self.monitor),
             "window": dict(self.window), "error": self.error, "notes": list(self.notes),
             "steps": list(self.steps), "seconds": round(self.seconds, 3), "journal_id": self.journal_id,
         })
@@ -264,6 +266,25 @@ class Cycle:
         verdicts = self._gate(production, model, candidate, window)
         self._step("promote")
         self._promote(production, candidate, verdicts, window)
+        if result.status == "rejected" and self.config.loop.recalibrate:
+            self._step("recalibrate")
+            self._recalibrate(production, model, window)
+
+    def _recalibrate(self, production: ModelVersion, model: LoadedModel, window: Dataset) -> None:
+        """`[loop] recalibrate`: production kept its place; choose its alert threshold again on the gate window
+        (opsloop.recalibrate) and, when that helps, give it the new one."""
+        from opsloop.recalibrate import choose_again
+
+        new, figures = choose_again(model, window, self.config.alerting)
+        self.result.recalibrated = {**figures, "version": production.ref, "applied": new is not None}
+        if new is None:
+            self.result.notes.append(f"recalibrate: {production.ref} keeps its threshold: {figures['why']}")
+            return
+        reason = f"loop cycle {self.runner.run.run_id}: recalibrate: {figures['why']}"
+        self.session.set_alias(self.store, self.name, PRODUCTION, production.version, reason=reason,
+                               run=self.runner.run, threshold=new)
+        self.result.reasons.append(f"{production.ref} stays in production with a new alert threshold: "
+                                   f"{figures['why']}")
 
     def _production(self) -> ModelVersion:
         try:
