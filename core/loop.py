@@ -300,57 +300,10 @@ class Cycle:
 
     def _probation(self, production: ModelVersion, model: LoadedModel, history: Dataset) -> bool:
         """Judge production against the version it replaced once `[loop] probation` of new labelled rows has
-        arrived (opsloop.probation); roll back if that version wins. True when production was rolled back."""
-        from opsloop import probation
+        arrived; roll back if that version wins (opsloop.probation). True when production was rolled back."""
+        from opsloop.probation import judge_probation
 
-        length = self.config.loop.probation
-        if length == "off" or not self.config.selected("gate"):
-            return False
-        watch, note = probation.watch(self.store, production)
-        if note:
-            self.result.notes.append(note)
-        if watch is None:
-            return False
-        record = self.result.probation = watch.record(length)
-        times = _utc_times(history.frame[history.time]) if history.time in history.frame.columns else None
-        fresh = (times > watch.since).to_numpy() if times is not None else None
-        newest = times[fresh].max().to_pydatetime() if fresh is not None and fresh.any() else None
-        record["rows"] = 0 if fresh is None else int(fresh.sum())
-        what = f"probation of {production.ref} (promoted by the loop over {watch.previous.ref})"
-        if newest is None or newest - watch.since < parse_duration(length, "[loop] probation"):
-            have = "none yet" if newest is None else f"{record['rows']:,} rows up to {_iso(newest)}"
-            self.result.notes.append(f"{what}: waiting for {length} of labelled rows after {_iso(watch.since)} "
-                                     f"({have})")
-            return False
-        self._step("probation")
-        rows = history.derive(history.frame[fresh].reset_index(drop=True))
-        record["until"] = _iso(newest)
-        try:
-            verdicts = self.judge(production, model, watch.previous, self.runner.load(watch.previous), rows)
-        except DataError as exc:  # one class only, say: wait for rows that can decide
-            self.result.notes.append(f"{what}: the {record['rows']:,} rows after {_iso(watch.since)} cannot decide "
-                                     f"yet: {_one_line(exc)}")
-            return False
-        record["gates"] = [verdict_json(v) for v in verdicts]
-        said = "; ".join(f"{v.gate}: {' '.join(v.reasons)}" for v in verdicts)
-        if not all(v.winner == "challenger" for v in verdicts):
-            record["outcome"] = "passed"
-            self.result.notes.append(f"{what}: passed on {record['rows']:,} rows after {_iso(watch.since)}: "
-                                     f"{watch.previous.ref} did not beat it ({said})")
-            return False
-        self._step("rollback")
-        reason = (f"loop cycle {self.runner.run.run_id}: probation: {watch.previous.ref} (challenger) beat "
-                  f"{production.ref} (champion), which the loop promoted over it, on {record['rows']:,} labelled "
-                  f"rows after {_iso(watch.since)}: {said}")
-        if self.store.alias(self.name, PRODUCTION) != production.version:  # a person moved it meanwhile
-            raise OpsloopError(f"{what}: production moved during the cycle; not rolling back")
-        change = self.session.rollback(self.store, self.name, PRODUCTION, reason=reason, run=self.runner.run)
-        record["outcome"] = "rolled back"
-        self.result.status = "rolled back"
-        self.result.production = f"{self.name}:{change.to_version}"
-        self.result.reasons = [f"rolled production back from {production.ref} to {self.name}:{change.to_version}: "
-                               f"{reason.split(': ', 1)[1]}"]
-        return True
+        return judge_probation(self, production, model, history)
 
     def _monitor(self, production: ModelVersion, observed: Observed) -> list[MonitorReport]:
         from opsloop.monitoring import reference_for

@@ -26,11 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from opsloop.errors import StoreError
+from opsloop.errors import DataError, OpsloopError, StoreError
 
 if TYPE_CHECKING:
+    from opsloop.bundle import LoadedModel
+    from opsloop.loop import Cycle
     from opsloop.store import ModelStore
-    from opsloop.types import ModelVersion
+    from opsloop.types import Dataset, ModelVersion
 
 PRODUCTION = "production"
 LOOP_REASON = "loop cycle "
@@ -103,3 +105,60 @@ def _since(version: ModelVersion) -> datetime | None:
         return None
     stamp = pd.Timestamp(end)
     return (stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")).to_pydatetime()
+
+
+def judge_probation(cycle: Cycle, production: ModelVersion, model: LoadedModel, history: Dataset) -> bool:
+    """One cycle's probation step: judge production against the version it replaced once `[loop] probation`
+    of labelled rows new to both has come, and roll back if that version wins. True when production was
+    rolled back (the cycle then ends)."""
+    from opsloop.loop import _iso, _one_line, _utc_times, verdict_json
+    from opsloop.monitoring import parse_duration
+
+    length = cycle.config.loop.probation
+    if length == "off" or not cycle.config.selected("gate"):
+        return False
+    on, note = watch(cycle.store, production)
+    if note:
+        cycle.result.notes.append(note)
+    if on is None:
+        return False
+    record = cycle.result.probation = on.record(length)
+    times = _utc_times(history.frame[history.time]) if history.time in history.frame.columns else None
+    fresh = (times > on.since).to_numpy() if times is not None else None
+    newest = times[fresh].max().to_pydatetime() if fresh is not None and fresh.any() else None
+    record["rows"] = 0 if fresh is None else int(fresh.sum())
+    what = f"probation of {production.ref} (promoted by the loop over {on.previous.ref})"
+    if newest is None or newest - on.since < parse_duration(length, "[loop] probation"):
+        have = "none yet" if newest is None else f"{record['rows']:,} rows up to {_iso(newest)}"
+        cycle.result.notes.append(f"{what}: waiting for {length} of labelled rows after {_iso(on.since)} "
+                                  f"({have})")
+        return False
+    cycle._step("probation")
+    rows = history.derive(history.frame[fresh].reset_index(drop=True))
+    record["until"] = _iso(newest)
+    try:
+        verdicts = cycle.judge(production, model, on.previous, cycle.runner.load(on.previous), rows)
+    except DataError as exc:  # one class only, say: wait for rows that can decide
+        cycle.result.notes.append(f"{what}: the {record['rows']:,} rows after {_iso(on.since)} cannot decide "
+                                  f"yet: {_one_line(exc)}")
+        return False
+    record["gates"] = [verdict_json(v) for v in verdicts]
+    said = "; ".join(f"{v.gate}: {' '.join(v.reasons)}" for v in verdicts)
+    if not all(v.winner == "challenger" for v in verdicts):
+        record["outcome"] = "passed"
+        cycle.result.notes.append(f"{what}: passed on {record['rows']:,} rows after {_iso(on.since)}: "
+                                  f"{on.previous.ref} did not beat it ({said})")
+        return False
+    cycle._step("rollback")
+    reason = (f"loop cycle {cycle.runner.run.run_id}: probation: {on.previous.ref} (challenger) beat "
+              f"{production.ref} (champion), which the loop promoted over it, on {record['rows']:,} labelled "
+              f"rows after {_iso(on.since)}: {said}")
+    if cycle.store.alias(cycle.name, PRODUCTION) != production.version:  # a person moved it meanwhile
+        raise OpsloopError(f"{what}: production moved during the cycle; not rolling back")
+    change = cycle.session.rollback(cycle.store, cycle.name, PRODUCTION, reason=reason, run=cycle.runner.run)
+    record["outcome"] = "rolled back"
+    cycle.result.status = "rolled back"
+    cycle.result.production = f"{cycle.name}:{change.to_version}"
+    cycle.result.reasons = [f"rolled production back from {production.ref} to {cycle.name}:{change.to_version}: "
+                            f"{reason.split(': ', 1)[1]}"]
+    return True
