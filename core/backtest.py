@@ -250,7 +250,7 @@ def _replay(config: Config, workdir: Path, train_raw: Dataset, replay: Dataset,
         labels = judged.frame[judged.target] if judged.target in judged.frame else pd.Series([], dtype=float)
         chunks.append(Chunk(start=start, end=end, rows=len(rows), positives=int((labels == 1).sum()),
                             figures=figures, models=models, cycle=cycle))
-        if cycle.promoted or cycle.status == "rolled back" or (cycle.recalibrated or {}).get("applied"):
+        if cycle.moved_production:
             loop_version, loop_model = _production(session, loop_version.name)
         if i + 1 < len(spans):  # the last chunk's would score nothing
             always_version, always_model = _always(session, history, end, reporter)

@@ -56,6 +56,9 @@ if TYPE_CHECKING:
 
 PRODUCTION = "production"
 CANDIDATE = "candidate"
+#: How every alias change the loop makes begins its reason: `loop cycle <run id>: ...` (opsloop.probation
+#: recognises the loop's own promotions by it).
+LOOP_REASON = "loop cycle "
 
 
 class Stopped(Exception):
@@ -122,6 +125,11 @@ class CycleResult:
     #: Set in memory only: the reports and verdicts, for the backtest and the renderer.
     reports: list[MonitorReport] = attrs.field(factory=list, eq=False, repr=False)
 
+    @property
+    def moved_production(self) -> bool:
+        """Whether the cycle changed what production scores with: a promotion, a rollback, a new threshold."""
+        return self.promoted or self.status == "rolled back" or bool((self.recalibrated or {}).get("applied"))
+
     def to_json(self) -> dict[str, Any]:
         return strict_json({
             "model": self.model, "at": _iso(self.now), "status": self.status, "decision": self.decision,
@@ -162,6 +170,11 @@ class Cycle:
     @property
     def store(self) -> ModelStore:
         return self.runner.store
+
+    @property
+    def reason_prefix(self) -> str:
+        """The start of the reason of every alias change this cycle makes."""
+        return f"{LOOP_REASON}{self.runner.run.run_id}: "
 
     def _step(self, name: str) -> None:
         """Between two steps: honour a stop request, and keep the lock ours."""
@@ -280,7 +293,7 @@ class Cycle:
         if new is None:
             self.result.notes.append(f"recalibrate: {production.ref} keeps its threshold: {figures['why']}")
             return
-        reason = f"loop cycle {self.runner.run.run_id}: recalibrate: {figures['why']}"
+        reason = f"{self.reason_prefix}recalibrate: {figures['why']}"
         self.session.set_alias(self.store, self.name, PRODUCTION, production.version, reason=reason,
                                run=self.runner.run, threshold=new)
         self.result.reasons.append(f"{production.ref} stays in production with a new alert threshold: "
@@ -445,7 +458,7 @@ class Cycle:
                                   f"([loop] promote = \"manual\"): opsloop models promote {self.name} "
                                   f"{candidate.version}")
             return
-        reason = (f"loop cycle {self.runner.run.run_id}: {candidate.ref} won the gate against {production.ref} on "
+        reason = (f"{self.reason_prefix}{candidate.ref} won the gate against {production.ref} on "
                   f"{len(holdout):,} held-out rows: {said}")
         self.session.set_alias(self.store, self.name, PRODUCTION, candidate.version, reason=reason, run=self.runner.run)
         result.status, result.promoted = "promoted", True

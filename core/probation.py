@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from opsloop.errors import DataError, OpsloopError, StoreError
+from opsloop.loop import LOOP_REASON, PRODUCTION, _iso, _one_line, _utc_times, verdict_json
+from opsloop.monitoring import parse_duration
 
 if TYPE_CHECKING:
     from opsloop.bundle import LoadedModel
@@ -34,8 +36,6 @@ if TYPE_CHECKING:
     from opsloop.store import ModelStore
     from opsloop.types import Dataset, ModelVersion
 
-PRODUCTION = "production"
-LOOP_REASON = "loop cycle "
 #: How far back the journal is read for an outcome; a promotion further back than this has long been judged.
 JOURNAL_DEPTH = 1000
 FINAL = ("passed", "rolled back")
@@ -53,8 +53,6 @@ class Watch:
 
     def record(self, length: str) -> dict[str, Any]:
         """The journal's `probation` entry, before judging."""
-        from opsloop.loop import _iso
-
         return {"version": self.version.ref, "against": self.previous.ref, "promoted_at": self.promoted_at,
                 "since": _iso(self.since), "length": length, "outcome": "waiting", "rows": 0}
 
@@ -111,9 +109,6 @@ def judge_probation(cycle: Cycle, production: ModelVersion, model: LoadedModel, 
     """One cycle's probation step: judge production against the version it replaced once `[loop] probation`
     of labelled rows new to both has come, and roll back if that version wins. True when production was
     rolled back (the cycle then ends)."""
-    from opsloop.loop import _iso, _one_line, _utc_times, verdict_json
-    from opsloop.monitoring import parse_duration
-
     length = cycle.config.loop.probation
     if length == "off" or not cycle.config.selected("gate"):
         return False
@@ -150,15 +145,15 @@ def judge_probation(cycle: Cycle, production: ModelVersion, model: LoadedModel, 
                                   f"{on.previous.ref} did not beat it ({said})")
         return False
     cycle._step("rollback")
-    reason = (f"loop cycle {cycle.runner.run.run_id}: probation: {on.previous.ref} (challenger) beat "
-              f"{production.ref} (champion), which the loop promoted over it, on {record['rows']:,} labelled "
-              f"rows after {_iso(on.since)}: {said}")
+    why = (f"probation: {on.previous.ref} (challenger) beat {production.ref} (champion), which the loop promoted "
+           f"over it, on {record['rows']:,} labelled rows after {_iso(on.since)}: {said}")
     if cycle.store.alias(cycle.name, PRODUCTION) != production.version:  # a person moved it meanwhile
         raise OpsloopError(f"{what}: production moved during the cycle; not rolling back")
-    change = cycle.session.rollback(cycle.store, cycle.name, PRODUCTION, reason=reason, run=cycle.runner.run)
+    change = cycle.session.rollback(cycle.store, cycle.name, PRODUCTION, reason=cycle.reason_prefix + why,
+                                    run=cycle.runner.run)
     record["outcome"] = "rolled back"
     cycle.result.status = "rolled back"
     cycle.result.production = f"{cycle.name}:{change.to_version}"
     cycle.result.reasons = [f"rolled production back from {production.ref} to {cycle.name}:{change.to_version}: "
-                            f"{reason.split(': ', 1)[1]}"]
+                            f"{why}"]
     return True

@@ -43,9 +43,9 @@ def choose_again(model: LoadedModel, window: Dataset, section: Any) -> tuple[dic
     from opsloop.runner import judge
 
     old = model.threshold
-    if not old or "score" not in (judged := judge(model, window))[1].columns:
+    if not old:
         return None, {"why": "the model has no alert threshold to choose again"}
-    scored, predictions = judged
+    scored, predictions = judge(model, window)
     labels = scored.frame[scored.target].to_numpy(dtype=float)
     known = ~np.isnan(labels)
     rows = pd.DataFrame({"score": predictions["score"].to_numpy(dtype=float)[known], "label": labels[known],
