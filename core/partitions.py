@@ -274,7 +274,8 @@ def engine_for(frame: Any, plugins: PluginManager) -> str | None:
 
 def wrap(frame: Any, config: Config, plugins: PluginManager, source: str) -> PartitionedDataset:
     """`frame`, which a source returned and which is not a pandas DataFrame, as a `PartitionedDataset`;
-    a DataError when no installed engine takes it. Its columns are checked against `[data]`."""
+    a DataError when no installed engine takes it. Its columns are checked against `[data]` (the target, time,
+    series, feature and sensitive columns it names), as `opsloop.data.load` checks a frame's."""
     engine = engine_for(frame, plugins)
     if engine is None:
         raise DataError(f"{source}: the source returned a {type(frame).__module__}.{type(frame).__name__}, which is "
@@ -292,6 +293,10 @@ def wrap(frame: Any, config: Config, plugins: PluginManager, source: str) -> Par
 
     spec = config.data
     keep = kept_columns(config, list(meta.columns))
+    if spec.sensitive:  # as a frame's (opsloop.data.load): a misspelt one would leave the real column written
+        from opsloop.sensitive import check_columns
+
+        check_columns(config, list(meta.columns))
     data = PartitionedDataset(frame=frame, meta=meta, engine=engine, mapper=mapper, target=spec.target,
                               time=spec.time, series=spec.series, name=spec.source)
     return data if keep is None else data.transform(_columns, keep, meta[keep])
