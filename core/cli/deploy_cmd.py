@@ -72,6 +72,37 @@ def _fail_on_errors(rows: list[dict[str, Any]]) -> None:
         raise typer.Exit(1)
 
 
+#: What `deploy remove` names on one line; more (a dask-batch directory of part files, many batch outputs) are
+#: summarised: one line per directory naming its first `PER_DIRECTORY` files, at most `LINES` lines.
+ONE_LINE = 3
+PER_DIRECTORY = 3
+LINES = 10
+
+
+def summary(items: list[str]) -> list[str]:
+    """Lines saying what was removed: absolute paths grouped by directory ("24 in DIR/: a, b, c and 21 more"),
+    anything else (a server, in its target's words) as it is; at most `LINES` lines, then "and N more"."""
+    import os.path
+
+    groups: dict[str, list[str]] = {}  # a directory, or an item that is not a path: its items in removal order
+    for item in items:
+        groups.setdefault(os.path.dirname(item) if os.path.isabs(item) else f"\0{item}", []).append(item)
+    lines: list[str] = []
+    for number, (key, members) in enumerate(groups.items()):
+        if number == LINES - 1 and len(groups) > LINES:
+            rest = list(groups.values())[number:]
+            count = sum(map(len, rest))
+            lines.append(f"and {count} more" + (f" in {len(rest)} directories" if count > len(rest) else ""))
+            break
+        if len(members) == 1:
+            lines.append(members[0])
+            continue
+        names = [os.path.basename(m) for m in members[:PER_DIRECTORY]]
+        more = f" and {len(members) - len(names)} more" if len(members) > len(names) else ""
+        lines.append(f"{len(members)} in {key}/: {', '.join(names)}{more}")
+    return lines
+
+
 def _row(status: DeploymentStatus) -> dict[str, Any]:
     return {"target": status.target, "model": status.model, "deployed": status.deployed, "version": status.version,
             "location": status.location, "details": dict(status.details)}
@@ -114,7 +145,7 @@ def status(model: ModelOption = None, json_: JsonOption = False, config: ConfigO
         def note(row: dict[str, Any]) -> str:
             details = row.get("details") or {}
             return row.get("error") or row.get("note") or "; ".join(
-                f"{k} {details[k]}" for k in ("stale", "missing", "written_at", "alias") if k in details)
+                f"{k} {details[k]}" for k in ("stale", "unfinished", "missing", "written_at", "alias") if k in details)
 
         console.print(table(f"deployments of {run.model_name}", ["target", "deployed", "version", "location", "note"],
                             ([r["target"], deployed(r), r["version"] or "-", r["location"] or "-", note(r)]
@@ -171,7 +202,13 @@ def remove(model: ModelOption = None,
                 continue
             if row["removed"]:
                 what = f" {row['version']}" if row.get("version") else ""
-                console.print(escape(f"{row['target']}: removed{what}: {', '.join(row['removed'])}"), soft_wrap=True)
+                head = f"{row['target']}: removed{what}: "
+                if len(row["removed"]) <= ONE_LINE:
+                    console.print(escape(head + ", ".join(row["removed"])), soft_wrap=True)
+                    continue
+                console.print(escape(f"{head}{len(row['removed'])} items (all of them: --json)"), soft_wrap=True)
+                for line in summary(row["removed"]):
+                    console.print(escape(f"  {line}"), soft_wrap=True)
             else:
                 console.print(f"{row['target']}: nothing deployed")
         for row in rows:

@@ -361,3 +361,64 @@ def test_a_misspelt_undeploy_is_refused_when_the_plugin_loads():
     with pytest.raises(PluginLoadError, match="undeploy_model"):
         PluginManager(known={}, conflicts={}).register(plugin, "t")
 
+
+
+# ---------------------------------------------------------------------------
+# What `deploy remove` prints when a target removed many files
+# ---------------------------------------------------------------------------
+
+
+def _parts_target() -> types.SimpleNamespace:
+    """A deploy target that writes, as dask-batch does, directories of part files under `out/` in the working
+    directory, and whose undeploy deletes every file and directory there, reporting each (absolute paths, in
+    the order deleted)."""
+    def deploy(version: Any) -> Deployment:
+        return Deployment(target="parts", model=version.ref, location="out")
+
+    def undeploy(model_name: str, run: Any) -> DeploymentStatus:
+        removed = []
+        for directory in sorted(p for p in (Path(run.workdir) / "out").iterdir() if p.is_dir()):
+            for part in sorted(directory.iterdir()):
+                part.unlink()
+                removed.append(str(part))
+            directory.rmdir()
+            removed.append(str(directory))
+        return DeploymentStatus(target="parts", model=model_name, deployed=False, version=f"{model_name}:1",
+                                details={"removed": removed})
+
+    return types.SimpleNamespace(deploy=hookimpl(deploy), undeploy=hookimpl(undeploy))
+
+
+def _write_parts(out: Path, directories: int, parts: int) -> list[str]:
+    written = []
+    for day in range(directories):
+        directory = out / f"day={day:02d}"
+        directory.mkdir(parents=True)
+        for n in range(parts):
+            (directory / f"part.{n}.parquet").write_bytes(b"PAR1")
+            written.append(str(directory / f"part.{n}.parquet"))
+        written.append(str(directory))
+    return written
+
+
+def test_remove_summarises_many_removed_files_by_directory_and_json_lists_them_all(opsloop_project: Any,
+                                                                                   telemetry_csv: bytes) -> None:
+    project = _project(opsloop_project, telemetry_csv, {"plugins": ["parts"]}, plugins={"parts": _parts_target()})
+    out = project.path / "out"
+
+    written = _write_parts(out, 14, 6)  # 14 directories of 6 part files: 98 paths
+    lines = project.run("deploy", "remove").assert_ok().stdout.splitlines()
+    assert lines[0] == f"parts: removed {MODEL}:1: 98 items (all of them: --json)"
+    assert lines[1] == f"  6 in {out / 'day=00'}/: part.0.parquet, part.1.parquet, part.2.parquet and 3 more"
+    assert lines[2] == f"  14 in {out}/: day=00, day=01, day=02 and 11 more"  # the directories themselves
+    assert lines[3].startswith(f"  6 in {out / 'day=01'}/: ")
+    assert len(lines) == 11 and lines[-1] == "  and 36 more in 6 directories"  # day=08 to day=13: 10 lines in all
+    assert not any(out.iterdir())
+
+    written = _write_parts(out, 14, 6)
+    (row,) = project.run("deploy", "remove", "--json").assert_ok().json["targets"]
+    assert sorted(row["removed"]) == sorted(written)  # every path, in the JSON
+
+    written = _write_parts(out, 1, 2)  # three items: one line, as before
+    assert project.run("deploy", "remove").assert_ok().stdout.splitlines() == \
+        [f"parts: removed {MODEL}:1: {', '.join(written)}"]
