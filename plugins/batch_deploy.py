@@ -20,7 +20,7 @@ steps; or `carry_rows`), so the features, and the predictions, equal those of
 scoring the whole file at once, provided each series' rows come in time order.
 
 Each deploy records the file it wrote in `.opsloop/deploy/batch/<name>.json`
-(version, rows, time): `deploy_status` (`opsloop deploy status`) reports the
+(version, rows, time; through `opsloop.deployrecord`): `deploy_status` (`opsloop deploy status`) reports the
 newest and whether it is still there; `undeploy` (`opsloop deploy remove`)
 deletes the files recorded there and the record, and nothing else: it refuses,
 deleting nothing, when a recorded file is outside where this target writes
@@ -72,8 +72,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from opsloop import Deployment, hookimpl
 from opsloop.errors import DataError
-from opsloop.plugins import _batch_record
 from opsloop.rowops import carried
+from opsloop.deployrecord import DeployRecord, temporary, unfinished
 from opsloop.types import DeploymentStatus
 from opsloop.serving.settings import bounded, retention
 
@@ -87,6 +87,9 @@ CSV_SUFFIXES = (".csv",)
 INPUT_SUFFIXES = (*PARQUET_SUFFIXES, *CSV_SUFFIXES, ".tsv", ".csv.gz", ".tsv.gz")
 #: Preprocess steps known to look at previous rows of a series.
 WINDOWED_STEPS = ("rolling-features",)
+PLUGIN = "batch"
+#: Where batch writes by default; `undeploy` deletes nothing outside it (or the configured output).
+DEFAULT_DIR = Path(".opsloop") / "predictions"
 
 
 def _output_suffix(_: Any, attribute: attrs.Attribute[str | None], value: str | None) -> None:
@@ -163,7 +166,7 @@ def deploy(version: ModelVersion, model: LoadedModel, dataset: Dataset | None, o
                         "(the run has no monitoring period to score instead)")
 
     output = _resolve(options.output, workdir) if options.output else \
-        workdir / _batch_record.DEFAULT_DIR / f"{version.name}-v{version.version}.parquet"
+        workdir / DEFAULT_DIR / f"{version.name}-v{version.version}.parquet"
     batch_log = _open_log(options, version, manifest, wanted, workdir, run.config)  # a bad log path fails before scoring
     scored = _score(model, chunks, carry=carry, carry_seconds=carry_seconds, series=manifest.get("series"),
                     time_col=manifest.get("time"), source=str(source))
@@ -197,19 +200,39 @@ def deploy(version: ModelVersion, model: LoadedModel, dataset: Dataset | None, o
             details["log_pruned"] = batch_log.pruned
         run.log.info("batch: logged %d predictions as request %s in %s", batch_log.rows, batch_log.request_id,
                      batch_log.path)
-    _batch_record.commit(workdir, version, tmp, output, rows, details.get("request_id"), run)
+    entry: dict[str, Any] = {"path": os.path.abspath(output), "version": version.ref, "rows": rows}
+    if details.get("request_id"):
+        entry["request_id"] = details["request_id"]
+    # Recorded (naming the temporary file as pending), moved into place, recorded as done: under one lock.
+    written = tmp
+    DeployRecord(PLUGIN, workdir).commit(version.name, entry, run, pending=written,
+                                         place=lambda: _place(written, output))
     return Deployment(target="batch", model=version.ref, location=os.path.abspath(output), details=details)
 
 
 # ---------------------------------------------------------------------------
-# What was written: status and undeploy (the record: plugins/_batch_record.py)
+# What was written: status and undeploy (the record: opsloop.deployrecord)
 # ---------------------------------------------------------------------------
 
 
 @hookimpl
 def deploy_status(model_name: str, options: Options | None, run: RunContext) -> DeploymentStatus:
     """The newest predictions file a batch deploy wrote for `model_name`, and whether it is still there."""
-    return _batch_record.status(model_name, Path(run.workdir))
+    record = DeployRecord(PLUGIN, run.workdir)
+    files = record.read(model_name)  # no lock: records are replaced whole
+    if not files:
+        return DeploymentStatus(target=PLUGIN, model=model_name, deployed=False)
+    last = files[-1]
+    present = [f["path"] for f in files if os.path.isfile(f["path"]) and not unfinished(f)]
+    details: dict[str, Any] = {k: last[k] for k in ("rows", "written_at", "run_id", "request_id") if k in last}
+    details.update(files=present, record=str(record.path(model_name)))
+    if unfinished(last):
+        details["unfinished"] = (f"the deploy of {last.get('version')} by run {last.get('run_id')} has not put "
+                                 f"{last['path']} in place (still running, or it stopped: {last['pending']})")
+    elif last["path"] not in present:
+        details["missing"] = last["path"]
+    return DeploymentStatus(target=PLUGIN, model=model_name, deployed=last["path"] in present,
+                            version=last.get("version"), location=last["path"], details=details)
 
 
 @hookimpl
@@ -219,7 +242,7 @@ def undeploy(model_name: str, options: Options | None, run: RunContext) -> Deplo
     options = options or Options()
     workdir = Path(run.workdir)
     configured = _resolve(options.output, workdir).resolve() if options.output else None
-    return _batch_record.remove(model_name, workdir, configured, run)
+    return DeployRecord(PLUGIN, workdir).remove(model_name, run, root=workdir / DEFAULT_DIR, configured=configured)
 
 
 def _open_log(options: Options, version: ModelVersion, manifest: Mapping[str, Any], columns: list[str],
@@ -457,9 +480,9 @@ def _empty_output(columns: list[str], task: str) -> pd.DataFrame:
 def _write(output: Path, frames: Iterator[pd.DataFrame], *, empty: pd.DataFrame) -> tuple[Path, int, int]:
     """Write frames one after another into a temporary file beside `output`; (that file, rows, chunks).
 
-    `_batch_record.commit` moves it into place (atomically) once it is recorded; on failure here it is deleted."""
+    `deploy` moves it into place (`_place`, atomically) once it is recorded; on failure here it is deleted."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = temporary(output)
     rows = count = 0
     try:
         if output.name.lower().endswith(CSV_SUFFIXES):
@@ -491,3 +514,12 @@ def _write(output: Path, frames: Iterator[pd.DataFrame], *, empty: pd.DataFrame)
         tmp.unlink(missing_ok=True)
         raise
     return tmp, rows, count
+
+
+def _place(tmp: Path, output: Path) -> None:
+    """Move the finished predictions file into place (on failure, remove it: no stray temporary file)."""
+    try:
+        os.replace(tmp, output)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -128,6 +128,11 @@ def _record(workdir: Path, name: str = "m") -> dict[str, Any]:
     return json.loads((workdir / ".opsloop" / "deploy" / "batch" / f"{name}.json").read_text(encoding="utf-8"))
 
 
+def _paths(workdir: Path, name: str = "m") -> list[str]:
+    """The recorded paths, absolute (recorded relative to the working directory when inside it)."""
+    return [str(workdir / f["path"]) for f in _record(workdir, name)["files"]]
+
+
 def _written(workdir: Path) -> set[str]:
     """The predictions files on disk (temporary files of a write in progress excluded)."""
     return {str(p) for p in (workdir / ".opsloop" / "predictions").glob("*.parquet")}
@@ -158,7 +163,7 @@ def test_concurrent_deploys_and_removes_lose_no_entry_and_readers_see_whole_reco
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    recorded = {f["path"] for f in _record(tmp_path)["files"]}
+    recorded = set(_paths(tmp_path))
     assert recorded == _written(tmp_path), (f"on disk, not recorded: {sorted(_written(tmp_path) - recorded)}; "
                                             f"recorded, not on disk: {sorted(recorded - _written(tmp_path))}")
     assert 0 < len(recorded) < workers * count  # the removes removed something, the deploys after them stayed
@@ -187,7 +192,7 @@ def test_a_deploy_killed_next_to_placing_its_file_leaves_nothing_remove_does_not
     assert proc.returncode == -signal.SIGKILL, err
     predictions = tmp_path / ".opsloop" / "predictions"
     first, second = str(predictions / "m-v1.parquet"), str(predictions / "m-v2.parquet")
-    assert [f["path"] for f in _record(tmp_path)["files"]] == [first, second]
+    assert _paths(tmp_path) == [first, second]
     leftovers = sorted(p.name for p in predictions.iterdir())
 
     status = pm.call("batch", "deploy_status", model_name="m", options=None, run=_run(tmp_path))
@@ -255,7 +260,7 @@ def test_a_shared_output_belongs_to_the_model_that_wrote_it_last(tmp_path: Path,
     _deploy(pm, model, run, "a", 1, input=str(rows_csv), output="out/scores.csv")
     _deploy(pm, model, run, "a", 2, input=str(rows_csv))  # a's own file too
     _deploy(pm, model, run, "b", 1, input=str(rows_csv), output="out/scores.csv")
-    assert [f["path"] for f in _record(tmp_path, "a")["files"]] == [str(tmp_path / ".opsloop/predictions/a-v2.parquet")]
+    assert _paths(tmp_path, "a") == [str(tmp_path / ".opsloop/predictions/a-v2.parquet")]
 
     gone = pm.call("batch", "undeploy", model_name="a", options=Options(output="out/scores.csv"), run=run)
     assert gone.details["removed"][0].endswith("a-v2.parquet") and shared.is_file()
