@@ -11,12 +11,14 @@ each suite checks and its keywords.
 
 from opsloop.testing.conformance._base import Suite
 from opsloop.testing.conformance.deploy import DeploySuite
+from opsloop.testing.conformance.gate import GateSuite
 from opsloop.testing.conformance.monitor import MonitorSuite
 from opsloop.testing.conformance.policy import PolicySuite, degraded_reports, healthy_reports
 from opsloop.testing.conformance.preprocess import PreprocessSuite
 from opsloop.testing.conformance.source import SourceSuite
 from opsloop.testing.conformance.store import StoreSuite
 from opsloop.testing.conformance.trainer import TrainerSuite
+from opsloop.testing.conformance.validator import ValidatorSuite
 
-__all__ = ["DeploySuite", "MonitorSuite", "PolicySuite", "PreprocessSuite", "SourceSuite", "StoreSuite", "Suite",
-           "TrainerSuite", "degraded_reports", "healthy_reports"]
+__all__ = ["DeploySuite", "GateSuite", "MonitorSuite", "PolicySuite", "PreprocessSuite", "SourceSuite", "StoreSuite",
+           "Suite", "TrainerSuite", "ValidatorSuite", "degraded_reports", "healthy_reports"]
