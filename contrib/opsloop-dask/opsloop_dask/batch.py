@@ -21,7 +21,7 @@ input at once, provided the partitions come in time order within each series
 (one file per day, in name order, for example); a partition that goes back in
 time within a series is a DataError naming it.
 
-Each deploy records the files it wrote (opsloop_dask.record): `deploy_status` (`opsloop deploy status`)
+Each deploy records the files it wrote (opsloop_dask.record, on opsloop.deployrecord): `deploy_status` (`opsloop deploy status`)
 reports the newest directory and whether all its files are there; `undeploy` (`opsloop deploy remove`)
 deletes exactly those files, a directory they leave empty and the record, nothing else, and refuses (deleting
 nothing) a recorded directory outside where this target writes.
@@ -33,12 +33,10 @@ input, output, carry_rows, keep, partition_rows; see `Options`.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from opsloop import Deployment, hookimpl
+from opsloop.deployrecord import temporary
 from opsloop.errors import DataError
 
 from opsloop_dask import record
@@ -112,7 +111,7 @@ def deploy(version: ModelVersion, model: LoadedModel, dataset: Dataset | None, o
     frame = _read(options, dataset, needed, workdir)
     source = options.input or (dataset.name if dataset is not None else "")
     parts = frame.to_delayed()
-    staged = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.tmp")
+    staged, aside = temporary(output, "tmp"), temporary(output, "old")  # both named in the record before the swap
     staged.mkdir(parents=True)
     try:
         bundle = client.scatter([bundle_files(model)], broadcast=True, hash=False)[0]  # one object, not a dict
@@ -133,7 +132,7 @@ def deploy(version: ModelVersion, model: LoadedModel, dataset: Dataset | None, o
         record.commit(workdir, version.name, {"path": os.path.abspath(output), "files": written,
                                               "version": version.ref, "rows": int(sum(counts)),
                                               "partitions": len(parts)},
-                      run, staged, put=lambda: _replace(staged, output))
+                      run, [staged, aside], put=lambda: _replace(staged, output, aside))
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
@@ -226,21 +225,18 @@ def _check_columns(present: list[str], wanted: list[str], source: object) -> Non
                         f"(it has: {', '.join(map(str, present))})")
 
 
-#: The files a deploy writes into its directory; anything else there is not its own.
-PART = re.compile(r"part-\d{5}\.parquet")
-
-
-def _replace(staged: Path, output: Path) -> None:
-    """Put the written directory in place of `output` (a previous run's predictions go only then); what else the
-    old directory held (not `part-NNNNN.parquet`) is moved into the new one, as `undeploy` would leave it."""
-    old = None
+def _replace(staged: Path, output: Path, old: Path) -> None:
+    """Put the written directory in place of `output` (a previous run's predictions go only then, moved aside to
+    `old` first); what else the old directory held (not `part-NNNNN.parquet`) is moved into the new one, as
+    `undeploy` would leave it. Killed half-way, the record names `old`: `record.discard` finishes the job."""
+    moved = False
     if output.exists():
-        old = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.old")
         os.replace(output, old)
+        moved = True
     os.replace(staged, output)
-    if old is not None:
+    if moved:
         for child in old.iterdir():
-            if not PART.fullmatch(child.name) and not os.path.lexists(output / child.name):
+            if not record.PART.fullmatch(child.name) and not os.path.lexists(output / child.name):
                 os.replace(child, output / child.name)
         shutil.rmtree(old, ignore_errors=True)
 

@@ -313,7 +313,7 @@ def test_records_written_by_processes_at_once_lose_no_entry(tmp_path):
                               stderr=subprocess.PIPE, text=True) for tag in ("a", "b", "c")]
     for proc in procs:
         assert proc.wait(timeout=300) == 0, proc.stderr.read()
-    entries = record.read(tmp_path / record.RECORD_DIR / "m.json")
+    entries = record.records(tmp_path).read("m")
     assert len(entries) == 3 * COMMITS and not any("pending" in e for e in entries)
     assert {Path(e["path"]).name for e in entries} == {f"{t}-{i}" for t in "abc" for i in range(COMMITS)}
 
@@ -371,5 +371,91 @@ def test_a_directory_another_model_wrote_last_is_taken_over(version, by_day, sch
     _deploy(version, project, by_day, scheduler, output=".opsloop/predictions/shared")
     assert record.status(project, "other").deployed is False
     assert record.remove(project, "other", None, other).details["removed"] == []
+    assert not (project / ".opsloop" / "deploy" / "dask-batch" / "other.json").exists()  # emptied: deleted
     assert len(list(shared.iterdir())) == 8
     assert _target(invoke(["deploy", "status", "--json"], project))["location"] == str(shared)
+
+
+#: A real `dask-batch` deploy in its own process, on the session's cluster, killed with SIGKILL inside its
+#: directory swap: `python -c SWAP WORKDIR VERSION_JSON SCHEDULER INPUT WHEN`. WHEN "aside": just after the
+#: previous output was moved aside (`.NAME.*.old`), before the new one took its place; "swap": just after.
+SWAP = """
+import json, os, signal, sys
+from pathlib import Path
+from opsloop.bundle import read_bundle
+from opsloop.config import read
+from opsloop.manager import PluginManager
+from opsloop.types import ModelVersion, RunContext
+from opsloop_dask import batch
+
+workdir, shown, scheduler, source, when = Path(sys.argv[1]), json.loads(sys.argv[2]), *sys.argv[3:]
+mv = ModelVersion(name=shown["name"], version=shown["version"], created_at=shown["created_at"],
+                  path=Path(shown["path"]), digest=shown["digest"])
+model = read_bundle(mv.path, PluginManager(), ref=mv.ref, digest=mv.digest)
+output = workdir / ".opsloop" / "predictions" / f"{mv.name}-v{mv.version}"
+real = os.replace
+
+def replace(src, dst):
+    real(src, dst)
+    if (when == "aside" and str(dst).endswith(".old")) or (when == "swap" and str(dst) == str(output)):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+os.replace = replace
+run = RunContext(run_id="killed", workdir=workdir, model_name=mv.name, config=read(workdir=workdir))
+batch.deploy(version=mv, model=model, dataset=None, run=run,
+             options=batch.Options(scheduler=scheduler, input=source))
+"""
+
+
+@pytest.mark.parametrize("when, then", [("aside", "remove"), ("swap", "remove"), ("swap", "redeploy")])
+def test_a_deploy_killed_inside_its_directory_swap_leaves_nothing_behind(version, by_day, scheduler, project,
+                                                                         when, then):
+    """The previous output moved aside to `.NAME.*.old` and the process killed (before or after the new
+    directory took its place): the record names the aside directory, so `deploy remove` deletes it (or the
+    next deploy does), and the file that was not dask-batch's ends in the output directory, as a finished
+    swap leaves it. Before, the `.old` directory and its part files stayed, named by no record."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    first = _deploy(version, project, by_day, scheduler)
+    (Path(first.location) / "notes.txt").write_text("not dask-batch's", encoding="utf-8")
+    mv = version[0]
+    shown = {"name": mv.name, "version": mv.version, "created_at": mv.created_at, "path": str(mv.path),
+             "digest": mv.digest}
+    proc = subprocess.run([sys.executable, "-c", SWAP, str(project), json.dumps(shown), scheduler, str(by_day),
+                           when], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    predictions = project / ".opsloop" / "predictions"
+    assert len(list(predictions.glob(".*.old"))) == 1  # the crash happened where it should
+    row = _target(invoke(["deploy", "status", "--json"], project))
+    assert row["deployed"] is (when == "swap")
+
+    if then == "redeploy":
+        _deploy(version, project, by_day, scheduler)
+        assert sorted(p.name for p in predictions.iterdir()) == [Path(first.location).name]
+        assert _target(invoke(["deploy", "status", "--json"], project))["deployed"] is True
+    invoke(["deploy", "remove"], project).assert_ok()
+    left = sorted(str(p.relative_to(predictions)) for p in predictions.rglob("*"))
+    assert left == [Path(first.location).name, f"{Path(first.location).name}/notes.txt"]
+    assert (Path(first.location) / "notes.txt").read_text(encoding="utf-8") == "not dask-batch's"
+
+
+def test_a_moved_project_removes_what_it_wrote(version, by_day, scheduler, project, tmp_path):
+    """Paths inside the working directory are recorded relative to it: after the project moves, remove deletes
+    the files in their new place (before, they were absolute and refused as outside); status finds them."""
+    import json
+    import shutil
+
+    deployed = _deploy(version, project, by_day, scheduler)
+    record = project / ".opsloop" / "deploy" / "dask-batch" / "asd-anomaly.json"
+    assert json.loads(record.read_text(encoding="utf-8"))["outputs"][0]["path"] == \
+        str(Path(".opsloop") / "predictions" / "asd-anomaly-v1")
+    moved = tmp_path / "moved"
+    shutil.move(project, moved)
+    row = _target(invoke(["deploy", "status", "--json"], moved))
+    assert row["deployed"] is True and row["location"] == str(moved / Path(deployed.location).relative_to(project))
+    row = _target(invoke(["deploy", "remove", "--json"], moved))
+    assert len(row["removed"]) == deployed.details["files"] + 2  # the files, their directory, the record
+    assert list((moved / ".opsloop" / "predictions").iterdir()) == []
