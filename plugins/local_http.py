@@ -18,6 +18,12 @@ whose process is gone, or started after the file was written (a reused pid),
 is stale: a new server is started, and `undeploy` signals nothing. A live server that
 does not answer within `swap_timeout` is an error naming it (its file kept, no
 second server started: one beside it would be invisible to every command).
+A deploy that fails (the server does not start, or the running one does not
+serve the version within `swap_timeout`) puts the alias back where it was
+before the run moved it (this target's move, or the run's own promotion: the
+changes whose reason names the run), as a rollback whose reason names the
+failure, and the error says so. An alias the run created stays (a store cannot
+remove one), as does one moved again meanwhile; the error says that too.
 Deploys of one model@alias take turns (flock on `<model>@<alias>.lock` beside
 the state file, from the alias move until the server answers), so two runs
 deploying at once start one server, not two. `opsloop serve --stop --model NAME --alias ALIAS` stops it (SIGTERM:
@@ -77,6 +83,7 @@ from opsloop.store import check_name
 
 if TYPE_CHECKING:
     from opsloop.bundle import LoadedModel
+    from opsloop.store import AliasChange
     from opsloop.types import Dataset, ModelVersion, RunContext
 
 
@@ -158,7 +165,13 @@ def deploy(version: ModelVersion, model: LoadedModel, dataset: Dataset | None, o
     path = state_path(workdir, version.name, options.alias)
     with _deploying(path):
         _move_alias(version, options.alias, run)
-        return _serve(version, options, run, workdir, path, token)
+        try:
+            return _serve(version, options, run, workdir, path, token)
+        except Exception as exc:  # no server serves the version: the alias must not say one does
+            restored = _restore_alias(version, options.alias, run, _first_line(exc))
+            message = str(exc) if isinstance(exc, OpsloopError) else f"local-http: deploying failed: {exc!r}"
+            head, ends, tail = message.partition("; the log ends:")  # the note before the log's lines
+            raise OpsloopError(f"{head}; {restored}{ends}{tail}") from exc
 
 
 @contextlib.contextmanager
@@ -318,6 +331,53 @@ def _move_alias(version: ModelVersion, alias: str, run: RunContext) -> None:
                           reason=f"deployed by run {run.run_id} to local-http", run=run)
 
 
+def _first_line(exc: BaseException) -> str:
+    """What went wrong, short enough for an alias change's reason."""
+    text = str(exc).partition("\n")[0].removeprefix("local-http: ") or repr(exc)
+    return text if len(text) <= 300 else text[:299] + "…"
+
+
+def _moved_by_run(changes: list[AliasChange], run_id: str, version: int) -> tuple[bool, int | None]:
+    """Whether this run's moves (their reasons name it: the run's promotion, this target's own move) are what
+    put the alias on `version`, and where it pointed before the first of them (None: the run created it)."""
+    mine = f"run {run_id}"
+    ours = []
+    for change in reversed(changes):  # newest first: this run's moves are the last ones
+        if mine not in change.reason or change.action == "threshold":
+            break
+        ours.append(change)
+    if not ours or ours[0].to_version != version:
+        return False, None
+    return True, ours[-1].from_version
+
+
+def _restore_alias(version: ModelVersion, alias: str, run: RunContext, what: str) -> str:
+    """Put `alias` back where it was before this run moved it (a rollback, with a reason naming the failure,
+    told to observers); the sentence the deploy's error adds about it."""
+    from opsloop.session import Session
+
+    try:
+        session = Session.open(run.config, sections=("store", "plugins"))
+        with session.open_store() as store:
+            moved, before = _moved_by_run(store.history(version.name, alias), run.run_id, version.version)
+            if not moved:
+                return f"{alias} was on {version.ref} before this run and is left there"
+            current = store.alias(version.name, alias)
+            if current != version.version:
+                return f"{alias} was moved again meanwhile (to version {current}) and is left there"
+            if before is None:  # the store has no way to remove an alias (ModelStore: set, rollback)
+                return (f"{alias} was new, and the model store cannot remove an alias: it still names "
+                        f"{version.ref}, which no server serves")
+            change = session.rollback(store, version.name, alias, run=run,
+                                      reason=f"rollback: the local-http deploy of {version.ref} by run "
+                                             f"{run.run_id} failed: {what}")
+    except Exception as exc:  # the deploy's own error stays the one reported, with this said
+        return (f"restoring {alias} failed too ({_first_line(exc)}): it still names {version.ref}, which no "
+                f"server serves; opsloop models rollback {version.name} --alias {alias}")
+    run.log.info("local-http: %s of %s is back on version %s", alias, version.name, change.to_version)
+    return f"{alias} restored to version {change.to_version} (rolled back: opsloop models history)"
+
+
 def _start(version: ModelVersion, options: Options, run: RunContext,
            workdir: Path) -> tuple[subprocess.Popen[bytes], Path]:
     from opsloop.session import STORE_ENV
@@ -396,4 +456,4 @@ def _fail(proc: subprocess.Popen[bytes], log: Path, what: str) -> NoReturn:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=10)
     tail = "\n".join(log.read_text(errors="replace").splitlines()[-8:]) if log.exists() else ""
-    raise OpsloopError(f"local-http: the server {what} (exit code {proc.returncode}); its log {log} ends:\n{tail}")
+    raise OpsloopError(f"local-http: the server {what} (exit code {proc.returncode}, log {log}); the log ends:\n{tail}")
