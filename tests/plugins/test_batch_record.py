@@ -326,3 +326,54 @@ def test_log_retention_takes_a_duration_or_seconds_and_holds_seconds(plugin: str
         assert options.log_retention == seconds and not isinstance(options.log_retention, str)
     with pytest.raises(opsloop.ConfigError, match=rf"\[deploy.{plugin}.log_retention\]"):
         opsloop.config.structure({"log_retention": True}, cls, section=f"deploy.{plugin}", source=None)
+
+
+def test_a_record_written_before_opsloop_deployrecord_is_read_and_removed(tmp_path: Path, rows_csv: Path,
+                                                                          pm: PluginManager) -> None:
+    """The record as plugins/_batch_record.py wrote it (absolute paths, `pending` a string): status reads it,
+    the next deploy keeps its entries (rewritten relative), remove deletes every file it names."""
+    predictions = tmp_path / ".opsloop" / "predictions"
+    predictions.mkdir(parents=True)
+    old = pd.read_csv(rows_csv).head(5)
+    old.to_parquet(predictions / "m-v1.parquet")
+    old.to_parquet(predictions / ".m-v2.parquet.5e1f0c2a.tmp")  # a deploy killed before putting it in place
+    record = tmp_path / ".opsloop" / "deploy" / "batch" / "m.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"model": "m", "target": "batch", "files": [
+        {"path": str(predictions / "m-v1.parquet"), "version": "m:1", "rows": 5, "run_id": "r1",
+         "written_at": "2026-11-30T10:00:00+00:00", "request_id": "batch-0123456789abcdef"},
+        {"path": str(predictions / "m-v2.parquet"), "version": "m:2", "rows": 5, "run_id": "r2",
+         "written_at": "2026-11-30T11:00:00+00:00", "pending": str(predictions / ".m-v2.parquet.5e1f0c2a.tmp")},
+    ]}, indent=2) + "\n", encoding="utf-8")
+    run = _run(tmp_path)
+    status = pm.call("batch", "deploy_status", model_name="m", options=None, run=run)
+    assert status.deployed is False and "unfinished" in status.details and status.version == "m:2"
+    assert status.details["files"] == [str(predictions / "m-v1.parquet")]
+
+    _deploy(pm, _model(pm, rows_csv, run), run, "m", 3, input=str(rows_csv))
+    assert [f["path"] for f in _record(tmp_path)["files"]] == [
+        os.path.join(".opsloop", "predictions", name) for name in ("m-v1.parquet", "m-v2.parquet", "m-v3.parquet")]
+    removed = pm.call("batch", "undeploy", model_name="m", options=None, run=run)
+    assert sorted(removed.details["removed"]) == sorted([str(predictions / "m-v1.parquet"), str(record),
+                                                         str(predictions / ".m-v2.parquet.5e1f0c2a.tmp"),
+                                                         str(predictions / "m-v3.parquet")])
+    assert removed.details["already_gone"] == [str(predictions / "m-v2.parquet")]
+    assert list(predictions.iterdir()) == []
+
+
+def test_a_moved_project_removes_its_predictions(tmp_path: Path, rows_csv: Path, pm: PluginManager) -> None:
+    """Before, the record held absolute paths: once the project moved, remove refused them as outside."""
+    import shutil
+
+    here = tmp_path / "here"
+    here.mkdir()
+    run = _run(here)
+    _deploy(pm, _model(pm, rows_csv, run), run, "m", 1, input=str(rows_csv))
+    there = tmp_path / "there"
+    shutil.move(here, there)
+    moved = _run(there)
+    status = pm.call("batch", "deploy_status", model_name="m", options=None, run=moved)
+    assert status.deployed is True and status.location == str(there / ".opsloop" / "predictions" / "m-v1.parquet")
+    removed = pm.call("batch", "undeploy", model_name="m", options=None, run=moved)
+    assert removed.details["removed"][0] == status.location
+    assert list((there / ".opsloop" / "predictions").iterdir()) == []
