@@ -34,6 +34,9 @@ KINDS: dict[str, tuple[tuple[str, ...], str | None]] = {
     "policy": (("plugin_options", "decide_retrain"), "PolicySuite"),
     "deploy": (("plugin_options", "deploy", "deploy_status", "undeploy"), "DeploySuite"),
     "store": (("open_store",), "StoreSuite"),
+    "source": (("plugin_options", "load_data"), "SourceSuite"),
+    "validator": (("plugin_options", "validate"), "ValidatorSuite"),
+    "gate": (("plugin_options", "gate"), "GateSuite"),
     "observer": (("plugin_options", "on_stage_start", "on_stage_end", "on_stage_error", "on_model_registered"),
                  None),
     "command": (("add_commands",), None),
@@ -41,7 +44,8 @@ KINDS: dict[str, tuple[tuple[str, ...], str | None]] = {
 
 #: The `opsloop.kinds` Protocol each kind's module satisfies (checked by mypy in the generated tests).
 PROTOCOLS = {"trainer": "Trainer", "preprocess": "PreprocessStep", "monitor": "Monitor", "policy": "RetrainPolicy",
-             "deploy": "DeployTarget", "store": "StoreFactory", "observer": "Observer", "command": "CommandPlugin"}
+             "deploy": "DeployTarget", "store": "StoreFactory", "source": "Source", "validator": "Validator",
+             "gate": "Gate", "observer": "Observer", "command": "CommandPlugin"}
 
 #: A plugin name: what operators type and the entry point's name (lowercase words joined by "-").
 NAME_RE = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,24 +36,30 @@ def mypy_path(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root / "path", root / "cache"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("kind", list(KINDS))
-def test_the_skeleton_installs_lists_passes_its_tests_and_type_checks(kind: str, tmp_path: Path,
-                                                                        mypy_path: tuple[Path, Path]) -> None:
-    name = f"acme-{kind}"
-    invoke(["new-plugin", name, "--kind", kind, "--dir", str(tmp_path)], tmp_path).assert_ok()
-    package, site = tmp_path / f"opsloop-{name}", tmp_path / "site"
+#: The kinds added after the first eight: installed together by one test, to keep the file's time down.
+TOGETHER = ("source", "validator", "gate")
 
+
+def install(packages: list[Path], site: Path, cwd: Path) -> None:
+    """`pip install` the packages into `site`, as a user's build would (without isolation, no dependencies)."""
     pip = run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-               "--disable-pip-version-check", "--target", str(site), str(package)], tmp_path)
+               "--disable-pip-version-check", "--target", str(site), *map(str, packages)], cwd)
     # without isolation pip builds with the environment's setuptools: it needs bdist_wheel (setuptools >= 70.1)
     assert pip.returncode == 0, pip.stderr
+
+
+def listed(names: list[str], site: Path, cwd: Path) -> dict[str, dict[str, Any]]:
+    """The rows the real `opsloop plugins list --json` shows for `names`, with the site on PYTHONPATH."""
+    out = run([str(OPSLOOP), "plugins", "list", "--json"], cwd, PYTHONPATH=str(site))
+    assert out.returncode == 0, out.stderr
+    return {r["name"]: r for r in json.loads(out.stdout) if r["name"] in names}
+
+
+def check_package(kind: str, name: str, package: Path, site: Path, row: dict[str, Any],
+                  mypy_path: tuple[Path, Path]) -> None:
+    """The installed package: typed, listed with its hooks and summary, its tests pass, mypy passes."""
     module = "opsloop_" + name.replace("-", "_")
     assert (site / module / "py.typed").is_file(), "the wheel carries py.typed, so users' mypy reads the hooks"
-
-    listed = run([str(OPSLOOP), "plugins", "list", "--json"], tmp_path, PYTHONPATH=str(site))
-    assert listed.returncode == 0, listed.stderr
-    row = next(r for r in json.loads(listed.stdout) if r["name"] == name)
     assert (row["dist"], row["version"], row["status"]) == (f"opsloop-{name}", "0.1.0", "ok"), row
     assert set(KINDS[kind][0]) <= set(row["hooks"]), row["hooks"]
     assert row["summary"], "the module's docstring is the summary plugins list shows"
@@ -65,6 +72,34 @@ def test_the_skeleton_installs_lists_passes_its_tests_and_type_checks(kind: str,
     typed = run([sys.executable, "-m", "mypy", "--cache-dir", str(cache)], package, MYPYPATH=str(path))
     assert typed.returncode == 0, typed.stdout[-4000:]
     assert "Success" in typed.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", [k for k in KINDS if k not in TOGETHER])
+def test_the_skeleton_installs_lists_passes_its_tests_and_type_checks(kind: str, tmp_path: Path,
+                                                                        mypy_path: tuple[Path, Path]) -> None:
+    name = f"acme-{kind}"
+    invoke(["new-plugin", name, "--kind", kind, "--dir", str(tmp_path)], tmp_path).assert_ok()
+    package, site = tmp_path / f"opsloop-{name}", tmp_path / "site"
+    install([package], site, tmp_path)
+    check_package(kind, name, package, site, listed([name], site, tmp_path)[name], mypy_path)
+
+
+@pytest.mark.slow
+def test_a_source_a_validator_and_a_gate_install_together_list_pass_their_tests_and_type_check(
+        tmp_path: Path, mypy_path: tuple[Path, Path]) -> None:
+    """One pip install and one plugins list for the three; each package's own tests (the kind's conformance
+    suite among them) and mypy run as its author runs them, in its folder."""
+    names = {kind: f"acme-{kind}" for kind in TOGETHER}
+    for kind, name in names.items():
+        invoke(["new-plugin", name, "--kind", kind, "--dir", str(tmp_path)], tmp_path).assert_ok()
+    packages = {kind: tmp_path / f"opsloop-{name}" for kind, name in names.items()}
+    site = tmp_path / "site"
+    install(list(packages.values()), site, tmp_path)
+    rows = listed(list(names.values()), site, tmp_path)
+    assert set(rows) == set(names.values()), rows
+    for kind, name in names.items():
+        check_package(kind, name, packages[kind], site, rows[name], mypy_path)
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
