@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-KINDS_HELP = "trainer, preprocess, monitor, policy, deploy, store, observer or command"
+KINDS_HELP = "trainer, preprocess, monitor, policy, deploy, store, source, validator, gate, observer or command"
 
 
 def new_plugin(

@@ -169,3 +169,16 @@ def test_dir_places_the_package_and_the_output_says_what_next(tmp_path: Path) ->
     result = invoke(["new-plugin", "thing", "--kind", "command", "--dir", "plugins"], tmp_path).assert_ok()
     assert (tmp_path / "plugins" / "opsloop-thing" / "pyproject.toml").is_file()
     assert "pip install -e './plugins/opsloop-thing[test]'" in result.stdout
+
+
+def test_the_help_and_the_docs_name_every_kind(tmp_path: Path) -> None:
+    shown = " ".join(invoke(["new-plugin", "--help"], tmp_path).assert_ok().stdout.split())
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    option = next(line for line in (docs / "cli.md").read_text(encoding="utf-8").splitlines()
+                  if line.startswith("| `--kind`, `-k` |"))
+    table = [line for line in (docs / "writing-plugins.md").read_text(encoding="utf-8").splitlines()
+             if line.startswith("| `")]
+    for kind in KINDS:
+        assert kind in shown, f"new-plugin --help does not name --kind {kind}"
+        assert f"`{kind}`" in option, f"docs/cli.md's --kind row does not name {kind}"
+        assert any(line.startswith(f"| `{kind}` |") for line in table), f"docs/writing-plugins.md's table lacks {kind}"
