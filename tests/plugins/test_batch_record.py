@@ -290,7 +290,8 @@ def test_an_unreadable_record_is_moved_aside_not_overwritten(tmp_path: Path, row
 
 
 def test_the_builtin_deploy_targets_pass_mypy_strict(tmp_path: Path) -> None:
-    """plugins/batch_deploy.py and plugins/local_http.py, checked themselves (tests/core/test_kinds.py checks
+    """plugins/batch_deploy.py and plugins/local_http.py, and core/deployrecord.py (the record `batch` and
+    third-party deploy targets keep), checked themselves (tests/core/test_kinds.py checks
     only that the built-ins match their kinds, following imports silently), with the settings a plugin
     author's are: tests/core/typed_plugins/mypy.ini (strict)."""
     import importlib.util
@@ -308,7 +309,8 @@ def test_the_builtin_deploy_targets_pass_mypy_strict(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "mypy", "--config-file",
                           str(ROOT / "tests" / "core" / "typed_plugins" / "mypy.ini"), "--strict",
                           "--cache-dir", str(tmp_path / "cache"), "--no-error-summary",
-                          "-m", "opsloop.plugins.batch_deploy", "-m", "opsloop.plugins.local_http"],
+                          "-m", "opsloop.plugins.batch_deploy", "-m", "opsloop.plugins.local_http",
+                          "-m", "opsloop.deployrecord"],
                          cwd=tmp_path, env={"MYPYPATH": str(tree.parent), "PATH": "/usr/bin:/bin"},
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
