@@ -20,7 +20,7 @@ newest. Its guarantees, for any target that goes through `DeployRecord.commit` a
 - remove refuses, deleting nothing, an entry outside where the target writes (symbolic links followed) or a
   `pending` name that is not a temporary name of its path;
 - paths inside the working directory are recorded relative to it (a moved project keeps its record); a
-  reader gets them absolute. Records with absolute paths (before opsloop 0.2) are read as they are.
+  reader gets them absolute. Records written before this module (absolute paths) are read as they are.
 
 Temporary names are hidden siblings of the output: `.<name>.<anything>` (`temporary(path)` makes one).
 POSIX only (`fcntl`).

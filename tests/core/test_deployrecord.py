@@ -113,8 +113,8 @@ def test_a_path_outside_the_working_directory_stays_absolute(tmp_path: Path) -> 
     assert _raw(workdir)["files"][0]["path"] == str(elsewhere)
 
 
-def test_a_record_in_the_format_of_opsloop_0_1_is_read_and_removed(tmp_path: Path) -> None:
-    """Absolute paths, `pending` a string, written by the code before opsloop.deployrecord (the `batch`
+def test_a_record_in_the_format_before_this_module_is_read_and_removed(tmp_path: Path) -> None:
+    """Absolute paths, `pending` a string, as written before opsloop.deployrecord (the `batch`
     target's format): read as it is, and remove deletes the file and the dead deploy's temporary file."""
     out = tmp_path / "out"
     out.mkdir()
