@@ -12,6 +12,7 @@ from opsloop.testing.conformance import GateSuite, ValidatorSuite
 
 class TestKfold(ValidatorSuite, plugin="kfold", options={"folds": 3}): pass
 class TestKfoldGap(ValidatorSuite, plugin="kfold", options={"folds": 2, "gap": 12}): pass
+class TestKfoldThreads(ValidatorSuite, plugin="kfold", options={"folds": 3, "n_jobs": 2}): pass
 class TestHoldout(ValidatorSuite, plugin="holdout"): pass
 
 
