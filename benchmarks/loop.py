@@ -111,9 +111,10 @@ SMD_ALTERNATIVES: list[tuple[str, str]] = [
 SMD_CHOSEN = ("NOT DEFAULT, chosen by backtest: [loop] window = 7d, gate metric f1 (at each version's alert threshold)",
               '\n[loop]\nwindow = "7d"\n\n[gate.champion-challenger]\nmetric = "f1"\n')
 
-#: Replayed in the `smd` and `asd` parts: the defaults plus `[loop] recalibrate` (off by default).
-RECALIBRATE = ("NOT DEFAULT: [loop] recalibrate = true (a rejected cycle chooses production's threshold again)",
-               '\n[loop]\nrecalibrate = true\n')
+#: Replayed in the `smd` and `asd` parts: the defaults without `[loop] recalibrate` (on by default since
+#: 2026-12-03; before, a rejected cycle left production's threshold as it was).
+RECALIBRATE = ("NOT DEFAULT: [loop] recalibrate = false (the default before 2026-12-03)",
+               '\n[loop]\nrecalibrate = false\n')
 
 ASD_FORCED = '\n[retrain.threshold-policy]\nmin_f1 = 0.99\nmin_positives = 1\n'
 #: With `--asd-forced`, also: a retrain wish every chunk and no guards, so that only the gate decides.
@@ -486,10 +487,13 @@ def timed_runner_class() -> type:
 
 @contextmanager
 def timed_judge(runner: Any) -> Iterator[None]:
-    """Time `opsloop.runner.judge` (the gate's scoring of both versions) while a cycle runs."""
+    """Time `opsloop.runner.judge` (the gate's scoring of both versions) and `opsloop.recalibrate.choose_again`
+    (production's threshold chosen again after a rejection, on the gate's scores: loop work, not a stage) while
+    a cycle runs."""
+    import opsloop.recalibrate as recalibrate_mod
     import opsloop.runner as runner_mod
 
-    original = runner_mod.judge
+    original, choose = runner_mod.judge, recalibrate_mod.choose_again
 
     def judge(model: Any, current: Any) -> Any:
         with clock() as took:
@@ -497,11 +501,17 @@ def timed_judge(runner: Any) -> Iterator[None]:
         runner.add("gate scoring (judge x2)", took)
         return out
 
-    runner_mod.judge = judge
+    def choose_again(*a: Any, **k: Any) -> Any:
+        with clock() as took:
+            out = choose(*a, **k)
+        runner.add("recalibrate (threshold chosen again)", took)
+        return out
+
+    runner_mod.judge, recalibrate_mod.choose_again = judge, choose_again
     try:
         yield
     finally:
-        runner_mod.judge = original
+        runner_mod.judge, recalibrate_mod.choose_again = original, choose
 
 
 def session_for(path: Path) -> Any:

@@ -236,7 +236,8 @@ class LoopSection:
         recalibrate: When a candidate loses the gate, choose production's
             alert threshold again by the `[alerting]` rule on the gate
             window, and apply it when it raises F1 there
-            (opsloop.recalibrate). Off by default.
+            (opsloop.recalibrate). On by default: a shift can break a
+            model's alerts without breaking its ranking (docs/loop.md).
     """
 
     window: str = attrs.field(default="expanding", validator=_duration(allow=("expanding",)))
@@ -247,7 +248,7 @@ class LoopSection:
     lock_ttl: str = attrs.field(default="6h", validator=_duration())
     promote: str = attrs.field(default="auto", validator=_one_of(PROMOTE))
     probation: str = attrs.field(default="1d", validator=_duration(allow=("off",)))
-    recalibrate: bool = False
+    recalibrate: bool = True
 
 
 def _trials(instance: Any, attribute: Any, value: int | None) -> None:

@@ -166,6 +166,8 @@ class Cycle:
         self.name = runner.run.model_name
         self.result = CycleResult(model=self.name, now=self.now)
         self.ttl = parse_duration(self.config.loop.lock_ttl, "[loop] lock_ttl").total_seconds()
+        #: The champion's last `judge`: the rows with its labels and its predictions (read by recalibrate).
+        self.champion_scored: tuple[Dataset, Any] | None = None
 
     @property
     def store(self) -> ModelStore:
@@ -288,7 +290,7 @@ class Cycle:
         (opsloop.recalibrate) and, when that helps, give it the new one."""
         from opsloop.recalibrate import choose_again
 
-        new, figures = choose_again(model, window, self.config.alerting)
+        new, figures = choose_again(model, window, self.config.alerting, scored=self.champion_scored)
         self.result.recalibrated = {**figures, "version": production.ref, "applied": new is not None}
         if new is None:
             self.result.notes.append(f"recalibrate: {production.ref} keeps its threshold: {figures['why']}")
@@ -414,7 +416,8 @@ class Cycle:
 
         names = self.config.selected("gate")
         window, challenger_preds = judge(challenger_model, rows)
-        _, champion_preds = judge(champion_model, rows)
+        self.champion_scored = judge(champion_model, rows)  # kept: recalibrate reads production's scores again
+        champion_preds = self.champion_scored[1]
         champion = Contender(role="champion", version=champion_version, predictions=champion_preds)
         challenger = Contender(role="challenger", version=challenger_version, predictions=challenger_preds)
 

@@ -1,4 +1,4 @@
-"""Re-choosing production's alert threshold when the loop keeps it (`[loop] recalibrate`, off by default).
+"""Re-choosing production's alert threshold when the loop keeps it (`[loop] recalibrate`, on by default).
 
 A shift can break a model's alerts without breaking its ranking. On SMD
 machine-1-6 the first version still ranks the rows after the shift almost
@@ -8,7 +8,7 @@ drop and retrains; the gate rightly finds no candidate ranks better and
 keeps production; and nothing fixes the alerts (benchmarks/README.md, the
 loop).
 
-With `[loop] recalibrate = true`, a cycle whose candidate lost the gate
+With `[loop] recalibrate = true` (the default), a cycle whose candidate lost the gate
 chooses production's threshold again by the `[alerting]` rule, on the gate
 window: the latest labelled rows, which production did not train on,
 scored by production. The new threshold replaces the old one (an alias
@@ -33,9 +33,12 @@ if TYPE_CHECKING:
 MIN_GAIN = 0.05
 
 
-def choose_again(model: LoadedModel, window: Dataset, section: Any) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+def choose_again(model: LoadedModel, window: Dataset, section: Any, *,
+                 scored: tuple[Dataset, Any] | None = None) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """The threshold `section`'s rule chooses for `model` on `window`'s labelled rows, or None when it should
-    not replace the current one; and the figures of both (`old`, `new`) and why, for the journal."""
+    not replace the current one; and the figures of both (`old`, `new`) and why, for the journal. `scored`:
+    `opsloop.runner.judge(model, window)` when the caller has it already (the gate scored production on the
+    same window), so the rows are not scored twice."""
     import numpy as np
     import pandas as pd
 
@@ -45,13 +48,13 @@ def choose_again(model: LoadedModel, window: Dataset, section: Any) -> tuple[dic
     old = model.threshold
     if not old:
         return None, {"why": "the model has no alert threshold to choose again"}
-    scored, predictions = judge(model, window)
-    labels = scored.frame[scored.target].to_numpy(dtype=float)
+    rows_scored, predictions = scored or judge(model, window)
+    labels = rows_scored.frame[rows_scored.target].to_numpy(dtype=float)
     known = ~np.isnan(labels)
     rows = pd.DataFrame({"score": predictions["score"].to_numpy(dtype=float)[known], "label": labels[known],
-                         **{k: scored.frame[c].to_numpy()[known] for k, c in (("series", scored.series),
-                                                                           ("time", scored.time))
-                            if c and c in scored.frame.columns}})
+                         **{k: rows_scored.frame[c].to_numpy()[known]
+                            for k, c in (("series", rows_scored.series), ("time", rows_scored.time))
+                            if c and c in rows_scored.frame.columns}})
     try:
         new = alerting.choose(rows, section, where=f"the loop's gate window ({len(rows):,} labelled rows)")
     except ConfigError as exc:

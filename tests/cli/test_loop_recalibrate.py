@@ -1,4 +1,5 @@
-"""`[loop] recalibrate`: a cycle whose candidate lost the gate chooses production's alert threshold again.
+"""`[loop] recalibrate` (on by default): a cycle whose candidate lost the gate chooses production's alert
+threshold again.
 
 The loop scenario of test_loop.py (a real XGBoost version on two ASD
 servers, its batch logged and labelled). The gate's margin is set out of
@@ -57,12 +58,33 @@ def _window_scores(path: Path, version: Any, start: str, end: str) -> tuple[np.n
     return predictions["score"].to_numpy(dtype=float), judged.frame["label"].to_numpy(dtype=float)
 
 
-def test_off_by_default_a_lost_gate_leaves_the_threshold(project: Path, tmp_path: Path) -> None:
+def test_on_by_default_a_threshold_that_does_not_gain_enough_is_journaled_not_applied(project: Path,
+                                                                                      tmp_path: Path) -> None:
     import shutil
 
     copy = tmp_path / "p"
     shutil.copytree(project, copy)
+    with _store(copy) as store:
+        before = store.resolve(f"{MODEL}@production")
     out = invoke(["loop", "--once", "--json", "--quiet", *LOSES], copy).assert_ok().json
+    assert out["status"] == "rejected"
+    r = out["recalibrated"]  # the default [alerting] rule, budget, chose a cut on the gate window
+    assert r["rule"] == "budget" and r["old"]["value"] == before.threshold["value"]
+    # on this window the budget's cut gains less than 0.05 F1 (it loses: 0.49 to 0.16 here), so it stays a note
+    assert r["applied"] is False and r["new"]["f1"] < r["old"]["f1"] + 0.05 and "below" in r["why"]
+    assert any("keeps its threshold" in note for note in out["notes"])
+    with _store(copy) as store:
+        assert [c.action for c in store.history(MODEL, "production")] == ["set"]
+        assert store.resolve(f"{MODEL}@production").threshold["value"] == before.threshold["value"]
+
+
+def test_off_a_lost_gate_leaves_the_threshold_unexamined(project: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "p"
+    shutil.copytree(project, copy)
+    out = invoke(["loop", "--once", "--json", "--quiet", *LOSES, "--set", "loop.recalibrate=false"],
+                 copy).assert_ok().json
     assert out["status"] == "rejected" and out["recalibrated"] is None
     with _store(copy) as store:
         assert [c.action for c in store.history(MODEL, "production")] == ["set"]
@@ -71,8 +93,8 @@ def test_off_by_default_a_lost_gate_leaves_the_threshold(project: Path, tmp_path
 def test_a_lost_gate_gives_production_the_rules_threshold_on_the_gate_window(project: Path) -> None:
     with _store(project) as store:
         before = store.resolve(f"{MODEL}@production")
-    out = invoke(["loop", "--once", "--json", "--quiet", *LOSES, "--set", "loop.recalibrate=true",
-                  "--set", 'alerting.rule="f1"'], project).assert_ok().json
+    out = invoke(["loop", "--once", "--json", "--quiet", *LOSES, "--set", 'alerting.rule="f1"'],
+                 project).assert_ok().json
     assert out["status"] == "rejected" and out["promoted"] is False
     r = out["recalibrated"]
     assert r["version"] == f"{MODEL}:1" and r["rule"] == "f1" and r["old"]["value"] == before.threshold["value"]
