@@ -257,7 +257,7 @@ def test_batch_refuses_to_remove_a_recorded_file_outside_where_it_writes(opsloop
     project.run("deploy", "remove").assert_error('plugin "batch"', "failed in undeploy", str(outside),
                                                  "nothing was removed")
     assert outside.read_bytes() == b"not batch's"
-    assert Path(content["files"][0]["path"]).is_file() and record.is_file()
+    assert (project.path / content["files"][0]["path"]).is_file() and record.is_file()
 
 
 def test_batch_removes_its_configured_output_outside_the_default_directory(opsloop_project: Any,
