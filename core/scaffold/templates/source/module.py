@@ -78,9 +78,8 @@ def read(path: Path, options: Options) -> pd.DataFrame:
     try:
         return pd.read_csv(path, sep=options.delimiter, decimal=options.decimal, encoding=options.encoding,
                            skiprows=options.skip_lines)
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{PLUGIN}: {path} is not {options.encoding} text (byte {exc.start}); set "
-                        f"[data.{PLUGIN}] encoding") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{PLUGIN}: {path} is not {options.encoding} text; set [data.{PLUGIN}] encoding") from None
     except LookupError:
         raise DataError(f"{PLUGIN}: unknown encoding {options.encoding!r} in [data.{PLUGIN}] encoding") from None
     except pd.errors.EmptyDataError:

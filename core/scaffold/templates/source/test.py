@@ -70,6 +70,14 @@ def test_a_wrong_delimiter_is_one_line_naming_the_option(opsloop_project: Callab
     project.run("run").assert_error("$name", "export.csv", "one column", "delimiter")
 
 
+def test_a_wrong_encoding_is_one_line_naming_the_option(opsloop_project: Callable[..., Project],
+                                                        small_telemetry: pd.DataFrame) -> None:
+    # servers named in the export's own encoding (cp1252), read as utf-8
+    named = small_telemetry.assign(entity="Köln-" + small_telemetry["entity"])
+    project = european_project(opsloop_project, named, encoding="utf-8")
+    project.run("run").assert_error("$name", "export.csv", "not utf-8 text", "encoding")
+
+
 def test_a_missing_file_is_one_line_naming_it(opsloop_project: Callable[..., Project]) -> None:
     project = opsloop_project(small=True, config={"data": {"plugin": "$name", "source": "nowhere.csv"}})
     project.run("run").assert_error("$name", "nowhere.csv", "not found")
