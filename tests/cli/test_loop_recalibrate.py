@@ -118,3 +118,13 @@ def test_a_lost_gate_gives_production_the_rules_threshold_on_the_gate_window(pro
     # scoring follows: the next cycle's production alerts at the new threshold
     with _store(project) as store:
         assert store.get(MODEL, 1).threshold["value"] == r["new"]["value"]
+    # undone by hand as docs/loop.md says: the journal names the old threshold, promote --threshold restores it
+    journal = invoke(["loop", "history", "--json"], project).assert_ok().json
+    old = next(c["recalibrated"]["old"]["value"] for c in journal if (c.get("recalibrated") or {}).get("applied"))
+    assert old == before.threshold["value"]
+    invoke(["models", "promote", MODEL, "1", "--threshold", repr(old), "--reason", "back to validation's"],
+           project).assert_ok()
+    with _store(project) as store:
+        assert store.get(MODEL, 1).threshold["value"] == old
+        undo = store.history(MODEL, "production")[-1]
+        assert undo.action == "threshold" and undo.reason.startswith("back to validation's; threshold")
