@@ -31,6 +31,9 @@ One `opsloop run` calls them in this order:
 7. `opsloop deploy status` asks each deploy plugin what it has out
    (`deploy_status`); `opsloop deploy remove` takes it down (`undeploy`).
    Neither moves an alias.
+8. When a run ends, however it ends (`opsloop run`, `opsloop validate`,
+   each `opsloop loop` cycle, each `opsloop tune` trial and the search),
+   `on_run_end` tells every enabled observer the outcome, once.
 
 Stage hooks (`preprocess`, `train`, `validate`, `deploy`, `monitor`,
 `decide_retrain`) are called only on the plugins selected for the stage, in
@@ -739,6 +742,45 @@ def on_alias_changed(change: AliasChange, run: RunContext | None, options: Any) 
             the version it already pointed at a new alert threshold), and
             the threshold the change gave the version (or None).
         run: The run that moved it, or None for a CLI command.
+        options: This plugin's own options, checked, from its table
+            `[plugins.<name>]` (the attrs class its `plugin_options`
+            returns), or None when it declares none.
+    """
+
+
+@hookspec
+def on_run_end(command: str, outcome: str, result: Any, error: BaseException | None, run: RunContext,
+               options: Any) -> None:
+    """A run ended: send a summary, close a connection, mark a tracking run finished.
+
+    Called once per run on every plugin the config enables, after its last
+    stage, whatever the end: `opsloop run` and `opsloop validate`, each
+    `opsloop loop` cycle (after it is journaled; `opsloop backtest`'s
+    replayed cycles too), each `opsloop tune` trial and then the search. Not
+    for a loop cycle skipped because another loop holds the lock, nor a
+    trial whose values make an invalid config: no run began. Exceptions
+    raised here are warnings, even for an observer whose options say
+    `critical = true`: they never change the command's exit code nor hide
+    the run's own error.
+
+    Args:
+        command: What ran: `"run"`, `"validate"`, `"loop"` (one cycle),
+            `"tune"` (the search) or `"tune.trial"` (one trial, whose
+            `run.parent` is the search's run id).
+        outcome: `"ok"`; `"error"` (a stage or the command failed);
+            `"stopped"` (Ctrl-C, or a loop cycle stopped on request);
+            `"pruned"` (a tune trial the pruner ended early, not an error).
+        result: The command's result: `run`, an `opsloop.runner.RunResult`
+            (on an error, what the run did before it); `validate`, the
+            tuple `(reports, gate results)`, or None on an error; `loop`,
+            the cycle's `opsloop.loop.CycleResult` (its `status`, `error`,
+            `journal_id`); `tune.trial`, the trial's list of
+            `ValidationReport`, or None; `tune`, an `opsloop.tuning.TuneResult`,
+            or None on an error.
+        error: What ended the run, when `outcome` is `"error"` or
+            `"stopped"`; else None. A loop cycle's error caught outside a
+            stage may be None: its line is `result.error`.
+        run: The run that ended.
         options: This plugin's own options, checked, from its table
             `[plugins.<name>]` (the attrs class its `plugin_options`
             returns), or None when it declares none.

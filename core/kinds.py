@@ -95,6 +95,7 @@ __all__ = [
     "Observer",
     "OnAliasChanged",
     "OnModelRegistered",
+    "OnRunEnd",
     "OnStageEnd",
     "OnStageError",
     "OnStageStart",
@@ -321,8 +322,18 @@ class OnAliasChanged(Protocol):
 
 
 @runtime_checkable
+class OnRunEnd(Protocol):
+    """Hears that a run ended (`opsloop run`, a loop cycle, a tune trial or search), with its outcome."""
+
+    def on_run_end(self, *, command: str, outcome: str, result: Any, error: BaseException | None, run: RunContext,
+                   options: Any) -> None: ...
+
+
+@runtime_checkable
 class Observer(OnStageStart, OnStageEnd, OnStageError, OnModelRegistered, OnAliasChanged, Protocol):
-    """An observer of every event, such as a tracking integration (opsloop-mlflow's `mlflow-tracking`)."""
+    """An observer of every stage, version and alias event, such as a tracking integration (opsloop-mlflow's
+    `mlflow-tracking`); one that also hears the run's end is an `OnRunEnd` too (a module is checked against
+    each: `_end: kinds.OnRunEnd = my_observer`)."""
 
 
 #: The Protocol of each kind `opsloop new-plugin --kind` writes, and of the other stages.

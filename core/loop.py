@@ -227,6 +227,7 @@ class Cycle:
             result.seconds = time.perf_counter() - start
             if self.journal:
                 self._write_journal()
+            self.runner.end("loop", result, outcome={"error": "error", "stopped": "stopped"}.get(result.status, "ok"))
             self.runner.close()
         return result
 

@@ -135,6 +135,10 @@ class Runner:
         self.result = RunResult(run_id=self.run.run_id, warnings=self.plugins.warnings)
         self._store: ModelStore | None = None
         self.gate_results: list[GateResult] = []
+        #: What the last failed stage raised (`end` reports it when its caller has no exception of its own).
+        self.failure: BaseException | None = None
+        #: Whether `on_run_end` was announced (once per run).
+        self.ended = False
 
     @property
     def store(self) -> ModelStore:
@@ -151,6 +155,7 @@ class Runner:
         try:
             result = work()
         except BaseException as exc:
+            self.failure = exc
             self.reporter.stage_failed(stage, exc)
             self.plugins.notify("on_stage_error", stage=stage, error=exc, run=self.run, swallow=True)
             raise
@@ -498,10 +503,38 @@ class Runner:
         self.result.decision = decision
         return decision
 
+    def end(self, command: str, result: Any, *, outcome: str | None = None, error: BaseException | None = None
+            ) -> None:
+        """Tell every observer that this run ended (`on_run_end`), once; later calls do nothing.
+
+        `outcome` defaults from `error`: none is "ok", a KeyboardInterrupt "stopped", anything else "error";
+        an "error" or "stopped" given without an exception reports the last failed stage's. What an observer
+        raises is a warning (`PluginManager.notify` with `swallow`): never the command's exit code.
+        """
+        if self.ended:
+            return
+        self.ended = True
+        if outcome is None:
+            outcome = "ok" if error is None else "stopped" if isinstance(error, KeyboardInterrupt) else "error"
+        if outcome in ("error", "stopped") and error is None:
+            error = self.failure
+        self.plugins.notify("on_run_end", command=command, outcome=outcome, result=result,
+                            error=error if outcome in ("error", "stopped") else None, run=self.run, swallow=True)
+
     # -- the whole loop ----------------------------------------------------
 
     def validate_only(self) -> tuple[list[ValidationReport], list[GateResult]]:
-        """Load, preprocess and validate the training period; register nothing (`opsloop validate`)."""
+        """Load, preprocess and validate the training period; register nothing (`opsloop validate`).
+        Observers hear the end (`on_run_end`, command "validate")."""
+        try:
+            done = self._validate_only()
+        except BaseException as exc:
+            self.end("validate", None, error=exc)
+            raise
+        self.end("validate", done)
+        return done
+
+    def _validate_only(self) -> tuple[list[ValidationReport], list[GateResult]]:
         raw = self._stage("load", [self.config.data.source],
                           lambda: data_mod.load(self.config, self.session, partitioned=True), _loaded)
         if partitions.is_partitioned(raw):
@@ -517,7 +550,17 @@ class Runner:
         return reports, self.gate_results
 
     def run_once(self) -> RunResult:
-        """One pass of the lifecycle on the configured data."""
+        """One pass of the lifecycle on the configured data; observers hear its end (`on_run_end`, command
+        "run", with the `RunResult`: on an error, what the run did before it)."""
+        try:
+            result = self._run_once()
+        except BaseException as exc:
+            self.end("run", self.result, error=exc)
+            raise
+        self.end("run", result)
+        return result
+
+    def _run_once(self) -> RunResult:
         # Opened first: a damaged or read-only registry fails in a second, not after training.
         self.store.check_writable()
         raw = self._stage("load", [self.config.data.source],

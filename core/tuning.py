@@ -257,8 +257,10 @@ def _one_line(exc: BaseException) -> str:
 class Objective:
     """One trial: the trial's config, preprocessed (cached per preprocess options) and validated."""
 
-    def __init__(self, search: Search, session: Session, train: Dataset) -> None:
+    def __init__(self, search: Search, session: Session, train: Dataset, parent: str | None = None) -> None:
         self.search, self.session, self.train = search, session, train
+        #: The search's run id: each trial's run names it as `RunContext.parent`.
+        self.parent = parent
         self.features: dict[str, Any] = {}
         self.lock = threading.Lock()
         self.building: dict[str, threading.Lock] = {}
@@ -274,7 +276,9 @@ class Objective:
         from opsloop.session import Session
 
         session = Session.open(config, self.session.plugins, sections=("preprocess", "train", "validate"))
-        return Runner(session, reporter=Reporter())
+        runner = Runner(session, reporter=Reporter())
+        runner.run = attrs.evolve(runner.run, parent=self.parent)
+        return runner
 
     @staticmethod
     def preprocess_key(config: Config) -> str:
@@ -302,9 +306,27 @@ class Objective:
                    else search.trainers[0])
         values = {d: d.suggest(trial) for d in search.dims_of(trainer)}
         trial.set_user_attr("trainer", trainer)
-        try:
+        try:  # a ConfigError here: the trial fails before its run begins
             config = self.config_for(trainer, values)
             runner = self.runner_for(config)
+        except OpsloopError as exc:
+            trial.set_user_attr("error", str(exc))
+            raise
+        try:
+            value, reports = self._trial(trial, runner, config)
+        except optuna.TrialPruned:
+            runner.end("tune.trial", None, outcome="pruned")
+            raise
+        except BaseException as exc:
+            runner.end("tune.trial", None, error=exc)
+            raise
+        runner.end("tune.trial", reports)
+        return value
+
+    def _trial(self, trial: optuna.Trial, runner: Runner, config: Config) -> tuple[float, list[Any]]:
+        optuna = _optuna()
+        search = self.search
+        try:
             features = self.preprocessed(runner, config)
             folds: list[float] = []
 
@@ -345,7 +367,7 @@ class Objective:
                        "use fewer folds or another metric")
             trial.set_user_attr("error", message)
             raise OpsloopError(message)
-        return float(value)
+        return float(value), reports
 
 
 @attrs.frozen(kw_only=True)
@@ -446,10 +468,24 @@ def tune(runner: Runner, *, trials: int | None = None, timeout: str | None = Non
          register: bool = False, show_only: bool = False) -> TuneResult:
     """Plan, run (or resume) the search, refit the best configuration, and with `register`, register it.
 
+    Observers hear each trial's end (`on_run_end`, command "tune.trial", its run's `parent` the search's run
+    id) and then the search's (command "tune", with the `TuneResult`); the refit is part of the search's run.
+
     Raises:
         ConfigError: A wrong `[tune]` (unknown parameter, empty or inverted range, wrong metric...).
         OpsloopError: No trial finished (each failed trial's first error is named), or Optuna is missing.
     """
+    try:
+        result = _tune(runner, trials=trials, timeout=timeout, jobs=jobs, register=register, show_only=show_only)
+    except BaseException as exc:
+        runner.end("tune", None, error=exc)
+        raise
+    runner.end("tune", result)
+    return result
+
+
+def _tune(runner: Runner, *, trials: int | None, timeout: str | None, jobs: int | None, register: bool,
+          show_only: bool) -> TuneResult:
     from opsloop import data as data_mod
 
     _optuna()
@@ -463,7 +499,7 @@ def tune(runner: Runner, *, trials: int | None = None, timeout: str | None = Non
     study = open_study(search, load_only=show_only)
     before = finished(study)
     if not show_only:
-        objective = Objective(search, runner.session, train)
+        objective = Objective(search, runner.session, train, parent=runner.run.run_id)
         remaining = None if search.trials is None else max(0, search.trials - before)
         if remaining == 0:
             notes.append(f"study {search.study} already holds {before} finished trial(s) of the {search.trials} "
@@ -543,6 +579,9 @@ def _refit(runner: Runner, result: TuneResult, train: Dataset, *, register: bool
     session = Session.open(config, runner.session.plugins)
     refit_runner = _Runner(session, reporter=runner.reporter)
     refit_runner._store = runner.store
+    # Part of the search's run (its `refit.` stages, the version it registers), not a run of its own.
+    refit_runner.run = attrs.evolve(refit_runner.run, run_id=runner.run.run_id, parent=runner.run.parent)
+    refit_runner.result.run_id = runner.run.run_id
     version = None
     if register:
         tune_record = {"study": search.study, "trial": best.number, "metric": search.metric, "value": best.value,

@@ -387,6 +387,9 @@ class RunContext:
         folds: What `fold_scored` calls: set by `opsloop tune` to prune a
             hopeless trial after its early folds, None otherwise. Left out of
             `==` and `repr`.
+        parent: The run id of the run this one is part of: an `opsloop tune`
+            trial's is the search's (a tracker nests the trial under it);
+            None otherwise.
     """
 
     run_id: str
@@ -399,6 +402,7 @@ class RunContext:
     now: datetime | None = None
     trainers: Callable[[str, Dataset], TrainedModel] | None = attrs.field(default=None, eq=False, repr=False)
     folds: Callable[[int, Mapping[str, float]], None] | None = attrs.field(default=None, eq=False, repr=False)
+    parent: str | None = None
 
     def fold_scored(self, index: int, figures: Mapping[str, float]) -> None:
         """Tell the run that fold `index` (0-based, in the order folds are fitted) scored `figures`.

@@ -41,6 +41,7 @@ SIGNATURES = {
     "on_stage_error": ["stage", "error", "run", "options"],
     "on_model_registered": ["version", "run", "options"],
     "on_alias_changed": ["change", "run", "options"],
+    "on_run_end": ["command", "outcome", "result", "error", "run", "options"],
 }
 FIRSTRESULT = {"open_store", "save_model", "load_model", "compile_predict", "map_partitions"}
 
