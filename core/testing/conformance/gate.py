@@ -1,5 +1,5 @@
 """The gate conformance suite: a verdict with a winner, figures and reasons; the better model wins either way
-round; the same verdict for the same seed; one-line DataErrors on a window that cannot decide.
+round; the same verdict for the same seed; one-line DataErrors on a window that cannot decide; a backtest's cycles.
 
     class TestMyGate(GateSuite, plugin="my-gate", options={"metric": "roc_auc"}): pass
 
@@ -182,6 +182,19 @@ class GateSuite(Suite):
         for what, after, then in zip(("the window", "the champion's predictions", "the challenger's predictions"),
                                      (bout.window.frame, champion.predictions, challenger.predictions), before):
             frames_equal(after, then, f"{what} after gate")
+
+    def test_a_backtest_gates_its_candidates_with_it(self, tmp_path: Path) -> None:
+        """`opsloop backtest --chunks 2` with the gate selected (and a policy that always retrains) ends a cycle
+        with the gate's verdict on a candidate, named after the plugin, and no cycle fails."""
+        retrain = {"plugins": ["threshold-policy"], "threshold-policy": {"min_f1": 0.99, "min_positives": 0}}
+        bench = Bench.create(tmp_path / "backtest", type(self).table(gate=type(self).stage(), retrain=retrain))
+        result = bench.invoke("backtest", "--chunks", "2", "--json").assert_ok().json
+        cycles = [chunk["cycle"] for chunk in result["chunks"]]
+        assert not [c["error"] for c in cycles if c.get("error")], f"cycles failed: {cycles}"
+        verdicts = [g for c in cycles for g in c.get("gates") or ([c["gate"]] if c.get("gate") else [])]
+        assert verdicts, f"no cycle gated a candidate: {[c['status'] for c in cycles]}"
+        assert all(v["gate"] == type(self).plugin and v["winner"] in ("champion", "challenger") and v["reasons"]
+                   for v in verdicts), verdicts
 
     def test_a_window_without_labels_is_a_one_line_data_error(self, bout: Bout) -> None:
         """A window whose labels have not arrived (the target all missing) cannot decide: a one-line DataError,
