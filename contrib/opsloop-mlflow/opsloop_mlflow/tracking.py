@@ -11,8 +11,13 @@ in the experiment named after the model:
   the preprocess steps' options, the model's hyper-parameters, validation
   figures (folds as steps), the alert threshold, monitor figures (windows as
   steps), the gate's and the retrain policy's verdicts, each stage's seconds;
-  the run is FINISHED after each stage, RUNNING during one, FAILED (KILLED on
-  Ctrl-C) when one fails;
+- the run is RUNNING until opsloop says it ended (`on_run_end`): then
+  FINISHED, FAILED, or KILLED (Ctrl-C, a loop cycle stopped on request), with
+  the tags `opsloop.outcome` and `opsloop.command`; a failed stage marks it
+  FAILED (KILLED on Ctrl-C) at once, for the commands that do not announce
+  their end;
+- `opsloop tune`: the search is a run, and each trial's run is nested under
+  it (the tag `mlflow.parentRunId`), as MLflow's UI groups and compares them;
 - before the `register` stage writes anything to opsloop's store, the
   registry is written to (the registered model and its tag
   `opsloop.last_run`), so a registry that refuses writes stops the run
@@ -147,6 +152,8 @@ class Tracked:
     store: str = ""
     #: Saying why the run failed: retried at least once (`Connection.talking`).
     failing: bool = False
+    #: The tag `opsloop.error` was set (`fail`: a stage's error, or MLflow's own, named with its stage).
+    error_tagged: bool = False
 
     def call(self, doing: str, *, registry: bool = False) -> Any:
         return self.connection.talking(doing, registry=registry, retry=self.failing)
@@ -208,6 +215,7 @@ class Tracked:
         try:
             if error is not None:
                 self.set_tags({"opsloop.error": str(error)})
+                self.error_tagged = True
         except StoreError as exc:
             log.warning("%s", exc)
         try:
@@ -216,8 +224,8 @@ class Tracked:
             log.warning("%s", exc)
 
 
-#: The MLflow run of each opsloop run in progress in this process, by opsloop run id; the oldest are
-#: forgotten past `KEEP_RUNS` (a long `opsloop loop --every` makes a run per cycle).
+#: The MLflow run of each opsloop run in progress in this process, by opsloop run id, forgotten when the run
+#: ends (`on_run_end`); the oldest are forgotten past `KEEP_RUNS` (a command that does not announce its end).
 _RUNS: dict[str, Tracked] = {}
 KEEP_RUNS = 64
 
@@ -240,6 +248,11 @@ def _begin(run: RunContext, options: Options) -> Tracked:
     with connection.talking(f"finding or creating the experiment {experiment!r}") as client:
         found = client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
+    if run.parent:
+        tags["opsloop.parent_run_id"] = run.parent
+        parent = _parent_run(connection, experiment_id, run.parent)
+        if parent is not None:
+            tags["mlflow.parentRunId"] = parent
     with connection.talking(f"creating a run in the experiment {experiment!r}") as client:
         created = client.create_run(experiment_id, tags=tags,
                                     run_name=options.run_name or f"{run.model_name}-{run.run_id}")
@@ -254,6 +267,21 @@ def _begin(run: RunContext, options: Options) -> Tracked:
         raise
     run.reporter.note(f"mlflow-tracking: run {tracked.run_id} in experiment {experiment!r} at {connection.address}")
     return tracked
+
+
+def _parent_run(connection: Connection, experiment_id: str, parent: str) -> str | None:
+    """The MLflow run id of opsloop run `parent` (a tune trial's search): this process's, else the newest run
+    of the experiment tagged with it; None when MLflow has none (the trial is then not nested)."""
+    tracked = _RUNS.get(parent)
+    if tracked is not None:
+        return tracked.run_id
+    with connection.talking(f"finding the MLflow run of opsloop run {parent}") as client:
+        found = client.search_runs([experiment_id], filter_string=f"tags.`opsloop.run_id` = '{_quoted(parent)}'",
+                                   max_results=1, order_by=["attributes.start_time DESC"])
+    if not found:
+        log.warning("mlflow-tracking: no MLflow run logs opsloop run %s; its trial is not nested under it", parent)
+        return None
+    return found[0].info.run_id
 
 
 def _tracked(run: RunContext | None, options: Options | None) -> Tracked | None:
@@ -321,7 +349,6 @@ def on_stage_end(stage: str, result: Any, seconds: float, run: RunContext, optio
     try:
         _log_result(tracked, stage, result, run)
         tracked.log_metrics([(records.key("seconds", stage), float(seconds), 0)])
-        tracked.set_status("FINISHED")
     except StoreError as exc:
         tracked.fail(error=f"{stage}: {exc}")
         raise
@@ -370,6 +397,33 @@ def on_stage_error(stage: str, error: BaseException, run: RunContext, options: O
     if tracked is None:
         return
     tracked.fail("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED", f"{stage}: {error}")
+
+
+#: The MLflow status of each outcome `on_run_end` gives (a pruned tune trial is not a failure).
+STATUS = {"ok": "FINISHED", "pruned": "FINISHED", "stopped": "KILLED", "error": "FAILED"}
+
+
+@hookimpl
+def on_run_end(command: str, outcome: str, result: Any, error: BaseException | None, run: RunContext,
+               options: Options | None) -> None:
+    """The run's status from its outcome, the tags `opsloop.outcome` and `opsloop.command` (and
+    `opsloop.error`); for a search, its best figure. A run that never reached a stage has no MLflow run."""
+    tracked = _RUNS.pop(run.run_id, None) if run is not None else None
+    if tracked is None:
+        return
+    tags = {"opsloop.outcome": outcome, "opsloop.command": command}
+    if error is not None and not tracked.error_tagged:  # a stage's error is tagged already, with the stage
+        tags["opsloop.error"] = str(error)
+    if command == "tune" and result is not None:
+        tags.update({"opsloop.tune.study": result.search.study, "opsloop.tune.best_trial": str(
+            result.study.best_trial.number)})
+        tracked.log_metrics([(records.key("tune", f"best.{result.search.metric}"), float(result.study.best_value),
+                              0)])
+    tracked.set_tags(tags)
+    if error is None and tracked.error_tagged:  # a pruned trial: its validate stage raised, the run did not fail
+        with tracked.call("removing the tag opsloop.error") as client:
+            client.delete_tag(tracked.run_id, "opsloop.error")
+    tracked.set_status(STATUS.get(outcome, "FAILED"))
 
 
 @hookimpl
