@@ -171,3 +171,15 @@ def test_an_observer_raising_in_on_run_end_is_a_warning_that_changes_no_exit_cod
     failed = invoke(["run", "--json", "--quiet", "--set", 'train.plugins=["boom"]'], project.path)
     assert failed.exit_code == 1
     assert "weights diverged" in failed.stderr  # the run's own error, not the observer's
+
+
+def test_validate_ends_with_its_reports_and_gate_results(opsloop_project, small_config, register_plugin,
+                                                         hook_recorder):
+    register_plugin(Ender(), "ender")
+    small_config["validate"]["gates"] = ["pr_auc >= 0.0"]
+    out = opsloop_project(config=observed(small_config, "ender")).run("validate", "--json").assert_ok().json
+    (end,) = ends(hook_recorder)
+    assert end["command"] == "validate" and end["outcome"] == "ok" and end["error"] is None
+    reports, gates = end["result"]
+    assert [r.summary()["mean"]["pr_auc"] for r in reports] == [r["mean"]["pr_auc"] for r in out["reports"]]
+    assert [g.passed for g in gates] == [g["passed"] for g in out["gates"]] == [True]
