@@ -220,6 +220,11 @@ def _replay(config: Config, workdir: Path, train_raw: Dataset, replay: Dataset,
         built = first.build(train_raw)
         stale_version = first.place(built.version)
         stale = first.load(stale_version)
+    except BaseException as exc:
+        first.end("backtest", None, error=exc)
+        raise
+    else:
+        first.end("backtest", built)
     finally:
         first.close()
     loop_version, loop_model = stale_version, stale
@@ -290,7 +295,13 @@ def _always(session: Any, history: Dataset, now: datetime, reporter: Reporter | 
         features, steps, _issues = runner.preprocess(window, prefix="always.")
         model = runner.train(features, prefix="always.")
         version = runner.register(model, window, steps, [], prefix="always.")
-        return version, runner.load(version)
+        loaded = runner.load(version)
+    except BaseException as exc:
+        runner.end("backtest.always", None, error=exc)
+        raise
+    else:
+        runner.end("backtest.always", version)
+        return version, loaded
     finally:
         runner.close()
 

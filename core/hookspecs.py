@@ -756,7 +756,9 @@ def on_run_end(command: str, outcome: str, result: Any, error: BaseException | N
     Called once per run on every plugin the config enables, after its last
     stage, whatever the end: `opsloop run` and `opsloop validate`, each
     `opsloop loop` cycle (after it is journaled; `opsloop backtest`'s
-    replayed cycles too), each `opsloop tune` trial and then the search. Not
+    replayed cycles too), each `opsloop tune` trial and then the search,
+    `opsloop monitor` (and `opsloop report`'s monitoring), and the versions
+    `opsloop backtest` trains outside a cycle. Not
     for a loop cycle skipped because another loop holds the lock, nor a
     trial whose values make an invalid config: no run began. Exceptions
     raised here are warnings, even for an observer whose options say
@@ -765,8 +767,10 @@ def on_run_end(command: str, outcome: str, result: Any, error: BaseException | N
 
     Args:
         command: What ran: `"run"`, `"validate"`, `"loop"` (one cycle),
-            `"tune"` (the search) or `"tune.trial"` (one trial, whose
-            `run.parent` is the search's run id).
+            `"tune"` (the search), `"tune.trial"` (one trial, whose
+            `run.parent` is the search's run id), `"monitor"`, `"backtest"`
+            (its first version) or `"backtest.always"` (a version retrained
+            every chunk).
         outcome: `"ok"`; `"error"` (a stage or the command failed);
             `"stopped"` (Ctrl-C, or a loop cycle stopped on request);
             `"pruned"` (a tune trial the pruner ended early, not an error).
@@ -776,10 +780,11 @@ def on_run_end(command: str, outcome: str, result: Any, error: BaseException | N
             the cycle's `opsloop.loop.CycleResult` (its `status`, `error`,
             `journal_id`); `tune.trial`, the trial's list of
             `ValidationReport`, or None; `tune`, an `opsloop.tuning.TuneResult`,
-            or None on an error.
+            or None on an error; `monitor`, an `opsloop.monitoring.Result`;
+            `backtest`, the first version's `Built`;
+            `backtest.always`, the `ModelVersion`; None on an error.
         error: What ended the run, when `outcome` is `"error"` or
-            `"stopped"`; else None. A loop cycle's error caught outside a
-            stage may be None: its line is `result.error`.
+            `"stopped"`; else None.
         run: The run that ended.
         options: This plugin's own options, checked, from its table
             `[plugins.<name>]` (the attrs class its `plugin_options`

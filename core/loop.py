@@ -65,7 +65,7 @@ class Stopped(Exception):
     """A stop was requested (SIGTERM): the cycle ends after the step under way."""
 
     def __init__(self, after: str) -> None:
-        super().__init__(after)
+        super().__init__(f"stopped on request after {after}")
         self.after = after
 
 
@@ -206,20 +206,25 @@ class Cycle:
                                   f"(until {state.expires} unless it finishes first)"]
                 result.seconds = time.perf_counter() - start
                 return result
+        failure: BaseException | None = None  # what ended the cycle, for on_run_end
         try:
             self._cycle()
         except Stopped as stop:
+            failure = stop
             result.status = "stopped"
             result.error = f"stopped on request after {stop.after}: nothing half-written"
         except OpsloopError as exc:
+            failure = exc
             result.status, result.error = "error", _one_line(exc)
         except Exception as exc:  # an internal error must not end `--every`: journaled like any other
+            failure = exc
             result.status, result.error = "error", f"internal error: {exc.__class__.__name__}: {_one_line(exc)}"
             if os.environ.get("OPSLOOP_DEBUG"):  # as the CLI's error boundary: the traceback on request
                 import traceback
 
                 traceback.print_exc()
-        except BaseException:  # a second Ctrl-C: journaled as what it is, the lock released, then it goes on up
+        except BaseException as exc:  # a second Ctrl-C: journaled as what it is, the lock released, then it goes on up
+            failure = exc
             result.status, result.error = "stopped", "interrupted (a second Ctrl-C) during " + (
                 result.steps[-1] if result.steps else "start")
             raise
@@ -227,7 +232,8 @@ class Cycle:
             result.seconds = time.perf_counter() - start
             if self.journal:
                 self._write_journal()
-            self.runner.end("loop", result, outcome={"error": "error", "stopped": "stopped"}.get(result.status, "ok"))
+            self.runner.end("loop", result, outcome={"error": "error", "stopped": "stopped"}.get(result.status, "ok"),
+                            error=failure)
             self.runner.close()
         return result
 

@@ -314,6 +314,16 @@ class PluginManager:
                 logging.getLogger("opsloop").warning("warning: %s (the run goes on without it: an observer's error "
                                                      "does not stop it unless its options say critical = true)", exc)
 
+    def run_ended(self, command: str, result: Any, run: Any, *, error: BaseException | None = None,
+                  outcome: str | None = None) -> None:
+        """Tell every observer that a run ended (`on_run_end`). `outcome` defaults from `error`: none is
+        "ok", a KeyboardInterrupt "stopped", anything else "error"; `error` is passed only with those two. What
+        an observer raises is a warning (`swallow`), never the command's exit code."""
+        if outcome is None:
+            outcome = "ok" if error is None else "stopped" if isinstance(error, KeyboardInterrupt) else "error"
+        self.notify("on_run_end", command=command, outcome=outcome, result=result,
+                    error=error if outcome in ("error", "stopped") else None, run=run, swallow=True)
+
     def _label(self, name: str) -> str | None:
         info = self.known.get(name)
         return info.label if info else None

@@ -733,11 +733,28 @@ def monitor(session: Session, *, model: str, alias: str | None, version: int | N
     notes = [f"{dropped:,} row(s) with a {by} that is not a date and time were left out"] if dropped else []
     if rows.repeats:
         notes.append(repeats_note(rows.repeats, target.ref))
-    run = run or RunContext(run_id=uuid.uuid4().hex[:12], workdir=Path(session.config.workdir),
-                            model_name=target.name, seed=session.config.project.seed, config=session.config)
     reference, note = reference_for(target, rows.current)
     if note:
         notes.append(note)
+    owned = run is None  # a run of its own: observers hear its end here (on_run_end, command "monitor")
+    run = run or RunContext(run_id=uuid.uuid4().hex[:12], workdir=Path(session.config.workdir),
+                            model_name=target.name, seed=session.config.project.seed, config=session.config)
+    try:
+        found = _windows(session, run, target, rows, reference, since, until, step)
+    except BaseException as exc:
+        if owned:
+            session.plugins.run_ended("monitor", None, run, error=exc)
+        raise
+    result = Result(version=target, alias=None if version is not None else alias, log=log, by=by,
+                    monitors=tuple(session.config.selected("monitor")), windows=found, notes=tuple(notes))
+    if owned:
+        session.plugins.run_ended("monitor", result, run)
+    return result
+
+
+def _windows(session: Session, run: Any, target: ModelVersion, rows: Any, reference: Dataset,
+             since: datetime | None, until: datetime | None, step: timedelta | None) -> tuple[Window, ...]:
+    """The configured monitors on each window of `rows` (a `monitor` stage each)."""
     keys = rows.keys
     out = []
     target_col = rows.current.target
@@ -756,5 +773,4 @@ def monitor(session: Session, *, model: str, alias: str | None, version: int | N
         reports = _stage(session, run, lambda: run_monitors(session, target, current, predicted,  # noqa: B023
                                                              reference, run))
         out.append(Window(start=start, end=end, rows=count, labelled=labelled, reports=tuple(reports)))
-    return Result(version=target, alias=None if version is not None else alias, log=log, by=by,
-                  monitors=tuple(session.config.selected("monitor")), windows=tuple(out), notes=tuple(notes))
+    return tuple(out)

@@ -514,12 +514,9 @@ class Runner:
         if self.ended:
             return
         self.ended = True
-        if outcome is None:
-            outcome = "ok" if error is None else "stopped" if isinstance(error, KeyboardInterrupt) else "error"
         if outcome in ("error", "stopped") and error is None:
             error = self.failure
-        self.plugins.notify("on_run_end", command=command, outcome=outcome, result=result,
-                            error=error if outcome in ("error", "stopped") else None, run=self.run, swallow=True)
+        self.plugins.run_ended(command, result, self.run, error=error, outcome=outcome)
 
     # -- the whole loop ----------------------------------------------------
 

@@ -37,8 +37,8 @@ KINDS: dict[str, tuple[tuple[str, ...], str | None]] = {
     "source": (("plugin_options", "load_data"), "SourceSuite"),
     "validator": (("plugin_options", "validate"), "ValidatorSuite"),
     "gate": (("plugin_options", "gate"), "GateSuite"),
-    "observer": (("plugin_options", "on_stage_start", "on_stage_end", "on_stage_error", "on_model_registered"),
-                 None),
+    "observer": (("plugin_options", "on_stage_start", "on_stage_end", "on_stage_error", "on_model_registered",
+                  "on_alias_changed", "on_run_end"), None),
     "command": (("add_commands",), None),
 }
 

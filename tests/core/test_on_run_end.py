@@ -183,3 +183,51 @@ def test_validate_ends_with_its_reports_and_gate_results(opsloop_project, small_
     reports, gates = end["result"]
     assert [r.summary()["mean"]["pr_auc"] for r in reports] == [r["mean"]["pr_auc"] for r in out["reports"]]
     assert [g.passed for g in gates] == [g["passed"] for g in out["gates"]] == [True]
+
+
+class BadMonitor:
+    """A monitor that fails: a stage error inside `opsloop monitor`."""
+
+    @hookimpl
+    def monitor(self, version, current, predictions, reference, options, run):
+        raise ValueError("the drift service timed out")
+
+
+def test_monitor_and_backtest_end_their_runs_and_reproduce_tells_no_observer(tmp_path, register_plugin, hook_recorder):
+    from opsloop.monitoring import Result
+
+    register_plugin(Ender(), "ender")
+    register_plugin(BadMonitor(), "bad-monitor")
+    (tmp_path / "opsloop.toml").write_text(to_toml(observed(LOOP, "ender")), encoding="utf-8")
+    invoke(["run", "--json", "--quiet"], tmp_path).assert_ok()  # logs the batch it scored
+
+    hook_recorder.calls.clear()
+    shown = invoke(["monitor", "--json"], tmp_path).assert_ok().json
+    (end,) = ends(hook_recorder)
+    assert end["command"] == "monitor" and end["outcome"] == "ok" and isinstance(end["result"], Result)
+    assert len(end["result"].windows) == len(shown["windows"])
+    assert {c.kwargs["run"].run_id for c in hook_recorder.named("on_stage_end")} == {end["run"].run_id}
+
+    hook_recorder.calls.clear()
+    failed = invoke(["monitor", "--set", 'monitor.plugins=["bad-monitor"]'], tmp_path)
+    assert failed.exit_code == 1 and "the drift service timed out" in failed.stderr
+    (end,) = ends(hook_recorder)
+    assert end["outcome"] == "error" and end["result"] is None and "timed out" in str(end["error"])
+
+    hook_recorder.calls.clear()
+    invoke(["backtest", "--chunks", "2", "--json", "--quiet"], tmp_path).assert_ok()
+    # the first version, then per chunk its loop cycle and (but after the last) the always-retrained version
+    assert [e["command"] for e in ends(hook_recorder)] == ["backtest", "loop", "backtest.always", "loop"]
+    assert all(e["outcome"] == "ok" for e in ends(hook_recorder))
+
+    hook_recorder.calls.clear()  # reproduce opens no observer (a rebuild to compare, nothing to track)
+    invoke(["models", "reproduce", f"{LOOP['project']['name']}:1", "--json"], tmp_path).assert_ok()
+    assert not hook_recorder.named("on_stage_end") and not ends(hook_recorder)
+
+def test_a_loop_cycle_that_fails_passes_its_error(tmp_path, register_plugin, hook_recorder):
+    register_plugin(Ender(), "ender")
+    (tmp_path / "opsloop.toml").write_text(to_toml(observed(LOOP, "ender")), encoding="utf-8")
+    failed = invoke(["loop", "--once", "--json", "--quiet"], tmp_path)  # nothing in production yet
+    (end,) = ends(hook_recorder)
+    assert end["outcome"] == "error" and isinstance(end["error"], OpsloopError)
+    assert str(end["error"]).split("\n")[0] in failed.json["error"]

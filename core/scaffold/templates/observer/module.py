@@ -87,9 +87,17 @@ def on_alias_changed(change: AliasChange, run: RunContext | None, options: Optio
            "actor": change.actor, "reason": change.reason}, run.workdir if run else Path.cwd(), options)
 
 
+@hookimpl
+def on_run_end(command: str, outcome: str, result: Any, error: BaseException | None, run: RunContext,
+               options: Options | None) -> None:
+    write({"run_id": run.run_id, "event": "run_end", "command": command, "outcome": outcome,
+           "error": None if error is None else str(error)}, run.workdir, options)
+
+
 if TYPE_CHECKING:  # mypy checks the hooks against opsloop's: names, parameters, types (opsloop.kinds)
     import $module
     from opsloop import kinds
 
     _observer: kinds.Observer = $module
+    _run_end: kinds.OnRunEnd = $module
     _configurable: kinds.Configurable = $module

@@ -29,6 +29,8 @@ def test_it_hears_every_stage_and_writes_each_event(opsloop_project: Callable[..
     assert [e["stage"] for e in events if e["event"] == "stage_end"] == heard  # every stage succeeded
     assert [e["version"] for e in events if e["event"] == "model_registered"] == ["small-telemetry:1"]
     assert {e["run_id"] for e in events} == {result.json["run_id"]}
+    assert [(e["command"], e["outcome"]) for e in events if e["event"] == "run_end"] == [("run", "ok")]
+    assert events[-1]["event"] == "run_end"  # once, after every stage
 
 
 def test_a_failing_observer_warns_and_the_run_goes_on(opsloop_project: Callable[..., Project]) -> None:
