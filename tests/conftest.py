@@ -67,6 +67,20 @@ def labelled_loop_project(path: Path, config: dict[str, Any] | None = None) -> P
     return path
 
 
+def server_pids(workdir: Path) -> list[int]:
+    """The pids of the prediction servers running from `workdir` (Linux: read from /proc)."""
+    import contextlib
+    import os
+
+    found = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if proc.name.isdigit() and b"opsloop.serving" in (proc / "cmdline").read_bytes() \
+                    and Path(os.readlink(proc / "cwd")) == workdir.resolve():
+                found.append(int(proc.name))
+    return sorted(found)
+
+
 @pytest.fixture
 def small_config():
     """A fresh copy of SMALL to change per test."""

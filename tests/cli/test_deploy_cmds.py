@@ -26,6 +26,9 @@ from opsloop.serving.server import alive, read_state, state_path
 from opsloop.testing.data import small_config, small_telemetry
 from opsloop.types import Deployment, DeploymentStatus
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conftest import server_pids  # noqa: E402 - tests/conftest.py
+
 MODEL = "small-telemetry"  # small_config's [project] name
 TOKEN = "deploy-status-test-token-0123456789"
 
@@ -49,17 +52,6 @@ def _stop(pid: int) -> None:
         deadline = time.monotonic() + 60
         while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-
-
-def _servers(workdir: Path) -> list[int]:
-    """The pids of the prediction servers running from `workdir` (Linux: read from /proc)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        with contextlib.suppress(OSError):
-            if proc.name.isdigit() and b"opsloop.serving" in (proc / "cmdline").read_bytes() \
-                    and Path(os.readlink(proc / "cwd")) == workdir.resolve():
-                found.append(int(proc.name))
-    return sorted(found)
 
 
 def _production(project: Any) -> int:
@@ -144,14 +136,14 @@ def test_local_http_does_not_orphan_a_live_server_that_does_not_answer(opsloop_p
         project.run("run", "--promote", "--set", "train.xgboost.n_estimators=20").assert_error(
             'plugin "local-http"', f"(pid {pid}, {state['url']}) runs but did not answer", "no second server")
         assert read_state(state_file) == state  # still the one server, still findable
-        assert _servers(project.path) == [pid]
+        assert server_pids(project.path) == [pid]
         os.kill(pid, signal.SIGCONT)
         (row,) = project.run("deploy", "remove", "--json").assert_ok().json["targets"]
         assert any(str(pid) in item for item in row["removed"]) and not alive(pid)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
-        for server in {pid, *_servers(project.path)}:  # a second one too, when the test fails
+        for server in {pid, *server_pids(project.path)}:  # a second one too, when the test fails
             _stop(server)
 
 
@@ -171,15 +163,15 @@ def test_two_runs_deploying_at_once_start_one_server(opsloop_project: Any, telem
         actions = sorted(d["details"]["action"] for out, _ in answers for d in json.loads(out)["deployments"])
         assert actions == ["hot-swap", "started"]
         state = read_state(state_path(project.path, MODEL, "production"))
-        assert state is not None and _servers(project.path) == [state["pid"]]
+        assert state is not None and server_pids(project.path) == [state["pid"]]
         (row,) = project.run("deploy", "remove", "--json").assert_ok().json["targets"]
-        assert not alive(state["pid"]) and _servers(project.path) == []
+        assert not alive(state["pid"]) and server_pids(project.path) == []
     finally:
         for run in runs:
             if run.poll() is None:
                 run.kill()
                 run.wait()
-        for server in _servers(project.path):
+        for server in server_pids(project.path):
             _stop(server)
 
 

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import socket
 import time
 import urllib.request
@@ -17,6 +18,9 @@ from typing import Any
 import pytest
 from opsloop.serving.server import alive, read_state, state_path
 from opsloop.testing.data import small_config, small_telemetry
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conftest import server_pids  # noqa: E402 - tests/conftest.py
 
 MODEL = "small-telemetry"  # small_config's [project] name
 SMALLER = ("--set", "train.xgboost.n_estimators=20")  # another version: other trees, same data
@@ -41,17 +45,6 @@ def _production(project: Any) -> int:
 
 def _history(project: Any) -> list[dict[str, Any]]:
     return project.run("models", "history", MODEL, "--alias", "production", "--json").assert_ok().json
-
-
-def _servers(workdir: Path) -> list[int]:
-    """The pids of the prediction servers running from `workdir` (Linux: read from /proc)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        with contextlib.suppress(OSError):
-            if proc.name.isdigit() and b"opsloop.serving" in (proc / "cmdline").read_bytes() \
-                    and Path(os.readlink(proc / "cwd")) == workdir.resolve():
-                found.append(int(proc.name))
-    return sorted(found)
 
 
 def _stop(pid: int) -> None:
@@ -87,9 +80,9 @@ def test_a_server_that_does_not_start_leaves_production_where_it_was(opsloop_pro
             assert (back["action"], back["from_version"], back["to_version"]) == ("rollback", 2, 1)
             assert back["reason"].startswith(f"rollback: the local-http deploy of {MODEL}:2 by run ")
             assert "the server did not start" in back["reason"]
-            assert _servers(project.path) == []  # the failed server is gone, no other started
+            assert server_pids(project.path) == []  # the failed server is gone, no other started
         finally:
-            for pid in _servers(project.path):
+            for pid in server_pids(project.path):
                 _stop(pid)
 
 
@@ -121,7 +114,7 @@ def test_a_running_server_that_does_not_swap_in_time_keeps_serving_the_version_p
         (row,) = project.run("deploy", "status", "--json").assert_ok().json["targets"]
         assert row["deployed"] is True and row["version"] == f"{MODEL}:1" and row["details"]["pid"] == pid
     finally:
-        for server in {pid, *_servers(project.path)}:
+        for server in {pid, *server_pids(project.path)}:
             _stop(server)
 
 
