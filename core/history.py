@@ -5,7 +5,11 @@ scored in the last `[loop] monitor_window` of its logged rows (with the
 labels feedback joined to them), and the labelled history retraining and the
 gate draw from: the rows of `[data] source` that the `[data] train` and
 `monitor` periods select, plus, with `[loop] use_log`, every labelled logged
-row, one row per series and time (the log's label wins).
+row, one row per series and time (the log's label wins). With `[data]
+unlabelled = "keep"` (an unsupervised trainer, such as isolation-forest,
+trains on rows without a label) the rows without a label come too, the
+source's and the log's, as `opsloop run`'s retrain takes them; a labelled
+copy of a row wins over an unlabelled one.
 """
 
 from __future__ import annotations
@@ -54,14 +58,15 @@ class LogInputs:
 
             rows = raw.derive(pd.concat(periods, ignore_index=True) if len(periods) > 1 else periods[0])
             current, predictions, monitored = _newest(rows, model, config, notes)
-        history = _history(source, periods, logged if config.loop.use_log else [], notes)
+        history = _history(source, periods, logged if config.loop.use_log else [], notes,
+                           keep=config.data.unlabelled == "keep")
         return Observed(current=current, predictions=predictions, history=history, monitored=monitored,
                         notes=tuple(notes))
 
     def _logged(self, production: ModelVersion, notes: list[str], *, quiet: bool = False
                 ) -> tuple[Any, Any, Any, list[Dataset]]:
         """Production's rows in the last monitor_window of its log (by the rows' time), and every version's
-        labelled rows."""
+        labelled rows (every row with `[data] unlabelled = "keep"`)."""
         from opsloop import monitoring
         from opsloop.bundle import read_manifest
 
@@ -82,7 +87,9 @@ class LogInputs:
                 if not len(rows.current):
                     continue
                 frame, target = rows.current.frame, rows.current.target
-                if target and target in frame.columns:
+                if config.data.unlabelled == "keep":  # an unsupervised trainer takes the rows without a label too
+                    labelled.append(rows.current)
+                elif target and target in frame.columns:
                     mask = frame[target].notna().to_numpy()
                     if mask.any():
                         labelled.append(rows.current.derive(frame[mask].reset_index(drop=True)))
@@ -155,23 +162,31 @@ def _logged_versions(con: Any, model: str) -> set[int]:
     return {int(v) for (v,) in con.execute(query, (model,) * query.count("?"))}
 
 
-def _history(source: Dataset, periods: list[Any], logged: list[Dataset], notes: list[str]) -> Dataset:
+def _history(source: Dataset, periods: list[Any], logged: list[Dataset], notes: list[str], *,
+             keep: bool = False) -> Dataset:
     """The periods' labelled rows and the log's, one row per (series, time): the log's label wins (feedback is
-    what an operator confirmed after the export), and a row in two periods is kept once."""
+    what an operator confirmed after the export), and a row in two periods is kept once. With `keep` (`[data]
+    unlabelled = "keep"`) the rows without a label too, a labelled copy of a row winning over an unlabelled
+    one."""
     import pandas as pd
 
     target = source.target
-    parts = [f[f[target].notna()] if target and target in f.columns else f for f in periods]
+    labels = bool(target) and all(target in f.columns for f in periods)
+    parts = [f if keep or not labels else f[f[target].notna()] for f in periods]
     own = sum(len(p) for p in parts)
     columns = list(source.frame.columns)
     parts += [part.frame[[c for c in columns if c in part.frame.columns]] for part in logged]
     frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
     keys = [c for c in (source.series, source.time) if c]
     if len(parts) > 1 and keys:
+        if keep and labels:  # stable: among the copies of a row, the labelled ones last, in their order
+            frame = frame.iloc[frame[target].notna().to_numpy().argsort(kind="stable")]
         frame = frame.drop_duplicates(subset=keys, keep="last")
     if logged:
-        notes.append(f"history: {own:,} labelled rows of {source.name} and "
-                     f"{sum(len(p.frame) for p in logged):,} labelled logged rows")
+        count = sum(len(p.frame) for p in logged)
+        notes.append(f"history: {own:,} rows of {source.name} and {count:,} logged rows, labelled or not ([data] "
+                     'unlabelled = "keep")' if keep else
+                     f"history: {own:,} labelled rows of {source.name} and {count:,} labelled logged rows")
     if source.time:
         frame = frame.sort_values([c for c in (source.time, source.series) if c], kind="stable")
     return source.derive(frame.reset_index(drop=True), name=f"{source.name} + prediction log" if logged

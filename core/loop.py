@@ -488,7 +488,10 @@ def split(history: Dataset, loop: LoopSection) -> tuple[Dataset, Dataset, dict[s
     holdout, and both spans for the journal (`training`, `holdout`).
 
     The window ends at the newest labelled row: `expanding` starts at the first
-    row, a duration that long before the end (sliding)."""
+    row, a duration that long before the end (sliding). Rows without a label
+    (`[data] unlabelled = "keep"`: an unsupervised trainer takes them) train
+    like the others; newer ones than the newest labelled row wait for a later
+    cycle, as the holdout must end where the labels do."""
     time_col = history.time
     if not time_col or time_col not in history.frame.columns:
         raise DataError("the loop cuts its retraining window and holdout by time: set [data] time")
@@ -500,7 +503,16 @@ def split(history: Dataset, loop: LoopSection) -> tuple[Dataset, Dataset, dict[s
     times = _utc_times(frame[time_col])
     if times.isna().all():
         raise DataError(f"no row of {history.name} has a {time_col} that is a date and time")
-    end = times.max().to_pydatetime() + timedelta(microseconds=1)
+    labelled = frame[history.target].notna().to_numpy()
+    if not labelled.any():
+        raise DataError(f"none of the {len(frame):,} rows of {history.name} has a label: the holdout the gate "
+                        "compares on needs labelled rows")
+    newest = times[labelled].max()
+    if not labelled.all():  # rows newer than the newest label wait for a later cycle
+        upto = (times <= newest).to_numpy()
+        frame, times = frame[upto], times[upto].reset_index(drop=True)
+        labelled = frame[history.target].notna().to_numpy()
+    end = newest.to_pydatetime() + timedelta(microseconds=1)
     cut = end - parse_duration(loop.holdout, "[loop] holdout")
     first = times.min().to_pydatetime()
     sliding = loop.window != "expanding"
@@ -513,8 +525,10 @@ def split(history: Dataset, loop: LoopSection) -> tuple[Dataset, Dataset, dict[s
         raise DataError(f"[loop] holdout {loop.holdout} takes every row of the [loop] window {loop.window} "
                         f"({_iso(begin)} to {_iso(end)}): nothing is left to train on")
     # Spans as the first and last row each holds (inclusive): what an operator looks up in the data.
+    unlabelled = int((in_window & ~held & ~labelled).sum())
     window = {"training": {"kind": "sliding" if sliding else "expanding", "length": loop.window,
-                           **_span(times[in_window & ~held]), "rows": len(train_frame), "source": history.name},
+                           **_span(times[in_window & ~held]), "rows": len(train_frame), "source": history.name,
+                           **({"unlabelled": unlabelled} if unlabelled else {})},
               "holdout": {"length": loop.holdout, **_span(times[held]), "rows": len(holdout_frame)}}
     train = history.derive(train_frame, name=f"{history.name} [{window['training']['start']} to "
                                              f"{window['training']['end']}]")

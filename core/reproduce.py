@@ -285,7 +285,7 @@ def _loop_rows(raw: Dataset, config: Config, window: Mapping[str, Any], logged: 
     from opsloop.history import _history, _periods
 
     source, periods = _periods(raw, config)
-    history = _history(source, periods, logged, [])
+    history = _history(source, periods, logged, [], keep=config.data.unlabelled == "keep")
     times = pd.to_datetime(history.frame[history.time], utc=True, errors="coerce")
     inside = ((times >= pd.Timestamp(window["start"])) & (times <= pd.Timestamp(window["end"]))).to_numpy()
     return history.derive(history.frame[inside].reset_index(drop=True), name=f"{raw.name} [loop window]")

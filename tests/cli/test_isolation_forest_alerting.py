@@ -201,3 +201,36 @@ def test_a_rule_with_no_labelled_incident_out_of_fold_is_one_line_naming_it(tmp_
     path = project(tmp_path / "p", table)
     invoke(["validate"], path).assert_error("[alerting.target]", "precision", "0 positive", "hold no incident")
     invoke(["run"], path).assert_error("[alerting.target]", "hold no incident")
+
+
+def test_keep_lets_the_loop_retrain_the_forest_on_rows_without_a_label(tmp_path: Path, history: Path) -> None:
+    """`opsloop loop` draws its retraining window as `opsloop run` does: under `keep`, the rows without a label
+    train too; the holdout ends where the labels do, and the rows newer than that wait."""
+    table = unlabelled_config(history, "keep", "isolation-forest")
+    table.update({"monitor": {"plugins": ["quality-monitor"]},
+                  "retrain": {"plugins": ["threshold-policy"],
+                              "threshold-policy": {"min_f1": 0.99, "min_positives": 1, "cooldown": "0"}},
+                  "gate": {"plugins": ["champion-challenger"]},
+                  "loop": {"monitor_window": "4d", "holdout": "2d"}})
+    path = project(tmp_path / "p", table)
+    invoke(["run", "--json", "--quiet"], path).assert_ok()  # logs the monitoring period it scored (batch)
+    monitored = pd.read_parquet(history).query(table["data"]["monitor"])
+    labels = monitored[monitored["label"].notna()][["entity", "timestamp", "label"]]
+    labels.rename(columns={"entity": "series", "timestamp": "time"}).to_csv(path / "labels.csv", index=False)
+    invoke(["feedback", "--file", str(path / "labels.csv")], path).assert_ok()  # the last day has none yet
+    out = invoke(["loop", "--once", "--json", "--quiet"], path).json
+    assert out["decision"] == "retrain" and out["candidate"] is not None, (out["reasons"], out["notes"], out["error"])
+    training, holdout = out["window"]["training"], out["window"]["holdout"]
+    frame = pd.read_parquet(history)
+    times = pd.to_datetime(frame["timestamp"], utc=True)
+    newest_label = times[frame["label"].notna()].max()
+    # the holdout ends at the newest labelled row; the unlabelled day after it is not in this cycle's window
+    assert pd.Timestamp(holdout["end"]) == newest_label
+    trained = frame[(times < pd.Timestamp(holdout["start"])).to_numpy()]
+    assert training["rows"] == len(trained) and training["unlabelled"] == trained["label"].isna().sum() == 1_728
+    assert any('labelled or not ([data] unlabelled = "keep")' in note for note in out["notes"])
+    shown = invoke(["models", "show", f"history:{out['candidate']}", "--json"], path).assert_ok().json
+    assert {k: shown["lineage"]["training"][k] for k in ("rows", "unlabelled")} == {
+        "rows": len(trained), "unlabelled": 1_728}  # what the candidate trained on, in its lineage
+    # and its lineage rebuilds it: the same rows, the unlabelled ones included
+    invoke(["models", "reproduce", f"history:{out['candidate']}"], path).assert_ok()
