@@ -103,6 +103,11 @@ class BacktestResult:
         """Promotions the loop undid on probation."""
         return sum(1 for c in self.chunks if c.cycle.status == "rolled back")
 
+    @property
+    def recalibrations(self) -> int:
+        """Cycles that gave production a new alert threshold (`[loop] recalibrate`)."""
+        return sum(1 for c in self.chunks if (c.cycle.recalibrated or {}).get("applied"))
+
     def means(self) -> dict[str, dict[str, float]]:
         """Each strategy's mean of each figure over the chunks that have it; not of the incident figures,
         which `incidents` gives over the whole replay."""
@@ -123,7 +128,7 @@ class BacktestResult:
                         "chunks": [c.to_json() for c in self.chunks],
                         "summary": {"chunks": len(self.chunks), "retrain_decisions": decisions.count("retrain"),
                                     "retrains": self.retrains, "promotions": self.promotions,
-                                    "rollbacks": self.rollbacks,
+                                    "rollbacks": self.rollbacks, "recalibrations": self.recalibrations,
                                     "errors": sum(1 for c in self.chunks if c.cycle.status == "error"),
                                     "mean": self.means(),
                                     **({"incidents": self.incidents} if self.incidents else {})}})

@@ -65,7 +65,8 @@ def render(result: BacktestResult) -> list[Any]:
     out: list[Any] = [f"[bold]{escape(result.model)}[/bold] backtest: first version {result.train['version']} on "
                       f"{result.train['rows']:,} rows ({result.train['start']} to {result.train['end']}), then "
                       f"{len(result.chunks)} chunk(s): {result.retrains} retrain(s), {result.promotions} "
-                      "promotion(s)" + (f", {result.rollbacks} rolled back on probation" if result.rollbacks else "")]
+                      "promotion(s)" + (f", {result.rollbacks} rolled back on probation" if result.rollbacks else "")
+                      + (f", {result.recalibrations} threshold change(s)" if result.recalibrations else "")]
     rows = []
     for c in result.chunks:
         cycle = c.cycle
@@ -75,6 +76,9 @@ def render(result: BacktestResult) -> list[Any]:
         probation = cycle.probation or {}
         if probation.get("gates"):
             did += f"; probation of {probation['version']}: {probation['outcome']}"
+        recalibrated = cycle.recalibrated or {}
+        if recalibrated.get("applied"):
+            did += f"; threshold {recalibrated['old']['value']:.4g} -> {recalibrated['new']['value']:.4g}"
         rows.append([c.start.strftime("%Y-%m-%d %H:%M"), f"{c.rows:,}", str(c.positives),
                      *[_num(c.figures[s].get(metric)) if metric else "-" for s in STRATEGIES],
                      c.models["loop"], did])

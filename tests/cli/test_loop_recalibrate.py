@@ -128,3 +128,16 @@ def test_a_lost_gate_gives_production_the_rules_threshold_on_the_gate_window(pro
         assert store.get(MODEL, 1).threshold["value"] == old
         undo = store.history(MODEL, "production")[-1]
         assert undo.action == "threshold" and undo.reason.startswith("back to validation's; threshold")
+
+
+def test_a_backtest_recalibrates_as_the_loop_does_and_says_so(project: Path) -> None:
+    args = ["backtest", "--chunks", "2", "--quiet", *LOSES, "--set", 'alerting.rule="f1"']
+    out = invoke([*args, "--json"], project).assert_ok().json
+    applied = [c for c in out["chunks"] if (c["cycle"].get("recalibrated") or {}).get("applied")]
+    assert applied and out["summary"]["recalibrations"] == len(applied)
+    first = applied[0]["cycle"]["recalibrated"]
+    assert first["new"]["f1"] >= first["old"]["f1"] + 0.05
+    # the table names the change in the cycle's column, and the header counts it
+    shown = " ".join(invoke(args, project).assert_ok().stdout.split())  # the terminal's width wraps lines
+    assert f"{len(applied)} threshold change(s)" in shown
+    assert f"threshold {first['old']['value']:.4g} -> {first['new']['value']:.4g}" in shown
