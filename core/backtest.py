@@ -221,15 +221,14 @@ def _replay(config: Config, workdir: Path, train_raw: Dataset, replay: Dataset,
     times = pd.to_datetime(replay.frame[replay.time], utc=True)
     first = Runner(session, reporter=reporter)
     first.run = attrs.evolve(first.run, now=spans[0][0])
-    try:
+
+    def build_first() -> tuple[Any, ModelVersion, LoadedModel]:
         built = first.build(train_raw)
-        stale_version = first.place(built.version)
-        stale = first.load(stale_version)
-    except BaseException as exc:
-        first.end("backtest", None, error=exc)
-        raise
-    else:
-        first.end("backtest", built)
+        version = first.place(built.version)
+        return built, version, first.load(version)
+
+    try:
+        _, stale_version, stale = first.ending("backtest", build_first, report=lambda done: done[0])
     finally:
         first.close()
     loop_version, loop_model = stale_version, stale
@@ -294,19 +293,17 @@ def _always(session: Any, history: Dataset, now: datetime, reporter: Reporter | 
 
     runner = Runner(session, reporter=reporter)
     runner.run = attrs.evolve(runner.run, now=now, model_name=f"{runner.run.model_name}-always")
-    try:
+
+    def build() -> tuple[ModelVersion, LoadedModel]:
         train, holdout, _ = split(history, session.config.loop)
         window = history.derive(pd.concat([train.frame, holdout.frame], ignore_index=True))
         features, steps, _issues = runner.preprocess(window, prefix="always.")
         model = runner.train(features, prefix="always.")
         version = runner.register(model, window, steps, [], prefix="always.")
-        loaded = runner.load(version)
-    except BaseException as exc:
-        runner.end("backtest.always", None, error=exc)
-        raise
-    else:
-        runner.end("backtest.always", version)
-        return version, loaded
+        return version, runner.load(version)
+
+    try:
+        return runner.ending("backtest.always", build, report=lambda done: done[0])
     finally:
         runner.close()
 

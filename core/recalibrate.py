@@ -49,12 +49,12 @@ def choose_again(model: LoadedModel, window: Dataset, section: Any, *,
     if not old:
         return None, {"why": "the model has no alert threshold to choose again"}
     rows_scored, predictions = scored or judge(model, window)
-    labels = rows_scored.frame[rows_scored.target].to_numpy(dtype=float)
-    known = ~np.isnan(labels)
-    rows = pd.DataFrame({"score": predictions["score"].to_numpy(dtype=float)[known], "label": labels[known],
-                         **{k: rows_scored.frame[c].to_numpy()[known]
-                            for k, c in (("series", rows_scored.series), ("time", rows_scored.time))
-                            if c and c in rows_scored.frame.columns}})
+    labels = rows_scored.frame[rows_scored.target]
+    # the window's labelled, scored rows, laid out as validation's out-of-fold rows are
+    rows = alerting.oof_frame(pd.DataFrame({"row": np.arange(len(labels)), "label": labels.to_numpy(),
+                                            "score": predictions["score"].to_numpy(dtype=float)}), rows_scored)
+    if rows is None:
+        return None, {"why": "the gate window has no labelled, scored rows to choose a threshold on"}
     try:
         new = alerting.choose(rows, section, where=f"the loop's gate window ({len(rows):,} labelled rows)")
     except ConfigError as exc:

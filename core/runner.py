@@ -518,18 +518,24 @@ class Runner:
             error = self.failure
         self.plugins.run_ended(command, result, self.run, error=error, outcome=outcome)
 
+    def ending(self, command: str, work: Callable[[], T], *, report: Callable[[T], Any] | None = None,
+               partial: Any = None) -> T:
+        """`work()`, then the run's end (`end`) with what it returned (or `report` of it); when it raises, the
+        end with `partial` (what the run did before the error) and the exception, which goes on up."""
+        try:
+            done = work()
+        except BaseException as exc:
+            self.end(command, partial, error=exc)
+            raise
+        self.end(command, done if report is None else report(done))
+        return done
+
     # -- the whole loop ----------------------------------------------------
 
     def validate_only(self) -> tuple[list[ValidationReport], list[GateResult]]:
         """Load, preprocess and validate the training period; register nothing (`opsloop validate`).
         Observers hear the end (`on_run_end`, command "validate")."""
-        try:
-            done = self._validate_only()
-        except BaseException as exc:
-            self.end("validate", None, error=exc)
-            raise
-        self.end("validate", done)
-        return done
+        return self.ending("validate", self._validate_only)
 
     def _validate_only(self) -> tuple[list[ValidationReport], list[GateResult]]:
         raw = self._stage("load", [self.config.data.source],
@@ -549,13 +555,7 @@ class Runner:
     def run_once(self) -> RunResult:
         """One pass of the lifecycle on the configured data; observers hear its end (`on_run_end`, command
         "run", with the `RunResult`: on an error, what the run did before it)."""
-        try:
-            result = self._run_once()
-        except BaseException as exc:
-            self.end("run", self.result, error=exc)
-            raise
-        self.end("run", result)
-        return result
+        return self.ending("run", self._run_once, partial=self.result)
 
     def _run_once(self) -> RunResult:
         # Opened first: a damaged or read-only registry fails in a second, not after training.

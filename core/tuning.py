@@ -475,13 +475,8 @@ def tune(runner: Runner, *, trials: int | None = None, timeout: str | None = Non
         ConfigError: A wrong `[tune]` (unknown parameter, empty or inverted range, wrong metric...).
         OpsloopError: No trial finished (each failed trial's first error is named), or Optuna is missing.
     """
-    try:
-        result = _tune(runner, trials=trials, timeout=timeout, jobs=jobs, register=register, show_only=show_only)
-    except BaseException as exc:
-        runner.end("tune", None, error=exc)
-        raise
-    runner.end("tune", result)
-    return result
+    return runner.ending("tune", lambda: _tune(runner, trials=trials, timeout=timeout, jobs=jobs, register=register,
+                                                show_only=show_only))
 
 
 def _tune(runner: Runner, *, trials: int | None, timeout: str | None, jobs: int | None, register: bool,
