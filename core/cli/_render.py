@@ -7,7 +7,6 @@ never pays its ~60 ms of imports (issue 8, item 14).
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -49,16 +48,11 @@ err_console = LazyConsole(stderr=True)
 
 
 def strict(data: Any) -> Any:
-    """`data` with every NaN or infinite float (NumPy's too) as None: standard JSON has no NaN, and `jq` refuses it."""
-    if isinstance(data, float):  # numpy.float64 is a float
-        return data if math.isfinite(data) else None
-    if isinstance(data, Mapping):
-        return {k: strict(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [strict(v) for v in data]
-    if type(data).__module__ == "numpy" and hasattr(data, "item"):  # numpy.float32 and scalars of other kinds
-        return strict(data.item())
-    return data
+    """`data` with every NaN or infinite float (NumPy's too) as None: standard JSON has no NaN, and `jq` refuses it
+    (`opsloop.store.strict_json`, as the loop journal keeps its bodies)."""
+    from opsloop.store import strict_json
+
+    return strict_json(data)
 
 
 def print_json(data: Any) -> None:
