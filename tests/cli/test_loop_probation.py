@@ -153,6 +153,7 @@ def test_manual_promotion_leaves_the_winner_waiting_for_a_person(tmp_path: Path)
 @pytest.mark.parametrize(("key", "value", "words"), [
     ("promote", '"automatic"', ["'promote' must be one of 'auto', 'manual'", '"auto"']),
     ("probation", '"soon"', ["'probation' must be a duration", "or 'off'"]),
+    ("recalibrate", '"yes"', ["expected bool", "'yes'"]),
 ])
 def test_a_wrong_promote_or_probation_is_one_line(project: Path, key: str, value: str, words: list[str]) -> None:
     result = loop_once(project, "--set", f"loop.{key}={value}")
